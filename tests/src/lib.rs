@@ -1,0 +1,1 @@
+//! Cross-crate, interop and simulation tests live in `tests/tests/`.
