@@ -1,8 +1,18 @@
+use core::fmt;
+
 use crate::Error;
 
+/// [MQTT-4.7.3-3] the longest name or filter, in bytes.
 const MAX_LEN: usize = u16::MAX as usize;
 
+/// Bytes per block of the fast scan in [`validate_name`]; 32 lets LLVM use two SSE or one AVX2
+/// compare per block.
+const BLOCK: usize = 32;
+
 /// Checks a topic name: non-empty, at most 65,535 bytes, no U+0000, no wildcard.
+///
+/// UTF-8 well-formedness is already guaranteed by `&str`. Control characters and U+FEFF are
+/// allowed: the specification only says they *should* not be used.
 ///
 /// ```
 /// assert!(mqtt_topic::validate_name("sport/tennis").is_ok());
@@ -10,10 +20,48 @@ const MAX_LEN: usize = u16::MAX as usize;
 /// ```
 pub fn validate_name(name: &str) -> Result<(), Error> {
     check_len(name)?;
-    // One pass over the bytes: this runs for every PUBLISH a broker receives.
-    for (at, &b) in name.as_bytes().iter().enumerate() {
+    let bytes = name.as_bytes();
+    // This runs for every PUBLISH a broker receives, so it is one pass with no early exit inside
+    // a block: an OR-reduction over a fixed-size block vectorises, a byte loop with three
+    // compares and a branch each does not. Only a block that holds a forbidden byte is scanned
+    // again, byte by byte, to report the first offending position.
+    let mut blocks = bytes.chunks_exact(BLOCK);
+    let mut base = 0;
+    for block in &mut blocks {
+        if any_forbidden(block) {
+            return first_name_error(block, base);
+        }
+        base += BLOCK;
+    }
+    let tail = blocks.remainder();
+    if any_forbidden(tail) {
+        return first_name_error(tail, base);
+    }
+    Ok(())
+}
+
+/// Whether `bytes` holds a byte that may not appear in a name, without early exit so that the
+/// loop vectorises.
+#[inline(always)]
+fn any_forbidden(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |acc, &b| acc | forbidden_in_name(b)) != 0
+}
+
+/// 1 if `b` may not appear in a topic name, else 0 (a `u8` rather than a `bool` so the
+/// reduction in [`validate_name`] is plain bitwise arithmetic).
+#[inline(always)]
+fn forbidden_in_name(b: u8) -> u8 {
+    u8::from(b == 0) | u8::from(b == b'+') | u8::from(b == b'#')
+}
+
+/// The error for the first forbidden byte of `bytes`, which starts at byte `base` of the name.
+fn first_name_error(bytes: &[u8], base: usize) -> Result<(), Error> {
+    for (i, &b) in bytes.iter().enumerate() {
+        let at = base + i;
         match b {
+            // [MQTT-4.7.3-2] no U+0000
             0 => return Err(Error::NullCharacter { at }),
+            // [MQTT-4.7.0-1] / [MQTT-3.3.2-2] no wildcards in a topic name
             b'+' | b'#' => return Err(Error::WildcardInName { at }),
             _ => {}
         }
@@ -24,39 +72,71 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
 /// Checks a topic filter: non-empty, at most 65,535 bytes, no U+0000, `#` only alone and last,
 /// `+` only alone in its level.
 ///
+/// This is the syntax of section 4.7 only. A `$share/{ShareName}/{filter}` string is a valid
+/// filter here, as it is in MQTT 3.1.1; an MQTT 5 server that wants shared subscriptions parses
+/// it with [`Subscription::parse`](crate::Subscription::parse) or
+/// [`parse_shared`](crate::parse_shared), which add the rules of section 4.8.2.
+///
 /// ```
 /// assert!(mqtt_topic::validate_filter("sport/+/player1/#").is_ok());
 /// assert!(mqtt_topic::validate_filter("sport/tennis#").is_err());
+/// assert!(mqtt_topic::validate_filter("sport/ten+nis").is_err());
 /// ```
 pub fn validate_filter(filter: &str) -> Result<(), Error> {
     check_len(filter)?;
-    let bytes = filter.as_bytes();
-    for (at, &b) in bytes.iter().enumerate() {
-        let alone = (at == 0 || bytes[at - 1] == b'/')
-            && (at + 1 == bytes.len() || bytes[at + 1] == b'/');
+    check_filter_bytes(filter.as_bytes(), 0)
+}
+
+/// Checks the wildcard placement and NULs of `bytes`, which start at byte `base` of the string
+/// the caller was given (so errors report offsets into that string). The length has been
+/// checked by the caller.
+pub(crate) fn check_filter_bytes(bytes: &[u8], base: usize) -> Result<(), Error> {
+    let last = bytes.len().wrapping_sub(1);
+    for (i, &b) in bytes.iter().enumerate() {
+        let at = base + i;
         match b {
+            // [MQTT-4.7.3-2] no U+0000
             0 => return Err(Error::NullCharacter { at }),
-            b'#' if !alone || at + 1 != bytes.len() => {
-                return Err(Error::MisplacedMultiLevelWildcard { at })
+            b'+' | b'#' => {
+                let starts_level = i == 0 || bytes[i - 1] == b'/';
+                let ends_level = i == last || bytes[i + 1] == b'/';
+                if b == b'#' {
+                    // [MQTT-4.7.1-1] '#' alone in its level and the last character
+                    if !starts_level || i != last {
+                        return Err(Error::MisplacedMultiLevelWildcard { at });
+                    }
+                } else if !(starts_level && ends_level) {
+                    // [MQTT-4.7.1-2] '+' fills its whole level
+                    return Err(Error::MisplacedSingleLevelWildcard { at });
+                }
             }
-            b'+' if !alone => return Err(Error::MisplacedSingleLevelWildcard { at }),
             _ => {}
         }
     }
     Ok(())
 }
 
-fn check_len(s: &str) -> Result<(), Error> {
+pub(crate) fn check_len(s: &str) -> Result<(), Error> {
     if s.is_empty() {
+        // [MQTT-4.7.3-1] at least one character
         return Err(Error::Empty);
     }
     if s.len() > MAX_LEN {
+        // [MQTT-4.7.3-3] at most 65,535 bytes
         return Err(Error::TooLong { len: s.len() });
     }
     Ok(())
 }
 
 /// A topic name that is known to be valid (see [`validate_name`]).
+///
+/// ```
+/// use mqtt_topic::TopicName;
+/// let name = TopicName::new("sport/tennis/player1")?;
+/// assert_eq!(name.as_str(), "sport/tennis/player1");
+/// assert!(TopicName::new("sport/#").is_err());
+/// # Ok::<(), mqtt_topic::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicName<'a>(&'a str);
 
@@ -65,13 +145,36 @@ impl<'a> TopicName<'a> {
     pub fn new(name: &'a str) -> Result<Self, Error> {
         validate_name(name).map(|()| Self(name))
     }
+    /// Wraps a name that was validated before (one the trees stored from a `TopicName`).
+    #[cfg(feature = "alloc")]
+    pub(crate) fn new_prevalidated(name: &'a str) -> Self {
+        Self(name)
+    }
     /// The name as a string slice.
     pub fn as_str(&self) -> &'a str {
         self.0
     }
+    /// The levels of the name, split at `/` (a name has at least one level, possibly empty).
+    ///
+    /// ```
+    /// let name = mqtt_topic::TopicName::new("/a//b")?;
+    /// assert!(name.levels().eq(["", "a", "", "b"]));
+    /// # Ok::<(), mqtt_topic::Error>(())
+    /// ```
+    pub fn levels(&self) -> core::str::Split<'a, char> {
+        self.0.split('/')
+    }
 }
 
 /// A topic filter that is known to be valid (see [`validate_filter`]).
+///
+/// ```
+/// use mqtt_topic::{TopicFilter, TopicName};
+/// let filter = TopicFilter::new("sport/+/player1")?;
+/// assert!(filter.matches(TopicName::new("sport/tennis/player1")?));
+/// assert!(TopicFilter::new("sport+").is_err());
+/// # Ok::<(), mqtt_topic::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicFilter<'a>(&'a str);
 
@@ -80,8 +183,328 @@ impl<'a> TopicFilter<'a> {
     pub fn new(filter: &'a str) -> Result<Self, Error> {
         validate_filter(filter).map(|()| Self(filter))
     }
+    /// Wraps a slice the caller has validated already (the inner filter of a shared filter).
+    pub(crate) fn new_prevalidated(filter: &'a str) -> Self {
+        Self(filter)
+    }
     /// The filter as a string slice.
     pub fn as_str(&self) -> &'a str {
         self.0
+    }
+    /// The levels of the filter, split at `/`.
+    pub fn levels(&self) -> core::str::Split<'a, char> {
+        self.0.split('/')
+    }
+    /// Whether the filter contains `+` or `#`.
+    ///
+    /// ```
+    /// assert!(mqtt_topic::TopicFilter::new("a/+")?.has_wildcards());
+    /// assert!(!mqtt_topic::TopicFilter::new("a/b")?.has_wildcards());
+    /// # Ok::<(), mqtt_topic::Error>(())
+    /// ```
+    pub fn has_wildcards(&self) -> bool {
+        self.0.bytes().any(|b| b == b'+' || b == b'#')
+    }
+    /// Whether this filter matches `name`; see [`matches()`](crate::matches).
+    pub fn matches(&self, name: TopicName<'_>) -> bool {
+        crate::matches(*self, name)
+    }
+}
+
+impl fmt::Display for TopicName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl fmt::Display for TopicFilter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl AsRef<str> for TopicName<'_> {
+    fn as_ref(&self) -> &str {
+        self.0
+    }
+}
+
+impl AsRef<str> for TopicFilter<'_> {
+    fn as_ref(&self) -> &str {
+        self.0
+    }
+}
+
+impl<'a> TryFrom<&'a str> for TopicName<'a> {
+    type Error = Error;
+    fn try_from(name: &'a str) -> Result<Self, Error> {
+        Self::new(name)
+    }
+}
+
+impl<'a> TryFrom<&'a str> for TopicFilter<'a> {
+    type Error = Error;
+    fn try_from(filter: &'a str) -> Result<Self, Error> {
+        Self::new(filter)
+    }
+}
+
+#[cfg(feature = "alloc")]
+mod owned {
+    use alloc::string::String;
+    use core::fmt;
+
+    use super::{validate_filter, validate_name, TopicFilter, TopicName};
+    use crate::Error;
+
+    /// An owned, valid topic name (see [`validate_name`]).
+    ///
+    /// ```
+    /// use mqtt_topic::OwnedTopicName;
+    /// let name = OwnedTopicName::new(String::from("a/b"))?;
+    /// assert_eq!(name.as_topic_name().as_str(), "a/b");
+    /// # Ok::<(), mqtt_topic::Error>(())
+    /// ```
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct OwnedTopicName(String);
+
+    impl OwnedTopicName {
+        /// Validates `name` and takes ownership of it.
+        pub fn new(name: String) -> Result<Self, Error> {
+            validate_name(&name).map(|()| Self(name))
+        }
+        /// The name as a string slice.
+        pub fn as_str(&self) -> &str {
+            &self.0
+        }
+        /// A borrowed view.
+        pub fn as_topic_name(&self) -> TopicName<'_> {
+            TopicName(&self.0)
+        }
+        /// The underlying string.
+        pub fn into_string(self) -> String {
+            self.0
+        }
+    }
+
+    /// An owned, valid topic filter (see [`validate_filter`]).
+    ///
+    /// ```
+    /// use mqtt_topic::OwnedTopicFilter;
+    /// let filter = OwnedTopicFilter::new(String::from("a/#"))?;
+    /// assert_eq!(filter.as_topic_filter().as_str(), "a/#");
+    /// # Ok::<(), mqtt_topic::Error>(())
+    /// ```
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct OwnedTopicFilter(String);
+
+    impl OwnedTopicFilter {
+        /// Validates `filter` and takes ownership of it.
+        pub fn new(filter: String) -> Result<Self, Error> {
+            validate_filter(&filter).map(|()| Self(filter))
+        }
+        /// The filter as a string slice.
+        pub fn as_str(&self) -> &str {
+            &self.0
+        }
+        /// A borrowed view.
+        pub fn as_topic_filter(&self) -> TopicFilter<'_> {
+            TopicFilter(&self.0)
+        }
+        /// The underlying string.
+        pub fn into_string(self) -> String {
+            self.0
+        }
+    }
+
+    impl From<TopicName<'_>> for OwnedTopicName {
+        fn from(name: TopicName<'_>) -> Self {
+            Self(name.0.into())
+        }
+    }
+
+    impl From<TopicFilter<'_>> for OwnedTopicFilter {
+        fn from(filter: TopicFilter<'_>) -> Self {
+            Self(filter.0.into())
+        }
+    }
+
+    impl TryFrom<String> for OwnedTopicName {
+        type Error = Error;
+        fn try_from(name: String) -> Result<Self, Error> {
+            Self::new(name)
+        }
+    }
+
+    impl TryFrom<String> for OwnedTopicFilter {
+        type Error = Error;
+        fn try_from(filter: String) -> Result<Self, Error> {
+            Self::new(filter)
+        }
+    }
+
+    impl fmt::Display for OwnedTopicName {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl fmt::Display for OwnedTopicFilter {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+pub use owned::{OwnedTopicFilter, OwnedTopicName};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+
+    #[test]
+    fn mqtt_4_7_3_1_empty_name_and_filter_rejected() {
+        assert_eq!(validate_name(""), Err(Error::Empty));
+        assert_eq!(validate_filter(""), Err(Error::Empty));
+    }
+
+    #[test]
+    fn mqtt_4_7_3_1_single_separator_is_valid() {
+        // "/" is one character: two empty levels, valid as both name and filter.
+        assert_eq!(validate_name("/"), Ok(()));
+        assert_eq!(validate_filter("/"), Ok(()));
+    }
+
+    #[test]
+    fn mqtt_4_7_3_3_length_limit_is_65535_bytes() {
+        let ok = "a".repeat(65_535);
+        assert_eq!(validate_name(&ok), Ok(()));
+        assert_eq!(validate_filter(&ok), Ok(()));
+        let long = "a".repeat(65_536);
+        assert_eq!(validate_name(&long), Err(Error::TooLong { len: 65_536 }));
+        assert_eq!(validate_filter(&long), Err(Error::TooLong { len: 65_536 }));
+        // The limit is in UTF-8 bytes, not characters: 21,846 three-byte characters = 65,538.
+        let wide = "€".repeat(21_846);
+        assert_eq!(validate_name(&wide), Err(Error::TooLong { len: 65_538 }));
+    }
+
+    #[test]
+    fn mqtt_4_7_3_2_nul_rejected_with_offset() {
+        assert_eq!(validate_name("a\0b"), Err(Error::NullCharacter { at: 1 }));
+        assert_eq!(validate_filter("a/\0"), Err(Error::NullCharacter { at: 2 }));
+    }
+
+    #[test]
+    fn mqtt_3_3_2_2_wildcards_rejected_in_name() {
+        assert_eq!(validate_name("+"), Err(Error::WildcardInName { at: 0 }));
+        assert_eq!(validate_name("a/#"), Err(Error::WildcardInName { at: 2 }));
+        assert_eq!(validate_name("a+b"), Err(Error::WildcardInName { at: 1 }));
+    }
+
+    #[test]
+    fn mqtt_3_3_2_2_error_offset_in_every_block_position() {
+        // The fast scan works in 32-byte blocks: a forbidden byte in any block, at any
+        // position, and in the tail must be found, and the first one reported.
+        for len in [1, 31, 32, 33, 64, 65, 100] {
+            for at in 0..len {
+                for (byte, want) in [
+                    ('\0', Error::NullCharacter { at }),
+                    ('+', Error::WildcardInName { at }),
+                    ('#', Error::WildcardInName { at }),
+                ] {
+                    let mut s: String = "x".repeat(len);
+                    s.replace_range(at..=at, byte.encode_utf8(&mut [0; 4]));
+                    // a second forbidden byte later must not be the one reported
+                    if at + 2 < len {
+                        s.replace_range(at + 2..at + 3, "#");
+                    }
+                    assert_eq!(validate_name(&s), Err(want), "len {len} at {at}");
+                }
+            }
+            assert_eq!(validate_name(&"x".repeat(len)), Ok(()));
+        }
+    }
+
+    #[test]
+    fn mqtt_4_7_3_2_non_ascii_utf8_name_is_valid() {
+        // Multi-byte characters contain no 0x00, 0x23 or 0x2B bytes: never misreported.
+        assert_eq!(validate_name("ü/€/𝄞/\u{7f}/\u{feff}"), Ok(()));
+    }
+
+    #[test]
+    fn mqtt_4_7_1_1_hash_alone_and_last() {
+        for ok in ["#", "a/#", "/#", "+/#", "a//#"] {
+            assert_eq!(validate_filter(ok), Ok(()), "{ok}");
+        }
+        let bad = [
+            ("a#", 1),
+            ("#/", 0),
+            ("#/a", 0),
+            ("a/#/b", 2),
+            ("a/b#", 3),
+            ("##", 0),
+            ("a/#a", 2),
+        ];
+        for (filter, at) in bad {
+            assert_eq!(
+                validate_filter(filter),
+                Err(Error::MisplacedMultiLevelWildcard { at }),
+                "{filter}"
+            );
+        }
+    }
+
+    #[test]
+    fn mqtt_4_7_1_2_plus_fills_level() {
+        for ok in ["+", "+/", "/+", "+/+", "a/+/b", "+/#", "a/+//+"] {
+            assert_eq!(validate_filter(ok), Ok(()), "{ok}");
+        }
+        let bad = [("a+", 1), ("+a", 0), ("a/b+/c", 3), ("++", 0), ("a/++", 2)];
+        for (filter, at) in bad {
+            assert_eq!(
+                validate_filter(filter),
+                Err(Error::MisplacedSingleLevelWildcard { at }),
+                "{filter}"
+            );
+        }
+    }
+
+    #[test]
+    fn mqtt_4_7_0_1_filter_wildcards_but_name_none() {
+        assert!(TopicFilter::new("a/+/#").is_ok());
+        assert!(TopicName::new("a/+/#").is_err());
+        assert!(TopicName::new("a/b/c").is_ok());
+    }
+
+    #[test]
+    fn share_prefix_is_a_valid_plain_filter() {
+        // Section 4.7 syntax only: `$share/...` is checked by `Subscription::parse`.
+        assert_eq!(validate_filter("$share/g/a/#"), Ok(()));
+        assert_eq!(validate_filter("$share/+/a"), Ok(()));
+    }
+
+    #[test]
+    fn typed_wrappers_round_trip() {
+        let name = TopicName::new("a/b").unwrap();
+        assert_eq!(name.as_str(), "a/b");
+        assert_eq!(alloc::format!("{name}"), "a/b");
+        assert!(name.levels().eq(["a", "b"]));
+        let filter = TopicFilter::try_from("a/+").unwrap();
+        assert!(filter.has_wildcards());
+        assert!(filter.levels().eq(["a", "+"]));
+        let owned = OwnedTopicFilter::from(filter);
+        assert_eq!(owned.as_topic_filter(), filter);
+        assert_eq!(
+            OwnedTopicName::new("a/+".into()),
+            Err(Error::WildcardInName { at: 2 })
+        );
+        assert_eq!(
+            OwnedTopicName::try_from(String::from("x"))
+                .unwrap()
+                .into_string(),
+            "x"
+        );
     }
 }

@@ -1,0 +1,159 @@
+//! A cursor over one packet's body. Every read checks the length first and fails with
+//! `UnexpectedEnd`: the frame is complete, so running short means the packet is malformed,
+//! never that more bytes are coming.
+
+use crate::{varint, Error, PacketType};
+
+#[derive(Clone)]
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+    pub(crate) packet: PacketType,
+}
+
+impl<'a> Reader<'a> {
+    #[inline]
+    pub(crate) fn new(buf: &'a [u8], packet: PacketType) -> Self {
+        Self { buf, packet }
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    #[inline]
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        core::mem::take(&mut self.buf)
+    }
+
+    #[inline]
+    fn end(&self) -> Error {
+        Error::UnexpectedEnd {
+            packet: self.packet,
+        }
+    }
+
+    /// Fails unless every byte was consumed.
+    #[inline]
+    pub(crate) fn finish(&self) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::TrailingBytes {
+                packet: self.packet,
+                extra: self.buf.len(),
+            })
+        }
+    }
+
+    #[inline]
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if n > self.buf.len() {
+            return Err(self.end());
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    #[inline]
+    pub(crate) fn u8(&mut self) -> Result<u8, Error> {
+        let (&b, tail) = self.buf.split_first().ok_or(self.end())?;
+        self.buf = tail;
+        Ok(b)
+    }
+
+    #[inline]
+    pub(crate) fn u16(&mut self) -> Result<u16, Error> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    #[inline]
+    pub(crate) fn u32(&mut self) -> Result<u32, Error> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    #[inline]
+    pub(crate) fn varint(&mut self) -> Result<u32, Error> {
+        match varint::read(self.buf) {
+            varint::Read::Done(v, n) => {
+                self.buf = &self.buf[n..];
+                Ok(v)
+            }
+            varint::Read::Short => Err(self.end()),
+            varint::Read::TooLong => Err(Error::VarIntTooLong),
+            varint::Read::NotMinimal => Err(Error::VarIntNotMinimal),
+        }
+    }
+
+    /// Binary Data: a two-byte length, then that many bytes.
+    #[inline]
+    pub(crate) fn binary(&mut self) -> Result<&'a [u8], Error> {
+        let n = self.u16()?;
+        self.take(usize::from(n))
+    }
+
+    /// UTF-8 without the NUL check, for callers that scan for NUL along with other bytes
+    /// (topic names and filters).
+    #[inline]
+    pub(crate) fn utf8(&mut self) -> Result<&'a str, Error> {
+        let b = self.binary()?;
+        // [MQTT-1.5.4-1] [MQTT-1.5.3-1] `from_utf8` rejects ill-formed sequences and encoded
+        // surrogates; [MQTT-1.5.4-3] a BOM (EF BB BF) is kept as U+FEFF.
+        core::str::from_utf8(b).map_err(|_| Error::InvalidUtf8 {
+            packet: self.packet,
+        })
+    }
+
+    /// A UTF-8 Encoded String.
+    #[inline]
+    pub(crate) fn string(&mut self) -> Result<&'a str, Error> {
+        let s = self.utf8()?;
+        check_no_nul(s, self.packet)?;
+        Ok(s)
+    }
+
+    /// A Topic Name: a string that mqtt-topic accepts as a name.
+    #[inline]
+    pub(crate) fn topic_name(&mut self) -> Result<&'a str, Error> {
+        let s = self.utf8()?;
+        // The topic crate's scan covers U+0000 too, so the name is read once.
+        mqtt_topic::validate_name(s)
+            .map_err(|e| topic_error(e, self.packet, Error::InvalidTopicName))?;
+        Ok(s)
+    }
+
+    /// A Topic Filter.
+    #[inline]
+    pub(crate) fn topic_filter(&mut self) -> Result<&'a str, Error> {
+        let s = self.utf8()?;
+        mqtt_topic::validate_filter(s)
+            .map_err(|e| topic_error(e, self.packet, Error::InvalidTopicFilter))?;
+        Ok(s)
+    }
+}
+
+/// A NUL is a string rule ([MQTT-1.5.4-2], malformed) before it is a topic rule: report it
+/// as such so both paths give the same error.
+#[inline]
+pub(crate) fn topic_error(
+    e: mqtt_topic::Error,
+    packet: PacketType,
+    wrap: fn(mqtt_topic::Error) -> Error,
+) -> Error {
+    match e {
+        mqtt_topic::Error::NullCharacter { .. } => Error::NullCharacter { packet },
+        e => wrap(e),
+    }
+}
+
+#[inline]
+pub(crate) fn check_no_nul(s: &str, packet: PacketType) -> Result<(), Error> {
+    // [MQTT-1.5.4-2] [MQTT-1.5.3-2]
+    if s.as_bytes().contains(&0) {
+        return Err(Error::NullCharacter { packet });
+    }
+    Ok(())
+}
