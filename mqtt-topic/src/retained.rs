@@ -12,6 +12,24 @@ const INLINE_FRAMES: usize = 32;
 /// Real positions are at most 65,536.
 const ALL: usize = usize::MAX;
 
+/// A step of [`RetainedStore::for_each_match`]'s walk.
+#[derive(Clone, Copy)]
+enum Frame<'t> {
+    Visit(Idx, usize),
+    Children {
+        idx: Idx,
+        next_pos: usize,
+        after: Option<&'t str>,
+        skip_dollar: bool,
+    },
+}
+
+impl Default for Frame<'_> {
+    fn default() -> Self {
+        Frame::Visit(ROOT, 0)
+    }
+}
+
 /// Retained messages (or anything else) keyed by topic name, with the reverse lookup a broker
 /// needs on SUBSCRIBE: every stored name a filter matches.
 ///
@@ -155,15 +173,48 @@ impl<V> RetainedStore<V> {
                 f(TopicName::new_prevalidated(&e.name), &e.value);
             }
         };
-        // Frames: a node reached with the filter levels before byte `pos` consumed, or with
-        // `pos == ALL` when the rest of the filter is `#` and the whole subtree matches.
-        let mut stack: Stack<(Idx, usize), INLINE_FRAMES> = Stack::new();
-        stack.push((ROOT, 0));
-        while let Some((idx, pos)) = stack.pop() {
+        // Frames: `Visit` is a node reached with the filter levels before byte `pos` consumed,
+        // or with `pos == ALL` when the rest of the filter is `#` and the whole subtree
+        // matches. `Children` is a cursor over one node's exact children (for `+` and `#`),
+        // advanced one child at a time so the stack grows with the depth of the tree, never
+        // with its width: wide levels do not allocate.
+        let mut stack: Stack<Frame<'t>, INLINE_FRAMES> = Stack::new();
+        stack.push(Frame::Visit(ROOT, 0));
+        while let Some(frame) = stack.pop() {
+            let (idx, pos) = match frame {
+                Frame::Visit(idx, pos) => (idx, pos),
+                Frame::Children {
+                    idx,
+                    next_pos,
+                    after,
+                    skip_dollar,
+                } => {
+                    let node = self.trie.node(idx);
+                    if let Some((label, child)) = node.next_exact_after(after) {
+                        stack.push(Frame::Children {
+                            idx,
+                            next_pos,
+                            after: Some(label),
+                            skip_dollar,
+                        });
+                        // [MQTT-4.7.2-1] a wildcard first level skips names starting with '$'
+                        if !(skip_dollar && label.starts_with('$')) {
+                            stack.push(Frame::Visit(child, next_pos));
+                        }
+                    }
+                    continue;
+                }
+            };
             let node = self.trie.node(idx);
+            let children = |next_pos, skip_dollar| Frame::Children {
+                idx,
+                next_pos,
+                after: None,
+                skip_dollar,
+            };
             if pos == ALL {
                 emit(idx);
-                node.for_each_exact(|_, child| stack.push((child, ALL)));
+                stack.push(children(ALL, false));
                 continue;
             }
             if pos > len {
@@ -171,27 +222,18 @@ impl<V> RetainedStore<V> {
                 continue;
             }
             let end = filter[pos..].find('/').map_or(len, |i| pos + i);
-            // [MQTT-4.7.2-1] a wildcard first level skips names starting with '$'
             let skip_dollar = idx == ROOT;
             match &filter[pos..end] {
                 "#" => {
                     // `prefix/#` matches `prefix` itself (the root is never a name).
                     emit(idx);
-                    node.for_each_exact(|label, child| {
-                        if !(skip_dollar && label.starts_with('$')) {
-                            stack.push((child, ALL));
-                        }
-                    });
+                    stack.push(children(ALL, skip_dollar));
                 }
-                "+" => node.for_each_exact(|label, child| {
-                    if !(skip_dollar && label.starts_with('$')) {
-                        stack.push((child, end + 1));
-                    }
-                }),
+                "+" => stack.push(children(end + 1, skip_dollar)),
                 level => {
                     let child = node.exact(level);
                     if child != NONE {
-                        stack.push((child, end + 1));
+                        stack.push(Frame::Visit(child, end + 1));
                     }
                 }
             }

@@ -102,6 +102,31 @@ impl Children {
         }
     }
 
+    /// The first child whose label sorts after `after` (the first child for `None`), so a
+    /// walk can keep one cursor per level instead of pushing every child at once.
+    fn next_after(&self, after: Option<&str>) -> Option<(&str, Idx)> {
+        match self {
+            Self::Small(v) => {
+                let i = match after {
+                    None => 0,
+                    Some(a) => match v.binary_search_by(|(l, _)| (**l).cmp(a)) {
+                        Ok(i) => i + 1,
+                        Err(i) => i,
+                    },
+                };
+                v.get(i).map(|(l, idx)| (&**l, *idx))
+            }
+            Self::Wide(m) => {
+                use core::ops::Bound::{Excluded, Unbounded};
+                let mut range = match after {
+                    None => m.range::<str, _>((Unbounded, Unbounded)),
+                    Some(a) => m.range::<str, _>((Excluded(a), Unbounded)),
+                };
+                range.next().map(|(l, idx)| (&**l, *idx))
+            }
+        }
+    }
+
     fn heap_bytes(&self) -> usize {
         let entry = size_of::<(Box<str>, Idx)>();
         match self {
@@ -161,6 +186,12 @@ impl<P: Payload> Node<P> {
     /// Calls `f` with each exact-label child.
     pub(crate) fn for_each_exact(&self, f: impl FnMut(&str, Idx)) {
         self.children.for_each(f);
+    }
+
+    /// The exact-label child after `after` in label order; see `Children::next_after`.
+    #[inline]
+    pub(crate) fn next_exact_after(&self, after: Option<&str>) -> Option<(&str, Idx)> {
+        self.children.next_after(after)
     }
 
     fn is_prunable(&self) -> bool {
