@@ -95,13 +95,6 @@ impl Children {
         }
     }
 
-    fn for_each(&self, mut f: impl FnMut(&str, Idx)) {
-        match self {
-            Self::Small(v) => v.iter().for_each(|(l, i)| f(l, *i)),
-            Self::Wide(m) => m.iter().for_each(|(l, i)| f(l, *i)),
-        }
-    }
-
     /// The first child whose label sorts after `after` (the first child for `None`), so a
     /// walk can keep one cursor per level instead of pushing every child at once.
     fn next_after(&self, after: Option<&str>) -> Option<(&str, Idx)> {
@@ -181,11 +174,6 @@ impl<P: Payload> Node<P> {
 
     pub(crate) fn hash(&self) -> Idx {
         self.hash
-    }
-
-    /// Calls `f` with each exact-label child.
-    pub(crate) fn for_each_exact(&self, f: impl FnMut(&str, Idx)) {
-        self.children.for_each(f);
     }
 
     /// The exact-label child after `after` in label order; see `Children::next_after`.
