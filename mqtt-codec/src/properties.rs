@@ -258,6 +258,16 @@ pub(crate) fn read_id(r: &mut Reader<'_>) -> Result<PropertyId, Error> {
     })
 }
 
+/// Checks that `block` is a sequence of well-formed properties.
+fn validate_block(block: &[u8]) -> Result<(), Error> {
+    let mut r = Reader::new(block, PacketType::Publish);
+    while !r.is_empty() {
+        let id = read_id(&mut r)?;
+        skip(&mut r, id)?;
+    }
+    Ok(())
+}
+
 /// Skips one value of `id`'s type, validating it.
 fn skip(r: &mut Reader<'_>, id: PropertyId) -> Result<(), Error> {
     match id.kind() {
@@ -343,6 +353,33 @@ macro_rules! repeated {
                 Self(Repr::Wire(block))
             }
 
+            /// Reads the values out of a property block (the bytes after a Property
+            /// Length), checking every entry of the block; entries of other properties are
+            /// skipped. This lets a caller keep a decoded packet's block (say as
+            /// `bytes::Bytes`) and read it again later without copying.
+            pub fn from_block(block: &'a [u8]) -> Result<Self, Error> {
+                validate_block(block)?;
+                Ok(Self::wire(block))
+            }
+
+            /// These values encoded as a property block body (no Property Length), which
+            /// [`Self::from_block`] reads back: a way to keep them owned in one buffer.
+            #[cfg(feature = "alloc")]
+            pub fn to_block(&self) -> Result<alloc::vec::Vec<u8>, Error> {
+                let len = self.len(PacketType::Publish)?;
+                let mut v = alloc::vec![0; len];
+                self.write(&mut crate::writer::SliceSink { buf: &mut v, pos: 0 });
+                Ok(v)
+            }
+
+            /// The property block these values are read from, when they came off the wire.
+            pub fn wire_block(&self) -> Option<&'a [u8]> {
+                match self.0 {
+                    Repr::Wire(b) => Some(b),
+                    Repr::List(_) => None,
+                }
+            }
+
             /// The values, in wire order.
             pub fn iter(&self) -> $iter<'a> {
                 $iter(match self.0 {
@@ -352,8 +389,13 @@ macro_rules! repeated {
             }
 
             /// Whether there are none.
+            #[inline]
             pub fn is_empty(&self) -> bool {
-                self.iter().next().is_none()
+                match self.0 {
+                    // Every encode asks this of packets built from slices, usually empty ones.
+                    Repr::List(l) => l.is_empty(),
+                    Repr::Wire(_) => self.iter().next().is_none(),
+                }
             }
 
             pub(crate) fn len(&self, $p: PacketType) -> Result<usize, Error> {
@@ -486,8 +528,9 @@ macro_rules! properties {
                     match id {
                         $( PropertyId::$id => set_once(&mut p.$field, Value::read(&mut b, id)?, id, packet)?, )*
                         PropertyId::UserProperty => {
-                            b.string()?;
-                            b.string()?;
+                            // Checked here, kept in the block: the iterator reads them.
+                            b.skip_string()?;
+                            b.skip_string()?;
                             user = true;
                         }
                         $( PropertyId::SubscriptionIdentifier => {
@@ -531,6 +574,7 @@ macro_rules! properties {
             }
 
             /// Whether no property is set.
+            #[inline]
             pub fn is_empty(&self) -> bool {
                 true $( && self.$field.is_none() )* && self.user_properties.is_empty()
                     $( && self.$mfield.is_empty() )?

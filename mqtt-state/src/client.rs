@@ -1,0 +1,626 @@
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use bytes::{Bytes, BytesMut};
+use mqtt_codec::{
+    Connect, ConnectProperties, Disconnect, Packet, PacketId, PacketType, ProtocolVersion, QoS,
+    ReasonCode, Subscribe, SubscribeProperties, Subscription, SubscriptionId, SubscriptionOptions,
+    Unsubscribe, Will, WillProperties,
+};
+
+use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
+use crate::session::SessionState;
+use crate::{ConnAckInfo, Duration, Error, Event, Instant, Message, Timer, Utf8Bytes, Violation};
+
+const CONNECT: u8 = 0;
+const SUBSCRIBE: u8 = 1;
+const UNSUBSCRIBE: u8 = 2;
+
+/// How a [`Client`] connects and what it accepts.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Protocol level.
+    pub version: ProtocolVersion,
+    /// Client identifier; empty asks the server to assign one (3.1.1 requires clean start).
+    pub client_id: Utf8Bytes,
+    /// Keep alive in seconds; 0 turns it off.
+    pub keep_alive: u16,
+    /// Start a new session rather than resume one.
+    pub clean_start: bool,
+    /// 5.0 Session Expiry Interval in seconds.
+    pub session_expiry_interval: u32,
+    /// User name.
+    pub username: Option<Utf8Bytes>,
+    /// Password.
+    pub password: Option<Bytes>,
+    /// Will message and its 5.0 delay in seconds.
+    pub will: Option<(Message, u32)>,
+    /// Receive Maximum the client announces: QoS 1/2 messages it accepts unacknowledged.
+    pub receive_maximum: u16,
+    /// Largest packet the client accepts.
+    pub maximum_packet_size: u32,
+    /// Highest topic alias the server may use towards the client (5.0).
+    pub topic_alias_maximum: u16,
+    /// At most this many topic aliases are assigned towards the server (5.0).
+    pub outgoing_topic_aliases: u16,
+    /// At most this many QoS 1/2 messages in flight, below the server's Receive Maximum.
+    pub max_inflight: u16,
+    /// At most this many messages waiting behind the send quota.
+    pub max_queued: usize,
+    /// How long to wait for CONNACK.
+    pub connect_timeout: Duration,
+    /// Acknowledge incoming QoS 1/2 messages only when the application calls
+    /// [`Client::ack`] (acknowledgements still go out in arrival order).
+    pub manual_acks: bool,
+    /// 5.0 enhanced authentication method and initial data.
+    pub authentication: Option<(Utf8Bytes, Option<Bytes>)>,
+}
+
+impl ClientConfig {
+    /// Defaults for `client_id` at `version`: keep alive 60 s, clean start, 64 messages in
+    /// flight each way, 1 MiB packets, 1,024 queued messages, 16 topic aliases each way.
+    pub fn new(version: ProtocolVersion, client_id: impl Into<Utf8Bytes>) -> Self {
+        Self {
+            version,
+            client_id: client_id.into(),
+            keep_alive: 60,
+            clean_start: true,
+            session_expiry_interval: 0,
+            username: None,
+            password: None,
+            will: None,
+            receive_maximum: 64,
+            maximum_packet_size: 1 << 20,
+            topic_alias_maximum: 16,
+            outgoing_topic_aliases: 16,
+            max_inflight: 64,
+            max_queued: 1024,
+            connect_timeout: Duration::from_secs(10),
+            manual_acks: false,
+            authentication: None,
+        }
+    }
+}
+
+/// A SUBSCRIBE waiting to be sent or acknowledged: its id, filters and subscription id.
+type PendingSubscribe = (
+    PacketId,
+    Vec<(Utf8Bytes, SubscriptionOptions)>,
+    Option<SubscriptionId>,
+);
+
+/// The client side of one MQTT connection, as a pure state machine.
+///
+/// Feed it what the transport delivers with [`Client::handle_input`] and the passage of time
+/// with [`Client::handle_timeout`]; after every call, drain [`Client::poll_transmit`] (bytes
+/// to write), [`Client::poll_event`] (what happened) and [`Client::poll_timeout`] (when to
+/// call `handle_timeout` next). See the crate documentation for the loop.
+pub struct Client {
+    conn: Conn,
+    config: ClientConfig,
+    subscribes: VecDeque<PendingSubscribe>,
+    unsubscribes: VecDeque<(PacketId, Vec<Utf8Bytes>)>,
+    /// Whether the server's capabilities (CONNACK) are known.
+    maximum_qos: QoS,
+    retain_available: bool,
+}
+
+impl Client {
+    /// A client that has not connected yet.
+    pub fn new(config: ClientConfig) -> Self {
+        Self::with_session(config, SessionState::default())
+    }
+
+    /// A client resuming `session` (from [`Client::into_session`] or a persisted
+    /// snapshot): unacknowledged messages are re-sent if the server resumes the session.
+    pub fn with_session(config: ClientConfig, session: SessionState) -> Self {
+        let local = Limits {
+            receive_maximum: config.receive_maximum.max(1),
+            maximum_packet_size: config.maximum_packet_size,
+            topic_alias_maximum: if config.version.is_v5() {
+                config.topic_alias_maximum
+            } else {
+                0
+            },
+        };
+        let mut conn = Conn::new(Role::Client, config.version, session, local);
+        conn.max_inflight = config.max_inflight.max(1);
+        conn.max_queued = config.max_queued;
+        conn.manual_acks = config.manual_acks;
+        conn.max_alias_out = config.outgoing_topic_aliases;
+        conn.reserve();
+        Self {
+            conn,
+            config,
+            subscribes: VecDeque::new(),
+            unsubscribes: VecDeque::new(),
+            maximum_qos: QoS::ExactlyOnce,
+            retain_available: true,
+        }
+    }
+
+    /// The session state to keep across a reconnect or restart.
+    pub fn session(&self) -> &SessionState {
+        &self.conn.session
+    }
+
+    /// Gives up the machine, keeping its session state.
+    pub fn into_session(self) -> SessionState {
+        self.conn.session
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Whether CONNACK accepted the connection and it has not ended.
+    pub fn is_connected(&self) -> bool {
+        self.conn.phase == Phase::Connected
+    }
+
+    /// Starts a connection over a transport that just opened: queues CONNECT
+    /// ([MQTT-3.1.0-1]: the first packet). Clears the error of an earlier connection.
+    pub fn connect(&mut self, now: Instant) -> Result<(), Error> {
+        if matches!(
+            self.conn.phase,
+            Phase::Connecting | Phase::Connected | Phase::Closing
+        ) {
+            return Err(Error::InvalidState("already connected or connecting"));
+        }
+        self.conn.reset_connection();
+        self.conn.error = None;
+        self.conn.final_disconnect = None;
+        self.conn.phase = Phase::Connecting;
+        self.conn.control.push_back(Control::Role(CONNECT));
+        self.conn
+            .timers
+            .set(Timer::Connect, now + self.config.connect_timeout);
+        Ok(())
+    }
+
+    /// Reads every complete packet from `buf` (leaving a partial one there) and acts on it.
+    /// Received messages share `buf`'s storage: nothing is copied.
+    pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), Error> {
+        let Self {
+            conn,
+            subscribes,
+            unsubscribes,
+            maximum_qos,
+            retain_available,
+            config,
+        } = self;
+        conn.read_frames(now, buf, |conn, now, frame, packet| {
+            let t = packet.packet_type();
+            if conn.phase == Phase::Connecting
+                && !matches!(t, PacketType::ConnAck | PacketType::Auth)
+            {
+                return Err(unexpected(t));
+            }
+            match packet {
+                Packet::ConnAck(ack) => {
+                    if conn.phase != Phase::Connecting {
+                        return Err(unexpected(t));
+                    }
+                    on_connack(conn, config, now, frame, ack, maximum_qos, retain_available)?;
+                }
+                Packet::Publish(p) => conn.on_publish(frame, p)?,
+                Packet::PubAck(a) => conn.on_puback(a),
+                Packet::PubRec(a) => conn.on_pubrec(a),
+                Packet::PubRel(a) => conn.on_pubrel(a),
+                Packet::PubComp(a) => conn.on_pubcomp(a),
+                Packet::SubAck(s) => {
+                    if let Some(i) = subscribes.iter().position(|(id, ..)| *id == s.packet_id) {
+                        subscribes.remove(i);
+                    }
+                    release_pending(conn, s.packet_id);
+                    conn.events.push_back(Event::Subscribed {
+                        packet_id: s.packet_id,
+                        reasons: s.reason_codes.iter().collect(),
+                    });
+                }
+                Packet::UnsubAck(u) => {
+                    if let Some(i) = unsubscribes.iter().position(|(id, _)| *id == u.packet_id) {
+                        unsubscribes.remove(i);
+                    }
+                    release_pending(conn, u.packet_id);
+                    conn.events.push_back(Event::Unsubscribed {
+                        packet_id: u.packet_id,
+                        reasons: u.reason_codes.iter().collect(),
+                    });
+                }
+                Packet::PingResp => {}
+                Packet::Disconnect(d) => {
+                    conn.phase = Phase::Closed;
+                    return Err(Error::Disconnected(d.reason_code));
+                }
+                Packet::Auth(a) => {
+                    // [MQTT-4.12.0-7] only after asking for enhanced authentication.
+                    if config.authentication.is_none() {
+                        return Err(Violation::UnexpectedAuth.into());
+                    }
+                    conn.events.push_back(Event::Auth {
+                        reason: a.reason_code,
+                        method: a
+                            .properties
+                            .authentication_method
+                            .map(|m| Utf8Bytes::slice_of(frame, m)),
+                        data: a.properties.authentication_data.map(|d| frame.slice_ref(d)),
+                    });
+                }
+                Packet::Connect(_)
+                | Packet::Subscribe(_)
+                | Packet::Unsubscribe(_)
+                | Packet::PingReq => {
+                    return Err(unexpected(t));
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Acts on expired timers: CONNACK timeout, PINGREQ when idle, PINGRESP timeout. Calling
+    /// it early does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.conn.error.is_some() {
+            return;
+        }
+        if self.conn.timers.expired(Timer::Connect, now) {
+            self.conn.fail(Error::ConnectTimeout);
+            return;
+        }
+        self.conn.handle_keep_alive(now);
+    }
+
+    /// The transport closed. The session stays for the next [`Client::connect`], and the
+    /// client is idle again: messages published now wait in the queue for that connection.
+    pub fn handle_close(&mut self, _now: Instant) {
+        if self.conn.error.is_none() && self.conn.phase != Phase::Idle {
+            self.conn.phase = Phase::Connected;
+            self.conn.fail(Error::ConnectionClosed);
+        }
+        self.conn.reset_connection();
+        self.conn.error = None;
+        self.conn.final_disconnect = None;
+        self.conn.phase = Phase::Idle;
+    }
+
+    /// Queues a message. QoS 1/2 messages return their packet identifier; they are sent as
+    /// soon as the server's Receive Maximum allows and re-sent after a resumed reconnect.
+    /// Messages may be queued before the connection is up.
+    ///
+    /// Refused: QoS above the server's Maximum QoS, RETAIN when the server has none, a full
+    /// queue, exhausted identifiers.
+    pub fn publish(&mut self, now: Instant, message: Message) -> Result<Option<PacketId>, Error> {
+        self.conn.check()?;
+        // [MQTT-3.2.2-11] never above the server's Maximum QoS.
+        if message.qos > self.maximum_qos {
+            return Err(Error::QoSNotSupported);
+        }
+        // [MQTT-3.2.2-14] no RETAIN when the server has no retained messages.
+        if message.retain && !self.retain_available {
+            return Err(Error::RetainNotSupported);
+        }
+        mqtt_topic::validate_name(message.topic.as_str())
+            .map_err(|e| Error::Codec(mqtt_codec::Error::InvalidTopicName(e)))?;
+        self.conn.enqueue(now, message, heapless::Vec::new())
+    }
+
+    /// Queues a SUBSCRIBE, returning its packet identifier; [`Event::Subscribed`] reports
+    /// the SUBACK.
+    pub fn subscribe(
+        &mut self,
+        filters: &[(&str, SubscriptionOptions)],
+        subscription_id: Option<SubscriptionId>,
+    ) -> Result<PacketId, Error> {
+        self.conn.check()?;
+        for (f, _) in filters {
+            mqtt_topic::validate_filter(f)
+                .map_err(|e| Error::Codec(mqtt_codec::Error::InvalidTopicFilter(e)))?;
+        }
+        if filters.is_empty() {
+            return Err(Error::Codec(mqtt_codec::Error::EmptyPayload {
+                packet: PacketType::Subscribe,
+            }));
+        }
+        let id = self.take_id()?;
+        let owned = filters
+            .iter()
+            .map(|(f, o)| (Utf8Bytes::from(alloc::string::String::from(*f)), *o))
+            .collect();
+        self.subscribes.push_back((id, owned, subscription_id));
+        self.conn.control.push_back(Control::Role(SUBSCRIBE));
+        Ok(id)
+    }
+
+    /// Queues an UNSUBSCRIBE, returning its packet identifier.
+    pub fn unsubscribe(&mut self, filters: &[&str]) -> Result<PacketId, Error> {
+        self.conn.check()?;
+        for f in filters {
+            mqtt_topic::validate_filter(f)
+                .map_err(|e| Error::Codec(mqtt_codec::Error::InvalidTopicFilter(e)))?;
+        }
+        if filters.is_empty() {
+            return Err(Error::Codec(mqtt_codec::Error::EmptyPayload {
+                packet: PacketType::Unsubscribe,
+            }));
+        }
+        let id = self.take_id()?;
+        let owned = filters
+            .iter()
+            .map(|f| Utf8Bytes::from(alloc::string::String::from(*f)))
+            .collect();
+        self.unsubscribes.push_back((id, owned));
+        self.conn.control.push_back(Control::Role(UNSUBSCRIBE));
+        Ok(id)
+    }
+
+    fn take_id(&mut self) -> Result<PacketId, Error> {
+        let id = self.conn.ids.allocate().ok_or(Error::PacketIdsExhausted)?;
+        self.conn.session.pending_acks.push(id.get());
+        Ok(id)
+    }
+
+    /// Acknowledges an incoming QoS 1/2 message when manual acks are on. Acknowledgements
+    /// still leave in arrival order ([MQTT-4.6.0-2] [MQTT-4.6.0-3]): an early ack waits for
+    /// the ones before it. `false` if `packet_id` is not awaiting an ack.
+    pub fn ack(&mut self, packet_id: PacketId) -> bool {
+        self.conn.ack(packet_id)
+    }
+
+    /// Sends DISCONNECT with `reason` (5.0; Normal disconnection before) and closes.
+    pub fn disconnect(&mut self, reason: ReasonCode) -> Result<(), Error> {
+        self.conn.check()?;
+        if self.conn.phase != Phase::Connected {
+            self.conn.phase = Phase::Closed;
+            self.conn.error = Some(Error::Disconnected(reason));
+            return Ok(());
+        }
+        self.conn.final_disconnect = Some(reason);
+        self.conn.phase = Phase::Closing;
+        self.conn.error = Some(Error::Disconnected(reason));
+        self.conn.events.push_back(Event::Disconnected {
+            reason,
+            by_peer: false,
+        });
+        Ok(())
+    }
+
+    /// Writes the next packet to send into `out`, returning its length; `Ok(None)` when
+    /// there is nothing to send. After a failure the DISCONNECT (if any) comes out first,
+    /// then the error. A packet larger than `out` is `Error::Codec(BufferTooSmall)` and
+    /// stays queued.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        loop {
+            let Some(next) = self.conn.pick(now) else {
+                return match self.conn.error {
+                    Some(e) if self.conn.phase == Phase::Closed => Err(e),
+                    _ => Ok(None),
+                };
+            };
+            let n = match next {
+                Next::Control => self.transmit_control(now, out)?,
+                next => self.conn.transmit(now, next, out)?,
+            };
+            if let Some(n) = n {
+                return Ok(Some(n));
+            }
+        }
+    }
+
+    fn transmit_control(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        let c = self.conn.control.front().expect("picked");
+        let n = match c {
+            Control::Role(CONNECT) => {
+                let connect = self.connect_packet();
+                self.conn.encode(&Packet::Connect(connect.0), out)?
+            }
+            Control::Role(SUBSCRIBE) => {
+                let (id, filters, sub_id) =
+                    self.subscribes.front().expect("queued with its control");
+                let subs: Vec<Subscription<'_>> = filters
+                    .iter()
+                    .map(|(f, o)| Subscription {
+                        filter: f.as_str(),
+                        options: *o,
+                    })
+                    .collect();
+                let s = Subscribe {
+                    packet_id: *id,
+                    properties: SubscribeProperties {
+                        subscription_identifier: *sub_id,
+                        ..Default::default()
+                    },
+                    filters: mqtt_codec::List::new(&subs),
+                };
+                self.conn.encode(&Packet::Subscribe(s), out)?
+            }
+            Control::Role(_) => {
+                let (id, filters) = self.unsubscribes.front().expect("queued with its control");
+                let fs: Vec<&str> = filters.iter().map(Utf8Bytes::as_str).collect();
+                let u = Unsubscribe::new(*id, mqtt_codec::List::new(&fs));
+                self.conn.encode(&Packet::Unsubscribe(u), out)?
+            }
+            other => {
+                let p = encode_common(other).expect("common control packet");
+                self.conn.encode(&p, out)?
+            }
+        };
+        let c = self.conn.control.pop_front().expect("picked");
+        // SUBSCRIBE/UNSUBSCRIBE data stays until the ack arrives (it is re-sent after a
+        // reconnect only by the application: the server's SUBACK may have been lost).
+        match n {
+            Ok(n) => {
+                if c != Control::Role(CONNECT) && self.conn.phase == Phase::Connected {
+                    // Keep alive counts from the last packet sent.
+                    self.conn
+                        .timers
+                        .set(Timer::KeepAlive, now + self.conn.keep_alive);
+                    if self.conn.keep_alive == Duration::ZERO {
+                        self.conn.timers.stop(Timer::KeepAlive);
+                    }
+                }
+                Ok(Some(n))
+            }
+            Err(size) => {
+                let e = Error::PacketTooLarge {
+                    size,
+                    max: self.conn.peer.maximum_packet_size,
+                };
+                Err(self.conn.fail(e))
+            }
+        }
+    }
+
+    fn connect_packet(&self) -> (Connect<'_>,) {
+        let c = &self.config;
+        let v5 = c.version.is_v5();
+        let will = c.will.as_ref().map(|(m, delay)| Will {
+            topic: m.topic.as_str(),
+            payload: &m.payload,
+            qos: m.qos,
+            retain: m.retain,
+            properties: if v5 {
+                WillProperties {
+                    will_delay_interval: (*delay > 0).then_some(*delay),
+                    payload_format_indicator: m.properties.payload_format_indicator,
+                    message_expiry_interval: m.properties.message_expiry_interval,
+                    content_type: m.properties.content_type.as_ref().map(Utf8Bytes::as_str),
+                    response_topic: m.properties.response_topic.as_ref().map(Utf8Bytes::as_str),
+                    correlation_data: m.properties.correlation_data.as_deref(),
+                    user_properties: m.properties.user_properties(),
+                }
+            } else {
+                WillProperties::default()
+            },
+        });
+        let properties = if v5 {
+            ConnectProperties {
+                session_expiry_interval: (c.session_expiry_interval > 0)
+                    .then_some(c.session_expiry_interval),
+                receive_maximum: core::num::NonZeroU16::new(c.receive_maximum)
+                    .filter(|r| r.get() != u16::MAX),
+                maximum_packet_size: core::num::NonZeroU32::new(c.maximum_packet_size),
+                topic_alias_maximum: (c.topic_alias_maximum > 0).then_some(c.topic_alias_maximum),
+                authentication_method: c.authentication.as_ref().map(|(m, _)| m.as_str()),
+                authentication_data: c.authentication.as_ref().and_then(|(_, d)| d.as_deref()),
+                ..Default::default()
+            }
+        } else {
+            ConnectProperties::default()
+        };
+        (Connect {
+            protocol: c.version,
+            clean_start: c.clean_start,
+            keep_alive: c.keep_alive,
+            client_id: c.client_id.as_str(),
+            will,
+            username: c.username.as_ref().map(Utf8Bytes::as_str),
+            password: c.password.as_deref(),
+            properties,
+        },)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.conn.events.pop_front()
+    }
+
+    /// When [`Client::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conn.timers.next()
+    }
+
+    /// Sends a DISCONNECT with the given reason once the queued packets are out; used by
+    /// `Drop`-less shutdown paths. Same as [`Client::disconnect`] with Normal disconnection.
+    pub fn close(&mut self) -> Result<(), Error> {
+        self.disconnect(ReasonCode::Success)
+    }
+
+    /// The DISCONNECT packet bytes for 3.1.1 and 5.0 alike, for adapters that must say
+    /// goodbye outside the machine (a signal handler).
+    pub fn disconnect_packet(version: ProtocolVersion, out: &mut [u8]) -> Result<usize, Error> {
+        Ok(Packet::Disconnect(Disconnect::default()).encode(version, out)?)
+    }
+}
+
+fn release_pending(conn: &mut Conn, id: PacketId) {
+    if let Some(i) = conn
+        .session
+        .pending_acks
+        .iter()
+        .position(|&p| p == id.get())
+    {
+        conn.session.pending_acks.remove(i);
+        conn.ids.release(id);
+    }
+}
+
+fn on_connack(
+    conn: &mut Conn,
+    config: &ClientConfig,
+    now: Instant,
+    frame: &Bytes,
+    ack: mqtt_codec::ConnAck<'_>,
+    maximum_qos: &mut QoS,
+    retain_available: &mut bool,
+) -> Result<(), Error> {
+    conn.timers.stop(Timer::Connect);
+    if ack.reason_code.is_error() {
+        // [MQTT-4.13.2-1] a refusal closes the connection.
+        conn.phase = Phase::Closed;
+        return Err(Error::ConnectionRefused(ack.reason_code));
+    }
+    // [MQTT-3.2.2-4] a client that started clean cannot be handed a session.
+    if config.clean_start && ack.session_present {
+        return Err(Violation::SessionPresentOnCleanStart.into());
+    }
+    if !ack.session_present && conn.session.has_shared_state() {
+        // [MQTT-3.2.2-5] the server has no session: drop ours and say what is lost.
+        let (inflight, pending) = conn.session.take_shared();
+        for id in pending.into_iter().filter_map(PacketId::new) {
+            conn.ids.release(id);
+        }
+        let messages = inflight
+            .into_iter()
+            .map(|f| {
+                conn.ids.release(f.packet_id);
+                f.outgoing.message
+            })
+            .collect();
+        conn.events.push_back(Event::SessionLost { messages });
+    }
+    let p = &ack.properties;
+    conn.peer = Limits {
+        receive_maximum: p.receive_maximum.map_or(u16::MAX, |r| r.get()),
+        maximum_packet_size: p
+            .maximum_packet_size
+            .map_or(mqtt_codec::DecodeOptions::PROTOCOL_MAX_PACKET_SIZE, |m| {
+                m.get()
+            }),
+        topic_alias_maximum: p.topic_alias_maximum.unwrap_or(0),
+    };
+    *maximum_qos = p.maximum_qos.unwrap_or(QoS::ExactlyOnce);
+    *retain_available = p.retain_available.unwrap_or(true);
+    // [MQTT-3.1.2-21] [MQTT-3.2.2-21] the server's keep alive wins.
+    let keep_alive = p.server_keep_alive.unwrap_or(config.keep_alive);
+    conn.keep_alive = Duration::from_secs(u64::from(keep_alive));
+    conn.phase = Phase::Connected;
+    if keep_alive > 0 {
+        conn.timers.set(Timer::KeepAlive, now + conn.keep_alive);
+    }
+    conn.events.push_back(Event::Connected(ConnAckInfo {
+        session_present: ack.session_present,
+        assigned_client_id: p
+            .assigned_client_identifier
+            .map(|id| Utf8Bytes::slice_of(frame, id)),
+        keep_alive: conn.keep_alive,
+        maximum_qos: *maximum_qos,
+        retain_available: *retain_available,
+        receive_maximum: conn.peer.receive_maximum,
+        maximum_packet_size: conn.peer.maximum_packet_size,
+        topic_alias_maximum: conn.peer.topic_alias_maximum,
+        session_expiry_interval: p.session_expiry_interval,
+    }));
+    Ok(())
+}

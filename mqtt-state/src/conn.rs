@@ -1,0 +1,788 @@
+//! The engine both roles share: framing of input, the QoS 1/2 flows in both directions,
+//! flow control, topic aliases, keep alive bookkeeping, and the transmit scheduler.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::num::NonZeroU16;
+
+use bytes::{Bytes, BytesMut};
+use mqtt_codec::{
+    decode_fixed_header, AckProperties, DecodeOptions, Disconnect, Packet, PacketId, PacketType,
+    ProtocolVersion, PubAck, QoS, QosPid, ReasonCode, Sender, Status, SubscriptionId,
+};
+
+use crate::session::{Inflight, Outgoing, SessionState, Stage};
+use crate::{
+    Duration, Error, Event, Instant, Message, PacketIdAllocator, Timer, Utf8Bytes, Violation,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Client,
+    Server,
+}
+
+/// Connection progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// No transport (client before `connect`, or after it dropped).
+    Idle,
+    /// CONNECT sent (client) or awaited/being decided (server).
+    Connecting,
+    /// CONNACK exchanged with success.
+    Connected,
+    /// A DISCONNECT went or is going out; nothing else is sent.
+    Closing,
+    /// Done; every call returns the terminal error.
+    Closed,
+}
+
+/// A non-PUBLISH packet waiting to be sent. Acknowledgements of incoming PUBLISH live in
+/// `acks` instead, because their order is constrained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Control {
+    PingReq,
+    PingResp,
+    PubComp(PacketId, ReasonCode),
+    SubAck(PacketId, Vec<ReasonCode>),
+    UnsubAck(PacketId, Vec<ReasonCode>),
+    /// Built by the role from its own data.
+    Role(u8),
+}
+
+/// An acknowledgement owed for an incoming QoS 1/2 PUBLISH, in arrival order
+/// ([MQTT-4.6.0-2] [MQTT-4.6.0-3]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OwedAck {
+    pub(crate) id: PacketId,
+    pub(crate) qos: QoS,
+    /// The application has acknowledged it (always, unless manual acks are on).
+    pub(crate) ready: bool,
+    pub(crate) code: ReasonCode,
+}
+
+/// Limits that differ by direction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Receive Maximum: unacknowledged QoS 1/2 PUBLISH accepted at once.
+    pub(crate) receive_maximum: u16,
+    /// Largest packet accepted.
+    pub(crate) maximum_packet_size: u32,
+    /// Highest topic alias accepted.
+    pub(crate) topic_alias_maximum: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            receive_maximum: u16::MAX,
+            maximum_packet_size: DecodeOptions::PROTOCOL_MAX_PACKET_SIZE,
+            topic_alias_maximum: 0,
+        }
+    }
+}
+
+pub(crate) struct Conn {
+    pub(crate) role: Role,
+    pub(crate) version: ProtocolVersion,
+    pub(crate) phase: Phase,
+    /// The sticky error, once there is one.
+    pub(crate) error: Option<Error>,
+    /// A DISCONNECT to send before closing (5.0, or any version from a client).
+    pub(crate) final_disconnect: Option<ReasonCode>,
+    pub(crate) timers: crate::time::TimerTable,
+    /// Keep alive in effect; zero turns it off.
+    pub(crate) keep_alive: Duration,
+    pub(crate) ping_outstanding: bool,
+    /// What we accept.
+    pub(crate) local: Limits,
+    /// What the peer accepts.
+    pub(crate) peer: Limits,
+    /// Our own cap on QoS 1/2 messages in flight.
+    pub(crate) max_inflight: u16,
+    pub(crate) max_queued: usize,
+    pub(crate) manual_acks: bool,
+    pub(crate) ids: PacketIdAllocator,
+    pub(crate) session: SessionState,
+    pub(crate) acks: VecDeque<OwedAck>,
+    pub(crate) control: VecDeque<Control>,
+    pub(crate) events: VecDeque<Event>,
+    /// Incoming topic aliases: index `alias - 1`.
+    pub(crate) alias_in: Vec<Option<Utf8Bytes>>,
+    /// Outgoing topic aliases: index `alias - 1`.
+    pub(crate) alias_out: Vec<Utf8Bytes>,
+    pub(crate) max_alias_out: u16,
+}
+
+/// What `poll_transmit` picked, so that state changes only once the bytes are written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Next {
+    Control,
+    Ack,
+    Inflight(usize),
+    Queued,
+    FinalDisconnect,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        role: Role,
+        version: ProtocolVersion,
+        session: SessionState,
+        local: Limits,
+    ) -> Self {
+        let max_inflight = local.receive_maximum;
+        Self {
+            role,
+            version,
+            phase: Phase::Idle,
+            error: None,
+            final_disconnect: None,
+            timers: Default::default(),
+            keep_alive: Duration::ZERO,
+            ping_outstanding: false,
+            local,
+            peer: Limits::default(),
+            max_inflight,
+            max_queued: 1024,
+            manual_acks: false,
+            ids: session.allocator(usize::from(max_inflight) + 8),
+            session,
+            acks: VecDeque::new(),
+            control: VecDeque::new(),
+            events: VecDeque::new(),
+            alias_in: Vec::new(),
+            alias_out: Vec::new(),
+            max_alias_out: 0,
+        }
+    }
+
+    /// Reserves room so that steady-state traffic does not allocate.
+    pub(crate) fn reserve(&mut self) {
+        let n = usize::from(self.max_inflight.min(1024));
+        self.session.inflight.reserve(n);
+        self.session
+            .incoming_qos2
+            .reserve(usize::from(self.local.receive_maximum.min(1024)));
+        self.acks
+            .reserve(usize::from(self.local.receive_maximum.min(1024)));
+        self.control.reserve(8);
+        self.events.reserve(16);
+        self.session.queue.reserve(self.max_queued.min(1024));
+    }
+
+    pub(crate) fn decode_options(&self) -> DecodeOptions {
+        DecodeOptions::new(self.version)
+            .max_packet_size(self.local.maximum_packet_size)
+            .sender(match self.role {
+                Role::Client => Sender::Server,
+                Role::Server => Sender::Client,
+            })
+    }
+
+    /// The terminal error, if the connection has failed or closed.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failure: queues a DISCONNECT where the protocol has one, and makes `e`
+    /// sticky. Returns `e` for the caller to propagate.
+    pub(crate) fn fail(&mut self, e: Error) -> Error {
+        if self.error.is_some() {
+            return self.error.unwrap_or(e);
+        }
+        self.error = Some(e);
+        // The peer ended it (its DISCONNECT set the phase to Closed) or the transport did.
+        let by_peer = self.phase == Phase::Closed || e == Error::ConnectionClosed;
+        // A server sends DISCONNECT only after a successful CONNACK ([MQTT-3.14.0-1]), and
+        // only 5.0 servers send it at all; a client sends it in any version once connected.
+        let can_send =
+            self.phase == Phase::Connected && (self.version.is_v5() || self.role == Role::Client);
+        if can_send && !by_peer {
+            self.final_disconnect = Some(e.reason_code());
+            self.phase = Phase::Closing;
+        } else {
+            self.phase = Phase::Closed;
+        }
+        self.timers.clear();
+        self.events.push_back(Event::Disconnected {
+            reason: e.reason_code(),
+            by_peer,
+        });
+        e
+    }
+
+    /// Splits complete frames off `buf` and hands each to `on_packet`; stops early when
+    /// `on_packet` says so (the server waits for the application after CONNECT).
+    pub(crate) fn read_frames(
+        &mut self,
+        now: Instant,
+        buf: &mut BytesMut,
+        mut on_packet: impl FnMut(&mut Self, Instant, &Bytes, Packet<'_>) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        self.check()?;
+        loop {
+            if matches!(self.phase, Phase::Closing | Phase::Closed) {
+                return Ok(());
+            }
+            let opts = self.decode_options();
+            let size = match decode_fixed_header(buf, &opts) {
+                Ok(Status::Complete { packet: h, .. }) => h.packet_len(),
+                Ok(Status::Incomplete { .. }) => return Ok(()),
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            if buf.len() < size {
+                // Only the missing bytes are reserved, never what a peer merely announces
+                // beyond our maximum packet size, which the header check refused.
+                buf.reserve(size - buf.len());
+                return Ok(());
+            }
+            let frame = buf.split_to(size).freeze();
+            let packet = match mqtt_codec::decode(&frame, &opts) {
+                Ok(Status::Complete { packet, .. }) => packet,
+                Ok(Status::Incomplete { .. }) => return Ok(()),
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            self.on_receive(now);
+            match on_packet(self, now, &frame, packet) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+    }
+
+    /// Any packet proves the peer alive.
+    fn on_receive(&mut self, now: Instant) {
+        match self.role {
+            Role::Client => {
+                self.timers.stop(Timer::PingResp);
+                self.ping_outstanding = false;
+            }
+            Role::Server => {
+                // [MQTT-3.1.2-22] close after 1.5 times the keep alive without a packet.
+                if self.keep_alive != Duration::ZERO {
+                    let grace = Duration::from_millis(self.keep_alive.as_millis() * 3 / 2);
+                    self.timers.set(Timer::KeepAlive, now + grace);
+                }
+            }
+        }
+    }
+
+    /// Called after anything is sent.
+    fn on_transmit(&mut self, now: Instant) {
+        // [MQTT-3.1.2-20] the client pings when it has sent nothing for the keep alive.
+        if self.role == Role::Client
+            && self.keep_alive != Duration::ZERO
+            && self.phase == Phase::Connected
+        {
+            self.timers.set(Timer::KeepAlive, now + self.keep_alive);
+        }
+    }
+
+    // ---- Incoming PUBLISH and acknowledgements -------------------------------------------
+
+    /// Handles an incoming PUBLISH: resolves its topic alias, enforces our Receive Maximum,
+    /// suppresses QoS 2 duplicates, queues the acknowledgement and the event.
+    pub(crate) fn on_publish(
+        &mut self,
+        frame: &Bytes,
+        p: mqtt_codec::Publish<'_>,
+    ) -> Result<(), Error> {
+        let topic = self.resolve_alias(frame, &p)?;
+        let qos = p.qos();
+        match p.qos_pid {
+            QosPid::AtMostOnce => {}
+            QosPid::AtLeastOnce(id) => {
+                self.check_receive_maximum()?;
+                // [MQTT-4.3.2-4] PUBACK with the PUBLISH's id; [MQTT-4.3.2-5] after it,
+                // the same id is a new message, so QoS 1 keeps no per-id state.
+                self.acks.push_back(OwedAck {
+                    id,
+                    qos,
+                    ready: !self.manual_acks,
+                    code: ReasonCode::Success,
+                });
+            }
+            QosPid::ExactlyOnce(id) => {
+                if !self.session.incoming_qos2.contains(&id.get()) {
+                    self.check_receive_maximum()?;
+                }
+                if !self.session.receive_qos2(id) {
+                    // [MQTT-4.3.3-10] a repeat before PUBREL: PUBREC again, deliver nothing.
+                    if !self.acks.iter().any(|a| a.id == id) {
+                        self.acks.push_back(OwedAck {
+                            id,
+                            qos,
+                            ready: true,
+                            code: ReasonCode::Success,
+                        });
+                    }
+                    return Ok(());
+                }
+                self.acks.push_back(OwedAck {
+                    id,
+                    qos,
+                    ready: !self.manual_acks,
+                    code: ReasonCode::Success,
+                });
+            }
+        }
+        let message = Message::from_publish(frame, &p, topic);
+        self.events.push_back(Event::Message {
+            packet_id: p.packet_id(),
+            dup: p.dup,
+            message,
+        });
+        Ok(())
+    }
+
+    fn check_receive_maximum(&self) -> Result<(), Error> {
+        // Unacknowledged: QoS 1 not yet PUBACKed, and QoS 2 not yet PUBCOMPed.
+        let unacked = self
+            .acks
+            .iter()
+            .filter(|a| a.qos == QoS::AtLeastOnce)
+            .count()
+            + self.session.incoming_qos2.len();
+        if unacked >= usize::from(self.local.receive_maximum) {
+            return Err(Violation::ReceiveMaximumExceeded.into());
+        }
+        Ok(())
+    }
+
+    fn resolve_alias(
+        &mut self,
+        frame: &Bytes,
+        p: &mqtt_codec::Publish<'_>,
+    ) -> Result<Utf8Bytes, Error> {
+        let Some(alias) = p.properties.topic_alias else {
+            return Ok(Utf8Bytes::slice_of(frame, p.topic));
+        };
+        let a = alias.get();
+        // [MQTT-3.3.2-10] [MQTT-3.3.2-12] accept 1..=the maximum we announced, nothing above.
+        if a > self.local.topic_alias_maximum {
+            return Err(Violation::TopicAliasOutOfRange(a).into());
+        }
+        let slot = usize::from(a - 1);
+        if self.alias_in.len() < usize::from(self.local.topic_alias_maximum) {
+            self.alias_in
+                .resize(usize::from(self.local.topic_alias_maximum), None);
+        }
+        if p.topic.is_empty() {
+            self.alias_in[slot]
+                .clone()
+                .ok_or(Error::Protocol(Violation::UnknownTopicAlias(a)))
+        } else {
+            let t = Utf8Bytes::slice_of(frame, p.topic);
+            self.alias_in[slot] = Some(t.clone());
+            Ok(t)
+        }
+    }
+
+    /// The application acknowledges an incoming message (manual acks).
+    pub(crate) fn ack(&mut self, id: PacketId) -> bool {
+        match self.acks.iter_mut().find(|a| a.id == id && !a.ready) {
+            Some(a) => {
+                a.ready = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREL: the QoS 2 message is released; answer PUBCOMP ([MQTT-4.3.3-11]).
+    pub(crate) fn on_pubrel(&mut self, ack: PubAck<'_>) {
+        let code = if self.session.release_qos2(ack.packet_id) {
+            ReasonCode::Success
+        } else {
+            // Unknown id (it may have completed before a reconnect): 5.0 says so.
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.control
+            .push_back(Control::PubComp(ack.packet_id, code));
+    }
+
+    // ---- Outgoing PUBLISH ----------------------------------------------------------------
+
+    /// Queues a message. QoS 1/2 ones take their packet identifier now
+    /// ([MQTT-2.2.1-3] [MQTT-2.2.1-4] [MQTT-4.3.2-1] [MQTT-4.3.3-1]: one not in use), and
+    /// go out when the send quota allows.
+    pub(crate) fn enqueue(
+        &mut self,
+        now: Instant,
+        message: Message,
+        subscription_ids: heapless::Vec<SubscriptionId, 4>,
+    ) -> Result<Option<PacketId>, Error> {
+        if self.session.queue.len() >= self.max_queued {
+            return Err(Error::QueueFull);
+        }
+        let packet_id = if message.qos == QoS::AtMostOnce {
+            None
+        } else {
+            Some(self.ids.allocate().ok_or(Error::PacketIdsExhausted)?)
+        };
+        self.session.queue.push_back(Outgoing {
+            message,
+            queued_at: now,
+            subscription_ids,
+            packet_id,
+        });
+        Ok(packet_id)
+    }
+
+    fn inflight_index(&self, id: PacketId) -> Option<usize> {
+        self.session.inflight.iter().position(|f| f.packet_id == id)
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) or a failed PUBREC: the message is done.
+    fn complete(&mut self, idx: usize, code: ReasonCode) {
+        if let Some(f) = self.session.inflight.remove(idx) {
+            self.ids.release(f.packet_id);
+            self.events.push_back(Event::Acknowledged {
+                packet_id: f.packet_id,
+                reason: code,
+            });
+        }
+    }
+
+    pub(crate) fn on_puback(&mut self, ack: PubAck<'_>) {
+        // [MQTT-4.3.2-3] the message was held until this PUBACK; an id we do not hold is
+        // ignored (it completed before a reconnect, or the peer is confused).
+        if let Some(i) = self.inflight_index(ack.packet_id) {
+            if self.session.inflight[i].stage == Stage::Published
+                && self.session.inflight[i].outgoing.message.qos == QoS::AtLeastOnce
+            {
+                self.complete(i, ack.reason_code);
+            }
+        }
+    }
+
+    pub(crate) fn on_pubrec(&mut self, ack: PubAck<'_>) {
+        let Some(i) = self.inflight_index(ack.packet_id) else {
+            // 5.0: answer an unknown PUBREC with PUBREL 0x92 so the peer can finish.
+            return;
+        };
+        let f = &mut self.session.inflight[i];
+        if f.outgoing.message.qos != QoS::ExactlyOnce {
+            return;
+        }
+        if ack.reason_code.is_error() {
+            // [MQTT-4.4.0-2] a failed PUBREC acknowledges the message: no PUBREL, no resend.
+            self.complete(i, ack.reason_code);
+            return;
+        }
+        // [MQTT-4.3.3-4] PUBREL with the same id; [MQTT-4.3.3-6] the PUBLISH is not sent
+        // again after this.
+        f.stage = Stage::Released;
+        f.sent = false;
+    }
+
+    pub(crate) fn on_pubcomp(&mut self, ack: PubAck<'_>) {
+        if let Some(i) = self.inflight_index(ack.packet_id) {
+            if self.session.inflight[i].stage == Stage::Released {
+                self.complete(i, ack.reason_code);
+            }
+        }
+    }
+
+    /// Sends nothing more on this connection and forgets per-connection state, keeping the
+    /// session: unacknowledged messages are re-sent after a resumed reconnect.
+    pub(crate) fn reset_connection(&mut self) {
+        for f in &mut self.session.inflight {
+            f.sent = false;
+        }
+        // QoS 1 acks not sent yet: the peer re-sends those PUBLISH, so delivering them again
+        // is QoS 1's at-least-once. QoS 2 ids stay in the session.
+        self.acks.clear();
+        self.control.clear();
+        // [MQTT-3.3.2-7] topic aliases belong to one connection.
+        self.alias_in.clear();
+        self.alias_out.clear();
+        self.timers.clear();
+        self.ping_outstanding = false;
+    }
+
+    // ---- Transmit ------------------------------------------------------------------------
+
+    fn send_quota_left(&self) -> bool {
+        let limit = self.peer.receive_maximum.min(self.max_inflight);
+        // [MQTT-4.9.0-2] each QoS>0 PUBLISH in flight takes one unit of the quota.
+        self.session.inflight.len() < usize::from(limit)
+    }
+
+    /// Picks the next packet to send, in the order the protocol requires: control packets
+    /// and acknowledgements are never held back by the send quota ([MQTT-3.3.4-8]); QoS 1/2
+    /// messages in flight go before new ones, in their original order ([MQTT-4.6.0-1]).
+    pub(crate) fn pick(&mut self, now: Instant) -> Option<Next> {
+        if self.phase == Phase::Closing {
+            return self.final_disconnect.map(|_| Next::FinalDisconnect);
+        }
+        if !self.control.is_empty() {
+            return Some(Next::Control);
+        }
+        if self.phase != Phase::Connected {
+            return None;
+        }
+        if self.acks.front().is_some_and(|a| a.ready) {
+            return Some(Next::Ack);
+        }
+        if let Some(i) = self.session.inflight.iter().position(|f| !f.sent) {
+            return Some(Next::Inflight(i));
+        }
+        // Drop expired queued messages before they take a packet id.
+        while let Some(front) = self.session.queue.front() {
+            if front.remaining_expiry(now).is_err() {
+                if let Some(id) = self.session.queue.pop_front().and_then(|o| o.packet_id) {
+                    self.ids.release(id);
+                }
+                continue;
+            }
+            if front.needs_ack() && !self.send_quota_left() {
+                return None;
+            }
+            return Some(Next::Queued);
+        }
+        None
+    }
+
+    /// The next outgoing topic and alias for `topic` ([MQTT-3.2.2-17] [MQTT-3.3.2-9]
+    /// [MQTT-3.3.2-11]: never above the peer's maximum; [MQTT-3.2.2-18] none when it is 0).
+    pub(crate) fn alias_for<'a>(
+        &self,
+        topic: &'a Utf8Bytes,
+    ) -> (&'a str, Option<NonZeroU16>, bool) {
+        let limit = self.peer.topic_alias_maximum.min(self.max_alias_out);
+        if !self.version.is_v5() || limit == 0 {
+            return (topic.as_str(), None, false);
+        }
+        if let Some(i) = self.alias_out.iter().position(|t| t == topic) {
+            return ("", NonZeroU16::new(i as u16 + 1), false);
+        }
+        if self.alias_out.len() < usize::from(limit) {
+            // A new mapping: send the name with the alias once.
+            return (
+                topic.as_str(),
+                NonZeroU16::new(self.alias_out.len() as u16 + 1),
+                true,
+            );
+        }
+        (topic.as_str(), None, false)
+    }
+
+    /// Encodes `packet` if it fits the peer's maximum size.
+    pub(crate) fn encode(
+        &self,
+        packet: &Packet<'_>,
+        out: &mut [u8],
+    ) -> Result<Result<usize, usize>, Error> {
+        let version = self.version;
+        let len = packet.encoded_len(version)?;
+        if len > self.peer.maximum_packet_size as usize {
+            return Ok(Err(len));
+        }
+        packet.encode(version, out).map(Ok).map_err(Error::from)
+    }
+
+    /// Writes the packet `next` stands for; `Ok(None)` when it was dropped instead.
+    pub(crate) fn transmit(
+        &mut self,
+        now: Instant,
+        next: Next,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
+        let written = match next {
+            Next::FinalDisconnect => {
+                let code = self.final_disconnect.unwrap_or(ReasonCode::Success);
+                let d = Disconnect::new(if self.version.is_v5() {
+                    code
+                } else {
+                    ReasonCode::Success
+                });
+                let n = self.encode(&Packet::Disconnect(d), out)?.unwrap_or(0);
+                // [MQTT-3.14.4-1] nothing after DISCONNECT.
+                self.final_disconnect = None;
+                self.phase = Phase::Closed;
+                return Ok((n > 0).then_some(n));
+            }
+            Next::Control => unreachable!("roles encode their own control packets"),
+            Next::Ack => {
+                let a = self.acks.front().copied().expect("picked");
+                let ack = PubAck {
+                    packet_id: a.id,
+                    reason_code: a.code,
+                    properties: AckProperties::default(),
+                };
+                let p = match a.qos {
+                    QoS::ExactlyOnce => Packet::PubRec(ack),
+                    _ => Packet::PubAck(ack),
+                };
+                let n = self.encode(&p, out)?;
+                self.acks.pop_front();
+                n.ok()
+            }
+            Next::Inflight(i) => {
+                let f = &self.session.inflight[i];
+                let n = match f.stage {
+                    Stage::Published => {
+                        let qos_pid = qos_pid(f.outgoing.message.qos, f.packet_id);
+                        // Re-sends carry the full topic: aliases do not survive a reconnect.
+                        let expiry = f.outgoing.remaining_expiry(now).unwrap_or(Some(1));
+                        let p = f.outgoing.message.to_publish(
+                            qos_pid,
+                            // [MQTT-3.3.1-1] DUP on every re-delivery.
+                            f.ever_sent,
+                            f.outgoing.message.topic.as_str(),
+                            None,
+                            expiry,
+                            &f.outgoing.subscription_ids,
+                        );
+                        self.encode(&Packet::Publish(p), out)?
+                    }
+                    Stage::Released => {
+                        self.encode(&Packet::PubRel(PubAck::new(f.packet_id)), out)?
+                    }
+                };
+                match n {
+                    Ok(n) => {
+                        let f = &mut self.session.inflight[i];
+                        f.sent = true;
+                        f.ever_sent = true;
+                        Some(n)
+                    }
+                    Err(size) => {
+                        self.drop_too_large(i, size);
+                        None
+                    }
+                }
+            }
+            Next::Queued => {
+                let q = self.session.queue.front().expect("picked");
+                let expiry = q.remaining_expiry(now).unwrap_or(None);
+                let (topic, alias, new_alias) = self.alias_for(&q.message.topic);
+                let id = q.packet_id;
+                let qos_pid = match id {
+                    Some(id) => qos_pid(q.message.qos, id),
+                    None => QosPid::AtMostOnce,
+                };
+                let p =
+                    q.message
+                        .to_publish(qos_pid, false, topic, alias, expiry, &q.subscription_ids);
+                let n = self.encode(&Packet::Publish(p), out)?;
+                let q = self.session.queue.pop_front().expect("picked");
+                match (n, id) {
+                    (Ok(n), id) => {
+                        if new_alias {
+                            self.alias_out.push(q.message.topic.clone());
+                        }
+                        if let Some(packet_id) = id {
+                            self.session.inflight.push_back(Inflight {
+                                packet_id,
+                                outgoing: q,
+                                stage: Stage::Published,
+                                sent: true,
+                                ever_sent: true,
+                            });
+                        }
+                        Some(n)
+                    }
+                    (Err(size), id) => {
+                        if let Some(id) = id {
+                            self.ids.release(id);
+                        }
+                        self.report_too_large(id, q.message, size);
+                        None
+                    }
+                }
+            }
+        };
+        if written.is_some() {
+            self.on_transmit(now);
+        }
+        Ok(written)
+    }
+
+    /// A message too large for the peer. [MQTT-3.1.2-25] a server drops it as if it had
+    /// been delivered; a client tells the application.
+    fn drop_too_large(&mut self, i: usize, size: usize) {
+        if let Some(f) = self.session.inflight.remove(i) {
+            self.ids.release(f.packet_id);
+            self.report_too_large(Some(f.packet_id), f.outgoing.message, size);
+        }
+    }
+
+    fn report_too_large(&mut self, packet_id: Option<PacketId>, message: Message, size: usize) {
+        if self.role == Role::Client {
+            self.events.push_back(Event::Dropped {
+                packet_id,
+                message,
+                error: Error::PacketTooLarge {
+                    size,
+                    max: self.peer.maximum_packet_size,
+                },
+            });
+        }
+    }
+
+    /// The keep alive timers both roles share.
+    pub(crate) fn handle_keep_alive(&mut self, now: Instant) {
+        match self.role {
+            Role::Server => {
+                if self.timers.expired(Timer::KeepAlive, now) {
+                    self.fail(Error::KeepAliveTimeout);
+                }
+            }
+            Role::Client => {
+                if self.timers.expired(Timer::PingResp, now) {
+                    self.fail(Error::KeepAliveTimeout);
+                    return;
+                }
+                if self.timers.expired(Timer::KeepAlive, now) {
+                    self.timers.stop(Timer::KeepAlive);
+                    if !self.ping_outstanding {
+                        self.ping_outstanding = true;
+                        self.control.push_back(Control::PingReq);
+                        // The answer is due within another keep alive period.
+                        self.timers.set(Timer::PingResp, now + self.keep_alive);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn qos_pid(qos: QoS, id: PacketId) -> QosPid {
+    match qos {
+        QoS::AtMostOnce => QosPid::AtMostOnce,
+        QoS::AtLeastOnce => QosPid::AtLeastOnce(id),
+        QoS::ExactlyOnce => QosPid::ExactlyOnce(id),
+    }
+}
+
+/// Control packets both roles encode the same way.
+pub(crate) fn encode_common(c: &Control) -> Option<Packet<'_>> {
+    Some(match c {
+        Control::PingReq => Packet::PingReq,
+        Control::PingResp => Packet::PingResp,
+        Control::PubComp(id, code) => Packet::PubComp(PubAck {
+            packet_id: *id,
+            reason_code: *code,
+            properties: AckProperties::default(),
+        }),
+        Control::SubAck(id, codes) => {
+            Packet::SubAck(mqtt_codec::SubAck::new(*id, mqtt_codec::List::new(codes)))
+        }
+        Control::UnsubAck(id, codes) => {
+            Packet::UnsubAck(mqtt_codec::UnsubAck::new(*id, mqtt_codec::List::new(codes)))
+        }
+        Control::Role(_) => return None,
+    })
+}
+
+/// Checks that a packet type may arrive at this role at all.
+pub(crate) fn unexpected(t: PacketType) -> Error {
+    Error::Protocol(Violation::UnexpectedPacket(t))
+}

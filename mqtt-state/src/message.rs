@@ -1,0 +1,221 @@
+use core::fmt;
+
+use bytes::Bytes;
+use mqtt_codec::{
+    Publish, PublishProperties, QoS, QosPid, SubscriptionId, SubscriptionIds, UserProperties,
+};
+
+use crate::Error;
+
+/// Bytes known to be UTF-8: a topic, a content type. Cloning shares the buffer.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Utf8Bytes(Bytes);
+
+impl Utf8Bytes {
+    /// Checks `b` is UTF-8.
+    pub fn new(b: Bytes) -> Result<Self, core::str::Utf8Error> {
+        core::str::from_utf8(&b)?;
+        Ok(Self(b))
+    }
+
+    /// A view into `frame` at `s`, which must lie inside it (it does when `s` was decoded
+    /// from `frame`). Nothing is copied.
+    pub(crate) fn slice_of(frame: &Bytes, s: &str) -> Self {
+        Self(frame.slice_ref(s.as_bytes()))
+    }
+
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        // Checked when built; a failure here would be a bug in this crate, not bad input.
+        core::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The underlying bytes.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl From<&'static str> for Utf8Bytes {
+    fn from(s: &'static str) -> Self {
+        Self(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl From<alloc::string::String> for Utf8Bytes {
+    fn from(s: alloc::string::String) -> Self {
+        Self(Bytes::from(s.into_bytes()))
+    }
+}
+
+impl fmt::Debug for Utf8Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Utf8Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An application message: what a PUBLISH carries, owned.
+///
+/// Received messages share the receive buffer (`bytes::Bytes` views): nothing is copied.
+/// Messages to send are built with [`Message::new`] from `Bytes` the application already
+/// owns, so queueing one costs a reference count, not a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The topic name (after topic alias resolution).
+    pub topic: Utf8Bytes,
+    /// The payload.
+    pub payload: Bytes,
+    /// The QoS it is (to be) delivered at.
+    pub qos: QoS,
+    /// The RETAIN flag.
+    pub retain: bool,
+    /// 5.0 properties.
+    pub properties: MessageProperties,
+}
+
+/// The 5.0 properties an application message carries end to end.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageProperties {
+    /// Whether the payload is UTF-8.
+    pub payload_format_indicator: Option<bool>,
+    /// Lifetime in seconds.
+    pub message_expiry_interval: Option<u32>,
+    /// Content type.
+    pub content_type: Option<Utf8Bytes>,
+    /// Response topic.
+    pub response_topic: Option<Utf8Bytes>,
+    /// Correlation data.
+    pub correlation_data: Option<Bytes>,
+    /// User properties as a property block (read with [`MessageProperties::user_properties`]).
+    user_block: Bytes,
+    /// Subscription identifiers (delivered messages only).
+    pub subscription_identifiers: heapless::Vec<SubscriptionId, 4>,
+}
+
+impl MessageProperties {
+    /// The user properties, in order.
+    pub fn user_properties(&self) -> UserProperties<'_> {
+        // The block was validated when it was stored.
+        UserProperties::from_block(&self.user_block).unwrap_or_default()
+    }
+
+    pub(crate) fn set_user_block(&mut self, block: Option<Bytes>) {
+        self.user_block = block.unwrap_or_default();
+    }
+
+    /// Replaces the user properties.
+    pub fn set_user_properties(&mut self, pairs: &[(&str, &str)]) -> Result<(), Error> {
+        self.user_block = if pairs.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::from(UserProperties::new(pairs).to_block()?)
+        };
+        Ok(())
+    }
+}
+
+impl Message {
+    /// A message without properties, not retained.
+    ///
+    /// ```
+    /// use mqtt_state::Message;
+    /// use mqtt_codec::QoS;
+    /// let m = Message::new("sensors/t1", "21.5", QoS::AtLeastOnce);
+    /// assert_eq!(m.topic.as_str(), "sensors/t1");
+    /// ```
+    pub fn new(topic: impl Into<Utf8Bytes>, payload: impl Into<Bytes>, qos: QoS) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: MessageProperties::default(),
+        }
+    }
+
+    /// The message a decoded PUBLISH carries, sharing `frame` (the bytes it was decoded
+    /// from). `topic` is the name after alias resolution.
+    pub(crate) fn from_publish(frame: &Bytes, p: &Publish<'_>, topic: Utf8Bytes) -> Self {
+        let pp = &p.properties;
+        let mut subscription_identifiers = heapless::Vec::new();
+        for id in pp.subscription_identifiers.iter() {
+            // A server sends one per matching subscription; more than four are dropped
+            // rather than allocating per message.
+            let _ = subscription_identifiers.push(id);
+        }
+        Self {
+            topic,
+            payload: frame.slice_ref(p.payload),
+            qos: p.qos(),
+            retain: p.retain,
+            properties: MessageProperties {
+                payload_format_indicator: pp.payload_format_indicator,
+                message_expiry_interval: pp.message_expiry_interval,
+                content_type: pp.content_type.map(|s| Utf8Bytes::slice_of(frame, s)),
+                response_topic: pp.response_topic.map(|s| Utf8Bytes::slice_of(frame, s)),
+                correlation_data: pp.correlation_data.map(|b| frame.slice_ref(b)),
+                user_block: pp
+                    .user_properties
+                    .wire_block()
+                    .map(|b| frame.slice_ref(b))
+                    .unwrap_or_default(),
+                subscription_identifiers,
+            },
+        }
+    }
+
+    /// The PUBLISH that sends this message. `topic` and `alias` come from the sender's
+    /// topic alias state; `expiry` is the remaining lifetime.
+    pub(crate) fn to_publish<'a>(
+        &'a self,
+        qos_pid: QosPid,
+        dup: bool,
+        topic: &'a str,
+        alias: Option<core::num::NonZeroU16>,
+        expiry: Option<u32>,
+        sub_ids: &'a [SubscriptionId],
+    ) -> Publish<'a> {
+        let pp = &self.properties;
+        Publish {
+            dup,
+            qos_pid,
+            retain: self.retain,
+            topic,
+            payload: &self.payload,
+            properties: PublishProperties {
+                payload_format_indicator: pp.payload_format_indicator,
+                message_expiry_interval: expiry,
+                topic_alias: alias,
+                response_topic: pp.response_topic.as_ref().map(Utf8Bytes::as_str),
+                correlation_data: pp.correlation_data.as_deref(),
+                content_type: pp.content_type.as_ref().map(Utf8Bytes::as_str),
+                user_properties: pp.user_properties(),
+                subscription_identifiers: SubscriptionIds::new(sub_ids),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    #[test]
+    fn user_properties_round_trip_through_the_block() {
+        let mut p = MessageProperties::default();
+        assert!(p.user_properties().is_empty());
+        p.set_user_properties(&[("a", "1"), ("a", "2")]).unwrap();
+        assert_eq!(
+            p.user_properties().iter().collect::<Vec<_>>(),
+            [("a", "1"), ("a", "2")]
+        );
+        assert!(p.set_user_properties(&[("\0", "x")]).is_err());
+    }
+}

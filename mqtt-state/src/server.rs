@@ -1,0 +1,550 @@
+use alloc::vec::Vec;
+use core::num::{NonZeroU16, NonZeroU32};
+
+use bytes::BytesMut;
+use mqtt_codec::{
+    ConnAck, ConnAckProperties, Disconnect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode,
+    SubscriptionId,
+};
+
+use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
+use crate::session::SessionState;
+use crate::{
+    ConnectRequest, Duration, Error, Event, Instant, Message, Timer, Utf8Bytes, Violation,
+};
+
+const CONNACK: u8 = 0;
+
+/// What a server accepts and announces in CONNACK.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Receive Maximum: QoS 1/2 messages a client may have unacknowledged towards us.
+    pub receive_maximum: u16,
+    /// Largest packet accepted from a client.
+    pub maximum_packet_size: u32,
+    /// Highest topic alias a client may use (5.0).
+    pub topic_alias_maximum: u16,
+    /// At most this many topic aliases towards each client (5.0).
+    pub outgoing_topic_aliases: u16,
+    /// At most this many QoS 1/2 messages in flight to a client.
+    pub max_inflight: u16,
+    /// At most this many messages queued per client.
+    pub max_queued: usize,
+    /// How long a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Highest QoS accepted in PUBLISH.
+    pub maximum_qos: QoS,
+    /// Whether retained messages are supported.
+    pub retain_available: bool,
+    /// Keep alive imposed on clients (5.0 Server Keep Alive), if any.
+    pub server_keep_alive: Option<u16>,
+    /// Whether wildcard subscriptions are supported (announced in 5.0).
+    pub wildcard_subscription_available: bool,
+    /// Whether subscription identifiers are supported (announced in 5.0).
+    pub subscription_identifier_available: bool,
+    /// Whether shared subscriptions are supported (announced in 5.0).
+    pub shared_subscription_available: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            receive_maximum: 64,
+            maximum_packet_size: 1 << 20,
+            topic_alias_maximum: 16,
+            outgoing_topic_aliases: 16,
+            max_inflight: 64,
+            max_queued: 1024,
+            connect_timeout: Duration::from_secs(10),
+            maximum_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            server_keep_alive: None,
+            wildcard_subscription_available: true,
+            subscription_identifier_available: true,
+            shared_subscription_available: true,
+        }
+    }
+}
+
+/// How the server application answers a CONNECT.
+#[derive(Debug, Clone, Default)]
+pub struct Accept {
+    /// The session to resume (empty for a new one).
+    pub session: SessionState,
+    /// Whether a session was resumed ([MQTT-3.2.2-2] [MQTT-3.2.2-3]).
+    pub session_present: bool,
+    /// The identifier assigned to a client that sent an empty one (5.0 tells the client).
+    pub assigned_client_id: Option<Utf8Bytes>,
+    /// The session expiry the server applies, if it differs from the request.
+    pub session_expiry_interval: Option<u32>,
+}
+
+/// The server side of one MQTT connection: validates the client's packets against the
+/// protocol's state rules, runs both QoS flows and keep alive, and hands application
+/// messages and requests out as events. Routing is the broker's.
+pub struct ServerSession {
+    conn: Conn,
+    config: ServerConfig,
+    /// CONNECT received; decision pending or made.
+    connect_seen: bool,
+    decided: bool,
+    connack: Option<(bool, ReasonCode, Option<Utf8Bytes>, Option<u32>)>,
+    client_id: Utf8Bytes,
+    authentication: bool,
+    disconnect_session_expiry: Option<u32>,
+}
+
+impl ServerSession {
+    /// A connection that just opened: CONNECT is due within `config.connect_timeout`.
+    pub fn new(config: ServerConfig, now: Instant) -> Self {
+        let local = Limits {
+            receive_maximum: config.receive_maximum.max(1),
+            maximum_packet_size: config.maximum_packet_size,
+            topic_alias_maximum: config.topic_alias_maximum,
+        };
+        let mut conn = Conn::new(
+            Role::Server,
+            ProtocolVersion::V5,
+            SessionState::default(),
+            local,
+        );
+        conn.max_inflight = config.max_inflight.max(1);
+        conn.max_queued = config.max_queued;
+        conn.max_alias_out = config.outgoing_topic_aliases;
+        conn.phase = Phase::Connecting;
+        conn.timers
+            .set(Timer::Connect, now + config.connect_timeout);
+        Self {
+            conn,
+            config,
+            connect_seen: false,
+            decided: false,
+            connack: None,
+            client_id: Utf8Bytes::default(),
+            authentication: false,
+            disconnect_session_expiry: None,
+        }
+    }
+
+    /// The client's protocol level (5.0 until CONNECT arrives).
+    pub fn version(&self) -> ProtocolVersion {
+        self.conn.version
+    }
+
+    /// The client identifier from CONNECT (or the one assigned).
+    pub fn client_id(&self) -> &Utf8Bytes {
+        &self.client_id
+    }
+
+    /// The Session Expiry Interval the client set in its DISCONNECT, if it did.
+    pub fn disconnect_session_expiry(&self) -> Option<u32> {
+        self.disconnect_session_expiry
+    }
+
+    /// The session state, to keep for the client's next connection.
+    pub fn session(&self) -> &SessionState {
+        &self.conn.session
+    }
+
+    /// Gives up the machine, keeping the session state.
+    pub fn into_session(mut self) -> SessionState {
+        self.conn.reset_connection();
+        self.conn.session
+    }
+
+    /// Reads complete packets from `buf`. After CONNECT it stops and reports
+    /// [`Event::ConnectRequest`]; call it again after [`ServerSession::accept`] to read what
+    /// the client sent behind its CONNECT.
+    pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), Error> {
+        if self.connect_seen && !self.decided {
+            return self.conn.check();
+        }
+        let Self {
+            conn,
+            config,
+            connect_seen,
+            client_id,
+            authentication,
+            disconnect_session_expiry,
+            decided,
+            ..
+        } = self;
+        conn.read_frames(now, buf, |conn, _now, frame, packet| {
+            let t = packet.packet_type();
+            if !*connect_seen {
+                // [MQTT-3.1.0-1] the first packet is CONNECT.
+                let Packet::Connect(c) = packet else {
+                    return Err(Violation::FirstPacketNotConnect(t).into());
+                };
+                *connect_seen = true;
+                conn.version = c.protocol;
+                conn.timers.stop(Timer::Connect);
+                let p = &c.properties;
+                conn.peer = Limits {
+                    receive_maximum: p.receive_maximum.map_or(u16::MAX, |r| r.get()),
+                    maximum_packet_size: p
+                        .maximum_packet_size
+                        .map_or(mqtt_codec::DecodeOptions::PROTOCOL_MAX_PACKET_SIZE, |m| {
+                            m.get()
+                        }),
+                    topic_alias_maximum: p.topic_alias_maximum.unwrap_or(0),
+                };
+                if !c.protocol.is_v5() {
+                    conn.local.topic_alias_maximum = 0;
+                }
+                // [MQTT-3.2.2-22] the client's keep alive unless the server imposes one.
+                let ka = config
+                    .server_keep_alive
+                    .filter(|_| c.protocol.is_v5())
+                    .unwrap_or(c.keep_alive);
+                conn.keep_alive = Duration::from_secs(u64::from(ka));
+                *client_id = Utf8Bytes::slice_of(frame, c.client_id);
+                *authentication = p.authentication_method.is_some();
+                let will = c.will.map(|w| {
+                    let mut m = Message::new(
+                        Utf8Bytes::slice_of(frame, w.topic),
+                        frame.slice_ref(w.payload),
+                        w.qos,
+                    );
+                    m.retain = w.retain;
+                    let wp = &w.properties;
+                    m.properties.payload_format_indicator = wp.payload_format_indicator;
+                    m.properties.message_expiry_interval = wp.message_expiry_interval;
+                    m.properties.content_type =
+                        wp.content_type.map(|s| Utf8Bytes::slice_of(frame, s));
+                    m.properties.response_topic =
+                        wp.response_topic.map(|s| Utf8Bytes::slice_of(frame, s));
+                    m.properties.correlation_data = wp.correlation_data.map(|b| frame.slice_ref(b));
+                    m.properties.set_user_block(
+                        wp.user_properties.wire_block().map(|b| frame.slice_ref(b)),
+                    );
+                    (m, wp.will_delay_interval.unwrap_or(0))
+                });
+                conn.events.push_back(Event::ConnectRequest(ConnectRequest {
+                    protocol: c.protocol,
+                    client_id: client_id.clone(),
+                    clean_start: c.clean_start,
+                    keep_alive: ka,
+                    username: c.username.map(|u| Utf8Bytes::slice_of(frame, u)),
+                    password: c.password.map(|pw| frame.slice_ref(pw)),
+                    will,
+                    session_expiry_interval: p.session_expiry_interval.unwrap_or(0),
+                    authentication_method: p
+                        .authentication_method
+                        .map(|m| Utf8Bytes::slice_of(frame, m)),
+                    authentication_data: p.authentication_data.map(|d| frame.slice_ref(d)),
+                }));
+                // Nothing more is read until the application decides.
+                return Ok(false);
+            }
+            if !*decided {
+                return Ok(false);
+            }
+            match packet {
+                // [MQTT-3.1.0-2] a second CONNECT is a Protocol Error.
+                Packet::Connect(_) => return Err(Violation::SecondConnect.into()),
+                Packet::Publish(p) => {
+                    if p.qos() > config.maximum_qos {
+                        return Err(Violation::QoSNotSupported.into());
+                    }
+                    if p.retain && !config.retain_available {
+                        return Err(Violation::RetainNotSupported.into());
+                    }
+                    conn.on_publish(frame, p)?;
+                }
+                Packet::PubAck(a) => conn.on_puback(a),
+                Packet::PubRec(a) => conn.on_pubrec(a),
+                Packet::PubRel(a) => conn.on_pubrel(a),
+                Packet::PubComp(a) => conn.on_pubcomp(a),
+                Packet::Subscribe(s) => {
+                    let filters = s
+                        .filters
+                        .iter()
+                        .map(|f| (Utf8Bytes::slice_of(frame, f.filter), f.options))
+                        .collect();
+                    conn.events.push_back(Event::SubscribeRequest {
+                        packet_id: s.packet_id,
+                        filters,
+                        subscription_id: s.properties.subscription_identifier,
+                    });
+                }
+                Packet::Unsubscribe(u) => {
+                    let filters = u
+                        .filters
+                        .iter()
+                        .map(|f| Utf8Bytes::slice_of(frame, f))
+                        .collect();
+                    conn.events.push_back(Event::UnsubscribeRequest {
+                        packet_id: u.packet_id,
+                        filters,
+                    });
+                }
+                // [MQTT-3.12.4-1] every PINGREQ gets a PINGRESP.
+                Packet::PingReq => conn.control.push_back(Control::PingResp),
+                Packet::Disconnect(d) => {
+                    *disconnect_session_expiry = d.properties.session_expiry_interval;
+                    conn.phase = Phase::Closed;
+                    return Err(Error::Disconnected(d.reason_code));
+                }
+                Packet::Auth(a) => {
+                    // [MQTT-4.12.0-7] no AUTH without a method in CONNECT.
+                    if !*authentication {
+                        return Err(Violation::UnexpectedAuth.into());
+                    }
+                    conn.events.push_back(Event::Auth {
+                        reason: a.reason_code,
+                        method: a
+                            .properties
+                            .authentication_method
+                            .map(|m| Utf8Bytes::slice_of(frame, m)),
+                        data: a.properties.authentication_data.map(|d| frame.slice_ref(d)),
+                    });
+                }
+                Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                    return Err(unexpected(t));
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Accepts the connection: CONNACK 0x00 goes out first ([MQTT-3.2.0-1]), then whatever
+    /// the resumed session holds, re-sent in order with DUP ([MQTT-4.4.0-1]).
+    pub fn accept(&mut self, now: Instant, accept: Accept) -> Result<(), Error> {
+        if !self.connect_seen || self.decided {
+            return Err(Error::InvalidState("accept needs a pending CONNECT"));
+        }
+        self.decided = true;
+        let mut session = accept.session;
+        let session_present = accept.session_present;
+        if !session_present {
+            session = SessionState::default();
+        }
+        self.conn.ids = session.allocator(usize::from(self.conn.max_inflight) + 8);
+        for f in &mut session.inflight {
+            f.sent = false;
+        }
+        self.conn.session = session;
+        self.conn.reserve();
+        if let Some(id) = &accept.assigned_client_id {
+            self.client_id = id.clone();
+        }
+        self.connack = Some((
+            session_present,
+            ReasonCode::Success,
+            accept.assigned_client_id,
+            accept.session_expiry_interval,
+        ));
+        self.conn.control.push_front(Control::Role(CONNACK));
+        self.conn.phase = Phase::Connected;
+        if self.conn.keep_alive != Duration::ZERO {
+            let grace = Duration::from_millis(self.conn.keep_alive.as_millis() * 3 / 2);
+            self.conn.timers.set(Timer::KeepAlive, now + grace);
+        }
+        Ok(())
+    }
+
+    /// Refuses the connection with `reason`: CONNACK with that code, then close
+    /// ([MQTT-3.2.2-7]). Before 5.0 the code maps to the nearest 3.1.1 return code.
+    pub fn reject(&mut self, reason: ReasonCode) -> Result<(), Error> {
+        if !self.connect_seen || self.decided {
+            return Err(Error::InvalidState("reject needs a pending CONNECT"));
+        }
+        self.decided = true;
+        let code = if self.conn.version.is_v5() || reason.to_v3_connack().is_some() {
+            reason
+        } else {
+            match reason {
+                ReasonCode::Banned => ReasonCode::NotAuthorized,
+                ReasonCode::BadAuthenticationMethod => ReasonCode::BadUserNameOrPassword,
+                _ => ReasonCode::ServerUnavailable,
+            }
+        };
+        // [MQTT-3.2.2-6] Session Present is 0 with a refusal.
+        self.connack = Some((false, code, None, None));
+        self.conn.control.push_front(Control::Role(CONNACK));
+        self.conn.error = Some(Error::ConnectionRefused(code));
+        Ok(())
+    }
+
+    /// Queues `message` for the client, at the QoS it carries (the broker has already
+    /// applied the subscription's maximum). Returns its packet identifier for QoS 1/2.
+    pub fn deliver(
+        &mut self,
+        now: Instant,
+        message: Message,
+        subscription_ids: &[SubscriptionId],
+    ) -> Result<Option<PacketId>, Error> {
+        self.conn.check()?;
+        let mut ids = heapless::Vec::new();
+        if self.conn.version.is_v5() {
+            for id in subscription_ids.iter().take(4) {
+                let _ = ids.push(*id);
+            }
+        }
+        self.conn.enqueue(now, message, ids)
+    }
+
+    /// Answers a SUBSCRIBE, one code per filter ([MQTT-3.8.4-2]: with its identifier).
+    pub fn suback(&mut self, packet_id: PacketId, reasons: Vec<ReasonCode>) -> Result<(), Error> {
+        self.conn.check()?;
+        self.conn
+            .control
+            .push_back(Control::SubAck(packet_id, reasons));
+        Ok(())
+    }
+
+    /// Answers an UNSUBSCRIBE (codes are dropped before 5.0, which has none).
+    pub fn unsuback(&mut self, packet_id: PacketId, reasons: Vec<ReasonCode>) -> Result<(), Error> {
+        self.conn.check()?;
+        let reasons = if self.conn.version.is_v5() {
+            reasons
+        } else {
+            Vec::new()
+        };
+        self.conn
+            .control
+            .push_back(Control::UnsubAck(packet_id, reasons));
+        Ok(())
+    }
+
+    /// Acknowledges a message when manual acks are used.
+    pub fn ack(&mut self, packet_id: PacketId) -> bool {
+        self.conn.ack(packet_id)
+    }
+
+    /// Ends the connection from the server side: 5.0 sends DISCONNECT with `reason` first
+    /// (only after a successful CONNACK, [MQTT-3.14.0-1]).
+    pub fn disconnect(&mut self, reason: ReasonCode) {
+        if self.conn.error.is_none() {
+            self.conn.fail(Error::Disconnected(reason));
+        }
+    }
+
+    /// Acts on expired timers: CONNECT timeout, keep alive (1.5 times, [MQTT-3.1.2-22]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.conn.error.is_some() {
+            return;
+        }
+        if self.conn.timers.expired(Timer::Connect, now) {
+            self.conn.fail(Error::ConnectTimeout);
+            return;
+        }
+        self.conn.handle_keep_alive(now);
+    }
+
+    /// The transport closed.
+    pub fn handle_close(&mut self, _now: Instant) {
+        if self.conn.error.is_none() {
+            self.conn.fail(Error::ConnectionClosed);
+        }
+        self.conn.phase = Phase::Closed;
+        self.conn.final_disconnect = None;
+    }
+
+    /// Whether the connection is over: the adapter closes the socket after draining
+    /// `poll_transmit`.
+    pub fn is_closed(&self) -> bool {
+        self.conn.error.is_some()
+            && self.conn.final_disconnect.is_none()
+            && self.conn.control.is_empty()
+    }
+
+    /// Writes the next packet into `out`; see [`crate::Client::poll_transmit`].
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        loop {
+            let next = if self.connack.is_some() {
+                Some(Next::Control)
+            } else if self.conn.error.is_some() && self.conn.phase != Phase::Closing {
+                None
+            } else {
+                self.conn.pick(now)
+            };
+            let Some(next) = next else {
+                return match self.conn.error {
+                    Some(e) => Err(e),
+                    None => Ok(None),
+                };
+            };
+            let n = match next {
+                Next::Control => self.transmit_control(out)?,
+                next => self.conn.transmit(now, next, out)?,
+            };
+            if let Some(n) = n {
+                return Ok(Some(n));
+            }
+        }
+    }
+
+    fn transmit_control(&mut self, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        if let Some((present, code, assigned, expiry)) = self.connack.clone() {
+            let c = &self.config;
+            let v5 = self.conn.version.is_v5();
+            let properties = if v5 && !code.is_error() {
+                ConnAckProperties {
+                    session_expiry_interval: expiry,
+                    receive_maximum: NonZeroU16::new(c.receive_maximum)
+                        .filter(|r| r.get() != u16::MAX),
+                    // [MQTT-3.2.2-9] say what QoS is supported when it is not all of them.
+                    maximum_qos: (c.maximum_qos < QoS::ExactlyOnce).then_some(c.maximum_qos),
+                    retain_available: (!c.retain_available).then_some(false),
+                    maximum_packet_size: NonZeroU32::new(c.maximum_packet_size),
+                    assigned_client_identifier: assigned.as_ref().map(Utf8Bytes::as_str),
+                    topic_alias_maximum: (c.topic_alias_maximum > 0)
+                        .then_some(c.topic_alias_maximum),
+                    wildcard_subscription_available: (!c.wildcard_subscription_available)
+                        .then_some(false),
+                    subscription_identifier_available: (!c.subscription_identifier_available)
+                        .then_some(false),
+                    shared_subscription_available: (!c.shared_subscription_available)
+                        .then_some(false),
+                    server_keep_alive: c.server_keep_alive,
+                    ..Default::default()
+                }
+            } else {
+                ConnAckProperties::default()
+            };
+            let ack = ConnAck {
+                session_present: present && !code.is_error(),
+                reason_code: code,
+                properties,
+            };
+            let n = self.conn.encode(&Packet::ConnAck(ack), out)?.ok();
+            self.connack = None;
+            if let Some(i) = self
+                .conn
+                .control
+                .iter()
+                .position(|c| *c == Control::Role(CONNACK))
+            {
+                self.conn.control.remove(i);
+            }
+            if code.is_error() {
+                self.conn.phase = Phase::Closed;
+            }
+            return Ok(n);
+        }
+        let c = self.conn.control.front().expect("picked");
+        let n = match encode_common(c) {
+            Some(p) => self.conn.encode(&p, out)?,
+            None => Ok(0),
+        };
+        self.conn.control.pop_front();
+        Ok(n.ok().filter(|&n| n > 0))
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.conn.events.pop_front()
+    }
+
+    /// When [`ServerSession::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conn.timers.next()
+    }
+
+    /// Encodes a DISCONNECT for adapters that close outside the machine.
+    pub fn disconnect_packet(&self, reason: ReasonCode, out: &mut [u8]) -> Result<usize, Error> {
+        Ok(Packet::Disconnect(Disconnect::new(reason)).encode(self.conn.version, out)?)
+    }
+}

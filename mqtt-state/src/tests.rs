@@ -1,0 +1,902 @@
+//! A client and a server machine wired back to back, and the rules they must keep.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use bytes::BytesMut;
+use mqtt_codec::{
+    decode, DecodeOptions, Packet, PacketType, ProtocolVersion, QoS, ReasonCode, Status,
+    SubscriptionOptions,
+};
+
+use crate::*;
+
+const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+struct Pair {
+    client: Client,
+    server: ServerSession,
+    server_config: ServerConfig,
+    now: Instant,
+    /// Bytes in flight each way.
+    c2s: BytesMut,
+    s2c: BytesMut,
+    /// Every packet type each side sent, in order.
+    client_sent: Vec<PacketType>,
+    server_sent: Vec<PacketType>,
+    client_events: Vec<Event>,
+    server_events: Vec<Event>,
+    /// What the server application does with a CONNECT.
+    session_for_server: Option<SessionState>,
+    session_present: bool,
+    auto_accept: bool,
+    version: ProtocolVersion,
+}
+
+fn types(bytes: &[u8], v: ProtocolVersion) -> Vec<PacketType> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    let mut v = v;
+    while let Ok(Status::Complete { packet, consumed }) = decode(rest, &DecodeOptions::new(v)) {
+        if let Packet::Connect(c) = &packet {
+            v = c.protocol;
+        }
+        out.push(packet.packet_type());
+        rest = &rest[consumed..];
+    }
+    out
+}
+
+impl Pair {
+    fn new(client: ClientConfig, server: ServerConfig) -> Self {
+        let version = client.version;
+        let mut p = Self {
+            client: Client::new(client),
+            server: ServerSession::new(server.clone(), Instant::ZERO),
+            server_config: server,
+            now: Instant::ZERO,
+            c2s: BytesMut::new(),
+            s2c: BytesMut::new(),
+            client_sent: Vec::new(),
+            server_sent: Vec::new(),
+            client_events: Vec::new(),
+            server_events: Vec::new(),
+            session_for_server: None,
+            session_present: false,
+            auto_accept: true,
+            version,
+        };
+        p.client.connect(p.now).unwrap();
+        p
+    }
+
+    fn v(version: ProtocolVersion) -> Self {
+        Self::new(ClientConfig::new(version, "c1"), ServerConfig::default())
+    }
+
+    /// Moves bytes both ways until neither side has anything to say.
+    fn drive(&mut self) {
+        let mut out = vec![0u8; 1 << 16];
+        for _ in 0..1000 {
+            let mut progress = false;
+            while let Ok(Some(n)) = self.client.poll_transmit(self.now, &mut out) {
+                self.client_sent.extend(types(&out[..n], self.version));
+                self.c2s.extend_from_slice(&out[..n]);
+                progress = true;
+            }
+            let _ = self.server.handle_input(self.now, &mut self.c2s);
+            while let Some(e) = self.server.poll_event() {
+                progress = true;
+                self.on_server_event(&e);
+                self.server_events.push(e);
+            }
+            let _ = self.server.handle_input(self.now, &mut self.c2s);
+            while let Ok(Some(n)) = self.server.poll_transmit(self.now, &mut out) {
+                self.server_sent.extend(types(&out[..n], self.version));
+                self.s2c.extend_from_slice(&out[..n]);
+                progress = true;
+            }
+            let _ = self.client.handle_input(self.now, &mut self.s2c);
+            while let Some(e) = self.client.poll_event() {
+                self.client_events.push(e);
+                progress = true;
+            }
+            if !progress {
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    fn on_server_event(&mut self, e: &Event) {
+        match e {
+            Event::ConnectRequest(_) if self.auto_accept => {
+                let session = self.session_for_server.take().unwrap_or_default();
+                let accept = Accept {
+                    session,
+                    session_present: self.session_present,
+                    ..Accept::default()
+                };
+                self.server.accept(self.now, accept).unwrap();
+            }
+            Event::SubscribeRequest {
+                packet_id, filters, ..
+            } => {
+                let codes = filters
+                    .iter()
+                    .map(|(_, o)| match o.qos {
+                        QoS::AtMostOnce => ReasonCode::Success,
+                        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                    })
+                    .collect();
+                self.server.suback(*packet_id, codes).unwrap();
+            }
+            Event::UnsubscribeRequest { packet_id, filters } => {
+                self.server
+                    .unsuback(*packet_id, vec![ReasonCode::Success; filters.len()])
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now = self.now + Duration::from_millis(ms);
+        self.client.handle_timeout(self.now);
+        self.server.handle_timeout(self.now);
+        self.drive();
+    }
+
+    /// Cuts the transport and reconnects with the same sessions on both sides.
+    fn reconnect(&mut self, session_present: bool) {
+        self.client.handle_close(self.now);
+        self.server.handle_close(self.now);
+        let server = core::mem::replace(
+            &mut self.server,
+            ServerSession::new(self.server_config.clone(), self.now),
+        );
+        self.session_for_server = Some(server.into_session());
+        self.session_present = session_present;
+        self.c2s.clear();
+        self.s2c.clear();
+        self.client_sent.clear();
+        self.server_sent.clear();
+        self.client.connect(self.now).unwrap();
+        self.drive();
+    }
+
+    fn server_messages(&self) -> Vec<(Vec<u8>, QoS, bool)> {
+        self.server_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message { message, dup, .. } => {
+                    Some((message.payload.to_vec(), message.qos, *dup))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn client_messages(&self) -> Vec<Vec<u8>> {
+        self.client_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message { message, .. } => Some(message.payload.to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn acked(&self) -> usize {
+        self.client_events
+            .iter()
+            .filter(|e| matches!(e, Event::Acknowledged { .. }))
+            .count()
+    }
+}
+
+fn msg(topic: &'static str, payload: &'static str, qos: QoS) -> Message {
+    Message::new(topic, payload, qos)
+}
+
+#[test]
+fn mqtt_3_1_0_1_connect_comes_first_and_connack_answers() {
+    for v in [ProtocolVersion::V3_1, V4, V5] {
+        let mut p = Pair::v(v);
+        p.drive();
+        assert_eq!(p.client_sent, [PacketType::Connect], "{v:?}");
+        // [MQTT-3.2.0-1] [MQTT-3.2.0-2] one CONNACK, first.
+        assert_eq!(p.server_sent, [PacketType::ConnAck], "{v:?}");
+        assert!(p.client.is_connected());
+        assert!(matches!(
+            p.client_events[0],
+            Event::Connected(ConnAckInfo {
+                session_present: false,
+                ..
+            })
+        ));
+        let Event::ConnectRequest(req) = &p.server_events[0] else {
+            panic!()
+        };
+        assert_eq!((req.protocol, req.client_id.as_str()), (v, "c1"));
+    }
+}
+
+#[test]
+fn qos_0_1_2_from_client_to_server() {
+    for v in [V4, V5] {
+        let mut p = Pair::v(v);
+        p.drive();
+        p.client
+            .publish(p.now, msg("a/b", "zero", QoS::AtMostOnce))
+            .unwrap();
+        let id1 = p
+            .client
+            .publish(p.now, msg("a/b", "one", QoS::AtLeastOnce))
+            .unwrap()
+            .unwrap();
+        let id2 = p
+            .client
+            .publish(p.now, msg("a/b", "two", QoS::ExactlyOnce))
+            .unwrap()
+            .unwrap();
+        // [MQTT-2.2.1-3] distinct identifiers.
+        assert_ne!(id1, id2);
+        p.drive();
+        let got = p.server_messages();
+        assert_eq!(
+            got.iter()
+                .map(|(b, q, _)| (b.as_slice(), *q))
+                .collect::<Vec<_>>(),
+            [
+                (&b"zero"[..], QoS::AtMostOnce),
+                (b"one", QoS::AtLeastOnce),
+                (b"two", QoS::ExactlyOnce)
+            ]
+        );
+        // [MQTT-4.3.2-4] PUBACK; [MQTT-4.3.3-8] PUBREC, [MQTT-4.3.3-11] PUBCOMP.
+        assert_eq!(
+            p.server_sent[1..],
+            [PacketType::PubAck, PacketType::PubRec, PacketType::PubComp]
+        );
+        assert_eq!(p.client_sent[4..], [PacketType::PubRel]);
+        assert_eq!(p.acked(), 2);
+        assert!(p.client.session().is_empty());
+    }
+}
+
+#[test]
+fn qos_1_2_from_server_to_client() {
+    let mut p = Pair::v(V5);
+    p.drive();
+    p.server
+        .deliver(p.now, msg("x", "1", QoS::AtLeastOnce), &[])
+        .unwrap();
+    p.server
+        .deliver(p.now, msg("x", "2", QoS::ExactlyOnce), &[])
+        .unwrap();
+    p.drive();
+    assert_eq!(p.client_messages(), [b"1".to_vec(), b"2".to_vec()]);
+    assert_eq!(
+        p.client_sent[1..],
+        [PacketType::PubAck, PacketType::PubRec, PacketType::PubComp]
+    );
+    assert!(p.server.session().is_empty());
+}
+
+#[test]
+fn mqtt_4_3_3_10_qos_2_duplicate_is_not_delivered_twice() {
+    let mut p = Pair::new(
+        ClientConfig {
+            clean_start: false,
+            session_expiry_interval: 60,
+            ..ClientConfig::new(V5, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.drive();
+    p.client
+        .publish(p.now, msg("a", "once", QoS::ExactlyOnce))
+        .unwrap();
+    // The PUBLISH reaches the server, but its PUBREC is lost with the connection.
+    let mut out = vec![0u8; 1024];
+    let n = p.client.poll_transmit(p.now, &mut out).unwrap().unwrap();
+    p.c2s.extend_from_slice(&out[..n]);
+    p.server.handle_input(p.now, &mut p.c2s).unwrap();
+    while let Some(e) = p.server.poll_event() {
+        p.server_events.push(e);
+    }
+    assert_eq!(p.server_messages().len(), 1);
+    p.reconnect(true);
+    // [MQTT-4.4.0-1] [MQTT-3.3.1-1] the client re-sends with DUP; the server answers PUBREC
+    // but does not deliver again.
+    assert_eq!(
+        p.client_sent[..2],
+        [PacketType::Connect, PacketType::Publish]
+    );
+    let got = p.server_messages();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(p.acked(), 1);
+    assert!(p.client.session().is_empty() && p.server.session().is_empty());
+}
+
+#[test]
+fn mqtt_4_6_0_1_resend_in_original_order_with_dup() {
+    let mut p = Pair::new(
+        ClientConfig {
+            clean_start: false,
+            session_expiry_interval: 60,
+            ..ClientConfig::new(V4, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.drive();
+    for payload in ["a", "b", "c"] {
+        p.client
+            .publish(p.now, Message::new("t", payload, QoS::AtLeastOnce))
+            .unwrap();
+    }
+    // Sent but never acknowledged: the connection drops first.
+    let mut out = vec![0u8; 1024];
+    while let Ok(Some(_)) = p.client.poll_transmit(p.now, &mut out) {}
+    p.reconnect(true);
+    let got = p.server_messages();
+    assert_eq!(
+        got,
+        [
+            (b"a".to_vec(), QoS::AtLeastOnce, true),
+            (b"b".to_vec(), QoS::AtLeastOnce, true),
+            (b"c".to_vec(), QoS::AtLeastOnce, true)
+        ]
+    );
+    assert_eq!(p.acked(), 3);
+}
+
+#[test]
+fn mqtt_3_2_2_5_session_not_present_reports_what_is_lost() {
+    let mut p = Pair::new(
+        ClientConfig {
+            clean_start: false,
+            ..ClientConfig::new(V5, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.drive();
+    p.client
+        .publish(p.now, msg("t", "lost", QoS::AtLeastOnce))
+        .unwrap();
+    let mut out = vec![0u8; 1024];
+    while let Ok(Some(_)) = p.client.poll_transmit(p.now, &mut out) {}
+    p.reconnect(false);
+    let lost: Vec<_> = p
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::SessionLost { messages } => Some(messages.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost, [1]);
+    assert!(p.server_messages().is_empty());
+    assert!(p.client.session().is_empty());
+}
+
+#[test]
+fn mqtt_4_9_0_2_send_quota_is_the_servers_receive_maximum() {
+    let mut p = Pair::new(
+        ClientConfig::new(V5, "c1"),
+        ServerConfig {
+            receive_maximum: 2,
+            ..ServerConfig::default()
+        },
+    );
+    p.drive();
+    for _ in 0..5 {
+        p.client
+            .publish(p.now, msg("t", "x", QoS::AtLeastOnce))
+            .unwrap();
+    }
+    // Without the server answering, only two go out.
+    let mut out = vec![0u8; 1024];
+    let mut sent = 0;
+    while let Ok(Some(_)) = p.client.poll_transmit(p.now, &mut out) {
+        sent += 1;
+    }
+    assert_eq!(sent, 2);
+    // [MQTT-3.3.4-8] [MQTT-4.9.0-3] other packets still go out at zero quota.
+    p.client
+        .subscribe(&[("s", SubscriptionOptions::default())], None)
+        .unwrap();
+    assert!(p.client.poll_transmit(p.now, &mut out).unwrap().is_some());
+}
+
+#[test]
+fn mqtt_3_3_4_9_receive_maximum_exceeded_is_a_protocol_error() {
+    // A peer that ignores our Receive Maximum of 1: the second unacknowledged QoS 1 PUBLISH.
+    let mut server = ServerSession::new(
+        ServerConfig {
+            receive_maximum: 1,
+            ..ServerConfig::default()
+        },
+        Instant::ZERO,
+    );
+    let mut input = BytesMut::new();
+    input.extend_from_slice(
+        &Packet::Connect(mqtt_codec::Connect::new(V5, "c"))
+            .encode_to_vec(V5)
+            .unwrap(),
+    );
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    server.accept(Instant::ZERO, Accept::default()).unwrap();
+    for id in [1u16, 2] {
+        let publish = mqtt_codec::Publish::new(
+            "t",
+            b"x",
+            mqtt_codec::QosPid::AtLeastOnce(mqtt_codec::PacketId::new(id).unwrap()),
+        );
+        input.extend_from_slice(&Packet::Publish(publish).encode_to_vec(V5).unwrap());
+    }
+    // The server has not sent its PUBACK for the first yet.
+    let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
+    assert_eq!(e, Error::Protocol(Violation::ReceiveMaximumExceeded));
+    let mut out = vec![0u8; 256];
+    let mut sent = Vec::new();
+    while let Ok(Some(n)) = server.poll_transmit(Instant::ZERO, &mut out) {
+        sent.push(out[..n].to_vec());
+    }
+    // CONNACK, then DISCONNECT 0x93.
+    let last = sent.last().unwrap();
+    assert_eq!(last[..3], [0xE0, 0x01, 0x93]);
+    assert_eq!(server.poll_transmit(Instant::ZERO, &mut out), Err(e));
+}
+
+#[test]
+fn mqtt_4_6_0_2_manual_acks_leave_in_arrival_order() {
+    let mut p = Pair::new(
+        ClientConfig {
+            manual_acks: true,
+            ..ClientConfig::new(V4, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.drive();
+    let ids: Vec<_> = ["1", "2", "3"]
+        .iter()
+        .map(|b| {
+            p.server
+                .deliver(p.now, Message::new("t", *b, QoS::AtLeastOnce), &[])
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    p.drive();
+    assert_eq!(p.client_messages().len(), 3);
+    let acks_sent = |p: &Pair| {
+        p.client_sent
+            .iter()
+            .filter(|t| **t == PacketType::PubAck)
+            .count()
+    };
+    assert_eq!(acks_sent(&p), 0);
+    // The application acknowledges the third first: nothing may leave before the first.
+    assert!(p.client.ack(ids[2]));
+    p.drive();
+    assert_eq!(acks_sent(&p), 0);
+    assert!(p.client.ack(ids[0]));
+    p.drive();
+    assert_eq!(acks_sent(&p), 1);
+    assert!(p.client.ack(ids[1]));
+    p.drive();
+    assert_eq!(acks_sent(&p), 3);
+    assert!(p.server.session().is_empty());
+}
+
+#[test]
+fn mqtt_3_1_2_20_client_pings_when_idle_and_times_out() {
+    let mut p = Pair::new(
+        ClientConfig {
+            keep_alive: 10,
+            ..ClientConfig::new(V4, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.drive();
+    assert_eq!(p.client.poll_timeout(), Some(Instant::from_millis(10_000)));
+    p.advance(9_999);
+    assert!(!p.client_sent.contains(&PacketType::PingReq));
+    p.advance(1);
+    assert!(p.client_sent.contains(&PacketType::PingReq));
+    // [MQTT-3.12.4-1] the server answers.
+    assert!(p.server_sent.contains(&PacketType::PingResp));
+    assert!(p.client.is_connected());
+    // Now a server that stops answering: the PINGRESP deadline passes.
+    p.server = ServerSession::new(ServerConfig::default(), p.now);
+    p.auto_accept = false;
+    p.advance(10_000);
+    p.advance(10_000);
+    assert!(!p.client.is_connected());
+    assert!(p.client_events.iter().any(|e| matches!(
+        e,
+        Event::Disconnected {
+            reason: ReasonCode::KeepAliveTimeout,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn mqtt_3_1_2_21_server_keep_alive_wins() {
+    let mut p = Pair::new(
+        ClientConfig {
+            keep_alive: 100,
+            ..ClientConfig::new(V5, "c1")
+        },
+        ServerConfig {
+            server_keep_alive: Some(5),
+            ..ServerConfig::default()
+        },
+    );
+    p.drive();
+    let Event::Connected(info) = &p.client_events[0] else {
+        panic!()
+    };
+    assert_eq!(info.keep_alive, Duration::from_secs(5));
+    assert_eq!(p.client.poll_timeout(), Some(Instant::from_millis(5_000)));
+}
+
+#[test]
+fn mqtt_3_1_2_22_server_closes_after_one_and_a_half_keep_alives() {
+    let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
+    let mut c = mqtt_codec::Connect::new(V5, "c");
+    c.keep_alive = 10;
+    let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(V5).unwrap()[..]);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    server.accept(Instant::ZERO, Accept::default()).unwrap();
+    assert_eq!(server.poll_timeout(), Some(Instant::from_millis(15_000)));
+    server.handle_timeout(Instant::from_millis(14_999));
+    let mut out = vec![0u8; 64];
+    assert!(server
+        .poll_transmit(Instant::from_millis(14_999), &mut out)
+        .unwrap()
+        .is_some()); // CONNACK
+    server.handle_timeout(Instant::from_millis(15_000));
+    let n = server
+        .poll_transmit(Instant::from_millis(15_000), &mut out)
+        .unwrap()
+        .unwrap();
+    assert_eq!(out[..n], [0xE0, 0x01, 0x8D]);
+    assert_eq!(
+        server.poll_transmit(Instant::from_millis(15_000), &mut out),
+        Err(Error::KeepAliveTimeout)
+    );
+}
+
+#[test]
+fn mqtt_3_1_0_2_second_connect_is_a_protocol_error() {
+    let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
+    let connect = Packet::Connect(mqtt_codec::Connect::new(V4, "c"))
+        .encode_to_vec(V4)
+        .unwrap();
+    let mut input = BytesMut::from(&connect[..]);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    server.accept(Instant::ZERO, Accept::default()).unwrap();
+    input.extend_from_slice(&connect);
+    let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
+    assert_eq!(e, Error::Protocol(Violation::SecondConnect));
+}
+
+#[test]
+fn mqtt_3_1_0_1_first_packet_must_be_connect() {
+    let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
+    let mut input = BytesMut::from(&[0xC0, 0x00][..]);
+    let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
+    assert_eq!(
+        e,
+        Error::Protocol(Violation::FirstPacketNotConnect(PacketType::PingReq))
+    );
+    // No CONNACK was sent, so no DISCONNECT either ([MQTT-3.14.0-1]).
+    let mut out = vec![0u8; 64];
+    assert_eq!(server.poll_transmit(Instant::ZERO, &mut out), Err(e));
+}
+
+#[test]
+fn connect_timeout_on_both_sides() {
+    let mut server = ServerSession::new(
+        ServerConfig {
+            connect_timeout: Duration::from_secs(3),
+            ..ServerConfig::default()
+        },
+        Instant::ZERO,
+    );
+    assert_eq!(server.poll_timeout(), Some(Instant::from_millis(3000)));
+    server.handle_timeout(Instant::from_millis(3000));
+    let mut out = vec![0u8; 64];
+    assert_eq!(
+        server.poll_transmit(Instant::from_millis(3000), &mut out),
+        Err(Error::ConnectTimeout)
+    );
+
+    let mut client = Client::new(ClientConfig::new(V4, "c"));
+    client.connect(Instant::ZERO).unwrap();
+    client.handle_timeout(Instant::from_millis(10_000));
+    while let Ok(Some(_)) = client.poll_transmit(Instant::from_millis(10_000), &mut out) {}
+    assert!(!client.is_connected());
+    assert_eq!(
+        client.publish(Instant::ZERO, msg("t", "x", QoS::AtMostOnce)),
+        Err(Error::ConnectTimeout)
+    );
+}
+
+#[test]
+fn mqtt_3_2_2_7_rejected_connect_closes() {
+    let mut p = Pair::v(V5);
+    p.auto_accept = false;
+    p.drive();
+    p.server.reject(ReasonCode::BadUserNameOrPassword).unwrap();
+    p.drive();
+    assert_eq!(p.server_sent, [PacketType::ConnAck]);
+    assert!(!p.client.is_connected());
+    assert!(matches!(
+        p.client.publish(p.now, msg("t", "x", QoS::AtMostOnce)),
+        Err(Error::ConnectionRefused(ReasonCode::BadUserNameOrPassword))
+    ));
+}
+
+#[test]
+fn subscribe_and_unsubscribe_round_trip() {
+    for v in [V4, V5] {
+        let mut p = Pair::v(v);
+        p.drive();
+        let id = p
+            .client
+            .subscribe(
+                &[
+                    ("a/+", SubscriptionOptions::qos(QoS::AtLeastOnce)),
+                    ("b", SubscriptionOptions::default()),
+                ],
+                None,
+            )
+            .unwrap();
+        p.drive();
+        assert!(p.client_events.iter().any(|e| matches!(e, Event::Subscribed { packet_id, reasons } if *packet_id == id && reasons == &[ReasonCode::GrantedQoS1, ReasonCode::Success])));
+        let id = p.client.unsubscribe(&["a/+"]).unwrap();
+        p.drive();
+        assert!(p
+            .client_events
+            .iter()
+            .any(|e| matches!(e, Event::Unsubscribed { packet_id, .. } if *packet_id == id)));
+        // The identifiers were released.
+        assert!(p.client.session().pending_acks.is_empty());
+    }
+}
+
+#[test]
+fn mqtt_3_3_2_9_outgoing_topic_aliases_stay_within_the_servers_maximum() {
+    let mut p = Pair::new(
+        ClientConfig::new(V5, "c1"),
+        ServerConfig {
+            topic_alias_maximum: 1,
+            ..ServerConfig::default()
+        },
+    );
+    p.drive();
+    let mut out = vec![0u8; 1024];
+    let mut publishes = Vec::new();
+    for t in ["long/topic/name", "long/topic/name", "other"] {
+        p.client
+            .publish(p.now, Message::new(t, "x", QoS::AtMostOnce))
+            .unwrap();
+        let n = p.client.poll_transmit(p.now, &mut out).unwrap().unwrap();
+        publishes.push(out[..n].to_vec());
+        p.c2s.extend_from_slice(&out[..n]);
+    }
+    let opts = DecodeOptions::new(V5);
+    let decoded: Vec<_> = publishes
+        .iter()
+        .map(|b| match decode(b, &opts).unwrap() {
+            Status::Complete {
+                packet: Packet::Publish(p),
+                ..
+            } => (p.topic.len(), p.properties.topic_alias.map(|a| a.get())),
+            _ => panic!(),
+        })
+        .collect();
+    // First with the name and alias 1, then the alias alone, then no alias (maximum 1).
+    assert_eq!(decoded, [(15, Some(1)), (0, Some(1)), (5, None)]);
+    // The server resolves them back.
+    p.drive();
+    let topics: Vec<_> = p
+        .server_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { message, .. } => {
+                Some(alloc::string::String::from(message.topic.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(topics, ["long/topic/name", "long/topic/name", "other"]);
+}
+
+#[test]
+fn mqtt_3_3_2_12_unknown_incoming_alias_is_an_error() {
+    let mut p = Pair::v(V5);
+    p.drive();
+    let mut publish = mqtt_codec::Publish::new("", b"x", mqtt_codec::QosPid::AtMostOnce);
+    publish.properties.topic_alias = core::num::NonZeroU16::new(3);
+    p.c2s
+        .extend_from_slice(&Packet::Publish(publish).encode_to_vec(V5).unwrap());
+    let e = p.server.handle_input(p.now, &mut p.c2s).unwrap_err();
+    assert_eq!(e, Error::Protocol(Violation::UnknownTopicAlias(3)));
+    publish.properties.topic_alias = core::num::NonZeroU16::new(17);
+    let mut p = Pair::v(V5);
+    p.drive();
+    p.c2s
+        .extend_from_slice(&Packet::Publish(publish).encode_to_vec(V5).unwrap());
+    let e = p.server.handle_input(p.now, &mut p.c2s).unwrap_err();
+    assert_eq!(e, Error::Protocol(Violation::TopicAliasOutOfRange(17)));
+    assert_eq!(e.reason_code(), ReasonCode::TopicAliasInvalid);
+}
+
+#[test]
+fn mqtt_3_2_2_11_client_respects_maximum_qos_and_retain_available() {
+    let mut p = Pair::new(
+        ClientConfig::new(V5, "c1"),
+        ServerConfig {
+            maximum_qos: QoS::AtLeastOnce,
+            retain_available: false,
+            ..ServerConfig::default()
+        },
+    );
+    p.drive();
+    assert_eq!(
+        p.client.publish(p.now, msg("t", "x", QoS::ExactlyOnce)),
+        Err(Error::QoSNotSupported)
+    );
+    let mut m = msg("t", "x", QoS::AtMostOnce);
+    m.retain = true;
+    // [MQTT-3.2.2-14]
+    assert_eq!(p.client.publish(p.now, m), Err(Error::RetainNotSupported));
+}
+
+#[test]
+fn mqtt_3_2_2_15_client_never_sends_more_than_the_servers_maximum_packet_size() {
+    let mut p = Pair::new(
+        ClientConfig::new(V5, "c1"),
+        ServerConfig {
+            maximum_packet_size: 64,
+            ..ServerConfig::default()
+        },
+    );
+    p.drive();
+    let big = alloc::string::String::from_utf8(vec![b'x'; 100]).unwrap();
+    let id = p
+        .client
+        .publish(p.now, Message::new("t", big, QoS::AtLeastOnce))
+        .unwrap();
+    p.drive();
+    assert!(p.server_messages().is_empty());
+    assert!(p.client_events.iter().any(|e| matches!(e, Event::Dropped { packet_id, error: Error::PacketTooLarge { max: 64, .. }, .. } if *packet_id == id)));
+    assert!(p.client.session().is_empty());
+}
+
+#[test]
+fn mqtt_3_1_2_25_server_drops_what_the_client_cannot_take() {
+    let mut p = Pair::new(
+        ClientConfig {
+            maximum_packet_size: 50,
+            ..ClientConfig::new(V5, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.drive();
+    let big = alloc::string::String::from_utf8(vec![b'x'; 100]).unwrap();
+    p.server
+        .deliver(p.now, Message::new("t", big, QoS::AtLeastOnce), &[])
+        .unwrap();
+    p.server
+        .deliver(p.now, Message::new("t", "small", QoS::AtLeastOnce), &[])
+        .unwrap();
+    p.drive();
+    // The large one is dropped as if delivered; the next one still arrives.
+    assert_eq!(p.client_messages(), [b"small".to_vec()]);
+    assert!(p.server.session().is_empty());
+}
+
+#[test]
+fn message_expiry_counts_down_while_queued() {
+    let mut p = Pair::new(
+        ClientConfig {
+            clean_start: false,
+            ..ClientConfig::new(V5, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.drive();
+    p.client.handle_close(p.now);
+    let mut m = msg("t", "soon", QoS::AtLeastOnce);
+    m.properties.message_expiry_interval = Some(10);
+    let mut m2 = msg("t", "later", QoS::AtLeastOnce);
+    m2.properties.message_expiry_interval = Some(100);
+    p.client.publish(p.now, m).unwrap();
+    p.client.publish(p.now, m2).unwrap();
+    p.now = p.now + Duration::from_secs(30);
+    p.reconnect(true);
+    let got: Vec<_> = p
+        .server_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { message, .. } => Some((
+                message.payload.to_vec(),
+                message.properties.message_expiry_interval,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [(b"later".to_vec(), Some(70))]);
+}
+
+#[test]
+fn disconnect_is_the_last_packet() {
+    let mut p = Pair::v(V5);
+    p.drive();
+    p.client.disconnect(ReasonCode::DisconnectWithWill).unwrap();
+    p.drive();
+    assert_eq!(p.client_sent.last(), Some(&PacketType::Disconnect));
+    assert!(p.server_events.iter().any(|e| matches!(
+        e,
+        Event::Disconnected {
+            reason: ReasonCode::DisconnectWithWill,
+            by_peer: true
+        }
+    )));
+    // [MQTT-3.14.4-1] nothing after DISCONNECT.
+    assert!(p
+        .client
+        .publish(p.now, msg("t", "x", QoS::AtMostOnce))
+        .is_err());
+    let mut out = vec![0u8; 64];
+    assert!(p.client.poll_transmit(p.now, &mut out).is_err());
+}
+
+#[test]
+fn snapshot_survives_a_restart() {
+    let mut p = Pair::new(
+        ClientConfig {
+            clean_start: false,
+            ..ClientConfig::new(V4, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.drive();
+    p.client
+        .publish(p.now, msg("t", "kept", QoS::ExactlyOnce))
+        .unwrap();
+    let mut out = vec![0u8; 1024];
+    while let Ok(Some(_)) = p.client.poll_transmit(p.now, &mut out) {}
+    // The process dies: only the session state is kept.
+    let saved =
+        core::mem::replace(&mut p.client, Client::new(ClientConfig::new(V4, "x"))).into_session();
+    assert_eq!(saved.inflight.len(), 1);
+    p.client = Client::with_session(
+        ClientConfig {
+            clean_start: false,
+            ..ClientConfig::new(V4, "c1")
+        },
+        saved,
+    );
+    p.server.handle_close(p.now);
+    let server = core::mem::replace(
+        &mut p.server,
+        ServerSession::new(ServerConfig::default(), p.now),
+    );
+    p.session_for_server = Some(server.into_session());
+    p.session_present = true;
+    p.c2s.clear();
+    p.client.connect(p.now).unwrap();
+    p.drive();
+    assert_eq!(p.server_messages().len(), 1);
+    assert_eq!(p.acked(), 1);
+}
