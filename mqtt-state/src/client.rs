@@ -15,6 +15,7 @@ use crate::{ConnAckInfo, Duration, Error, Event, Instant, Message, Timer, Utf8By
 const CONNECT: u8 = 0;
 const SUBSCRIBE: u8 = 1;
 const UNSUBSCRIBE: u8 = 2;
+const AUTH: u8 = 3;
 
 /// How a [`Client`] connects and what it accepts.
 #[derive(Debug, Clone)]
@@ -100,6 +101,7 @@ pub struct Client {
     config: ClientConfig,
     subscribes: VecDeque<PendingSubscribe>,
     unsubscribes: VecDeque<(PacketId, Vec<Utf8Bytes>)>,
+    auths: VecDeque<(ReasonCode, Option<Bytes>)>,
     /// Whether the server's capabilities (CONNACK) are known.
     maximum_qos: QoS,
     retain_available: bool,
@@ -134,6 +136,7 @@ impl Client {
             config,
             subscribes: VecDeque::new(),
             unsubscribes: VecDeque::new(),
+            auths: VecDeque::new(),
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
         }
@@ -189,6 +192,7 @@ impl Client {
             maximum_qos,
             retain_available,
             config,
+            ..
         } = self;
         conn.read_frames(now, buf, |conn, now, frame, packet| {
             let t = packet.packet_type();
@@ -361,6 +365,20 @@ impl Client {
         Ok(id)
     }
 
+    /// Sends AUTH with the configured method ([MQTT-4.12.0-5]): Continue authentication in
+    /// answer to the server's challenge ([MQTT-4.12.0-3]), or Re-authenticate once
+    /// connected ([MQTT-4.12.1-1], same method). Without a method there is no AUTH
+    /// ([MQTT-4.12.0-7]).
+    pub fn auth(&mut self, reason: ReasonCode, data: Option<Bytes>) -> Result<(), Error> {
+        self.conn.check()?;
+        if self.config.authentication.is_none() || !self.config.version.is_v5() {
+            return Err(Error::InvalidState("AUTH needs an authentication method"));
+        }
+        self.auths.push_back((reason, data));
+        self.conn.control.push_back(Control::Role(AUTH));
+        Ok(())
+    }
+
     /// Acknowledges an incoming QoS 1/2 message when manual acks are on. Acknowledgements
     /// still leave in arrival order ([MQTT-4.6.0-2] [MQTT-4.6.0-3]): an early ack waits for
     /// the ones before it. `false` if `packet_id` is not awaiting an ack.
@@ -434,6 +452,22 @@ impl Client {
                     filters: mqtt_codec::List::new(&subs),
                 };
                 self.conn.encode(&Packet::Subscribe(s), out)?
+            }
+            Control::Role(AUTH) => {
+                let (reason, data) = self.auths.pop_front().expect("queued with its control");
+                let a = mqtt_codec::Auth {
+                    reason_code: reason,
+                    properties: mqtt_codec::AuthProperties {
+                        authentication_method: self
+                            .config
+                            .authentication
+                            .as_ref()
+                            .map(|(m, _)| m.as_str()),
+                        authentication_data: data.as_deref(),
+                        ..Default::default()
+                    },
+                };
+                self.conn.encode(&Packet::Auth(a), out)?
             }
             Control::Role(_) => {
                 let (id, filters) = self.unsubscribes.front().expect("queued with its control");

@@ -112,6 +112,9 @@ pub(crate) struct Conn {
     /// Outgoing topic aliases: index `alias - 1`.
     pub(crate) alias_out: Vec<Utf8Bytes>,
     pub(crate) max_alias_out: u16,
+    /// While set, only AUTH is read; other packets wait in the input buffer (a server
+    /// between CONNECT and its decision, [MQTT-3.1.4-6]).
+    pub(crate) hold_non_auth: bool,
 }
 
 /// What `poll_transmit` picked, so that state changes only once the bytes are written.
@@ -154,6 +157,7 @@ impl Conn {
             alias_in: Vec::new(),
             alias_out: Vec::new(),
             max_alias_out: 0,
+            hold_non_auth: false,
         }
     }
 
@@ -230,7 +234,12 @@ impl Conn {
             }
             let opts = self.decode_options();
             let size = match decode_fixed_header(buf, &opts) {
-                Ok(Status::Complete { packet: h, .. }) => h.packet_len(),
+                Ok(Status::Complete { packet: h, .. }) => {
+                    if self.hold_non_auth && h.packet_type != PacketType::Auth {
+                        return Ok(());
+                    }
+                    h.packet_len()
+                }
                 Ok(Status::Incomplete { .. }) => return Ok(()),
                 Err(e) => return Err(self.fail(e.into())),
             };

@@ -14,6 +14,7 @@ use crate::{
 };
 
 const CONNACK: u8 = 0;
+const AUTH: u8 = 1;
 
 /// What a server accepts and announces in CONNACK.
 #[derive(Debug, Clone)]
@@ -90,7 +91,10 @@ pub struct ServerSession {
     decided: bool,
     connack: Option<(bool, ReasonCode, Option<Utf8Bytes>, Option<u32>)>,
     client_id: Utf8Bytes,
-    authentication: bool,
+    /// The CONNECT's authentication method, if it asked for enhanced authentication.
+    authentication: Option<Utf8Bytes>,
+    /// AUTH packets to send: reason and data.
+    auths: alloc::collections::VecDeque<(ReasonCode, Option<bytes::Bytes>)>,
     disconnect_session_expiry: Option<u32>,
 }
 
@@ -121,7 +125,8 @@ impl ServerSession {
             decided: false,
             connack: None,
             client_id: Utf8Bytes::default(),
-            authentication: false,
+            authentication: None,
+            auths: alloc::collections::VecDeque::new(),
             disconnect_session_expiry: None,
         }
     }
@@ -152,13 +157,11 @@ impl ServerSession {
         self.conn.session
     }
 
-    /// Reads complete packets from `buf`. After CONNECT it stops and reports
-    /// [`Event::ConnectRequest`]; call it again after [`ServerSession::accept`] to read what
-    /// the client sent behind its CONNECT.
+    /// Reads complete packets from `buf`. After CONNECT it reports
+    /// [`Event::ConnectRequest`] and reads nothing but AUTH until the application decides
+    /// ([MQTT-3.1.4-6]); call it again after [`ServerSession::accept`] to read what the
+    /// client sent behind its CONNECT.
     pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), Error> {
-        if self.connect_seen && !self.decided {
-            return self.conn.check();
-        }
         let Self {
             conn,
             config,
@@ -166,7 +169,6 @@ impl ServerSession {
             client_id,
             authentication,
             disconnect_session_expiry,
-            decided,
             ..
         } = self;
         conn.read_frames(now, buf, |conn, _now, frame, packet| {
@@ -199,7 +201,9 @@ impl ServerSession {
                     .unwrap_or(c.keep_alive);
                 conn.keep_alive = Duration::from_secs(u64::from(ka));
                 *client_id = Utf8Bytes::slice_of(frame, c.client_id);
-                *authentication = p.authentication_method.is_some();
+                *authentication = p
+                    .authentication_method
+                    .map(|m| Utf8Bytes::slice_of(frame, m));
                 let will = c.will.map(|w| {
                     let mut m = Message::new(
                         Utf8Bytes::slice_of(frame, w.topic),
@@ -234,11 +238,9 @@ impl ServerSession {
                         .map(|m| Utf8Bytes::slice_of(frame, m)),
                     authentication_data: p.authentication_data.map(|d| frame.slice_ref(d)),
                 }));
-                // Nothing more is read until the application decides.
-                return Ok(false);
-            }
-            if !*decided {
-                return Ok(false);
+                // Nothing but AUTH is read until the application decides.
+                conn.hold_non_auth = true;
+                return Ok(true);
             }
             match packet {
                 // [MQTT-3.1.0-2] a second CONNECT is a Protocol Error.
@@ -287,8 +289,13 @@ impl ServerSession {
                     return Err(Error::Disconnected(d.reason_code));
                 }
                 Packet::Auth(a) => {
-                    // [MQTT-4.12.0-7] no AUTH without a method in CONNECT.
-                    if !*authentication {
+                    // [MQTT-4.12.0-7] no AUTH without a method in CONNECT; [MQTT-4.12.1-1]
+                    // re-authentication keeps the method.
+                    let same = match (&*authentication, a.properties.authentication_method) {
+                        (Some(m), Some(am)) => m.as_str() == am,
+                        _ => false,
+                    };
+                    if !same {
                         return Err(Violation::UnexpectedAuth.into());
                     }
                     conn.events.push_back(Event::Auth {
@@ -315,6 +322,7 @@ impl ServerSession {
             return Err(Error::InvalidState("accept needs a pending CONNECT"));
         }
         self.decided = true;
+        self.conn.hold_non_auth = false;
         let mut session = accept.session;
         let session_present = accept.session_present;
         if !session_present {
@@ -351,6 +359,7 @@ impl ServerSession {
             return Err(Error::InvalidState("reject needs a pending CONNECT"));
         }
         self.decided = true;
+        self.conn.hold_non_auth = false;
         let code = if self.conn.version.is_v5() || reason.to_v3_connack().is_some() {
             reason
         } else {
@@ -405,6 +414,22 @@ impl ServerSession {
         self.conn
             .control
             .push_back(Control::UnsubAck(packet_id, reasons));
+        Ok(())
+    }
+
+    /// Sends AUTH during enhanced authentication (before [`ServerSession::accept`], with
+    /// Continue authentication, [MQTT-4.12.0-2]) or to end a re-authentication (Success).
+    /// It carries the CONNECT's method ([MQTT-4.12.0-5]); without one there is no AUTH
+    /// ([MQTT-4.12.0-6]).
+    pub fn auth(&mut self, reason: ReasonCode, data: Option<bytes::Bytes>) -> Result<(), Error> {
+        self.conn.check()?;
+        if self.authentication.is_none() || !self.conn.version.is_v5() {
+            return Err(Error::InvalidState(
+                "AUTH needs an authentication method in CONNECT",
+            ));
+        }
+        self.auths.push_back((reason, data));
+        self.conn.control.push_back(Control::Role(AUTH));
         Ok(())
     }
 
@@ -499,6 +524,8 @@ impl ServerSession {
                     shared_subscription_available: (!c.shared_subscription_available)
                         .then_some(false),
                     server_keep_alive: c.server_keep_alive,
+                    // [MQTT-4.12.0-5] a successful CONNACK repeats the method.
+                    authentication_method: self.authentication.as_ref().map(Utf8Bytes::as_str),
                     ..Default::default()
                 }
             } else {
@@ -525,9 +552,23 @@ impl ServerSession {
             return Ok(n);
         }
         let c = self.conn.control.front().expect("picked");
-        let n = match encode_common(c) {
-            Some(p) => self.conn.encode(&p, out)?,
-            None => Ok(0),
+        let n = match (c, encode_common(c)) {
+            (_, Some(p)) => self.conn.encode(&p, out)?,
+            (Control::Role(AUTH), None) => {
+                let (reason, data) = self.auths.front().expect("queued with its control");
+                let a = mqtt_codec::Auth {
+                    reason_code: *reason,
+                    properties: mqtt_codec::AuthProperties {
+                        authentication_method: self.authentication.as_ref().map(Utf8Bytes::as_str),
+                        authentication_data: data.as_deref(),
+                        ..Default::default()
+                    },
+                };
+                let n = self.conn.encode(&Packet::Auth(a), out)?;
+                self.auths.pop_front();
+                n
+            }
+            _ => Ok(0),
         };
         self.conn.control.pop_front();
         Ok(n.ok().filter(|&n| n > 0))

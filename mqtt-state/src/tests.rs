@@ -900,3 +900,135 @@ fn snapshot_survives_a_restart() {
     assert_eq!(p.server_messages().len(), 1);
     assert_eq!(p.acked(), 1);
 }
+
+#[test]
+fn mqtt_4_12_0_2_enhanced_authentication_exchange() {
+    let mut p = Pair::new(
+        ClientConfig {
+            authentication: Some((
+                "SCRAM-SHA-1".into(),
+                Some(bytes::Bytes::from_static(b"client-first")),
+            )),
+            ..ClientConfig::new(V5, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.auto_accept = false;
+    p.drive();
+    let Event::ConnectRequest(req) = &p.server_events[0] else {
+        panic!()
+    };
+    assert_eq!(
+        req.authentication_method.as_ref().map(Utf8Bytes::as_str),
+        Some("SCRAM-SHA-1")
+    );
+    // [MQTT-4.12.0-2] the server's challenge carries Continue authentication.
+    p.server
+        .auth(
+            ReasonCode::ContinueAuthentication,
+            Some(bytes::Bytes::from_static(b"server-first")),
+        )
+        .unwrap();
+    p.drive();
+    let challenge = p.client_events.iter().find_map(|e| match e {
+        Event::Auth {
+            reason,
+            method,
+            data,
+        } => Some((*reason, method.clone(), data.clone())),
+        _ => None,
+    });
+    let (reason, method, data) = challenge.expect("AUTH reached the client");
+    assert_eq!(reason, ReasonCode::ContinueAuthentication);
+    // [MQTT-4.12.0-5] the same method every time.
+    assert_eq!(method.unwrap().as_str(), "SCRAM-SHA-1");
+    assert_eq!(&data.unwrap()[..], b"server-first");
+    // [MQTT-4.12.0-3] the client answers with Continue authentication.
+    p.client
+        .auth(
+            ReasonCode::ContinueAuthentication,
+            Some(bytes::Bytes::from_static(b"client-final")),
+        )
+        .unwrap();
+    p.drive();
+    assert!(p.server_events.iter().any(|e| matches!(
+        e,
+        Event::Auth {
+            reason: ReasonCode::ContinueAuthentication,
+            ..
+        }
+    )));
+    p.server.accept(p.now, Accept::default()).unwrap();
+    p.drive();
+    assert!(p.client.is_connected());
+    assert_eq!(p.client_sent, [PacketType::Connect, PacketType::Auth]);
+    assert_eq!(p.server_sent, [PacketType::Auth, PacketType::ConnAck]);
+    // [MQTT-4.12.1-1] re-authentication after CONNACK with the same method.
+    p.client.auth(ReasonCode::ReAuthenticate, None).unwrap();
+    p.drive();
+    assert!(p.server_events.iter().any(|e| matches!(
+        e,
+        Event::Auth {
+            reason: ReasonCode::ReAuthenticate,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn mqtt_4_12_0_7_no_auth_without_a_method() {
+    let mut p = Pair::v(V5);
+    p.drive();
+    assert!(p.client.auth(ReasonCode::ReAuthenticate, None).is_err());
+    assert!(p
+        .server
+        .auth(ReasonCode::ContinueAuthentication, None)
+        .is_err());
+    // A peer that sends one anyway breaks the protocol.
+    let auth = Packet::Auth(mqtt_codec::Auth {
+        reason_code: ReasonCode::ReAuthenticate,
+        properties: mqtt_codec::AuthProperties {
+            authentication_method: Some("X"),
+            ..Default::default()
+        },
+    });
+    p.c2s.extend_from_slice(&auth.encode_to_vec(V5).unwrap());
+    assert_eq!(
+        p.server.handle_input(p.now, &mut p.c2s),
+        Err(Error::Protocol(Violation::UnexpectedAuth))
+    );
+}
+
+#[test]
+fn mqtt_3_1_4_6_packets_behind_connect_wait_for_the_decision() {
+    let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
+    let mut input = BytesMut::new();
+    input.extend_from_slice(
+        &Packet::Connect(mqtt_codec::Connect::new(V4, "c"))
+            .encode_to_vec(V4)
+            .unwrap(),
+    );
+    let subs = [mqtt_codec::Subscription {
+        filter: "a/#",
+        options: SubscriptionOptions::default(),
+    }];
+    let sub = mqtt_codec::Subscribe::new(
+        mqtt_codec::PacketId::new(1).unwrap(),
+        mqtt_codec::List::new(&subs),
+    );
+    input.extend_from_slice(&Packet::Subscribe(sub).encode_to_vec(V4).unwrap());
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert!(matches!(
+        server.poll_event(),
+        Some(Event::ConnectRequest(_))
+    ));
+    assert_eq!(server.poll_event(), None);
+    // The pipelined SUBSCRIBE is still in the buffer, processed after the accept.
+    assert!(!input.is_empty());
+    server.accept(Instant::ZERO, Accept::default()).unwrap();
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert!(matches!(
+        server.poll_event(),
+        Some(Event::SubscribeRequest { .. })
+    ));
+}
