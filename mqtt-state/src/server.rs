@@ -162,6 +162,7 @@ impl ServerSession {
     /// ([MQTT-3.1.4-6]); call it again after [`ServerSession::accept`] to read what the
     /// client sent behind its CONNECT.
     pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), Error> {
+        let mut refusal = None;
         let Self {
             conn,
             config,
@@ -171,7 +172,7 @@ impl ServerSession {
             disconnect_session_expiry,
             ..
         } = self;
-        conn.read_frames(now, buf, |conn, _now, frame, packet| {
+        let result = conn.read_frames(now, buf, |conn, _now, frame, packet| {
             let t = packet.packet_type();
             if !*connect_seen {
                 // [MQTT-3.1.0-1] the first packet is CONNECT.
@@ -224,6 +225,23 @@ impl ServerSession {
                     );
                     (m, wp.will_delay_interval.unwrap_or(0))
                 });
+                // Refusals the protocol fixes, before the application is asked:
+                // [MQTT-3.1.3-7] [MQTT-3.1.3-8] (3.1.1) an empty client id needs a clean
+                // session; [MQTT-3.2.2-12] [MQTT-3.2.2-13] a will beyond what the server
+                // supports.
+                let will_flags = c.will.map(|w| (w.qos, w.retain));
+                refusal = if !c.protocol.is_v5() && c.client_id.is_empty() && !c.clean_start {
+                    Some(ReasonCode::ClientIdentifierNotValid)
+                } else if will_flags.is_some_and(|(q, _)| q > config.maximum_qos) {
+                    Some(ReasonCode::QoSNotSupported)
+                } else if will_flags.is_some_and(|(_, r)| r) && !config.retain_available {
+                    Some(ReasonCode::RetainNotSupported)
+                } else {
+                    None
+                };
+                if refusal.is_some() {
+                    return Ok(false);
+                }
                 conn.events.push_back(Event::ConnectRequest(ConnectRequest {
                     protocol: c.protocol,
                     client_id: client_id.clone(),
@@ -312,7 +330,11 @@ impl ServerSession {
                 }
             }
             Ok(true)
-        })
+        });
+        if let Some(code) = refusal {
+            self.reject(code)?;
+        }
+        result
     }
 
     /// Accepts the connection: CONNACK 0x00 goes out first ([MQTT-3.2.0-1]), then whatever

@@ -1032,3 +1032,93 @@ fn mqtt_3_1_4_6_packets_behind_connect_wait_for_the_decision() {
         Some(Event::SubscribeRequest { .. })
     ));
 }
+
+/// Feeds one CONNECT to a fresh server and returns what it sent.
+fn connect_to(config: ServerConfig, c: mqtt_codec::Connect<'_>) -> (ServerSession, Vec<Vec<u8>>) {
+    let mut server = ServerSession::new(config, Instant::ZERO);
+    let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(c.protocol).unwrap()[..]);
+    let _ = server.handle_input(Instant::ZERO, &mut input);
+    let mut out = vec![0u8; 256];
+    let mut sent = Vec::new();
+    while let Ok(Some(n)) = server.poll_transmit(Instant::ZERO, &mut out) {
+        sent.push(out[..n].to_vec());
+    }
+    (server, sent)
+}
+
+#[test]
+fn mqtt_3_1_3_8_empty_client_id_needs_clean_session_in_3_1_1() {
+    // [MQTT-3.1.3-7] [MQTT-3.1.3-8]: CONNACK 0x02 (identifier rejected), then close.
+    let mut c = mqtt_codec::Connect::new(V4, "");
+    c.clean_start = false;
+    let (mut server, sent) = connect_to(ServerConfig::default(), c);
+    assert_eq!(sent, [vec![0x20, 0x02, 0x00, 0x02]]);
+    assert_eq!(server.poll_event(), None, "the application is not asked");
+    // With a clean session it is the application's call.
+    let (mut server, _) = connect_to(ServerConfig::default(), mqtt_codec::Connect::new(V4, ""));
+    assert!(matches!(
+        server.poll_event(),
+        Some(Event::ConnectRequest(_))
+    ));
+}
+
+#[test]
+fn mqtt_3_2_2_12_will_beyond_the_servers_qos_or_retain_is_refused() {
+    let config = ServerConfig {
+        maximum_qos: QoS::AtLeastOnce,
+        retain_available: false,
+        ..ServerConfig::default()
+    };
+    let mut c = mqtt_codec::Connect::new(V5, "c");
+    let mut will = mqtt_codec::Will::new("w", b"bye");
+    will.qos = QoS::ExactlyOnce;
+    c.will = Some(will);
+    let (_, sent) = connect_to(config.clone(), c);
+    assert_eq!(sent[0][..4], [0x20, 0x03, 0x00, 0x9B]);
+    // [MQTT-3.2.2-13]
+    will.qos = QoS::AtMostOnce;
+    will.retain = true;
+    c.will = Some(will);
+    let (_, sent) = connect_to(config, c);
+    assert_eq!(sent[0][..4], [0x20, 0x03, 0x00, 0x9A]);
+}
+
+#[test]
+fn mqtt_3_2_2_9_connack_announces_limits() {
+    let config = ServerConfig {
+        maximum_qos: QoS::AtLeastOnce,
+        retain_available: false,
+        receive_maximum: 10,
+        ..ServerConfig::default()
+    };
+    let mut p = Pair::new(ClientConfig::new(V5, "c1"), config);
+    p.drive();
+    let Event::Connected(info) = &p.client_events[0] else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            info.maximum_qos,
+            info.retain_available,
+            info.receive_maximum
+        ),
+        (QoS::AtLeastOnce, false, 10)
+    );
+}
+
+#[test]
+fn mqtt_4_3_1_1_qos_0_goes_once_without_dup() {
+    let mut p = Pair::v(V4);
+    p.drive();
+    p.client
+        .publish(p.now, msg("t", "x", QoS::AtMostOnce))
+        .unwrap();
+    p.drive();
+    assert_eq!(
+        p.server_messages(),
+        [(b"x".to_vec(), QoS::AtMostOnce, false)]
+    );
+    // [MQTT-3.3.4-1] nothing answers a QoS 0 PUBLISH.
+    assert_eq!(p.server_sent, [PacketType::ConnAck]);
+    assert!(p.client.session().is_empty());
+}
