@@ -44,13 +44,15 @@ impl OwnedPacket {
         &self.frame
     }
 
-    /// The packet, borrowed from the frame.
+    /// The packet, borrowed from the frame. This decodes the frame again (a borrowed view
+    /// cannot be stored beside the bytes it borrows without `unsafe`); it allocates nothing
+    /// and costs what the first decode did.
     pub fn packet(&self) -> Packet<'_> {
-        // The frame decoded under these options once; decoding is deterministic, so it
-        // decodes again. A PINGREQ stands in rather than panicking if that ever broke.
         match decode(&self.frame, &self.opts) {
             Ok(Status::Complete { packet, .. }) => packet,
-            _ => Packet::PingReq,
+            // Only a frame that decoded under these options is ever stored, and decoding is
+            // a pure function of the bytes and the options.
+            other => unreachable!("a stored frame no longer decodes: {other:?}"),
         }
     }
 

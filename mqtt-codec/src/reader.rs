@@ -115,6 +115,24 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// A UTF-8 Encoded String that is checked but not kept (user properties, which stay in
+    /// the wire bytes and are read again by their iterator). ASCII without U+0000, the usual
+    /// case, is recognised in one vectorised pass instead of `from_utf8` and a NUL scan;
+    /// anything else takes the path of [`Reader::string`], so the errors are the same.
+    #[inline]
+    pub(crate) fn skip_string(&mut self) -> Result<(), Error> {
+        let b = self.binary()?;
+        // ASCII is well-formed UTF-8; a byte >= 0x80 or a 0 sends it down the full path.
+        if !any_byte(b, |x| (x & 0x80) | u8::from(x == 0)) {
+            return Ok(());
+        }
+        // [MQTT-1.5.4-1] [MQTT-1.5.3-1] as in `utf8`, then [MQTT-1.5.4-2].
+        let s = core::str::from_utf8(b).map_err(|_| Error::InvalidUtf8 {
+            packet: self.packet,
+        })?;
+        check_no_nul(s, self.packet)
+    }
+
     /// A Topic Name: a string that mqtt-topic accepts as a name.
     #[inline]
     pub(crate) fn topic_name(&mut self) -> Result<&'a str, Error> {
@@ -152,8 +170,83 @@ pub(crate) fn topic_error(
 #[inline]
 pub(crate) fn check_no_nul(s: &str, packet: PacketType) -> Result<(), Error> {
     // [MQTT-1.5.4-2] [MQTT-1.5.3-2]
-    if s.as_bytes().contains(&0) {
+    if any_byte(s.as_bytes(), |b| u8::from(b == 0)) {
         return Err(Error::NullCharacter { packet });
     }
     Ok(())
+}
+
+/// Whether `flag` is non-zero for a byte of `bytes`. An OR-reduction over 32-byte blocks with
+/// no early exit inside a block, which LLVM vectorises: `contains` calls `memchr`, whose
+/// alignment loops cost more than the scan on the short strings MQTT carries, and mispredict.
+#[inline(always)]
+fn any_byte(bytes: &[u8], flag: impl Fn(u8) -> u8 + Copy) -> bool {
+    let mut blocks = bytes.chunks_exact(32);
+    for block in &mut blocks {
+        if block.iter().fold(0, |acc, &b| acc | flag(b)) != 0 {
+            return true;
+        }
+    }
+    blocks.remainder().iter().fold(0, |acc, &b| acc | flag(b)) != 0
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    fn field(s: &[u8]) -> [u8; 80] {
+        let mut out = [0xAA; 80];
+        out[..2].copy_from_slice(&(s.len() as u16).to_be_bytes());
+        out[2..2 + s.len()].copy_from_slice(s);
+        out
+    }
+
+    /// `skip_string` (the user-property fast path) accepts and refuses exactly what
+    /// `string` does, with the same error, for short strings and ones past a 32-byte block.
+    #[test]
+    fn skip_string_agrees_with_string() {
+        let long = [b'a'; 40];
+        let mut long_nul = long;
+        long_nul[35] = 0;
+        let cases: [&[u8]; 10] = [
+            b"",
+            b"trace-id",
+            b"a\0b",
+            "caf\u{e9}".as_bytes(),
+            &[0xC3],
+            &[0xED, 0xA0, 0x80],
+            &long,
+            &long_nul,
+            "\u{feff}x".as_bytes(),
+            &[b'x', 0xC3, 0xA9, 0],
+        ];
+        for c in cases {
+            let buf = field(c);
+            let body = &buf[..2 + c.len()];
+            let mut a = Reader::new(body, PacketType::Publish);
+            let mut b = Reader::new(body, PacketType::Publish);
+            assert_eq!(a.skip_string(), b.string().map(drop), "{c:?}");
+            assert_eq!(a.buf.len(), b.buf.len());
+        }
+        // A length past the end is the same error too.
+        let short = [0, 5, b'a'];
+        assert_eq!(
+            Reader::new(&short, PacketType::Publish).skip_string(),
+            Reader::new(&short, PacketType::Publish).string().map(drop)
+        );
+    }
+
+    #[test]
+    fn nul_found_in_every_position() {
+        for len in 1..70 {
+            for at in 0..len {
+                let mut s = [b'z'; 70];
+                s[at] = 0;
+                let s = core::str::from_utf8(&s[..len]).unwrap();
+                assert!(check_no_nul(s, PacketType::Publish).is_err(), "{len} {at}");
+            }
+            let s = core::str::from_utf8(&[b'z'; 70][..len]).unwrap();
+            assert!(check_no_nul(s, PacketType::Publish).is_ok());
+        }
+    }
 }

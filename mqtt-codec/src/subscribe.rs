@@ -2,7 +2,7 @@ use crate::packet::{require_v5, Plan};
 use crate::properties::block_len;
 use crate::publish::packet_id;
 use crate::reader::{topic_error, Reader};
-use crate::writer::{string_len, Sink};
+use crate::writer::{field_len, Sink};
 use crate::{
     Error, List, PacketId, PacketType, ProtocolVersion, SubscribeProperties, SubscriptionOptions,
 };
@@ -87,7 +87,9 @@ impl<'a> Subscribe<'a> {
                 .map_err(|e| topic_error(e, t, Error::InvalidTopicFilter))?;
             s.options.to_byte(v)?;
             check_shared(s.filter, s.options, v)?;
-            n += string_len(s.filter, t)? + 1;
+            // `validate_filter` above refused U+0000 ([MQTT-1.5.4-2]), so only the length
+            // is left to check.
+            n += field_len(s.filter.as_bytes())? + 1;
             any = true;
         }
         if !any {

@@ -425,7 +425,7 @@ pub(crate) fn floor(mut buf: &[u8]) -> Result<usize, ()> {
                 *frame.get(1).ok_or(())?,
             ]));
             let topic = core::str::from_utf8(frame.get(2..2 + n).ok_or(())?).map_err(drop)?;
-            if topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0)) {
+            if has_forbidden(topic.as_bytes()) {
                 return Err(());
             }
             core::hint::black_box(topic);
@@ -436,12 +436,33 @@ pub(crate) fn floor(mut buf: &[u8]) -> Result<usize, ()> {
     Ok(frames)
 }
 
+/// Whether `b` holds `+`, `#` or NUL. Not a byte loop with an early exit (`any`), which is
+/// several times slower on a 40-byte topic: an OR-reduction over 32-byte blocks, which LLVM
+/// vectorises, so the floor is a true lower bound for the topic check.
+#[inline]
+fn has_forbidden(b: &[u8]) -> bool {
+    let bad = |acc: u8, &x: &u8| acc | u8::from(x == b'+') | u8::from(x == b'#') | u8::from(x == 0);
+    let mut blocks = b.chunks_exact(32);
+    for block in &mut blocks {
+        if block.iter().fold(0, bad) != 0 {
+            return true;
+        }
+    }
+    blocks.remainder().iter().fold(0, bad) != 0
+}
+
 /// Ours over a whole buffer, packet after packet; returns the count.
 #[inline]
 pub(crate) fn ours_stream(mut buf: &[u8], opts: &DecodeOptions) -> usize {
     let mut n = 0;
-    while let Ok(Status::Complete { packet, consumed }) = decode(buf, opts) {
-        core::hint::black_box(&packet);
+    loop {
+        // Every decoder's result is looked at where it was returned (`black_box(&r)`), not
+        // moved out first: the harness should not time a copy of the packet.
+        let r = decode(buf, opts);
+        core::hint::black_box(&r);
+        let Ok(Status::Complete { consumed, .. }) = r else {
+            break;
+        };
         buf = &buf[consumed..];
         n += 1;
     }
@@ -467,8 +488,12 @@ pub(crate) fn rumqttc_v5(b: &mut BytesMut) -> Result<R5, rumqttc::v5::mqttbytes:
 
 pub(crate) fn rumqttc_v4_stream(b: &mut BytesMut) -> usize {
     let mut n = 0;
-    while let Ok(p) = R4::read(b, MAX) {
-        core::hint::black_box(&p);
+    loop {
+        let r = R4::read(b, MAX);
+        core::hint::black_box(&r);
+        if r.is_err() {
+            break;
+        }
         n += 1;
     }
     n
@@ -476,8 +501,12 @@ pub(crate) fn rumqttc_v4_stream(b: &mut BytesMut) -> usize {
 
 pub(crate) fn rumqttc_v5_stream(b: &mut BytesMut) -> usize {
     let mut n = 0;
-    while let Ok(p) = R5::read(b, Some(MAX as u32)) {
-        core::hint::black_box(&p);
+    loop {
+        let r = R5::read(b, Some(MAX as u32));
+        core::hint::black_box(&r);
+        if r.is_err() {
+            break;
+        }
         n += 1;
     }
     n
@@ -500,11 +529,10 @@ pub(crate) fn frame_lengths(mut buf: &[u8]) -> Vec<usize> {
 pub(crate) fn mqttrs_stream(mut buf: &[u8], lengths: &[usize]) -> usize {
     let mut n = 0;
     for &len in lengths {
-        match mqttrs::decode_slice(buf) {
-            Ok(Some(p)) => {
-                core::hint::black_box(&p);
-            }
-            _ => break,
+        let r = mqttrs::decode_slice(buf);
+        core::hint::black_box(&r);
+        if !matches!(r, Ok(Some(_))) {
+            break;
         }
         buf = &buf[len..];
         n += 1;
