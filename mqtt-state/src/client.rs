@@ -172,6 +172,16 @@ impl Client {
             return Err(Error::InvalidState("already connected or connecting"));
         }
         self.conn.reset_connection();
+        // SUBSCRIBE/UNSUBSCRIBE of an earlier connection (or process, after a restart from
+        // a snapshot) get no answer on this one; the application subscribes again. Their
+        // identifiers are free.
+        for id in self.conn.session.pending_acks.drain(..) {
+            if let Some(id) = PacketId::new(id) {
+                self.conn.ids.release(id);
+            }
+        }
+        self.subscribes.clear();
+        self.unsubscribes.clear();
         self.conn.error = None;
         self.conn.final_disconnect = None;
         self.conn.phase = Phase::Connecting;
@@ -383,7 +393,7 @@ impl Client {
     /// still leave in arrival order ([MQTT-4.6.0-2] [MQTT-4.6.0-3]): an early ack waits for
     /// the ones before it. `false` if `packet_id` is not awaiting an ack.
     pub fn ack(&mut self, packet_id: PacketId) -> bool {
-        self.conn.ack(packet_id)
+        self.conn.ack(packet_id, ReasonCode::Success)
     }
 
     /// Sends DISCONNECT with `reason` (5.0; Normal disconnection before) and closes.
@@ -434,8 +444,14 @@ impl Client {
                 self.conn.encode(&Packet::Connect(connect.0), out)?
             }
             Control::Role(SUBSCRIBE) => {
-                let (id, filters, sub_id) =
-                    self.subscribes.front().expect("queued with its control");
+                // Entries not sent yet are the last ones, one control each: the first of
+                // them is this control's (the front one was sent already if its SUBACK is
+                // still due).
+                let unsent = self.conn.control.iter().filter(|x| *x == c).count();
+                let (id, filters, sub_id) = self
+                    .subscribes
+                    .get(self.subscribes.len().saturating_sub(unsent))
+                    .expect("queued with its control");
                 let subs: Vec<Subscription<'_>> = filters
                     .iter()
                     .map(|(f, o)| Subscription {
@@ -470,7 +486,11 @@ impl Client {
                 self.conn.encode(&Packet::Auth(a), out)?
             }
             Control::Role(_) => {
-                let (id, filters) = self.unsubscribes.front().expect("queued with its control");
+                let unsent = self.conn.control.iter().filter(|x| *x == c).count();
+                let (id, filters) = self
+                    .unsubscribes
+                    .get(self.unsubscribes.len().saturating_sub(unsent))
+                    .expect("queued with its control");
                 let fs: Vec<&str> = filters.iter().map(Utf8Bytes::as_str).collect();
                 let u = Unsubscribe::new(*id, mqtt_codec::List::new(&fs));
                 self.conn.encode(&Packet::Unsubscribe(u), out)?

@@ -350,6 +350,11 @@ impl Conn {
     }
 
     fn check_receive_maximum(&self) -> Result<(), Error> {
+        // Before 5.0 the peer was never told a Receive Maximum, so it may send any number
+        // (at most 65,535 ids, which bounds what is kept here).
+        if !self.version.is_v5() {
+            return Ok(());
+        }
         // Unacknowledged: QoS 1 not yet PUBACKed, and QoS 2 not yet PUBCOMPed.
         let unacked = self
             .acks
@@ -386,17 +391,25 @@ impl Conn {
                 .clone()
                 .ok_or(Error::Protocol(Violation::UnknownTopicAlias(a)))
         } else {
-            let t = Utf8Bytes::slice_of(frame, p.topic);
-            self.alias_in[slot] = Some(t.clone());
-            Ok(t)
+            // The mapping outlives this frame: keep a copy (a view would pin the receive
+            // buffer), made only when the mapping changes.
+            if self.alias_in[slot].as_ref().map(Utf8Bytes::as_str) != Some(p.topic) {
+                self.alias_in[slot] = Some(Utf8Bytes::copy_of(p.topic));
+            }
+            Ok(Utf8Bytes::slice_of(frame, p.topic))
         }
     }
 
-    /// The application acknowledges an incoming message (manual acks).
-    pub(crate) fn ack(&mut self, id: PacketId) -> bool {
+    /// The application acknowledges an incoming message (manual acks), with the reason
+    /// code the PUBACK/PUBREC carries (5.0; always Success before).
+    pub(crate) fn ack(&mut self, id: PacketId, code: ReasonCode) -> bool {
+        let v5 = self.version.is_v5();
         match self.acks.iter_mut().find(|a| a.id == id && !a.ready) {
             Some(a) => {
                 a.ready = true;
+                if v5 {
+                    a.code = code;
+                }
                 true
             }
             None => false,
@@ -405,7 +418,9 @@ impl Conn {
 
     /// PUBREL: the QoS 2 message is released; answer PUBCOMP ([MQTT-4.3.3-11]).
     pub(crate) fn on_pubrel(&mut self, ack: PubAck<'_>) {
-        let code = if self.session.release_qos2(ack.packet_id) {
+        let known = self.session.release_qos2(ack.packet_id);
+        // 3.1.1 has no reason codes: PUBCOMP is the same either way.
+        let code = if known || !self.version.is_v5() {
             ReasonCode::Success
         } else {
             // Unknown id (it may have completed before a reconnect): 5.0 says so.
@@ -529,6 +544,11 @@ impl Conn {
     pub(crate) fn pick(&mut self, now: Instant) -> Option<Next> {
         if self.phase == Phase::Closing {
             return self.final_disconnect.map(|_| Next::FinalDisconnect);
+        }
+        // [MQTT-4.8.0-1] a failed or closed connection sends nothing more, not even what
+        // was queued before the failure (a CONNECT not yet out, a PUBCOMP, a PINGREQ).
+        if self.phase == Phase::Closed {
+            return None;
         }
         if !self.control.is_empty() {
             return Some(Next::Control);

@@ -63,19 +63,25 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod broker;
 mod client;
 mod conn;
 mod error;
 mod event;
 mod message;
 mod packet_id;
+#[cfg(feature = "serde")]
+mod serde_impls;
 mod server;
 mod session;
 mod time;
 
 #[cfg(test)]
+mod broker_tests;
+#[cfg(test)]
 mod tests;
 
+pub use broker::{AllowAll, Broker, BrokerConfig, BrokerEvent, ConnectionId, Hooks, Stats};
 pub use client::{Client, ClientConfig};
 pub use error::{Error, Violation};
 pub use event::{ConnAckInfo, ConnectRequest, Event};

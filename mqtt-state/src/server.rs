@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub subscription_identifier_available: bool,
     /// Whether shared subscriptions are supported (announced in 5.0).
     pub shared_subscription_available: bool,
+    /// Acknowledge incoming QoS 1/2 messages only when the application calls
+    /// [`ServerSession::ack`], so a broker can route (or refuse) a message first.
+    pub manual_acks: bool,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +66,7 @@ impl Default for ServerConfig {
             wildcard_subscription_available: true,
             subscription_identifier_available: true,
             shared_subscription_available: true,
+            manual_acks: false,
         }
     }
 }
@@ -115,6 +119,7 @@ impl ServerSession {
         conn.max_inflight = config.max_inflight.max(1);
         conn.max_queued = config.max_queued;
         conn.max_alias_out = config.outgoing_topic_aliases;
+        conn.manual_acks = config.manual_acks;
         conn.phase = Phase::Connecting;
         conn.timers
             .set(Timer::Connect, now + config.connect_timeout);
@@ -149,6 +154,16 @@ impl ServerSession {
     /// The session state, to keep for the client's next connection.
     pub fn session(&self) -> &SessionState {
         &self.conn.session
+    }
+
+    /// Takes the session state out, leaving this machine with an empty one: for a broker
+    /// parking the session of a connection that is ending (its last packets may still be
+    /// waiting in `poll_transmit`).
+    pub fn take_session(&mut self) -> SessionState {
+        for f in &mut self.conn.session.inflight {
+            f.sent = false;
+        }
+        core::mem::take(&mut self.conn.session)
     }
 
     /// Gives up the machine, keeping the session state.
@@ -201,7 +216,8 @@ impl ServerSession {
                     .filter(|_| c.protocol.is_v5())
                     .unwrap_or(c.keep_alive);
                 conn.keep_alive = Duration::from_secs(u64::from(ka));
-                *client_id = Utf8Bytes::slice_of(frame, c.client_id);
+                // Kept for the whole connection: a copy, not a view pinning the buffer.
+                *client_id = Utf8Bytes::copy_of(c.client_id);
                 *authentication = p
                     .authentication_method
                     .map(|m| Utf8Bytes::slice_of(frame, m));
@@ -343,6 +359,9 @@ impl ServerSession {
         if !self.connect_seen || self.decided {
             return Err(Error::InvalidState("accept needs a pending CONNECT"));
         }
+        // [MQTT-4.8.0-1] a connection that already failed (a malformed packet behind the
+        // CONNECT, the transport closed) is closed: no CONNACK, and the error stays.
+        self.conn.check()?;
         self.decided = true;
         self.conn.hold_non_auth = false;
         let mut session = accept.session;
@@ -353,6 +372,12 @@ impl ServerSession {
         self.conn.ids = session.allocator(usize::from(self.conn.max_inflight) + 8);
         for f in &mut session.inflight {
             f.sent = false;
+        }
+        // Messages a broker queued while the client was away have no identifier yet.
+        for q in &mut session.queue {
+            if q.packet_id.is_none() && q.message.qos != QoS::AtMostOnce {
+                q.packet_id = Some(self.conn.ids.allocate().ok_or(Error::PacketIdsExhausted)?);
+            }
         }
         self.conn.session = session;
         self.conn.reserve();
@@ -375,11 +400,22 @@ impl ServerSession {
     }
 
     /// Refuses the connection with `reason`: CONNACK with that code, then close
-    /// ([MQTT-3.2.2-7]). Before 5.0 the code maps to the nearest 3.1.1 return code.
+    /// ([MQTT-3.2.2-7]). Before 5.0 the code maps to the nearest 3.1.1 return code. A code
+    /// below 0x80 is no refusal and becomes Unspecified error.
     pub fn reject(&mut self, reason: ReasonCode) -> Result<(), Error> {
+        // [MQTT-3.2.2-7] a refusing CONNACK carries a code of 0x80 or above; a Success one
+        // would tell the client it is connected while this side closes.
+        let reason = if reason.is_error() {
+            reason
+        } else {
+            ReasonCode::UnspecifiedError
+        };
         if !self.connect_seen || self.decided {
             return Err(Error::InvalidState("reject needs a pending CONNECT"));
         }
+        // [MQTT-4.8.0-1] a connection that already failed (a malformed packet behind the
+        // CONNECT, the transport closed) is closed: no CONNACK, and the error stays.
+        self.conn.check()?;
         self.decided = true;
         self.conn.hold_non_auth = false;
         let code = if self.conn.version.is_v5() || reason.to_v3_connack().is_some() {
@@ -455,9 +491,11 @@ impl ServerSession {
         Ok(())
     }
 
-    /// Acknowledges a message when manual acks are used.
-    pub fn ack(&mut self, packet_id: PacketId) -> bool {
-        self.conn.ack(packet_id)
+    /// Acknowledges a message when manual acks are on ([`ServerConfig::manual_acks`]),
+    /// with the reason code the 5.0 PUBACK/PUBREC carries (a refused publish gets Not
+    /// authorized, say). Acks still leave in arrival order.
+    pub fn ack(&mut self, packet_id: PacketId, reason: ReasonCode) -> bool {
+        self.conn.ack(packet_id, reason)
     }
 
     /// Ends the connection from the server side: 5.0 sends DISCONNECT with `reason` first
