@@ -602,6 +602,19 @@ impl Conn {
         (topic.as_str(), None, false)
     }
 
+    /// A PUBLISH as this connection's level has it: before 5.0 a message's properties
+    /// (kept for 5.0 subscribers, or set by the application) are dropped, since 3.1/3.1.1
+    /// PUBLISH has none and encoding them would fail on every attempt.
+    pub(crate) fn for_version<'a>(
+        &self,
+        mut p: mqtt_codec::Publish<'a>,
+    ) -> mqtt_codec::Publish<'a> {
+        if !self.version.is_v5() {
+            p.properties = Default::default();
+        }
+        p
+    }
+
     /// Encodes `packet` if it fits the peer's maximum size.
     pub(crate) fn encode(
         &self,
@@ -669,7 +682,7 @@ impl Conn {
                             expiry,
                             &f.outgoing.subscription_ids,
                         );
-                        self.encode(&Packet::Publish(p), out)?
+                        self.encode(&Packet::Publish(self.for_version(p)), out)?
                     }
                     Stage::Released => {
                         self.encode(&Packet::PubRel(PubAck::new(f.packet_id)), out)?
@@ -700,7 +713,7 @@ impl Conn {
                 let p =
                     q.message
                         .to_publish(qos_pid, false, topic, alias, expiry, &q.subscription_ids);
-                let n = self.encode(&Packet::Publish(p), out)?;
+                let n = self.encode(&Packet::Publish(self.for_version(p)), out)?;
                 let q = self.session.queue.pop_front().expect("picked");
                 match (n, id) {
                     (Ok(n), id) => {

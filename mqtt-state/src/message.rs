@@ -24,6 +24,13 @@ impl Utf8Bytes {
         Self(frame.slice_ref(s.as_bytes()))
     }
 
+    /// An owned copy of `s`, for state that outlives the frame it was decoded from: a view
+    /// would pin the whole receive buffer, so that the reader's `BytesMut` could never
+    /// reclaim its storage and would reallocate every time it wraps.
+    pub(crate) fn copy_of(s: &str) -> Self {
+        Self(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
     /// The string.
     pub fn as_str(&self) -> &str {
         // Checked when built; a failure here would be a bug in this crate, not bad input.
@@ -66,12 +73,14 @@ impl fmt::Display for Utf8Bytes {
 /// Messages to send are built with [`Message::new`] from `Bytes` the application already
 /// owns, so queueing one costs a reference count, not a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Message {
     /// The topic name (after topic alias resolution).
     pub topic: Utf8Bytes,
     /// The payload.
     pub payload: Bytes,
     /// The QoS it is (to be) delivered at.
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::qos"))]
     pub qos: QoS,
     /// The RETAIN flag.
     pub retain: bool,
@@ -81,6 +90,7 @@ pub struct Message {
 
 /// The 5.0 properties an application message carries end to end.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MessageProperties {
     /// Whether the payload is UTF-8.
     pub payload_format_indicator: Option<bool>,
@@ -93,8 +103,10 @@ pub struct MessageProperties {
     /// Correlation data.
     pub correlation_data: Option<Bytes>,
     /// User properties as a property block (read with [`MessageProperties::user_properties`]).
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::user_block"))]
     user_block: Bytes,
     /// Subscription identifiers (delivered messages only).
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::sub_ids"))]
     pub subscription_identifiers: heapless::Vec<SubscriptionId, 4>,
 }
 

@@ -355,13 +355,20 @@ impl ServerSession {
 
     /// Accepts the connection: CONNACK 0x00 goes out first ([MQTT-3.2.0-1]), then whatever
     /// the resumed session holds, re-sent in order with DUP ([MQTT-4.4.0-1]).
+    ///
+    /// On error (the connection failed before the decision) the session is still taken in,
+    /// so a broker gets it back with [`ServerSession::take_session`].
     pub fn accept(&mut self, now: Instant, accept: Accept) -> Result<(), Error> {
         if !self.connect_seen || self.decided {
             return Err(Error::InvalidState("accept needs a pending CONNECT"));
         }
         // [MQTT-4.8.0-1] a connection that already failed (a malformed packet behind the
-        // CONNECT, the transport closed) is closed: no CONNACK, and the error stays.
-        self.conn.check()?;
+        // CONNECT, the transport closed) is closed: no CONNACK, and the error stays. The
+        // session is kept all the same, so that `take_session`/`into_session` hand it back.
+        if let Err(e) = self.conn.check() {
+            self.conn.session = accept.session;
+            return Err(e);
+        }
         self.decided = true;
         self.conn.hold_non_auth = false;
         let mut session = accept.session;

@@ -19,8 +19,10 @@ pub struct Outgoing {
     /// When it was queued, for 5.0 message expiry.
     pub queued_at: Instant,
     /// Subscription identifiers to attach (server to client).
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::sub_ids"))]
     pub subscription_ids: heapless::Vec<SubscriptionId, 4>,
     /// The identifier taken when it was queued (QoS 1/2), so `publish` can return it.
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::opt_packet_id"))]
     pub packet_id: Option<PacketId>,
 }
 
@@ -39,6 +41,7 @@ pub enum Stage {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Inflight {
     /// Its packet identifier.
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::packet_id"))]
     pub packet_id: PacketId,
     /// The message and its queueing data.
     pub outgoing: Outgoing,

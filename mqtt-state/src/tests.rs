@@ -1122,3 +1122,23 @@ fn mqtt_4_3_1_1_qos_0_goes_once_without_dup() {
     assert_eq!(p.server_sent, [PacketType::ConnAck]);
     assert!(p.client.session().is_empty());
 }
+
+#[test]
+fn a_failed_accept_hands_the_session_back() {
+    let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
+    let mut c = mqtt_codec::Connect::new(V4, "c");
+    c.clean_start = false;
+    let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(V4).unwrap()[..]);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    // The transport closes before the broker decides.
+    server.handle_close(Instant::ZERO);
+    let mut session = SessionState::default();
+    session.incoming_qos2.push(7);
+    let accept = Accept {
+        session: session.clone(),
+        session_present: true,
+        ..Accept::default()
+    };
+    assert!(server.accept(Instant::ZERO, accept).is_err());
+    assert_eq!(server.take_session(), session);
+}
