@@ -412,7 +412,9 @@ impl ServerSession {
     pub fn reject(&mut self, reason: ReasonCode) -> Result<(), Error> {
         // [MQTT-3.2.2-7] a refusing CONNACK carries a code of 0x80 or above; a Success one
         // would tell the client it is connected while this side closes.
-        let reason = if reason.is_error() {
+        // Nor may it carry a code CONNACK does not have (Server shutting down is DISCONNECT
+        // only): encoding would fail on every `poll_transmit`.
+        let reason = if reason.is_error() && reason.is_valid_for(mqtt_codec::PacketType::ConnAck) {
             reason
         } else {
             ReasonCode::UnspecifiedError

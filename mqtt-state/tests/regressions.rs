@@ -223,7 +223,8 @@ fn back_to_back_subscribes_each_go_out_once() {
 
 /// [MQTT-3.2.2-7] a refusing CONNACK carries a code of 0x80 or above (3.1.1: a non-zero
 /// return code): `reject(Success)` must not send a CONNACK that accepts the connection
-/// while the machine closes it.
+/// while the machine closes it, and `reject` with a code CONNACK does not have (Server
+/// shutting down) must not leave an unencodable CONNACK failing every `poll_transmit`.
 #[test]
 fn reject_with_a_success_code_still_refuses() {
     use mqtt_codec::{decode, DecodeOptions, ReasonCode, Status};
@@ -241,7 +242,13 @@ fn reject_with_a_success_code_still_refuses() {
             server.poll_event(),
             Some(Event::ConnectRequest(_))
         ));
-        server.reject(ReasonCode::Success).unwrap();
+        // Success, and a refusal CONNACK cannot carry (DISCONNECT only).
+        let reason = if version.is_v5() {
+            ReasonCode::ServerShuttingDown
+        } else {
+            ReasonCode::Success
+        };
+        server.reject(reason).unwrap();
         let mut out = [0u8; 64];
         let n = server.poll_transmit(now, &mut out).unwrap().unwrap();
         let Ok(Status::Complete {
