@@ -117,6 +117,26 @@ impl MessageProperties {
         UserProperties::from_block(&self.user_block).unwrap_or_default()
     }
 
+    /// The same properties in buffers of their own, not views into a receive buffer.
+    fn detached(&self) -> Self {
+        let copy = |b: &Bytes| Bytes::copy_from_slice(b);
+        Self {
+            payload_format_indicator: self.payload_format_indicator,
+            message_expiry_interval: self.message_expiry_interval,
+            content_type: self
+                .content_type
+                .as_ref()
+                .map(|s| Utf8Bytes::copy_of(s.as_str())),
+            response_topic: self
+                .response_topic
+                .as_ref()
+                .map(|s| Utf8Bytes::copy_of(s.as_str())),
+            correlation_data: self.correlation_data.as_ref().map(copy),
+            user_block: copy(&self.user_block),
+            subscription_identifiers: self.subscription_identifiers.clone(),
+        }
+    }
+
     pub(crate) fn set_user_block(&mut self, block: Option<Bytes>) {
         self.user_block = block.unwrap_or_default();
     }
@@ -148,6 +168,19 @@ impl Message {
             qos,
             retain: false,
             properties: MessageProperties::default(),
+        }
+    }
+
+    /// The same message in buffers of its own. A message kept for as long as a connection
+    /// lives (a will) must not hold a view into the receive buffer, or the buffer could
+    /// never reuse its memory.
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            topic: Utf8Bytes::copy_of(self.topic.as_str()),
+            payload: Bytes::copy_from_slice(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties.detached(),
         }
     }
 

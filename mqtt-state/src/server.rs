@@ -218,9 +218,7 @@ impl ServerSession {
                 conn.keep_alive = Duration::from_secs(u64::from(ka));
                 // Kept for the whole connection: a copy, not a view pinning the buffer.
                 *client_id = Utf8Bytes::copy_of(c.client_id);
-                *authentication = p
-                    .authentication_method
-                    .map(|m| Utf8Bytes::slice_of(frame, m));
+                *authentication = p.authentication_method.map(Utf8Bytes::copy_of);
                 let will = c.will.map(|w| {
                     let mut m = Message::new(
                         Utf8Bytes::slice_of(frame, w.topic),
@@ -239,7 +237,8 @@ impl ServerSession {
                     m.properties.set_user_block(
                         wp.user_properties.wire_block().map(|b| frame.slice_ref(b)),
                     );
-                    (m, wp.will_delay_interval.unwrap_or(0))
+                    // Kept until the connection ends: copied out of the receive buffer.
+                    (m.detached(), wp.will_delay_interval.unwrap_or(0))
                 });
                 // Refusals the protocol fixes, before the application is asked:
                 // [MQTT-3.1.3-7] [MQTT-3.1.3-8] (3.1.1) an empty client id needs a clean
