@@ -1242,6 +1242,7 @@ fn encode_into_a_short_buffer_writes_nothing() {
 }
 
 #[test]
+#[cfg(feature = "bytes")]
 fn encode_to_bufmut_checks_room_first() {
     let p = Packet::PingReq;
     let mut small = [0u8; 1];
