@@ -445,9 +445,9 @@ impl<H: Hooks> Broker<H> {
                 Event::UnsubscribeRequest { packet_id, filters } => {
                     self.on_unsubscribe(id, packet_id, filters)
                 }
-                Event::Disconnected { reason, by_peer } => {
-                    self.on_disconnected(now, id, reason, by_peer)
-                }
+                Event::Disconnected {
+                    reason, by_peer, ..
+                } => self.on_disconnected(now, id, reason, by_peer),
                 _ => {}
             }
         }

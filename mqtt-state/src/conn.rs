@@ -112,6 +112,8 @@ pub(crate) struct Conn {
     /// Outgoing topic aliases: index `alias - 1`.
     pub(crate) alias_out: Vec<Utf8Bytes>,
     pub(crate) max_alias_out: u16,
+    /// The Reason String of the peer's DISCONNECT or refusing CONNACK, for the event.
+    pub(crate) peer_reason_string: Option<Utf8Bytes>,
     /// While set, only AUTH is read; other packets wait in the input buffer (a server
     /// between CONNECT and its decision, [MQTT-3.1.4-6]).
     pub(crate) hold_non_auth: bool,
@@ -158,6 +160,7 @@ impl Conn {
             alias_out: Vec::new(),
             max_alias_out: 0,
             hold_non_auth: false,
+            peer_reason_string: None,
         }
     }
 
@@ -215,6 +218,7 @@ impl Conn {
         self.events.push_back(Event::Disconnected {
             reason: e.reason_code(),
             by_peer,
+            reason_string: self.peer_reason_string.take(),
         });
         e
     }
@@ -463,12 +467,14 @@ impl Conn {
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) or a failed PUBREC: the message is done.
-    fn complete(&mut self, idx: usize, code: ReasonCode) {
+    fn complete(&mut self, idx: usize, ack: &PubAck<'_>) {
         if let Some(f) = self.session.inflight.remove(idx) {
             self.ids.release(f.packet_id);
             self.events.push_back(Event::Acknowledged {
                 packet_id: f.packet_id,
-                reason: code,
+                reason: ack.reason_code,
+                // 5.0 diagnostics; copied, so the event does not hold the receive buffer.
+                reason_string: ack.properties.reason_string.map(Utf8Bytes::copy_of),
             });
         }
     }
@@ -480,7 +486,7 @@ impl Conn {
             if self.session.inflight[i].stage == Stage::Published
                 && self.session.inflight[i].outgoing.message.qos == QoS::AtLeastOnce
             {
-                self.complete(i, ack.reason_code);
+                self.complete(i, &ack);
             }
         }
     }
@@ -496,7 +502,7 @@ impl Conn {
         }
         if ack.reason_code.is_error() {
             // [MQTT-4.4.0-2] a failed PUBREC acknowledges the message: no PUBREL, no resend.
-            self.complete(i, ack.reason_code);
+            self.complete(i, &ack);
             return;
         }
         // [MQTT-4.3.3-4] PUBREL with the same id; [MQTT-4.3.3-6] the PUBLISH is not sent
@@ -508,7 +514,7 @@ impl Conn {
     pub(crate) fn on_pubcomp(&mut self, ack: PubAck<'_>) {
         if let Some(i) = self.inflight_index(ack.packet_id) {
             if self.session.inflight[i].stage == Stage::Released {
-                self.complete(i, ack.reason_code);
+                self.complete(i, &ack);
             }
         }
     }

@@ -29,6 +29,8 @@ pub enum Event {
         packet_id: PacketId,
         /// The peer's reason code.
         reason: ReasonCode,
+        /// The peer's Reason String (5.0), if it sent one.
+        reason_string: Option<Utf8Bytes>,
     },
     /// Client: SUBACK.
     Subscribed {
@@ -91,6 +93,8 @@ pub enum Event {
         reason: ReasonCode,
         /// Whether the peer ended it.
         by_peer: bool,
+        /// The Reason String of the peer's DISCONNECT or refusing CONNACK (5.0).
+        reason_string: Option<Utf8Bytes>,
     },
 }
 

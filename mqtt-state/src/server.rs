@@ -349,6 +349,15 @@ impl ServerSession {
         if let Some(code) = refusal {
             self.reject(code)?;
         }
+        // [MQTT-3.1.2-2] a CONNECT with a protocol level we do not support is answered with
+        // CONNACK 0x01 (unacceptable protocol version) in the 3.1.1 format, then closed.
+        if let Err(Error::Codec(mqtt_codec::Error::UnsupportedProtocolVersion { .. })) = result {
+            if !self.connect_seen && self.connack.is_none() {
+                self.conn.version = ProtocolVersion::V3_1_1;
+                self.connack = Some((false, ReasonCode::UnsupportedProtocolVersion, None, None));
+                self.conn.control.push_front(Control::Role(CONNACK));
+            }
+        }
         result
     }
 

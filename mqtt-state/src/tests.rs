@@ -601,6 +601,24 @@ fn mqtt_3_1_0_1_first_packet_must_be_connect() {
     assert_eq!(server.poll_transmit(Instant::ZERO, &mut out), Err(e));
 }
 
+/// Found by the interop tests: a CONNECT with protocol level 6 was closed without a word.
+#[test]
+fn mqtt_3_1_2_2_unsupported_protocol_level_gets_connack_0x01() {
+    let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
+    let mut connect = Packet::Connect(mqtt_codec::Connect::new(V4, "c"))
+        .encode_to_vec(V4)
+        .unwrap();
+    assert_eq!(connect[8], 4, "the protocol level byte");
+    connect[8] = 6;
+    let mut input = BytesMut::from(&connect[..]);
+    let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
+    let mut out = vec![0u8; 64];
+    let n = server.poll_transmit(Instant::ZERO, &mut out).unwrap();
+    assert_eq!(n.map(|n| &out[..n]), Some(&[0x20, 0x02, 0x00, 0x01][..]));
+    assert_eq!(server.poll_transmit(Instant::ZERO, &mut out), Err(e));
+    assert!(server.is_closed());
+}
+
 #[test]
 fn connect_timeout_on_both_sides() {
     let mut server = ServerSession::new(
@@ -849,7 +867,8 @@ fn disconnect_is_the_last_packet() {
         e,
         Event::Disconnected {
             reason: ReasonCode::DisconnectWithWill,
-            by_peer: true
+            by_peer: true,
+            ..
         }
     )));
     // [MQTT-3.14.4-1] nothing after DISCONNECT.
@@ -1141,4 +1160,40 @@ fn a_failed_accept_hands_the_session_back() {
     };
     assert!(server.accept(Instant::ZERO, accept).is_err());
     assert_eq!(server.take_session(), session);
+}
+
+#[test]
+fn reason_strings_reach_the_application() {
+    let mut p = Pair::v(V5);
+    p.drive();
+    let id = p
+        .client
+        .publish(p.now, msg("t", "x", QoS::AtLeastOnce))
+        .unwrap()
+        .unwrap();
+    let mut out = vec![0u8; 256];
+    while let Ok(Some(_)) = p.client.poll_transmit(p.now, &mut out) {}
+    // A server that refuses the message and says why, then disconnects with a reason.
+    let ack = Packet::PubAck(mqtt_codec::PubAck {
+        packet_id: id,
+        reason_code: ReasonCode::QuotaExceeded,
+        properties: mqtt_codec::AckProperties {
+            reason_string: Some("slow down"),
+            ..Default::default()
+        },
+    });
+    let bye = Packet::Disconnect(mqtt_codec::Disconnect {
+        reason_code: ReasonCode::ServerShuttingDown,
+        properties: mqtt_codec::DisconnectProperties {
+            reason_string: Some("maintenance"),
+            ..Default::default()
+        },
+    });
+    let mut input = BytesMut::new();
+    input.extend_from_slice(&ack.encode_to_vec(V5).unwrap());
+    input.extend_from_slice(&bye.encode_to_vec(V5).unwrap());
+    let _ = p.client.handle_input(p.now, &mut input);
+    let events: Vec<_> = core::iter::from_fn(|| p.client.poll_event()).collect();
+    assert!(events.iter().any(|e| matches!(e, Event::Acknowledged { reason: ReasonCode::QuotaExceeded, reason_string: Some(s), .. } if s.as_str() == "slow down")));
+    assert!(events.iter().any(|e| matches!(e, Event::Disconnected { reason: ReasonCode::ServerShuttingDown, by_peer: true, reason_string: Some(s) } if s.as_str() == "maintenance")));
 }

@@ -595,7 +595,9 @@ impl Sim {
                 }
                 self.received[i].push((key, message.qos));
             }
-            Event::Disconnected { reason, by_peer } => {
+            Event::Disconnected {
+                reason, by_peer, ..
+            } => {
                 self.stat("client disconnected");
                 if !benign(reason) {
                     self.fail(format!(
@@ -856,7 +858,9 @@ impl Sim {
                     }
                 }
             }
-            Event::Disconnected { reason, by_peer } => {
+            Event::Disconnected {
+                reason, by_peer, ..
+            } => {
                 self.stat("server disconnected");
                 if !benign(reason) {
                     self.fail(format!(
