@@ -209,6 +209,11 @@ impl Broker {
         self.tcp.port().to_string()
     }
 
+    /// Whether the broker logged a line containing `needle` (its log goes to stderr).
+    pub(crate) fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
     /// Whether the broker process is still running.
     pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

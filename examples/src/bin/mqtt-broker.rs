@@ -1,0 +1,445 @@
+//! An MQTT 3.1/3.1.1/5.0 broker over TCP and WebSocket: a thin tokio adapter around the
+//! sans-IO [`mqtt_state::Broker`].
+//!
+//! ```text
+//! cargo run -p mqtt-examples --bin mqtt-broker -- --bind 127.0.0.1:1883 --ws-bind 127.0.0.1:8080
+//! ```
+//!
+//! The adapter only moves bytes and time; every protocol decision is the core's. One task
+//! owns the `Broker` (it is `&mut self` and single-threaded by design). Each connection has
+//! a reader task that forwards what arrives to the core over one shared channel, and a
+//! writer task that receives the core's output over its own bounded channel. A client that
+//! does not read fast enough to keep that channel from filling up is closed rather than
+//! buffered for without bound.
+//!
+//! On startup it prints one line per listener with the address actually bound (so
+//! `--bind 127.0.0.1:0` can be used and the port learnt from stdout):
+//!
+//! ```text
+//! listening on tcp 127.0.0.1:1883
+//! listening on ws 127.0.0.1:8080
+//! ```
+//!
+//! Logs go to stderr; `RUST_LOG` filters them (default `info`).
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::time::Duration as StdDuration;
+
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use mqtt_state::{
+    Broker, BrokerConfig, BrokerEvent, ConnectionId, Duration, Instant, ServerConfig,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tracing::{debug, info, warn};
+
+/// Command line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mqtt-broker",
+    about = "An MQTT broker over the sans-IO mqtt-state core"
+)]
+struct Args {
+    /// TCP listen address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    bind: SocketAddr,
+    /// WebSocket listen address (path `/mqtt`, subprotocol `mqtt`).
+    #[arg(long, default_value = "127.0.0.1:8080", conflicts_with = "no_ws")]
+    ws_bind: SocketAddr,
+    /// Do not listen for WebSocket connections.
+    #[arg(long)]
+    no_ws: bool,
+    /// Connections beyond this are refused with CONNACK Server busy.
+    #[arg(long, default_value_t = 100_000)]
+    max_connections: usize,
+    /// Largest packet accepted from a client, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_packet_size: u32,
+    /// QoS 1/2 messages in flight to each client.
+    #[arg(long, default_value_t = 64)]
+    max_inflight: u16,
+    /// Messages queued per client: for a disconnected persistent session, and for a
+    /// connected client beyond its in-flight window. Beyond this, messages for that client
+    /// are dropped (counted in `$SYS/broker/messages/dropped`).
+    #[arg(long, default_value_t = 1000)]
+    max_queued: usize,
+    /// Seconds a new connection has to complete its CONNECT.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout: u64,
+    /// Seconds between `$SYS/broker/...` statistics; 0 turns them off.
+    #[arg(long, default_value_t = 10)]
+    sys_interval: u64,
+    /// Chunks of output buffered per connection before a slow reader is disconnected.
+    #[arg(long, default_value_t = 4096)]
+    write_queue: usize,
+}
+
+/// From a connection task to the core.
+enum ToCore {
+    /// A connection was accepted; the core answers with its id.
+    Open {
+        peer: SocketAddr,
+        tx: mpsc::Sender<ToConn>,
+        reply: oneshot::Sender<ConnectionId>,
+    },
+    /// Bytes arrived.
+    Input(ConnectionId, Bytes),
+    /// The transport is gone (peer closed, error, or after a `Close`).
+    Closed(ConnectionId),
+}
+
+/// From the core to a connection's writer.
+enum ToConn {
+    /// Bytes to write.
+    Data(Bytes),
+    /// Write what came before, then close.
+    Close,
+}
+
+/// What the core keeps per connection.
+struct Link {
+    tx: mpsc::Sender<ToConn>,
+    /// Received bytes not yet forming a complete packet.
+    input: BytesMut,
+    peer: SocketAddr,
+}
+
+fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> std::io::Result<()> {
+    let tcp = TcpListener::bind(args.bind).await?;
+    let ws = match args.no_ws {
+        true => None,
+        false => Some(TcpListener::bind(args.ws_bind).await?),
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on tcp {}", tcp.local_addr()?)?;
+        if let Some(ws) = &ws {
+            writeln!(out, "listening on ws {}", ws.local_addr()?)?;
+        }
+        out.flush()?;
+    }
+    let (core_tx, core_rx) = mpsc::channel(1024);
+    tokio::spawn(accept_loop(tcp, false, core_tx.clone(), args.write_queue));
+    if let Some(ws) = ws {
+        tokio::spawn(accept_loop(ws, true, core_tx.clone(), args.write_queue));
+    }
+    drop(core_tx);
+    let config = BrokerConfig {
+        server: ServerConfig {
+            maximum_packet_size: args.max_packet_size,
+            max_inflight: args.max_inflight,
+            max_queued: args.max_queued,
+            connect_timeout: Duration::from_secs(args.connect_timeout),
+            manual_acks: true,
+            ..ServerConfig::default()
+        },
+        max_connections: args.max_connections,
+        max_offline_queue: args.max_queued,
+        sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),
+        ..BrokerConfig::default()
+    };
+    let out_size = args.max_packet_size as usize + 4096;
+    tokio::select! {
+        () = core(config, core_rx, out_size) => {}
+        r = tokio::signal::ctrl_c() => {
+            r?;
+            info!("interrupted, shutting down");
+        }
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    websocket: bool,
+    core_tx: mpsc::Sender<ToCore>,
+    write_queue: usize,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!("accept: {e}");
+                tokio::time::sleep(StdDuration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let core_tx = core_tx.clone();
+        tokio::spawn(async move {
+            if websocket {
+                serve_ws(stream, peer, core_tx, write_queue).await
+            } else {
+                let (rd, wr) = stream.into_split();
+                serve(rd, wr, peer, core_tx, write_queue).await
+            }
+        });
+    }
+}
+
+/// Registers a connection with the core; `None` when the core is gone.
+async fn open(
+    core_tx: &mpsc::Sender<ToCore>,
+    peer: SocketAddr,
+    write_queue: usize,
+) -> Option<(ConnectionId, mpsc::Receiver<ToConn>)> {
+    let (tx, rx) = mpsc::channel(write_queue.max(1));
+    let (reply, id) = oneshot::channel();
+    core_tx.send(ToCore::Open { peer, tx, reply }).await.ok()?;
+    Some((id.await.ok()?, rx))
+}
+
+/// Runs a byte-stream connection: a reader task feeding the core, the writer here.
+async fn serve<R, W>(
+    mut rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    core_tx: mpsc::Sender<ToCore>,
+    write_queue: usize,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let Some((id, mut rx)) = open(&core_tx, peer, write_queue).await else {
+        return;
+    };
+    let reader_tx = core_tx.clone();
+    let mut reader = tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            buf.reserve(16 * 1024);
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let chunk = buf.split().freeze();
+                    if reader_tx.send(ToCore::Input(id, chunk)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = reader_tx.send(ToCore::Closed(id)).await;
+    });
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ToConn::Data(b) => {
+                if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+            ToConn::Close => break,
+        }
+    }
+    let _ = wr.flush().await;
+    let _ = wr.shutdown().await;
+    // Keep reading (and discarding: the core ignores a closed id) for a moment, so the
+    // kernel does not reset the connection over unread input before the peer has read
+    // the last CONNACK or DISCONNECT.
+    if tokio::time::timeout(StdDuration::from_secs(2), &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
+    let _ = core_tx.send(ToCore::Closed(id)).await;
+}
+
+/// Runs a WebSocket connection: the handshake, then binary frames both ways.
+async fn serve_ws(
+    stream: TcpStream,
+    peer: SocketAddr,
+    core_tx: mpsc::Sender<ToCore>,
+    write_queue: usize,
+) {
+    let handshake = tokio_tungstenite::accept_hdr_async(stream, ws_handshake);
+    let ws = match tokio::time::timeout(StdDuration::from_secs(10), handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            debug!(%peer, "websocket handshake: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "websocket handshake timed out");
+            return;
+        }
+    };
+    let Some((id, mut rx)) = open(&core_tx, peer, write_queue).await else {
+        return;
+    };
+    let (mut sink, mut stream) = ws.split();
+    let reader_tx = core_tx.clone();
+    let mut reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                WsMessage::Binary(b) => {
+                    if reader_tx.send(ToCore::Input(id, b)).await.is_err() {
+                        break;
+                    }
+                }
+                // [MQTT-6.0.0-1] MQTT goes in binary frames; anything else closes.
+                WsMessage::Text(_) | WsMessage::Close(_) => break,
+                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+            }
+        }
+        let _ = reader_tx.send(ToCore::Closed(id)).await;
+    });
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ToConn::Data(b) => {
+                if sink.send(WsMessage::Binary(b)).await.is_err() {
+                    break;
+                }
+            }
+            ToConn::Close => break,
+        }
+    }
+    let _ = sink.close().await;
+    if tokio::time::timeout(StdDuration::from_secs(2), &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
+    let _ = core_tx.send(ToCore::Closed(id)).await;
+}
+
+/// Accepts the WebSocket upgrade on `/mqtt` only, answering with the `mqtt` subprotocol.
+#[allow(clippy::result_large_err)] // the signature tungstenite's `Callback` takes
+fn ws_handshake(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    if req.uri().path() != "/mqtt" {
+        let mut e = ErrorResponse::new(Some("not found".into()));
+        *e.status_mut() = StatusCode::NOT_FOUND;
+        return Err(e);
+    }
+    // [MQTT-6.0.0-3] [MQTT-6.0.0-4] the subprotocol is "mqtt".
+    let offered = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "mqtt");
+    if offered {
+        resp.headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+    }
+    Ok(resp)
+}
+
+/// The task that owns the broker.
+async fn core(config: BrokerConfig, mut rx: mpsc::Receiver<ToCore>, out_size: usize) {
+    let start = tokio::time::Instant::now();
+    let now = || Instant::from_millis(start.elapsed().as_millis() as u64);
+    let mut broker = Broker::new(config, now());
+    let mut links: HashMap<ConnectionId, Link> = HashMap::new();
+    let mut out = vec![0u8; out_size];
+    let mut batch = BytesMut::new();
+    loop {
+        let deadline = broker
+            .poll_timeout()
+            .map(|t| start + StdDuration::from_millis(t.as_millis()));
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { return };
+                let now = now();
+                match msg {
+                    ToCore::Open { peer, tx, reply } => {
+                        let id = broker.open(now);
+                        debug!(%peer, ?id, "open");
+                        if reply.send(id).is_err() {
+                            broker.handle_close(now, id);
+                        } else {
+                            links.insert(id, Link { tx, input: BytesMut::new(), peer });
+                        }
+                    }
+                    ToCore::Input(id, bytes) => {
+                        if let Some(link) = links.get_mut(&id) {
+                            link.input.extend_from_slice(&bytes);
+                            broker.handle_input(now, id, &mut link.input);
+                        }
+                    }
+                    ToCore::Closed(id) => {
+                        if let Some(link) = links.remove(&id) {
+                            debug!(peer = %link.peer, ?id, "closed by peer");
+                            broker.handle_close(now, id);
+                        }
+                    }
+                }
+            }
+            () = sleep => broker.handle_timeout(now()),
+        }
+        drain(&mut broker, &mut links, now(), &mut out, &mut batch);
+    }
+}
+
+/// Carries out what the broker asks for until it has nothing more.
+fn drain(
+    broker: &mut Broker,
+    links: &mut HashMap<ConnectionId, Link>,
+    now: Instant,
+    out: &mut [u8],
+    batch: &mut BytesMut,
+) {
+    while let Some(event) = broker.poll_event() {
+        let (BrokerEvent::Transmit(id) | BrokerEvent::Close(id)) = event;
+        while let Some(n) = broker.poll_transmit(now, id, out) {
+            batch.extend_from_slice(&out[..n]);
+        }
+        let close = matches!(event, BrokerEvent::Close(_));
+        let Some(link) = links.get(&id) else {
+            batch.clear();
+            continue;
+        };
+        let mut ok = true;
+        if !batch.is_empty() {
+            match link.tx.try_send(ToConn::Data(batch.split().freeze())) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(peer = %link.peer, ?id, "client not reading; disconnecting");
+                    ok = false;
+                }
+                // The writer is gone; its `Closed` is on the way.
+                Err(mpsc::error::TrySendError::Closed(_)) => ok = false,
+            }
+        }
+        if close || !ok {
+            // A full queue drops the Close too; dropping the sender ends the writer anyway.
+            let _ = link.tx.try_send(ToConn::Close);
+            if let Some(link) = links.remove(&id) {
+                debug!(peer = %link.peer, ?id, "closed by broker");
+            }
+            broker.handle_close(now, id);
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Interop tests: the example broker (`examples/src/bin/mqtt-broker.rs`, a thin tokio
+//! adapter over `mqtt_state::Broker`) against independent implementations, as real
+//! processes over real sockets.
+//!
+//! - [`mosquitto`]: `mosquitto_pub`/`mosquitto_sub` in 3.1, 3.1.1 and 5.0: QoS 0/1/2,
+//!   retained messages, `+`/`#` and `$` topics, wills, persistent sessions, 5.0 user
+//!   properties and message expiry, a burst of 10,000 QoS 1 messages in order.
+//! - [`paho`]: Python `paho-mqtt` 2.x, 3.1.1 and 5.0 over TCP and WebSocket, shared
+//!   subscriptions.
+//! - [`rumqttc_peer`]: `rumqttc` 3.1.1 and 5.0.
+//! - [`bad_peers`]: garbage, protocol violations, oversize packets and unfinished CONNECTs
+//!   over raw TCP, while a well-behaved client keeps working.
+//!
+//! Each test starts its own broker on free loopback ports ([`broker::Broker`]). Missing
+//! peers fail the tests; see [`broker`] for how the binary is found and the peers checked.
+
+mod bad_peers;
+mod broker;
+mod mosquitto;
+mod paho;
+mod rumqttc_peer;
