@@ -130,7 +130,6 @@ impl Client {
         conn.max_queued = config.max_queued;
         conn.manual_acks = config.manual_acks;
         conn.max_alias_out = config.outgoing_topic_aliases;
-        conn.reserve();
         Self {
             conn,
             config,

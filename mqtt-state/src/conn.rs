@@ -164,20 +164,6 @@ impl Conn {
         }
     }
 
-    /// Reserves room so that steady-state traffic does not allocate.
-    pub(crate) fn reserve(&mut self) {
-        let n = usize::from(self.max_inflight.min(1024));
-        self.session.inflight.reserve(n);
-        self.session
-            .incoming_qos2
-            .reserve(usize::from(self.local.receive_maximum.min(1024)));
-        self.acks
-            .reserve(usize::from(self.local.receive_maximum.min(1024)));
-        self.control.reserve(8);
-        self.events.reserve(16);
-        self.session.queue.reserve(self.max_queued.min(1024));
-    }
-
     pub(crate) fn decode_options(&self) -> DecodeOptions {
         DecodeOptions::new(self.version)
             .max_packet_size(self.local.maximum_packet_size)

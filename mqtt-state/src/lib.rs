@@ -51,10 +51,12 @@
 //!
 //! # Memory
 //!
-//! Queues are bounded by the configuration and reserved up front, payloads are
-//! `bytes::Bytes` shared with the receive buffer or the application, so a QoS 1 publish/ack
-//! cycle in steady state allocates nothing. A packet identifier allocator costs a few bytes
-//! per message in flight rather than a bitmap per connection.
+//! Queues are bounded by the configuration but not reserved up front: they grow to their
+//! high-water mark and keep that capacity, so an idle connection (the push-service case)
+//! holds no queue memory, while steady-state traffic allocates nothing. Payloads are
+//! `bytes::Bytes` shared with the receive buffer or the application, so a QoS 1 or 2
+//! publish/ack cycle allocates nothing once warm (`tests/alloc.rs`). The packet identifier
+//! allocator costs a few bytes per message in flight rather than a bitmap per connection.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]

@@ -395,7 +395,6 @@ impl ServerSession {
             }
         }
         self.conn.session = session;
-        self.conn.reserve();
         if let Some(id) = &accept.assigned_client_id {
             self.client_id = id.clone();
         }

@@ -1197,3 +1197,24 @@ fn reason_strings_reach_the_application() {
     assert!(events.iter().any(|e| matches!(e, Event::Acknowledged { reason: ReasonCode::QuotaExceeded, reason_string: Some(s), .. } if s.as_str() == "slow down")));
     assert!(events.iter().any(|e| matches!(e, Event::Disconnected { reason: ReasonCode::ServerShuttingDown, by_peer: true, reason_string: Some(s) } if s.as_str() == "maintenance")));
 }
+
+#[test]
+fn an_idle_connection_holds_no_queue_memory() {
+    let mut p = Pair::v(V5);
+    p.drive();
+    let s = p.server.session();
+    assert_eq!(
+        (
+            s.queue.capacity(),
+            s.inflight.capacity(),
+            s.incoming_qos2.capacity()
+        ),
+        (0, 0, 0)
+    );
+    // The machine itself is small: it is what a broker holds per idle connection.
+    assert!(
+        core::mem::size_of::<ServerSession>() < 1024,
+        "{}",
+        core::mem::size_of::<ServerSession>()
+    );
+}
