@@ -104,6 +104,9 @@ enum ToConn {
     Close,
 }
 
+/// Bytes reserved per read.
+const READ_CHUNK: usize = 2048;
+
 /// What the core keeps per connection.
 struct Link {
     tx: mpsc::Sender<ToConn>,
@@ -230,9 +233,11 @@ async fn serve<R, W>(
     };
     let reader_tx = core_tx.clone();
     let mut reader = tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(16 * 1024);
+        // Small reads keep an idle connection cheap (most sit waiting for their next
+        // PINGREQ); a large packet just takes several reads.
+        let mut buf = BytesMut::new();
         loop {
-            buf.reserve(16 * 1024);
+            buf.reserve(READ_CHUNK);
             match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
