@@ -427,6 +427,7 @@ fn mqtt_3_1_3_9_will_delay_and_reconnect_in_time() {
 
 #[test]
 fn persistent_session_receives_what_was_queued_offline() {
+    // [MQTT-3.1.3-2] the client identifier finds the session again.
     let mut net = Net::new();
     let s = net.join(persistent(V4, "s"));
     net.subscribe(s, "q/#", q(QoS::AtLeastOnce));
@@ -460,6 +461,7 @@ fn persistent_session_receives_what_was_queued_offline() {
 
 #[test]
 fn mqtt_3_1_2_4_clean_start_drops_the_session() {
+    // [MQTT-3.1.4-4] (5.0) the server carries out Clean Start.
     let mut net = Net::new();
     let s = net.join(persistent(V5, "s"));
     net.subscribe(s, "t", q(QoS::AtLeastOnce));

@@ -25,6 +25,9 @@ struct Pair {
     /// Every packet type each side sent, in order.
     client_sent: Vec<PacketType>,
     server_sent: Vec<PacketType>,
+    /// Every packet each side sent, as bytes.
+    client_frames: Vec<Vec<u8>>,
+    server_frames: Vec<Vec<u8>>,
     client_events: Vec<Event>,
     server_events: Vec<Event>,
     /// What the server application does with a CONNECT.
@@ -60,6 +63,8 @@ impl Pair {
             s2c: BytesMut::new(),
             client_sent: Vec::new(),
             server_sent: Vec::new(),
+            client_frames: Vec::new(),
+            server_frames: Vec::new(),
             client_events: Vec::new(),
             server_events: Vec::new(),
             session_for_server: None,
@@ -82,6 +87,7 @@ impl Pair {
             let mut progress = false;
             while let Ok(Some(n)) = self.client.poll_transmit(self.now, &mut out) {
                 self.client_sent.extend(types(&out[..n], self.version));
+                self.client_frames.push(out[..n].to_vec());
                 self.c2s.extend_from_slice(&out[..n]);
                 progress = true;
             }
@@ -94,6 +100,7 @@ impl Pair {
             let _ = self.server.handle_input(self.now, &mut self.c2s);
             while let Ok(Some(n)) = self.server.poll_transmit(self.now, &mut out) {
                 self.server_sent.extend(types(&out[..n], self.version));
+                self.server_frames.push(out[..n].to_vec());
                 self.s2c.extend_from_slice(&out[..n]);
                 progress = true;
             }
@@ -242,7 +249,7 @@ fn qos_0_1_2_from_client_to_server() {
             .publish(p.now, msg("a/b", "two", QoS::ExactlyOnce))
             .unwrap()
             .unwrap();
-        // [MQTT-2.2.1-3] distinct identifiers.
+        // [MQTT-2.2.1-3] (5.0) / [MQTT-2.3.1-2] (3.1.1) distinct identifiers.
         assert_ne!(id1, id2);
         p.drive();
         let got = p.server_messages();
@@ -385,6 +392,8 @@ fn mqtt_3_2_2_5_session_not_present_reports_what_is_lost() {
 
 #[test]
 fn mqtt_4_9_0_2_send_quota_is_the_servers_receive_maximum() {
+    // [MQTT-3.3.4-7] [MQTT-4.9.0-1] the client's quota starts at the server's Receive
+    // Maximum (non-zero by the codec's rules) and never goes beyond it.
     let mut p = Pair::new(
         ClientConfig::new(V5, "c1"),
         ServerConfig {
@@ -664,6 +673,8 @@ fn mqtt_3_2_2_7_rejected_connect_closes() {
 
 #[test]
 fn subscribe_and_unsubscribe_round_trip() {
+    // [MQTT-2.2.1-6] (5.0) / [MQTT-2.3.1-7] (3.1.1): SUBACK and UNSUBACK carry the request's
+    // identifier, which the client matches to its request.
     for v in [V4, V5] {
         let mut p = Pair::v(v);
         p.drive();
@@ -802,6 +813,7 @@ fn mqtt_3_2_2_15_client_never_sends_more_than_the_servers_maximum_packet_size() 
 
 #[test]
 fn mqtt_3_1_2_25_server_drops_what_the_client_cannot_take() {
+    // [MQTT-3.1.2-24] (5.0) nothing larger than the client's Maximum Packet Size goes out.
     let mut p = Pair::new(
         ClientConfig {
             maximum_packet_size: 50,
@@ -858,6 +870,8 @@ fn message_expiry_counts_down_while_queued() {
 
 #[test]
 fn disconnect_is_the_last_packet() {
+    // [MQTT-3.14.4-1] nothing after DISCONNECT; [MQTT-3.14.4-2] the machine then only
+    // reports its end, for the adapter to close the connection.
     let mut p = Pair::v(V5);
     p.drive();
     p.client.disconnect(ReasonCode::DisconnectWithWill).unwrap();
@@ -1216,5 +1230,399 @@ fn an_idle_connection_holds_no_queue_memory() {
         core::mem::size_of::<ServerSession>() < 1024,
         "{}",
         core::mem::size_of::<ServerSession>()
+    );
+}
+
+/// Decodes packets a side sent (one packet per frame).
+fn decoded(frames: &[Vec<u8>], v: ProtocolVersion) -> Vec<Packet<'_>> {
+    frames
+        .iter()
+        .map(|f| match decode(f, &DecodeOptions::new(v)).unwrap() {
+            Status::Complete { packet, .. } => packet,
+            Status::Incomplete { .. } => panic!("a whole packet per frame"),
+        })
+        .collect()
+}
+
+#[test]
+fn mqtt_2_2_1_5_acks_carry_the_publish_packet_id() {
+    // [MQTT-2.2.1-5] (5.0) / [MQTT-2.3.1-6] (3.1.1); and [MQTT-4.3.2-2] [MQTT-4.3.3-2]
+    // (5.0): a first send is DUP 0 with the identifier and QoS.
+    for v in [V4, V5] {
+        let mut p = Pair::v(v);
+        p.drive();
+        let a = p
+            .server
+            .deliver(p.now, msg("t", "1", QoS::AtLeastOnce), &[])
+            .unwrap()
+            .unwrap();
+        let b = p
+            .server
+            .deliver(p.now, msg("t", "2", QoS::ExactlyOnce), &[])
+            .unwrap()
+            .unwrap();
+        p.drive();
+        let sent = decoded(&p.server_frames, v);
+        let publishes: Vec<_> = sent
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some((p.packet_id(), p.qos(), p.dup)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            publishes,
+            [
+                (Some(a), QoS::AtLeastOnce, false),
+                (Some(b), QoS::ExactlyOnce, false)
+            ]
+        );
+        let acks: Vec<_> = decoded(&p.client_frames, v)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::PubAck(x) => Some((PacketType::PubAck, x.packet_id)),
+                Packet::PubRec(x) => Some((PacketType::PubRec, x.packet_id)),
+                Packet::PubComp(x) => Some((PacketType::PubComp, x.packet_id)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            acks,
+            [
+                (PacketType::PubAck, a),
+                (PacketType::PubRec, b),
+                (PacketType::PubComp, b)
+            ]
+        );
+        // The server's PUBREL carries it too.
+        assert!(sent
+            .iter()
+            .any(|p| matches!(p, Packet::PubRel(x) if x.packet_id == b)));
+    }
+}
+
+#[test]
+fn mqtt_4_3_3_3_qos_2_sender_holds_publish_then_pubrel() {
+    // [MQTT-4.3.3-3] until PUBREC, [MQTT-4.3.3-5] until PUBCOMP.
+    let mut client = Client::new(ClientConfig::new(V5, "c"));
+    client.connect(Instant::ZERO).unwrap();
+    let mut out = vec![0u8; 256];
+    client.poll_transmit(Instant::ZERO, &mut out).unwrap();
+    let mut input = BytesMut::from(&[0x20, 0x03, 0x00, 0x00, 0x00][..]);
+    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    let id = client
+        .publish(Instant::ZERO, msg("t", "x", QoS::ExactlyOnce))
+        .unwrap()
+        .unwrap();
+    client
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.session().inflight[0].stage, Stage::Published);
+    input.extend_from_slice(
+        &Packet::PubRec(mqtt_codec::PubAck::new(id))
+            .encode_to_vec(V5)
+            .unwrap(),
+    );
+    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(client.session().inflight[0].stage, Stage::Released);
+    let n = client
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .unwrap();
+    assert_eq!(out[..n], [0x62, 0x02, 0x00, id.get() as u8]);
+    assert_eq!(client.session().inflight.len(), 1);
+    input.extend_from_slice(
+        &Packet::PubComp(mqtt_codec::PubAck::new(id))
+            .encode_to_vec(V5)
+            .unwrap(),
+    );
+    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert!(client.session().inflight.is_empty());
+}
+
+/// A server with a connected client, for feeding it packets by hand.
+fn accepted_server(v: ProtocolVersion) -> (ServerSession, BytesMut) {
+    let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
+    let mut input = BytesMut::from(
+        &Packet::Connect(mqtt_codec::Connect::new(v, "c"))
+            .encode_to_vec(v)
+            .unwrap()[..],
+    );
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    server.accept(Instant::ZERO, Accept::default()).unwrap();
+    (server, input)
+}
+
+fn publish_bytes(v: ProtocolVersion, id: u16, qos: QoS, dup: bool) -> Vec<u8> {
+    let id = mqtt_codec::PacketId::new(id).unwrap();
+    let mut p = mqtt_codec::Publish::new("t", b"x", crate::conn::qos_pid(qos, id));
+    p.dup = dup;
+    Packet::Publish(p).encode_to_vec(v).unwrap()
+}
+
+fn messages(server: &mut ServerSession) -> usize {
+    core::iter::from_fn(|| server.poll_event())
+        .filter(|e| matches!(e, Event::Message { .. }))
+        .count()
+}
+
+#[test]
+fn mqtt_4_3_3_12_after_pubcomp_the_id_is_a_new_message() {
+    // [MQTT-4.3.3-12] (5.0) / [MQTT-4.3.3-2] (3.1.1), and for QoS 1 [MQTT-4.3.2-5] (5.0) /
+    // [MQTT-4.3.2-2] (3.1.1): once acknowledged, the same id, DUP or not, is a new message.
+    for v in [V4, V5] {
+        let (mut server, mut input) = accepted_server(v);
+        let mut out = vec![0u8; 256];
+        input.extend_from_slice(&publish_bytes(v, 5, QoS::ExactlyOnce, false));
+        input.extend_from_slice(
+            &Packet::PubRel(mqtt_codec::PubAck::new(
+                mqtt_codec::PacketId::new(5).unwrap(),
+            ))
+            .encode_to_vec(v)
+            .unwrap(),
+        );
+        server.handle_input(Instant::ZERO, &mut input).unwrap();
+        while let Ok(Some(_)) = server.poll_transmit(Instant::ZERO, &mut out) {}
+        input.extend_from_slice(&publish_bytes(v, 5, QoS::ExactlyOnce, true));
+        server.handle_input(Instant::ZERO, &mut input).unwrap();
+        assert_eq!(messages(&mut server), 2, "{v:?}");
+        while let Ok(Some(_)) = server.poll_transmit(Instant::ZERO, &mut out) {}
+        input.extend_from_slice(&publish_bytes(v, 9, QoS::AtLeastOnce, false));
+        server.handle_input(Instant::ZERO, &mut input).unwrap();
+        while let Ok(Some(_)) = server.poll_transmit(Instant::ZERO, &mut out) {}
+        input.extend_from_slice(&publish_bytes(v, 9, QoS::AtLeastOnce, true));
+        server.handle_input(Instant::ZERO, &mut input).unwrap();
+        assert_eq!(messages(&mut server), 2, "{v:?}");
+    }
+}
+
+#[test]
+fn mqtt_4_5_0_2_every_publish_is_acknowledged_even_if_unread() {
+    // The application never looks at its events: the PUBACK goes out regardless.
+    let mut client = Client::new(ClientConfig::new(V4, "c"));
+    client.connect(Instant::ZERO).unwrap();
+    let mut out = vec![0u8; 256];
+    client.poll_transmit(Instant::ZERO, &mut out).unwrap();
+    let mut input = BytesMut::from(&[0x20, 0x02, 0x00, 0x00][..]);
+    input.extend_from_slice(&publish_bytes(V4, 3, QoS::AtLeastOnce, false));
+    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    let n = client
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .unwrap();
+    assert_eq!(out[..n], [0x40, 0x02, 0x00, 0x03]);
+}
+
+#[test]
+fn mqtt_3_3_4_10_servers_quota_does_not_hold_back_other_packets() {
+    let mut p = Pair::new(
+        ClientConfig {
+            receive_maximum: 1,
+            manual_acks: true,
+            ..ClientConfig::new(V5, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.drive();
+    for _ in 0..3 {
+        p.server
+            .deliver(p.now, msg("t", "x", QoS::AtLeastOnce), &[])
+            .unwrap();
+    }
+    p.drive();
+    // [MQTT-3.3.4-9] one in flight towards a client with Receive Maximum 1.
+    assert_eq!(
+        p.server_sent
+            .iter()
+            .filter(|t| **t == PacketType::Publish)
+            .count(),
+        1
+    );
+    // The SUBACK still comes back while the quota is used up.
+    p.client
+        .subscribe(&[("s", SubscriptionOptions::default())], None)
+        .unwrap();
+    p.drive();
+    assert_eq!(p.server_sent.last(), Some(&PacketType::SubAck));
+}
+
+#[test]
+fn mqtt_3_1_2_26_server_topic_aliases_follow_the_clients_maximum() {
+    // [MQTT-3.1.2-27] none when the client allows none; [MQTT-3.1.2-26] never above it.
+    for max in [0u16, 1] {
+        let mut p = Pair::new(
+            ClientConfig {
+                topic_alias_maximum: max,
+                ..ClientConfig::new(V5, "c1")
+            },
+            ServerConfig::default(),
+        );
+        p.drive();
+        for t in ["a/long/topic", "a/long/topic", "other/topic"] {
+            p.server
+                .deliver(p.now, Message::new(t, "x", QoS::AtMostOnce), &[])
+                .unwrap();
+        }
+        p.drive();
+        let aliases: Vec<_> = decoded(&p.server_frames, V5)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.properties.topic_alias.map(|a| a.get())),
+                _ => None,
+            })
+            .collect();
+        let expect = if max == 0 {
+            vec![None, None, None]
+        } else {
+            vec![Some(1), Some(1), None]
+        };
+        assert_eq!(aliases, expect);
+        assert_eq!(p.client_messages().len(), 3);
+    }
+}
+
+#[test]
+fn mqtt_3_1_4_1_a_malformed_connect_is_closed_without_connack() {
+    let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
+    // CONNECT with the reserved flag set.
+    let mut input = BytesMut::from(
+        &[
+            0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x03, 0, 60, 0, 1, b'c',
+        ][..],
+    );
+    assert!(server.handle_input(Instant::ZERO, &mut input).is_err());
+    let mut out = vec![0u8; 64];
+    assert!(server.poll_transmit(Instant::ZERO, &mut out).is_err());
+    assert_eq!(
+        server.poll_event(),
+        Some(Event::Disconnected {
+            reason: ReasonCode::MalformedPacket,
+            by_peer: false,
+            reason_string: None
+        })
+    );
+}
+
+#[test]
+fn mqtt_3_1_4_5_a_rejected_connection_reads_nothing_more() {
+    // [MQTT-3.1.4-5] (3.1.1) / [MQTT-3.1.4-6] (5.0)
+    let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
+    let mut input = BytesMut::from(
+        &Packet::Connect(mqtt_codec::Connect::new(V4, "c"))
+            .encode_to_vec(V4)
+            .unwrap()[..],
+    );
+    input.extend_from_slice(&publish_bytes(V4, 1, QoS::AtLeastOnce, false));
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    server.reject(ReasonCode::NotAuthorized).unwrap();
+    let _ = server.handle_input(Instant::ZERO, &mut input);
+    assert_eq!(messages(&mut server), 0);
+    let mut out = vec![0u8; 64];
+    let n = server
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .unwrap();
+    assert_eq!(out[..n], [0x20, 0x02, 0x00, 0x05]);
+    assert!(server.poll_transmit(Instant::ZERO, &mut out).is_err());
+}
+
+#[test]
+fn mqtt_3_1_4_4_an_accepted_connect_gets_connack_0() {
+    // [MQTT-3.1.4-4] (3.1.1) / [MQTT-3.1.4-5] (5.0)
+    for v in [V4, V5] {
+        let mut p = Pair::v(v);
+        p.drive();
+        let Packet::ConnAck(ack) = decoded(&p.server_frames, v)[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (ack.reason_code, ack.session_present),
+            (ReasonCode::Success, false)
+        );
+    }
+}
+
+#[test]
+fn mqtt_4_6_0_4_pubrels_leave_in_pubrec_order() {
+    let mut client = Client::new(ClientConfig::new(V4, "c"));
+    client.connect(Instant::ZERO).unwrap();
+    let mut out = vec![0u8; 256];
+    client.poll_transmit(Instant::ZERO, &mut out).unwrap();
+    let mut input = BytesMut::from(&[0x20, 0x02, 0x00, 0x00][..]);
+    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    let ids: Vec<_> = (0..3)
+        .map(|_| {
+            client
+                .publish(Instant::ZERO, msg("t", "x", QoS::ExactlyOnce))
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    while let Ok(Some(_)) = client.poll_transmit(Instant::ZERO, &mut out) {}
+    for id in &ids {
+        input.extend_from_slice(
+            &Packet::PubRec(mqtt_codec::PubAck::new(*id))
+                .encode_to_vec(V4)
+                .unwrap(),
+        );
+    }
+    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    let mut rels = Vec::new();
+    while let Ok(Some(n)) = client.poll_transmit(Instant::ZERO, &mut out) {
+        assert_eq!(out[0], 0x62);
+        rels.push(u16::from_be_bytes([out[2], out[3]]));
+        assert_eq!(n, 4);
+    }
+    assert_eq!(rels, ids.iter().map(|i| i.get()).collect::<Vec<_>>());
+}
+
+#[test]
+fn mqtt_4_13_1_1_a_malformed_packet_closes_with_its_reason() {
+    let (mut server, mut input) = accepted_server(V5);
+    let mut out = vec![0u8; 64];
+    while let Ok(Some(_)) = server.poll_transmit(Instant::ZERO, &mut out) {}
+    // PUBLISH with QoS 3.
+    input.extend_from_slice(&[0x36, 0x03, 0x00, 0x01, b't']);
+    assert!(server.handle_input(Instant::ZERO, &mut input).is_err());
+    let n = server
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .unwrap();
+    assert_eq!(out[..n], [0xE0, 0x01, 0x81]);
+    // [MQTT-3.14.4-1] nothing after it; the adapter closes.
+    assert!(server.poll_transmit(Instant::ZERO, &mut out).is_err());
+}
+
+#[test]
+fn mqtt_3_1_2_24_3_1_1_server_drops_a_silent_client_after_one_and_a_half_keep_alives() {
+    // [MQTT-3.1.2-24] (3.1.1): closed as a network failure, without a DISCONNECT (3.1.1
+    // servers have none).
+    let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
+    let mut c = mqtt_codec::Connect::new(V4, "c");
+    c.keep_alive = 4;
+    let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(V4).unwrap()[..]);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    server.accept(Instant::ZERO, Accept::default()).unwrap();
+    let mut out = vec![0u8; 64];
+    server
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .unwrap();
+    // A PINGREQ at 3 s restarts the allowance.
+    input.extend_from_slice(&[0xC0, 0x00]);
+    server
+        .handle_input(Instant::from_millis(3_000), &mut input)
+        .unwrap();
+    assert_eq!(server.poll_timeout(), Some(Instant::from_millis(9_000)));
+    server.handle_timeout(Instant::from_millis(8_999));
+    assert!(server
+        .poll_transmit(Instant::from_millis(8_999), &mut out)
+        .unwrap()
+        .is_some()); // PINGRESP
+    server.handle_timeout(Instant::from_millis(9_000));
+    assert_eq!(
+        server.poll_transmit(Instant::from_millis(9_000), &mut out),
+        Err(Error::KeepAliveTimeout)
     );
 }
