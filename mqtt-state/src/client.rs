@@ -276,14 +276,7 @@ impl Client {
     /// Acts on expired timers: CONNACK timeout, PINGREQ when idle, PINGRESP timeout. Calling
     /// it early does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.conn.error.is_some() {
-            return;
-        }
-        if self.conn.timers.expired(Timer::Connect, now) {
-            self.conn.fail(Error::ConnectTimeout);
-            return;
-        }
-        self.conn.handle_keep_alive(now);
+        self.conn.handle_timeout(now);
     }
 
     /// The transport closed. The session stays for the next [`Client::connect`], and the

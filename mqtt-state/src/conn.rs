@@ -761,8 +761,21 @@ impl Conn {
         }
     }
 
+    /// Acts on expired timers: the connect deadline (CONNACK for a client, CONNECT for a
+    /// server), then keep alive. Early calls do nothing.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.error.is_some() {
+            return;
+        }
+        if self.timers.expired(Timer::Connect, now) {
+            self.fail(Error::ConnectTimeout);
+            return;
+        }
+        self.handle_keep_alive(now);
+    }
+
     /// The keep alive timers both roles share.
-    pub(crate) fn handle_keep_alive(&mut self, now: Instant) {
+    fn handle_keep_alive(&mut self, now: Instant) {
         match self.role {
             Role::Server => {
                 if self.timers.expired(Timer::KeepAlive, now) {

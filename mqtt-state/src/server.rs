@@ -524,14 +524,7 @@ impl ServerSession {
 
     /// Acts on expired timers: CONNECT timeout, keep alive (1.5 times, [MQTT-3.1.2-22]).
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.conn.error.is_some() {
-            return;
-        }
-        if self.conn.timers.expired(Timer::Connect, now) {
-            self.conn.fail(Error::ConnectTimeout);
-            return;
-        }
-        self.conn.handle_keep_alive(now);
+        self.conn.handle_timeout(now);
     }
 
     /// The transport closed.

@@ -1304,12 +1304,7 @@ fn mqtt_2_2_1_5_acks_carry_the_publish_packet_id() {
 #[test]
 fn mqtt_4_3_3_3_qos_2_sender_holds_publish_then_pubrel() {
     // [MQTT-4.3.3-3] until PUBREC, [MQTT-4.3.3-5] until PUBCOMP.
-    let mut client = Client::new(ClientConfig::new(V5, "c"));
-    client.connect(Instant::ZERO).unwrap();
-    let mut out = vec![0u8; 256];
-    client.poll_transmit(Instant::ZERO, &mut out).unwrap();
-    let mut input = BytesMut::from(&[0x20, 0x03, 0x00, 0x00, 0x00][..]);
-    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    let (mut client, mut input, mut out) = connected_client(V5);
     let id = client
         .publish(Instant::ZERO, msg("t", "x", QoS::ExactlyOnce))
         .unwrap()
@@ -1339,6 +1334,20 @@ fn mqtt_4_3_3_3_qos_2_sender_holds_publish_then_pubrel() {
     );
     client.handle_input(Instant::ZERO, &mut input).unwrap();
     assert!(client.session().inflight.is_empty());
+}
+
+/// A client that sent CONNECT and got CONNACK, for feeding it packets by hand; returns it
+/// with its (empty) input buffer and an output buffer.
+fn connected_client(v: ProtocolVersion) -> (Client, BytesMut, Vec<u8>) {
+    let mut client = Client::new(ClientConfig::new(v, "c"));
+    client.connect(Instant::ZERO).unwrap();
+    let mut out = vec![0u8; 256];
+    client.poll_transmit(Instant::ZERO, &mut out).unwrap();
+    let connack = Packet::ConnAck(mqtt_codec::ConnAck::new(false, ReasonCode::Success));
+    let mut input = BytesMut::from(&connack.encode_to_vec(v).unwrap()[..]);
+    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert!(client.is_connected());
+    (client, input, out)
 }
 
 /// A server with a connected client, for feeding it packets by hand.
@@ -1400,11 +1409,7 @@ fn mqtt_4_3_3_12_after_pubcomp_the_id_is_a_new_message() {
 #[test]
 fn mqtt_4_5_0_2_every_publish_is_acknowledged_even_if_unread() {
     // The application never looks at its events: the PUBACK goes out regardless.
-    let mut client = Client::new(ClientConfig::new(V4, "c"));
-    client.connect(Instant::ZERO).unwrap();
-    let mut out = vec![0u8; 256];
-    client.poll_transmit(Instant::ZERO, &mut out).unwrap();
-    let mut input = BytesMut::from(&[0x20, 0x02, 0x00, 0x00][..]);
+    let (mut client, mut input, mut out) = connected_client(V4);
     input.extend_from_slice(&publish_bytes(V4, 3, QoS::AtLeastOnce, false));
     client.handle_input(Instant::ZERO, &mut input).unwrap();
     let n = client
@@ -1545,12 +1550,7 @@ fn mqtt_3_1_4_4_an_accepted_connect_gets_connack_0() {
 
 #[test]
 fn mqtt_4_6_0_4_pubrels_leave_in_pubrec_order() {
-    let mut client = Client::new(ClientConfig::new(V4, "c"));
-    client.connect(Instant::ZERO).unwrap();
-    let mut out = vec![0u8; 256];
-    client.poll_transmit(Instant::ZERO, &mut out).unwrap();
-    let mut input = BytesMut::from(&[0x20, 0x02, 0x00, 0x00][..]);
-    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    let (mut client, mut input, mut out) = connected_client(V4);
     let ids: Vec<_> = (0..3)
         .map(|_| {
             client
