@@ -296,8 +296,10 @@ impl Client {
     /// soon as the server's Receive Maximum allows and re-sent after a resumed reconnect.
     /// Messages may be queued before the connection is up.
     ///
-    /// Refused: QoS above the server's Maximum QoS, RETAIN when the server has none, a full
-    /// queue, exhausted identifiers.
+    /// Refused, leaving the connection as it was: QoS above the server's Maximum QoS, RETAIN
+    /// when the server has none, a message the protocol cannot carry (a wildcard in the topic
+    /// or Response Topic, U+0000 in a string, a field over 65,535 bytes), a full queue,
+    /// exhausted identifiers.
     pub fn publish(&mut self, now: Instant, message: Message) -> Result<Option<PacketId>, Error> {
         self.conn.check()?;
         // [MQTT-3.2.2-11] never above the server's Maximum QoS.
@@ -308,8 +310,6 @@ impl Client {
         if message.retain && !self.retain_available {
             return Err(Error::RetainNotSupported);
         }
-        mqtt_topic::validate_name(message.topic.as_str())
-            .map_err(|e| Error::Codec(mqtt_codec::Error::InvalidTopicName(e)))?;
         self.conn.enqueue(now, message, heapless::Vec::new())
     }
 

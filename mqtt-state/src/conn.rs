@@ -434,6 +434,18 @@ impl Conn {
         if self.session.queue.len() >= self.max_queued {
             return Err(Error::QueueFull);
         }
+        // Refuse now what could never be encoded (a wildcard in the Response Topic, U+0000
+        // in a property, a field over 65,535 bytes), rather than wedge the queue later.
+        let probe_id = qos_pid(message.qos, PacketId::new(1).expect("1 is not 0"));
+        let probe = message.to_publish(
+            probe_id,
+            false,
+            message.topic.as_str(),
+            None,
+            message.properties.message_expiry_interval,
+            &subscription_ids,
+        );
+        Packet::Publish(self.for_version(probe)).encoded_len(self.version)?;
         let packet_id = if message.qos == QoS::AtMostOnce {
             None
         } else {

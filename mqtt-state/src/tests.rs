@@ -1626,3 +1626,28 @@ fn mqtt_3_1_2_24_3_1_1_server_drops_a_silent_client_after_one_and_a_half_keep_al
         Err(Error::KeepAliveTimeout)
     );
 }
+
+#[test]
+fn an_unencodable_message_is_refused_at_publish_and_the_connection_goes_on() {
+    let (mut client, _input, mut out) = connected_client(V5);
+    let mut m = msg("t", "x", QoS::AtLeastOnce);
+    m.properties.response_topic = Some("replies/+".into());
+    assert!(matches!(
+        client.publish(Instant::ZERO, m),
+        Err(Error::Codec(mqtt_codec::Error::InvalidTopicName(_)))
+    ));
+    assert!(matches!(
+        client.publish(Instant::ZERO, msg("a/#", "x", QoS::AtMostOnce)),
+        Err(Error::Codec(mqtt_codec::Error::InvalidTopicName(_)))
+    ));
+    // Nothing was queued or wedged, and the next message goes out.
+    assert!(client.session().queue.is_empty());
+    client
+        .publish(Instant::ZERO, msg("t", "ok", QoS::AtMostOnce))
+        .unwrap();
+    assert!(client
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .is_some());
+    assert!(client.is_connected());
+}
