@@ -222,25 +222,39 @@ impl Client {
                 Packet::PubRec(a) => conn.on_pubrec(a),
                 Packet::PubRel(a) => conn.on_pubrel(a),
                 Packet::PubComp(a) => conn.on_pubcomp(a),
+                // [MQTT-2.2.1-6] an ack answers the request with its identifier; one for a
+                // request not sent (or not made) on this connection is ignored.
                 Packet::SubAck(s) => {
-                    if let Some(i) = subscribes.iter().position(|(id, ..)| *id == s.packet_id) {
+                    let sent = !conn
+                        .control
+                        .contains(&Control::Request(SUBSCRIBE, s.packet_id));
+                    if let Some(i) = subscribes
+                        .iter()
+                        .position(|(id, ..)| *id == s.packet_id && sent)
+                    {
                         subscribes.remove(i);
+                        release_pending(conn, s.packet_id);
+                        conn.events.push_back(Event::Subscribed {
+                            packet_id: s.packet_id,
+                            reasons: s.reason_codes.iter().collect(),
+                        });
                     }
-                    release_pending(conn, s.packet_id);
-                    conn.events.push_back(Event::Subscribed {
-                        packet_id: s.packet_id,
-                        reasons: s.reason_codes.iter().collect(),
-                    });
                 }
                 Packet::UnsubAck(u) => {
-                    if let Some(i) = unsubscribes.iter().position(|(id, _)| *id == u.packet_id) {
+                    let sent = !conn
+                        .control
+                        .contains(&Control::Request(UNSUBSCRIBE, u.packet_id));
+                    if let Some(i) = unsubscribes
+                        .iter()
+                        .position(|(id, _)| *id == u.packet_id && sent)
+                    {
                         unsubscribes.remove(i);
+                        release_pending(conn, u.packet_id);
+                        conn.events.push_back(Event::Unsubscribed {
+                            packet_id: u.packet_id,
+                            reasons: u.reason_codes.iter().collect(),
+                        });
                     }
-                    release_pending(conn, u.packet_id);
-                    conn.events.push_back(Event::Unsubscribed {
-                        packet_id: u.packet_id,
-                        reasons: u.reason_codes.iter().collect(),
-                    });
                 }
                 Packet::PingResp => {}
                 Packet::Disconnect(d) => {
@@ -336,7 +350,7 @@ impl Client {
             .map(|(f, o)| (Utf8Bytes::from(alloc::string::String::from(*f)), *o))
             .collect();
         self.subscribes.push_back((id, owned, subscription_id));
-        self.conn.control.push_back(Control::Role(SUBSCRIBE));
+        self.conn.control.push_back(Control::Request(SUBSCRIBE, id));
         Ok(id)
     }
 
@@ -358,7 +372,9 @@ impl Client {
             .map(|f| Utf8Bytes::from(alloc::string::String::from(*f)))
             .collect();
         self.unsubscribes.push_back((id, owned));
-        self.conn.control.push_back(Control::Role(UNSUBSCRIBE));
+        self.conn
+            .control
+            .push_back(Control::Request(UNSUBSCRIBE, id));
         Ok(id)
     }
 
@@ -437,15 +453,13 @@ impl Client {
                 let connect = self.connect_packet();
                 self.conn.encode(&Packet::Connect(connect.0), out)?
             }
-            Control::Role(SUBSCRIBE) => {
-                // Entries not sent yet are the last ones, one control each: the first of
-                // them is this control's (the front one was sent already if its SUBACK is
-                // still due).
-                let unsent = self.conn.control.iter().filter(|x| *x == c).count();
-                let (id, filters, sub_id) = self
-                    .subscribes
-                    .get(self.subscribes.len().saturating_sub(unsent))
-                    .expect("queued with its control");
+            Control::Request(SUBSCRIBE, id) => {
+                let Some((id, filters, sub_id)) = self.subscribes.iter().find(|(i, ..)| i == id)
+                else {
+                    // Its data went with an earlier connection: nothing to send.
+                    self.conn.control.pop_front();
+                    return Ok(None);
+                };
                 let subs: Vec<Subscription<'_>> = filters
                     .iter()
                     .map(|(f, o)| Subscription {
@@ -479,12 +493,11 @@ impl Client {
                 };
                 self.conn.encode(&Packet::Auth(a), out)?
             }
-            Control::Role(_) => {
-                let unsent = self.conn.control.iter().filter(|x| *x == c).count();
-                let (id, filters) = self
-                    .unsubscribes
-                    .get(self.unsubscribes.len().saturating_sub(unsent))
-                    .expect("queued with its control");
+            Control::Request(_, id) => {
+                let Some((id, filters)) = self.unsubscribes.iter().find(|(i, _)| i == id) else {
+                    self.conn.control.pop_front();
+                    return Ok(None);
+                };
                 let fs: Vec<&str> = filters.iter().map(Utf8Bytes::as_str).collect();
                 let u = Unsubscribe::new(*id, mqtt_codec::List::new(&fs));
                 self.conn.encode(&Packet::Unsubscribe(u), out)?

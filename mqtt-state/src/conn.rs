@@ -48,6 +48,9 @@ pub(crate) enum Control {
     UnsubAck(PacketId, Vec<ReasonCode>),
     /// Built by the role from its own data.
     Role(u8),
+    /// A request the role keeps the data of, found again by its packet identifier
+    /// (the client's SUBSCRIBE and UNSUBSCRIBE).
+    Request(u8, PacketId),
 }
 
 /// An acknowledgement owed for an incoming QoS 1/2 PUBLISH, in arrival order
@@ -837,7 +840,7 @@ pub(crate) fn encode_common(c: &Control) -> Option<Packet<'_>> {
         Control::UnsubAck(id, codes) => {
             Packet::UnsubAck(mqtt_codec::UnsubAck::new(*id, mqtt_codec::List::new(codes)))
         }
-        Control::Role(_) => return None,
+        Control::Role(_) | Control::Request(..) => return None,
     })
 }
 

@@ -1651,3 +1651,49 @@ fn an_unencodable_message_is_refused_at_publish_and_the_connection_goes_on() {
         .is_some());
     assert!(client.is_connected());
 }
+
+#[test]
+fn an_ack_for_a_request_not_sent_is_ignored() {
+    // A confused or hostile server answers a SUBSCRIBE the client has not sent yet, and one
+    // it never made: neither may complete it early nor upset the machine.
+    let (mut client, mut input, mut out) = connected_client(V4);
+    let first = client
+        .subscribe(&[("a", SubscriptionOptions::default())], None)
+        .unwrap();
+    let second = client
+        .subscribe(&[("b", SubscriptionOptions::default())], None)
+        .unwrap();
+    let n = client
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .unwrap();
+    assert_eq!(u16::from_be_bytes([out[2], out[3]]), first.get());
+    let _ = n;
+    for id in [second.get(), 999] {
+        let ack = mqtt_codec::SubAck::new(
+            mqtt_codec::PacketId::new(id).unwrap(),
+            mqtt_codec::List::new(&[ReasonCode::Success]),
+        );
+        input.extend_from_slice(&Packet::SubAck(ack).encode_to_vec(V4).unwrap());
+    }
+    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert!(
+        core::iter::from_fn(|| client.poll_event()).all(|e| !matches!(e, Event::Subscribed { .. }))
+    );
+    // The second SUBSCRIBE still goes out, with its own identifier and filter.
+    let n = client
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .unwrap();
+    let Ok(Status::Complete {
+        packet: Packet::Subscribe(s),
+        ..
+    }) = decode(&out[..n], &DecodeOptions::new(V4))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (s.packet_id, s.filters.iter().next().unwrap().filter),
+        (second, "b")
+    );
+}
