@@ -408,6 +408,13 @@ impl Client {
     /// Sends DISCONNECT with `reason` (5.0; Normal disconnection before) and closes.
     pub fn disconnect(&mut self, reason: ReasonCode) -> Result<(), Error> {
         self.conn.check()?;
+        // [MQTT-3.14.2-1] only the DISCONNECT table: refused here, before any state changes.
+        if !reason.is_valid_for(PacketType::Disconnect) {
+            return Err(Error::Codec(mqtt_codec::Error::InvalidReasonCode {
+                packet: PacketType::Disconnect,
+                code: reason as u8,
+            }));
+        }
         if self.conn.phase != Phase::Connected {
             self.conn.phase = Phase::Closed;
             self.conn.error = Some(Error::Disconnected(reason));

@@ -198,7 +198,14 @@ impl Conn {
         let can_send =
             self.phase == Phase::Connected && (self.version.is_v5() || self.role == Role::Client);
         if can_send && !by_peer {
-            self.final_disconnect = Some(e.reason_code());
+            // Errors whose code DISCONNECT cannot carry (a connect timeout, a code the
+            // application passed) go out as Unspecified error.
+            let code = e.reason_code();
+            self.final_disconnect = Some(if code.is_valid_for(PacketType::Disconnect) {
+                code
+            } else {
+                ReasonCode::UnspecifiedError
+            });
             self.phase = Phase::Closing;
         } else {
             self.phase = Phase::Closed;

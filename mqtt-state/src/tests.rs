@@ -1697,3 +1697,23 @@ fn an_ack_for_a_request_not_sent_is_ignored() {
         (second, "b")
     );
 }
+
+#[test]
+fn mqtt_3_14_2_1_disconnect_reasons_come_from_the_disconnect_table() {
+    let (mut client, _input, mut out) = connected_client(V5);
+    // 0x91 (Packet identifier in use) is not a DISCONNECT code: refused, nothing changes.
+    assert!(matches!(
+        client.disconnect(ReasonCode::PacketIdentifierInUse),
+        Err(Error::Codec(mqtt_codec::Error::InvalidReasonCode { .. }))
+    ));
+    assert!(client.is_connected());
+    // A server told to disconnect with such a code says Unspecified error on the wire.
+    let (mut server, _) = accepted_server(V5);
+    while let Ok(Some(_)) = server.poll_transmit(Instant::ZERO, &mut out) {}
+    server.disconnect(ReasonCode::GrantedQoS1);
+    let n = server
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .unwrap();
+    assert_eq!(out[..n], [0xE0, 0x01, 0x80]);
+}
