@@ -50,6 +50,14 @@ pub trait Hooks {
         Ok(())
     }
 
+    /// A step of enhanced authentication: the method and data of a CONNECT that names a
+    /// method, then of each AUTH the client sends, also when it re-authenticates. The
+    /// default supports no method ([MQTT-4.12.0-1]: Bad authentication method).
+    fn enhanced_auth(&mut self, client_id: &str, method: &str, data: Option<&[u8]>) -> AuthStep {
+        let _ = (client_id, method, data);
+        AuthStep::Fail(ReasonCode::BadAuthenticationMethod)
+    }
+
     /// Whether `client_id` (logged in as `username`) may publish to `topic`.
     fn authorize_publish(&mut self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
         let _ = (client_id, username, topic);
@@ -66,6 +74,17 @@ pub trait Hooks {
         let _ = (client_id, username, filter);
         true
     }
+}
+
+/// The answer to a step of 5.0 enhanced authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Authenticated: the connection is accepted (or the re-authentication succeeds).
+    Success,
+    /// Send this challenge in an AUTH with Continue authentication and wait for the answer.
+    Continue(Bytes),
+    /// Refused with this reason code (CONNACK, or DISCONNECT for a re-authentication).
+    Fail(ReasonCode),
 }
 
 /// [`Hooks`] that allow everything.
@@ -139,6 +158,8 @@ struct Conn {
     owner: Option<usize>,
     username: Option<Utf8Bytes>,
     will: Option<(Message, u32)>,
+    /// A CONNECT waiting for enhanced authentication to finish.
+    authenticating: Option<ConnectRequest>,
     /// Asked the program to close it.
     closing: bool,
 }
@@ -236,6 +257,7 @@ impl<H: Hooks> Broker<H> {
             owner: None,
             username: None,
             will: None,
+            authenticating: None,
             closing: false,
         };
         match self.free_conns.pop() {
@@ -434,6 +456,7 @@ impl<H: Hooks> Broker<H> {
             };
             match event {
                 Event::ConnectRequest(req) => self.on_connect(now, id, req),
+                Event::Auth { method, data, .. } => self.on_auth(now, id, method, data),
                 Event::Message {
                     packet_id, message, ..
                 } => self.on_message(now, id, packet_id, message),
@@ -469,7 +492,7 @@ impl<H: Hooks> Broker<H> {
         }
     }
 
-    fn on_connect(&mut self, now: Instant, id: ConnectionId, mut req: ConnectRequest) {
+    fn on_connect(&mut self, now: Instant, id: ConnectionId, req: ConnectRequest) {
         let full = self.live_connections() >= self.config.max_connections;
         let refusal = if full {
             Err(ReasonCode::ServerBusy)
@@ -482,6 +505,76 @@ impl<H: Hooks> Broker<H> {
             }
             return;
         }
+        if let Some(method) = req.authentication_method.clone() {
+            let data = req.authentication_data.clone();
+            let step =
+                self.hooks
+                    .enhanced_auth(req.client_id.as_str(), method.as_str(), data.as_deref());
+            if let Some(c) = self.conn_mut(id) {
+                c.authenticating = Some(req);
+            }
+            self.auth_step(now, id, step);
+            return;
+        }
+        self.admit(now, id, req);
+    }
+
+    /// An AUTH from the client: the next step of its authentication or a re-authentication.
+    fn on_auth(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        method: Option<Utf8Bytes>,
+        data: Option<Bytes>,
+    ) {
+        let Some(c) = self.conn_mut(id) else { return };
+        let client_id = match (&c.authenticating, c.owner) {
+            (Some(req), _) => req.client_id.clone(),
+            (None, Some(s)) => self.sessions[s]
+                .as_ref()
+                .map(|r| r.client_id.clone())
+                .unwrap_or_default(),
+            (None, None) => return,
+        };
+        // The machine already checked that the method is the CONNECT's ([MQTT-4.12.0-5]).
+        let method = method.unwrap_or_default();
+        let step = self
+            .hooks
+            .enhanced_auth(client_id.as_str(), method.as_str(), data.as_deref());
+        self.auth_step(now, id, step);
+    }
+
+    fn auth_step(&mut self, now: Instant, id: ConnectionId, step: AuthStep) {
+        let Some(c) = self.conn_mut(id) else { return };
+        let pending = c.authenticating.is_some();
+        match step {
+            // [MQTT-4.12.0-2] a challenge carries Continue authentication.
+            AuthStep::Continue(data) => {
+                let _ = c
+                    .session
+                    .auth(ReasonCode::ContinueAuthentication, Some(data));
+            }
+            AuthStep::Success if pending => {
+                if let Some(req) = c.authenticating.take() {
+                    self.admit(now, id, req);
+                }
+            }
+            // A re-authentication that succeeded.
+            AuthStep::Success => {
+                let _ = c.session.auth(ReasonCode::Success, None);
+            }
+            // [MQTT-4.12.0-4] a refusal during the exchange is a CONNACK >= 0x80 and a close.
+            AuthStep::Fail(code) if pending => {
+                c.authenticating = None;
+                let _ = c.session.reject(code);
+            }
+            // [MQTT-4.12.1-2] a failed re-authentication disconnects.
+            AuthStep::Fail(code) => c.session.disconnect(code),
+        }
+    }
+
+    /// Accepts an authenticated CONNECT: finds, resumes, takes over or creates its session.
+    fn admit(&mut self, now: Instant, id: ConnectionId, mut req: ConnectRequest) {
         // [MQTT-3.1.3-6] [MQTT-3.1.3-7] an empty client id gets a unique one.
         let assigned = if req.client_id.as_str().is_empty() {
             loop {

@@ -629,3 +629,73 @@ fn sys_statistics_are_published() {
         )]
     );
 }
+
+/// A challenge-response method: CONNECT data "hello", challenge "nonce", answer "nonce+key".
+struct Challenge;
+
+impl Hooks for Challenge {
+    fn enhanced_auth(&mut self, _: &str, method: &str, data: Option<&[u8]>) -> AuthStep {
+        match (method, data) {
+            ("CR", Some(b"hello")) => AuthStep::Continue(bytes::Bytes::from_static(b"nonce")),
+            ("CR", Some(b"nonce+key")) => AuthStep::Success,
+            ("CR", _) => AuthStep::Fail(ReasonCode::NotAuthorized),
+            _ => AuthStep::Fail(ReasonCode::BadAuthenticationMethod),
+        }
+    }
+}
+
+#[test]
+fn mqtt_4_12_0_4_enhanced_authentication_through_the_hooks() {
+    let mut net = Net::with(Broker::with_hooks(
+        BrokerConfig {
+            sys_interval: None,
+            ..BrokerConfig::default()
+        },
+        Challenge,
+        Instant::ZERO,
+    ));
+    let with = |method: &'static str, data: &'static [u8]| ClientConfig {
+        authentication: Some((method.into(), Some(bytes::Bytes::from_static(data)))),
+        ..ClientConfig::new(V5, "c")
+    };
+    let c = net.join(with("CR", b"hello"));
+    let challenge = net.events(c).into_iter().find_map(|e| match e {
+        Event::Auth { reason, data, .. } => Some((reason, data)),
+        _ => None,
+    });
+    assert_eq!(
+        challenge,
+        Some((
+            ReasonCode::ContinueAuthentication,
+            Some(bytes::Bytes::from_static(b"nonce"))
+        ))
+    );
+    net.peers[c]
+        .client
+        .auth(
+            ReasonCode::ContinueAuthentication,
+            Some(bytes::Bytes::from_static(b"nonce+key")),
+        )
+        .unwrap();
+    net.drive();
+    assert!(net.peers[c].client.is_connected());
+    // Re-authentication with a wrong answer disconnects ([MQTT-4.12.1-2]).
+    net.peers[c]
+        .client
+        .auth(
+            ReasonCode::ReAuthenticate,
+            Some(bytes::Bytes::from_static(b"wrong")),
+        )
+        .unwrap();
+    net.drive();
+    assert!(!net.peers[c].client.is_connected());
+    // [MQTT-4.12.0-1] an unsupported method: Bad authentication method.
+    let d = net.join(with("SCRAM", b"x"));
+    assert!(net.events(d).iter().any(|e| matches!(
+        e,
+        Event::Disconnected {
+            reason: ReasonCode::BadAuthenticationMethod,
+            ..
+        }
+    )));
+}

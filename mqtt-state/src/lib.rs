@@ -83,7 +83,9 @@ mod broker_tests;
 #[cfg(test)]
 mod tests;
 
-pub use broker::{AllowAll, Broker, BrokerConfig, BrokerEvent, ConnectionId, Hooks, Stats};
+pub use broker::{
+    AllowAll, AuthStep, Broker, BrokerConfig, BrokerEvent, ConnectionId, Hooks, Stats,
+};
 pub use client::{Client, ClientConfig};
 pub use error::{Error, Violation};
 pub use event::{ConnAckInfo, ConnectRequest, Event};
