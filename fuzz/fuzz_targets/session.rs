@@ -232,6 +232,9 @@ struct Harness {
     sticky: Option<Error>,
     /// The Maximum Packet Size the peer announced on this connection.
     peer_max: Option<u32>,
+    /// The peer's first CONNECT/CONNACK on this connection was seen: a later one is a
+    /// protocol error whose limits the machine rightly ignores.
+    hello_seen: bool,
     max_inflight: usize,
     max_queued: usize,
     /// Ids of received messages (for manual acks) and of pending requests.
@@ -315,11 +318,13 @@ impl Harness {
             decode(rest, &DecodeOptions::new(version).sender(sender))
         {
             match &packet {
-                Packet::Connect(c) => {
+                Packet::Connect(c) if !self.hello_seen => {
                     version = c.protocol;
+                    self.hello_seen = true;
                     self.peer_max = c.properties.maximum_packet_size.map(NonZeroU32::get);
                 }
-                Packet::ConnAck(c) if !c.reason_code.is_error() => {
+                Packet::ConnAck(c) if !c.reason_code.is_error() && !self.hello_seen => {
+                    self.hello_seen = true;
                     self.peer_max = c.properties.maximum_packet_size.map(NonZeroU32::get);
                 }
                 _ => {}
@@ -646,6 +651,7 @@ fn run_client(h: &mut Harness, cfg: ClientConfig, ops: &[Op]) {
                     c.handle_close(h.now);
                     h.sticky = None;
                     h.peer_max = None;
+                    h.hello_seen = false;
                     h.input.clear();
                     h.received.clear();
                     c.connect(h.now).unwrap();
@@ -733,6 +739,7 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                     h.check_session(&saved);
                     h.sticky = None;
                     h.peer_max = None;
+                    h.hello_seen = false;
                     h.input.clear();
                     h.received.clear();
                     h.sub_requests.clear();
@@ -761,6 +768,7 @@ fn run(input: Input) {
         input: BytesMut::new(),
         sticky: None,
         peer_max: None,
+        hello_seen: false,
         max_inflight: usize::from(max_inflight),
         max_queued,
         received: Vec::new(),
