@@ -5,6 +5,19 @@
 //! cargo run -p mqtt-examples --bin mqtt-broker -- --bind 127.0.0.1:1883 --ws-bind 127.0.0.1:8080
 //! ```
 //!
+//! With TLS (`--tls-bind`, and `--wss-bind` for WebSocket over TLS; both take the PEM
+//! certificate chain and key from `--cert`/`--key`), a password file and an ACL file:
+//!
+//! ```text
+//! mqtt-broker hash-password alice >> passwd      # reads the password from stdin
+//! mqtt-broker --tls-bind 0.0.0.0:8883 --cert server.pem --key server.key \
+//!     --password-file passwd --acl-file acl
+//! ```
+//!
+//! The password file holds `user:HASH` lines: Argon2 PHC strings as printed by
+//! `hash-password`, or mosquitto's `$7$` (so a `mosquitto_passwd` file works as is). The ACL
+//! file is in mosquitto's `acl_file` format. See `examples/src/access.rs` for both.
+//!
 //! The adapter only moves bytes and time; every protocol decision is the core's. One task
 //! owns the `Broker` (it is `&mut self` and single-threaded by design). Each connection has
 //! a reader task that forwards what arrives to the core over one shared channel, and a
@@ -18,28 +31,39 @@
 //! ```text
 //! listening on tcp 127.0.0.1:1883
 //! listening on ws 127.0.0.1:8080
+//! listening on tls 127.0.0.1:8883
+//! listening on wss 127.0.0.1:8443
 //! ```
 //!
 //! Logs go to stderr; `RUST_LOG` filters them (default `info`).
 
+#[path = "../access.rs"]
+mod access;
+
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use bytes::{Bytes, BytesMut};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use mqtt_state::{
     Broker, BrokerConfig, BrokerEvent, ConnectionId, Duration, Instant, ServerConfig,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, warn};
+
+use access::{Access, Acl, Passwords};
 
 /// Command line options.
 #[derive(Debug, Parser)]
@@ -48,6 +72,8 @@ use tracing::{debug, info, warn};
     about = "An MQTT broker over the sans-IO mqtt-state core"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TCP listen address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     bind: SocketAddr,
@@ -57,6 +83,29 @@ struct Args {
     /// Do not listen for WebSocket connections.
     #[arg(long)]
     no_ws: bool,
+    /// MQTT over TLS listen address (off by default; needs `--cert` and `--key`).
+    #[arg(long, requires_all = ["cert", "key"])]
+    tls_bind: Option<SocketAddr>,
+    /// WebSocket over TLS listen address (off by default; needs `--cert` and `--key`).
+    #[arg(long, requires_all = ["cert", "key"])]
+    wss_bind: Option<SocketAddr>,
+    /// The server's certificate chain, PEM, leaf first.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// `user:HASH` lines (see `hash-password`); with it, clients must log in with a listed
+    /// user name and its password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// With `--password-file`, also let in clients that send no user name.
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// ACLs in mosquitto's `acl_file` format; with it, what the file does not allow is
+    /// refused.
+    #[arg(long)]
+    acl_file: Option<PathBuf>,
     /// Connections beyond this are refused with CONNACK Server busy.
     #[arg(long, default_value_t = 100_000)]
     max_connections: usize,
@@ -80,6 +129,26 @@ struct Args {
     /// Chunks of output buffered per connection before a slow reader is disconnected.
     #[arg(long, default_value_t = 4096)]
     write_queue: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints a `USER:HASH` line for `--password-file` (Argon2id) and exits. The password
+    /// is the first line of stdin unless `--password` is given.
+    HashPassword {
+        /// The user name.
+        user: String,
+        /// The password (visible to other local users in the process list; prefer stdin).
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+/// What a listener speaks on top of TCP.
+#[derive(Clone)]
+struct Listener {
+    websocket: bool,
+    tls: Option<TlsAcceptor>,
 }
 
 /// From a connection task to the core.
@@ -117,6 +186,9 @@ struct Link {
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    if let Some(Command::HashPassword { user, password }) = &args.command {
+        return hash_password(user, password.clone());
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -131,24 +203,104 @@ fn main() -> std::io::Result<()> {
         .block_on(run(args))
 }
 
-async fn run(args: Args) -> std::io::Result<()> {
-    let tcp = TcpListener::bind(args.bind).await?;
-    let ws = match args.no_ws {
-        true => None,
-        false => Some(TcpListener::bind(args.ws_bind).await?),
+/// The `hash-password` subcommand.
+fn hash_password(user: &str, password: Option<String>) -> std::io::Result<()> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    if user.is_empty() || user.contains(':') {
+        return Err(invalid(
+            "the user name must be non-empty, without ':'".into(),
+        ));
+    }
+    let password = match password {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
     };
+    let hash = access::hash_password(password.as_bytes()).map_err(invalid)?;
+    println!("{user}:{hash}");
+    Ok(())
+}
+
+/// The TLS acceptor for `--cert`/`--key`.
+fn tls_acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &Path, e: &dyn std::fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", what.display()),
+        )
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(cert, &e))?;
+    if certs.is_empty() {
+        return Err(invalid(cert, &"no certificate found"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(key, &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key_der))
+    .map_err(|e| invalid(cert, &e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn run(args: Args) -> std::io::Result<()> {
+    let access = Access {
+        passwords: match &args.password_file {
+            Some(p) => Some(access::load(p, Passwords::parse)?),
+            None => None,
+        },
+        allow_anonymous: args.allow_anonymous,
+        acl: match &args.acl_file {
+            Some(p) => Some(access::load(p, Acl::parse)?),
+            None => None,
+        },
+    };
+    let tls = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) if args.tls_bind.is_some() || args.wss_bind.is_some() => {
+            Some(tls_acceptor(cert, key)?)
+        }
+        _ => None,
+    };
+    let plain = |websocket| Listener {
+        websocket,
+        tls: None,
+    };
+    let secure = |websocket| Listener {
+        websocket,
+        tls: tls.clone(),
+    };
+    let mut listeners = vec![("tcp", TcpListener::bind(args.bind).await?, plain(false))];
+    if !args.no_ws {
+        listeners.push(("ws", TcpListener::bind(args.ws_bind).await?, plain(true)));
+    }
+    if let Some(addr) = args.tls_bind {
+        listeners.push(("tls", TcpListener::bind(addr).await?, secure(false)));
+    }
+    if let Some(addr) = args.wss_bind {
+        listeners.push(("wss", TcpListener::bind(addr).await?, secure(true)));
+    }
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on tcp {}", tcp.local_addr()?)?;
-        if let Some(ws) = &ws {
-            writeln!(out, "listening on ws {}", ws.local_addr()?)?;
+        for (name, listener, _) in &listeners {
+            writeln!(out, "listening on {name} {}", listener.local_addr()?)?;
         }
         out.flush()?;
     }
     let (core_tx, core_rx) = mpsc::channel(1024);
-    tokio::spawn(accept_loop(tcp, false, core_tx.clone(), args.write_queue));
-    if let Some(ws) = ws {
-        tokio::spawn(accept_loop(ws, true, core_tx.clone(), args.write_queue));
+    for (_, listener, kind) in listeners {
+        tokio::spawn(accept_loop(
+            listener,
+            kind,
+            core_tx.clone(),
+            args.write_queue,
+        ));
     }
     drop(core_tx);
     let config = BrokerConfig {
@@ -167,7 +319,7 @@ async fn run(args: Args) -> std::io::Result<()> {
     };
     let out_size = args.max_packet_size as usize + 4096;
     tokio::select! {
-        () = core(config, core_rx, out_size) => {}
+        () = core(config, access, core_rx, out_size) => {}
         r = tokio::signal::ctrl_c() => {
             r?;
             info!("interrupted, shutting down");
@@ -178,7 +330,7 @@ async fn run(args: Args) -> std::io::Result<()> {
 
 async fn accept_loop(
     listener: TcpListener,
-    websocket: bool,
+    kind: Listener,
     core_tx: mpsc::Sender<ToCore>,
     write_queue: usize,
 ) {
@@ -194,12 +346,35 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let core_tx = core_tx.clone();
+        let kind = kind.clone();
         tokio::spawn(async move {
-            if websocket {
-                serve_ws(stream, peer, core_tx, write_queue).await
-            } else {
-                let (rd, wr) = stream.into_split();
-                serve(rd, wr, peer, core_tx, write_queue).await
+            match (kind.tls, kind.websocket) {
+                (None, false) => {
+                    let (rd, wr) = stream.into_split();
+                    serve(rd, wr, peer, core_tx, write_queue).await
+                }
+                (None, true) => serve_ws(stream, peer, core_tx, write_queue).await,
+                (Some(tls), websocket) => {
+                    let handshake = tls.accept(stream);
+                    let stream =
+                        match tokio::time::timeout(StdDuration::from_secs(10), handshake).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                debug!(%peer, "tls handshake: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(%peer, "tls handshake timed out");
+                                return;
+                            }
+                        };
+                    if websocket {
+                        serve_ws(stream, peer, core_tx, write_queue).await
+                    } else {
+                        let (rd, wr) = tokio::io::split(stream);
+                        serve(rd, wr, peer, core_tx, write_queue).await
+                    }
+                }
             }
         });
     }
@@ -274,13 +449,12 @@ async fn serve<R, W>(
     let _ = core_tx.send(ToCore::Closed(id)).await;
 }
 
-/// Runs a WebSocket connection: the handshake, then binary frames both ways.
-async fn serve_ws(
-    stream: TcpStream,
-    peer: SocketAddr,
-    core_tx: mpsc::Sender<ToCore>,
-    write_queue: usize,
-) {
+/// Runs a WebSocket connection (over TCP or TLS): the handshake, then binary frames both
+/// ways.
+async fn serve_ws<S>(stream: S, peer: SocketAddr, core_tx: mpsc::Sender<ToCore>, write_queue: usize)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let handshake = tokio_tungstenite::accept_hdr_async(stream, ws_handshake);
     let ws = match tokio::time::timeout(StdDuration::from_secs(10), handshake).await {
         Ok(Ok(ws)) => ws,
@@ -357,10 +531,15 @@ fn ws_handshake(req: &Request, mut resp: Response) -> Result<Response, ErrorResp
 }
 
 /// The task that owns the broker.
-async fn core(config: BrokerConfig, mut rx: mpsc::Receiver<ToCore>, out_size: usize) {
+async fn core(
+    config: BrokerConfig,
+    access: Access,
+    mut rx: mpsc::Receiver<ToCore>,
+    out_size: usize,
+) {
     let start = tokio::time::Instant::now();
     let now = || Instant::from_millis(start.elapsed().as_millis() as u64);
-    let mut broker = Broker::new(config, now());
+    let mut broker = Broker::with_hooks(config, access, now());
     let mut links: HashMap<ConnectionId, Link> = HashMap::new();
     let mut out = vec![0u8; out_size];
     let mut batch = BytesMut::new();
@@ -410,7 +589,7 @@ async fn core(config: BrokerConfig, mut rx: mpsc::Receiver<ToCore>, out_size: us
 
 /// Carries out what the broker asks for until it has nothing more.
 fn drain(
-    broker: &mut Broker,
+    broker: &mut Broker<Access>,
     links: &mut HashMap<ConnectionId, Link>,
     now: Instant,
     out: &mut [u8],

@@ -22,7 +22,8 @@
 //!
 //! `mosquitto_pub`/`mosquitto_sub` (Debian `mosquitto-clients`) and Python `paho-mqtt`
 //! 2.x must be installed: a missing peer fails the test loudly rather than skipping it,
-//! so CI cannot pass without them (`.ci/run` installs both).
+//! so CI cannot pass without them (`.ci/run` installs both). The access-control tests also
+//! need `mosquitto_passwd` (Debian `mosquitto`).
 //!
 //! # No hangs
 //!
@@ -44,38 +45,42 @@ pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
 /// The broker executable, built on first use (see the module docs).
 pub(crate) fn broker_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("MQTT_BROKER_BIN") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var_os("CARGO")
-            .or_else(|| option_env!("CARGO").map(Into::into))
-            .unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "-p",
-                "mqtt-examples",
-                "--bin",
-                "mqtt-broker",
-                "--message-format=json-render-diagnostics",
-                "--target-dir",
-            ])
-            .arg(target_dir().join("interop"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo to build mqtt-broker");
-        assert!(out.status.success(), "building mqtt-broker failed");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let exe = stdout
-            .lines()
-            .filter(|l| l.contains(r#""reason":"compiler-artifact""#))
-            .filter(|l| l.contains(r#""name":"mqtt-broker""#))
-            .find_map(|l| json_string_field(l, "executable"))
-            .expect("cargo's JSON names the mqtt-broker executable");
-        PathBuf::from(exe)
-    })
+    BIN.get_or_init(|| example_bin("mqtt-broker", "MQTT_BROKER_BIN"))
+}
+
+/// Builds the `mqtt-examples` binary `name` as the module docs describe (the path in the
+/// environment variable `env`, if set, skips the build) and returns its path.
+pub(crate) fn example_bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let cargo = std::env::var_os("CARGO")
+        .or_else(|| option_env!("CARGO").map(Into::into))
+        .unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "-p",
+            "mqtt-examples",
+            "--bin",
+            name,
+            "--message-format=json-render-diagnostics",
+            "--target-dir",
+        ])
+        .arg(target_dir().join("interop"))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run cargo to build {name}: {e}"));
+    assert!(out.status.success(), "building {name} failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let exe = stdout
+        .lines()
+        .filter(|l| l.contains(r#""reason":"compiler-artifact""#))
+        .filter(|l| l.contains(&format!(r#""name":"{name}""#)))
+        .find_map(|l| json_string_field(l, "executable"))
+        .unwrap_or_else(|| panic!("cargo's JSON names the {name} executable"));
+    PathBuf::from(exe)
 }
 
 fn workspace_root() -> PathBuf {
@@ -152,6 +157,10 @@ pub(crate) struct Broker {
     pub(crate) tcp: SocketAddr,
     /// The WebSocket listener.
     pub(crate) ws: SocketAddr,
+    /// The TLS listener, when `extra` has `--tls-bind`.
+    pub(crate) tls: Option<SocketAddr>,
+    /// The WebSocket-over-TLS listener, when `extra` has `--wss-bind`.
+    pub(crate) wss: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -175,8 +184,16 @@ impl Broker {
         collect_lines(child.stdout.take().expect("piped"), Some(tx));
         let mut tcp = None;
         let mut ws = None;
+        let mut tls = None;
+        let mut wss = None;
+        let want_tls = extra.contains(&"--tls-bind");
+        let want_wss = extra.contains(&"--wss-bind");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tcp.is_none() || ws.is_none() {
+        while tcp.is_none()
+            || ws.is_none()
+            || (want_tls && tls.is_none())
+            || (want_wss && wss.is_none())
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(line) => line,
@@ -194,12 +211,18 @@ impl Broker {
                 tcp = parse(rest);
             } else if let Some(rest) = line.strip_prefix("listening on ws ") {
                 ws = parse(rest);
+            } else if let Some(rest) = line.strip_prefix("listening on tls ") {
+                tls = parse(rest);
+            } else if let Some(rest) = line.strip_prefix("listening on wss ") {
+                wss = parse(rest);
             }
         }
         Self {
             child,
             tcp: tcp.expect("set"),
             ws: ws.expect("set"),
+            tls,
+            wss,
             log,
         }
     }

@@ -8,12 +8,15 @@
 //! - [`paho`]: Python `paho-mqtt` 2.x, 3.1.1 and 5.0 over TCP and WebSocket, shared
 //!   subscriptions.
 //! - [`rumqttc_peer`]: `rumqttc` 3.1.1 and 5.0.
+//! - [`access`]: TLS (`mosquitto_pub`/`mosquitto_sub` and paho over WebSocket), password
+//!   files (mosquitto's `$7$` and Argon2) and mosquitto-format ACLs.
 //! - [`bad_peers`]: garbage, protocol violations, oversize packets and unfinished CONNECTs
 //!   over raw TCP, while a well-behaved client keeps working.
 //!
 //! Each test starts its own broker on free loopback ports ([`broker::Broker`]). Missing
 //! peers fail the tests; see [`broker`] for how the binary is found and the peers checked.
 
+mod access;
 mod bad_peers;
 mod broker;
 mod mosquitto;
