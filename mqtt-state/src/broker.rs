@@ -7,6 +7,7 @@
 //! bytes to send per connection ([`Broker::poll_transmit`]), and [`Broker::poll_event`] says
 //! which connections have output or must be closed.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
@@ -157,9 +158,10 @@ struct Conn {
     /// The session this connection serves, once accepted.
     owner: Option<usize>,
     username: Option<Utf8Bytes>,
-    will: Option<(Message, u32)>,
+    /// Boxed, like `authenticating`: rarely set, and every connection slot would carry it.
+    will: Option<Box<(Message, u32)>>,
     /// A CONNECT waiting for enhanced authentication to finish.
-    authenticating: Option<ConnectRequest>,
+    authenticating: Option<Box<ConnectRequest>>,
     /// Asked the program to close it.
     closing: bool,
 }
@@ -511,7 +513,7 @@ impl<H: Hooks> Broker<H> {
                 self.hooks
                     .enhanced_auth(req.client_id.as_str(), method.as_str(), data.as_deref());
             if let Some(c) = self.conn_mut(id) {
-                c.authenticating = Some(req);
+                c.authenticating = Some(Box::new(req));
             }
             self.auth_step(now, id, step);
             return;
@@ -556,7 +558,7 @@ impl<H: Hooks> Broker<H> {
             }
             AuthStep::Success if pending => {
                 if let Some(req) = c.authenticating.take() {
-                    self.admit(now, id, req);
+                    self.admit(now, id, *req);
                 }
             }
             // A re-authentication that succeeded.
@@ -641,7 +643,7 @@ impl<H: Hooks> Broker<H> {
         c.owner = Some(s);
         c.username = req.username.clone();
         // [MQTT-3.1.2-7] the will belongs to the session until it is published or dropped.
-        c.will = req.will.clone();
+        c.will = req.will.clone().map(Box::new);
         if c.session.accept(now, accept).is_ok() {
             self.stats.clients_connected = self.live_connections();
         }
@@ -654,7 +656,8 @@ impl<H: Hooks> Broker<H> {
             state = c.session.take_session();
             // The old connection's will is not published by a takeover in 3.1.1 practice;
             // 5.0 treats it as a disconnect without DISCONNECT 0x00, so it is.
-            let will = c.will.take().filter(|_| c.session.version().is_v5());
+            let v5 = c.session.version().is_v5();
+            let will = c.will.take().filter(|_| v5).map(|w| *w);
             c.session.disconnect(ReasonCode::SessionTakenOver);
             c.owner.take();
             if let Some((w, _)) = will {
@@ -1011,7 +1014,7 @@ impl<H: Hooks> Broker<H> {
     fn release(&mut self, now: Instant, id: ConnectionId) {
         let Some(c) = self.conn_mut(id) else { return };
         let Some(owner) = c.owner.take() else { return };
-        let will = c.will.take();
+        let will = c.will.take().map(|w| *w);
         let session = c.session.take_session();
         let Some(rec) = self.sessions[owner].as_mut() else {
             return;

@@ -1,0 +1,660 @@
+//! A load generator for MQTT brokers: a thin tokio driver of many [`Client`] machines.
+//!
+//! ```text
+//! mqtt-bench --port 1883 --scenario fan-in  --pubs 10 --qos 1 --payload 64 --duration 5
+//! mqtt-bench --port 1883 --scenario fan-out --subs 10 --qos 0 --payload 1024 --duration 5
+//! mqtt-bench --port 1883 --scenario idle --connections 10000 --hold 10
+//! ```
+//!
+//! Publishers send to `bench/RUN/P` and every subscriber subscribes to `bench/RUN/+`, so
+//! `fan-in` (N publishers, one subscriber) and `fan-out` (one publisher, M subscribers) are
+//! the same run with different counts. Each payload starts with the send time (nanoseconds
+//! since a start instant shared by the whole process, 8 bytes) and the publisher's index
+//! (4 bytes); subscribers take the latency from it.
+//!
+//! The rate is not limited, but each publisher keeps at most `--window` messages that have
+//! not yet reached every subscriber (for QoS 1 it also caps the client's in-flight window),
+//! so a broker is measured at saturation without its queues growing without bound. A QoS 0
+//! message that the broker drops would hold the window forever: after `--stall-ms` without
+//! progress the publisher writes its outstanding messages off as lost.
+//!
+//! `idle` opens `--connections` connections that only keep alive, prints `idle ready ...`
+//! when all are connected, holds them for `--hold` seconds and exits: the comparison
+//! script reads the broker's resident memory meanwhile. Each connection is a file
+//! descriptor on both sides: raise `ulimit -n` first.
+//!
+//! Every load run prints one machine-readable line:
+//! `broker=.. scenario=fan-in qos=1 payload=64 pubs=10 subs=1 window=.. sent=.. received=..
+//! lost=.. secs=.. msgs_per_sec=.. p50_us=.. p99_us=.. max_us=..`, where `received` counts
+//! deliveries (a fan-out publish counts once per subscriber) and `msgs_per_sec` is
+//! deliveries per second.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::{Parser, ValueEnum};
+use mqtt_codec::{ProtocolVersion, QoS, SubscriptionOptions};
+use mqtt_state::{Client, ClientConfig, Event, Instant, Message, Utf8Bytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// Load generator: publish/subscribe throughput and latency, or idle connections.
+#[derive(Parser, Debug, Clone)]
+#[command(version)]
+struct Args {
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker TCP port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// What to run.
+    #[arg(long, value_enum, default_value_t = Scenario::FanIn)]
+    scenario: Scenario,
+    /// Publishers (fan-in; fan-out uses one unless given).
+    #[arg(long)]
+    pubs: Option<usize>,
+    /// Subscribers (fan-out; fan-in uses one unless given).
+    #[arg(long)]
+    subs: Option<usize>,
+    /// QoS of publications and subscriptions: 0 or 1.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Payload size in bytes (at least 12: timestamp and publisher index).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Stop each publisher after this many messages (whichever of this and `--duration`
+    /// comes first).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Messages per publisher not yet delivered to every subscriber.
+    #[arg(long, default_value_t = 64)]
+    window: u64,
+    /// Milliseconds without delivery progress after which a full window is written off.
+    #[arg(long, default_value_t = 500)]
+    stall_ms: u64,
+    /// MQTT protocol version: 4 (3.1.1) or 5.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+    mqtt_version: u8,
+    /// Label printed as `broker=` in the summary.
+    #[arg(long, default_value = "broker")]
+    label: String,
+    /// Idle mode: connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Idle mode: seconds to hold them once all are connected.
+    #[arg(long, default_value_t = 10.0)]
+    hold: f64,
+    /// Idle mode: keep alive in seconds.
+    #[arg(long, default_value_t = 30)]
+    keep_alive: u16,
+    /// Idle mode: connection attempts in progress at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// Many publishers, one subscriber.
+    FanIn,
+    /// One publisher, many subscribers.
+    FanOut,
+    /// Connections that only keep alive.
+    Idle,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::FanIn => "fan-in",
+            Scenario::FanOut => "fan-out",
+            Scenario::Idle => "idle",
+        }
+    }
+}
+
+/// Bytes reserved per read on a loaded connection: many messages per system call.
+const LOAD_READ: usize = 64 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    // One thread: the broker under test gets the other core.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            match args.scenario {
+                Scenario::Idle => idle(args).await,
+                _ => load(args).await,
+            }
+        })
+}
+
+/// One TCP connection driven by a [`Client`].
+struct Conn {
+    client: Client,
+    stream: TcpStream,
+    input: BytesMut,
+    scratch: Vec<u8>,
+    output: Vec<u8>,
+    start: std::time::Instant,
+    /// Bytes reserved per read.
+    read_size: usize,
+}
+
+impl Conn {
+    /// Connects and waits for CONNACK.
+    async fn open(
+        addr: &str,
+        config: ClientConfig,
+        start: std::time::Instant,
+        read_size: usize,
+    ) -> Result<Self, BoxError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = Conn {
+            client: Client::new(config),
+            stream,
+            input: BytesMut::new(),
+            scratch: vec![0; 4096],
+            output: Vec::new(),
+            start,
+            read_size,
+        };
+        conn.client.connect(conn.now())?;
+        conn.flush().await?;
+        loop {
+            conn.read().await?;
+            while let Some(event) = conn.client.poll_event() {
+                match event {
+                    Event::Connected(_) => return Ok(conn),
+                    Event::Disconnected { reason, .. } => {
+                        return Err(format!("refused: {reason:?}").into())
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    /// Writes everything the machine has to send.
+    async fn flush(&mut self) -> Result<(), BoxError> {
+        let now = self.now();
+        while let Some(n) = self.client.poll_transmit(now, &mut self.scratch)? {
+            self.output.extend_from_slice(&self.scratch[..n]);
+        }
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output).await?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+
+    /// One read from the socket into the machine (cancel safe).
+    async fn read(&mut self) -> Result<(), BoxError> {
+        self.input.reserve(self.read_size);
+        if self.stream.read_buf(&mut self.input).await? == 0 {
+            return Err("connection closed by the broker".into());
+        }
+        let now = self.now();
+        self.client.handle_input(now, &mut self.input)?;
+        Ok(())
+    }
+
+    /// Keep alive: lets the machine act on its timers.
+    fn tick(&mut self) {
+        if let Some(t) = self.client.poll_timeout() {
+            let now = self.now();
+            if t <= now {
+                self.client.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Time until the machine's next timer.
+    fn until_timeout(&self) -> StdDuration {
+        match self.client.poll_timeout() {
+            Some(t) => {
+                StdDuration::from_millis(t.as_millis().saturating_sub(self.now().as_millis()))
+            }
+            None => StdDuration::from_secs(3600),
+        }
+    }
+}
+
+fn client_config(args: &Args, id: String, keep_alive: u16) -> ClientConfig {
+    let version = match args.mqtt_version {
+        5 => ProtocolVersion::V5,
+        _ => ProtocolVersion::V3_1_1,
+    };
+    let mut config = ClientConfig::new(version, id);
+    config.keep_alive = keep_alive;
+    let window = u16::try_from(args.window.max(1)).unwrap_or(u16::MAX);
+    // The delivery window is what limits a publisher; PUBACKs may trail deliveries.
+    config.max_inflight = window.saturating_mul(4);
+    config.receive_maximum = window.max(64);
+    config.max_queued = config.max_queued.max(usize::from(window) * 4);
+    config
+}
+
+/// What publishers and subscribers share.
+struct Shared {
+    start: std::time::Instant,
+    /// Per publisher: deliveries of its messages, summed over subscribers.
+    delivered: Vec<AtomicU64>,
+    /// Per publisher: woken when its deliveries advance.
+    wake: Vec<Notify>,
+    /// Nanoseconds since `start` of the latest delivery.
+    last_delivery: AtomicU64,
+    /// Set while publishers are still running.
+    publishing: AtomicBool,
+}
+
+async fn load(args: Args) -> Result<(), BoxError> {
+    let (pubs, subs) = match args.scenario {
+        Scenario::FanIn => (args.pubs.unwrap_or(10), args.subs.unwrap_or(1)),
+        _ => (args.pubs.unwrap_or(1), args.subs.unwrap_or(10)),
+    };
+    if pubs == 0 || subs == 0 {
+        return Err("need at least one publisher and one subscriber".into());
+    }
+    let qos = if args.qos == 1 {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    };
+    let payload = args.payload.max(12);
+    let addr = format!("{}:{}", args.host, args.port);
+    let start = std::time::Instant::now();
+    let run = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let shared = Arc::new(Shared {
+        start,
+        delivered: (0..pubs).map(|_| AtomicU64::new(0)).collect(),
+        wake: (0..pubs).map(|_| Notify::new()).collect(),
+        last_delivery: AtomicU64::new(0),
+        publishing: AtomicBool::new(true),
+    });
+
+    // Subscribers first, each subscribed before any message goes out.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sub_tasks = Vec::new();
+    for s in 0..subs {
+        let config = client_config(&args, format!("bench-{run}-s{s}"), 60);
+        let mut conn = Conn::open(&addr, config, start, LOAD_READ).await?;
+        let filter = format!("bench/{run}/+");
+        conn.client
+            .subscribe(&[(filter.as_str(), SubscriptionOptions::qos(qos))], None)?;
+        conn.flush().await?;
+        'suback: loop {
+            conn.read().await?;
+            while let Some(event) = conn.client.poll_event() {
+                if let Event::Subscribed { .. } = event {
+                    break 'suback;
+                }
+            }
+        }
+        sub_tasks.push(tokio::spawn(subscriber(
+            conn,
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let mut pub_conns = Vec::new();
+    for p in 0..pubs {
+        let config = client_config(&args, format!("bench-{run}-p{p}"), 60);
+        pub_conns.push(Conn::open(&addr, config, start, LOAD_READ).await?);
+    }
+
+    let began = start.elapsed();
+    let deadline = began + StdDuration::from_secs_f64(args.duration);
+    let mut pub_tasks = Vec::new();
+    for (p, conn) in pub_conns.into_iter().enumerate() {
+        let topic = Utf8Bytes::from(format!("bench/{run}/{p}"));
+        let job = Publisher {
+            index: p,
+            topic,
+            qos,
+            payload,
+            subs: subs as u64,
+            window: args.window.max(1),
+            budget: args.messages.unwrap_or(u64::MAX),
+            deadline,
+            stall: StdDuration::from_millis(args.stall_ms),
+        };
+        pub_tasks.push(tokio::spawn(publisher(conn, job, shared.clone())));
+    }
+    let mut sent = 0u64;
+    let mut lost = 0u64;
+    let mut errors = Vec::new();
+    for t in pub_tasks {
+        match t.await? {
+            Ok((s, l)) => {
+                sent += s;
+                lost += l;
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let published_until = start.elapsed();
+    shared.publishing.store(false, Ordering::Relaxed);
+    // Drain: wait for what is still on its way, up to two seconds.
+    let expected = sent * subs as u64;
+    let drain_end = std::time::Instant::now() + StdDuration::from_secs(2);
+    while std::time::Instant::now() < drain_end {
+        let got: u64 = shared
+            .delivered
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .sum();
+        if got >= expected {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    let _ = stop_tx.send(true);
+    let mut latencies: Vec<u32> = Vec::new();
+    for t in sub_tasks {
+        match t.await? {
+            Ok(l) => latencies.extend(l),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let received = latencies.len() as u64;
+    let last = StdDuration::from_nanos(shared.last_delivery.load(Ordering::Relaxed));
+    let end = last.max(published_until);
+    let secs = (end - began).as_secs_f64().max(1e-9);
+    latencies.sort_unstable();
+    let pct = |q: f64| -> u32 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i]
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "broker={} scenario={} qos={} payload={} pubs={} subs={} window={} sent={} received={} \
+         lost={} secs={:.3} msgs_per_sec={:.0} p50_us={} p99_us={} max_us={} errors={}",
+        args.label,
+        args.scenario.name(),
+        args.qos,
+        payload,
+        pubs,
+        subs,
+        args.window,
+        sent,
+        received,
+        expected.saturating_sub(received).max(lost),
+        secs,
+        received as f64 / secs,
+        pct(0.50),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0),
+        errors.len(),
+    )?;
+    out.flush()?;
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    Ok(())
+}
+
+/// What one publisher does.
+struct Publisher {
+    index: usize,
+    topic: Utf8Bytes,
+    qos: QoS,
+    payload: usize,
+    subs: u64,
+    window: u64,
+    budget: u64,
+    deadline: StdDuration,
+    stall: StdDuration,
+}
+
+/// Publishes until the deadline or the budget; returns (sent, written off as lost).
+async fn publisher(
+    mut conn: Conn,
+    job: Publisher,
+    shared: Arc<Shared>,
+) -> Result<(u64, u64), BoxError> {
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    let mut written_off = 0u64;
+    let mut last_progress = (std::time::Instant::now(), 0u64);
+    let padding = vec![0xa5u8; job.payload - 12];
+    let index = u32::try_from(job.index).unwrap_or(u32::MAX);
+    loop {
+        let now = shared.start.elapsed();
+        if now >= job.deadline || sent >= job.budget {
+            break;
+        }
+        let done = shared.delivered[job.index].load(Ordering::Relaxed) / job.subs;
+        if done != last_progress.1 {
+            last_progress = (std::time::Instant::now(), done);
+        }
+        let mut outstanding = sent.saturating_sub(done + written_off);
+        if outstanding >= job.window && last_progress.0.elapsed() >= job.stall {
+            // Dropped somewhere (QoS 0 under overload): stop waiting for them.
+            written_off = sent.saturating_sub(done);
+            outstanding = 0;
+            last_progress.0 = std::time::Instant::now();
+        }
+        let mn = conn.now();
+        while outstanding < job.window && sent < job.budget {
+            let mut p = BytesMut::with_capacity(job.payload);
+            p.put_u64(shared.start.elapsed().as_nanos() as u64);
+            p.put_u32(index);
+            p.put_slice(&padding);
+            conn.client
+                .publish(mn, Message::new(job.topic.clone(), p.freeze(), job.qos))?;
+            sent += 1;
+            outstanding += 1;
+        }
+        conn.tick();
+        conn.flush().await?;
+        let wait = conn
+            .until_timeout()
+            .min(job.stall)
+            .min(job.deadline.saturating_sub(shared.start.elapsed()));
+        tokio::select! {
+            r = conn.read() => {
+                r?;
+                acked += count_acks(&mut conn.client);
+            }
+            () = shared.wake[job.index].notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    // QoS 1: wait (a little) for the last acknowledgements, or DISCONNECT would drop
+    // what is still queued in the client.
+    if job.qos != QoS::AtMostOnce {
+        let until = std::time::Instant::now() + StdDuration::from_secs(2);
+        while acked < sent {
+            let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
+                break;
+            };
+            match tokio::time::timeout(left, conn.read()).await {
+                Ok(r) => r?,
+                Err(_) => break,
+            }
+            acked += count_acks(&mut conn.client);
+            conn.flush().await?;
+        }
+    }
+    let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
+    let _ = conn.flush().await;
+    Ok((sent, written_off))
+}
+
+/// Drains the client's events, counting acknowledged publications.
+fn count_acks(client: &mut Client) -> u64 {
+    let mut n = 0;
+    while let Some(event) = client.poll_event() {
+        if let Event::Acknowledged { .. } = event {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Receives until told to stop; returns the latency of each delivery in microseconds.
+async fn subscriber(
+    mut conn: Conn,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Vec<u32>, BoxError> {
+    let mut latencies = Vec::with_capacity(1 << 16);
+    let mut woken = vec![false; shared.delivered.len()];
+    loop {
+        let wait = conn.until_timeout();
+        tokio::select! {
+            r = conn.read() => {
+                r?;
+                let now = shared.start.elapsed().as_nanos() as u64;
+                while let Some(event) = conn.client.poll_event() {
+                    let Event::Message { message, .. } = event else { continue };
+                    let p: &Bytes = &message.payload;
+                    if p.len() < 12 {
+                        continue;
+                    }
+                    let sent_at = u64::from_be_bytes(p[..8].try_into()?);
+                    let index = u32::from_be_bytes(p[8..12].try_into()?) as usize;
+                    latencies.push(u32::try_from(now.saturating_sub(sent_at) / 1000).unwrap_or(u32::MAX));
+                    if let Some(d) = shared.delivered.get(index) {
+                        d.fetch_add(1, Ordering::Relaxed);
+                        woken[index] = true;
+                    }
+                }
+                shared.last_delivery.fetch_max(now, Ordering::Relaxed);
+                for (i, w) in woken.iter_mut().enumerate() {
+                    if std::mem::take(w) {
+                        shared.wake[i].notify_one();
+                    }
+                }
+            }
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+        conn.tick();
+        conn.flush().await?;
+    }
+    let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
+    let _ = conn.flush().await;
+    Ok(latencies)
+}
+
+/// Opens the idle connections, reports, holds them, exits.
+async fn idle(args: Args) -> Result<(), BoxError> {
+    let addr = format!("{}:{}", args.host, args.port);
+    let start = std::time::Instant::now();
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(1024);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for i in 0..args.connections {
+        let config = client_config(
+            &args,
+            format!("idle-{}-{i}", std::process::id()),
+            args.keep_alive,
+        );
+        let addr = addr.clone();
+        let gate = gate.clone();
+        let ready_tx = ready_tx.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let conn = Conn::open(&addr, config, start, 256).await;
+            drop(permit);
+            let mut conn = match conn {
+                Ok(c) => {
+                    let _ = ready_tx.send(Ok(())).await;
+                    c
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string())).await;
+                    return;
+                }
+            };
+            drop(ready_tx);
+            // Keep alive until told to stop.
+            loop {
+                let wait = conn.until_timeout();
+                tokio::select! {
+                    r = conn.read() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        while conn.client.poll_event().is_some() {}
+                    }
+                    _ = stop.changed() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                conn.tick();
+                if conn.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
+            let _ = conn.flush().await;
+        });
+    }
+    drop(ready_tx);
+    let mut ok = 0usize;
+    let mut failed = 0usize;
+    let mut first_error = None;
+    while let Some(r) = ready_rx.recv().await {
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+        if ok + failed == args.connections {
+            break;
+        }
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "idle ready broker={} connected={ok} failed={failed} secs={:.3}",
+            args.label,
+            start.elapsed().as_secs_f64()
+        )?;
+        out.flush()?;
+    }
+    if let Some(e) = first_error {
+        eprintln!("first connection error: {e}");
+    }
+    tokio::time::sleep(StdDuration::from_secs_f64(args.hold)).await;
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    println!("idle done broker={}", args.label);
+    Ok(())
+}
