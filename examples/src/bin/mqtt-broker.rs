@@ -40,7 +40,7 @@
 #[path = "../access.rs"]
 mod access;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -156,7 +156,7 @@ enum ToCore {
     /// A connection was accepted; the core answers with its id.
     Open {
         peer: SocketAddr,
-        tx: mpsc::Sender<ToConn>,
+        tx: Arc<Outbox>,
         reply: oneshot::Sender<ConnectionId>,
     },
     /// Bytes arrived.
@@ -173,13 +173,81 @@ enum ToConn {
     Close,
 }
 
+/// Output from the core to one connection's writer: a queue behind a lock and a wake-up.
+/// A bounded tokio channel per connection reserved about 1.5 KB up front, most of an idle
+/// connection's cost; an empty `VecDeque` reserves nothing.
+struct Outbox {
+    queue: std::sync::Mutex<VecDeque<ToConn>>,
+    ready: tokio::sync::Notify,
+}
+
+/// Why a chunk could not be queued.
+enum Refused {
+    /// The client has not read what came before.
+    Full,
+    /// The writer is gone; the connection's `Closed` is on its way.
+    Gone,
+}
+
+impl Outbox {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            queue: std::sync::Mutex::new(VecDeque::new()),
+            ready: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Queues `msg` unless `limit` chunks are already waiting or the writer is gone.
+    fn push(self: &Arc<Self>, msg: ToConn, limit: usize) -> Result<(), Refused> {
+        if Arc::strong_count(self) < 2 {
+            return Err(Refused::Gone);
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= limit {
+            return Err(Refused::Full);
+        }
+        q.push_back(msg);
+        drop(q);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Tells the writer to stop after what is queued, or, with `discard`, at once: a
+    /// client that stopped reading is not waited for.
+    fn close(&self, discard: bool) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if discard {
+            q.clear();
+        }
+        q.push_back(ToConn::Close);
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// The next message for the writer, waiting for one.
+    async fn next(&self) -> ToConn {
+        loop {
+            let msg = self
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            if let Some(msg) = msg {
+                return msg;
+            }
+            // A `notify_one` before this wait leaves a permit, so no wake-up is lost.
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// The smallest and largest read a connection's reader offers.
 const MIN_READ: usize = 64;
 const MAX_READ: usize = 64 * 1024;
 
 /// What the core keeps per connection.
 struct Link {
-    tx: mpsc::Sender<ToConn>,
+    tx: Arc<Outbox>,
     /// Received bytes not yet forming a complete packet.
     input: BytesMut,
     peer: SocketAddr,
@@ -296,12 +364,7 @@ async fn run(args: Args) -> std::io::Result<()> {
     }
     let (core_tx, core_rx) = mpsc::channel(1024);
     for (_, listener, kind) in listeners {
-        tokio::spawn(accept_loop(
-            listener,
-            kind,
-            core_tx.clone(),
-            args.write_queue,
-        ));
+        tokio::spawn(accept_loop(listener, kind, core_tx.clone()));
     }
     drop(core_tx);
     let config = BrokerConfig {
@@ -320,7 +383,7 @@ async fn run(args: Args) -> std::io::Result<()> {
     };
     let out_size = args.max_packet_size as usize + 4096;
     tokio::select! {
-        () = core(config, access, core_rx, out_size) => {}
+        () = core(config, access, core_rx, out_size, args.write_queue.max(1)) => {}
         r = tokio::signal::ctrl_c() => {
             r?;
             info!("interrupted, shutting down");
@@ -329,12 +392,7 @@ async fn run(args: Args) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    kind: Listener,
-    core_tx: mpsc::Sender<ToCore>,
-    write_queue: usize,
-) {
+async fn accept_loop(listener: TcpListener, kind: Listener, core_tx: mpsc::Sender<ToCore>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -355,19 +413,11 @@ async fn accept_loop(
             match (kind.tls, kind.websocket) {
                 (None, false) => {
                     let (rd, wr) = stream.into_split();
-                    serve(rd, wr, peer, core_tx, write_queue).await
+                    serve(rd, wr, peer, core_tx).await
                 }
-                (None, true) => Box::pin(serve_ws(stream, peer, core_tx, write_queue)).await,
+                (None, true) => Box::pin(serve_ws(stream, peer, core_tx)).await,
                 (Some(tls), websocket) => {
-                    Box::pin(serve_tls(
-                        tls,
-                        stream,
-                        websocket,
-                        peer,
-                        core_tx,
-                        write_queue,
-                    ))
-                    .await
+                    Box::pin(serve_tls(tls, stream, websocket, peer, core_tx)).await
                 }
             }
         });
@@ -381,7 +431,6 @@ async fn serve_tls(
     websocket: bool,
     peer: SocketAddr,
     core_tx: mpsc::Sender<ToCore>,
-    write_queue: usize,
 ) {
     let handshake = tls.accept(stream);
     let stream = match tokio::time::timeout(StdDuration::from_secs(10), handshake).await {
@@ -396,10 +445,10 @@ async fn serve_tls(
         }
     };
     if websocket {
-        serve_ws(stream, peer, core_tx, write_queue).await
+        serve_ws(stream, peer, core_tx).await
     } else {
         let (rd, wr) = tokio::io::split(stream);
-        serve(rd, wr, peer, core_tx, write_queue).await
+        serve(rd, wr, peer, core_tx).await
     }
 }
 
@@ -407,26 +456,27 @@ async fn serve_tls(
 async fn open(
     core_tx: &mpsc::Sender<ToCore>,
     peer: SocketAddr,
-    write_queue: usize,
-) -> Option<(ConnectionId, mpsc::Receiver<ToConn>)> {
-    let (tx, rx) = mpsc::channel(write_queue.max(1));
+) -> Option<(ConnectionId, Arc<Outbox>)> {
+    let outbox = Outbox::new();
     let (reply, id) = oneshot::channel();
-    core_tx.send(ToCore::Open { peer, tx, reply }).await.ok()?;
-    Some((id.await.ok()?, rx))
+    core_tx
+        .send(ToCore::Open {
+            peer,
+            tx: outbox.clone(),
+            reply,
+        })
+        .await
+        .ok()?;
+    Some((id.await.ok()?, outbox))
 }
 
 /// Runs a byte-stream connection: a reader task feeding the core, the writer here.
-async fn serve<R, W>(
-    mut rd: R,
-    mut wr: W,
-    peer: SocketAddr,
-    core_tx: mpsc::Sender<ToCore>,
-    write_queue: usize,
-) where
+async fn serve<R, W>(mut rd: R, mut wr: W, peer: SocketAddr, core_tx: mpsc::Sender<ToCore>)
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
-    let Some((id, mut rx)) = open(&core_tx, peer, write_queue).await else {
+    let Some((id, rx)) = open(&core_tx, peer).await else {
         return;
     };
     let reader_tx = core_tx.clone();
@@ -455,16 +505,12 @@ async fn serve<R, W>(
         }
         let _ = reader_tx.send(ToCore::Closed(id)).await;
     });
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            ToConn::Data(b) => {
-                if wr.write_all(&b).await.is_err() {
-                    break;
-                }
-            }
-            ToConn::Close => break,
+    while let ToConn::Data(b) = rx.next().await {
+        if wr.write_all(&b).await.is_err() {
+            break;
         }
     }
+    drop(rx);
     let _ = wr.flush().await;
     let _ = wr.shutdown().await;
     // Keep reading (and discarding: the core ignores a closed id) for a moment, so the
@@ -481,7 +527,7 @@ async fn serve<R, W>(
 
 /// Runs a WebSocket connection (over TCP or TLS): the handshake, then binary frames both
 /// ways.
-async fn serve_ws<S>(stream: S, peer: SocketAddr, core_tx: mpsc::Sender<ToCore>, write_queue: usize)
+async fn serve_ws<S>(stream: S, peer: SocketAddr, core_tx: mpsc::Sender<ToCore>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -497,7 +543,7 @@ where
             return;
         }
     };
-    let Some((id, mut rx)) = open(&core_tx, peer, write_queue).await else {
+    let Some((id, rx)) = open(&core_tx, peer).await else {
         return;
     };
     let (mut sink, mut stream) = ws.split();
@@ -517,16 +563,12 @@ where
         }
         let _ = reader_tx.send(ToCore::Closed(id)).await;
     });
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            ToConn::Data(b) => {
-                if sink.send(WsMessage::Binary(b)).await.is_err() {
-                    break;
-                }
-            }
-            ToConn::Close => break,
+    while let ToConn::Data(b) = rx.next().await {
+        if sink.send(WsMessage::Binary(b)).await.is_err() {
+            break;
         }
     }
+    drop(rx);
     let _ = sink.close().await;
     if tokio::time::timeout(StdDuration::from_secs(2), &mut reader)
         .await
@@ -566,6 +608,7 @@ async fn core(
     access: Access,
     mut rx: mpsc::Receiver<ToCore>,
     out_size: usize,
+    write_queue: usize,
 ) {
     let start = tokio::time::Instant::now();
     let now = || Instant::from_millis(start.elapsed().as_millis() as u64);
@@ -606,6 +649,8 @@ async fn core(
                     ToCore::Closed(id) => {
                         if let Some(link) = links.remove(&id) {
                             debug!(peer = %link.peer, ?id, "closed by peer");
+                            // The writer waits on its outbox, not on our handle: tell it.
+                            link.tx.close(true);
                             broker.handle_close(now, id);
                         }
                     }
@@ -613,7 +658,14 @@ async fn core(
             }
             () = sleep => broker.handle_timeout(now()),
         }
-        drain(&mut broker, &mut links, now(), &mut out, &mut batch);
+        drain(
+            &mut broker,
+            &mut links,
+            now(),
+            &mut out,
+            &mut batch,
+            write_queue,
+        );
     }
 }
 
@@ -624,6 +676,7 @@ fn drain(
     now: Instant,
     out: &mut [u8],
     batch: &mut BytesMut,
+    write_queue: usize,
 ) {
     while let Some(event) = broker.poll_event() {
         let (BrokerEvent::Transmit(id) | BrokerEvent::Close(id)) = event;
@@ -637,19 +690,20 @@ fn drain(
         };
         let mut ok = true;
         if !batch.is_empty() {
-            match link.tx.try_send(ToConn::Data(batch.split().freeze())) {
+            match link
+                .tx
+                .push(ToConn::Data(batch.split().freeze()), write_queue)
+            {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(Refused::Full) => {
                     warn!(peer = %link.peer, ?id, "client not reading; disconnecting");
                     ok = false;
                 }
-                // The writer is gone; its `Closed` is on the way.
-                Err(mpsc::error::TrySendError::Closed(_)) => ok = false,
+                Err(Refused::Gone) => ok = false,
             }
         }
         if close || !ok {
-            // A full queue drops the Close too; dropping the sender ends the writer anyway.
-            let _ = link.tx.try_send(ToConn::Close);
+            link.tx.close(!ok);
             if let Some(link) = links.remove(&id) {
                 debug!(peer = %link.peer, ?id, "closed by broker");
             }
