@@ -204,6 +204,14 @@ impl Pair {
     }
 }
 
+/// A client that asks the server to keep its session.
+fn keeping_session(v: ProtocolVersion) -> ClientConfig {
+    ClientConfig {
+        clean_start: false,
+        ..ClientConfig::new(v, "c1")
+    }
+}
+
 fn msg(topic: &'static str, payload: &'static str, qos: QoS) -> Message {
     Message::new(topic, payload, qos)
 }
@@ -363,13 +371,7 @@ fn mqtt_4_6_0_1_resend_in_original_order_with_dup() {
 
 #[test]
 fn mqtt_3_2_2_5_session_not_present_reports_what_is_lost() {
-    let mut p = Pair::new(
-        ClientConfig {
-            clean_start: false,
-            ..ClientConfig::new(V5, "c1")
-        },
-        ServerConfig::default(),
-    );
+    let mut p = Pair::new(keeping_session(V5), ServerConfig::default());
     p.drive();
     p.client
         .publish(p.now, msg("t", "lost", QoS::AtLeastOnce))
@@ -837,13 +839,7 @@ fn mqtt_3_1_2_25_server_drops_what_the_client_cannot_take() {
 
 #[test]
 fn message_expiry_counts_down_while_queued() {
-    let mut p = Pair::new(
-        ClientConfig {
-            clean_start: false,
-            ..ClientConfig::new(V5, "c1")
-        },
-        ServerConfig::default(),
-    );
+    let mut p = Pair::new(keeping_session(V5), ServerConfig::default());
     p.drive();
     p.client.handle_close(p.now);
     let mut m = msg("t", "soon", QoS::AtLeastOnce);
@@ -896,13 +892,7 @@ fn disconnect_is_the_last_packet() {
 
 #[test]
 fn snapshot_survives_a_restart() {
-    let mut p = Pair::new(
-        ClientConfig {
-            clean_start: false,
-            ..ClientConfig::new(V4, "c1")
-        },
-        ServerConfig::default(),
-    );
+    let mut p = Pair::new(keeping_session(V4), ServerConfig::default());
     p.drive();
     p.client
         .publish(p.now, msg("t", "kept", QoS::ExactlyOnce))
@@ -913,13 +903,7 @@ fn snapshot_survives_a_restart() {
     let saved =
         core::mem::replace(&mut p.client, Client::new(ClientConfig::new(V4, "x"))).into_session();
     assert_eq!(saved.inflight.len(), 1);
-    p.client = Client::with_session(
-        ClientConfig {
-            clean_start: false,
-            ..ClientConfig::new(V4, "c1")
-        },
-        saved,
-    );
+    p.client = Client::with_session(keeping_session(V4), saved);
     p.server.handle_close(p.now);
     let server = core::mem::replace(
         &mut p.server,
