@@ -762,7 +762,9 @@ impl<H: Hooks> Broker<H> {
                 self.retained.remove(topic);
             } else {
                 // [MQTT-3.3.1-5] replaces the topic's retained message.
-                self.retained.insert(topic, (message.clone(), now));
+                // Kept indefinitely: copied, so it does not hold the publisher's whole
+                // receive buffer alive through a view.
+                self.retained.insert(topic, (message.detached(), now));
             }
         }
         // Subscription identifiers are per delivery, never forwarded from the publisher.
@@ -913,7 +915,10 @@ impl<H: Hooks> Broker<H> {
                 let existed = self.tree.insert(sub, owner as u32, opts).is_some();
                 if let Some(rec) = self.sessions[owner].as_mut() {
                     if !existed {
-                        rec.filters.push((filter.clone(), version));
+                        // Kept as long as the subscription: a copy, not a view pinning the
+                        // SUBSCRIBE's receive buffer.
+                        rec.filters
+                            .push((Utf8Bytes::copy_of(filter.as_str()), version));
                     }
                 }
                 // [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11] retained messages per Retain

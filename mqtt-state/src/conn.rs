@@ -233,16 +233,17 @@ impl Conn {
                 return Ok(());
             }
             let opts = self.decode_options();
-            let size = match decode_fixed_header(buf, &opts) {
+            let header = match decode_fixed_header(buf, &opts) {
                 Ok(Status::Complete { packet: h, .. }) => {
                     if self.hold_non_auth && h.packet_type != PacketType::Auth {
                         return Ok(());
                     }
-                    h.packet_len()
+                    h
                 }
                 Ok(Status::Incomplete { .. }) => return Ok(()),
                 Err(e) => return Err(self.fail(e.into())),
             };
+            let size = header.packet_len();
             if buf.len() < size {
                 // Only the missing bytes are reserved, never what a peer merely announces
                 // beyond our maximum packet size, which the header check refused.
@@ -250,9 +251,10 @@ impl Conn {
                 return Ok(());
             }
             let frame = buf.split_to(size).freeze();
-            let packet = match mqtt_codec::decode(&frame, &opts) {
-                Ok(Status::Complete { packet, .. }) => packet,
-                Ok(Status::Incomplete { .. }) => return Ok(()),
+            // The header is already parsed: decode only the body.
+            let packet = match mqtt_codec::decode_body(&header, &frame[header.header_len..], &opts)
+            {
+                Ok(packet) => packet,
                 Err(e) => return Err(self.fail(e.into())),
             };
             self.on_receive(now);
