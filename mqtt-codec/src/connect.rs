@@ -84,6 +84,9 @@ impl<'a> Connect<'a> {
         }
     }
 
+    // Inlined so the large result is built in the caller's `Packet` instead of being copied
+    // into it (callgrind: 86 + 55 instructions of moves for a CONNECT with a will).
+    #[inline]
     pub(crate) fn decode(r: &mut Reader<'a>) -> Result<Self, Error> {
         let name = r.binary()?;
         let level = r.u8()?;

@@ -398,18 +398,40 @@ macro_rules! repeated {
                 }
             }
 
+            #[inline]
             pub(crate) fn len(&self, $p: PacketType) -> Result<usize, Error> {
                 let mut n = 0;
-                for $v in self.iter() {
-                    n += 1 + $len;
+                // Every encode asks this, mostly of empty lists: no iterator for those.
+                match self.0 {
+                    Repr::List(l) => {
+                        for &$v in l {
+                            n += 1 + $len;
+                        }
+                    }
+                    Repr::Wire(_) => {
+                        for $v in self.iter() {
+                            n += 1 + $len;
+                        }
+                    }
                 }
                 Ok(n)
             }
 
+            #[inline]
             pub(crate) fn write<S: Sink>(&self, $s: &mut S) {
-                for $w in self.iter() {
-                    $s.u8(PropertyId::$id as u8);
-                    $write;
+                match self.0 {
+                    Repr::List(l) => {
+                        for &$w in l {
+                            $s.u8(PropertyId::$id as u8);
+                            $write;
+                        }
+                    }
+                    Repr::Wire(_) => {
+                        for $w in self.iter() {
+                            $s.u8(PropertyId::$id as u8);
+                            $write;
+                        }
+                    }
                 }
             }
         }
@@ -565,6 +587,9 @@ macro_rules! properties {
                 #[allow(unused_imports)]
                 use $crate::properties::Value;
                 s.varint(body_len as u32);
+                if body_len == 0 {
+                    return;
+                }
                 $( if let Some(v) = &self.$field {
                     s.u8($crate::PropertyId::$id as u8);
                     v.write(s);

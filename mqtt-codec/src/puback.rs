@@ -27,8 +27,13 @@ impl<'a> PubAck<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn decode(r: &mut Reader<'a>, v: ProtocolVersion) -> Result<Self, Error> {
         let packet_id = packet_id(r)?;
+        // The common case, and all of 3.1.1: an identifier alone.
+        if r.is_empty() {
+            return Ok(Self::new(packet_id));
+        }
         let mut ack = Self::new(packet_id);
         // 5.0: remaining length 2 means Success and no properties, 3 a code and no properties.
         if v.is_v5() && !r.is_empty() {

@@ -2,8 +2,8 @@ use crate::connect::check_response_topic;
 use crate::packet::{from_client, require_v5, DecodeOptions, Plan};
 use crate::properties::block_len;
 use crate::reader::{topic_error, Reader};
-use crate::writer::{field_len, Sink};
-use crate::{Error, PacketId, PacketType, ProtocolVersion, PublishProperties, QoS, QosPid};
+use crate::writer::{field_len, Sink, SliceSink};
+use crate::{varint, Error, PacketId, PacketType, ProtocolVersion, PublishProperties, QoS, QosPid};
 
 /// PUBLISH: an application message.
 ///
@@ -116,7 +116,9 @@ impl<'a> Publish<'a> {
         if self.dup && self.qos() == QoS::AtMostOnce {
             return Err(Error::DupWithQoS0);
         }
-        require_v5(v, !self.properties.is_empty(), "PUBLISH properties")?;
+        if !v.is_v5() {
+            require_v5(v, !self.properties.is_empty(), "PUBLISH properties")?;
+        }
         if self.topic.is_empty() && v.is_v5() && self.properties.topic_alias.is_some() {
             // A topic alias stands in for the name.
         } else {
@@ -135,6 +137,48 @@ impl<'a> Publish<'a> {
         }
         plan.remaining = n;
         Ok(plan)
+    }
+
+    /// [`Packet::encode`](crate::Packet::encode) for a PUBLISH: the same checks, written
+    /// straight into the slice.
+    #[inline]
+    pub(crate) fn encode(&self, v: ProtocolVersion, out: &mut [u8]) -> Result<usize, Error> {
+        let plan = self.plan(v)?;
+        if plan.remaining > varint::MAX as usize {
+            return Err(Error::PacketTooLarge {
+                size: plan.remaining,
+                max: varint::MAX,
+            });
+        }
+        let header = 1 + varint::len(plan.remaining as u32);
+        let total = header + plan.remaining;
+        let Some(out) = out.get_mut(..total) else {
+            return Err(Error::BufferTooSmall { required: total });
+        };
+        out[0] = (PacketType::Publish as u8) << 4 | self.flags();
+        let mut len = [0; 4];
+        varint::write(plan.remaining as u32, &mut len);
+        out[1..header].copy_from_slice(&len[..header - 1]);
+        let topic = self.topic.as_bytes();
+        let (head, rest) = out[header..].split_at_mut(2 + topic.len());
+        head[..2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
+        head[2..].copy_from_slice(topic);
+        let rest = match self.packet_id() {
+            Some(id) => {
+                rest[..2].copy_from_slice(&id.get().to_be_bytes());
+                &mut rest[2..]
+            }
+            None => rest,
+        };
+        let at = if v.is_v5() {
+            let mut s = SliceSink { buf: rest, pos: 0 };
+            self.properties.write(&mut s, plan.props);
+            s.pos
+        } else {
+            0
+        };
+        rest[at..].copy_from_slice(self.payload);
+        Ok(total)
     }
 
     #[inline]

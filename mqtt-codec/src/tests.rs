@@ -1346,3 +1346,33 @@ fn generator_covers_every_packet_type_with_encodable_packets() {
         }
     }
 }
+
+/// `decode`'s shortcut for a bare acknowledgement gives what the general path gives (fixed
+/// header, then the body), for every type byte, identifier, level and size limit around 4.
+#[test]
+fn bare_ack_shortcut_agrees_with_the_general_path() {
+    for first in [0x40u8, 0x50, 0x62, 0x70, 0x42, 0x60, 0x41] {
+        for v in [
+            ProtocolVersion::V3_1,
+            ProtocolVersion::V3_1_1,
+            ProtocolVersion::V5,
+        ] {
+            for max in [3, 4, 5] {
+                let opts = DecodeOptions::new(v).max_packet_size(max);
+                for pid in (0..=u16::MAX).step_by(251).chain([0, 1, u16::MAX]) {
+                    let [hi, lo] = pid.to_be_bytes();
+                    let buf = [first, 2, hi, lo, 0xFF];
+                    let general = decode_fixed_header(&buf, &opts).and_then(|h| match h {
+                        Status::Complete { packet: h, .. } => decode_body(&h, &buf[2..4], &opts)
+                            .map(|packet| Status::Complete {
+                                packet,
+                                consumed: 4,
+                            }),
+                        Status::Incomplete { needed } => Ok(Status::Incomplete { needed }),
+                    });
+                    assert_eq!(decode(&buf, &opts), general, "{buf:x?} {v:?} max {max}");
+                }
+            }
+        }
+    }
+}

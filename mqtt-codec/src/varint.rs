@@ -17,6 +17,16 @@ pub(crate) const fn len(v: u32) -> usize {
 /// Writes `v` into `out`, returning the number of bytes; `out` holds at least 4.
 #[inline]
 pub(crate) fn write(mut v: u32, out: &mut [u8; 4]) -> usize {
+    // Nearly every packet's length takes one or two bytes: no loop for those.
+    if v < 128 {
+        out[0] = v as u8;
+        return 1;
+    }
+    if v < 16_384 {
+        out[0] = (v & 0x7F) as u8 | 0x80;
+        out[1] = (v >> 7) as u8;
+        return 2;
+    }
     let mut i = 0;
     loop {
         let mut b = (v & 0x7F) as u8;
