@@ -216,11 +216,27 @@ fn any_high_or_nul(bytes: &[u8], nul: bool) -> bool {
     if tail.len() >= 8 {
         tail.chunks_exact(8).any(|w| word(load(w)) != 0) || word(load(&tail[tail.len() - 8..])) != 0
     } else {
-        let mut v = LO * u64::from(b'a');
-        for (i, &b) in tail.iter().enumerate() {
-            v = (v & !(0xFF << (8 * i))) | (u64::from(b) << (8 * i));
-        }
-        word(v) != 0
+        word(short_word(tail, b'a')) != 0
+    }
+}
+
+/// The bytes of `t` (shorter than 8) gathered into one word, for tests that ask whether
+/// *any* byte has a property, so repeats do not matter: two overlapping 4-byte loads from 4
+/// bytes up, bytes 0, n/2 and n-1 below (which cover 1 to 3 bytes), `fill` elsewhere. A few
+/// instructions where a byte loop took one shift and mask per byte.
+#[inline(always)]
+pub(crate) fn short_word(t: &[u8], fill: u8) -> u64 {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    let n = t.len();
+    if n >= 4 {
+        let lo = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+        let hi = u32::from_le_bytes([t[n - 4], t[n - 3], t[n - 2], t[n - 1]]);
+        u64::from(lo) | u64::from(hi) << 32
+    } else if n > 0 {
+        let v = u64::from(t[0]) | u64::from(t[n / 2]) << 8 | u64::from(t[n - 1]) << 16;
+        v | (LO * u64::from(fill)) & !0xFF_FFFF
+    } else {
+        LO * u64::from(fill)
     }
 }
 
