@@ -73,7 +73,9 @@ fn word_has_forbidden(x: u64) -> bool {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
-    zero(x) | zero(x ^ (LO * u64::from(b'+'))) | zero(x ^ (LO * u64::from(b'#'))) != 0
+    // `+` (0x2B) and `#` (0x23) differ only in bit 3, and no other byte ORed with 0x08
+    // gives 0x2B: one test covers both.
+    zero(x) | zero((x | (LO * 0x08)) ^ (LO * u64::from(b'+'))) != 0
 }
 
 /// Whether `bytes` holds a byte that may not appear in a name, without early exit so that the
@@ -87,7 +89,8 @@ fn any_forbidden(bytes: &[u8]) -> bool {
 /// reduction in [`validate_name`] is plain bitwise arithmetic).
 #[inline(always)]
 fn forbidden_in_name(b: u8) -> u8 {
-    u8::from(b == 0) | u8::from(b == b'+') | u8::from(b == b'#')
+    // As in `word_has_forbidden`: `b | 0x08 == b'+'` exactly for `+` and `#`.
+    u8::from(b == 0) | u8::from(b | 0x08 == b'+')
 }
 
 /// The error for the first forbidden byte of `bytes`, which starts at byte `base` of the name.
@@ -437,6 +440,21 @@ mod tests {
         assert_eq!(validate_name("+"), Err(Error::WildcardInName { at: 0 }));
         assert_eq!(validate_name("a/#"), Err(Error::WildcardInName { at: 2 }));
         assert_eq!(validate_name("a+b"), Err(Error::WildcardInName { at: 1 }));
+    }
+
+    /// The bit tricks behind the scans name exactly NUL, `+` and `#`, for every byte value
+    /// in every lane of a word.
+    #[test]
+    fn forbidden_byte_tests_are_exact() {
+        for b in 0..=255u8 {
+            let want = b == 0 || b == b'+' || b == b'#';
+            assert_eq!(forbidden_in_name(b) == 1, want, "{b:#x}");
+            for lane in 0..8 {
+                let mut w = [b'a'; 8];
+                w[lane] = b;
+                assert_eq!(word_has_forbidden(u64::from_le_bytes(w)), want, "{b:#x} @{lane}");
+            }
+        }
     }
 
     #[test]
