@@ -168,13 +168,21 @@ struct Conn {
 
 struct SessionRecord {
     client_id: Utf8Bytes,
-    conn: Option<ConnectionId>,
-    /// The state while no connection holds it.
-    offline: SessionState,
     /// Filters as subscribed, to remove them from the tree when the session ends.
     filters: Vec<(Utf8Bytes, ProtocolVersion)>,
+    conn: Option<ConnectionId>,
     expiry: u32,
-    /// When an offline session ends.
+    /// Boxed: only a session without a connection has any of this, and most sessions
+    /// have one, so the slot of every session would otherwise carry it.
+    offline: Option<Box<Offline>>,
+}
+
+/// What a session holds while no connection serves it.
+#[derive(Default)]
+struct Offline {
+    /// The session state (messages queued for the client meanwhile).
+    state: SessionState,
+    /// When the session ends.
     expires_at: Option<Instant>,
     /// A will waiting for its delay: message and due time.
     pending_will: Option<(Message, Instant)>,
@@ -185,7 +193,9 @@ pub struct Broker<H: Hooks = AllowAll> {
     config: BrokerConfig,
     hooks: H,
     started: Instant,
-    conns: Vec<Option<Conn>>,
+    /// Boxed: a slot is a pointer, so neither the vector's spare capacity nor a closed
+    /// connection's slot costs a whole machine.
+    conns: Vec<Option<Box<Conn>>>,
     free_conns: Vec<u32>,
     /// The generation each freed slot last had, so a stale id never matches a new one.
     last_generation: Vec<u32>,
@@ -253,14 +263,16 @@ impl<H: Hooks> Broker<H> {
     /// the refusal (CONNACK Server busy) can be sent, then closed.
     pub fn open(&mut self, now: Instant) -> ConnectionId {
         let session = ServerSession::new(self.config.server.clone(), now);
-        let conn = |generation| Conn {
-            generation,
-            session,
-            owner: None,
-            username: None,
-            will: None,
-            authenticating: None,
-            closing: false,
+        let conn = |generation| {
+            Box::new(Conn {
+                generation,
+                session,
+                owner: None,
+                username: None,
+                will: None,
+                authenticating: None,
+                closing: false,
+            })
         };
         match self.free_conns.pop() {
             Some(index) => {
@@ -286,7 +298,7 @@ impl<H: Hooks> Broker<H> {
     fn conn_mut(&mut self, id: ConnectionId) -> Option<&mut Conn> {
         self.conns
             .get_mut(id.index as usize)?
-            .as_mut()
+            .as_deref_mut()
             .filter(|c| c.generation == id.generation)
     }
 
@@ -370,7 +382,8 @@ impl<H: Hooks> Broker<H> {
             .sessions
             .iter()
             .flatten()
-            .flat_map(|s| [s.expires_at, s.pending_will.as_ref().map(|w| w.1)])
+            .filter_map(|s| s.offline.as_deref())
+            .flat_map(|o| [o.expires_at, o.pending_will.as_ref().map(|w| w.1)])
             .flatten();
         conns.chain(sessions).chain(self.next_sys).min()
     }
@@ -392,14 +405,17 @@ impl<H: Hooks> Broker<H> {
             }
         }
         for s in 0..self.sessions.len() {
-            let Some(rec) = &mut self.sessions[s] else {
+            let Some(o) = self.sessions[s]
+                .as_mut()
+                .and_then(|r| r.offline.as_deref_mut())
+            else {
                 continue;
             };
             // [MQTT-3.1.2-8] a delayed will goes out when its delay ends, or with the session.
-            let will_due = rec.pending_will.as_ref().is_some_and(|w| w.1 <= now);
-            let expired = rec.expires_at.is_some_and(|t| t <= now);
+            let will_due = o.pending_will.as_ref().is_some_and(|w| w.1 <= now);
+            let expired = o.expires_at.is_some_and(|t| t <= now);
             if will_due || expired {
-                if let Some((will, _)) = rec.pending_will.take() {
+                if let Some((will, _)) = o.pending_will.take() {
                     self.route(now, None, will);
                 }
             }
@@ -608,18 +624,22 @@ impl<H: Hooks> Broker<H> {
             if let Some(old) = old {
                 let state = self.take_over(now, old);
                 let rec = self.sessions[s].as_mut().expect("indexed");
-                rec.offline = state;
+                rec.offline = Some(Box::new(Offline {
+                    state,
+                    ..Offline::default()
+                }));
                 rec.conn = None;
             }
             let rec = self.sessions[s].as_mut().expect("indexed");
-            // [MQTT-3.1.3-9] reconnecting in time cancels a delayed will.
-            rec.pending_will = None;
+            // [MQTT-3.1.3-9] reconnecting in time cancels a delayed will (dropped with the
+            // rest of the offline data).
+            let offline = rec.offline.take();
             if req.clean_start {
                 // [MQTT-3.1.2-4] clean start discards the old session.
                 self.end_session(s);
             } else {
                 // [MQTT-3.1.2-5] resume it.
-                session = core::mem::take(&mut rec.offline);
+                session = offline.map(|o| o.state).unwrap_or_default();
                 present = true;
             }
         }
@@ -631,7 +651,7 @@ impl<H: Hooks> Broker<H> {
         let rec = self.sessions[s].as_mut().expect("just made");
         rec.conn = Some(id);
         rec.expiry = expiry;
-        rec.expires_at = None;
+        rec.offline = None;
         let accept = Accept {
             session,
             session_present: present,
@@ -641,7 +661,12 @@ impl<H: Hooks> Broker<H> {
         };
         let Some(c) = self.conn_mut(id) else { return };
         c.owner = Some(s);
-        c.username = req.username.clone();
+        // Kept for the whole connection: a copy, so that it does not pin the receive buffer
+        // the CONNECT was read into.
+        c.username = req
+            .username
+            .as_ref()
+            .map(|u| Utf8Bytes::copy_of(u.as_str()));
         // [MQTT-3.1.2-7] the will belongs to the session until it is published or dropped.
         c.will = req.will.clone().map(Box::new);
         if c.session.accept(now, accept).is_ok() {
@@ -677,12 +702,10 @@ impl<H: Hooks> Broker<H> {
     fn new_session(&mut self, client_id: Utf8Bytes) -> usize {
         let rec = SessionRecord {
             client_id: client_id.clone(),
-            conn: None,
-            offline: SessionState::default(),
             filters: Vec::new(),
+            conn: None,
             expiry: 0,
-            expires_at: None,
-            pending_will: None,
+            offline: None,
         };
         let s = match self.free_sessions.pop() {
             Some(s) => {
@@ -835,9 +858,8 @@ impl<H: Hooks> Broker<H> {
                 self.events.push_back(BrokerEvent::Transmit(id));
             }
             None => {
-                if message.qos == QoS::AtMostOnce
-                    || rec.offline.queue.len() >= self.config.max_offline_queue
-                {
+                let queue = &mut rec.offline.get_or_insert_with(Box::default).state.queue;
+                if message.qos == QoS::AtMostOnce || queue.len() >= self.config.max_offline_queue {
                     self.stats.messages_dropped += 1;
                     return;
                 }
@@ -845,7 +867,7 @@ impl<H: Hooks> Broker<H> {
                 for id in ids.iter().take(4) {
                     let _ = subscription_ids.push(*id);
                 }
-                rec.offline.queue.push_back(Outgoing {
+                queue.push_back(Outgoing {
                     message,
                     queued_at: now,
                     subscription_ids,
@@ -1028,22 +1050,28 @@ impl<H: Hooks> Broker<H> {
             return;
         }
         rec.conn = None;
-        rec.offline = session;
         let expiry = rec.expiry;
-        rec.expires_at = (expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(expiry)));
+        let offline = rec.offline.insert(Box::new(Offline {
+            state: session,
+            expires_at: (expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(expiry))),
+            pending_will: None,
+        }));
         if let Some((will, delay)) = will {
             if delay == 0 {
                 self.route(now, Some(owner), will);
             } else {
                 // [MQTT-3.1.2-8] after the delay, or when the session ends if sooner.
-                rec.pending_will = Some((will, now + Duration::from_secs(u64::from(delay))));
+                offline.pending_will = Some((will, now + Duration::from_secs(u64::from(delay))));
             }
         }
         self.stats.clients_connected = self.live_connections();
         if expiry == 0 {
             // [MQTT-3.1.2-23] only a session expiry keeps the session beyond the connection.
-            if let Some(rec) = self.sessions[owner].as_mut() {
-                if let Some((will, _)) = rec.pending_will.take() {
+            if let Some(o) = self.sessions[owner]
+                .as_mut()
+                .and_then(|r| r.offline.as_deref_mut())
+            {
+                if let Some((will, _)) = o.pending_will.take() {
                     self.route(now, None, will);
                 }
             }

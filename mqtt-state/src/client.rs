@@ -259,7 +259,7 @@ impl Client {
                 Packet::PingResp => {}
                 Packet::Disconnect(d) => {
                     conn.phase = Phase::Closed;
-                    conn.peer_reason_string = d.properties.reason_string.map(Utf8Bytes::copy_of);
+                    conn.set_peer_reason_string(d.properties.reason_string);
                     return Err(Error::Disconnected(d.reason_code));
                 }
                 Packet::Auth(a) => {
@@ -635,7 +635,7 @@ fn on_connack(
 ) -> Result<(), Error> {
     conn.timers.stop(Timer::Connect);
     if ack.reason_code.is_error() {
-        conn.peer_reason_string = ack.properties.reason_string.map(Utf8Bytes::copy_of);
+        conn.set_peer_reason_string(ack.properties.reason_string);
         // [MQTT-4.13.2-1] a refusal closes the connection.
         conn.phase = Phase::Closed;
         return Err(Error::ConnectionRefused(ack.reason_code));

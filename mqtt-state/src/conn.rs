@@ -1,6 +1,7 @@
 //! The engine both roles share: framing of input, the QoS 1/2 flows in both directions,
 //! flow control, topic aliases, keep alive bookkeeping, and the transmit scheduler.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::num::NonZeroU16;
@@ -51,6 +52,74 @@ pub(crate) enum Control {
     /// A request the role keeps the data of, found again by its packet identifier
     /// (the client's SUBSCRIBE and UNSUBSCRIBE).
     Request(u8, PacketId),
+}
+
+/// The control packets waiting, in order. All an idle keep-alive connection ever queues is
+/// a lone PINGREQ or PINGRESP; that one is kept inline rather than in `rest`, which would
+/// keep the capacity it grew to for as long as the connection lives.
+#[derive(Debug, Default)]
+pub(crate) struct ControlQueue {
+    /// A ping ahead of everything in `rest`, only ever set while `rest` is empty.
+    ping: Option<Ping>,
+    rest: VecDeque<Control>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ping {
+    Req,
+    Resp,
+}
+
+static PING_REQ: Control = Control::PingReq;
+static PING_RESP: Control = Control::PingResp;
+
+impl Ping {
+    fn control(self) -> &'static Control {
+        match self {
+            Ping::Req => &PING_REQ,
+            Ping::Resp => &PING_RESP,
+        }
+    }
+}
+
+impl ControlQueue {
+    pub(crate) fn push_back(&mut self, c: Control) {
+        if self.ping.is_none() && self.rest.is_empty() {
+            match c {
+                Control::PingReq => return self.ping = Some(Ping::Req),
+                Control::PingResp => return self.ping = Some(Ping::Resp),
+                _ => {}
+            }
+        }
+        self.rest.push_back(c);
+    }
+
+    pub(crate) fn front(&self) -> Option<&Control> {
+        match self.ping {
+            Some(p) => Some(p.control()),
+            None => self.rest.front(),
+        }
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Control> {
+        match self.ping.take() {
+            Some(p) => Some(p.control().clone()),
+            None => self.rest.pop_front(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ping.is_none() && self.rest.is_empty()
+    }
+
+    pub(crate) fn contains(&self, c: &Control) -> bool {
+        self.front() == Some(c) || self.rest.contains(c)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.ping = None;
+        self.rest.clear();
+    }
 }
 
 /// An acknowledgement owed for an incoming QoS 1/2 PUBLISH, in arrival order
@@ -108,18 +177,26 @@ pub(crate) struct Conn {
     pub(crate) ids: PacketIdAllocator,
     pub(crate) session: SessionState,
     pub(crate) acks: VecDeque<OwedAck>,
-    pub(crate) control: VecDeque<Control>,
+    pub(crate) control: ControlQueue,
     pub(crate) events: VecDeque<Event>,
-    /// Incoming topic aliases: index `alias - 1`.
-    pub(crate) alias_in: Vec<Option<Utf8Bytes>>,
-    /// Outgoing topic aliases: index `alias - 1`.
-    pub(crate) alias_out: Vec<Utf8Bytes>,
     pub(crate) max_alias_out: u16,
-    /// The Reason String of the peer's DISCONNECT or refusing CONNACK, for the event.
-    pub(crate) peer_reason_string: Option<Utf8Bytes>,
+    /// Boxed, made on first use: most connections never have any of it, and each of the
+    /// many idle ones would carry it.
+    rare: Option<Box<Rare>>,
     /// While set, only AUTH is read; other packets wait in the input buffer (a server
     /// between CONNECT and its decision, [MQTT-3.1.4-6]).
     pub(crate) hold_non_auth: bool,
+}
+
+/// Per-connection state that most connections never use.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Incoming topic aliases: index `alias - 1`.
+    alias_in: Vec<Option<Utf8Bytes>>,
+    /// Outgoing topic aliases: index `alias - 1`.
+    alias_out: Vec<Utf8Bytes>,
+    /// The Reason String of the peer's DISCONNECT or refusing CONNACK, for the event.
+    peer_reason_string: Option<Utf8Bytes>,
 }
 
 /// What `poll_transmit` picked, so that state changes only once the bytes are written.
@@ -157,13 +234,24 @@ impl Conn {
             ids: session.allocator(usize::from(max_inflight) + 8),
             session,
             acks: VecDeque::new(),
-            control: VecDeque::new(),
+            control: ControlQueue::default(),
             events: VecDeque::new(),
-            alias_in: Vec::new(),
-            alias_out: Vec::new(),
             max_alias_out: 0,
+            rare: None,
             hold_non_auth: false,
-            peer_reason_string: None,
+        }
+    }
+
+    /// Keeps the Reason String of the peer's DISCONNECT or refusing CONNACK for the
+    /// `Disconnected` event.
+    pub(crate) fn set_peer_reason_string(&mut self, s: Option<&str>) {
+        match (s, &mut self.rare) {
+            (Some(s), rare) => {
+                rare.get_or_insert_with(Box::default).peer_reason_string =
+                    Some(Utf8Bytes::copy_of(s))
+            }
+            (None, Some(r)) => r.peer_reason_string = None,
+            (None, None) => {}
         }
     }
 
@@ -214,7 +302,7 @@ impl Conn {
         self.events.push_back(Event::Disconnected {
             reason: e.reason_code(),
             by_peer,
-            reason_string: self.peer_reason_string.take(),
+            reason_string: self.rare.as_mut().and_then(|r| r.peer_reason_string.take()),
         });
         e
     }
@@ -384,19 +472,20 @@ impl Conn {
             return Err(Violation::TopicAliasOutOfRange(a).into());
         }
         let slot = usize::from(a - 1);
-        if self.alias_in.len() < usize::from(self.local.topic_alias_maximum) {
-            self.alias_in
-                .resize(usize::from(self.local.topic_alias_maximum), None);
+        let max = usize::from(self.local.topic_alias_maximum);
+        let alias_in = &mut self.rare.get_or_insert_with(Box::default).alias_in;
+        if alias_in.len() < max {
+            alias_in.resize(max, None);
         }
         if p.topic.is_empty() {
-            self.alias_in[slot]
+            alias_in[slot]
                 .clone()
                 .ok_or(Error::Protocol(Violation::UnknownTopicAlias(a)))
         } else {
             // The mapping outlives this frame: keep a copy (a view would pin the receive
             // buffer), made only when the mapping changes.
-            if self.alias_in[slot].as_ref().map(Utf8Bytes::as_str) != Some(p.topic) {
-                self.alias_in[slot] = Some(Utf8Bytes::copy_of(p.topic));
+            if alias_in[slot].as_ref().map(Utf8Bytes::as_str) != Some(p.topic) {
+                alias_in[slot] = Some(Utf8Bytes::copy_of(p.topic));
             }
             Ok(Utf8Bytes::slice_of(frame, p.topic))
         }
@@ -540,8 +629,10 @@ impl Conn {
         self.acks.clear();
         self.control.clear();
         // [MQTT-3.3.2-7] topic aliases belong to one connection.
-        self.alias_in.clear();
-        self.alias_out.clear();
+        if let Some(r) = &mut self.rare {
+            r.alias_in.clear();
+            r.alias_out.clear();
+        }
         self.timers.clear();
         self.ping_outstanding = false;
     }
@@ -604,14 +695,15 @@ impl Conn {
         if !self.version.is_v5() || limit == 0 {
             return (topic.as_str(), None, false);
         }
-        if let Some(i) = self.alias_out.iter().position(|t| t == topic) {
+        let alias_out = self.rare.as_ref().map_or(&[][..], |r| &r.alias_out[..]);
+        if let Some(i) = alias_out.iter().position(|t| t == topic) {
             return ("", NonZeroU16::new(i as u16 + 1), false);
         }
-        if self.alias_out.len() < usize::from(limit) {
+        if alias_out.len() < usize::from(limit) {
             // A new mapping: send the name with the alias once.
             return (
                 topic.as_str(),
-                NonZeroU16::new(self.alias_out.len() as u16 + 1),
+                NonZeroU16::new(alias_out.len() as u16 + 1),
                 true,
             );
         }
@@ -734,7 +826,10 @@ impl Conn {
                 match (n, id) {
                     (Ok(n), id) => {
                         if new_alias {
-                            self.alias_out.push(q.message.topic.clone());
+                            self.rare
+                                .get_or_insert_with(Box::default)
+                                .alias_out
+                                .push(q.message.topic.clone());
                         }
                         if let Some(packet_id) = id {
                             self.session.inflight.push_back(Inflight {

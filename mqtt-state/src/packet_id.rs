@@ -8,7 +8,9 @@ use mqtt_codec::PacketId;
 /// Identifiers are tried in order from where the last one was taken, so a free one is found
 /// after skipping only those in use: O(1) amortised. The set in use is a sorted vector sized
 /// for the connection's in-flight limit, so it never reallocates in steady state and costs a
-/// few bytes per in-flight packet rather than an 8 KiB bitmap per connection.
+/// few bytes per in-flight packet rather than an 8 KiB bitmap per connection. It is reserved
+/// when the first identifier is taken, so a connection that never sends a QoS 1/2 message
+/// holds none of it.
 ///
 /// ```
 /// use mqtt_state::PacketIdAllocator;
@@ -19,13 +21,24 @@ use mqtt_codec::PacketId;
 /// ids.release(a);
 /// assert!(!ids.is_in_use(a));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PacketIdAllocator {
     /// The next identifier to try.
     next: u16,
+    /// How many identifiers to reserve room for at the first one.
+    capacity: u16,
     /// Identifiers in use, sorted.
     in_use: Vec<u16>,
 }
+
+// The reservation is not part of the value, as a `Vec`'s capacity is not.
+impl PartialEq for PacketIdAllocator {
+    fn eq(&self, other: &Self) -> bool {
+        self.next == other.next && self.in_use == other.in_use
+    }
+}
+
+impl Eq for PacketIdAllocator {}
 
 impl Default for PacketIdAllocator {
     fn default() -> Self {
@@ -34,12 +47,21 @@ impl Default for PacketIdAllocator {
 }
 
 impl PacketIdAllocator {
-    /// An allocator that can hold `capacity` identifiers without reallocating.
+    /// An allocator that can hold `capacity` identifiers without reallocating (room for
+    /// them is reserved when the first one is taken).
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             next: 1,
-            in_use: Vec::with_capacity(capacity),
+            capacity: u16::try_from(capacity).unwrap_or(u16::MAX),
+            in_use: Vec::new(),
         }
+    }
+
+    fn insert(&mut self, pos: usize, id: u16) {
+        if self.in_use.capacity() == 0 {
+            self.in_use.reserve_exact(usize::from(self.capacity));
+        }
+        self.in_use.insert(pos, id);
     }
 
     /// A free identifier, marked in use; `None` when all 65,535 are in flight, which the
@@ -54,7 +76,7 @@ impl PacketIdAllocator {
             let id = self.next;
             self.next = if id == u16::MAX { 1 } else { id + 1 };
             if let Err(pos) = self.in_use.binary_search(&id) {
-                self.in_use.insert(pos, id);
+                self.insert(pos, id);
                 return PacketId::new(id);
             }
         }
@@ -65,7 +87,7 @@ impl PacketIdAllocator {
         match self.in_use.binary_search(&id.get()) {
             Ok(_) => false,
             Err(pos) => {
-                self.in_use.insert(pos, id.get());
+                self.insert(pos, id.get());
                 true
             }
         }
@@ -140,7 +162,11 @@ mod tests {
     #[test]
     fn steady_state_does_not_grow() {
         let mut ids = PacketIdAllocator::with_capacity(8);
+        assert_eq!(ids.in_use.capacity(), 0, "reserved before use");
+        let id = ids.allocate().unwrap();
+        ids.release(id);
         let cap = ids.in_use.capacity();
+        assert!(cap >= 8);
         for _ in 0..100_000 {
             let a = ids.allocate().unwrap();
             let b = ids.allocate().unwrap();

@@ -1,3 +1,4 @@
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::num::{NonZeroU16, NonZeroU32};
 
@@ -13,7 +14,6 @@ use crate::{
     ConnectRequest, Duration, Error, Event, Instant, Message, Timer, Utf8Bytes, Violation,
 };
 
-const CONNACK: u8 = 0;
 const AUTH: u8 = 1;
 
 /// What a server accepts and announces in CONNACK.
@@ -89,17 +89,61 @@ pub struct Accept {
 /// messages and requests out as events. Routing is the broker's.
 pub struct ServerSession {
     conn: Conn,
-    config: ServerConfig,
+    policy: Policy,
     /// CONNECT received; decision pending or made.
     connect_seen: bool,
     decided: bool,
-    connack: Option<(bool, ReasonCode, Option<Utf8Bytes>, Option<u32>)>,
+    connack: Option<PendingConnAck>,
     client_id: Utf8Bytes,
-    /// The CONNECT's authentication method, if it asked for enhanced authentication.
-    authentication: Option<Utf8Bytes>,
-    /// AUTH packets to send: reason and data.
-    auths: alloc::collections::VecDeque<(ReasonCode, Option<bytes::Bytes>)>,
+    /// Boxed: few clients use enhanced authentication, and every connection would carry it.
+    auth: Option<Box<AuthExchange>>,
     disconnect_session_expiry: Option<u32>,
+}
+
+/// What a connection still needs of its [`ServerConfig`] once set up (the rest went into
+/// the engine's limits): a connection lives long and many are idle, so it keeps this
+/// rather than the whole configuration.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    /// As configured, for CONNACK (the engine keeps it at least 1).
+    receive_maximum: u16,
+    server_keep_alive: Option<u16>,
+    maximum_qos: QoS,
+    retain_available: bool,
+    wildcard_subscription_available: bool,
+    subscription_identifier_available: bool,
+    shared_subscription_available: bool,
+}
+
+/// The CONNACK to send.
+#[derive(Debug, Clone, Copy)]
+struct PendingConnAck {
+    session_present: bool,
+    code: ReasonCode,
+    /// Whether it announces the client identifier the server assigned (kept as
+    /// `client_id`).
+    assigned: bool,
+    session_expiry_interval: Option<u32>,
+}
+
+impl PendingConnAck {
+    fn refusal(code: ReasonCode) -> Self {
+        Self {
+            session_present: false,
+            code,
+            assigned: false,
+            session_expiry_interval: None,
+        }
+    }
+}
+
+/// Enhanced authentication ([MQTT-4.12.0-1]).
+#[derive(Debug)]
+struct AuthExchange {
+    /// The CONNECT's authentication method.
+    method: Utf8Bytes,
+    /// AUTH packets to send: reason and data.
+    queued: alloc::collections::VecDeque<(ReasonCode, Option<bytes::Bytes>)>,
 }
 
 impl ServerSession {
@@ -123,15 +167,23 @@ impl ServerSession {
         conn.phase = Phase::Connecting;
         conn.timers
             .set(Timer::Connect, now + config.connect_timeout);
+        let policy = Policy {
+            receive_maximum: config.receive_maximum,
+            server_keep_alive: config.server_keep_alive,
+            maximum_qos: config.maximum_qos,
+            retain_available: config.retain_available,
+            wildcard_subscription_available: config.wildcard_subscription_available,
+            subscription_identifier_available: config.subscription_identifier_available,
+            shared_subscription_available: config.shared_subscription_available,
+        };
         Self {
             conn,
-            config,
+            policy,
             connect_seen: false,
             decided: false,
             connack: None,
             client_id: Utf8Bytes::default(),
-            authentication: None,
-            auths: alloc::collections::VecDeque::new(),
+            auth: None,
             disconnect_session_expiry: None,
         }
     }
@@ -180,10 +232,10 @@ impl ServerSession {
         let mut refusal = None;
         let Self {
             conn,
-            config,
+            policy: config,
             connect_seen,
             client_id,
-            authentication,
+            auth,
             disconnect_session_expiry,
             ..
         } = self;
@@ -218,7 +270,12 @@ impl ServerSession {
                 conn.keep_alive = Duration::from_secs(u64::from(ka));
                 // Kept for the whole connection: a copy, not a view pinning the buffer.
                 *client_id = Utf8Bytes::copy_of(c.client_id);
-                *authentication = p.authentication_method.map(Utf8Bytes::copy_of);
+                *auth = p.authentication_method.map(|m| {
+                    Box::new(AuthExchange {
+                        method: Utf8Bytes::copy_of(m),
+                        queued: alloc::collections::VecDeque::new(),
+                    })
+                });
                 let will = c.will.map(|w| {
                     let mut m = Message::new(
                         Utf8Bytes::slice_of(frame, w.topic),
@@ -324,8 +381,8 @@ impl ServerSession {
                 Packet::Auth(a) => {
                     // [MQTT-4.12.0-7] no AUTH without a method in CONNECT; [MQTT-4.12.1-1]
                     // re-authentication keeps the method.
-                    let same = match (&*authentication, a.properties.authentication_method) {
-                        (Some(m), Some(am)) => m.as_str() == am,
+                    let same = match (&*auth, a.properties.authentication_method) {
+                        (Some(x), Some(am)) => x.method.as_str() == am,
                         _ => false,
                     };
                     if !same {
@@ -354,8 +411,9 @@ impl ServerSession {
         if let Err(Error::Codec(mqtt_codec::Error::UnsupportedProtocolVersion { .. })) = result {
             if !self.connect_seen && self.connack.is_none() {
                 self.conn.version = ProtocolVersion::V3_1_1;
-                self.connack = Some((false, ReasonCode::UnsupportedProtocolVersion, None, None));
-                self.conn.control.push_front(Control::Role(CONNACK));
+                self.connack = Some(PendingConnAck::refusal(
+                    ReasonCode::UnsupportedProtocolVersion,
+                ));
             }
         }
         result
@@ -398,16 +456,16 @@ impl ServerSession {
             }
         }
         self.conn.session = session;
-        if let Some(id) = &accept.assigned_client_id {
-            self.client_id = id.clone();
+        let assigned = accept.assigned_client_id.is_some();
+        if let Some(id) = accept.assigned_client_id {
+            self.client_id = id;
         }
-        self.connack = Some((
+        self.connack = Some(PendingConnAck {
             session_present,
-            ReasonCode::Success,
-            accept.assigned_client_id,
-            accept.session_expiry_interval,
-        ));
-        self.conn.control.push_front(Control::Role(CONNACK));
+            code: ReasonCode::Success,
+            assigned,
+            session_expiry_interval: accept.session_expiry_interval,
+        });
         self.conn.phase = Phase::Connected;
         if self.conn.keep_alive != Duration::ZERO {
             let grace = Duration::from_millis(self.conn.keep_alive.as_millis() * 3 / 2);
@@ -447,8 +505,7 @@ impl ServerSession {
             }
         };
         // [MQTT-3.2.2-6] Session Present is 0 with a refusal.
-        self.connack = Some((false, code, None, None));
-        self.conn.control.push_front(Control::Role(CONNACK));
+        self.connack = Some(PendingConnAck::refusal(code));
         self.conn.error = Some(Error::ConnectionRefused(code));
         Ok(())
     }
@@ -500,12 +557,12 @@ impl ServerSession {
     /// ([MQTT-4.12.0-6]).
     pub fn auth(&mut self, reason: ReasonCode, data: Option<bytes::Bytes>) -> Result<(), Error> {
         self.conn.check()?;
-        if self.authentication.is_none() || !self.conn.version.is_v5() {
+        let Some(auth) = self.auth.as_mut().filter(|_| self.conn.version.is_v5()) else {
             return Err(Error::InvalidState(
                 "AUTH needs an authentication method in CONNECT",
             ));
-        }
-        self.auths.push_back((reason, data));
+        };
+        auth.queued.push_back((reason, data));
         self.conn.control.push_back(Control::Role(AUTH));
         Ok(())
     }
@@ -544,6 +601,7 @@ impl ServerSession {
     pub fn is_closed(&self) -> bool {
         self.conn.error.is_some()
             && self.conn.final_disconnect.is_none()
+            && self.connack.is_none()
             && self.conn.control.is_empty()
     }
 
@@ -574,8 +632,15 @@ impl ServerSession {
     }
 
     fn transmit_control(&mut self, out: &mut [u8]) -> Result<Option<usize>, Error> {
-        if let Some((present, code, assigned, expiry)) = self.connack.clone() {
-            let c = &self.config;
+        if let Some(pending) = self.connack {
+            let PendingConnAck {
+                session_present: present,
+                code,
+                assigned,
+                session_expiry_interval: expiry,
+            } = pending;
+            let c = &self.policy;
+            let assigned = assigned.then_some(&self.client_id);
             let v5 = self.conn.version.is_v5();
             let properties = if v5 && !code.is_error() {
                 ConnAckProperties {
@@ -585,10 +650,10 @@ impl ServerSession {
                     // [MQTT-3.2.2-9] say what QoS is supported when it is not all of them.
                     maximum_qos: (c.maximum_qos < QoS::ExactlyOnce).then_some(c.maximum_qos),
                     retain_available: (!c.retain_available).then_some(false),
-                    maximum_packet_size: NonZeroU32::new(c.maximum_packet_size),
-                    assigned_client_identifier: assigned.as_ref().map(Utf8Bytes::as_str),
-                    topic_alias_maximum: (c.topic_alias_maximum > 0)
-                        .then_some(c.topic_alias_maximum),
+                    maximum_packet_size: NonZeroU32::new(self.conn.local.maximum_packet_size),
+                    assigned_client_identifier: assigned.map(Utf8Bytes::as_str),
+                    topic_alias_maximum: (self.conn.local.topic_alias_maximum > 0)
+                        .then_some(self.conn.local.topic_alias_maximum),
                     wildcard_subscription_available: (!c.wildcard_subscription_available)
                         .then_some(false),
                     subscription_identifier_available: (!c.subscription_identifier_available)
@@ -597,7 +662,7 @@ impl ServerSession {
                         .then_some(false),
                     server_keep_alive: c.server_keep_alive,
                     // [MQTT-4.12.0-5] a successful CONNACK repeats the method.
-                    authentication_method: self.authentication.as_ref().map(Utf8Bytes::as_str),
+                    authentication_method: self.auth.as_ref().map(|a| a.method.as_str()),
                     ..Default::default()
                 }
             } else {
@@ -610,14 +675,6 @@ impl ServerSession {
             };
             let n = self.conn.encode(&Packet::ConnAck(ack), out)?.ok();
             self.connack = None;
-            if let Some(i) = self
-                .conn
-                .control
-                .iter()
-                .position(|c| *c == Control::Role(CONNACK))
-            {
-                self.conn.control.remove(i);
-            }
             if code.is_error() {
                 self.conn.phase = Phase::Closed;
             }
@@ -627,17 +684,18 @@ impl ServerSession {
         let n = match (c, encode_common(c)) {
             (_, Some(p)) => self.conn.encode(&p, out)?,
             (Control::Role(AUTH), None) => {
-                let (reason, data) = self.auths.front().expect("queued with its control");
+                let auth = self.auth.as_mut().expect("queued with its control");
+                let (reason, data) = auth.queued.front().expect("queued with its control");
                 let a = mqtt_codec::Auth {
                     reason_code: *reason,
                     properties: mqtt_codec::AuthProperties {
-                        authentication_method: self.authentication.as_ref().map(Utf8Bytes::as_str),
+                        authentication_method: Some(auth.method.as_str()),
                         authentication_data: data.as_deref(),
                         ..Default::default()
                     },
                 };
                 let n = self.conn.encode(&Packet::Auth(a), out)?;
-                self.auths.pop_front();
+                auth.queued.pop_front();
                 n
             }
             _ => Ok(0),
