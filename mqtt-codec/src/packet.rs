@@ -248,11 +248,7 @@ pub fn decode<'a>(buf: &'a [u8], opts: &DecodeOptions) -> Result<Status<Packet<'
             needed: size - buf.len(),
         });
     };
-    let packet = decode_body(&header, frame, opts)?;
-    Ok(Status::Complete {
-        packet,
-        consumed: size,
-    })
+    decode_frame(&header, frame, opts, size)
 }
 
 /// Decodes a packet's body (everything after the fixed header), already framed.
@@ -262,27 +258,55 @@ pub fn decode_body<'a>(
     body: &'a [u8],
     opts: &DecodeOptions,
 ) -> Result<Packet<'a>, Error> {
+    match decode_frame(header, body, opts, 0)? {
+        Status::Complete { packet, .. } => Ok(packet),
+        Status::Incomplete { .. } => unreachable!("decode_frame completes or fails"),
+    }
+}
+
+/// The body decoders, each building its packet straight into `decode`'s result: going
+/// through `Result<Packet>` first cost a copy of the whole packet.
+#[inline]
+fn decode_frame<'a>(
+    header: &FixedHeader,
+    body: &'a [u8],
+    opts: &DecodeOptions,
+    consumed: usize,
+) -> Result<Status<Packet<'a>>, Error> {
     let t = header.packet_type;
     let mut r = Reader::new(body, t);
     let v = opts.version;
-    let p = match t {
-        PacketType::Publish => Packet::Publish(Publish::decode(header.flags, &mut r, opts)?),
-        PacketType::PubAck => Packet::PubAck(PubAck::decode(&mut r, v)?),
-        PacketType::PubRec => Packet::PubRec(PubAck::decode(&mut r, v)?),
-        PacketType::PubRel => Packet::PubRel(PubAck::decode(&mut r, v)?),
-        PacketType::PubComp => Packet::PubComp(PubAck::decode(&mut r, v)?),
-        PacketType::Connect => Packet::Connect(Connect::decode(&mut r)?),
-        PacketType::ConnAck => Packet::ConnAck(ConnAck::decode(&mut r, v)?),
-        PacketType::Subscribe => Packet::Subscribe(Subscribe::decode(&mut r, v)?),
-        PacketType::SubAck => Packet::SubAck(SubAck::decode(&mut r, v)?),
-        PacketType::Unsubscribe => Packet::Unsubscribe(Unsubscribe::decode(&mut r, v)?),
-        PacketType::UnsubAck => Packet::UnsubAck(UnsubAck::decode(&mut r, v)?),
-        PacketType::PingReq => r.finish().map(|()| Packet::PingReq)?,
-        PacketType::PingResp => r.finish().map(|()| Packet::PingResp)?,
-        PacketType::Disconnect => Packet::Disconnect(Disconnect::decode(&mut r, opts)?),
-        PacketType::Auth => Packet::Auth(Auth::decode(&mut r)?),
-    };
-    Ok(p)
+    // Each arm builds the final result itself: binding the packet first and wrapping it
+    // afterwards made the compiler copy the whole packet, scalar by scalar.
+    macro_rules! done {
+        ($packet:expr) => {
+            Ok(Status::Complete {
+                packet: $packet,
+                consumed,
+            })
+        };
+    }
+    match t {
+        PacketType::Publish => done!(Packet::Publish(Publish::decode(
+            header.flags,
+            &mut r,
+            opts
+        )?)),
+        PacketType::PubAck => done!(Packet::PubAck(PubAck::decode(&mut r, v)?)),
+        PacketType::PubRec => done!(Packet::PubRec(PubAck::decode(&mut r, v)?)),
+        PacketType::PubRel => done!(Packet::PubRel(PubAck::decode(&mut r, v)?)),
+        PacketType::PubComp => done!(Packet::PubComp(PubAck::decode(&mut r, v)?)),
+        PacketType::Connect => done!(Packet::Connect(Connect::decode(&mut r)?)),
+        PacketType::ConnAck => done!(Packet::ConnAck(ConnAck::decode(&mut r, v)?)),
+        PacketType::Subscribe => done!(Packet::Subscribe(Subscribe::decode(&mut r, v)?)),
+        PacketType::SubAck => done!(Packet::SubAck(SubAck::decode(&mut r, v)?)),
+        PacketType::Unsubscribe => done!(Packet::Unsubscribe(Unsubscribe::decode(&mut r, v)?)),
+        PacketType::UnsubAck => done!(Packet::UnsubAck(UnsubAck::decode(&mut r, v)?)),
+        PacketType::PingReq => done!(r.finish().map(|()| Packet::PingReq)?),
+        PacketType::PingResp => done!(r.finish().map(|()| Packet::PingResp)?),
+        PacketType::Disconnect => done!(Packet::Disconnect(Disconnect::decode(&mut r, opts)?)),
+        PacketType::Auth => done!(Packet::Auth(Auth::decode(&mut r)?)),
+    }
 }
 
 /// Lengths worked out (and contents validated) before anything is written.
