@@ -531,6 +531,7 @@ macro_rules! properties {
 
         impl<'a> $name<'a> {
             /// Decodes the Property Length and the properties that follow.
+            #[inline]
             pub(crate) fn decode(r: &mut $crate::reader::Reader<'a>) -> Result<Self, $crate::Error> {
                 #[allow(unused_imports)]
                 use $crate::properties::{read_id, set_once, Value};
