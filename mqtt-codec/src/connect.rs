@@ -261,6 +261,7 @@ impl<'a> Connect<'a> {
 }
 
 /// [MQTT-3.3.2-14] a Response Topic is a topic name: no wildcards.
+#[inline]
 pub(crate) fn check_response_topic(topic: Option<&str>, packet: PacketType) -> Result<(), Error> {
     match topic {
         Some(t) => mqtt_topic::validate_name(t)

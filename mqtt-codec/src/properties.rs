@@ -249,9 +249,17 @@ impl<'a> Value<'a> for &'a [u8] {
 }
 
 /// Reads a property identifier: a Variable Byte Integer naming a defined property.
-#[inline]
+#[inline(always)]
 pub(crate) fn read_id(r: &mut Reader<'_>) -> Result<PropertyId, Error> {
-    let id = r.varint()?;
+    // Every defined identifier fits in one byte; longer encodings (all unknown or
+    // malformed) take the general path and its errors.
+    let id = match r.peek() {
+        Some(b) if b < 0x80 => {
+            r.advance(1);
+            u32::from(b)
+        }
+        _ => r.varint()?,
+    };
     PropertyId::from_u32(id).ok_or(Error::UnknownProperty {
         id,
         packet: r.packet,

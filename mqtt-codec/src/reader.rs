@@ -21,6 +21,18 @@ impl<'a> Reader<'a> {
         self.buf.is_empty()
     }
 
+    /// The next byte, not consumed.
+    #[inline]
+    pub(crate) fn peek(&self) -> Option<u8> {
+        self.buf.first().copied()
+    }
+
+    /// Consumes `n` bytes that `peek` has seen.
+    #[inline]
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.buf = &self.buf[n..];
+    }
+
     #[inline]
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         core::mem::take(&mut self.buf)
@@ -201,6 +213,17 @@ fn any_high_or_nul(bytes: &[u8], nul: bool) -> bool {
     // High bits, plus, for `nul`, the classic "has a zero byte" test, exact for words whose
     // bytes are all below 0x80 (any other word is already flagged by its high bit).
     let word = |w: u64| (w & HI) | if nul { w.wrapping_sub(LO) & !w & HI } else { 0 };
+    let load = |w: &[u8]| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+    let n = bytes.len();
+    // Most strings in a packet (property names and values, ids) are short: one or two
+    // overlapping words, without setting up the block loop.
+    if n <= 16 {
+        return if n >= 8 {
+            word(load(&bytes[..8])) | word(load(&bytes[n - 8..])) != 0
+        } else {
+            word(short_word(bytes, b'a')) != 0
+        };
+    }
     let mut blocks = bytes.chunks_exact(32);
     for block in &mut blocks {
         if block
@@ -212,7 +235,6 @@ fn any_high_or_nul(bytes: &[u8], nul: bool) -> bool {
         }
     }
     let tail = blocks.remainder();
-    let load = |w: &[u8]| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
     if tail.len() >= 8 {
         tail.chunks_exact(8).any(|w| word(load(w)) != 0) || word(load(&tail[tail.len() - 8..])) != 0
     } else {
