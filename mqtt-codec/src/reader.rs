@@ -202,17 +202,25 @@ fn str_from_ascii(b: &[u8], no_nul: bool) -> Option<&str> {
     Some(unsafe { core::str::from_utf8_unchecked(b) })
 }
 
-/// Whether a byte of `bytes` is >= 0x80 or, with `nul`, 0. Blocks of 32 bytes are an
-/// OR-reduction LLVM vectorises; what is left goes eight bytes at a time as one word (a few
-/// instructions a word instead of several a byte), the last word overlapping the one before
-/// it, or padded with an allowed byte when the whole rest is shorter than a word.
+/// Whether a byte of `bytes` is >= 0x80 or, with `nul`, 0.
 #[inline(always)]
 fn any_high_or_nul(bytes: &[u8], nul: bool) -> bool {
+    any_flagged(bytes, true, nul)
+}
+
+/// Whether a byte of `bytes` is, with `high`, >= 0x80 or, with `nul`, 0. Blocks of 32 bytes
+/// are an OR-reduction LLVM vectorises; what is left goes eight bytes at a time as one word
+/// (a few instructions a word instead of several a byte), the last word overlapping the one
+/// before it, or gathered by `short_word` when the whole rest is shorter than a word.
+#[inline(always)]
+fn any_flagged(bytes: &[u8], high: bool, nul: bool) -> bool {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    // High bits, plus, for `nul`, the classic "has a zero byte" test, exact for words whose
-    // bytes are all below 0x80 (any other word is already flagged by its high bit).
-    let word = |w: u64| (w & HI) | if nul { w.wrapping_sub(LO) & !w & HI } else { 0 };
+    // High bits, and the classic "has a zero byte" test, `(w - 0x01..) & !w & 0x80..`: its
+    // bits can be wrong above a zero byte, but it is non-zero exactly when there is one.
+    let word = |w: u64| {
+        (if high { w & HI } else { 0 }) | if nul { w.wrapping_sub(LO) & !w & HI } else { 0 }
+    };
     let load = |w: &[u8]| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
     let n = bytes.len();
     // Most strings in a packet (property names and values, ids) are short: one or two
@@ -226,10 +234,9 @@ fn any_high_or_nul(bytes: &[u8], nul: bool) -> bool {
     }
     let mut blocks = bytes.chunks_exact(32);
     for block in &mut blocks {
-        if block
-            .iter()
-            .fold(0, |acc, &b| acc | (b & 0x80) | u8::from(nul && b == 0))
-            != 0
+        if block.iter().fold(0, |acc, &b| {
+            acc | (if high { b & 0x80 } else { 0 }) | u8::from(nul && b == 0)
+        }) != 0
         {
             return true;
         }
@@ -279,24 +286,10 @@ pub(crate) fn topic_error(
 #[inline]
 pub(crate) fn check_no_nul(s: &str, packet: PacketType) -> Result<(), Error> {
     // [MQTT-1.5.4-2] [MQTT-1.5.3-2]
-    if any_byte(s.as_bytes(), |b| u8::from(b == 0)) {
+    if any_flagged(s.as_bytes(), false, true) {
         return Err(Error::NullCharacter { packet });
     }
     Ok(())
-}
-
-/// Whether `flag` is non-zero for a byte of `bytes`. An OR-reduction over 32-byte blocks with
-/// no early exit inside a block, which LLVM vectorises: `contains` calls `memchr`, whose
-/// alignment loops cost more than the scan on the short strings MQTT carries, and mispredict.
-#[inline(always)]
-fn any_byte(bytes: &[u8], flag: impl Fn(u8) -> u8 + Copy) -> bool {
-    let mut blocks = bytes.chunks_exact(32);
-    for block in &mut blocks {
-        if block.iter().fold(0, |acc, &b| acc | flag(b)) != 0 {
-            return true;
-        }
-    }
-    blocks.remainder().iter().fold(0, |acc, &b| acc | flag(b)) != 0
 }
 
 #[cfg(test)]
@@ -336,7 +329,7 @@ mod fast_path_tests {
     /// The word-at-a-time scan behind the `unsafe` conversion agrees with a byte loop at
     /// every length around the 8-byte words and 32-byte blocks, wherever the byte sits.
     #[test]
-    fn any_high_or_nul_agrees_with_a_byte_loop() {
+    fn any_flagged_agrees_with_a_byte_loop() {
         for len in 0..80 {
             for at in 0..len.max(1) {
                 for bad in [0u8, 0x7F, 0x80, 0xC3, 0xFF, 1, b'a'] {
@@ -345,9 +338,9 @@ mod fast_path_tests {
                         b[at] = bad;
                     }
                     let b = &b[..len];
-                    for nul in [false, true] {
-                        let want = b.iter().any(|&x| x >= 0x80 || (nul && x == 0));
-                        assert_eq!(any_high_or_nul(b, nul), want, "{b:x?} nul={nul}");
+                    for (high, nul) in [(true, false), (true, true), (false, true)] {
+                        let want = b.iter().any(|&x| (high && x >= 0x80) || (nul && x == 0));
+                        assert_eq!(any_flagged(b, high, nul), want, "{b:x?} {high} {nul}");
                     }
                 }
             }
