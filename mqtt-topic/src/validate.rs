@@ -130,29 +130,64 @@ pub fn validate_filter(filter: &str) -> Result<(), Error> {
 /// the caller was given (so errors report offsets into that string). The length has been
 /// checked by the caller.
 pub(crate) fn check_filter_bytes(bytes: &[u8], base: usize) -> Result<(), Error> {
-    let last = bytes.len().wrapping_sub(1);
-    for (i, &b) in bytes.iter().enumerate() {
-        let at = base + i;
-        match b {
-            // [MQTT-4.7.3-2] no U+0000
-            0 => return Err(Error::NullCharacter { at }),
-            b'+' | b'#' => {
-                let starts_level = i == 0 || bytes[i - 1] == b'/';
-                let ends_level = i == last || bytes[i + 1] == b'/';
-                if b == b'#' {
-                    // [MQTT-4.7.1-1] '#' alone in its level and the last character
-                    if !starts_level || i != last {
-                        return Err(Error::MisplacedMultiLevelWildcard { at });
-                    }
-                } else if !(starts_level && ends_level) {
-                    // [MQTT-4.7.1-2] '+' fills its whole level
-                    return Err(Error::MisplacedSingleLevelWildcard { at });
-                }
-            }
-            _ => {}
+    // Most bytes of a filter are ordinary: a word at a time, find the lanes holding NUL, `+`
+    // or `#` (exactly, lane by lane) and check only those, in order, so the first offending
+    // byte is still the one reported.
+    let mut words = bytes.chunks_exact(8);
+    for (k, word) in (&mut words).enumerate() {
+        let w = u64::from_le_bytes([
+            word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+        ]);
+        let mut lanes = special_lanes(w);
+        while lanes != 0 {
+            check_filter_byte(bytes, 8 * k + (lanes.trailing_zeros() / 8) as usize, base)?;
+            lanes &= lanes - 1;
+        }
+    }
+    let tail = bytes.len() - words.remainder().len();
+    for (j, &b) in words.remainder().iter().enumerate() {
+        if forbidden_in_name(b) != 0 {
+            check_filter_byte(bytes, tail + j, base)?;
         }
     }
     Ok(())
+}
+
+/// The high bit of each byte of `w` that is 0, `+` or `#`, and no other bit. Unlike the
+/// yes/no test in [`word_has_forbidden`], exact lane by lane: `(b & 0x7F) + 0x7F` cannot
+/// carry into the next byte.
+#[inline(always)]
+fn special_lanes(w: u64) -> u64 {
+    const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const LO: u64 = 0x0101_0101_0101_0101;
+    let zero = |v: u64| !(((v & LO7) + LO7) | v | LO7);
+    // As in `word_has_forbidden`: `b | 0x08 == b'+'` exactly for `+` and `#`.
+    zero(w) | zero((w | (LO * 0x08)) ^ (LO * u64::from(b'+')))
+}
+
+/// Checks the NUL or wildcard at `bytes[i]` (`at` reported as `base + i`).
+#[inline]
+fn check_filter_byte(bytes: &[u8], i: usize, base: usize) -> Result<(), Error> {
+    let at = base + i;
+    let last = bytes.len() - 1;
+    match bytes[i] {
+        // [MQTT-4.7.3-2] no U+0000
+        0 => Err(Error::NullCharacter { at }),
+        b => {
+            let starts_level = i == 0 || bytes[i - 1] == b'/';
+            let ends_level = i == last || bytes[i + 1] == b'/';
+            if b == b'#' {
+                // [MQTT-4.7.1-1] '#' alone in its level and the last character
+                if !starts_level || i != last {
+                    return Err(Error::MisplacedMultiLevelWildcard { at });
+                }
+            } else if !(starts_level && ends_level) {
+                // [MQTT-4.7.1-2] '+' fills its whole level
+                return Err(Error::MisplacedSingleLevelWildcard { at });
+            }
+            Ok(())
+        }
+    }
 }
 
 pub(crate) fn check_len(s: &str) -> Result<(), Error> {
@@ -442,6 +477,54 @@ mod tests {
         assert_eq!(validate_name("a+b"), Err(Error::WildcardInName { at: 1 }));
     }
 
+    /// The word-at-a-time filter check gives the same result, first error included, as a
+    /// plain byte loop, for every string over the interesting bytes up to length 11 (every
+    /// lane of a word, a tail, and wildcards next to separators).
+    #[test]
+    fn filter_check_agrees_with_a_byte_loop() {
+        fn reference(bytes: &[u8], base: usize) -> Result<(), Error> {
+            let last = bytes.len().wrapping_sub(1);
+            for (i, &b) in bytes.iter().enumerate() {
+                let at = base + i;
+                match b {
+                    0 => return Err(Error::NullCharacter { at }),
+                    b'+' | b'#' => {
+                        let starts_level = i == 0 || bytes[i - 1] == b'/';
+                        let ends_level = i == last || bytes[i + 1] == b'/';
+                        if b == b'#' {
+                            if !starts_level || i != last {
+                                return Err(Error::MisplacedMultiLevelWildcard { at });
+                            }
+                        } else if !(starts_level && ends_level) {
+                            return Err(Error::MisplacedSingleLevelWildcard { at });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        let alphabet = [b'a', b'/', b'+', b'#', 0, 0x2B ^ 0x08 ^ 0x10, 0x80];
+        let mut buf = [0u8; 11];
+        for len in 0..=buf.len() {
+            // Every string of `len` bytes over the alphabet would be 7^11; a stride keeps
+            // the count near 200k while visiting every byte in every position.
+            let total = (alphabet.len() as u64).pow(len as u32);
+            let step = (total / 200_000).max(1) | 1;
+            let mut k = 0;
+            while k < total {
+                let mut x = k;
+                for b in buf.iter_mut().take(len) {
+                    *b = alphabet[(x % alphabet.len() as u64) as usize];
+                    x /= alphabet.len() as u64;
+                }
+                let s = &buf[..len];
+                assert_eq!(check_filter_bytes(s, 3), reference(s, 3), "{s:?}");
+                k += step;
+            }
+        }
+    }
+
     /// The bit tricks behind the scans name exactly NUL, `+` and `#`, for every byte value
     /// in every lane of a word.
     #[test]
@@ -452,7 +535,18 @@ mod tests {
             for lane in 0..8 {
                 let mut w = [b'a'; 8];
                 w[lane] = b;
-                assert_eq!(word_has_forbidden(u64::from_le_bytes(w)), want, "{b:#x} @{lane}");
+                assert_eq!(
+                    word_has_forbidden(u64::from_le_bytes(w)),
+                    want,
+                    "{b:#x} @{lane}"
+                );
+                for other in [0u8, b'+', b'#', b'a', 0xFF] {
+                    // Lane exactness: each lane flags itself only, whatever its neighbours.
+                    let mut w = [other; 8];
+                    w[lane] = b;
+                    let got = special_lanes(u64::from_le_bytes(w)) >> (8 * lane + 7) & 1 == 1;
+                    assert_eq!(got, want, "{b:#x} @{lane} among {other:#x}");
+                }
             }
         }
     }
