@@ -155,9 +155,12 @@ struct SubOpts {
 struct Conn {
     generation: u32,
     session: ServerSession,
-    /// The session this connection serves, once accepted.
-    owner: Option<usize>,
-    username: Option<Utf8Bytes>,
+    /// The session this connection serves, once accepted (an index into `sessions`,
+    /// which the subscription tree already keeps as `u32`).
+    owner: Option<u32>,
+    /// Boxed: most connections of many deployments have none, and every slot would carry
+    /// the handle inline.
+    username: Option<Box<Utf8Bytes>>,
     /// Boxed, like `authenticating`: rarely set, and every connection slot would carry it.
     will: Option<Box<(Message, u32)>>,
     /// A CONNECT waiting for enhanced authentication to finish.
@@ -548,7 +551,7 @@ impl<H: Hooks> Broker<H> {
         let Some(c) = self.conn_mut(id) else { return };
         let client_id = match (&c.authenticating, c.owner) {
             (Some(req), _) => req.client_id.clone(),
-            (None, Some(s)) => self.sessions[s]
+            (None, Some(s)) => self.sessions[s as usize]
                 .as_ref()
                 .map(|r| r.client_id.clone())
                 .unwrap_or_default(),
@@ -660,13 +663,13 @@ impl<H: Hooks> Broker<H> {
                 .then_some(expiry),
         };
         let Some(c) = self.conn_mut(id) else { return };
-        c.owner = Some(s);
+        c.owner = Some(s as u32);
         // Kept for the whole connection: a copy, so that it does not pin the receive buffer
         // the CONNECT was read into.
         c.username = req
             .username
             .as_ref()
-            .map(|u| Utf8Bytes::copy_of(u.as_str()));
+            .map(|u| Box::new(Utf8Bytes::copy_of(u.as_str())));
         // [MQTT-3.1.2-7] the will belongs to the session until it is published or dropped.
         c.will = req.will.clone().map(Box::new);
         if c.session.accept(now, accept).is_ok() {
@@ -744,8 +747,10 @@ impl<H: Hooks> Broker<H> {
     ) {
         self.stats.messages_received += 1;
         let Some(c) = self.conn_mut(id) else { return };
-        let Some(owner) = c.owner else { return };
-        let username = c.username.clone();
+        let Some(owner) = c.owner.map(|o| o as usize) else {
+            return;
+        };
+        let username = c.username.as_deref().cloned();
         let client_id = self.sessions[owner]
             .as_ref()
             .map(|r| r.client_id.clone())
@@ -887,9 +892,11 @@ impl<H: Hooks> Broker<H> {
         subscription_id: Option<SubscriptionId>,
     ) {
         let Some(c) = self.conn_mut(id) else { return };
-        let Some(owner) = c.owner else { return };
+        let Some(owner) = c.owner.map(|o| o as usize) else {
+            return;
+        };
         let version = c.session.version();
-        let username = c.username.clone();
+        let username = c.username.as_deref().cloned();
         let client_id = self.sessions[owner]
             .as_ref()
             .map(|r| r.client_id.clone())
@@ -937,6 +944,11 @@ impl<H: Hooks> Broker<H> {
                 let existed = self.tree.insert(sub, owner as u32, opts).is_some();
                 if let Some(rec) = self.sessions[owner].as_mut() {
                     if !existed {
+                        // Many clients subscribe once and idle: room for that one filter
+                        // rather than the four a first push reserves; more grow as usual.
+                        if rec.filters.capacity() == 0 {
+                            rec.filters.reserve_exact(1);
+                        }
                         // Kept as long as the subscription: a copy, not a view pinning the
                         // SUBSCRIBE's receive buffer.
                         rec.filters
@@ -987,7 +999,9 @@ impl<H: Hooks> Broker<H> {
 
     fn on_unsubscribe(&mut self, id: ConnectionId, packet_id: PacketId, filters: Vec<Utf8Bytes>) {
         let Some(c) = self.conn_mut(id) else { return };
-        let Some(owner) = c.owner else { return };
+        let Some(owner) = c.owner.map(|o| o as usize) else {
+            return;
+        };
         let version = c.session.version();
         let mut reasons = Vec::with_capacity(filters.len());
         for filter in &filters {
@@ -1028,7 +1042,7 @@ impl<H: Hooks> Broker<H> {
             c.will = None;
         }
         let expiry = c.session.disconnect_session_expiry();
-        let owner = c.owner;
+        let owner = c.owner.map(|o| o as usize);
         if let (Some(expiry), Some(s)) = (expiry, owner) {
             if let Some(rec) = self.sessions[s].as_mut() {
                 rec.expiry = expiry.min(max_expiry);
@@ -1040,7 +1054,9 @@ impl<H: Hooks> Broker<H> {
     /// The connection is gone: park or end its session, publish or schedule its will.
     fn release(&mut self, now: Instant, id: ConnectionId) {
         let Some(c) = self.conn_mut(id) else { return };
-        let Some(owner) = c.owner.take() else { return };
+        let Some(owner) = c.owner.take().map(|o| o as usize) else {
+            return;
+        };
         let will = c.will.take().map(|w| *w);
         let session = c.session.take_session();
         let Some(rec) = self.sessions[owner].as_mut() else {

@@ -143,12 +143,12 @@ impl Client {
 
     /// The session state to keep across a reconnect or restart.
     pub fn session(&self) -> &SessionState {
-        &self.conn.session
+        self.conn.session()
     }
 
     /// Gives up the machine, keeping its session state.
-    pub fn into_session(self) -> SessionState {
-        self.conn.session
+    pub fn into_session(mut self) -> SessionState {
+        self.conn.take_session()
     }
 
     /// The configuration.
@@ -174,9 +174,11 @@ impl Client {
         // SUBSCRIBE/UNSUBSCRIBE of an earlier connection (or process, after a restart from
         // a snapshot) get no answer on this one; the application subscribes again. Their
         // identifiers are free.
-        for id in self.conn.session.pending_acks.drain(..) {
-            if let Some(id) = PacketId::new(id) {
-                self.conn.ids.release(id);
+        if let Some(flows) = self.conn.flows_if_any() {
+            for id in flows.session.pending_acks.drain(..) {
+                if let Some(id) = PacketId::new(id) {
+                    flows.ids.release(id);
+                }
             }
         }
         self.subscribes.clear();
@@ -379,8 +381,9 @@ impl Client {
     }
 
     fn take_id(&mut self) -> Result<PacketId, Error> {
-        let id = self.conn.ids.allocate().ok_or(Error::PacketIdsExhausted)?;
-        self.conn.session.pending_acks.push(id.get());
+        let flows = self.conn.flows_mut();
+        let id = flows.ids.allocate().ok_or(Error::PacketIdsExhausted)?;
+        flows.session.pending_acks.push(id.get());
         Ok(id)
     }
 
@@ -613,14 +616,17 @@ impl Client {
 }
 
 fn release_pending(conn: &mut Conn, id: PacketId) {
-    if let Some(i) = conn
+    let Some(flows) = conn.flows_if_any() else {
+        return;
+    };
+    if let Some(i) = flows
         .session
         .pending_acks
         .iter()
         .position(|&p| p == id.get())
     {
-        conn.session.pending_acks.remove(i);
-        conn.ids.release(id);
+        flows.session.pending_acks.remove(i);
+        flows.ids.release(id);
     }
 }
 
@@ -644,16 +650,17 @@ fn on_connack(
     if config.clean_start && ack.session_present {
         return Err(Violation::SessionPresentOnCleanStart.into());
     }
-    if !ack.session_present && conn.session.has_shared_state() {
+    if !ack.session_present && conn.session().has_shared_state() {
         // [MQTT-3.2.2-5] the server has no session: drop ours and say what is lost.
-        let (inflight, pending) = conn.session.take_shared();
+        let flows = conn.flows_mut();
+        let (inflight, pending) = flows.session.take_shared();
         for id in pending.into_iter().filter_map(PacketId::new) {
-            conn.ids.release(id);
+            flows.ids.release(id);
         }
         let messages = inflight
             .into_iter()
             .map(|f| {
-                conn.ids.release(f.packet_id);
+                flows.ids.release(f.packet_id);
                 f.outgoing.message
             })
             .collect();

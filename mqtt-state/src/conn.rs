@@ -120,6 +120,16 @@ impl ControlQueue {
         self.ping = None;
         self.rest.clear();
     }
+
+    fn shrink_if_empty(&mut self) {
+        shrink_if_empty(&mut self.rest);
+    }
+}
+
+fn shrink_if_empty<T>(q: &mut VecDeque<T>) {
+    if q.is_empty() {
+        *q = VecDeque::new();
+    }
 }
 
 /// An acknowledgement owed for an incoming QoS 1/2 PUBLISH, in arrival order
@@ -174,9 +184,15 @@ pub(crate) struct Conn {
     pub(crate) max_inflight: u16,
     pub(crate) max_queued: usize,
     pub(crate) manual_acks: bool,
-    pub(crate) ids: PacketIdAllocator,
-    pub(crate) session: SessionState,
-    pub(crate) acks: VecDeque<OwedAck>,
+    /// Boxed, made at the first message that needs it and dropped again once the
+    /// connection is idle with none of it in use: most connections of a broker sit idle
+    /// with no message in flight, and each would carry the empty queues inline.
+    flows: Option<Box<Flows>>,
+    /// Where the packet identifier sequence resumes while `flows` is absent.
+    next_packet_id: u16,
+    /// A PINGREQ arrived, so the client had nothing to send for a keep alive period:
+    /// queue memory is given back once the connection has nothing left to send.
+    pub(crate) pinged: bool,
     pub(crate) control: ControlQueue,
     pub(crate) events: VecDeque<Event>,
     pub(crate) max_alias_out: u16,
@@ -199,6 +215,35 @@ struct Rare {
     peer_reason_string: Option<Utf8Bytes>,
 }
 
+/// The message flows of a connection: its session and the bookkeeping of QoS 1/2.
+#[derive(Debug)]
+pub(crate) struct Flows {
+    pub(crate) session: SessionState,
+    pub(crate) acks: VecDeque<OwedAck>,
+    pub(crate) ids: PacketIdAllocator,
+}
+
+/// What a connection without flows reads.
+static NO_FLOWS: Flows = Flows {
+    session: SessionState {
+        inflight: VecDeque::new(),
+        queue: VecDeque::new(),
+        incoming_qos2: Vec::new(),
+        pending_acks: Vec::new(),
+    },
+    acks: VecDeque::new(),
+    ids: PacketIdAllocator::EMPTY,
+};
+
+impl Flows {
+    fn holds_nothing(&self) -> bool {
+        self.session.is_empty()
+            && self.session.pending_acks.is_empty()
+            && self.acks.is_empty()
+            && self.ids.in_use() == 0
+    }
+}
+
 /// What `poll_transmit` picked, so that state changes only once the bytes are written.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Next {
@@ -217,7 +262,7 @@ impl Conn {
         local: Limits,
     ) -> Self {
         let max_inflight = local.receive_maximum;
-        Self {
+        let mut conn = Self {
             role,
             version,
             phase: Phase::Idle,
@@ -231,15 +276,99 @@ impl Conn {
             max_inflight,
             max_queued: 1024,
             manual_acks: false,
-            ids: session.allocator(usize::from(max_inflight) + 8),
-            session,
-            acks: VecDeque::new(),
+            flows: None,
+            next_packet_id: 1,
+            pinged: false,
             control: ControlQueue::default(),
             events: VecDeque::new(),
             max_alias_out: 0,
             rare: None,
             hold_non_auth: false,
+        };
+        conn.set_session(session);
+        conn
+    }
+
+    /// The flows, or empty ones.
+    pub(crate) fn flows(&self) -> &Flows {
+        self.flows.as_deref().unwrap_or(&NO_FLOWS)
+    }
+
+    /// The flows, made now if there are none yet.
+    pub(crate) fn flows_mut(&mut self) -> &mut Flows {
+        let capacity = usize::from(self.max_inflight) + 8;
+        let next = self.next_packet_id;
+        self.flows.get_or_insert_with(|| {
+            let mut ids = PacketIdAllocator::with_capacity(capacity);
+            ids.resume_at(next);
+            Box::new(Flows {
+                session: SessionState::default(),
+                acks: VecDeque::new(),
+                ids,
+            })
+        })
+    }
+
+    /// The flows if there are any: for changes that have nothing to do without them.
+    pub(crate) fn flows_if_any(&mut self) -> Option<&mut Flows> {
+        self.flows.as_deref_mut()
+    }
+
+    /// The session, or an empty one.
+    pub(crate) fn session(&self) -> &SessionState {
+        &self.flows().session
+    }
+
+    /// Installs `session` with a fresh packet identifier allocator that knows the
+    /// identifiers it holds. Owed acks stay.
+    pub(crate) fn set_session(&mut self, session: SessionState) {
+        let acks = self.flows.take().map(|f| f.acks).unwrap_or_default();
+        self.next_packet_id = 1;
+        let ids = session.allocator(usize::from(self.max_inflight) + 8);
+        let flows = Flows { session, acks, ids };
+        if !flows.holds_nothing() {
+            self.flows = Some(Box::new(flows));
         }
+    }
+
+    /// Takes the session out, leaving an empty one.
+    pub(crate) fn take_session(&mut self) -> SessionState {
+        self.flows_if_any()
+            .map(|f| core::mem::take(&mut f.session))
+            .unwrap_or_default()
+    }
+
+    /// Gives back the memory of whatever holds nothing: the queues keep the capacity they
+    /// grew to, about 1.7 KB for the event queue alone after a single SUBSCRIBE, and a
+    /// connection that once was busy may idle for hours. (An `Event` is about 400 bytes
+    /// because its public variants hold a `ConnectRequest` and a `Message` inline; boxing
+    /// them would change the public API, so the queue is released instead.)
+    ///
+    /// Only called once a PINGREQ showed the client idle, never as queues merely empty:
+    /// a busy connection empties them after every message, and must not allocate them
+    /// again each time (the steady state allocates nothing). A client that receives but
+    /// never sends still pings every keep alive period, so this costs it at most a few
+    /// allocations per period.
+    pub(crate) fn release_idle_memory(&mut self) {
+        self.pinged = false;
+        if let Some(f) = &mut self.flows {
+            if f.holds_nothing() {
+                self.next_packet_id = f.ids.next_to_try();
+                self.flows = None;
+            } else {
+                shrink_if_empty(&mut f.session.inflight);
+                shrink_if_empty(&mut f.session.queue);
+                shrink_if_empty(&mut f.acks);
+                if f.session.incoming_qos2.is_empty() {
+                    f.session.incoming_qos2 = Vec::new();
+                }
+                if f.session.pending_acks.is_empty() {
+                    f.session.pending_acks = Vec::new();
+                }
+            }
+        }
+        shrink_if_empty(&mut self.events);
+        self.control.shrink_if_empty();
     }
 
     /// Keeps the Reason String of the peer's DISCONNECT or refusing CONNACK for the
@@ -399,21 +528,23 @@ impl Conn {
                 self.check_receive_maximum()?;
                 // [MQTT-4.3.2-4] PUBACK with the PUBLISH's id; [MQTT-4.3.2-5] after it,
                 // the same id is a new message, so QoS 1 keeps no per-id state.
-                self.acks.push_back(OwedAck {
+                let ready = !self.manual_acks;
+                self.flows_mut().acks.push_back(OwedAck {
                     id,
                     qos,
-                    ready: !self.manual_acks,
+                    ready,
                     code: ReasonCode::Success,
                 });
             }
             QosPid::ExactlyOnce(id) => {
-                if !self.session.incoming_qos2.contains(&id.get()) {
+                if !self.flows().session.incoming_qos2.contains(&id.get()) {
                     self.check_receive_maximum()?;
                 }
-                if !self.session.receive_qos2(id) {
+                let flows = self.flows_mut();
+                if !flows.session.receive_qos2(id) {
                     // [MQTT-4.3.3-10] a repeat before PUBREL: PUBREC again, deliver nothing.
-                    if !self.acks.iter().any(|a| a.id == id) {
-                        self.acks.push_back(OwedAck {
+                    if !flows.acks.iter().any(|a| a.id == id) {
+                        flows.acks.push_back(OwedAck {
                             id,
                             qos,
                             ready: true,
@@ -422,10 +553,11 @@ impl Conn {
                     }
                     return Ok(());
                 }
-                self.acks.push_back(OwedAck {
+                let ready = !self.manual_acks;
+                self.flows_mut().acks.push_back(OwedAck {
                     id,
                     qos,
-                    ready: !self.manual_acks,
+                    ready,
                     code: ReasonCode::Success,
                 });
             }
@@ -446,12 +578,13 @@ impl Conn {
             return Ok(());
         }
         // Unacknowledged: QoS 1 not yet PUBACKed, and QoS 2 not yet PUBCOMPed.
-        let unacked = self
+        let flows = self.flows();
+        let unacked = flows
             .acks
             .iter()
             .filter(|a| a.qos == QoS::AtLeastOnce)
             .count()
-            + self.session.incoming_qos2.len();
+            + flows.session.incoming_qos2.len();
         if unacked >= usize::from(self.local.receive_maximum) {
             return Err(Violation::ReceiveMaximumExceeded.into());
         }
@@ -495,7 +628,8 @@ impl Conn {
     /// code the PUBACK/PUBREC carries (5.0; always Success before).
     pub(crate) fn ack(&mut self, id: PacketId, code: ReasonCode) -> bool {
         let v5 = self.version.is_v5();
-        match self.acks.iter_mut().find(|a| a.id == id && !a.ready) {
+        let acks = self.flows_if_any().map(|f| &mut f.acks);
+        match acks.and_then(|acks| acks.iter_mut().find(|a| a.id == id && !a.ready)) {
             Some(a) => {
                 a.ready = true;
                 if v5 {
@@ -509,7 +643,9 @@ impl Conn {
 
     /// PUBREL: the QoS 2 message is released; answer PUBCOMP ([MQTT-4.3.3-11]).
     pub(crate) fn on_pubrel(&mut self, ack: PubAck<'_>) {
-        let known = self.session.release_qos2(ack.packet_id);
+        let known = self
+            .flows_if_any()
+            .is_some_and(|f| f.session.release_qos2(ack.packet_id));
         // 3.1.1 has no reason codes: PUBCOMP is the same either way.
         let code = if known || !self.version.is_v5() {
             ReasonCode::Success
@@ -532,7 +668,7 @@ impl Conn {
         message: Message,
         subscription_ids: heapless::Vec<SubscriptionId, 4>,
     ) -> Result<Option<PacketId>, Error> {
-        if self.session.queue.len() >= self.max_queued {
+        if self.flows().session.queue.len() >= self.max_queued {
             return Err(Error::QueueFull);
         }
         // Refuse now what could never be encoded (a wildcard in the Response Topic, U+0000
@@ -550,9 +686,14 @@ impl Conn {
         let packet_id = if message.qos == QoS::AtMostOnce {
             None
         } else {
-            Some(self.ids.allocate().ok_or(Error::PacketIdsExhausted)?)
+            Some(
+                self.flows_mut()
+                    .ids
+                    .allocate()
+                    .ok_or(Error::PacketIdsExhausted)?,
+            )
         };
-        self.session.queue.push_back(Outgoing {
+        self.flows_mut().session.queue.push_back(Outgoing {
             message,
             queued_at: now,
             subscription_ids,
@@ -562,13 +703,18 @@ impl Conn {
     }
 
     fn inflight_index(&self, id: PacketId) -> Option<usize> {
-        self.session.inflight.iter().position(|f| f.packet_id == id)
+        self.flows()
+            .session
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == id)
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) or a failed PUBREC: the message is done.
     fn complete(&mut self, idx: usize, ack: &PubAck<'_>) {
-        if let Some(f) = self.session.inflight.remove(idx) {
-            self.ids.release(f.packet_id);
+        let flows = self.flows_mut();
+        if let Some(f) = flows.session.inflight.remove(idx) {
+            flows.ids.release(f.packet_id);
             self.events.push_back(Event::Acknowledged {
                 packet_id: f.packet_id,
                 reason: ack.reason_code,
@@ -582,9 +728,8 @@ impl Conn {
         // [MQTT-4.3.2-3] the message was held until this PUBACK; an id we do not hold is
         // ignored (it completed before a reconnect, or the peer is confused).
         if let Some(i) = self.inflight_index(ack.packet_id) {
-            if self.session.inflight[i].stage == Stage::Published
-                && self.session.inflight[i].outgoing.message.qos == QoS::AtLeastOnce
-            {
+            let f = &self.flows().session.inflight[i];
+            if f.stage == Stage::Published && f.outgoing.message.qos == QoS::AtLeastOnce {
                 self.complete(i, &ack);
             }
         }
@@ -595,7 +740,7 @@ impl Conn {
             // 5.0: answer an unknown PUBREC with PUBREL 0x92 so the peer can finish.
             return;
         };
-        let f = &mut self.session.inflight[i];
+        let f = &mut self.flows_mut().session.inflight[i];
         if f.outgoing.message.qos != QoS::ExactlyOnce {
             return;
         }
@@ -612,7 +757,7 @@ impl Conn {
 
     pub(crate) fn on_pubcomp(&mut self, ack: PubAck<'_>) {
         if let Some(i) = self.inflight_index(ack.packet_id) {
-            if self.session.inflight[i].stage == Stage::Released {
+            if self.flows().session.inflight[i].stage == Stage::Released {
                 self.complete(i, &ack);
             }
         }
@@ -621,12 +766,14 @@ impl Conn {
     /// Sends nothing more on this connection and forgets per-connection state, keeping the
     /// session: unacknowledged messages are re-sent after a resumed reconnect.
     pub(crate) fn reset_connection(&mut self) {
-        for f in &mut self.session.inflight {
-            f.sent = false;
+        if let Some(flows) = self.flows_if_any() {
+            for f in &mut flows.session.inflight {
+                f.sent = false;
+            }
+            // QoS 1 acks not sent yet: the peer re-sends those PUBLISH, so delivering them
+            // again is QoS 1's at-least-once. QoS 2 ids stay in the session.
+            flows.acks.clear();
         }
-        // QoS 1 acks not sent yet: the peer re-sends those PUBLISH, so delivering them again
-        // is QoS 1's at-least-once. QoS 2 ids stay in the session.
-        self.acks.clear();
         self.control.clear();
         // [MQTT-3.3.2-7] topic aliases belong to one connection.
         if let Some(r) = &mut self.rare {
@@ -642,7 +789,7 @@ impl Conn {
     fn send_quota_left(&self) -> bool {
         let limit = self.peer.receive_maximum.min(self.max_inflight);
         // [MQTT-4.9.0-2] each QoS>0 PUBLISH in flight takes one unit of the quota.
-        self.session.inflight.len() < usize::from(limit)
+        self.flows().session.inflight.len() < usize::from(limit)
     }
 
     /// Picks the next packet to send, in the order the protocol requires: control packets
@@ -663,17 +810,19 @@ impl Conn {
         if self.phase != Phase::Connected {
             return None;
         }
-        if self.acks.front().is_some_and(|a| a.ready) {
+        let flows = self.flows();
+        if flows.acks.front().is_some_and(|a| a.ready) {
             return Some(Next::Ack);
         }
-        if let Some(i) = self.session.inflight.iter().position(|f| !f.sent) {
+        if let Some(i) = flows.session.inflight.iter().position(|f| !f.sent) {
             return Some(Next::Inflight(i));
         }
         // Drop expired queued messages before they take a packet id.
-        while let Some(front) = self.session.queue.front() {
+        while let Some(front) = self.flows().session.queue.front() {
             if front.remaining_expiry(now).is_err() {
-                if let Some(id) = self.session.queue.pop_front().and_then(|o| o.packet_id) {
-                    self.ids.release(id);
+                let flows = self.flows_mut();
+                if let Some(id) = flows.session.queue.pop_front().and_then(|o| o.packet_id) {
+                    flows.ids.release(id);
                 }
                 continue;
             }
@@ -760,7 +909,7 @@ impl Conn {
             }
             Next::Control => unreachable!("roles encode their own control packets"),
             Next::Ack => {
-                let a = self.acks.front().copied().expect("picked");
+                let a = self.flows().acks.front().copied().expect("picked");
                 let ack = PubAck {
                     packet_id: a.id,
                     reason_code: a.code,
@@ -771,11 +920,11 @@ impl Conn {
                     _ => Packet::PubAck(ack),
                 };
                 let n = self.encode(&p, out)?;
-                self.acks.pop_front();
+                self.flows_mut().acks.pop_front();
                 n.ok()
             }
             Next::Inflight(i) => {
-                let f = &self.session.inflight[i];
+                let f = &self.flows().session.inflight[i];
                 let n = match f.stage {
                     Stage::Published => {
                         let qos_pid = qos_pid(f.outgoing.message.qos, f.packet_id);
@@ -798,7 +947,7 @@ impl Conn {
                 };
                 match n {
                     Ok(n) => {
-                        let f = &mut self.session.inflight[i];
+                        let f = &mut self.flows_mut().session.inflight[i];
                         f.sent = true;
                         f.ever_sent = true;
                         Some(n)
@@ -810,7 +959,7 @@ impl Conn {
                 }
             }
             Next::Queued => {
-                let q = self.session.queue.front().expect("picked");
+                let q = self.flows().session.queue.front().expect("picked");
                 let expiry = q.remaining_expiry(now).unwrap_or(None);
                 let (topic, alias, new_alias) = self.alias_for(&q.message.topic);
                 let id = q.packet_id;
@@ -822,7 +971,7 @@ impl Conn {
                     q.message
                         .to_publish(qos_pid, false, topic, alias, expiry, &q.subscription_ids);
                 let n = self.encode(&Packet::Publish(self.for_version(p)), out)?;
-                let q = self.session.queue.pop_front().expect("picked");
+                let q = self.flows_mut().session.queue.pop_front().expect("picked");
                 match (n, id) {
                     (Ok(n), id) => {
                         if new_alias {
@@ -832,7 +981,7 @@ impl Conn {
                                 .push(q.message.topic.clone());
                         }
                         if let Some(packet_id) = id {
-                            self.session.inflight.push_back(Inflight {
+                            self.flows_mut().session.inflight.push_back(Inflight {
                                 packet_id,
                                 outgoing: q,
                                 stage: Stage::Published,
@@ -844,7 +993,7 @@ impl Conn {
                     }
                     (Err(size), id) => {
                         if let Some(id) = id {
-                            self.ids.release(id);
+                            self.flows_mut().ids.release(id);
                         }
                         self.report_too_large(id, q.message, size);
                         None
@@ -861,8 +1010,9 @@ impl Conn {
     /// A message too large for the peer. [MQTT-3.1.2-25] a server drops it as if it had
     /// been delivered; a client tells the application.
     fn drop_too_large(&mut self, i: usize, size: usize) {
-        if let Some(f) = self.session.inflight.remove(i) {
-            self.ids.release(f.packet_id);
+        let flows = self.flows_mut();
+        if let Some(f) = flows.session.inflight.remove(i) {
+            flows.ids.release(f.packet_id);
             self.report_too_large(Some(f.packet_id), f.outgoing.message, size);
         }
     }

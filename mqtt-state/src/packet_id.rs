@@ -57,6 +57,24 @@ impl PacketIdAllocator {
         }
     }
 
+    /// Holds nothing and reserves nothing: what a connection without QoS 1/2 traffic reads.
+    pub(crate) const EMPTY: Self = Self {
+        next: 1,
+        capacity: 0,
+        in_use: Vec::new(),
+    };
+
+    /// The identifier `allocate` tries first.
+    pub(crate) fn next_to_try(&self) -> u16 {
+        self.next
+    }
+
+    /// Continues the sequence of an allocator this one replaces, so that dropping an idle
+    /// connection's allocator does not change which identifiers it hands out.
+    pub(crate) fn resume_at(&mut self, next: u16) {
+        self.next = next.max(1);
+    }
+
     fn insert(&mut self, pos: usize, id: u16) {
         if self.in_use.capacity() == 0 {
             self.in_use.reserve_exact(usize::from(self.capacity));

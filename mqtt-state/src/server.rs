@@ -205,23 +205,24 @@ impl ServerSession {
 
     /// The session state, to keep for the client's next connection.
     pub fn session(&self) -> &SessionState {
-        &self.conn.session
+        self.conn.session()
     }
 
     /// Takes the session state out, leaving this machine with an empty one: for a broker
     /// parking the session of a connection that is ending (its last packets may still be
     /// waiting in `poll_transmit`).
     pub fn take_session(&mut self) -> SessionState {
-        for f in &mut self.conn.session.inflight {
+        let mut session = self.conn.take_session();
+        for f in &mut session.inflight {
             f.sent = false;
         }
-        core::mem::take(&mut self.conn.session)
+        session
     }
 
     /// Gives up the machine, keeping the session state.
     pub fn into_session(mut self) -> SessionState {
         self.conn.reset_connection();
-        self.conn.session
+        self.conn.take_session()
     }
 
     /// Reads complete packets from `buf`. After CONNECT it reports
@@ -372,7 +373,10 @@ impl ServerSession {
                     });
                 }
                 // [MQTT-3.12.4-1] every PINGREQ gets a PINGRESP.
-                Packet::PingReq => conn.control.push_back(Control::PingResp),
+                Packet::PingReq => {
+                    conn.control.push_back(Control::PingResp);
+                    conn.pinged = true;
+                }
                 Packet::Disconnect(d) => {
                     *disconnect_session_expiry = d.properties.session_expiry_interval;
                     conn.phase = Phase::Closed;
@@ -432,7 +436,7 @@ impl ServerSession {
         // CONNECT, the transport closed) is closed: no CONNACK, and the error stays. The
         // session is kept all the same, so that `take_session`/`into_session` hand it back.
         if let Err(e) = self.conn.check() {
-            self.conn.session = accept.session;
+            self.conn.set_session(accept.session);
             return Err(e);
         }
         self.decided = true;
@@ -445,17 +449,18 @@ impl ServerSession {
         if !session_present {
             session = SessionState::default();
         }
-        self.conn.ids = session.allocator(usize::from(self.conn.max_inflight) + 8);
         for f in &mut session.inflight {
             f.sent = false;
         }
+        self.conn.set_session(session);
         // Messages a broker queued while the client was away have no identifier yet.
-        for q in &mut session.queue {
-            if q.packet_id.is_none() && q.message.qos != QoS::AtMostOnce {
-                q.packet_id = Some(self.conn.ids.allocate().ok_or(Error::PacketIdsExhausted)?);
+        if let Some(flows) = self.conn.flows_if_any() {
+            for q in &mut flows.session.queue {
+                if q.packet_id.is_none() && q.message.qos != QoS::AtMostOnce {
+                    q.packet_id = Some(flows.ids.allocate().ok_or(Error::PacketIdsExhausted)?);
+                }
             }
         }
-        self.conn.session = session;
         let assigned = accept.assigned_client_id.is_some();
         if let Some(id) = accept.assigned_client_id {
             self.client_id = id;
@@ -618,7 +623,15 @@ impl ServerSession {
             let Some(next) = next else {
                 return match self.conn.error {
                     Some(e) => Err(e),
-                    None => Ok(None),
+                    None => {
+                        // Drained: the one moment an idle connection has nothing queued.
+                        // Here in the machine rather than in the broker, so that every
+                        // server application gets it.
+                        if self.conn.pinged {
+                            self.conn.release_idle_memory();
+                        }
+                        Ok(None)
+                    }
                 };
             };
             let n = match next {

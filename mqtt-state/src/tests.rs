@@ -538,6 +538,36 @@ fn mqtt_3_1_2_20_client_pings_when_idle_and_times_out() {
 }
 
 #[test]
+fn an_idle_server_connection_gives_back_its_queues_and_keeps_its_id_sequence() {
+    let mut p = Pair::new(
+        ClientConfig {
+            keep_alive: 10,
+            ..ClientConfig::new(V5, "c1")
+        },
+        ServerConfig::default(),
+    );
+    p.drive();
+    let first = p
+        .server
+        .deliver(p.now, msg("x", "1", QoS::AtLeastOnce), &[])
+        .unwrap();
+    p.drive();
+    // The client pings after a quiet keep alive period; the server then drops what the
+    // delivery grew, its packet identifiers included.
+    p.advance(10_000);
+    assert!(p.server_sent.contains(&PacketType::PingResp));
+    let second = p
+        .server
+        .deliver(p.now, msg("x", "2", QoS::AtLeastOnce), &[])
+        .unwrap();
+    p.drive();
+    assert_eq!(p.client_messages(), [b"1".to_vec(), b"2".to_vec()]);
+    // Identifiers continue where they were, as if nothing had been dropped.
+    assert_eq!(first.map(|id| id.get() + 1), second.map(|id| id.get()));
+    assert!(p.server.session().is_empty());
+}
+
+#[test]
 fn mqtt_3_1_2_21_server_keep_alive_wins() {
     let mut p = Pair::new(
         ClientConfig {
