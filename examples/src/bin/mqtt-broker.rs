@@ -19,11 +19,11 @@
 //! file is in mosquitto's `acl_file` format. See `examples/src/access.rs` for both.
 //!
 //! The adapter only moves bytes and time; every protocol decision is the core's. One task
-//! owns the `Broker` (it is `&mut self` and single-threaded by design). Each connection has
-//! a reader task that forwards what arrives to the core over one shared channel, and a
-//! writer task that receives the core's output over its own bounded channel. A client that
-//! does not read fast enough to keep that channel from filling up is closed rather than
-//! buffered for without bound.
+//! owns the `Broker` (it is `&mut self` and single-threaded by design). Each TCP or TLS
+//! connection has one task that forwards what arrives to the core over one shared channel
+//! and writes what the core leaves in the connection's outbox (a WebSocket connection has a
+//! reader and a writer task). A client that does not read fast enough to keep its outbox
+//! below `--write-queue` chunks is closed rather than buffered for without bound.
 //!
 //! On startup it prints one line per listener with the address actually bound (so
 //! `--bind 127.0.0.1:0` can be used and the port learnt from stdout):
@@ -40,20 +40,24 @@
 #[path = "../access.rs"]
 mod access;
 
-use std::collections::{HashMap, VecDeque};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration as StdDuration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use mqtt_state::{
     Broker, BrokerConfig, BrokerEvent, ConnectionId, Duration, Instant, ServerConfig,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::rustls;
@@ -155,7 +159,6 @@ struct Listener {
 enum ToCore {
     /// A connection was accepted; the core answers with its id.
     Open {
-        peer: SocketAddr,
         tx: Arc<Outbox>,
         reply: oneshot::Sender<ConnectionId>,
     },
@@ -165,92 +168,125 @@ enum ToCore {
     Closed(ConnectionId),
 }
 
-/// From the core to a connection's writer.
-enum ToConn {
-    /// Bytes to write.
-    Data(Bytes),
-    /// Write what came before, then close.
-    Close,
-}
+/// Output from the core to one connection: the bytes its task has not yet taken, behind
+/// a lock the core and the task share. An idle connection's outbox holds no buffer: the
+/// task takes the bytes whole and lets go of them once written.
+#[derive(Default)]
+struct Outbox(std::sync::Mutex<Pending>);
 
-/// Output from the core to one connection's writer: a queue behind a lock and a wake-up.
-/// A bounded tokio channel per connection reserved about 1.5 KB up front, most of an idle
-/// connection's cost; an empty `VecDeque` reserves nothing.
-struct Outbox {
-    queue: std::sync::Mutex<VecDeque<ToConn>>,
-    ready: tokio::sync::Notify,
+#[derive(Default)]
+struct Pending {
+    bytes: BytesMut,
+    /// Chunks in `bytes`, which `--write-queue` bounds.
+    chunks: usize,
+    /// Write what is queued, then close.
+    closing: bool,
+    /// Close at once, without writing even what the task has taken.
+    discard: bool,
+    /// Closed for not reading: for the task to log, as it knows the peer's address.
+    slow: bool,
+    /// The connection's task, waiting for output.
+    waker: Option<Waker>,
 }
 
 /// Why a chunk could not be queued.
 enum Refused {
     /// The client has not read what came before.
     Full,
-    /// The writer is gone; the connection's `Closed` is on its way.
+    /// The connection's task is gone; its `Closed` is on its way.
     Gone,
 }
 
 impl Outbox {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            queue: std::sync::Mutex::new(VecDeque::new()),
-            ready: tokio::sync::Notify::new(),
-        })
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `msg` unless `limit` chunks are already waiting or the writer is gone.
-    fn push(self: &Arc<Self>, msg: ToConn, limit: usize) -> Result<(), Refused> {
+    /// Queues `chunk` unless `limit` chunks are already waiting or the task is gone.
+    fn push(self: &Arc<Self>, chunk: &[u8], limit: usize) -> Result<(), Refused> {
         if Arc::strong_count(self) < 2 {
             return Err(Refused::Gone);
         }
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= limit {
+        let mut p = self.lock();
+        if p.chunks >= limit {
+            p.slow = true;
             return Err(Refused::Full);
         }
-        q.push_back(msg);
-        drop(q);
-        self.ready.notify_one();
+        p.bytes.extend_from_slice(chunk);
+        p.chunks += 1;
+        wake(p);
         Ok(())
     }
 
-    /// Tells the writer to stop after what is queued, or, with `discard`, at once: a
-    /// client that stopped reading is not waited for.
+    /// Tells the task to stop after what is queued, or, with `discard`, at once: a client
+    /// that stopped reading is not waited for.
     fn close(&self, discard: bool) {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.lock();
         if discard {
-            q.clear();
+            p.bytes = BytesMut::new();
+            p.discard = true;
         }
-        q.push_back(ToConn::Close);
-        drop(q);
-        self.ready.notify_one();
+        p.closing = true;
+        wake(p);
     }
 
-    /// The next message for the writer, waiting for one.
-    async fn next(&self) -> ToConn {
-        loop {
-            let msg = self
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
-            if let Some(msg) = msg {
-                return msg;
-            }
-            // A `notify_one` before this wait leaves a permit, so no wake-up is lost.
-            self.ready.notified().await;
+    /// All the bytes queued, if the task has written what it took before (`idle`); `None`
+    /// when the connection is to close: once everything is written, or at once if
+    /// discarding.
+    fn poll_take(&self, cx: &mut Context<'_>, idle: bool) -> Poll<Option<BytesMut>> {
+        let mut p = self.lock();
+        if p.discard {
+            return Poll::Ready(None);
+        }
+        if idle && !p.bytes.is_empty() {
+            p.chunks = 0;
+            return Poll::Ready(Some(std::mem::take(&mut p.bytes)));
+        }
+        if idle && p.closing {
+            return Poll::Ready(None);
+        }
+        if !p.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            p.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    async fn take(&self) -> Option<BytesMut> {
+        std::future::poll_fn(|cx| self.poll_take(cx, true)).await
+    }
+
+    /// Logs why the connection ended, if it is worth a warning.
+    fn log_end(&self, peer: SocketAddr) {
+        if self.lock().slow {
+            warn!(%peer, "client not reading; disconnecting");
         }
     }
 }
 
-/// The smallest and largest read a connection's reader offers.
-const MIN_READ: usize = 64;
+/// Wakes the connection's task, after letting go of the lock.
+fn wake(mut p: std::sync::MutexGuard<'_, Pending>) {
+    let waker = p.waker.take();
+    drop(p);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// The most a connection reads at once.
 const MAX_READ: usize = 64 * 1024;
 
-/// What the core keeps per connection.
+thread_local! {
+    /// What every connection on this thread reads into (the runtime has one thread):
+    /// what was read is copied out at its size, so an idle connection holds no buffer.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ].into_boxed_slice());
+}
+
+/// What the core keeps per connection. The peer's address is the connection task's to log:
+/// here it would cost as much again as the rest.
 struct Link {
     tx: Arc<Outbox>,
     /// Received bytes not yet forming a complete packet.
     input: BytesMut,
-    peer: SocketAddr,
 }
 
 fn main() -> std::io::Result<()> {
@@ -405,22 +441,15 @@ async fn accept_loop(listener: TcpListener, kind: Listener, core_tx: mpsc::Sende
         };
         let _ = stream.set_nodelay(true);
         let core_tx = core_tx.clone();
-        let kind = kind.clone();
-        // Plain TCP, the common case, runs inline; the TLS and WebSocket paths are boxed so
-        // that every connection's task is not as large as the largest of them (an idle
-        // TCP connection's task went from 11 KiB to about 600 bytes).
-        tokio::spawn(async move {
-            match (kind.tls, kind.websocket) {
-                (None, false) => {
-                    let (rd, wr) = stream.into_split();
-                    serve(rd, wr, peer, core_tx).await
-                }
-                (None, true) => Box::pin(serve_ws(stream, peer, core_tx)).await,
-                (Some(tls), websocket) => {
-                    Box::pin(serve_tls(tls, stream, websocket, peer, core_tx)).await
-                }
+        // Each kind is its own task, so a plain TCP connection's task is not as large as
+        // the TLS and WebSocket ones.
+        match (&kind.tls, kind.websocket) {
+            (None, false) => tokio::spawn(serve(stream, peer, core_tx)),
+            (None, true) => tokio::spawn(serve_ws(stream, peer, core_tx)),
+            (Some(tls), websocket) => {
+                tokio::spawn(serve_tls(tls.clone(), stream, websocket, peer, core_tx))
             }
-        });
+        };
     }
 }
 
@@ -447,82 +476,143 @@ async fn serve_tls(
     if websocket {
         serve_ws(stream, peer, core_tx).await
     } else {
-        let (rd, wr) = tokio::io::split(stream);
-        serve(rd, wr, peer, core_tx).await
+        serve(stream, peer, core_tx).await
     }
 }
 
 /// Registers a connection with the core; `None` when the core is gone.
 async fn open(
-    core_tx: &mpsc::Sender<ToCore>,
+    core_tx: mpsc::Sender<ToCore>,
     peer: SocketAddr,
 ) -> Option<(ConnectionId, Arc<Outbox>)> {
-    let outbox = Outbox::new();
+    let outbox = Arc::new(Outbox::default());
     let (reply, id) = oneshot::channel();
     core_tx
         .send(ToCore::Open {
-            peer,
             tx: outbox.clone(),
             reply,
         })
         .await
         .ok()?;
-    Some((id.await.ok()?, outbox))
+    let id = id.await.ok()?;
+    debug!(%peer, ?id, "open");
+    Some((id, outbox))
 }
 
-/// Runs a byte-stream connection: a reader task feeding the core, the writer here.
-async fn serve<R, W>(mut rd: R, mut wr: W, peer: SocketAddr, core_tx: mpsc::Sender<ToCore>)
+/// What a connection's task does next.
+enum Step {
+    /// Forward these bytes to the core.
+    Input(Bytes),
+    /// The peer closed, the transport failed, or the core closed the connection.
+    Done,
+}
+
+/// Runs a byte-stream connection (TCP or TLS) in one task: writes what the core queues and
+/// reads whatever arrives meanwhile, so a client that writes without reading cannot stall
+/// its own output.
+///
+/// The task lives as long as the connection, and a task is as large as the most it holds
+/// across any one `.await`: so what it awaits only now and then (the registration with the
+/// core, room in the core's channel, the closing) is boxed, and the peer's address it keeps
+/// for logging fits in what is left (an idle connection's task is 256 bytes).
+fn serve<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    core_tx: mpsc::Sender<ToCore>,
+) -> impl Future<Output = ()>
 where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some((id, rx)) = open(&core_tx, peer).await else {
-        return;
-    };
-    let reader_tx = core_tx.clone();
-    let mut reader = tokio::spawn(async move {
-        // Small reads keep an idle connection cheap (most sit waiting for their next
-        // PINGREQ); a read that fills what was offered doubles the next offer, so a busy
-        // connection soon reads in large chunks.
-        let mut buf = BytesMut::new();
-        let mut offer = MIN_READ;
+    let opening = Box::pin(open(core_tx.clone(), peer));
+    async move {
+        let Some((id, outbox)) = opening.await else {
+            return;
+        };
+        let mut unwritten = BytesMut::new();
         loop {
-            buf.reserve(offer);
-            match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    offer = if n >= offer {
-                        (offer * 2).min(MAX_READ)
-                    } else {
-                        (offer / 2).max(MIN_READ)
-                    };
-                    let chunk = buf.split().freeze();
-                    if reader_tx.send(ToCore::Input(id, chunk)).await.is_err() {
-                        break;
-                    }
+            let step = std::future::poll_fn(|cx| {
+                if poll_write_out(&mut stream, cx, &outbox, &mut unwritten).is_ready() {
+                    return Poll::Ready(Step::Done);
                 }
+                poll_read_in(&mut stream, cx)
+            });
+            let bytes = match step.await {
+                Step::Input(bytes) => bytes,
+                Step::Done => break,
+            };
+            let msg = match core_tx.try_send(ToCore::Input(id, bytes)) {
+                Ok(()) => continue,
+                Err(e) => e.into_inner(),
+            };
+            if Box::pin(core_tx.send(msg)).await.is_err() {
+                break;
             }
         }
-        let _ = reader_tx.send(ToCore::Closed(id)).await;
-    });
-    while let ToConn::Data(b) = rx.next().await {
-        if wr.write_all(&b).await.is_err() {
-            break;
+        outbox.log_end(peer);
+        // The core sees a dropped outbox as gone and stops queueing.
+        drop(outbox);
+        Box::pin(linger(&mut stream)).await;
+        let _ = Box::pin(core_tx.send(ToCore::Closed(id))).await;
+    }
+}
+
+/// Writes what the core queued until the socket is full or the queue empty; ready when the
+/// connection is to close.
+fn poll_write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    outbox: &Outbox,
+    unwritten: &mut BytesMut,
+) -> Poll<()> {
+    loop {
+        // Asked also while a write is pending, so that a client that stopped reading is
+        // let go at once.
+        match outbox.poll_take(cx, unwritten.is_empty()) {
+            Poll::Ready(Some(bytes)) => *unwritten = bytes,
+            Poll::Ready(None) => return Poll::Ready(()),
+            Poll::Pending if unwritten.is_empty() => {
+                // Let go of the written buffer: an idle connection keeps none.
+                *unwritten = BytesMut::new();
+                // TLS may hold back the last record of a write until flushed.
+                return match Pin::new(stream).poll_flush(cx) {
+                    Poll::Ready(Err(_)) => Poll::Ready(()),
+                    _ => Poll::Pending,
+                };
+            }
+            Poll::Pending => {}
+        }
+        match Pin::new(&mut *stream).poll_write(cx, unwritten) {
+            Poll::Ready(Ok(n)) if n > 0 => unwritten.advance(n),
+            Poll::Ready(_) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
         }
     }
-    drop(rx);
-    let _ = wr.flush().await;
-    let _ = wr.shutdown().await;
-    // Keep reading (and discarding: the core ignores a closed id) for a moment, so the
-    // kernel does not reset the connection over unread input before the peer has read
-    // the last CONNACK or DISCONNECT.
-    if tokio::time::timeout(StdDuration::from_secs(2), &mut reader)
-        .await
-        .is_err()
-    {
-        reader.abort();
-    }
-    let _ = core_tx.send(ToCore::Closed(id)).await;
+}
+
+/// Reads whatever has arrived, copied out of the shared scratch buffer at its size.
+fn poll_read_in<S: AsyncRead + Unpin>(stream: &mut S, cx: &mut Context<'_>) -> Poll<Step> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut buf = ReadBuf::new(scratch);
+        match Pin::new(stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                Poll::Ready(Step::Input(Bytes::copy_from_slice(buf.filled())))
+            }
+            Poll::Ready(_) => Poll::Ready(Step::Done),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+}
+
+/// Closes our side, then keeps reading and discarding for a moment, so the kernel does not
+/// reset the connection over unread input before the peer has read the last CONNACK or
+/// DISCONNECT.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+    let discard = async {
+        while let Step::Input(_) = std::future::poll_fn(|cx| poll_read_in(stream, cx)).await {}
+    };
+    let _ = tokio::time::timeout(StdDuration::from_secs(2), discard).await;
 }
 
 /// Runs a WebSocket connection (over TCP or TLS): the handshake, then binary frames both
@@ -543,7 +633,7 @@ where
             return;
         }
     };
-    let Some((id, rx)) = open(&core_tx, peer).await else {
+    let Some((id, outbox)) = open(core_tx.clone(), peer).await else {
         return;
     };
     let (mut sink, mut stream) = ws.split();
@@ -563,12 +653,13 @@ where
         }
         let _ = reader_tx.send(ToCore::Closed(id)).await;
     });
-    while let ToConn::Data(b) = rx.next().await {
-        if sink.send(WsMessage::Binary(b)).await.is_err() {
+    while let Some(b) = outbox.take().await {
+        if sink.send(WsMessage::Binary(b.freeze())).await.is_err() {
             break;
         }
     }
-    drop(rx);
+    outbox.log_end(peer);
+    drop(outbox);
     let _ = sink.close().await;
     if tokio::time::timeout(StdDuration::from_secs(2), &mut reader)
         .await
@@ -631,25 +722,32 @@ async fn core(
                 let Some(msg) = msg else { return };
                 let now = now();
                 match msg {
-                    ToCore::Open { peer, tx, reply } => {
+                    ToCore::Open { tx, reply } => {
                         let id = broker.open(now);
-                        debug!(%peer, ?id, "open");
                         if reply.send(id).is_err() {
                             broker.handle_close(now, id);
                         } else {
-                            links.insert(id, Link { tx, input: BytesMut::new(), peer });
+                            links.insert(id, Link { tx, input: BytesMut::new() });
                         }
                     }
                     ToCore::Input(id, bytes) => {
                         if let Some(link) = links.get_mut(&id) {
-                            link.input.extend_from_slice(&bytes);
+                            if link.input.is_empty() {
+                                link.input = bytes.into();
+                            } else {
+                                link.input.extend_from_slice(&bytes);
+                            }
                             broker.handle_input(now, id, &mut link.input);
+                            // What the broker consumed need not stay allocated.
+                            if link.input.is_empty() {
+                                link.input = BytesMut::new();
+                            }
                         }
                     }
                     ToCore::Closed(id) => {
                         if let Some(link) = links.remove(&id) {
-                            debug!(peer = %link.peer, ?id, "closed by peer");
-                            // The writer waits on its outbox, not on our handle: tell it.
+                            debug!(?id, "closed by peer");
+                            // The task waits on its outbox, not on our handle: tell it.
                             link.tx.close(true);
                             broker.handle_close(now, id);
                         }
@@ -688,24 +786,12 @@ fn drain(
             batch.clear();
             continue;
         };
-        let mut ok = true;
-        if !batch.is_empty() {
-            match link
-                .tx
-                .push(ToConn::Data(batch.split().freeze()), write_queue)
-            {
-                Ok(()) => {}
-                Err(Refused::Full) => {
-                    warn!(peer = %link.peer, ?id, "client not reading; disconnecting");
-                    ok = false;
-                }
-                Err(Refused::Gone) => ok = false,
-            }
-        }
+        let ok = batch.is_empty() || link.tx.push(batch, write_queue).is_ok();
+        batch.clear();
         if close || !ok {
             link.tx.close(!ok);
-            if let Some(link) = links.remove(&id) {
-                debug!(peer = %link.peer, ?id, "closed by broker");
+            if links.remove(&id).is_some() {
+                debug!(?id, "closed by broker");
             }
             broker.handle_close(now, id);
         }
