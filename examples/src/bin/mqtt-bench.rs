@@ -98,6 +98,10 @@ struct Args {
     /// Idle mode: connection attempts in progress at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// Idle mode: each connection subscribes (QoS 1) to its own topic, `push/<client id>`,
+    /// as a push-service device does, before it counts as ready.
+    #[arg(long)]
+    subscribe: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +185,24 @@ impl Conn {
                         return Err(format!("refused: {reason:?}").into())
                     }
                     _ => {}
+                }
+            }
+        }
+    }
+
+    /// Subscribes at QoS 1 to `push/<client id>` and waits for the SUBACK.
+    async fn subscribe_own(mut self) -> Result<Self, BoxError> {
+        let filter = format!("push/{}", self.client.config().client_id);
+        self.client.subscribe(
+            &[(filter.as_str(), SubscriptionOptions::qos(QoS::AtLeastOnce))],
+            None,
+        )?;
+        self.flush().await?;
+        loop {
+            self.read().await?;
+            while let Some(event) = self.client.poll_event() {
+                if let Event::Subscribed { .. } = event {
+                    return Ok(self);
                 }
             }
         }
@@ -586,9 +608,13 @@ async fn idle(args: Args) -> Result<(), BoxError> {
         let gate = gate.clone();
         let ready_tx = ready_tx.clone();
         let mut stop = stop_rx.clone();
+        let subscribe = args.subscribe;
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let conn = Conn::open(&addr, config, start, 256).await;
+            let conn = match Conn::open(&addr, config, start, 256).await {
+                Ok(c) if subscribe => c.subscribe_own().await,
+                r => r,
+            };
             drop(permit);
             let mut conn = match conn {
                 Ok(c) => {
