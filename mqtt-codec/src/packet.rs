@@ -432,8 +432,20 @@ impl Packet<'_> {
     /// ```
     pub fn encode(&self, version: ProtocolVersion, out: &mut [u8]) -> Result<usize, Error> {
         // PUBLISH is most of what a broker writes: it skips the generic dispatch.
-        if let Packet::Publish(p) = self {
-            return p.encode(version, out);
+        match self {
+            Packet::Publish(p) => return p.encode(version, out),
+            // The other half of a QoS flow: an identifier alone, in every version.
+            Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a)
+                if a.reason_code == crate::ReasonCode::Success && a.properties.is_empty() =>
+            {
+                let Some(out) = out.get_mut(..4) else {
+                    return Err(Error::BufferTooSmall { required: 4 });
+                };
+                let [hi, lo] = a.packet_id.get().to_be_bytes();
+                out.copy_from_slice(&[self.first_byte(), 2, hi, lo]);
+                return Ok(4);
+            }
+            _ => {}
         }
         let plan = self.plan(version)?;
         let total = 1 + varint::len(plan.remaining as u32) + plan.remaining;

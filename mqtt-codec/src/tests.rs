@@ -1376,3 +1376,66 @@ fn bare_ack_shortcut_agrees_with_the_general_path() {
         }
     }
 }
+
+/// `encode`'s shortcuts (PUBLISH, and a bare acknowledgement) write what the general path
+/// (`encode_to_vec`) writes, for every ack type and level, with and without a reason code
+/// or properties, and refuse a short buffer the same way.
+#[test]
+fn encode_shortcuts_agree_with_the_general_path() {
+    let user = [("k", "v")];
+    for v in [
+        ProtocolVersion::V3_1,
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V5,
+    ] {
+        for n in [1u16, 0x1234, u16::MAX] {
+            let bare = PubAck::new(id(n));
+            let coded = PubAck {
+                reason_code: ReasonCode::NoMatchingSubscribers,
+                ..bare
+            };
+            let with_props = PubAck {
+                properties: AckProperties {
+                    user_properties: UserProperties::new(&user),
+                    ..AckProperties::default()
+                },
+                ..bare
+            };
+            for ack in [bare, coded, with_props] {
+                for p in [
+                    Packet::PubAck(ack),
+                    Packet::PubRec(ack),
+                    Packet::PubRel(ack),
+                    Packet::PubComp(ack),
+                ] {
+                    let mut out = [0u8; 64];
+                    let general = p.encode_to_vec(v);
+                    let fast = p.encode(v, &mut out).map(|k| out[..k].to_vec());
+                    // PUBREL/PUBCOMP have no NoMatchingSubscribers: both paths refuse it.
+                    assert_eq!(fast, general, "{p:?} {v:?}");
+                    if let Ok(bytes) = general {
+                        let mut short = [0u8; 3];
+                        let r = p.encode(v, &mut short[..bytes.len().min(3)]);
+                        assert_eq!(
+                            r,
+                            Err(Error::BufferTooSmall {
+                                required: bytes.len()
+                            })
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let payload = [7u8; 300];
+    let p = Packet::Publish(Publish::new("a/b", &payload, QosPid::AtLeastOnce(id(9))));
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut out = [0u8; 400];
+        let k = p.encode(v, &mut out).unwrap();
+        assert_eq!(out[..k].to_vec(), p.encode_to_vec(v).unwrap());
+        assert_eq!(
+            p.encode(v, &mut out[..k - 1]),
+            Err(Error::BufferTooSmall { required: k })
+        );
+    }
+}
