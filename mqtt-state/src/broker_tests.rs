@@ -1,12 +1,14 @@
 //! Client machines talking to the broker core through in-memory pipes.
 
+use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
 use bytes::BytesMut;
 use mqtt_codec::{
-    ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionId, SubscriptionOptions,
+    Packet, PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionId,
+    SubscriptionOptions,
 };
 
 use crate::*;
@@ -181,6 +183,33 @@ impl<H: Hooks> Net<H> {
 
     fn events(&mut self, i: usize) -> Vec<Event> {
         core::mem::take(&mut self.peers[i].events)
+    }
+
+    fn publish_message(&mut self, i: usize, m: Message) {
+        self.peers[i].client.publish(self.now, m).unwrap();
+        self.drive();
+    }
+
+    /// (packet id, DUP, message) of every message client `i` received, then cleared.
+    fn deliveries(&mut self, i: usize) -> Vec<(Option<PacketId>, bool, Message)> {
+        self.events(i)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message {
+                    packet_id,
+                    dup,
+                    message,
+                } => Some((packet_id, dup, message)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sends `packet` to the broker as client `i`, behind its machine's back.
+    fn inject(&mut self, i: usize, version: ProtocolVersion, packet: &Packet<'_>) {
+        let bytes = packet.encode_to_vec(version).unwrap();
+        self.peers[i].to_broker.extend_from_slice(&bytes);
+        self.drive();
     }
 }
 
@@ -698,4 +727,997 @@ fn mqtt_4_12_0_4_enhanced_authentication_through_the_hooks() {
             ..
         }
     )));
+}
+
+// ---- Forwarding, delivery and subscription management ---------------------------------
+
+fn pid(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+fn text(m: &Message) -> String {
+    String::from_utf8(m.payload.to_vec()).unwrap()
+}
+
+fn broker_with(server: impl FnOnce(&mut ServerConfig)) -> Broker<AllowAll> {
+    let mut config = BrokerConfig {
+        sys_interval: None,
+        ..BrokerConfig::default()
+    };
+    server(&mut config.server);
+    Broker::new(config, Instant::ZERO)
+}
+
+/// Acknowledges everything client `i` (with manual acks) receives until nothing more comes;
+/// returns (payload, qos, retain, dup) in arrival order.
+fn drain_acking<H: Hooks>(net: &mut Net<H>, i: usize) -> Vec<(String, QoS, bool, bool)> {
+    let mut all = Vec::new();
+    loop {
+        let got = net.deliveries(i);
+        if got.is_empty() {
+            return all;
+        }
+        for (id, dup, m) in got {
+            if let Some(id) = id {
+                net.peers[i].client.ack(id);
+            }
+            all.push((text(&m), m.qos, m.retain, dup));
+        }
+        net.drive();
+    }
+}
+
+#[test]
+fn mqtt_3_3_2_4_message_properties_are_forwarded_unchanged() {
+    // [MQTT-3.3.2-4] Payload Format Indicator, [MQTT-3.3.2-15] Response Topic,
+    // [MQTT-3.3.2-16] Correlation Data, [MQTT-3.3.2-17] User Properties, [MQTT-3.3.2-18] in
+    // their order, [MQTT-3.3.2-20] Content Type: to every subscriber, online, offline-queued
+    // or served from the retained store.
+    let mut net = Net::new();
+    let online = net.join(ClientConfig::new(V5, "online"));
+    let offline = net.join(persistent(V5, "offline"));
+    let p = net.join(ClientConfig::new(V5, "p"));
+    net.subscribe(online, "req/#", q(QoS::AtLeastOnce));
+    net.subscribe(offline, "req/+", q(QoS::ExactlyOnce));
+    net.events(online);
+    net.cut(offline);
+    let users = [("k", "1"), ("z", "2"), ("k", "0"), ("a", "")];
+    for (payload_format, topic) in [(true, "req/1"), (false, "req/2")] {
+        let mut m = Message::new(topic, "body", QoS::AtLeastOnce);
+        m.retain = true;
+        m.properties.payload_format_indicator = Some(payload_format);
+        m.properties.content_type = Some("application/json; v=2".into());
+        m.properties.response_topic = Some("reply/p/7".into());
+        m.properties.correlation_data = Some(bytes::Bytes::from_static(b"\x00corr\xff"));
+        m.properties.set_user_properties(&users).unwrap();
+        net.publish_message(p, m);
+    }
+    net.reconnect(offline);
+    let late = net.join(ClientConfig::new(V5, "late"));
+    net.subscribe(late, "req/#", q(QoS::AtLeastOnce));
+    for s in [online, offline, late] {
+        let got = net.deliveries(s);
+        assert_eq!(got.len(), 2, "{s}");
+        for ((_, _, m), payload_format) in got.iter().zip([true, false]) {
+            let props = &m.properties;
+            assert_eq!(props.payload_format_indicator, Some(payload_format));
+            assert_eq!(
+                props.content_type.as_ref().map(Utf8Bytes::as_str),
+                Some("application/json; v=2")
+            );
+            assert_eq!(
+                props.response_topic.as_ref().map(Utf8Bytes::as_str),
+                Some("reply/p/7")
+            );
+            assert_eq!(
+                props.correlation_data.as_deref(),
+                Some(&b"\x00corr\xff"[..])
+            );
+            assert_eq!(props.user_properties().iter().collect::<Vec<_>>(), users);
+            assert_eq!(text(m), "body");
+        }
+    }
+}
+
+#[test]
+fn mqtt_3_3_4_4_one_copy_carries_every_matching_subscription_identifier() {
+    let mut net = Net::new();
+    let s = net.join(persistent(V5, "s"));
+    let t = net.join(ClientConfig::new(V5, "t"));
+    let u = net.join(ClientConfig::new(V5, "u"));
+    let p = net.join(ClientConfig::new(V5, "p"));
+    let subs: [(usize, &str, Option<u32>); 6] = [
+        (s, "x/+", Some(1)),
+        (s, "x/#", Some(2)),
+        (s, "#", None),
+        (s, "$share/g/x/y", Some(3)),
+        (t, "x/y", Some(9)),
+        (u, "x/y", None),
+    ];
+    for (i, filter, id) in subs {
+        net.peers[i]
+            .client
+            .subscribe(
+                &[(filter, q(QoS::AtLeastOnce))],
+                id.and_then(SubscriptionId::new),
+            )
+            .unwrap();
+        net.drive();
+    }
+    for i in [s, t, u] {
+        net.events(i);
+    }
+    let ids = |net: &mut Net<AllowAll>, i| -> Vec<Vec<u32>> {
+        net.deliveries(i)
+            .into_iter()
+            .map(|(_, _, m)| {
+                let mut ids: Vec<u32> = m
+                    .properties
+                    .subscription_identifiers
+                    .iter()
+                    .map(|i| i.get())
+                    .collect();
+                ids.sort();
+                ids
+            })
+            .collect()
+    };
+    net.publish(p, "x/y", "m", QoS::AtLeastOnce, false);
+    // [MQTT-3.3.4-4] one copy for the client, with the identifier of each matching
+    // subscription that has one (the shared one included); others get only their own.
+    assert_eq!(ids(&mut net, s), [vec![1, 2, 3]]);
+    assert_eq!(ids(&mut net, t), [vec![9]]);
+    assert_eq!(ids(&mut net, u), [Vec::<u32>::new()]);
+    net.publish(p, "x/z", "m", QoS::AtLeastOnce, false);
+    assert_eq!(ids(&mut net, s), [vec![1, 2]]);
+    // The same through the offline queue.
+    net.cut(s);
+    net.publish(p, "x/y", "m", QoS::AtLeastOnce, false);
+    net.reconnect(s);
+    assert_eq!(ids(&mut net, s), [vec![1, 2, 3]]);
+}
+
+#[test]
+fn mqtt_3_3_1_3_outgoing_dup_reflects_only_the_outgoing_retransmission() {
+    use mqtt_codec::{Publish, QosPid};
+    let mut net = Net::new();
+    let s = net.join(ClientConfig {
+        manual_acks: true,
+        ..persistent(V5, "s")
+    });
+    let p = net.join(ClientConfig::new(V5, "p"));
+    net.subscribe(s, "d", q(QoS::ExactlyOnce));
+    net.events(s);
+    // The publisher re-sends (DUP=1) messages the broker never saw.
+    for qos_pid in [QosPid::AtLeastOnce(pid(101)), QosPid::ExactlyOnce(pid(102))] {
+        let mut publish = Publish::new("d", b"again", qos_pid);
+        publish.dup = true;
+        net.inject(p, V5, &Packet::Publish(publish));
+    }
+    let first = net.deliveries(s);
+    let seen: Vec<_> = first.iter().map(|(_, dup, m)| (*dup, m.qos)).collect();
+    // Not copied from the incoming PUBLISH: this is the first attempt towards `s`.
+    assert_eq!(seen, [(false, QoS::AtLeastOnce), (false, QoS::ExactlyOnce)]);
+    let qos1_id = first[0].0;
+    // Unacknowledged when the connection drops: the broker's own re-send carries DUP=1.
+    net.cut(s);
+    net.reconnect(s);
+    let again = net.deliveries(s);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!((again[0].0, again[0].1), (qos1_id, true));
+    net.peers[s].client.ack(qos1_id.unwrap());
+    net.drive();
+    // A new message is a first attempt again.
+    net.publish(p, "d", "new", QoS::AtLeastOnce, false);
+    let new = net.deliveries(s);
+    assert_eq!(new.len(), 1);
+    assert!(!new[0].1);
+}
+
+#[test]
+fn mqtt_3_3_2_3_delivered_topic_name_matches_the_filter() {
+    let filters = ["sport/+/score", "sport/tennis/#", "+/+"];
+    let mut net = Net::new();
+    let s = net.join(ClientConfig::new(V5, "s"));
+    let p = net.join(ClientConfig::new(V5, "p"));
+    for f in filters {
+        net.subscribe(s, f, q(QoS::AtMostOnce));
+    }
+    net.events(s);
+    let topics = [
+        "sport/tennis/score",
+        "sport/golf/score",
+        "sport/tennis",
+        "sport",
+        "sport/tennis/player/1",
+        "news/today",
+        "sport/golf/player",
+        "/x",
+    ];
+    // Twice: the second round goes out with topic aliases.
+    for _ in 0..2 {
+        for t in topics {
+            net.publish(p, t, "m", QoS::AtMostOnce, false);
+        }
+    }
+    let got: Vec<String> = net.take(s).into_iter().map(|g| g.0).collect();
+    for t in &got {
+        let name = mqtt_topic::TopicName::new(t).unwrap();
+        assert!(
+            filters
+                .iter()
+                .any(|f| mqtt_topic::TopicFilter::new(f).unwrap().matches(name)),
+            "{t}"
+        );
+    }
+    let once = [
+        "sport/tennis/score",
+        "sport/golf/score",
+        "sport/tennis",
+        "sport/tennis/player/1",
+        "news/today",
+        "/x",
+    ];
+    assert_eq!(got, [once, once].concat());
+}
+
+#[test]
+fn mqtt_3_3_5_1_v311_overlapping_subscriptions_deliver_at_the_highest_qos() {
+    let mut net = Net::new();
+    let s = net.join(ClientConfig::new(V4, "s"));
+    let p = net.join(ClientConfig::new(V4, "p"));
+    net.subscribe(s, "a/+", q(QoS::AtMostOnce));
+    net.subscribe(s, "a/#", q(QoS::ExactlyOnce));
+    net.subscribe(s, "#", q(QoS::AtLeastOnce));
+    net.events(s);
+    net.publish(p, "a/b", "2", QoS::ExactlyOnce, false);
+    net.publish(p, "a/b", "1", QoS::AtLeastOnce, false);
+    net.publish(p, "b", "only #", QoS::ExactlyOnce, false);
+    assert_eq!(
+        net.take(s),
+        [
+            got("a/b", "2", QoS::ExactlyOnce, false),
+            got("a/b", "1", QoS::AtLeastOnce, false),
+            got("b", "only #", QoS::AtLeastOnce, false),
+        ]
+    );
+}
+
+#[test]
+fn mqtt_3_3_5_2_v311_unauthorized_publish_is_acknowledged_and_dropped() {
+    let mut net = Net::with(Broker::with_hooks(
+        BrokerConfig {
+            sys_interval: None,
+            ..BrokerConfig::default()
+        },
+        Strict,
+        Instant::ZERO,
+    ));
+    let login = |id| ClientConfig {
+        username: Some("u".into()),
+        password: Some(bytes::Bytes::from_static(b"secret")),
+        ..ClientConfig::new(V4, id)
+    };
+    let s = net.join(login("s"));
+    let p = net.join(login("p"));
+    net.subscribe(s, "#", q(QoS::ExactlyOnce));
+    net.events(s);
+    net.events(p);
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        net.publish(p, "admin/x", "no", qos, false);
+    }
+    // 3.1.1 cannot say "not authorized": PUBACK and PUBREC/PUBCOMP as usual, and the
+    // connection stays up.
+    let acks: Vec<ReasonCode> = net
+        .events(p)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Acknowledged { reason, .. } => Some(reason),
+            Event::Disconnected { .. } => panic!("closed"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, [ReasonCode::Success, ReasonCode::Success]);
+    assert!(net.peers[p].client.is_connected());
+    assert!(net.take(s).is_empty());
+    net.publish(p, "ok", "yes", QoS::ExactlyOnce, false);
+    assert_eq!(net.take(s), [got("ok", "yes", QoS::ExactlyOnce, false)]);
+}
+
+#[test]
+fn mqtt_3_1_4_2_v311_second_connection_takes_the_session_over() {
+    let mut net = Net::new();
+    let first = net.join(persistent(V4, "same"));
+    net.subscribe(first, "t", q(QoS::AtLeastOnce));
+    net.events(first);
+    let second = net.join(persistent(V4, "same"));
+    // The existing connection is closed by the broker.
+    assert!(net.peers[first].id.is_none());
+    assert!(!net.peers[first].client.is_connected());
+    assert!(net
+        .events(first)
+        .iter()
+        .any(|e| matches!(e, Event::Disconnected { .. })));
+    assert!(net.events(second).iter().any(|e| matches!(
+        e,
+        Event::Connected(ConnAckInfo {
+            session_present: true,
+            ..
+        })
+    )));
+    let p = net.join(ClientConfig::new(V4, "p"));
+    net.publish(p, "t", "x", QoS::AtLeastOnce, false);
+    assert_eq!(net.take(second), [got("t", "x", QoS::AtLeastOnce, false)]);
+    assert!(net.take(first).is_empty());
+    // A clean-session connection takes over too, and starts afresh.
+    let third = net.join(ClientConfig::new(V4, "same"));
+    assert!(net.peers[second].id.is_none());
+    assert!(net.events(third).iter().any(|e| matches!(
+        e,
+        Event::Connected(ConnAckInfo {
+            session_present: false,
+            ..
+        })
+    )));
+    net.publish(p, "t", "y", QoS::AtLeastOnce, false);
+    assert!(net.take(third).is_empty());
+    assert_eq!(net.broker.stats().clients_connected, 2);
+}
+
+#[test]
+fn mqtt_3_1_4_2_a_failed_check_closes_the_connection_and_spares_the_session() {
+    // 5.0 [MQTT-3.1.4-2]: a CONNECT that fails authentication is refused and closed; it
+    // takes nothing over.
+    let mut net = Net::with(Broker::with_hooks(
+        BrokerConfig {
+            sys_interval: None,
+            ..BrokerConfig::default()
+        },
+        Strict,
+        Instant::ZERO,
+    ));
+    let with = |v, password: &'static [u8]| ClientConfig {
+        username: Some("u".into()),
+        password: Some(bytes::Bytes::from_static(password)),
+        ..persistent(v, "victim")
+    };
+    let victim = net.join(with(V5, b"secret"));
+    net.subscribe(victim, "t", q(QoS::AtLeastOnce));
+    net.events(victim);
+    for v in [V5, V4] {
+        let intruder = net.join(with(v, b"guess"));
+        let evs = net.events(intruder);
+        assert!(
+            evs.iter().any(|e| matches!(
+                e,
+                Event::Disconnected {
+                    reason: ReasonCode::BadUserNameOrPassword,
+                    ..
+                }
+            )),
+            "{evs:?}"
+        );
+        assert!(net.peers[intruder].id.is_none());
+        assert!(!net.peers[intruder].client.is_connected());
+    }
+    assert!(net.peers[victim].client.is_connected());
+    assert!(net.events(victim).is_empty());
+    assert_eq!(net.broker.stats().clients_connected, 1);
+    let p = net.join(with(V5, b"secret"));
+    // (`p` took "victim" over legitimately; the refused ones did not.)
+    assert!(net.peers[victim].id.is_none());
+    net.publish(p, "t", "x", QoS::AtLeastOnce, false);
+    assert_eq!(net.take(p), [got("t", "x", QoS::AtLeastOnce, false)]);
+}
+
+#[test]
+fn mqtt_3_8_4_4_multi_filter_subscribe_is_a_sequence_of_single_ones() {
+    // 3.1.1 [MQTT-3.8.4-4]: as if one SUBSCRIBE per filter, one SUBACK for all; a repeated
+    // filter replaces the earlier one.
+    let mut net = Net::new();
+    let s = net.join(ClientConfig::new(V4, "s"));
+    let p = net.join(ClientConfig::new(V4, "p"));
+    net.peers[s]
+        .client
+        .subscribe(
+            &[
+                ("a", q(QoS::AtMostOnce)),
+                ("b", q(QoS::AtLeastOnce)),
+                ("a", q(QoS::ExactlyOnce)),
+            ],
+            None,
+        )
+        .unwrap();
+    net.drive();
+    let subacks: Vec<_> = net
+        .events(s)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Subscribed { reasons, .. } => Some(reasons),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        subacks,
+        [vec![
+            ReasonCode::Success,
+            ReasonCode::GrantedQoS1,
+            ReasonCode::GrantedQoS2
+        ]]
+    );
+    assert_eq!(net.broker.stats().subscriptions, 2);
+    net.publish(p, "a", "x", QoS::ExactlyOnce, false);
+    net.publish(p, "b", "y", QoS::ExactlyOnce, false);
+    assert_eq!(
+        net.take(s),
+        [
+            got("a", "x", QoS::ExactlyOnce, false),
+            got("b", "y", QoS::AtLeastOnce, false)
+        ]
+    );
+}
+
+#[test]
+fn mqtt_3_8_4_4_replacing_a_subscription_resends_retained_and_loses_nothing() {
+    let mut net = Net::new();
+    let p = net.join(ClientConfig::new(V5, "p"));
+    net.publish(p, "r", "kept", QoS::AtLeastOnce, true);
+    // One message in flight at a time, so that some wait in the session during the swap.
+    let s = net.join(ClientConfig {
+        receive_maximum: 1,
+        manual_acks: true,
+        ..ClientConfig::new(V5, "s")
+    });
+    net.subscribe(s, "r", q(QoS::AtLeastOnce));
+    let first = net.deliveries(s);
+    assert_eq!(first.len(), 1);
+    net.publish(p, "r", "live1", QoS::AtLeastOnce, false);
+    // Replaced (Retain Handling 0, now at QoS 2) while "kept" is unacknowledged and
+    // "live1" waits behind it.
+    let opts = SubscriptionOptions {
+        retain_handling: RetainHandling::SendAtSubscribe,
+        ..q(QoS::ExactlyOnce)
+    };
+    net.subscribe(s, "r", opts);
+    assert!(net.events(s).iter().any(|e| matches!(
+        e,
+        Event::Subscribed { reasons, .. } if reasons == &[ReasonCode::GrantedQoS2]
+    )));
+    net.peers[s].client.ack(first[0].0.unwrap());
+    net.drive();
+    net.publish(p, "r", "live2", QoS::ExactlyOnce, false);
+    let rest = drain_acking(&mut net, s);
+    assert_eq!(
+        rest,
+        [
+            (String::from("live1"), QoS::AtLeastOnce, false, false),
+            (String::from("kept"), QoS::AtLeastOnce, true, false),
+            (String::from("live2"), QoS::ExactlyOnce, false, false),
+        ]
+    );
+    assert_eq!(net.broker.stats().subscriptions, 1);
+}
+
+#[test]
+fn mqtt_3_8_4_6_v311_delivered_qos_is_the_lower_of_publish_and_grant() {
+    let mut net = Net::new();
+    let s = net.join(ClientConfig::new(V4, "s"));
+    let p = net.join(ClientConfig::new(V4, "p"));
+    let all = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+    let filters = ["q0", "q1", "q2"];
+    let subs: Vec<_> = filters.iter().zip(all).map(|(f, g)| (*f, q(g))).collect();
+    net.peers[s].client.subscribe(&subs, None).unwrap();
+    net.drive();
+    net.events(s);
+    for (f, granted) in filters.iter().zip(all) {
+        for qos in all {
+            net.publish(p, f, "m", qos, false);
+            assert_eq!(net.take(s), [got(f, "m", qos.min(granted), false)]);
+        }
+    }
+}
+
+#[test]
+fn mqtt_3_8_4_7_suback_has_one_code_per_filter_in_order() {
+    // 5.0 [MQTT-3.8.4-6] one reason code per filter, [MQTT-3.8.4-7] each the granted
+    // maximum QoS or a failure.
+    let mut net = Net::with(broker_with(|s| {
+        s.maximum_qos = QoS::AtLeastOnce;
+        s.shared_subscription_available = false;
+    }));
+    let s = net.join(ClientConfig::new(V5, "s"));
+    let p = net.join(ClientConfig::new(V5, "p"));
+    net.peers[s]
+        .client
+        .subscribe(
+            &[
+                ("a", q(QoS::ExactlyOnce)),
+                ("$share/g/b", q(QoS::AtLeastOnce)),
+                ("c", q(QoS::AtMostOnce)),
+                ("d", q(QoS::AtLeastOnce)),
+            ],
+            None,
+        )
+        .unwrap();
+    net.drive();
+    let subacks: Vec<_> = net
+        .events(s)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Subscribed { reasons, .. } => Some(reasons),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        subacks,
+        [vec![
+            ReasonCode::GrantedQoS1,
+            ReasonCode::SharedSubscriptionsNotSupported,
+            ReasonCode::Success,
+            ReasonCode::GrantedQoS1,
+        ]]
+    );
+    // The grants hold: "a" delivers at QoS 1, "c" at 0, the refused filter nothing.
+    for t in ["a", "b", "c", "d"] {
+        net.publish(p, t, "m", QoS::AtLeastOnce, false);
+    }
+    assert_eq!(
+        net.take(s),
+        [
+            got("a", "m", QoS::AtLeastOnce, false),
+            got("c", "m", QoS::AtMostOnce, false),
+            got("d", "m", QoS::AtLeastOnce, false),
+        ]
+    );
+}
+
+#[test]
+fn mqtt_3_10_4_2_unsubscribe_stops_new_messages_and_finishes_inflight_ones() {
+    let mut net = Net::new();
+    let s = net.join(ClientConfig {
+        manual_acks: true,
+        ..persistent(V5, "s")
+    });
+    let p = net.join(ClientConfig::new(V5, "p"));
+    net.subscribe(s, "t", q(QoS::AtLeastOnce));
+    net.subscribe(s, "u", q(QoS::ExactlyOnce));
+    net.events(s);
+    // QoS 2 first: the client acknowledges in arrival order.
+    net.publish(p, "u", "u1", QoS::ExactlyOnce, false);
+    net.publish(p, "t", "t1", QoS::AtLeastOnce, false);
+    let started = net.deliveries(s);
+    assert_eq!(started.len(), 2);
+    net.peers[s].client.unsubscribe(&["t", "u"]).unwrap();
+    net.drive();
+    assert!(net.events(s).iter().any(|e| matches!(
+        e,
+        Event::Unsubscribed { reasons, .. }
+            if reasons == &[ReasonCode::Success, ReasonCode::Success]
+    )));
+    // [MQTT-3.10.4-2] nothing new.
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        net.publish(p, "t", "late", qos, false);
+        net.publish(p, "u", "late", qos, false);
+    }
+    assert!(net.deliveries(s).is_empty());
+    // [MQTT-3.10.4-3] the QoS 2 delivery already started completes: PUBREC is answered
+    // with PUBREL, which releases the client's packet identifier.
+    assert_eq!(net.peers[s].client.session().incoming_qos2.len(), 1);
+    net.peers[s].client.ack(started[0].0.unwrap());
+    net.drive();
+    assert!(net.peers[s].client.session().incoming_qos2.is_empty());
+    // The QoS 1 one is still owed: re-sent after a reconnect, until acknowledged.
+    net.cut(s);
+    net.reconnect(s);
+    let again = net.deliveries(s);
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].0, again[0].1), (started[1].0, true));
+    assert_eq!(text(&again[0].2), "t1");
+    net.peers[s].client.ack(again[0].0.unwrap());
+    net.drive();
+    net.cut(s);
+    net.reconnect(s);
+    assert!(net.deliveries(s).is_empty());
+}
+
+#[test]
+fn mqtt_3_10_4_6_multi_filter_unsubscribe_is_a_sequence_of_single_ones() {
+    // [MQTT-3.11.3-1] (5.0) the UNSUBACK codes follow the filters' order.
+    for v in [V5, V4] {
+        let mut net = Net::new();
+        let s = net.join(ClientConfig::new(v, "s"));
+        let p = net.join(ClientConfig::new(v, "p"));
+        let subs = ["a", "b", "c"].map(|f| (f, q(QoS::AtMostOnce)));
+        net.peers[s].client.subscribe(&subs, None).unwrap();
+        net.drive();
+        net.events(s);
+        // "c" twice: the second finds it already gone.
+        net.peers[s]
+            .client
+            .unsubscribe(&["c", "nope", "a", "c"])
+            .unwrap();
+        net.drive();
+        let unsubacks: Vec<_> = net
+            .events(s)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Unsubscribed { reasons, .. } => Some(reasons),
+                _ => None,
+            })
+            .collect();
+        let expected = if v.is_v5() {
+            vec![
+                ReasonCode::Success,
+                ReasonCode::NoSubscriptionExisted,
+                ReasonCode::Success,
+                ReasonCode::NoSubscriptionExisted,
+            ]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(unsubacks, [expected], "{v:?}");
+        for t in ["a", "b", "c"] {
+            net.publish(p, t, "m", QoS::AtMostOnce, false);
+        }
+        assert_eq!(net.take(s), [got("b", "m", QoS::AtMostOnce, false)]);
+        assert_eq!(net.broker.stats().subscriptions, 1);
+    }
+}
+
+#[test]
+fn mqtt_3_1_3_5_short_alphanumeric_client_ids_are_accepted() {
+    let ids = ["0", "a", "A", "Z9", "0123456789abcdefghijKLM"];
+    assert_eq!(ids[4].len(), 23);
+    for v in [V31, V4, V5] {
+        let mut net = Net::new();
+        let peers: Vec<usize> = ids
+            .iter()
+            .map(|id| net.join(ClientConfig::new(v, *id)))
+            .collect();
+        for (&i, id) in peers.iter().zip(ids) {
+            let evs = net.events(i);
+            assert!(
+                matches!(
+                    evs.first(),
+                    Some(Event::Connected(ConnAckInfo {
+                        assigned_client_id: None,
+                        ..
+                    }))
+                ),
+                "{v:?} {id}: {evs:?}"
+            );
+        }
+        // Each is its own session ("a" and "A" differ): nobody was taken over.
+        assert!(peers.iter().all(|&i| net.peers[i].client.is_connected()));
+        assert_eq!(net.broker.stats().clients_connected, ids.len());
+    }
+}
+
+#[test]
+fn mqtt_3_2_2_16_assigned_client_ids_are_unique() {
+    let mut net = Net::new();
+    // A client already using the name the broker would assign first.
+    let squatter = net.join(ClientConfig::new(V5, "auto-0000000000000001"));
+    let named = net.join(persistent(V5, "auto-0000000000000002"));
+    net.cut(named);
+    let a = net.join(ClientConfig::new(V5, ""));
+    let b = net.join(ClientConfig::new(V5, ""));
+    let assigned = |net: &mut Net<AllowAll>, i| {
+        net.events(i)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Connected(info) => info.assigned_client_id,
+                _ => None,
+            })
+            .expect("assigned")
+    };
+    let (ida, idb) = (assigned(&mut net, a), assigned(&mut net, b));
+    assert_ne!(ida, idb);
+    for id in [&ida, &idb] {
+        assert_ne!(id.as_str(), "auto-0000000000000001");
+        // Nor the one a disconnected session still holds.
+        assert_ne!(id.as_str(), "auto-0000000000000002");
+    }
+    assert!([squatter, a, b]
+        .iter()
+        .all(|&i| net.peers[i].client.is_connected()));
+    net.reconnect(named);
+    assert!(net.events(named).iter().any(|e| matches!(
+        e,
+        Event::Connected(ConnAckInfo {
+            session_present: true,
+            ..
+        })
+    )));
+}
+
+#[test]
+fn mqtt_3_1_2_28_no_response_information_unless_requested() {
+    use mqtt_codec::{decode, Connect, DecodeOptions, Status};
+    let mut broker = broker_with(|_| {});
+    let now = Instant::ZERO;
+    for request in [None, Some(false)] {
+        let id = broker.open(now);
+        let mut connect = Connect::new(V5, "rri");
+        connect.properties.request_response_information = request;
+        let bytes = Packet::Connect(connect).encode_to_vec(V5).unwrap();
+        broker.handle_input(now, id, &mut BytesMut::from(&bytes[..]));
+        let mut out = vec![0u8; 1024];
+        let n = broker.poll_transmit(now, id, &mut out).expect("CONNACK");
+        let Ok(Status::Complete {
+            packet: Packet::ConnAck(ack),
+            ..
+        }) = decode(&out[..n], &DecodeOptions::new(V5))
+        else {
+            panic!("{:?}", &out[..n])
+        };
+        assert_eq!(ack.reason_code, ReasonCode::Success);
+        assert_eq!(ack.properties.response_information, None);
+        broker.handle_close(now, id);
+    }
+}
+
+#[test]
+fn mqtt_3_3_2_5_expired_messages_are_not_delivered_onward() {
+    let expiring = |payload: &'static str, secs| {
+        let mut m = Message::new("e", payload, QoS::AtLeastOnce);
+        m.properties.message_expiry_interval = secs;
+        m
+    };
+    let mut net = Net::new();
+    let p = net.join(ClientConfig::new(V5, "p"));
+    // Queued for an offline session.
+    let s = net.join(persistent(V5, "s"));
+    net.subscribe(s, "e", q(QoS::AtLeastOnce));
+    net.cut(s);
+    net.publish_message(p, expiring("short", Some(5)));
+    net.publish_message(p, expiring("long", Some(60)));
+    net.publish_message(p, expiring("forever", None));
+    net.advance(6_000);
+    net.reconnect(s);
+    let got: Vec<_> = net
+        .deliveries(s)
+        .into_iter()
+        .map(|(_, _, m)| (text(&m), m.properties.message_expiry_interval))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (String::from("long"), Some(54)),
+            (String::from("forever"), None)
+        ]
+    );
+    // Waiting behind the client's Receive Maximum.
+    let w = net.join(ClientConfig {
+        receive_maximum: 1,
+        manual_acks: true,
+        ..ClientConfig::new(V5, "w")
+    });
+    net.subscribe(w, "e", q(QoS::AtLeastOnce));
+    net.publish_message(p, expiring("first", None));
+    let first = net.deliveries(w);
+    assert_eq!(first.len(), 1);
+    net.publish_message(p, expiring("stale", Some(2)));
+    net.publish_message(p, expiring("fresh", Some(60)));
+    net.advance(3_000);
+    net.peers[w].client.ack(first[0].0.unwrap());
+    net.drive();
+    let rest: Vec<String> = drain_acking(&mut net, w).into_iter().map(|g| g.0).collect();
+    assert_eq!(rest, ["fresh"]);
+}
+
+#[test]
+fn mqtt_4_6_0_5_messages_keep_each_publishers_order() {
+    let mut net = Net::new();
+    let s = net.join(ClientConfig {
+        receive_maximum: 3,
+        manual_acks: true,
+        ..persistent(V5, "s")
+    });
+    let p1 = net.join(ClientConfig::new(V5, "p1"));
+    let p2 = net.join(ClientConfig::new(V4, "p2"));
+    net.subscribe(s, "o/#", q(QoS::ExactlyOnce));
+    net.events(s);
+    const N: usize = 12;
+    let payloads: Vec<(String, String)> = (0..N)
+        .map(|i| (format!("p1-{i:02}"), format!("p2-{i:02}")))
+        .collect();
+    // Interleaved, without letting the network run in between: most wait in the session.
+    let send = |net: &mut Net<AllowAll>, range: core::ops::Range<usize>| {
+        for (a, b) in &payloads[range] {
+            let now = net.now;
+            let m = Message::new("o/a", bytes::Bytes::from(a.clone()), QoS::AtLeastOnce);
+            net.peers[p1].client.publish(now, m).unwrap();
+            let m = Message::new("o/a", bytes::Bytes::from(b.clone()), QoS::ExactlyOnce);
+            net.peers[p2].client.publish(now, m).unwrap();
+        }
+        net.drive();
+    };
+    send(&mut net, 0..8);
+    // Three in flight, unacknowledged, when the subscriber drops.
+    let mut seen: Vec<(String, bool)> = net
+        .deliveries(s)
+        .into_iter()
+        .map(|(_, dup, m)| (text(&m), dup))
+        .collect();
+    assert_eq!(seen.len(), 3);
+    net.cut(s);
+    send(&mut net, 8..N);
+    net.reconnect(s);
+    seen.extend(drain_acking(&mut net, s).into_iter().map(|g| (g.0, g.3)));
+    for (publisher, qos_payloads) in [("p1-", 0), ("p2-", 1)] {
+        let order: Vec<&str> = seen
+            .iter()
+            .filter(|(p, dup)| p.starts_with(publisher) && !dup)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        let expected: Vec<&str> = payloads
+            .iter()
+            .map(|(a, b)| if qos_payloads == 0 { a } else { b }.as_str())
+            .collect();
+        assert_eq!(order, expected);
+    }
+}
+
+#[test]
+fn mqtt_4_5_0_1_every_matching_subscriber_gets_the_message() {
+    let mut net = Net::new();
+    let a = net.join(ClientConfig::new(V31, "a"));
+    let b = net.join(ClientConfig::new(V4, "b"));
+    let c = net.join(ClientConfig::new(V5, "c"));
+    let d = net.join(persistent(V5, "d"));
+    let e = net.join(ClientConfig::new(V5, "e"));
+    let g1 = net.join(ClientConfig::new(V5, "g1"));
+    let g2 = net.join(ClientConfig::new(V5, "g2"));
+    let p = net.join(ClientConfig::new(V5, "p"));
+    for (i, f) in [
+        (a, "m/+"),
+        (b, "m/#"),
+        (c, "+/x"),
+        (d, "m/x"),
+        (e, "other"),
+        (g1, "$share/g/m/x"),
+        (g2, "$share/g/m/x"),
+    ] {
+        net.subscribe(i, f, q(QoS::AtLeastOnce));
+    }
+    net.cut(d);
+    net.publish(p, "m/x", "all", QoS::AtLeastOnce, false);
+    let one = [got("m/x", "all", QoS::AtLeastOnce, false)];
+    for i in [a, b, c] {
+        assert_eq!(net.take(i), one, "{i}");
+    }
+    assert!(net.take(e).is_empty());
+    // The shared group counts as one subscriber.
+    let group = [net.take(g1), net.take(g2)].concat();
+    assert_eq!(group, one);
+    net.reconnect(d);
+    assert_eq!(net.take(d), one);
+}
+
+#[test]
+fn mqtt_4_8_2_4_shared_qos2_delivery_resumes_with_the_same_member() {
+    let mut net = Net::new();
+    let config = |id| ClientConfig {
+        manual_acks: true,
+        ..persistent(V5, id)
+    };
+    let members = [net.join(config("m1")), net.join(config("m2"))];
+    let p = net.join(ClientConfig::new(V5, "p"));
+    for m in members {
+        net.subscribe(m, "$share/g/job", q(QoS::ExactlyOnce));
+        net.events(m);
+    }
+    net.publish(p, "job", "work", QoS::ExactlyOnce, false);
+    let (r, o) = if net.peers[members[0]].events.is_empty() {
+        (members[1], members[0])
+    } else {
+        (members[0], members[1])
+    };
+    let first = net.deliveries(r);
+    assert_eq!(first.len(), 1);
+    net.cut(r);
+    // Meanwhile new work goes to the member that is there; "work" stays with `r`.
+    net.publish(p, "job", "next", QoS::ExactlyOnce, false);
+    let other: Vec<String> = drain_acking(&mut net, o).into_iter().map(|g| g.0).collect();
+    assert_eq!(other, ["next"]);
+    // Back with a machine that forgot what it had received: the broker re-sends to it.
+    net.peers[r].client = Client::new(config(if r == members[0] { "m1" } else { "m2" }));
+    net.reconnect(r);
+    let again = net.deliveries(r);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!((again[0].0, again[0].1), (first[0].0, true));
+    assert_eq!(text(&again[0].2), "work");
+    net.peers[r].client.ack(again[0].0.unwrap());
+    net.drive();
+    assert!(net.peers[r].client.session().incoming_qos2.is_empty());
+    assert!(net.deliveries(o).is_empty());
+}
+
+#[test]
+fn mqtt_4_8_2_5_a_shared_message_dies_with_its_members_session() {
+    let mut net = Net::new();
+    let config = |id| ClientConfig {
+        manual_acks: true,
+        session_expiry_interval: 5,
+        ..persistent(V5, id)
+    };
+    let members = [net.join(config("m1")), net.join(config("m2"))];
+    let p = net.join(ClientConfig::new(V5, "p"));
+    for m in members {
+        net.subscribe(m, "$share/g/job", q(QoS::AtLeastOnce));
+        net.events(m);
+    }
+    net.publish(p, "job", "work", QoS::AtLeastOnce, false);
+    let (r, o) = if net.peers[members[0]].events.is_empty() {
+        (members[1], members[0])
+    } else {
+        (members[0], members[1])
+    };
+    assert_eq!(net.deliveries(r).len(), 1);
+    net.cut(r);
+    net.advance(5_000);
+    net.advance(5_000);
+    // The session of `r` ended with "work" in flight: not handed to `o`.
+    assert!(net.deliveries(o).is_empty());
+    net.publish(p, "job", "next", QoS::AtLeastOnce, false);
+    let other: Vec<String> = drain_acking(&mut net, o).into_iter().map(|g| g.0).collect();
+    assert_eq!(other, ["next"]);
+    // Nor to `r`, which comes back to a new session.
+    net.reconnect(r);
+    assert!(net.events(r).iter().any(|e| matches!(
+        e,
+        Event::Connected(ConnAckInfo {
+            session_present: false,
+            ..
+        })
+    )));
+    assert!(net.deliveries(r).is_empty());
+}
+
+#[test]
+fn mqtt_4_8_2_6_a_refused_shared_message_is_dropped() {
+    use mqtt_codec::PubAck;
+    let mut net = Net::new();
+    let config = |id| ClientConfig {
+        manual_acks: true,
+        ..persistent(V5, id)
+    };
+    let members = [net.join(config("m1")), net.join(config("m2"))];
+    let p = net.join(ClientConfig::new(V5, "p"));
+    for m in members {
+        net.subscribe(m, "$share/g/job", q(QoS::ExactlyOnce));
+        net.events(m);
+    }
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        net.publish(p, "job", "refused", qos, false);
+        let got: Vec<_> = members
+            .iter()
+            .flat_map(|&m| net.deliveries(m).into_iter().map(move |d| (m, d)))
+            .collect();
+        assert_eq!(got.len(), 1);
+        let (member, (id, _, message)) = &got[0];
+        assert_eq!(message.qos, qos);
+        // PUBACK or PUBREC with Unspecified error, sent past the client machine.
+        let ack = PubAck {
+            reason_code: ReasonCode::UnspecifiedError,
+            ..PubAck::new(id.unwrap())
+        };
+        let packet = match qos {
+            QoS::AtLeastOnce => Packet::PubAck(ack),
+            _ => Packet::PubRec(ack),
+        };
+        net.inject(*member, V5, &packet);
+        // Not offered to the other member.
+        for m in members {
+            assert!(net.deliveries(m).is_empty());
+        }
+    }
+    // Nor re-sent to anyone after a reconnect.
+    for (m, id) in members.into_iter().zip(["m1", "m2"]) {
+        net.cut(m);
+        net.peers[m].client = Client::new(config(id));
+        net.reconnect(m);
+        assert!(net.deliveries(m).is_empty());
+    }
 }
