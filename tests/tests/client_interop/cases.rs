@@ -70,6 +70,8 @@ fn line(topic: &str, qos: u8, retain: bool, expiry: &str, props: &str, payload: 
     )
 }
 
+/// [MQTT-7.1.2-1] the client speaks MQTT over an ordered, lossless, bidirectional byte
+/// stream (TCP) to a real broker, both ways, at every QoS.
 #[test]
 fn qos_0_1_2_both_ways_with_mosquitto_clients() {
     require_mosquitto();

@@ -336,6 +336,101 @@ fn websocket_handshake_rejects_other_paths() {
     assert!(rest.is_empty() || rest[0] == 0x88, "{rest:02x?}");
 }
 
+/// [MQTT-6.0.0-2] WebSocket frames and MQTT packets need not line up: one binary frame
+/// carries a CONNECT and the first bytes of a SUBSCRIBE, the next the rest of it, a PINGREQ
+/// and a PUBLISH split again, the last the PUBLISH's tail. The broker answers each packet,
+/// and its own frames are reassembled the same way on this side.
+#[test]
+fn websocket_frames_need_not_align_with_packets() {
+    let broker = Broker::start(&[]);
+    let mut s = TcpStream::connect_timeout(&broker.ws, READ_TIMEOUT).expect("connect");
+    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    s.write_all(
+        b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Protocol: mqtt\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).expect("handshake response"), 1);
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+
+    // A masked binary frame, as a client must send.
+    let binary = |payload: &[u8]| {
+        assert!(payload.len() < 126);
+        let mask = [0x5A, 0x17, 0xC3, 0x08];
+        let mut f = vec![0x82, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        f
+    };
+    let mut stream = connect(4, "ws-split");
+    let sub = subscribe(4, "split/t");
+    let ping = [0xC0u8, 0x00];
+    let pub_ = publish(4, "split/t", b"across three frames");
+    stream.extend_from_slice(&sub);
+    let first = stream.len() - (sub.len() - 3);
+    stream.extend_from_slice(&ping);
+    stream.extend_from_slice(&pub_);
+    let second = stream.len() - 5;
+    for part in [&stream[..first], &stream[first..second], &stream[second..]] {
+        s.write_all(&binary(part)).unwrap();
+        // Each frame on its own, so the broker cannot see them as one read.
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The broker's frames are unmasked; gather their payloads into one byte stream.
+    let mut got = Vec::new();
+    let want_len = 4 + 5 + 2 + pub_.len();
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while got.len() < want_len && Instant::now() < deadline {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).expect("a frame from the broker");
+        assert_eq!(h[0], 0x82, "a final binary frame");
+        let len = match h[1] {
+            n @ 0..=125 => usize::from(n),
+            126 => {
+                let mut l = [0u8; 2];
+                s.read_exact(&mut l).unwrap();
+                usize::from(u16::from_be_bytes(l))
+            }
+            n => panic!("unexpected length byte {n}"),
+        };
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        got.extend_from_slice(&payload);
+    }
+    // Split the byte stream back into packets (all short: one-byte remaining lengths).
+    let mut packets = Vec::new();
+    let mut rest = &got[..];
+    while let [first, len, ..] = *rest {
+        let end = 2 + usize::from(len);
+        packets.push((first, rest[2..end].to_vec()));
+        rest = &rest[end..];
+    }
+    assert_eq!(packets[0], (0x20, vec![0, 0]), "CONNACK first, accepted");
+    // SUBACK and PINGRESP in either order (the broker answers a ping at once and the
+    // SUBSCRIBE once it has decided), then the message the subscription lets through.
+    let mut middle = packets[1..3].to_vec();
+    middle.sort();
+    assert_eq!(middle, vec![(0x90, vec![0, 1, 0]), (0xD0, vec![])]);
+    assert_eq!(
+        packets[3],
+        (0x30, pub_[2..].to_vec()),
+        "its own message back"
+    );
+    assert_eq!(packets.len(), 4);
+}
+
 /// A subscriber that stops reading is disconnected once its output queue fills
 /// (`--write-queue`), instead of the broker buffering for it without bound; the
 /// publisher and a good client go on.

@@ -94,6 +94,8 @@ fn m(topic: &str, qos: u8, retain: bool, payload: &str) -> (String, u8, bool, St
     (topic.into(), qos, retain, payload.into())
 }
 
+/// [MQTT-7.1.1-1] [MQTT-4.2-1] the broker serves an ordered, lossless, bidirectional byte
+/// stream (TCP): every message of every QoS arrives, in order, at mosquitto's clients.
 #[test]
 fn qos_0_1_2_delivery() {
     require_mosquitto();
