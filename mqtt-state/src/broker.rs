@@ -11,7 +11,9 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::ops::{Index, IndexMut};
 
 use bytes::{Bytes, BytesMut};
 use mqtt_codec::{
@@ -156,23 +158,146 @@ struct Conn {
     generation: u32,
     session: ServerSession,
     /// The session this connection serves, once accepted (an index into `sessions`,
-    /// which the subscription tree already keeps as `u32`).
-    owner: Option<u32>,
-    /// Boxed: most connections of many deployments have none, and every slot would carry
-    /// the handle inline.
-    username: Option<Box<Utf8Bytes>>,
-    /// Boxed, like `authenticating`: rarely set, and every connection slot would carry it.
+    /// which the subscription tree already keeps as `u32`); [`NO_OWNER`] before. A plain
+    /// `u32` rather than an `Option`, which would take 8 bytes in every connection.
+    owner: u32,
+    /// Asked the program to close it.
+    closing: bool,
+    /// Boxed, all in one: many connections have none of it, and every connection would
+    /// carry the pointers inline.
+    extra: Option<Box<ConnExtra>>,
+}
+
+/// `Conn::owner` of a connection that serves no session.
+const NO_OWNER: u32 = u32::MAX;
+
+/// What only some connections have.
+#[derive(Default)]
+struct ConnExtra {
+    username: Option<Utf8Bytes>,
+    /// Boxed in turn: a connection with a user name but no will would carry the message.
     will: Option<Box<(Message, u32)>>,
     /// A CONNECT waiting for enhanced authentication to finish.
     authenticating: Option<Box<ConnectRequest>>,
-    /// Asked the program to close it.
-    closing: bool,
+}
+
+impl Conn {
+    fn owner(&self) -> Option<usize> {
+        (self.owner != NO_OWNER).then_some(self.owner as usize)
+    }
+
+    fn take_owner(&mut self) -> Option<usize> {
+        let owner = self.owner();
+        self.owner = NO_OWNER;
+        owner
+    }
+
+    fn username(&self) -> Option<&Utf8Bytes> {
+        self.extra.as_ref()?.username.as_ref()
+    }
+
+    fn authenticating(&self) -> Option<&ConnectRequest> {
+        self.extra.as_ref()?.authenticating.as_deref()
+    }
+
+    fn extra_mut(&mut self) -> &mut ConnExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn take_will(&mut self) -> Option<(Message, u32)> {
+        let will = self.extra.as_mut()?.will.take();
+        self.tidy_extra();
+        will.map(|w| *w)
+    }
+
+    fn take_authenticating(&mut self) -> Option<ConnectRequest> {
+        let req = self.extra.as_mut()?.authenticating.take();
+        self.tidy_extra();
+        req.map(|r| *r)
+    }
+
+    /// Drops the extra box once it holds nothing.
+    fn tidy_extra(&mut self) {
+        if self
+            .extra
+            .as_ref()
+            .is_some_and(|e| e.username.is_none() && e.will.is_none() && e.authenticating.is_none())
+        {
+            self.extra = None;
+        }
+    }
+}
+
+/// A slab of slots, allocated in chunks of a fixed size: a `Vec` doubles, so that up to
+/// half of it is spare capacity, while here at most one chunk is, and growing never moves
+/// what is stored.
+struct Slots<T> {
+    chunks: Vec<Vec<T>>,
+}
+
+/// Slots per chunk of [`Slots`].
+const CHUNK: usize = 64;
+
+impl<T> Slots<T> {
+    const fn new() -> Self {
+        Self { chunks: Vec::new() }
+    }
+
+    fn len(&self) -> usize {
+        match self.chunks.last() {
+            Some(last) => (self.chunks.len() - 1) * CHUNK + last.len(),
+            None => 0,
+        }
+    }
+
+    /// Appends `item`, returning its index.
+    fn push(&mut self, item: T) -> usize {
+        let index = self.len();
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => last.push(item),
+            _ => {
+                // Exactly one chunk's capacity: `with_capacity` does not round up.
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(item);
+                self.chunks.push(chunk);
+            }
+        }
+        index
+    }
+
+    fn get(&self, index: usize) -> Option<&T> {
+        self.chunks.get(index / CHUNK)?.get(index % CHUNK)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+}
+
+impl<T> Index<usize> for Slots<T> {
+    type Output = T;
+    fn index(&self, index: usize) -> &T {
+        &self.chunks[index / CHUNK][index % CHUNK]
+    }
+}
+
+impl<T> IndexMut<usize> for Slots<T> {
+    fn index_mut(&mut self, index: usize) -> &mut T {
+        &mut self.chunks[index / CHUNK][index % CHUNK]
+    }
 }
 
 struct SessionRecord {
-    client_id: Utf8Bytes,
+    /// Shared with the key in `by_client_id`: one allocation for both, with no header
+    /// beyond the reference counts (a cloned `Bytes` made from a `Vec` allocates one).
+    client_id: Arc<str>,
     /// Filters as subscribed, to remove them from the tree when the session ends.
-    filters: Vec<(Utf8Bytes, ProtocolVersion)>,
+    /// A `Box<str>` rather than a `Utf8Bytes` handle: 16 bytes less per subscription.
+    filters: Vec<(Box<str>, ProtocolVersion)>,
     conn: Option<ConnectionId>,
     expiry: u32,
     /// Boxed: only a session without a connection has any of this, and most sessions
@@ -198,13 +323,15 @@ pub struct Broker<H: Hooks = AllowAll> {
     started: Instant,
     /// Boxed: a slot is a pointer, so neither the vector's spare capacity nor a closed
     /// connection's slot costs a whole machine.
-    conns: Vec<Option<Box<Conn>>>,
+    conns: Slots<Option<Box<Conn>>>,
     free_conns: Vec<u32>,
     /// The generation each freed slot last had, so a stale id never matches a new one.
     last_generation: Vec<u32>,
-    sessions: Vec<Option<SessionRecord>>,
-    free_sessions: Vec<usize>,
-    by_client_id: BTreeMap<Utf8Bytes, usize>,
+    sessions: Slots<Option<SessionRecord>>,
+    free_sessions: Vec<u32>,
+    /// Session by client identifier. Ordered rather than hashed, so that chosen
+    /// identifiers cannot flood it; the value is `u32` like the other session indices.
+    by_client_id: BTreeMap<Arc<str>, u32>,
     tree: SubscriptionTree<u32, SubOpts>,
     retained: RetainedStore<(Message, Instant)>,
     events: VecDeque<BrokerEvent>,
@@ -232,10 +359,10 @@ impl<H: Hooks> Broker<H> {
             config,
             hooks,
             started: now,
-            conns: Vec::new(),
+            conns: Slots::new(),
             free_conns: Vec::new(),
             last_generation: Vec::new(),
-            sessions: Vec::new(),
+            sessions: Slots::new(),
             free_sessions: Vec::new(),
             by_client_id: BTreeMap::new(),
             tree: SubscriptionTree::new(),
@@ -265,16 +392,16 @@ impl<H: Hooks> Broker<H> {
     /// A new connection opened. Beyond `max_connections` it is still registered, so that
     /// the refusal (CONNACK Server busy) can be sent, then closed.
     pub fn open(&mut self, now: Instant) -> ConnectionId {
-        let session = ServerSession::new(self.config.server.clone(), now);
+        let mut session = ServerSession::new(self.config.server.clone(), now);
+        // The session record keeps the client identifier; the machine need not copy it too.
+        session.forget_client_id();
         let conn = |generation| {
             Box::new(Conn {
                 generation,
                 session,
-                owner: None,
-                username: None,
-                will: None,
-                authenticating: None,
+                owner: NO_OWNER,
                 closing: false,
+                extra: None,
             })
         };
         match self.free_conns.pop() {
@@ -288,13 +415,10 @@ impl<H: Hooks> Broker<H> {
                 self.conns[index as usize] = Some(conn(generation));
                 ConnectionId { index, generation }
             }
-            None => {
-                self.conns.push(Some(conn(0)));
-                ConnectionId {
-                    index: (self.conns.len() - 1) as u32,
-                    generation: 0,
-                }
-            }
+            None => ConnectionId {
+                index: self.conns.push(Some(conn(0))) as u32,
+                generation: 0,
+            },
         }
     }
 
@@ -309,7 +433,7 @@ impl<H: Hooks> Broker<H> {
         self.conns
             .iter()
             .flatten()
-            .filter(|c| c.owner.is_some())
+            .filter(|c| c.owner().is_some())
             .count()
     }
 
@@ -532,7 +656,7 @@ impl<H: Hooks> Broker<H> {
                 self.hooks
                     .enhanced_auth(req.client_id.as_str(), method.as_str(), data.as_deref());
             if let Some(c) = self.conn_mut(id) {
-                c.authenticating = Some(Box::new(req));
+                c.extra_mut().authenticating = Some(Box::new(req));
             }
             self.auth_step(now, id, step);
             return;
@@ -549,25 +673,22 @@ impl<H: Hooks> Broker<H> {
         data: Option<Bytes>,
     ) {
         let Some(c) = self.conn_mut(id) else { return };
-        let client_id = match (&c.authenticating, c.owner) {
-            (Some(req), _) => req.client_id.clone(),
-            (None, Some(s)) => self.sessions[s as usize]
-                .as_ref()
-                .map(|r| r.client_id.clone())
-                .unwrap_or_default(),
+        let client_id: Arc<str> = match (c.authenticating(), c.owner()) {
+            (Some(req), _) => req.client_id.as_str().into(),
+            (None, Some(s)) => self.client_id_of(s),
             (None, None) => return,
         };
         // The machine already checked that the method is the CONNECT's ([MQTT-4.12.0-5]).
         let method = method.unwrap_or_default();
         let step = self
             .hooks
-            .enhanced_auth(client_id.as_str(), method.as_str(), data.as_deref());
+            .enhanced_auth(&client_id, method.as_str(), data.as_deref());
         self.auth_step(now, id, step);
     }
 
     fn auth_step(&mut self, now: Instant, id: ConnectionId, step: AuthStep) {
         let Some(c) = self.conn_mut(id) else { return };
-        let pending = c.authenticating.is_some();
+        let pending = c.authenticating().is_some();
         match step {
             // [MQTT-4.12.0-2] a challenge carries Continue authentication.
             AuthStep::Continue(data) => {
@@ -576,8 +697,8 @@ impl<H: Hooks> Broker<H> {
                     .auth(ReasonCode::ContinueAuthentication, Some(data));
             }
             AuthStep::Success if pending => {
-                if let Some(req) = c.authenticating.take() {
-                    self.admit(now, id, *req);
+                if let Some(req) = c.take_authenticating() {
+                    self.admit(now, id, req);
                 }
             }
             // A re-authentication that succeeded.
@@ -586,7 +707,7 @@ impl<H: Hooks> Broker<H> {
             }
             // [MQTT-4.12.0-4] a refusal during the exchange is a CONNACK >= 0x80 and a close.
             AuthStep::Fail(code) if pending => {
-                c.authenticating = None;
+                c.take_authenticating();
                 let _ = c.session.reject(code);
             }
             // [MQTT-4.12.1-2] a failed re-authentication disconnects.
@@ -601,7 +722,7 @@ impl<H: Hooks> Broker<H> {
             loop {
                 let candidate = Utf8Bytes::from(format!("auto-{:016x}", self.next_client_id));
                 self.next_client_id += 1;
-                if !self.by_client_id.contains_key(&candidate) {
+                if !self.by_client_id.contains_key(candidate.as_str()) {
                     req.client_id = candidate.clone();
                     break Some(candidate);
                 }
@@ -621,7 +742,7 @@ impl<H: Hooks> Broker<H> {
         };
         let mut session = SessionState::default();
         let mut present = false;
-        if let Some(&s) = self.by_client_id.get(&req.client_id) {
+        if let Some(s) = self.session_of(req.client_id.as_str()) {
             // [MQTT-3.1.4-3] a second connection with this id takes the session over.
             let old = self.sessions[s].as_ref().and_then(|r| r.conn);
             if let Some(old) = old {
@@ -646,10 +767,10 @@ impl<H: Hooks> Broker<H> {
                 present = true;
             }
         }
-        let s = match self.by_client_id.get(&req.client_id) {
-            Some(&s) => s,
+        let s = match self.session_of(req.client_id.as_str()) {
+            Some(s) => s,
             // [MQTT-3.1.2-6] a new session.
-            None => self.new_session(req.client_id.clone()),
+            None => self.new_session(req.client_id.as_str().into()),
         };
         let rec = self.sessions[s].as_mut().expect("just made");
         rec.conn = Some(id);
@@ -663,15 +784,21 @@ impl<H: Hooks> Broker<H> {
                 .then_some(expiry),
         };
         let Some(c) = self.conn_mut(id) else { return };
-        c.owner = Some(s as u32);
+        c.owner = s as u32;
         // Kept for the whole connection: a copy, so that it does not pin the receive buffer
         // the CONNECT was read into.
-        c.username = req
+        let username = req
             .username
             .as_ref()
-            .map(|u| Box::new(Utf8Bytes::copy_of(u.as_str())));
+            .map(|u| Utf8Bytes::copy_of(u.as_str()));
         // [MQTT-3.1.2-7] the will belongs to the session until it is published or dropped.
-        c.will = req.will.clone().map(Box::new);
+        let will = req.will.clone().map(Box::new);
+        if username.is_some() || will.is_some() || c.extra.is_some() {
+            let extra = c.extra_mut();
+            extra.username = username;
+            extra.will = will;
+            c.tidy_extra();
+        }
         if c.session.accept(now, accept).is_ok() {
             self.stats.clients_connected = self.live_connections();
         }
@@ -685,9 +812,9 @@ impl<H: Hooks> Broker<H> {
             // The old connection's will is not published by a takeover in 3.1.1 practice;
             // 5.0 treats it as a disconnect without DISCONNECT 0x00, so it is.
             let v5 = c.session.version().is_v5();
-            let will = c.will.take().filter(|_| v5).map(|w| *w);
+            let will = c.take_will().filter(|_| v5);
             c.session.disconnect(ReasonCode::SessionTakenOver);
-            c.owner.take();
+            c.take_owner();
             if let Some((w, _)) = will {
                 self.route(now, None, w);
             }
@@ -702,7 +829,7 @@ impl<H: Hooks> Broker<H> {
         state
     }
 
-    fn new_session(&mut self, client_id: Utf8Bytes) -> usize {
+    fn new_session(&mut self, client_id: Arc<str>) -> usize {
         let rec = SessionRecord {
             client_id: client_id.clone(),
             filters: Vec::new(),
@@ -712,16 +839,26 @@ impl<H: Hooks> Broker<H> {
         };
         let s = match self.free_sessions.pop() {
             Some(s) => {
-                self.sessions[s] = Some(rec);
-                s
+                self.sessions[s as usize] = Some(rec);
+                s as usize
             }
-            None => {
-                self.sessions.push(Some(rec));
-                self.sessions.len() - 1
-            }
+            None => self.sessions.push(Some(rec)),
         };
-        self.by_client_id.insert(client_id, s);
+        self.by_client_id.insert(client_id, s as u32);
         s
+    }
+
+    /// The session of `client_id`, if there is one.
+    fn session_of(&self, client_id: &str) -> Option<usize> {
+        self.by_client_id.get(client_id).map(|&s| s as usize)
+    }
+
+    /// The client identifier of session `s` (empty if it has ended).
+    fn client_id_of(&self, s: usize) -> Arc<str> {
+        self.sessions
+            .get(s)
+            .and_then(Option::as_ref)
+            .map_or_else(|| "".into(), |r| r.client_id.clone())
     }
 
     /// Removes a session and its subscriptions.
@@ -730,12 +867,12 @@ impl<H: Hooks> Broker<H> {
             return;
         };
         for (filter, version) in &rec.filters {
-            if let Some(sub) = parse_subscription(filter.as_str(), *version) {
+            if let Some(sub) = parse_subscription(filter, *version) {
                 self.tree.remove(sub, &(s as u32));
             }
         }
-        self.by_client_id.remove(&rec.client_id);
-        self.free_sessions.push(s);
+        self.by_client_id.remove(&*rec.client_id);
+        self.free_sessions.push(s as u32);
     }
 
     fn on_message(
@@ -747,16 +884,13 @@ impl<H: Hooks> Broker<H> {
     ) {
         self.stats.messages_received += 1;
         let Some(c) = self.conn_mut(id) else { return };
-        let Some(owner) = c.owner.map(|o| o as usize) else {
+        let Some(owner) = c.owner() else {
             return;
         };
-        let username = c.username.as_deref().cloned();
-        let client_id = self.sessions[owner]
-            .as_ref()
-            .map(|r| r.client_id.clone())
-            .unwrap_or_default();
+        let username = c.username().cloned();
+        let client_id = self.client_id_of(owner);
         let allowed = self.hooks.authorize_publish(
-            client_id.as_str(),
+            &client_id,
             username.as_ref().map(Utf8Bytes::as_str),
             message.topic.as_str(),
         );
@@ -892,15 +1026,12 @@ impl<H: Hooks> Broker<H> {
         subscription_id: Option<SubscriptionId>,
     ) {
         let Some(c) = self.conn_mut(id) else { return };
-        let Some(owner) = c.owner.map(|o| o as usize) else {
+        let Some(owner) = c.owner() else {
             return;
         };
         let version = c.session.version();
-        let username = c.username.as_deref().cloned();
-        let client_id = self.sessions[owner]
-            .as_ref()
-            .map(|r| r.client_id.clone())
-            .unwrap_or_default();
+        let username = c.username().cloned();
+        let client_id = self.client_id_of(owner);
         let server = self.config.server.clone();
         let mut reasons = Vec::with_capacity(filters.len());
         let mut retained_out = Vec::new();
@@ -917,7 +1048,7 @@ impl<H: Hooks> Broker<H> {
                     }
                 };
                 if !self.hooks.authorize_subscribe(
-                    client_id.as_str(),
+                    &client_id,
                     username.as_ref().map(Utf8Bytes::as_str),
                     filter.as_str(),
                 ) {
@@ -951,8 +1082,7 @@ impl<H: Hooks> Broker<H> {
                         }
                         // Kept as long as the subscription: a copy, not a view pinning the
                         // SUBSCRIBE's receive buffer.
-                        rec.filters
-                            .push((Utf8Bytes::copy_of(filter.as_str()), version));
+                        rec.filters.push((filter.as_str().into(), version));
                     }
                 }
                 // [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11] retained messages per Retain
@@ -999,7 +1129,7 @@ impl<H: Hooks> Broker<H> {
 
     fn on_unsubscribe(&mut self, id: ConnectionId, packet_id: PacketId, filters: Vec<Utf8Bytes>) {
         let Some(c) = self.conn_mut(id) else { return };
-        let Some(owner) = c.owner.map(|o| o as usize) else {
+        let Some(owner) = c.owner() else {
             return;
         };
         let version = c.session.version();
@@ -1011,7 +1141,7 @@ impl<H: Hooks> Broker<H> {
                 .is_some();
             if removed {
                 if let Some(rec) = self.sessions[owner].as_mut() {
-                    rec.filters.retain(|(f, _)| f != filter);
+                    rec.filters.retain(|(f, _)| **f != *filter.as_str());
                 }
             }
             reasons.push(if removed {
@@ -1039,10 +1169,10 @@ impl<H: Hooks> Broker<H> {
         // transport reports Unspecified error. [MQTT-3.14.4-3] [MQTT-3.1.2-10] a normal
         // DISCONNECT removes the will unpublished; 0x04 (with will) keeps it.
         if by_peer && reason == ReasonCode::Success {
-            c.will = None;
+            c.take_will();
         }
         let expiry = c.session.disconnect_session_expiry();
-        let owner = c.owner.map(|o| o as usize);
+        let owner = c.owner();
         if let (Some(expiry), Some(s)) = (expiry, owner) {
             if let Some(rec) = self.sessions[s].as_mut() {
                 rec.expiry = expiry.min(max_expiry);
@@ -1054,10 +1184,10 @@ impl<H: Hooks> Broker<H> {
     /// The connection is gone: park or end its session, publish or schedule its will.
     fn release(&mut self, now: Instant, id: ConnectionId) {
         let Some(c) = self.conn_mut(id) else { return };
-        let Some(owner) = c.owner.take().map(|o| o as usize) else {
+        let Some(owner) = c.take_owner() else {
             return;
         };
-        let will = c.will.take().map(|w| *w);
+        let will = c.take_will();
         let session = c.session.take_session();
         let Some(rec) = self.sessions[owner].as_mut() else {
             return;

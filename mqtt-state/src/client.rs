@@ -127,7 +127,7 @@ impl Client {
         };
         let mut conn = Conn::new(Role::Client, config.version, session, local);
         conn.max_inflight = config.max_inflight.max(1);
-        conn.max_queued = config.max_queued;
+        conn.max_queued = u32::try_from(config.max_queued).unwrap_or(u32::MAX);
         conn.manual_acks = config.manual_acks;
         conn.max_alias_out = config.outgoing_topic_aliases;
         Self {
@@ -183,10 +183,10 @@ impl Client {
         }
         self.subscribes.clear();
         self.unsubscribes.clear();
-        self.conn.error = None;
+        self.conn.set_error(None);
         self.conn.final_disconnect = None;
         self.conn.phase = Phase::Connecting;
-        self.conn.control.push_back(Control::Role(CONNECT));
+        self.conn.push_control(Control::Role(CONNECT));
         self.conn
             .timers
             .set(Timer::Connect, now + self.config.connect_timeout);
@@ -227,9 +227,7 @@ impl Client {
                 // [MQTT-2.2.1-6] an ack answers the request with its identifier; one for a
                 // request not sent (or not made) on this connection is ignored.
                 Packet::SubAck(s) => {
-                    let sent = !conn
-                        .control
-                        .contains(&Control::Request(SUBSCRIBE, s.packet_id));
+                    let sent = !conn.control_contains(&Control::Request(SUBSCRIBE, s.packet_id));
                     if let Some(i) = subscribes
                         .iter()
                         .position(|(id, ..)| *id == s.packet_id && sent)
@@ -243,9 +241,7 @@ impl Client {
                     }
                 }
                 Packet::UnsubAck(u) => {
-                    let sent = !conn
-                        .control
-                        .contains(&Control::Request(UNSUBSCRIBE, u.packet_id));
+                    let sent = !conn.control_contains(&Control::Request(UNSUBSCRIBE, u.packet_id));
                     if let Some(i) = unsubscribes
                         .iter()
                         .position(|(id, _)| *id == u.packet_id && sent)
@@ -298,12 +294,12 @@ impl Client {
     /// The transport closed. The session stays for the next [`Client::connect`], and the
     /// client is idle again: messages published now wait in the queue for that connection.
     pub fn handle_close(&mut self, _now: Instant) {
-        if self.conn.error.is_none() && self.conn.phase != Phase::Idle {
+        if self.conn.error().is_none() && self.conn.phase != Phase::Idle {
             self.conn.phase = Phase::Connected;
             self.conn.fail(Error::ConnectionClosed);
         }
         self.conn.reset_connection();
-        self.conn.error = None;
+        self.conn.set_error(None);
         self.conn.final_disconnect = None;
         self.conn.phase = Phase::Idle;
     }
@@ -352,7 +348,7 @@ impl Client {
             .map(|(f, o)| (Utf8Bytes::from(alloc::string::String::from(*f)), *o))
             .collect();
         self.subscribes.push_back((id, owned, subscription_id));
-        self.conn.control.push_back(Control::Request(SUBSCRIBE, id));
+        self.conn.push_control(Control::Request(SUBSCRIBE, id));
         Ok(id)
     }
 
@@ -374,9 +370,7 @@ impl Client {
             .map(|f| Utf8Bytes::from(alloc::string::String::from(*f)))
             .collect();
         self.unsubscribes.push_back((id, owned));
-        self.conn
-            .control
-            .push_back(Control::Request(UNSUBSCRIBE, id));
+        self.conn.push_control(Control::Request(UNSUBSCRIBE, id));
         Ok(id)
     }
 
@@ -397,7 +391,7 @@ impl Client {
             return Err(Error::InvalidState("AUTH needs an authentication method"));
         }
         self.auths.push_back((reason, data));
-        self.conn.control.push_back(Control::Role(AUTH));
+        self.conn.push_control(Control::Role(AUTH));
         Ok(())
     }
 
@@ -420,12 +414,12 @@ impl Client {
         }
         if self.conn.phase != Phase::Connected {
             self.conn.phase = Phase::Closed;
-            self.conn.error = Some(Error::Disconnected(reason));
+            self.conn.set_error(Some(Error::Disconnected(reason)));
             return Ok(());
         }
         self.conn.final_disconnect = Some(reason);
         self.conn.phase = Phase::Closing;
-        self.conn.error = Some(Error::Disconnected(reason));
+        self.conn.set_error(Some(Error::Disconnected(reason)));
         self.conn.events.push_back(Event::Disconnected {
             reason,
             by_peer: false,
@@ -441,7 +435,7 @@ impl Client {
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         loop {
             let Some(next) = self.conn.pick(now) else {
-                return match self.conn.error {
+                return match self.conn.error() {
                     Some(e) if self.conn.phase == Phase::Closed => Err(e),
                     _ => Ok(None),
                 };
@@ -457,7 +451,7 @@ impl Client {
     }
 
     fn transmit_control(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
-        let c = self.conn.control.front().expect("picked");
+        let c = self.conn.control_front().expect("picked");
         let n = match c {
             Control::Role(CONNECT) => {
                 let connect = self.connect_packet();
@@ -467,7 +461,7 @@ impl Client {
                 let Some((id, filters, sub_id)) = self.subscribes.iter().find(|(i, ..)| i == id)
                 else {
                     // Its data went with an earlier connection: nothing to send.
-                    self.conn.control.pop_front();
+                    self.conn.pop_control();
                     return Ok(None);
                 };
                 let subs: Vec<Subscription<'_>> = filters
@@ -505,7 +499,7 @@ impl Client {
             }
             Control::Request(_, id) => {
                 let Some((id, filters)) = self.unsubscribes.iter().find(|(i, _)| i == id) else {
-                    self.conn.control.pop_front();
+                    self.conn.pop_control();
                     return Ok(None);
                 };
                 let fs: Vec<&str> = filters.iter().map(Utf8Bytes::as_str).collect();
@@ -517,7 +511,7 @@ impl Client {
                 self.conn.encode(&p, out)?
             }
         };
-        let c = self.conn.control.pop_front().expect("picked");
+        let c = self.conn.pop_control().expect("picked");
         // SUBSCRIBE/UNSUBSCRIBE data stays until the ack arrives (it is re-sent after a
         // reconnect only by the application: the server's SUBACK may have been lost).
         match n {
@@ -526,8 +520,8 @@ impl Client {
                     // Keep alive counts from the last packet sent.
                     self.conn
                         .timers
-                        .set(Timer::KeepAlive, now + self.conn.keep_alive);
-                    if self.conn.keep_alive == Duration::ZERO {
+                        .set(Timer::KeepAlive, now + self.conn.keep_alive());
+                    if self.conn.keep_alive_secs == 0 {
                         self.conn.timers.stop(Timer::KeepAlive);
                     }
                 }
@@ -680,17 +674,17 @@ fn on_connack(
     *retain_available = p.retain_available.unwrap_or(true);
     // [MQTT-3.1.2-21] [MQTT-3.2.2-21] the server's keep alive wins.
     let keep_alive = p.server_keep_alive.unwrap_or(config.keep_alive);
-    conn.keep_alive = Duration::from_secs(u64::from(keep_alive));
+    conn.keep_alive_secs = keep_alive;
     conn.phase = Phase::Connected;
     if keep_alive > 0 {
-        conn.timers.set(Timer::KeepAlive, now + conn.keep_alive);
+        conn.timers.set(Timer::KeepAlive, now + conn.keep_alive());
     }
     conn.events.push_back(Event::Connected(ConnAckInfo {
         session_present: ack.session_present,
         assigned_client_id: p
             .assigned_client_identifier
             .map(|id| Utf8Bytes::slice_of(frame, id)),
-        keep_alive: conn.keep_alive,
+        keep_alive: conn.keep_alive(),
         maximum_qos: *maximum_qos,
         retain_available: *retain_available,
         receive_maximum: conn.peer.receive_maximum,

@@ -54,16 +54,6 @@ pub(crate) enum Control {
     Request(u8, PacketId),
 }
 
-/// The control packets waiting, in order. All an idle keep-alive connection ever queues is
-/// a lone PINGREQ or PINGRESP; that one is kept inline rather than in `rest`, which would
-/// keep the capacity it grew to for as long as the connection lives.
-#[derive(Debug, Default)]
-pub(crate) struct ControlQueue {
-    /// A ping ahead of everything in `rest`, only ever set while `rest` is empty.
-    ping: Option<Ping>,
-    rest: VecDeque<Control>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ping {
     Req,
@@ -82,47 +72,64 @@ impl Ping {
     }
 }
 
-impl ControlQueue {
-    pub(crate) fn push_back(&mut self, c: Control) {
-        if self.ping.is_none() && self.rest.is_empty() {
-            match c {
-                Control::PingReq => return self.ping = Some(Ping::Req),
-                Control::PingResp => return self.ping = Some(Ping::Resp),
-                _ => {}
-            }
-        }
-        self.rest.push_back(c);
+/// A queue that costs one pointer until first used: every connection carries several, and
+/// an empty `VecDeque` is 32 bytes inline. Once made it stays, capacity and all, until
+/// [`BoxedDeque::release_if_empty`], so that a busy connection does not allocate it again
+/// after every message.
+// The box is the point: one pointer inline instead of the deque's four words.
+#[allow(clippy::box_collection)]
+#[derive(Debug)]
+pub(crate) struct BoxedDeque<T>(Option<Box<VecDeque<T>>>);
+
+impl<T> Default for BoxedDeque<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T> BoxedDeque<T> {
+    pub(crate) fn push_back(&mut self, item: T) {
+        self.0.get_or_insert_with(Box::default).push_back(item);
     }
 
-    pub(crate) fn front(&self) -> Option<&Control> {
-        match self.ping {
-            Some(p) => Some(p.control()),
-            None => self.rest.front(),
-        }
+    pub(crate) fn pop_front(&mut self) -> Option<T> {
+        self.0.as_mut()?.pop_front()
     }
 
-    pub(crate) fn pop_front(&mut self) -> Option<Control> {
-        match self.ping.take() {
-            Some(p) => Some(p.control().clone()),
-            None => self.rest.pop_front(),
-        }
+    pub(crate) fn front(&self) -> Option<&T> {
+        self.0.as_ref()?.front()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.ping.is_none() && self.rest.is_empty()
-    }
-
-    pub(crate) fn contains(&self, c: &Control) -> bool {
-        self.front() == Some(c) || self.rest.contains(c)
+        self.0.as_ref().is_none_or(|q| q.is_empty())
     }
 
     pub(crate) fn clear(&mut self) {
-        self.ping = None;
-        self.rest.clear();
+        if let Some(q) = &mut self.0 {
+            q.clear();
+        }
     }
 
-    fn shrink_if_empty(&mut self) {
-        shrink_if_empty(&mut self.rest);
+    pub(crate) fn contains(&self, item: &T) -> bool
+    where
+        T: PartialEq,
+    {
+        self.0.as_ref().is_some_and(|q| q.contains(item))
+    }
+
+    /// Gives back the capacity beyond what is queued (all of it when nothing is).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        match &mut self.0 {
+            Some(q) if !q.is_empty() => q.shrink_to_fit(),
+            _ => self.0 = None,
+        }
+    }
+
+    /// Gives the memory back when nothing is queued.
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
     }
 }
 
@@ -168,13 +175,11 @@ pub(crate) struct Conn {
     pub(crate) role: Role,
     pub(crate) version: ProtocolVersion,
     pub(crate) phase: Phase,
-    /// The sticky error, once there is one.
-    pub(crate) error: Option<Error>,
     /// A DISCONNECT to send before closing (5.0, or any version from a client).
     pub(crate) final_disconnect: Option<ReasonCode>,
     pub(crate) timers: crate::time::TimerTable,
-    /// Keep alive in effect; zero turns it off.
-    pub(crate) keep_alive: Duration,
+    /// Keep alive in effect, in seconds as CONNECT and CONNACK carry it; zero turns it off.
+    pub(crate) keep_alive_secs: u16,
     pub(crate) ping_outstanding: bool,
     /// What we accept.
     pub(crate) local: Limits,
@@ -182,7 +187,9 @@ pub(crate) struct Conn {
     pub(crate) peer: Limits,
     /// Our own cap on QoS 1/2 messages in flight.
     pub(crate) max_inflight: u16,
-    pub(crate) max_queued: usize,
+    /// `u32`: a queue of four billion messages is beyond any memory, and every
+    /// connection carries the field.
+    pub(crate) max_queued: u32,
     pub(crate) manual_acks: bool,
     /// Boxed, made at the first message that needs it and dropped again once the
     /// connection is idle with none of it in use: most connections of a broker sit idle
@@ -193,8 +200,14 @@ pub(crate) struct Conn {
     /// A PINGREQ arrived, so the client had nothing to send for a keep alive period:
     /// queue memory is given back once the connection has nothing left to send.
     pub(crate) pinged: bool,
-    pub(crate) control: ControlQueue,
-    pub(crate) events: VecDeque<Event>,
+    /// The control packets waiting, in order: `ping`, then `control`. All an idle
+    /// keep-alive connection ever queues is a lone PINGREQ or PINGRESP; that one waits in
+    /// `ping` rather than in the queue, which would be allocated for it. Only ever set
+    /// while the queue is empty. (Two fields of the machine rather than a struct of
+    /// their own, whose padding would cost every connection 8 bytes.)
+    ping: Option<Ping>,
+    control: BoxedDeque<Control>,
+    pub(crate) events: BoxedDeque<Event>,
     pub(crate) max_alias_out: u16,
     /// Boxed, made on first use: most connections never have any of it, and each of the
     /// many idle ones would carry it.
@@ -213,6 +226,9 @@ struct Rare {
     alias_out: Vec<Utf8Bytes>,
     /// The Reason String of the peer's DISCONNECT or refusing CONNACK, for the event.
     peer_reason_string: Option<Utf8Bytes>,
+    /// The sticky error, once there is one: here because it is set once, when the
+    /// connection ends, and every connection would carry an `Error` inline meanwhile.
+    error: Option<Error>,
 }
 
 /// The message flows of a connection: its session and the bookkeeping of QoS 1/2.
@@ -266,10 +282,9 @@ impl Conn {
             role,
             version,
             phase: Phase::Idle,
-            error: None,
             final_disconnect: None,
             timers: Default::default(),
-            keep_alive: Duration::ZERO,
+            keep_alive_secs: 0,
             ping_outstanding: false,
             local,
             peer: Limits::default(),
@@ -279,8 +294,9 @@ impl Conn {
             flows: None,
             next_packet_id: 1,
             pinged: false,
-            control: ControlQueue::default(),
-            events: VecDeque::new(),
+            ping: None,
+            control: BoxedDeque::default(),
+            events: BoxedDeque::default(),
             max_alias_out: 0,
             rare: None,
             hold_non_auth: false,
@@ -367,8 +383,48 @@ impl Conn {
                 }
             }
         }
-        shrink_if_empty(&mut self.events);
-        self.control.shrink_if_empty();
+        self.events.release_if_empty();
+        self.control.release_if_empty();
+    }
+
+    // ---- Control packets ------------------------------------------------------------------
+
+    pub(crate) fn push_control(&mut self, c: Control) {
+        if self.ping.is_none() && self.control.is_empty() {
+            match c {
+                Control::PingReq => return self.ping = Some(Ping::Req),
+                Control::PingResp => return self.ping = Some(Ping::Resp),
+                _ => {}
+            }
+        }
+        self.control.push_back(c);
+    }
+
+    pub(crate) fn control_front(&self) -> Option<&Control> {
+        match self.ping {
+            Some(p) => Some(p.control()),
+            None => self.control.front(),
+        }
+    }
+
+    pub(crate) fn pop_control(&mut self) -> Option<Control> {
+        match self.ping.take() {
+            Some(p) => Some(p.control().clone()),
+            None => self.control.pop_front(),
+        }
+    }
+
+    pub(crate) fn control_is_empty(&self) -> bool {
+        self.ping.is_none() && self.control.is_empty()
+    }
+
+    pub(crate) fn control_contains(&self, c: &Control) -> bool {
+        self.control_front() == Some(c) || self.control.contains(c)
+    }
+
+    pub(crate) fn clear_control(&mut self) {
+        self.ping = None;
+        self.control.clear();
     }
 
     /// Keeps the Reason String of the peer's DISCONNECT or refusing CONNACK for the
@@ -395,19 +451,38 @@ impl Conn {
 
     /// The terminal error, if the connection has failed or closed.
     pub(crate) fn check(&self) -> Result<(), Error> {
-        match self.error {
+        match self.error() {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
+    /// The sticky error, if any.
+    pub(crate) fn error(&self) -> Option<Error> {
+        self.rare.as_ref()?.error
+    }
+
+    /// Sets or clears the sticky error.
+    pub(crate) fn set_error(&mut self, e: Option<Error>) {
+        match (e, &mut self.rare) {
+            (Some(e), rare) => rare.get_or_insert_with(Box::default).error = Some(e),
+            (None, Some(r)) => r.error = None,
+            (None, None) => {}
+        }
+    }
+
+    /// The keep alive in effect; zero when off.
+    pub(crate) fn keep_alive(&self) -> Duration {
+        Duration::from_secs(u64::from(self.keep_alive_secs))
+    }
+
     /// Records a failure: queues a DISCONNECT where the protocol has one, and makes `e`
     /// sticky. Returns `e` for the caller to propagate.
     pub(crate) fn fail(&mut self, e: Error) -> Error {
-        if self.error.is_some() {
-            return self.error.unwrap_or(e);
+        if let Some(first) = self.error() {
+            return first;
         }
-        self.error = Some(e);
+        self.set_error(Some(e));
         // The peer ended it (its DISCONNECT set the phase to Closed) or the transport did.
         let by_peer = self.phase == Phase::Closed || e == Error::ConnectionClosed;
         // A server sends DISCONNECT only after a successful CONNACK ([MQTT-3.14.0-1]), and
@@ -492,8 +567,8 @@ impl Conn {
             }
             Role::Server => {
                 // [MQTT-3.1.2-22] close after 1.5 times the keep alive without a packet.
-                if self.keep_alive != Duration::ZERO {
-                    let grace = Duration::from_millis(self.keep_alive.as_millis() * 3 / 2);
+                if self.keep_alive_secs != 0 {
+                    let grace = Duration::from_millis(self.keep_alive().as_millis() * 3 / 2);
                     self.timers.set(Timer::KeepAlive, now + grace);
                 }
             }
@@ -503,11 +578,9 @@ impl Conn {
     /// Called after anything is sent.
     fn on_transmit(&mut self, now: Instant) {
         // [MQTT-3.1.2-20] the client pings when it has sent nothing for the keep alive.
-        if self.role == Role::Client
-            && self.keep_alive != Duration::ZERO
-            && self.phase == Phase::Connected
+        if self.role == Role::Client && self.keep_alive_secs != 0 && self.phase == Phase::Connected
         {
-            self.timers.set(Timer::KeepAlive, now + self.keep_alive);
+            self.timers.set(Timer::KeepAlive, now + self.keep_alive());
         }
     }
 
@@ -653,8 +726,7 @@ impl Conn {
             // Unknown id (it may have completed before a reconnect): 5.0 says so.
             ReasonCode::PacketIdentifierNotFound
         };
-        self.control
-            .push_back(Control::PubComp(ack.packet_id, code));
+        self.push_control(Control::PubComp(ack.packet_id, code));
     }
 
     // ---- Outgoing PUBLISH ----------------------------------------------------------------
@@ -668,7 +740,7 @@ impl Conn {
         message: Message,
         subscription_ids: heapless::Vec<SubscriptionId, 4>,
     ) -> Result<Option<PacketId>, Error> {
-        if self.flows().session.queue.len() >= self.max_queued {
+        if self.flows().session.queue.len() >= self.max_queued as usize {
             return Err(Error::QueueFull);
         }
         // Refuse now what could never be encoded (a wildcard in the Response Topic, U+0000
@@ -774,7 +846,7 @@ impl Conn {
             // again is QoS 1's at-least-once. QoS 2 ids stay in the session.
             flows.acks.clear();
         }
-        self.control.clear();
+        self.clear_control();
         // [MQTT-3.3.2-7] topic aliases belong to one connection.
         if let Some(r) = &mut self.rare {
             r.alias_in.clear();
@@ -804,7 +876,7 @@ impl Conn {
         if self.phase == Phase::Closed {
             return None;
         }
-        if !self.control.is_empty() {
+        if !self.control_is_empty() {
             return Some(Next::Control);
         }
         if self.phase != Phase::Connected {
@@ -1033,7 +1105,7 @@ impl Conn {
     /// Acts on expired timers: the connect deadline (CONNACK for a client, CONNECT for a
     /// server), then keep alive. Early calls do nothing.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        if self.error.is_some() {
+        if self.error().is_some() {
             return;
         }
         if self.timers.expired(Timer::Connect, now) {
@@ -1060,9 +1132,9 @@ impl Conn {
                     self.timers.stop(Timer::KeepAlive);
                     if !self.ping_outstanding {
                         self.ping_outstanding = true;
-                        self.control.push_back(Control::PingReq);
+                        self.push_control(Control::PingReq);
                         // The answer is due within another keep alive period.
-                        self.timers.set(Timer::PingResp, now + self.keep_alive);
+                        self.timers.set(Timer::PingResp, now + self.keep_alive());
                     }
                 }
             }

@@ -12,6 +12,9 @@ use crate::Error;
 pub struct Utf8Bytes(Bytes);
 
 impl Utf8Bytes {
+    /// The empty string, usable in `static`s.
+    pub(crate) const EMPTY: Utf8Bytes = Utf8Bytes(Bytes::new());
+
     /// Checks `b` is UTF-8.
     pub fn new(b: Bytes) -> Result<Self, core::str::Utf8Error> {
         core::str::from_utf8(&b)?;

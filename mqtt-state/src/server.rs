@@ -93,46 +93,117 @@ pub struct ServerSession {
     /// CONNECT received; decision pending or made.
     connect_seen: bool,
     decided: bool,
+    /// Whether `client_id` keeps the CONNECT's identifier. A broker that keeps it with the
+    /// session anyway turns this off, so that every connection does not hold a second
+    /// copy; an identifier the server assigns is kept regardless, for CONNACK.
+    keep_client_id: bool,
     connack: Option<PendingConnAck>,
-    client_id: Utf8Bytes,
-    /// Boxed: few clients use enhanced authentication, and every connection would carry it.
-    auth: Option<Box<AuthExchange>>,
+    /// Boxed: in a broker, which keeps no identifier here, the slot costs a pointer
+    /// rather than the 32 bytes of a handle.
+    client_id: Option<Box<Utf8Bytes>>,
+    /// Boxed, made on first use: few connections have any of it, and every connection
+    /// would carry it.
+    rare: Option<Box<Rare>>,
+}
+
+/// Per-connection state that most connections never use.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Enhanced authentication, when CONNECT named a method.
+    auth: Option<AuthExchange>,
+    /// The Session Expiry Interval of the client's DISCONNECT.
     disconnect_session_expiry: Option<u32>,
 }
 
 /// What a connection still needs of its [`ServerConfig`] once set up (the rest went into
 /// the engine's limits): a connection lives long and many are idle, so it keeps this
-/// rather than the whole configuration.
+/// rather than the whole configuration, and keeps it in 4 bytes.
 #[derive(Debug, Clone, Copy)]
 struct Policy {
-    /// As configured, for CONNACK (the engine keeps it at least 1).
-    receive_maximum: u16,
-    server_keep_alive: Option<u16>,
+    /// Meaningful with [`Policy::SERVER_KEEP_ALIVE`] set.
+    server_keep_alive: u16,
     maximum_qos: QoS,
-    retain_available: bool,
-    wildcard_subscription_available: bool,
-    subscription_identifier_available: bool,
-    shared_subscription_available: bool,
+    /// The switches below.
+    flags: u8,
 }
 
-/// The CONNACK to send.
+impl Policy {
+    const RETAIN: u8 = 1;
+    const WILDCARDS: u8 = 1 << 1;
+    const SUBSCRIPTION_IDS: u8 = 1 << 2;
+    const SHARED: u8 = 1 << 3;
+    const SERVER_KEEP_ALIVE: u8 = 1 << 4;
+    /// Receive Maximum configured as 0: the engine keeps it at 1, CONNACK leaves it out.
+    const RECEIVE_MAXIMUM_ZERO: u8 = 1 << 5;
+
+    fn new(config: &ServerConfig) -> Self {
+        let mut flags = 0;
+        for (on, flag) in [
+            (config.retain_available, Self::RETAIN),
+            (config.wildcard_subscription_available, Self::WILDCARDS),
+            (
+                config.subscription_identifier_available,
+                Self::SUBSCRIPTION_IDS,
+            ),
+            (config.shared_subscription_available, Self::SHARED),
+            (config.server_keep_alive.is_some(), Self::SERVER_KEEP_ALIVE),
+            (config.receive_maximum == 0, Self::RECEIVE_MAXIMUM_ZERO),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        Self {
+            server_keep_alive: config.server_keep_alive.unwrap_or(0),
+            maximum_qos: config.maximum_qos,
+            flags,
+        }
+    }
+
+    fn has(self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn retain_available(self) -> bool {
+        self.has(Self::RETAIN)
+    }
+
+    fn server_keep_alive(self) -> Option<u16> {
+        self.has(Self::SERVER_KEEP_ALIVE)
+            .then_some(self.server_keep_alive)
+    }
+
+    /// The Receive Maximum as configured, given the one the engine enforces.
+    fn receive_maximum(self, enforced: u16) -> u16 {
+        if self.has(Self::RECEIVE_MAXIMUM_ZERO) {
+            0
+        } else {
+            enforced
+        }
+    }
+}
+
+/// The CONNACK to send, in 8 bytes (every connection carries the slot).
 #[derive(Debug, Clone, Copy)]
 struct PendingConnAck {
-    session_present: bool,
+    /// Meaningful with `has_expiry`.
+    session_expiry_interval: u32,
     code: ReasonCode,
+    session_present: bool,
     /// Whether it announces the client identifier the server assigned (kept as
     /// `client_id`).
     assigned: bool,
-    session_expiry_interval: Option<u32>,
+    has_expiry: bool,
 }
 
 impl PendingConnAck {
     fn refusal(code: ReasonCode) -> Self {
         Self {
-            session_present: false,
+            session_expiry_interval: 0,
             code,
+            session_present: false,
             assigned: false,
-            session_expiry_interval: None,
+            has_expiry: false,
         }
     }
 }
@@ -161,31 +232,34 @@ impl ServerSession {
             local,
         );
         conn.max_inflight = config.max_inflight.max(1);
-        conn.max_queued = config.max_queued;
+        conn.max_queued = u32::try_from(config.max_queued).unwrap_or(u32::MAX);
         conn.max_alias_out = config.outgoing_topic_aliases;
         conn.manual_acks = config.manual_acks;
         conn.phase = Phase::Connecting;
         conn.timers
             .set(Timer::Connect, now + config.connect_timeout);
-        let policy = Policy {
-            receive_maximum: config.receive_maximum,
-            server_keep_alive: config.server_keep_alive,
-            maximum_qos: config.maximum_qos,
-            retain_available: config.retain_available,
-            wildcard_subscription_available: config.wildcard_subscription_available,
-            subscription_identifier_available: config.subscription_identifier_available,
-            shared_subscription_available: config.shared_subscription_available,
-        };
         Self {
             conn,
-            policy,
+            policy: Policy::new(&config),
             connect_seen: false,
             decided: false,
+            keep_client_id: true,
             connack: None,
-            client_id: Utf8Bytes::default(),
-            auth: None,
-            disconnect_session_expiry: None,
+            client_id: None,
+            rare: None,
         }
+    }
+
+    /// Stops keeping the CONNECT's client identifier (see `keep_client_id`): for a broker
+    /// that keeps it itself. [`ServerSession::client_id`] is then empty unless the server
+    /// assigned one.
+    pub(crate) fn forget_client_id(&mut self) {
+        self.keep_client_id = false;
+        self.client_id = None;
+    }
+
+    fn auth_exchange(&self) -> Option<&AuthExchange> {
+        self.rare.as_ref()?.auth.as_ref()
     }
 
     /// The client's protocol level (5.0 until CONNECT arrives).
@@ -195,12 +269,13 @@ impl ServerSession {
 
     /// The client identifier from CONNECT (or the one assigned).
     pub fn client_id(&self) -> &Utf8Bytes {
-        &self.client_id
+        static NONE: Utf8Bytes = Utf8Bytes::EMPTY;
+        self.client_id.as_deref().unwrap_or(&NONE)
     }
 
     /// The Session Expiry Interval the client set in its DISCONNECT, if it did.
     pub fn disconnect_session_expiry(&self) -> Option<u32> {
-        self.disconnect_session_expiry
+        self.rare.as_ref()?.disconnect_session_expiry
     }
 
     /// The session state, to keep for the client's next connection.
@@ -235,9 +310,9 @@ impl ServerSession {
             conn,
             policy: config,
             connect_seen,
+            keep_client_id,
             client_id,
-            auth,
-            disconnect_session_expiry,
+            rare,
             ..
         } = self;
         let result = conn.read_frames(now, buf, |conn, _now, frame, packet| {
@@ -265,18 +340,20 @@ impl ServerSession {
                 }
                 // [MQTT-3.2.2-22] the client's keep alive unless the server imposes one.
                 let ka = config
-                    .server_keep_alive
+                    .server_keep_alive()
                     .filter(|_| c.protocol.is_v5())
                     .unwrap_or(c.keep_alive);
-                conn.keep_alive = Duration::from_secs(u64::from(ka));
+                conn.keep_alive_secs = ka;
                 // Kept for the whole connection: a copy, not a view pinning the buffer.
-                *client_id = Utf8Bytes::copy_of(c.client_id);
-                *auth = p.authentication_method.map(|m| {
-                    Box::new(AuthExchange {
+                if *keep_client_id {
+                    *client_id = Some(Box::new(Utf8Bytes::copy_of(c.client_id)));
+                }
+                if let Some(m) = p.authentication_method {
+                    rare.get_or_insert_with(Box::default).auth = Some(AuthExchange {
                         method: Utf8Bytes::copy_of(m),
                         queued: alloc::collections::VecDeque::new(),
-                    })
-                });
+                    });
+                }
                 let will = c.will.map(|w| {
                     let mut m = Message::new(
                         Utf8Bytes::slice_of(frame, w.topic),
@@ -307,7 +384,7 @@ impl ServerSession {
                     Some(ReasonCode::ClientIdentifierNotValid)
                 } else if will_flags.is_some_and(|(q, _)| q > config.maximum_qos) {
                     Some(ReasonCode::QoSNotSupported)
-                } else if will_flags.is_some_and(|(_, r)| r) && !config.retain_available {
+                } else if will_flags.is_some_and(|(_, r)| r) && !config.retain_available() {
                     Some(ReasonCode::RetainNotSupported)
                 } else {
                     None
@@ -317,7 +394,10 @@ impl ServerSession {
                 }
                 conn.events.push_back(Event::ConnectRequest(ConnectRequest {
                     protocol: c.protocol,
-                    client_id: client_id.clone(),
+                    // A copy of its own rather than a clone: cloning a `Bytes` made from a
+                    // `Vec` allocates a shared header, which the machine's copy would then
+                    // keep for the life of the connection.
+                    client_id: Utf8Bytes::copy_of(c.client_id),
                     clean_start: c.clean_start,
                     keep_alive: ka,
                     username: c.username.map(|u| Utf8Bytes::slice_of(frame, u)),
@@ -340,7 +420,7 @@ impl ServerSession {
                     if p.qos() > config.maximum_qos {
                         return Err(Violation::QoSNotSupported.into());
                     }
-                    if p.retain && !config.retain_available {
+                    if p.retain && !config.retain_available() {
                         return Err(Violation::RetainNotSupported.into());
                     }
                     conn.on_publish(frame, p)?;
@@ -374,18 +454,22 @@ impl ServerSession {
                 }
                 // [MQTT-3.12.4-1] every PINGREQ gets a PINGRESP.
                 Packet::PingReq => {
-                    conn.control.push_back(Control::PingResp);
+                    conn.push_control(Control::PingResp);
                     conn.pinged = true;
                 }
                 Packet::Disconnect(d) => {
-                    *disconnect_session_expiry = d.properties.session_expiry_interval;
+                    if let Some(e) = d.properties.session_expiry_interval {
+                        rare.get_or_insert_with(Box::default)
+                            .disconnect_session_expiry = Some(e);
+                    }
                     conn.phase = Phase::Closed;
                     return Err(Error::Disconnected(d.reason_code));
                 }
                 Packet::Auth(a) => {
                     // [MQTT-4.12.0-7] no AUTH without a method in CONNECT; [MQTT-4.12.1-1]
                     // re-authentication keeps the method.
-                    let same = match (&*auth, a.properties.authentication_method) {
+                    let auth = rare.as_ref().and_then(|r| r.auth.as_ref());
+                    let same = match (auth, a.properties.authentication_method) {
                         (Some(x), Some(am)) => x.method.as_str() == am,
                         _ => false,
                     };
@@ -463,17 +547,18 @@ impl ServerSession {
         }
         let assigned = accept.assigned_client_id.is_some();
         if let Some(id) = accept.assigned_client_id {
-            self.client_id = id;
+            self.client_id = Some(Box::new(id));
         }
         self.connack = Some(PendingConnAck {
-            session_present,
+            session_expiry_interval: accept.session_expiry_interval.unwrap_or(0),
             code: ReasonCode::Success,
+            session_present,
             assigned,
-            session_expiry_interval: accept.session_expiry_interval,
+            has_expiry: accept.session_expiry_interval.is_some(),
         });
         self.conn.phase = Phase::Connected;
-        if self.conn.keep_alive != Duration::ZERO {
-            let grace = Duration::from_millis(self.conn.keep_alive.as_millis() * 3 / 2);
+        if self.conn.keep_alive_secs != 0 {
+            let grace = Duration::from_millis(self.conn.keep_alive().as_millis() * 3 / 2);
             self.conn.timers.set(Timer::KeepAlive, now + grace);
         }
         Ok(())
@@ -511,7 +596,7 @@ impl ServerSession {
         };
         // [MQTT-3.2.2-6] Session Present is 0 with a refusal.
         self.connack = Some(PendingConnAck::refusal(code));
-        self.conn.error = Some(Error::ConnectionRefused(code));
+        self.conn.set_error(Some(Error::ConnectionRefused(code)));
         Ok(())
     }
 
@@ -536,9 +621,7 @@ impl ServerSession {
     /// Answers a SUBSCRIBE, one code per filter ([MQTT-3.8.4-2]: with its identifier).
     pub fn suback(&mut self, packet_id: PacketId, reasons: Vec<ReasonCode>) -> Result<(), Error> {
         self.conn.check()?;
-        self.conn
-            .control
-            .push_back(Control::SubAck(packet_id, reasons));
+        self.conn.push_control(Control::SubAck(packet_id, reasons));
         Ok(())
     }
 
@@ -551,8 +634,7 @@ impl ServerSession {
             Vec::new()
         };
         self.conn
-            .control
-            .push_back(Control::UnsubAck(packet_id, reasons));
+            .push_control(Control::UnsubAck(packet_id, reasons));
         Ok(())
     }
 
@@ -562,13 +644,14 @@ impl ServerSession {
     /// ([MQTT-4.12.0-6]).
     pub fn auth(&mut self, reason: ReasonCode, data: Option<bytes::Bytes>) -> Result<(), Error> {
         self.conn.check()?;
-        let Some(auth) = self.auth.as_mut().filter(|_| self.conn.version.is_v5()) else {
+        let auth = self.rare.as_mut().and_then(|r| r.auth.as_mut());
+        let Some(auth) = auth.filter(|_| self.conn.version.is_v5()) else {
             return Err(Error::InvalidState(
                 "AUTH needs an authentication method in CONNECT",
             ));
         };
         auth.queued.push_back((reason, data));
-        self.conn.control.push_back(Control::Role(AUTH));
+        self.conn.push_control(Control::Role(AUTH));
         Ok(())
     }
 
@@ -582,7 +665,7 @@ impl ServerSession {
     /// Ends the connection from the server side: 5.0 sends DISCONNECT with `reason` first
     /// (only after a successful CONNACK, [MQTT-3.14.0-1]).
     pub fn disconnect(&mut self, reason: ReasonCode) {
-        if self.conn.error.is_none() {
+        if self.conn.error().is_none() {
             self.conn.fail(Error::Disconnected(reason));
         }
     }
@@ -594,7 +677,7 @@ impl ServerSession {
 
     /// The transport closed.
     pub fn handle_close(&mut self, _now: Instant) {
-        if self.conn.error.is_none() {
+        if self.conn.error().is_none() {
             self.conn.fail(Error::ConnectionClosed);
         }
         self.conn.phase = Phase::Closed;
@@ -604,10 +687,10 @@ impl ServerSession {
     /// Whether the connection is over: the adapter closes the socket after draining
     /// `poll_transmit`.
     pub fn is_closed(&self) -> bool {
-        self.conn.error.is_some()
+        self.conn.error().is_some()
             && self.conn.final_disconnect.is_none()
             && self.connack.is_none()
-            && self.conn.control.is_empty()
+            && self.conn.control_is_empty()
     }
 
     /// Writes the next packet into `out`; see [`crate::Client::poll_transmit`].
@@ -615,13 +698,13 @@ impl ServerSession {
         loop {
             let next = if self.connack.is_some() {
                 Some(Next::Control)
-            } else if self.conn.error.is_some() && self.conn.phase != Phase::Closing {
+            } else if self.conn.error().is_some() && self.conn.phase != Phase::Closing {
                 None
             } else {
                 self.conn.pick(now)
             };
             let Some(next) = next else {
-                return match self.conn.error {
+                return match self.conn.error() {
                     Some(e) => Err(e),
                     None => {
                         // Drained: the one moment an idle connection has nothing queued.
@@ -647,35 +730,37 @@ impl ServerSession {
     fn transmit_control(&mut self, out: &mut [u8]) -> Result<Option<usize>, Error> {
         if let Some(pending) = self.connack {
             let PendingConnAck {
-                session_present: present,
-                code,
-                assigned,
                 session_expiry_interval: expiry,
+                code,
+                session_present: present,
+                assigned,
+                has_expiry,
             } = pending;
-            let c = &self.policy;
-            let assigned = assigned.then_some(&self.client_id);
+            let expiry = has_expiry.then_some(expiry);
+            let c = self.policy;
+            let assigned = assigned.then(|| self.client_id());
             let v5 = self.conn.version.is_v5();
             let properties = if v5 && !code.is_error() {
                 ConnAckProperties {
                     session_expiry_interval: expiry,
-                    receive_maximum: NonZeroU16::new(c.receive_maximum)
-                        .filter(|r| r.get() != u16::MAX),
+                    receive_maximum: NonZeroU16::new(
+                        c.receive_maximum(self.conn.local.receive_maximum),
+                    )
+                    .filter(|r| r.get() != u16::MAX),
                     // [MQTT-3.2.2-9] say what QoS is supported when it is not all of them.
                     maximum_qos: (c.maximum_qos < QoS::ExactlyOnce).then_some(c.maximum_qos),
-                    retain_available: (!c.retain_available).then_some(false),
+                    retain_available: (!c.retain_available()).then_some(false),
                     maximum_packet_size: NonZeroU32::new(self.conn.local.maximum_packet_size),
                     assigned_client_identifier: assigned.map(Utf8Bytes::as_str),
                     topic_alias_maximum: (self.conn.local.topic_alias_maximum > 0)
                         .then_some(self.conn.local.topic_alias_maximum),
-                    wildcard_subscription_available: (!c.wildcard_subscription_available)
+                    wildcard_subscription_available: (!c.has(Policy::WILDCARDS)).then_some(false),
+                    subscription_identifier_available: (!c.has(Policy::SUBSCRIPTION_IDS))
                         .then_some(false),
-                    subscription_identifier_available: (!c.subscription_identifier_available)
-                        .then_some(false),
-                    shared_subscription_available: (!c.shared_subscription_available)
-                        .then_some(false),
-                    server_keep_alive: c.server_keep_alive,
+                    shared_subscription_available: (!c.has(Policy::SHARED)).then_some(false),
+                    server_keep_alive: c.server_keep_alive(),
                     // [MQTT-4.12.0-5] a successful CONNACK repeats the method.
-                    authentication_method: self.auth.as_ref().map(|a| a.method.as_str()),
+                    authentication_method: self.auth_exchange().map(|a| a.method.as_str()),
                     ..Default::default()
                 }
             } else {
@@ -693,11 +778,15 @@ impl ServerSession {
             }
             return Ok(n);
         }
-        let c = self.conn.control.front().expect("picked");
+        let c = self.conn.control_front().expect("picked");
         let n = match (c, encode_common(c)) {
             (_, Some(p)) => self.conn.encode(&p, out)?,
             (Control::Role(AUTH), None) => {
-                let auth = self.auth.as_mut().expect("queued with its control");
+                let auth = self
+                    .rare
+                    .as_mut()
+                    .and_then(|r| r.auth.as_mut())
+                    .expect("queued with its control");
                 let (reason, data) = auth.queued.front().expect("queued with its control");
                 let a = mqtt_codec::Auth {
                     reason_code: *reason,
@@ -713,7 +802,7 @@ impl ServerSession {
             }
             _ => Ok(0),
         };
-        self.conn.control.pop_front();
+        self.conn.pop_control();
         Ok(n.ok().filter(|&n| n > 0))
     }
 

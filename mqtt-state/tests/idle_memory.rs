@@ -21,17 +21,19 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 const CONNECTIONS: usize = 1000;
 
 /// Requested heap bytes per connection that only connected (malloc adds its own overhead
-/// per block on top). Today about 510; the bound leaves a little room.
-const MAX_BYTES_CONNECTED: f64 = 540.0;
+/// per block on top). Today about 295: the machine (152), the session record (64), the
+/// client identifier shared by the record and the index (32), the index entry (about 40),
+/// and the connection's slot; the bound leaves a little room.
+const MAX_BYTES_CONNECTED: f64 = 310.0;
 /// Heap blocks per connection that only connected.
-const MAX_BLOCKS_CONNECTED: f64 = 3.5;
+const MAX_BLOCKS_CONNECTED: f64 = 2.5;
 /// Per connection that subscribed to one filter and then pinged, whether or not it got a
 /// message first: the above plus the subscription (its copy of the filter and its place
-/// in the subscription tree), about 965 today. Its queues and message flows are not part
+/// in the subscription tree), about 730 today. Its queues and message flows are not part
 /// of it: they held about 1.9 KB until the ping gave them back.
-const MAX_BYTES_SUBSCRIBED: f64 = 1000.0;
+const MAX_BYTES_SUBSCRIBED: f64 = 760.0;
 /// Blocks per connection that subscribed and pinged.
-const MAX_BLOCKS_SUBSCRIBED: f64 = 9.5;
+const MAX_BLOCKS_SUBSCRIBED: f64 = 8.5;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Activity {
