@@ -440,6 +440,17 @@ impl Client {
                     _ => Ok(None),
                 };
             };
+            // [MQTT-3.1.2-30] with an Authentication Method in CONNECT, only CONNECT and AUTH
+            // (or a DISCONNECT, which is not a control packet here) go out until CONNACK;
+            // SUBSCRIBE, UNSUBSCRIBE and PINGREQ queued meanwhile wait for it.
+            if matches!(next, Next::Control)
+                && self.conn.phase == Phase::Connecting
+                && self.config.version.is_v5()
+                && self.config.authentication.is_some()
+                && !self.conn.role_control_first()
+            {
+                return Ok(None);
+            }
             let n = match next {
                 Next::Control => self.transmit_control(now, out)?,
                 next => self.conn.transmit(now, next, out)?,

@@ -100,6 +100,10 @@ impl<T> BoxedDeque<T> {
         self.0.as_ref()?.front()
     }
 
+    pub(crate) fn push_front(&mut self, item: T) {
+        self.0.get_or_insert_with(Box::default).push_front(item);
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.0.as_ref().is_none_or(|q| q.is_empty())
     }
@@ -122,6 +126,21 @@ impl<T> BoxedDeque<T> {
         match &mut self.0 {
             Some(q) if !q.is_empty() => q.shrink_to_fit(),
             _ => self.0 = None,
+        }
+    }
+
+    /// Moves the first item `pick` accepts to the front; false when none does.
+    pub(crate) fn move_first_to_front(&mut self, pick: impl Fn(&T) -> bool) -> bool {
+        let Some(q) = &mut self.0 else {
+            return false;
+        };
+        match q.iter().position(pick) {
+            Some(i) => {
+                let item = q.remove(i).expect("found");
+                q.push_front(item);
+                true
+            }
+            None => false,
         }
     }
 
@@ -412,6 +431,27 @@ impl Conn {
             Some(p) => Some(p.control().clone()),
             None => self.control.pop_front(),
         }
+    }
+
+    /// Puts the first role packet (the client's CONNECT or AUTH) at the head of the control
+    /// queue, ahead of a ping or requests queued before it; false when there is none.
+    pub(crate) fn role_control_first(&mut self) -> bool {
+        if self.ping.is_some() {
+            // A lone ping waits in its slot; a role packet can only be behind it in the queue.
+            if !self
+                .control
+                .move_first_to_front(|c| matches!(c, Control::Role(_)))
+            {
+                return false;
+            }
+            let ping = self.ping.take().expect("checked").control().clone();
+            let role = self.control.pop_front().expect("moved");
+            self.control.push_front(ping);
+            self.control.push_front(role);
+            return true;
+        }
+        self.control
+            .move_first_to_front(|c| matches!(c, Control::Role(_)))
     }
 
     pub(crate) fn control_is_empty(&self) -> bool {
@@ -992,7 +1032,13 @@ impl Conn {
                     _ => Packet::PubAck(ack),
                 };
                 let n = self.encode(&p, out)?;
-                self.flows_mut().acks.pop_front();
+                let flows = self.flows_mut();
+                flows.acks.pop_front();
+                if a.qos == QoS::ExactlyOnce && a.code.is_error() && n.is_ok() {
+                    // [MQTT-4.3.3-9] a PUBREC with an error ends the exchange: no PUBREL
+                    // follows, and a PUBLISH reusing the id is a new message.
+                    flows.session.release_qos2(a.id);
+                }
                 n.ok()
             }
             Next::Inflight(i) => {

@@ -2017,7 +2017,6 @@ fn mqtt_4_8_0_2_an_error_in_inbound_packets_closes_the_connection() {
 }
 
 #[test]
-#[ignore = "bug: SUBSCRIBE and UNSUBSCRIBE queued before CONNACK go out ahead of it (Conn::pick sends queued control packets in any phase)"]
 fn mqtt_3_1_2_30_an_authenticating_client_sends_only_auth_until_connack() {
     let config = ClientConfig {
         authentication: Some(("X".into(), None)),
@@ -2204,7 +2203,6 @@ fn mqtt_4_3_3_13_a_qos_2_receiver_finishes_an_expired_message() {
 }
 
 #[test]
-#[ignore = "bug: an error PUBREC leaves the id in incoming_qos2, so the next PUBLISH with it is taken for a duplicate"]
 fn mqtt_4_3_3_9_after_a_failed_pubrec_the_id_is_a_new_message() {
     let mut server = ServerSession::new(
         ServerConfig {
