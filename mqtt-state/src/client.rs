@@ -599,7 +599,7 @@ impl Client {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.conn.events.pop_front()
+        self.conn.pop_event()
     }
 
     /// When [`Client::handle_timeout`] must be called next.

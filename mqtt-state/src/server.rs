@@ -808,7 +808,7 @@ impl ServerSession {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.conn.events.pop_front()
+        self.conn.pop_event()
     }
 
     /// When [`ServerSession::handle_timeout`] must be called next.

@@ -224,6 +224,11 @@ impl<K: Ord, V> SubscriptionTree<K, V> {
             // 3.8.4): one subscription per client and filter.
             Ok(i) => Some(core::mem::replace(&mut list[i].1, value)),
             Err(i) => {
+                if list.capacity() == 0 {
+                    // Most filters have one subscriber (a device's own topic): room for one,
+                    // not the four `Vec` would reserve.
+                    list.reserve_exact(1);
+                }
                 list.insert(i, (key, value));
                 self.len += 1;
                 None

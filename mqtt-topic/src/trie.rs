@@ -56,6 +56,11 @@ impl Children {
         match self {
             Self::Small(v) => {
                 if let Err(i) = v.binary_search_by(|(l, _)| (**l).cmp(label)) {
+                    if v.capacity() == 0 {
+                        // Most nodes that get a child get only one (a device's own level
+                        // above its leaf): room for one, not the four `Vec` would reserve.
+                        v.reserve_exact(1);
+                    }
                     v.insert(i, (label.into(), idx));
                     if v.len() > WIDE {
                         *self = Self::Wide(core::mem::take(v).into_iter().collect());
