@@ -14,7 +14,10 @@
 # SUBS (fan-out subscribers, 10), WINDOW (messages per publisher not yet delivered, 64),
 # MAX_QUEUED (per-client queue of both brokers, 10000: mosquitto 2.0.11
 # drops QoS 1 messages for a fan-in subscriber at 1000 with only ~640 outstanding), MAX_INFLIGHT (both brokers, 64),
-# IDLE_CONNS (10000), IDLE_HOLD (seconds, 5), SKIP_LOAD=1, SKIP_IDLE=1.
+# IDLE_CONNS (10000), IDLE_HOLD (seconds, 5), SKIP_LOAD=1, SKIP_IDLE=1,
+# IDLE_SUBSCRIBE=1 (each idle connection subscribes to its own topic, keep alive 2 s, and
+# memory is measured IDLE_SETTLE seconds, default 5, after all are connected: after at
+# least one PINGREQ round, after which our broker gives back per-connection queues).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -29,6 +32,17 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_HOLD=${IDLE_HOLD:-5}
 SKIP_LOAD=${SKIP_LOAD:-0}
 SKIP_IDLE=${SKIP_IDLE:-0}
+IDLE_SUBSCRIBE=${IDLE_SUBSCRIBE:-0}
+IDLE_KEEP_ALIVE=30
+IDLE_SETTLE=2
+IDLE_ARGS=()
+if [ "$IDLE_SUBSCRIBE" = 1 ]; then
+    IDLE_KEEP_ALIVE=2
+    IDLE_SETTLE=${IDLE_SETTLE_SUBSCRIBE:-5}
+    IDLE_ARGS=(--subscribe)
+    # Held until after the measurement.
+    [ "$IDLE_HOLD" -lt $((IDLE_SETTLE + 3)) ] && IDLE_HOLD=$((IDLE_SETTLE + 3))
+fi
 
 MOSQUITTO=$(command -v mosquitto || true)
 [ -z "$MOSQUITTO" ] && [ -x /usr/sbin/mosquitto ] && MOSQUITTO=/usr/sbin/mosquitto
@@ -203,7 +217,8 @@ idle_test() {
     before=$(rss_kb "$pid")
     : >"$out"
     "$BIN/mqtt-bench" --port "$port" --label "$broker" --scenario idle \
-        --connections "$IDLE_CONNS" --hold "$IDLE_HOLD" --keep-alive 30 >"$out" 2>>"$WORK/bench.log" &
+        --connections "$IDLE_CONNS" --hold "$IDLE_HOLD" --keep-alive "$IDLE_KEEP_ALIVE" \
+        "${IDLE_ARGS[@]}" >"$out" 2>>"$WORK/bench.log" &
     local bench=$!
     PIDS+=("$bench")
     local i
@@ -212,7 +227,7 @@ idle_test() {
         kill -0 "$bench" 2>/dev/null || break
         sleep 0.1
     done
-    sleep 2
+    sleep "$IDLE_SETTLE"
     after=$(rss_kb "$pid")
     local connected
     connected=$(field "$(grep '^idle ready' "$out" || true)" connected)
@@ -225,7 +240,11 @@ idle_test() {
 }
 
 if [ "$SKIP_IDLE" != 1 ]; then
-    echo "Idle connections (keep alive 30 s), fresh broker each:"
+    if [ "$IDLE_SUBSCRIBE" = 1 ]; then
+        echo "Idle connections, each subscribed to its own topic (keep alive $IDLE_KEEP_ALIVE s, measured $IDLE_SETTLE s after all connected), fresh broker each:"
+    else
+        echo "Idle connections (keep alive $IDLE_KEEP_ALIVE s), fresh broker each:"
+    fi
     echo
     echo "| broker | connections | VmRSS before kB | VmRSS after kB | bytes per connection |"
     echo "|---|---:|---:|---:|---:|"

@@ -1,5 +1,5 @@
-//! An MQTT 3.1/3.1.1/5.0 broker over TCP and WebSocket: a thin tokio adapter around the
-//! sans-IO [`mqtt_state::Broker`].
+//! An MQTT 3.1/3.1.1/5.0 broker over TCP, TLS and WebSocket: a thin adapter (a mio event
+//! loop, and tokio for TLS and WebSocket) around the sans-IO [`mqtt_state::Broker`].
 //!
 //! ```text
 //! cargo run -p mqtt-examples --bin mqtt-broker -- --bind 127.0.0.1:1883 --ws-bind 127.0.0.1:8080
@@ -18,12 +18,25 @@
 //! `hash-password`, or mosquitto's `$7$` (so a `mosquitto_passwd` file works as is). The ACL
 //! file is in mosquitto's `acl_file` format. See `examples/src/access.rs` for both.
 //!
-//! The adapter only moves bytes and time; every protocol decision is the core's. One task
-//! owns the `Broker` (it is `&mut self` and single-threaded by design). Each TCP or TLS
-//! connection has one task that forwards what arrives to the core over one shared channel
-//! and writes what the core leaves in the connection's outbox (a WebSocket connection has a
-//! reader and a writer task). A client that does not read fast enough to keep its outbox
-//! below `--write-queue` chunks is closed rather than buffered for without bound.
+//! The adapter only moves bytes and time; every protocol decision is the core's. It has
+//! two halves:
+//!
+//! - Plain TCP, the case with many connections (a push service keeps one idle connection
+//!   per device), is served by a [`mio`] event loop on the main thread, which also owns the
+//!   `Broker` (it is `&mut self` and single-threaded by design). A connection there is an
+//!   entry in a table: the socket, the core's id, a few flags, and only while it has any,
+//!   the output the kernel has not taken and the input short of a whole packet. Everything
+//!   is read into one scratch buffer. A task per connection would cost more than all that
+//!   (tokio keeps a task and a socket registration per connection, 512 bytes between them,
+//!   before the connection holds anything); this way an idle connection costs the core's
+//!   state and a few dozen bytes.
+//! - TLS and WebSocket (`--tls-bind`, `--ws-bind`, `--wss-bind`) keep one tokio task per
+//!   connection on a runtime on a second thread, where rustls and tungstenite fit as they
+//!   are. Those tasks send what arrives to the event loop over a channel (waking it), and
+//!   the loop leaves their output in the connection's outbox (waking the task).
+//!
+//! A client that does not read fast enough to keep its output below `--write-queue`
+//! chunks is closed rather than buffered for without bound.
 //!
 //! On startup it prints one line per listener with the address actually bound (so
 //! `--bind 127.0.0.1:0` can be used and the port learnt from stdout):
@@ -43,17 +56,20 @@ mod access;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
+use std::io::{ErrorKind, IsTerminal, Read, Write};
+use std::net::{Shutdown, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration as StdDuration;
+use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
+use mio::net::TcpStream as MioStream;
+use mio::{Events, Interest, Token};
 use mqtt_state::{
     Broker, BrokerConfig, BrokerEvent, ConnectionId, Duration, Instant, ServerConfig,
 };
@@ -148,7 +164,7 @@ enum Command {
     },
 }
 
-/// What a listener speaks on top of TCP.
+/// What a listener on the tokio side speaks on top of TCP.
 #[derive(Clone)]
 struct Listener {
     websocket: bool,
@@ -168,8 +184,50 @@ enum ToCore {
     Closed(ConnectionId),
 }
 
-/// Output from the core to one connection: the bytes its task has not yet taken, behind
-/// a lock the core and the task share. An idle connection's outbox holds no buffer: the
+/// How the tokio side reaches the event loop.
+struct Wake {
+    waker: mio::Waker,
+    /// Set once `ToCore` messages may be waiting, so that a burst of them wakes the loop
+    /// once; the loop clears it before it takes them.
+    pending: AtomicBool,
+    /// Ctrl-C was pressed.
+    shutdown: AtomicBool,
+}
+
+impl Wake {
+    fn notify(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// A TLS or WebSocket connection's way to the core: a bounded channel (a core that falls
+/// behind slows the readers down) and the loop's waker.
+#[derive(Clone)]
+struct CoreTx {
+    tx: mpsc::Sender<ToCore>,
+    wake: Arc<Wake>,
+}
+
+impl CoreTx {
+    /// Sends `msg`, waiting for room; `Err` when the core is gone.
+    async fn send(&self, msg: ToCore) -> Result<(), ()> {
+        self.tx.send(msg).await.map_err(drop)?;
+        self.wake.notify();
+        Ok(())
+    }
+
+    /// Sends `msg` if there is room at once.
+    fn try_send(&self, msg: ToCore) -> Result<(), ToCore> {
+        self.tx.try_send(msg).map_err(|e| e.into_inner())?;
+        self.wake.notify();
+        Ok(())
+    }
+}
+
+/// Output from the core to one TLS or WebSocket connection: the bytes its task has not yet
+/// taken, behind a lock the event loop and the task share. An idle connection's outbox holds no buffer: the
 /// task takes the bytes whole and lets go of them once written.
 #[derive(Default)]
 struct Outbox(std::sync::Mutex<Pending>);
@@ -276,13 +334,12 @@ fn wake(mut p: std::sync::MutexGuard<'_, Pending>) {
 const MAX_READ: usize = 64 * 1024;
 
 thread_local! {
-    /// What every connection on this thread reads into (the runtime has one thread):
+    /// What every TLS connection reads into (the runtime has one thread):
     /// what was read is copied out at its size, so an idle connection holds no buffer.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ].into_boxed_slice());
 }
 
-/// What the core keeps per connection. The peer's address is the connection task's to log:
-/// here it would cost as much again as the rest.
+/// What the event loop keeps per TLS or WebSocket connection.
 struct Link {
     tx: Arc<Outbox>,
     /// Received bytes not yet forming a complete packet.
@@ -302,10 +359,7 @@ fn main() -> std::io::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    run(args)
 }
 
 /// The `hash-password` subcommand.
@@ -355,7 +409,7 @@ fn tls_acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn run(args: Args) -> std::io::Result<()> {
+fn run(args: Args) -> std::io::Result<()> {
     let access = Access {
         passwords: match &args.password_file {
             Some(p) => Some(access::load(p, Passwords::parse)?),
@@ -373,36 +427,6 @@ async fn run(args: Args) -> std::io::Result<()> {
         }
         _ => None,
     };
-    let plain = |websocket| Listener {
-        websocket,
-        tls: None,
-    };
-    let secure = |websocket| Listener {
-        websocket,
-        tls: tls.clone(),
-    };
-    let mut listeners = vec![("tcp", TcpListener::bind(args.bind).await?, plain(false))];
-    if !args.no_ws {
-        listeners.push(("ws", TcpListener::bind(args.ws_bind).await?, plain(true)));
-    }
-    if let Some(addr) = args.tls_bind {
-        listeners.push(("tls", TcpListener::bind(addr).await?, secure(false)));
-    }
-    if let Some(addr) = args.wss_bind {
-        listeners.push(("wss", TcpListener::bind(addr).await?, secure(true)));
-    }
-    {
-        let mut out = std::io::stdout().lock();
-        for (name, listener, _) in &listeners {
-            writeln!(out, "listening on {name} {}", listener.local_addr()?)?;
-        }
-        out.flush()?;
-    }
-    let (core_tx, core_rx) = mpsc::channel(1024);
-    for (_, listener, kind) in listeners {
-        tokio::spawn(accept_loop(listener, kind, core_tx.clone()));
-    }
-    drop(core_tx);
     let config = BrokerConfig {
         server: ServerConfig {
             maximum_packet_size: args.max_packet_size,
@@ -417,18 +441,99 @@ async fn run(args: Args) -> std::io::Result<()> {
         sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),
         ..BrokerConfig::default()
     };
-    let out_size = args.max_packet_size as usize + 4096;
-    tokio::select! {
-        () = core(config, access, core_rx, out_size, args.write_queue.max(1)) => {}
-        r = tokio::signal::ctrl_c() => {
-            r?;
-            info!("interrupted, shutting down");
-        }
+
+    let poll = mio::Poll::new()?;
+    let mut tcp = mio::net::TcpListener::bind(args.bind)?;
+    poll.registry()
+        .register(&mut tcp, LISTENER, Interest::READABLE)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let plain = |websocket| Listener {
+        websocket,
+        tls: None,
+    };
+    let secure = |websocket| Listener {
+        websocket,
+        tls: tls.clone(),
+    };
+    let bind = |addr| rt.block_on(TcpListener::bind(addr));
+    let mut listeners = Vec::new();
+    if !args.no_ws {
+        listeners.push(("ws", bind(args.ws_bind)?, plain(true)));
     }
-    Ok(())
+    if let Some(addr) = args.tls_bind {
+        listeners.push(("tls", bind(addr)?, secure(false)));
+    }
+    if let Some(addr) = args.wss_bind {
+        listeners.push(("wss", bind(addr)?, secure(true)));
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on tcp {}", tcp.local_addr()?)?;
+        for (name, listener, _) in &listeners {
+            writeln!(out, "listening on {name} {}", listener.local_addr()?)?;
+        }
+        out.flush()?;
+    }
+
+    let wake = Arc::new(Wake {
+        waker: mio::Waker::new(poll.registry(), WAKER)?,
+        pending: AtomicBool::new(false),
+        shutdown: AtomicBool::new(false),
+    });
+    let (tx, rx) = mpsc::channel(1024);
+    let core_tx = CoreTx {
+        tx,
+        wake: wake.clone(),
+    };
+    // The tokio side: TLS and WebSocket connections, and Ctrl-C.
+    std::thread::Builder::new()
+        .name("tls-ws".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                for (_, listener, kind) in listeners {
+                    tokio::spawn(accept_loop(listener, kind, core_tx.clone()));
+                }
+                if let Err(e) = tokio::signal::ctrl_c().await {
+                    warn!("cannot catch Ctrl-C: {e}");
+                    std::future::pending::<()>().await;
+                }
+                core_tx.wake.shutdown.store(true, Ordering::Release);
+                let _ = core_tx.wake.waker.wake();
+                // Serve on until the process ends.
+                std::future::pending::<()>().await;
+            })
+        })?;
+
+    let start = StdInstant::now();
+    let broker = Broker::with_hooks(config, access, Instant::ZERO);
+    EventLoop {
+        poll,
+        listener: tcp,
+        accept_paused: None,
+        broker,
+        start,
+        conns: Vec::new(),
+        free: Vec::new(),
+        tcp: HashMap::new(),
+        remote: HashMap::new(),
+        rx,
+        wake,
+        tasks_ready: false,
+        scratch: vec![0; MAX_READ].into_boxed_slice(),
+        out: vec![0; args.max_packet_size as usize + 4096],
+        batch: BytesMut::new(),
+        dirty: Vec::new(),
+        again: Vec::new(),
+        closing: Vec::new(),
+        write_queue: args.write_queue.max(1),
+    }
+    .run()
 }
 
-async fn accept_loop(listener: TcpListener, kind: Listener, core_tx: mpsc::Sender<ToCore>) {
+/// Accepts TLS or WebSocket connections, a task each.
+async fn accept_loop(listener: TcpListener, kind: Listener, core_tx: CoreTx) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -441,14 +546,15 @@ async fn accept_loop(listener: TcpListener, kind: Listener, core_tx: mpsc::Sende
         };
         let _ = stream.set_nodelay(true);
         let core_tx = core_tx.clone();
-        // Each kind is its own task, so a plain TCP connection's task is not as large as
-        // the TLS and WebSocket ones.
-        match (&kind.tls, kind.websocket) {
-            (None, false) => tokio::spawn(serve(stream, peer, core_tx)),
-            (None, true) => tokio::spawn(serve_ws(stream, peer, core_tx)),
-            (Some(tls), websocket) => {
-                tokio::spawn(serve_tls(tls.clone(), stream, websocket, peer, core_tx))
-            }
+        match &kind.tls {
+            None => tokio::spawn(serve_ws(stream, peer, core_tx)),
+            Some(tls) => tokio::spawn(serve_tls(
+                tls.clone(),
+                stream,
+                kind.websocket,
+                peer,
+                core_tx,
+            )),
         };
     }
 }
@@ -459,7 +565,7 @@ async fn serve_tls(
     stream: tokio::net::TcpStream,
     websocket: bool,
     peer: SocketAddr,
-    core_tx: mpsc::Sender<ToCore>,
+    core_tx: CoreTx,
 ) {
     let handshake = tls.accept(stream);
     let stream = match tokio::time::timeout(StdDuration::from_secs(10), handshake).await {
@@ -481,10 +587,7 @@ async fn serve_tls(
 }
 
 /// Registers a connection with the core; `None` when the core is gone.
-async fn open(
-    core_tx: mpsc::Sender<ToCore>,
-    peer: SocketAddr,
-) -> Option<(ConnectionId, Arc<Outbox>)> {
+async fn open(core_tx: CoreTx, peer: SocketAddr) -> Option<(ConnectionId, Arc<Outbox>)> {
     let outbox = Arc::new(Outbox::default());
     let (reply, id) = oneshot::channel();
     core_tx
@@ -507,19 +610,13 @@ enum Step {
     Done,
 }
 
-/// Runs a byte-stream connection (TCP or TLS) in one task: writes what the core queues and
-/// reads whatever arrives meanwhile, so a client that writes without reading cannot stall
-/// its own output.
+/// Runs MQTT over a TLS stream in one task: writes what the core queues and reads whatever
+/// arrives meanwhile, so a client that writes without reading cannot stall its own output.
 ///
 /// The task lives as long as the connection, and a task is as large as the most it holds
 /// across any one `.await`: so what it awaits only now and then (the registration with the
-/// core, room in the core's channel, the closing) is boxed, and the peer's address it keeps
-/// for logging fits in what is left (an idle connection's task is 256 bytes).
-fn serve<S>(
-    mut stream: S,
-    peer: SocketAddr,
-    core_tx: mpsc::Sender<ToCore>,
-) -> impl Future<Output = ()>
+/// core, room in the core's channel, the closing) is boxed.
+fn serve<S>(mut stream: S, peer: SocketAddr, core_tx: CoreTx) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -540,9 +637,8 @@ where
                 Step::Input(bytes) => bytes,
                 Step::Done => break,
             };
-            let msg = match core_tx.try_send(ToCore::Input(id, bytes)) {
-                Ok(()) => continue,
-                Err(e) => e.into_inner(),
+            let Err(msg) = core_tx.try_send(ToCore::Input(id, bytes)) else {
+                continue;
             };
             if Box::pin(core_tx.send(msg)).await.is_err() {
                 break;
@@ -617,7 +713,7 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
 
 /// Runs a WebSocket connection (over TCP or TLS): the handshake, then binary frames both
 /// ways.
-async fn serve_ws<S>(stream: S, peer: SocketAddr, core_tx: mpsc::Sender<ToCore>)
+async fn serve_ws<S>(stream: S, peer: SocketAddr, core_tx: CoreTx)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -693,107 +789,499 @@ fn ws_handshake(req: &Request, mut resp: Response) -> Result<Response, ErrorResp
     Ok(resp)
 }
 
-/// The task that owns the broker.
-async fn core(
-    config: BrokerConfig,
-    access: Access,
-    mut rx: mpsc::Receiver<ToCore>,
-    out_size: usize,
+/// The event loop's token for the plain TCP listener; a connection's token is its index in
+/// [`EventLoop::conns`].
+const LISTENER: Token = Token(usize::MAX - 1);
+/// The token of the tokio side's waker.
+const WAKER: Token = Token(usize::MAX);
+/// Reads from one connection before the others get a turn. Readiness is edge-triggered,
+/// so a connection left with input unread is put on [`EventLoop::again`].
+const READS_PER_TURN: usize = 16;
+/// Messages from the tokio side taken in one turn.
+const TASK_MESSAGES_PER_TURN: usize = 1024;
+/// How long a connection the broker closed has to take its last output.
+const CLOSE_FLUSH: StdDuration = StdDuration::from_secs(10);
+/// How long a connection, once shut down for writing, is read and discarded from before it
+/// is dropped: dropping it with input unread would reset it, and the peer could lose the
+/// CONNACK or DISCONNECT that explains the close.
+const LINGER: StdDuration = StdDuration::from_secs(2);
+/// How long accepting pauses after an error such as EMFILE, instead of spinning.
+const ACCEPT_BACKOFF: StdDuration = StdDuration::from_millis(100);
+
+/// A plain TCP connection. An idle one is this and nothing else (24 bytes on 64-bit
+/// targets, besides its entry in [`EventLoop::tcp`]).
+struct Conn {
+    stream: MioStream,
+    id: ConnectionId,
+    state: State,
+    /// Registered for WRITABLE as well: the kernel did not take all the output.
+    blocked: bool,
+    /// Listed in [`EventLoop::dirty`].
+    dirty: bool,
+    /// Only while there is output or input to keep, or the connection is closing.
+    bufs: Option<Box<Buffers>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Served: input goes to the core.
+    Open,
+    /// The core closed it: write what is queued, then linger. Input is discarded.
+    Closing,
+    /// Shut down for writing; reading and discarding until the peer closes or the
+    /// deadline.
+    Lingering,
+}
+
+/// What a busy connection keeps between turns.
+#[derive(Default)]
+struct Buffers {
+    /// Output the kernel has not taken yet.
+    out: BytesMut,
+    /// Chunks (one per delivery from the core) put in `out` since it was last empty;
+    /// `--write-queue` bounds it once the kernel stops taking more.
+    chunks: usize,
+    /// Received bytes not yet forming a complete packet.
+    input: BytesMut,
+    /// When a closing connection is dropped whatever its state.
+    deadline: Option<StdInstant>,
+}
+
+/// The main thread: the broker, the plain TCP listener and connections, and the link to
+/// the TLS and WebSocket tasks.
+struct EventLoop {
+    poll: mio::Poll,
+    listener: mio::net::TcpListener,
+    /// Accepting is paused until then after an error.
+    accept_paused: Option<StdInstant>,
+    broker: Broker<Access>,
+    /// The broker's clock starts here.
+    start: StdInstant,
+    /// Plain TCP connections by token; `free` lists the empty slots.
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    /// The slot in `conns` of each plain TCP connection the core knows.
+    tcp: HashMap<ConnectionId, u32>,
+    /// TLS and WebSocket connections.
+    remote: HashMap<ConnectionId, Link>,
+    rx: mpsc::Receiver<ToCore>,
+    wake: Arc<Wake>,
+    /// Messages from the tokio side may be waiting beyond what the last turn took.
+    tasks_ready: bool,
+    /// Every plain TCP read goes here first; what the core does not consume at once is
+    /// copied out at its size.
+    scratch: Box<[u8]>,
+    /// For `Broker::poll_transmit`: room for the largest packet.
+    out: Vec<u8>,
+    /// What the core has for one connection, gathered before it is delivered.
+    batch: BytesMut,
+    /// Connections with output to write at the end of the turn: writing once per turn
+    /// rather than once per delivery saves system calls under load.
+    dirty: Vec<usize>,
+    /// Connections whose input was not read to the end last turn.
+    again: Vec<usize>,
+    /// Connections closing or lingering, which have a deadline (stale entries are
+    /// skipped).
+    closing: Vec<usize>,
     write_queue: usize,
-) {
-    let start = tokio::time::Instant::now();
-    let now = || Instant::from_millis(start.elapsed().as_millis() as u64);
-    let mut broker = Broker::with_hooks(config, access, now());
-    let mut links: HashMap<ConnectionId, Link> = HashMap::new();
-    let mut out = vec![0u8; out_size];
-    let mut batch = BytesMut::new();
-    loop {
-        let deadline = broker
-            .poll_timeout()
-            .map(|t| start + StdDuration::from_millis(t.as_millis()));
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
+}
+
+impl EventLoop {
+    fn run(mut self) -> std::io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if self.wake.shutdown.load(Ordering::Acquire) {
+                info!("interrupted, shutting down");
+                return Ok(());
             }
-        };
-        tokio::select! {
-            msg = rx.recv() => {
-                let Some(msg) = msg else { return };
-                let now = now();
-                match msg {
-                    ToCore::Open { tx, reply } => {
-                        let id = broker.open(now);
-                        if reply.send(id).is_err() {
-                            broker.handle_close(now, id);
-                        } else {
-                            links.insert(id, Link { tx, input: BytesMut::new() });
+            let now = self.now();
+            let mut deadline = self.broker.poll_timeout();
+            if deadline.is_some_and(|t| t <= now) {
+                self.broker.handle_timeout(now);
+                self.drain(now);
+                deadline = self.broker.poll_timeout();
+            }
+            let mut wake_at =
+                deadline.map(|t| self.start + StdDuration::from_millis(t.as_millis()));
+            if let Some(t) = self.accept_paused {
+                if t <= StdInstant::now() {
+                    self.accept_paused = None;
+                    self.accept();
+                }
+            }
+            for t in [self.accept_paused, self.expire_closing()] {
+                wake_at = match (wake_at, t) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            // A failed write can close a connection, and what the core then sends (a will, say)
+            // makes more output: written before waiting too.
+            while !self.dirty.is_empty() {
+                for i in std::mem::take(&mut self.dirty) {
+                    self.flush(i);
+                }
+            }
+            let timeout = if self.tasks_ready || !self.again.is_empty() {
+                Some(StdDuration::ZERO)
+            } else {
+                wake_at.map(|t| t.saturating_duration_since(StdInstant::now()))
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in &events {
+                match event.token() {
+                    WAKER => self.tasks_ready = true,
+                    LISTENER => self.accept(),
+                    Token(i) => {
+                        if event.is_writable() {
+                            self.flush(i);
                         }
-                    }
-                    ToCore::Input(id, bytes) => {
-                        if let Some(link) = links.get_mut(&id) {
-                            if link.input.is_empty() {
-                                link.input = bytes.into();
-                            } else {
-                                link.input.extend_from_slice(&bytes);
-                            }
-                            broker.handle_input(now, id, &mut link.input);
-                            // What the broker consumed need not stay allocated.
-                            if link.input.is_empty() {
-                                link.input = BytesMut::new();
-                            }
-                        }
-                    }
-                    ToCore::Closed(id) => {
-                        if let Some(link) = links.remove(&id) {
-                            debug!(?id, "closed by peer");
-                            // The task waits on its outbox, not on our handle: tell it.
-                            link.tx.close(true);
-                            broker.handle_close(now, id);
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(i);
                         }
                     }
                 }
             }
-            () = sleep => broker.handle_timeout(now()),
+            for i in std::mem::take(&mut self.again) {
+                self.read(i);
+            }
+            if self.tasks_ready {
+                self.take_task_messages();
+            }
         }
-        drain(
-            &mut broker,
-            &mut links,
-            now(),
-            &mut out,
-            &mut batch,
-            write_queue,
-        );
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    /// Accepts plain TCP connections until there are no more.
+    fn accept(&mut self) {
+        loop {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning. Readiness is
+                    // edge-triggered, so the loop comes back here when the pause is over.
+                    warn!("accept: {e}");
+                    self.accept_paused = Some(StdInstant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let i = self.free.pop().unwrap_or_else(|| {
+                self.conns.push(None);
+                self.conns.len() - 1
+            });
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut stream, Token(i), Interest::READABLE)
+            {
+                warn!(%peer, "register: {e}");
+                self.free.push(i);
+                continue;
+            }
+            let id = self.broker.open(self.now());
+            debug!(%peer, ?id, "open");
+            self.tcp.insert(id, i as u32);
+            self.conns[i] = Some(Conn {
+                stream,
+                id,
+                state: State::Open,
+                blocked: false,
+                dirty: false,
+                bufs: None,
+            });
+        }
+    }
+
+    /// Reads what connection `i` has for us, up to [`READS_PER_TURN`] reads.
+    fn read(&mut self, i: usize) {
+        for _ in 0..READS_PER_TURN {
+            let Some(Some(conn)) = self.conns.get_mut(i) else {
+                return;
+            };
+            match conn.stream.read(&mut self.scratch) {
+                // The peer closed. A connection still flushing its last output is let finish
+                // (the peer may still read); otherwise it is done.
+                Ok(0) if conn.state == State::Closing => return,
+                Ok(0) => return self.gone(i),
+                Ok(n) if conn.state == State::Open => self.input(i, n),
+                Ok(_) => {} // closing: discarded
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.gone(i),
+            }
+        }
+        self.again.push(i);
+    }
+
+    /// Hands `n` bytes just read from connection `i` to the core.
+    fn input(&mut self, i: usize, n: usize) {
+        let now = self.now();
+        let Some(conn) = self.conns[i].as_mut() else {
+            return;
+        };
+        let read = &self.scratch[..n];
+        match &mut conn.bufs {
+            Some(bufs) if !bufs.input.is_empty() => {
+                bufs.input.extend_from_slice(read);
+                self.broker.handle_input(now, conn.id, &mut bufs.input);
+                // What the core consumed need not stay allocated.
+                if bufs.input.is_empty() {
+                    bufs.input = BytesMut::new();
+                }
+                conn.tidy();
+            }
+            // The common case: nothing was left over. A copy at the size read, so that what
+            // the core keeps of it (a message's payload is a view of the packet) holds no
+            // more memory than that.
+            _ => {
+                let mut input = BytesMut::from(read);
+                self.broker.handle_input(now, conn.id, &mut input);
+                if !input.is_empty() {
+                    conn.bufs.get_or_insert_default().input = input;
+                }
+            }
+        }
+        self.drain(now);
+    }
+
+    /// Carries out what the broker asks for until it has nothing more.
+    fn drain(&mut self, now: Instant) {
+        while let Some(event) = self.broker.poll_event() {
+            let (BrokerEvent::Transmit(id) | BrokerEvent::Close(id)) = event;
+            while let Some(n) = self.broker.poll_transmit(now, id, &mut self.out) {
+                self.batch.extend_from_slice(&self.out[..n]);
+            }
+            let close = matches!(event, BrokerEvent::Close(_));
+            if let Some(&i) = self.tcp.get(&id) {
+                self.deliver(i as usize, close, now);
+            } else if let Some(link) = self.remote.get(&id) {
+                let ok =
+                    self.batch.is_empty() || link.tx.push(&self.batch, self.write_queue).is_ok();
+                if close || !ok {
+                    link.tx.close(!ok);
+                    self.remote.remove(&id);
+                    debug!(?id, "closed by broker");
+                    self.broker.handle_close(now, id);
+                }
+            }
+            self.batch.clear();
+        }
+    }
+
+    /// Queues `batch` on plain TCP connection `i`, closing it if the core asks to or it has
+    /// stopped reading.
+    fn deliver(&mut self, i: usize, close: bool, now: Instant) {
+        let Some(conn) = self.conns[i].as_mut() else {
+            return;
+        };
+        let mut slow = false;
+        if !self.batch.is_empty() {
+            let bufs = conn.bufs.get_or_insert_default();
+            if conn.blocked && bufs.chunks >= self.write_queue {
+                slow = true;
+                // A client that stopped reading is not waited for.
+                bufs.out = BytesMut::new();
+                match conn.stream.peer_addr() {
+                    Ok(peer) => warn!(%peer, "client not reading; disconnecting"),
+                    Err(_) => warn!("client not reading; disconnecting"),
+                }
+            } else {
+                bufs.out.extend_from_slice(&self.batch);
+                bufs.chunks += 1;
+            }
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(i);
+            }
+        }
+        if close || slow {
+            let id = conn.id;
+            conn.state = State::Closing;
+            conn.bufs.get_or_insert_default().deadline = Some(StdInstant::now() + CLOSE_FLUSH);
+            self.closing.push(i);
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(i);
+            }
+            self.tcp.remove(&id);
+            debug!(?id, "closed by broker");
+            self.broker.handle_close(now, id);
+        }
+    }
+
+    /// Writes connection `i`'s output until done or the kernel takes no more; then, if it
+    /// is closing, shuts it down for writing and lingers.
+    fn flush(&mut self, i: usize) {
+        let Some(Some(conn)) = self.conns.get_mut(i) else {
+            return;
+        };
+        conn.dirty = false;
+        if let Some(bufs) = &mut conn.bufs {
+            while !bufs.out.is_empty() {
+                match conn.stream.write(&bufs.out) {
+                    Ok(n) if n > 0 => bufs.out.advance(n),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        // Told again once there is room.
+                        if !conn.blocked {
+                            conn.blocked = true;
+                            let _ = self.poll.registry().reregister(
+                                &mut conn.stream,
+                                Token(i),
+                                Interest::READABLE | Interest::WRITABLE,
+                            );
+                        }
+                        return;
+                    }
+                    _ => return self.gone(i),
+                }
+            }
+            bufs.out = BytesMut::new();
+            bufs.chunks = 0;
+        }
+        if conn.blocked {
+            conn.blocked = false;
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(i), Interest::READABLE);
+        }
+        conn.tidy();
+        if conn.state == State::Closing {
+            let _ = conn.stream.shutdown(Shutdown::Write);
+            conn.state = State::Lingering;
+            conn.bufs.get_or_insert_default().deadline = Some(StdInstant::now() + LINGER);
+            // Whatever came meanwhile, or the peer's close, was not read while closing.
+            self.read(i);
+        }
+    }
+
+    /// Connection `i` is closed by the peer or failed: tells the core if it is still the
+    /// core's, and drops it.
+    fn gone(&mut self, i: usize) {
+        let Some(conn) = self.conns.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(i);
+        let mut stream = conn.stream;
+        let _ = self.poll.registry().deregister(&mut stream);
+        if conn.state == State::Open {
+            let now = self.now();
+            self.tcp.remove(&conn.id);
+            debug!(id = ?conn.id, "closed by peer");
+            self.broker.handle_close(now, conn.id);
+            self.drain(now);
+        }
+    }
+
+    /// Drops closing connections past their deadline; the earliest deadline left.
+    fn expire_closing(&mut self) -> Option<StdInstant> {
+        let now = StdInstant::now();
+        let mut next: Option<StdInstant> = None;
+        let mut expired = Vec::new();
+        let conns = &self.conns;
+        self.closing.retain(|&i| {
+            let deadline = match &conns[i] {
+                Some(c) if c.state != State::Open => c.bufs.as_ref().and_then(|b| b.deadline),
+                _ => None,
+            };
+            match deadline {
+                Some(d) if d <= now => expired.push(i),
+                Some(d) => {
+                    next = Some(next.map_or(d, |n| n.min(d)));
+                    return true;
+                }
+                None => {}
+            }
+            false
+        });
+        for i in expired {
+            self.gone(i);
+        }
+        next
+    }
+
+    /// Takes what the TLS and WebSocket tasks sent.
+    fn take_task_messages(&mut self) {
+        // Cleared before the channel is emptied: a message sent after this wakes us again.
+        self.wake.pending.swap(false, Ordering::AcqRel);
+        for _ in 0..TASK_MESSAGES_PER_TURN {
+            let Ok(msg) = self.rx.try_recv() else {
+                self.tasks_ready = false;
+                return;
+            };
+            let now = self.now();
+            match msg {
+                ToCore::Open { tx, reply } => {
+                    let id = self.broker.open(now);
+                    if reply.send(id).is_err() {
+                        self.broker.handle_close(now, id);
+                    } else {
+                        self.remote.insert(
+                            id,
+                            Link {
+                                tx,
+                                input: BytesMut::new(),
+                            },
+                        );
+                    }
+                }
+                ToCore::Input(id, bytes) => {
+                    if let Some(link) = self.remote.get_mut(&id) {
+                        if link.input.is_empty() {
+                            link.input = bytes.into();
+                        } else {
+                            link.input.extend_from_slice(&bytes);
+                        }
+                        self.broker.handle_input(now, id, &mut link.input);
+                        if link.input.is_empty() {
+                            link.input = BytesMut::new();
+                        }
+                    }
+                }
+                ToCore::Closed(id) => {
+                    if let Some(link) = self.remote.remove(&id) {
+                        debug!(?id, "closed by peer");
+                        // The task waits on its outbox, not on our handle: tell it.
+                        link.tx.close(true);
+                        self.broker.handle_close(now, id);
+                    }
+                }
+            }
+            self.drain(now);
+        }
+        // More may be waiting: the next turn does not wait for readiness.
+        self.tasks_ready = true;
     }
 }
 
-/// Carries out what the broker asks for until it has nothing more.
-fn drain(
-    broker: &mut Broker<Access>,
-    links: &mut HashMap<ConnectionId, Link>,
-    now: Instant,
-    out: &mut [u8],
-    batch: &mut BytesMut,
-    write_queue: usize,
-) {
-    while let Some(event) = broker.poll_event() {
-        let (BrokerEvent::Transmit(id) | BrokerEvent::Close(id)) = event;
-        while let Some(n) = broker.poll_transmit(now, id, out) {
-            batch.extend_from_slice(&out[..n]);
-        }
-        let close = matches!(event, BrokerEvent::Close(_));
-        let Some(link) = links.get(&id) else {
-            batch.clear();
-            continue;
-        };
-        let ok = batch.is_empty() || link.tx.push(batch, write_queue).is_ok();
-        batch.clear();
-        if close || !ok {
-            link.tx.close(!ok);
-            if links.remove(&id).is_some() {
-                debug!(?id, "closed by broker");
-            }
-            broker.handle_close(now, id);
+impl Conn {
+    /// Lets go of the buffers once an open connection no longer needs them.
+    fn tidy(&mut self) {
+        if self.state == State::Open
+            && self
+                .bufs
+                .as_ref()
+                .is_some_and(|b| b.out.is_empty() && b.input.is_empty())
+        {
+            self.bufs = None;
         }
     }
 }
