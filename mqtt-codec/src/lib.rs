@@ -46,9 +46,10 @@
 //!   flags, QoS, packet identifiers, UTF-8 (no surrogates, no U+0000), topic names and
 //!   filters (through `mqtt-topic`), CONNECT flag consistency, property identifiers,
 //!   duplicates and ranges, and reason codes per packet. Accessors then cannot fail.
-//! - **One `unsafe` block.** Strings that `is_ascii` accepts become `&str` without running
-//!   `from_utf8` over them again (`reader.rs`, `str_from`); everything else is safe code,
-//!   and the lint denies any other `unsafe`.
+//! - **One `unsafe` block.** Strings whose bytes a word-at-a-time scan finds all ASCII
+//!   become `&str` without running `from_utf8` over them again (`reader.rs`,
+//!   `str_from_ascii`; a test compares the scan with a byte loop at every length and
+//!   position); everything else is safe code, and the lint denies any other `unsafe`.
 //! - **Every error names its reason code.** [`Error::reason_code`] gives the 5.0 code to
 //!   send before closing (Malformed Packet, Protocol Error, Packet Too Large, ...).
 //!
@@ -68,7 +69,7 @@
 //!
 //! Without features the crate is `#![no_std]` and needs no allocator.
 #![no_std]
-// `deny`, not `forbid`: one audited exception in reader.rs (`str_from`).
+// `deny`, not `forbid`: one audited exception in reader.rs (`str_from_ascii`).
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
