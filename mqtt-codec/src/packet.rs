@@ -251,6 +251,44 @@ pub fn decode<'a>(buf: &'a [u8], opts: &DecodeOptions) -> Result<Status<Packet<'
     decode_frame(&header, frame, opts, size)
 }
 
+/// The body decoders by packet type; `$done` wraps each packet where it is built. Binding
+/// the packet first and wrapping it afterwards made the compiler copy the whole 272-byte
+/// packet, scalar by scalar, so [`decode`] and [`decode_body`] each give their own wrapper.
+macro_rules! decode_packet {
+    ($header:expr, $body:expr, $opts:expr, $done:ident) => {{
+        let header: &FixedHeader = $header;
+        let opts: &DecodeOptions = $opts;
+        let t = header.packet_type;
+        let mut r = Reader::new($body, t);
+        let v = opts.version;
+        match t {
+            PacketType::Publish => $done!(Packet::Publish(Publish::decode(
+                header.flags,
+                &mut r,
+                opts
+            )?)),
+            PacketType::PubAck => $done!(Packet::PubAck(PubAck::decode(&mut r, v)?)),
+            PacketType::PubRec => $done!(Packet::PubRec(PubAck::decode(&mut r, v)?)),
+            PacketType::PubRel => $done!(Packet::PubRel(PubAck::decode(&mut r, v)?)),
+            PacketType::PubComp => $done!(Packet::PubComp(PubAck::decode(&mut r, v)?)),
+            PacketType::Connect => $done!(Packet::Connect(Connect::decode(&mut r)?)),
+            PacketType::ConnAck => $done!(Packet::ConnAck(ConnAck::decode(&mut r, v)?)),
+            PacketType::Subscribe => $done!(Packet::Subscribe(Subscribe::decode(&mut r, v)?)),
+            PacketType::SubAck => $done!(Packet::SubAck(SubAck::decode(&mut r, v)?)),
+            PacketType::Unsubscribe => {
+                $done!(Packet::Unsubscribe(Unsubscribe::decode(&mut r, v)?))
+            }
+            PacketType::UnsubAck => $done!(Packet::UnsubAck(UnsubAck::decode(&mut r, v)?)),
+            PacketType::PingReq => $done!(r.finish().map(|()| Packet::PingReq)?),
+            PacketType::PingResp => $done!(r.finish().map(|()| Packet::PingResp)?),
+            PacketType::Disconnect => {
+                $done!(Packet::Disconnect(Disconnect::decode(&mut r, opts)?))
+            }
+            PacketType::Auth => $done!(Packet::Auth(Auth::decode(&mut r)?)),
+        }
+    }};
+}
+
 /// Decodes a packet's body (everything after the fixed header), already framed.
 #[inline]
 pub fn decode_body<'a>(
@@ -258,14 +296,15 @@ pub fn decode_body<'a>(
     body: &'a [u8],
     opts: &DecodeOptions,
 ) -> Result<Packet<'a>, Error> {
-    match decode_frame(header, body, opts, 0)? {
-        Status::Complete { packet, .. } => Ok(packet),
-        Status::Incomplete { .. } => unreachable!("decode_frame completes or fails"),
+    macro_rules! done {
+        ($packet:expr) => {
+            Ok($packet)
+        };
     }
+    decode_packet!(header, body, opts, done)
 }
 
-/// The body decoders, each building its packet straight into `decode`'s result: going
-/// through `Result<Packet>` first cost a copy of the whole packet.
+/// [`decode_body`] with the result `decode` returns, built in place.
 #[inline]
 fn decode_frame<'a>(
     header: &FixedHeader,
@@ -273,11 +312,6 @@ fn decode_frame<'a>(
     opts: &DecodeOptions,
     consumed: usize,
 ) -> Result<Status<Packet<'a>>, Error> {
-    let t = header.packet_type;
-    let mut r = Reader::new(body, t);
-    let v = opts.version;
-    // Each arm builds the final result itself: binding the packet first and wrapping it
-    // afterwards made the compiler copy the whole packet, scalar by scalar.
     macro_rules! done {
         ($packet:expr) => {
             Ok(Status::Complete {
@@ -286,27 +320,7 @@ fn decode_frame<'a>(
             })
         };
     }
-    match t {
-        PacketType::Publish => done!(Packet::Publish(Publish::decode(
-            header.flags,
-            &mut r,
-            opts
-        )?)),
-        PacketType::PubAck => done!(Packet::PubAck(PubAck::decode(&mut r, v)?)),
-        PacketType::PubRec => done!(Packet::PubRec(PubAck::decode(&mut r, v)?)),
-        PacketType::PubRel => done!(Packet::PubRel(PubAck::decode(&mut r, v)?)),
-        PacketType::PubComp => done!(Packet::PubComp(PubAck::decode(&mut r, v)?)),
-        PacketType::Connect => done!(Packet::Connect(Connect::decode(&mut r)?)),
-        PacketType::ConnAck => done!(Packet::ConnAck(ConnAck::decode(&mut r, v)?)),
-        PacketType::Subscribe => done!(Packet::Subscribe(Subscribe::decode(&mut r, v)?)),
-        PacketType::SubAck => done!(Packet::SubAck(SubAck::decode(&mut r, v)?)),
-        PacketType::Unsubscribe => done!(Packet::Unsubscribe(Unsubscribe::decode(&mut r, v)?)),
-        PacketType::UnsubAck => done!(Packet::UnsubAck(UnsubAck::decode(&mut r, v)?)),
-        PacketType::PingReq => done!(r.finish().map(|()| Packet::PingReq)?),
-        PacketType::PingResp => done!(r.finish().map(|()| Packet::PingResp)?),
-        PacketType::Disconnect => done!(Packet::Disconnect(Disconnect::decode(&mut r, opts)?)),
-        PacketType::Auth => done!(Packet::Auth(Auth::decode(&mut r)?)),
-    }
+    decode_packet!(header, body, opts, done)
 }
 
 /// Lengths worked out (and contents validated) before anything is written.
