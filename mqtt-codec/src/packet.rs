@@ -332,6 +332,26 @@ pub(crate) struct Plan {
     pub(crate) will_props: usize,
 }
 
+impl Plan {
+    /// Refuses a body longer than a Remaining Length can express.
+    #[inline]
+    pub(crate) fn checked(self) -> Result<Self, Error> {
+        if self.remaining > varint::MAX as usize {
+            return Err(Error::PacketTooLarge {
+                size: self.remaining,
+                max: varint::MAX,
+            });
+        }
+        Ok(self)
+    }
+
+    /// The whole packet: first byte, Remaining Length and body.
+    #[inline]
+    pub(crate) fn total(&self) -> usize {
+        1 + varint::len(self.remaining as u32) + self.remaining
+    }
+}
+
 /// Refuses a 5.0-only field before 5.0.
 #[inline]
 pub(crate) fn require_v5(
@@ -396,13 +416,7 @@ impl Packet<'_> {
             Packet::Disconnect(p) => p.plan(version)?,
             Packet::Auth(p) => p.plan()?,
         };
-        if plan.remaining > varint::MAX as usize {
-            return Err(Error::PacketTooLarge {
-                size: plan.remaining,
-                max: varint::MAX,
-            });
-        }
-        Ok(plan)
+        plan.checked()
     }
 
     fn write<S: Sink>(&self, version: ProtocolVersion, plan: &Plan, s: &mut S) {
@@ -429,7 +443,7 @@ impl Packet<'_> {
     /// can be encoded at `version` (CONNECT uses its own level).
     pub fn encoded_len(&self, version: ProtocolVersion) -> Result<usize, Error> {
         let plan = self.plan(version)?;
-        Ok(1 + varint::len(plan.remaining as u32) + plan.remaining)
+        Ok(plan.total())
     }
 
     /// Encodes into `out`, returning the bytes written. Refuses what the protocol forbids
@@ -462,7 +476,7 @@ impl Packet<'_> {
             _ => {}
         }
         let plan = self.plan(version)?;
-        let total = 1 + varint::len(plan.remaining as u32) + plan.remaining;
+        let total = plan.total();
         if out.len() < total {
             return Err(Error::BufferTooSmall { required: total });
         }
@@ -480,7 +494,7 @@ impl Packet<'_> {
         buf: &mut B,
     ) -> Result<usize, Error> {
         let plan = self.plan(version)?;
-        let total = 1 + varint::len(plan.remaining as u32) + plan.remaining;
+        let total = plan.total();
         if buf.remaining_mut() < total {
             return Err(Error::BufferTooSmall { required: total });
         }
@@ -492,7 +506,7 @@ impl Packet<'_> {
     #[cfg(feature = "alloc")]
     pub fn encode_to_vec(&self, version: ProtocolVersion) -> Result<alloc::vec::Vec<u8>, Error> {
         let plan = self.plan(version)?;
-        let total = 1 + varint::len(plan.remaining as u32) + plan.remaining;
+        let total = plan.total();
         let mut v = alloc::vec![0; total];
         let mut s = SliceSink {
             buf: &mut v,

@@ -143,15 +143,9 @@ impl<'a> Publish<'a> {
     /// straight into the slice.
     #[inline]
     pub(crate) fn encode(&self, v: ProtocolVersion, out: &mut [u8]) -> Result<usize, Error> {
-        let plan = self.plan(v)?;
-        if plan.remaining > varint::MAX as usize {
-            return Err(Error::PacketTooLarge {
-                size: plan.remaining,
-                max: varint::MAX,
-            });
-        }
-        let header = 1 + varint::len(plan.remaining as u32);
-        let total = header + plan.remaining;
+        let plan = self.plan(v)?.checked()?;
+        let total = plan.total();
+        let header = total - plan.remaining;
         let Some(out) = out.get_mut(..total) else {
             return Err(Error::BufferTooSmall { required: total });
         };

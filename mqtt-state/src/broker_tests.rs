@@ -185,6 +185,19 @@ impl<H: Hooks> Net<H> {
         core::mem::take(&mut self.peers[i].events)
     }
 
+    /// The reason codes of every SUBACK and UNSUBACK client `i` received, then cleared.
+    fn ack_codes(&mut self, i: usize) -> Vec<Vec<ReasonCode>> {
+        self.events(i)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Subscribed { reasons, .. } | Event::Unsubscribed { reasons, .. } => {
+                    Some(reasons)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn publish_message(&mut self, i: usize, m: Message) {
         self.peers[i].client.publish(self.now, m).unwrap();
         self.drive();
@@ -1129,14 +1142,7 @@ fn mqtt_3_8_4_4_multi_filter_subscribe_is_a_sequence_of_single_ones() {
         )
         .unwrap();
     net.drive();
-    let subacks: Vec<_> = net
-        .events(s)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Subscribed { reasons, .. } => Some(reasons),
-            _ => None,
-        })
-        .collect();
+    let subacks = net.ack_codes(s);
     assert_eq!(
         subacks,
         [vec![
@@ -1240,14 +1246,7 @@ fn mqtt_3_8_4_7_suback_has_one_code_per_filter_in_order() {
         )
         .unwrap();
     net.drive();
-    let subacks: Vec<_> = net
-        .events(s)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Subscribed { reasons, .. } => Some(reasons),
-            _ => None,
-        })
-        .collect();
+    let subacks = net.ack_codes(s);
     assert_eq!(
         subacks,
         [vec![
@@ -1337,14 +1336,7 @@ fn mqtt_3_10_4_6_multi_filter_unsubscribe_is_a_sequence_of_single_ones() {
             .unsubscribe(&["c", "nope", "a", "c"])
             .unwrap();
         net.drive();
-        let unsubacks: Vec<_> = net
-            .events(s)
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Unsubscribed { reasons, .. } => Some(reasons),
-                _ => None,
-            })
-            .collect();
+        let unsubacks = net.ack_codes(s);
         let expected = if v.is_v5() {
             vec![
                 ReasonCode::Success,

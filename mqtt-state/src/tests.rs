@@ -37,6 +37,17 @@ struct Pair {
     version: ProtocolVersion,
 }
 
+/// Everything a machine has to send now, a frame per packet; `poll` is its
+/// `poll_transmit` at some instant.
+fn frames(mut poll: impl FnMut(&mut [u8]) -> Result<Option<usize>, Error>) -> Vec<Vec<u8>> {
+    let mut out = vec![0u8; 64 * 1024];
+    let mut sent = Vec::new();
+    while let Ok(Some(n)) = poll(&mut out) {
+        sent.push(out[..n].to_vec());
+    }
+    sent
+}
+
 fn types(bytes: &[u8], v: ProtocolVersion) -> Vec<PacketType> {
     let mut out = Vec::new();
     let mut rest = bytes;
@@ -453,10 +464,7 @@ fn mqtt_3_3_4_9_receive_maximum_exceeded_is_a_protocol_error() {
     let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
     assert_eq!(e, Error::Protocol(Violation::ReceiveMaximumExceeded));
     let mut out = vec![0u8; 256];
-    let mut sent = Vec::new();
-    while let Ok(Some(n)) = server.poll_transmit(Instant::ZERO, &mut out) {
-        sent.push(out[..n].to_vec());
-    }
+    let sent = frames(|out| server.poll_transmit(Instant::ZERO, out));
     // CONNACK, then DISCONNECT 0x93.
     let last = sent.last().unwrap();
     assert_eq!(last[..3], [0xE0, 0x01, 0x93]);
@@ -1085,11 +1093,7 @@ fn connect_to(config: ServerConfig, c: mqtt_codec::Connect<'_>) -> (ServerSessio
     let mut server = ServerSession::new(config, Instant::ZERO);
     let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(c.protocol).unwrap()[..]);
     let _ = server.handle_input(Instant::ZERO, &mut input);
-    let mut out = vec![0u8; 256];
-    let mut sent = Vec::new();
-    while let Ok(Some(n)) = server.poll_transmit(Instant::ZERO, &mut out) {
-        sent.push(out[..n].to_vec());
-    }
+    let sent = frames(|out| server.poll_transmit(Instant::ZERO, out));
     (server, sent)
 }
 
@@ -1832,10 +1836,7 @@ fn mqtt_2_3_1_3_a_client_resend_keeps_its_id_which_only_the_ack_frees() {
     client.poll_transmit(now, &mut out).unwrap().unwrap();
     input.extend_from_slice(&connack(true));
     client.handle_input(now, &mut input).unwrap();
-    let mut frames = Vec::new();
-    while let Ok(Some(n)) = client.poll_transmit(now, &mut out) {
-        frames.push(out[..n].to_vec());
-    }
+    let frames = frames(|out| client.poll_transmit(now, out));
     // The re-sent PUBLISH and PUBREL keep their identifiers.
     assert_eq!(
         resent(&frames, v),
@@ -1920,10 +1921,7 @@ fn mqtt_2_3_1_4_a_server_resend_keeps_its_id_which_only_the_ack_frees() {
     // The connection drops before PUBACK and PUBCOMP; the client comes back.
     server.handle_close(now);
     let mut server = start(server.into_session(), true, &mut input);
-    let mut frames = Vec::new();
-    while let Ok(Some(n)) = server.poll_transmit(now, &mut out) {
-        frames.push(out[..n].to_vec());
-    }
+    let frames = frames(|out| server.poll_transmit(now, out));
     assert_eq!(
         resent(&frames, v),
         [
@@ -2041,19 +2039,13 @@ fn mqtt_3_1_2_30_an_authenticating_client_sends_only_auth_until_connack() {
     client
         .auth(ReasonCode::ContinueAuthentication, None)
         .unwrap();
-    let mut before = Vec::new();
-    while let Ok(Some(n)) = client.poll_transmit(now, &mut out) {
-        before.push(out[..n].to_vec());
-    }
+    let before = frames(|out| client.poll_transmit(now, out));
     assert_eq!(types(&before.concat(), V5), [PacketType::Auth]);
     // After CONNACK the rest goes.
     let connack = Packet::ConnAck(mqtt_codec::ConnAck::new(false, ReasonCode::Success));
     let mut input = BytesMut::from(&connack.encode_to_vec(V5).unwrap()[..]);
     client.handle_input(now, &mut input).unwrap();
-    let mut after = Vec::new();
-    while let Ok(Some(n)) = client.poll_transmit(now, &mut out) {
-        after.push(out[..n].to_vec());
-    }
+    let after = frames(|out| client.poll_transmit(now, out));
     let mut after = types(&after.concat(), V5);
     after.sort_by_key(|t| *t as u8);
     assert_eq!(
@@ -2103,10 +2095,7 @@ fn mqtt_4_3_3_7_a_sent_qos_2_message_does_not_expire() {
     input.extend_from_slice(&connack(true));
     client.handle_input(t1, &mut input).unwrap();
     client.handle_timeout(t1);
-    let mut frames = Vec::new();
-    while let Ok(Some(n)) = client.poll_transmit(t1, &mut out) {
-        frames.push(out[..n].to_vec());
-    }
+    let frames = frames(|out| client.poll_transmit(t1, out));
     assert_eq!(
         resent(&frames, v),
         [
@@ -2257,17 +2246,11 @@ fn mqtt_3_1_2_29_no_problem_information_on_other_packets_when_not_requested() {
     c.properties.authentication_method = Some("X");
     let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(V5).unwrap()[..]);
     server.handle_input(now, &mut input).unwrap();
-    let mut out = vec![0u8; 256];
-    let mut frames = Vec::new();
-    let mut drain = |server: &mut ServerSession, frames: &mut Vec<Vec<u8>>| {
-        while let Ok(Some(n)) = server.poll_transmit(now, &mut out) {
-            frames.push(out[..n].to_vec());
-        }
-    };
+    let mut sent = Vec::new();
     server
         .auth(ReasonCode::ContinueAuthentication, None)
         .unwrap();
-    drain(&mut server, &mut frames);
+    sent.extend(frames(|out| server.poll_transmit(now, out)));
     let auth = Packet::Auth(mqtt_codec::Auth {
         reason_code: ReasonCode::ContinueAuthentication,
         properties: mqtt_codec::AuthProperties {
@@ -2326,15 +2309,15 @@ fn mqtt_3_1_2_29_no_problem_information_on_other_packets_when_not_requested() {
         .deliver(now, msg("t", "x", QoS::ExactlyOnce), &[])
         .unwrap()
         .unwrap();
-    drain(&mut server, &mut frames);
+    sent.extend(frames(|out| server.poll_transmit(now, out)));
     // PUBREL for 3 and an unknown 9 (PUBCOMP 0x92); PUBREC for the server's message.
     input.extend_from_slice(&ack_frame(0x62, pid(3)));
     input.extend_from_slice(&ack_frame(0x62, pid(9)));
     input.extend_from_slice(&ack_frame(0x50, out_id));
     server.handle_input(now, &mut input).unwrap();
-    drain(&mut server, &mut frames);
+    sent.extend(frames(|out| server.poll_transmit(now, out)));
     let mut seen = Vec::new();
-    for p in decoded(&frames, V5) {
+    for p in decoded(&sent, V5) {
         let (reason_string, user_properties_empty) = match &p {
             Packet::Publish(_) | Packet::ConnAck(_) | Packet::Disconnect(_) => continue,
             Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => (

@@ -286,6 +286,26 @@ fn bad_peers_do_not_hurt_a_good_client() {
     assert!(broker.is_running(), "the broker survived");
 }
 
+/// Opens a WebSocket to `/mqtt` offering the `mqtt` subprotocol; the stream after the
+/// response head, and the head in lower case.
+fn websocket_upgrade(broker: &Broker) -> (TcpStream, String) {
+    let mut s = TcpStream::connect_timeout(&broker.ws, READ_TIMEOUT).expect("connect");
+    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    s.write_all(
+        b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Protocol: mqtt\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).expect("handshake response"), 1);
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
 /// The WebSocket listener serves `/mqtt` only, answers with the `mqtt` subprotocol, and
 /// closes a peer that sends a text frame (MQTT needs binary).
 #[test]
@@ -303,21 +323,7 @@ fn websocket_handshake_rejects_other_paths() {
     let _ = s.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
 
-    let mut s = TcpStream::connect_timeout(&broker.ws, READ_TIMEOUT).expect("connect");
-    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    s.write_all(
-        b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Protocol: mqtt\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).expect("handshake response"), 1);
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let (mut s, head) = websocket_upgrade(&broker);
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("sec-websocket-protocol: mqtt"), "{head}");
     // [MQTT-6.0.0-1] a text frame ("hi", masked as a client must) closes the connection.
@@ -343,25 +349,8 @@ fn websocket_handshake_rejects_other_paths() {
 #[test]
 fn websocket_frames_need_not_align_with_packets() {
     let broker = Broker::start(&[]);
-    let mut s = TcpStream::connect_timeout(&broker.ws, READ_TIMEOUT).expect("connect");
-    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    s.write_all(
-        b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Protocol: mqtt\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).expect("handshake response"), 1);
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let (mut s, head) = websocket_upgrade(&broker);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
 
     // A masked binary frame, as a client must send.
     let binary = |payload: &[u8]| {
