@@ -204,6 +204,13 @@ fn str_from_ascii(b: &[u8], no_nul: bool) -> Option<&str> {
     Some(unsafe { core::str::from_utf8_unchecked(b) })
 }
 
+/// `b` as a `&str` if it is ASCII without NUL: a string [`Reader::string`] accepts, found
+/// the quick way (`None` says nothing either way).
+#[inline(always)]
+pub(crate) fn ascii_string(b: &[u8]) -> Option<&str> {
+    str_from_ascii(b, true)
+}
+
 /// Whether a byte of `bytes` is >= 0x80 or, with `nul`, 0.
 #[inline(always)]
 fn any_high_or_nul(bytes: &[u8], nul: bool) -> bool {
