@@ -49,7 +49,9 @@
 //! - **One `unsafe` block.** Strings whose bytes a word-at-a-time scan finds all ASCII
 //!   become `&str` without running `from_utf8` over them again (`reader.rs`,
 //!   `str_from_ascii`; a test compares the scan with a byte loop at every length and
-//!   position); everything else is safe code, and the lint denies any other `unsafe`.
+//!   position). Topic names take `mqtt_topic::is_ascii_name`, which checks ASCII and the
+//!   name rules in the same pass. Everything else is safe code, and the lint denies any
+//!   other `unsafe`.
 //! - **Every error names its reason code.** [`Error::reason_code`] gives the 5.0 code to
 //!   send before closing (Malformed Packet, Protocol Error, Packet Too Large, ...).
 //!

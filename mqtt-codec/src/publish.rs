@@ -67,15 +67,10 @@ impl<'a> Publish<'a> {
     ) -> Result<Self, Error> {
         let v = opts.version;
         // [MQTT-3.3.2-1] the topic name comes first and is a UTF-8 string.
+        // [MQTT-3.3.2-2] no wildcards, via mqtt-topic. In 5.0 an empty name is legal with
+        // a topic alias, checked below.
         let topic = if v.is_v5() {
-            let t = r.utf8()?;
-            // An empty name is legal only with a topic alias, checked below.
-            if !t.is_empty() {
-                // [MQTT-3.3.2-2] no wildcards, via mqtt-topic.
-                mqtt_topic::validate_name(t)
-                    .map_err(|e| topic_error(e, PacketType::Publish, Error::InvalidTopicName))?;
-            }
-            t
+            r.topic_name_or_empty()?
         } else {
             r.topic_name()?
         };

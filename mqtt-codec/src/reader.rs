@@ -124,7 +124,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn string(&mut self) -> Result<&'a str, Error> {
         let b = self.binary()?;
         // ASCII without U+0000, nearly every string, is recognised in one pass.
-        if let Some(s) = str_from_ascii(b, true) {
+        if let Some(s) = str_from_ascii(b, Ascii::NoNul) {
             return Ok(s);
         }
         // [MQTT-1.5.4-1] [MQTT-1.5.3-1] as in `utf8`, then [MQTT-1.5.4-2].
@@ -156,8 +156,33 @@ impl<'a> Reader<'a> {
     /// A Topic Name: a string that mqtt-topic accepts as a name.
     #[inline]
     pub(crate) fn topic_name(&mut self) -> Result<&'a str, Error> {
-        let s = self.utf8()?;
-        // The topic crate's scan covers U+0000 too, so the name is read once.
+        let b = self.binary()?;
+        // An ASCII name, nearly every name, is checked for UTF-8 and the name rules in one
+        // pass; anything else takes both checks for the precise error.
+        match str_from_ascii(b, Ascii::Name) {
+            Some(s) => Ok(s),
+            None => self.topic_name_slow(b),
+        }
+    }
+
+    /// A Topic Name or, as 5.0 allows with a Topic Alias, an empty string.
+    #[inline]
+    pub(crate) fn topic_name_or_empty(&mut self) -> Result<&'a str, Error> {
+        let b = self.binary()?;
+        match str_from_ascii(b, Ascii::Name) {
+            Some(s) => Ok(s),
+            None if b.is_empty() => Ok(""),
+            None => self.topic_name_slow(b),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn topic_name_slow(&self, b: &'a [u8]) -> Result<&'a str, Error> {
+        let s = str_from(b).map_err(|_| Error::InvalidUtf8 {
+            packet: self.packet,
+        })?;
+        // The topic crate's scan covers U+0000 too.
         mqtt_topic::validate_name(s)
             .map_err(|e| topic_error(e, self.packet, Error::InvalidTopicName))?;
         Ok(s)
@@ -184,23 +209,41 @@ impl<'a> Reader<'a> {
 /// checks for U+0000 in the same pass where a string needs it.
 #[inline]
 fn str_from(b: &[u8]) -> Result<&str, core::str::Utf8Error> {
-    match str_from_ascii(b, false) {
+    match str_from_ascii(b, Ascii::Any) {
         Some(s) => Ok(s),
         None => core::str::from_utf8(b),
     }
 }
 
-/// `b` as a `&str` if every byte is ASCII (and, with `no_nul`, none is 0); `None` sends the
-/// caller down the full `from_utf8` path, which gives the precise error.
+/// Which ASCII strings [`str_from_ascii`] accepts.
+#[derive(Clone, Copy)]
+pub(crate) enum Ascii {
+    /// Any.
+    Any,
+    /// Without NUL.
+    NoNul,
+    /// A valid topic name (`mqtt_topic::is_ascii_name`).
+    Name,
+}
+
+/// `b` as a `&str` if every byte is ASCII and `b` is the `kind` of string asked for; `None`
+/// sends the caller down the full `from_utf8` path, which gives the precise error.
 #[allow(unsafe_code)]
 #[inline(always)]
-fn str_from_ascii(b: &[u8], no_nul: bool) -> Option<&str> {
-    if any_high_or_nul(b, no_nul) {
+fn str_from_ascii(b: &[u8], kind: Ascii) -> Option<&str> {
+    let ascii = match kind {
+        Ascii::Any => !any_high_or_nul(b, false),
+        Ascii::NoNul => !any_high_or_nul(b, true),
+        Ascii::Name => mqtt_topic::is_ascii_name(b),
+    };
+    if !ascii {
         return None;
     }
-    // SAFETY: `any_high_or_nul` has just checked that every byte is below 0x80 (its tests
-    // below compare it with a byte loop). A sequence of such bytes is well-formed UTF-8, the
-    // only requirement of `from_utf8_unchecked`.
+    // SAFETY: each check has just said that every byte is below 0x80: `any_high_or_nul`
+    // tests the high bit of every byte (its tests below compare it with a byte loop), and
+    // `is_ascii_name` returns true only for bytes below 0x80 (its contract, tested in
+    // mqtt-topic against `is_ascii` and here in `ascii_name_is_ascii`). A sequence of such
+    // bytes is well-formed UTF-8, the only requirement of `from_utf8_unchecked`.
     Some(unsafe { core::str::from_utf8_unchecked(b) })
 }
 
@@ -208,7 +251,7 @@ fn str_from_ascii(b: &[u8], no_nul: bool) -> Option<&str> {
 /// the quick way (`None` says nothing either way).
 #[inline(always)]
 pub(crate) fn ascii_string(b: &[u8]) -> Option<&str> {
-    str_from_ascii(b, true)
+    str_from_ascii(b, Ascii::NoNul)
 }
 
 /// Whether a byte of `bytes` is >= 0x80 or, with `nul`, 0.
@@ -304,6 +347,22 @@ pub(crate) fn check_no_nul(s: &str, packet: PacketType) -> Result<(), Error> {
 #[cfg(test)]
 mod fast_path_tests {
     use super::*;
+
+    /// The `unsafe` conversion trusts `mqtt_topic::is_ascii_name` to see every high byte:
+    /// checked here too, for every byte value at every position of short and long names.
+    #[test]
+    fn ascii_name_is_ascii() {
+        for len in [1, 2, 3, 7, 8, 9, 16, 31, 32, 33, 40, 64, 70] {
+            for at in 0..len {
+                for byte in 0x80..=0xFF {
+                    let mut name = [b'a'; 70];
+                    name[at] = byte;
+                    assert!(str_from_ascii(&name[..len], Ascii::Name).is_none());
+                }
+            }
+        }
+        assert_eq!(str_from_ascii(b"a/b", Ascii::Name), Some("a/b"));
+    }
 
     fn field(s: &[u8]) -> [u8; 80] {
         let mut out = [0xAA; 80];

@@ -118,6 +118,6 @@ pub use retained::RetainedStore;
 pub use shared::{parse_shared, SharedFilter, Subscription};
 #[cfg(feature = "alloc")]
 pub use tree::{Match, SharedGroup, SubscriptionTree};
-pub use validate::{validate_filter, validate_name, TopicFilter, TopicName};
+pub use validate::{is_ascii_name, validate_filter, validate_name, TopicFilter, TopicName};
 #[cfg(feature = "alloc")]
 pub use validate::{OwnedTopicFilter, OwnedTopicName};

@@ -20,28 +20,56 @@ const BLOCK: usize = 32;
 /// ```
 pub fn validate_name(name: &str) -> Result<(), Error> {
     check_len(name)?;
-    let bytes = name.as_bytes();
-    // This runs for every PUBLISH a broker receives, so it is one pass with no early exit inside
-    // a block: an OR-reduction over a fixed-size block vectorises, a byte loop with three
-    // compares and a branch each does not. Only a block that holds a forbidden byte is scanned
-    // again, byte by byte, to report the first offending position.
+    if has_forbidden(name.as_bytes(), false) {
+        return first_name_error(name.as_bytes());
+    }
+    Ok(())
+}
+
+/// Whether `bytes` are a topic name written in ASCII: 1 to 65,535 bytes, none of them 0,
+/// `+`, `#` or above 0x7F.
+///
+/// For decoders, which receive names as bytes: `true` means the bytes are well-formed UTF-8
+/// *and* a valid name ([`validate_name`]), found in the one pass that `validate_name` alone
+/// costs. `false` says nothing either way; check UTF-8 and call `validate_name` for the
+/// precise error.
+///
+/// ```
+/// assert!(mqtt_topic::is_ascii_name(b"sport/tennis"));
+/// assert!(!mqtt_topic::is_ascii_name(b"sport/+"));
+/// assert!(!mqtt_topic::is_ascii_name("sport/t\u{e9}nnis".as_bytes())); // valid, not ASCII
+/// ```
+#[inline]
+pub fn is_ascii_name(bytes: &[u8]) -> bool {
+    (1..=MAX_LEN).contains(&bytes.len()) && !has_forbidden(bytes, true)
+}
+
+/// Whether `bytes` holds 0, `+`, `#` or, with `high`, a byte above 0x7F. This runs for
+/// every PUBLISH a broker receives, so it is one pass with no early exit inside a block: an
+/// OR-reduction over a fixed-size block vectorises, a byte loop with three compares and a
+/// branch each does not.
+#[inline(always)]
+fn has_forbidden(bytes: &[u8], high: bool) -> bool {
     let mut blocks = bytes.chunks_exact(BLOCK);
-    let mut base = 0;
     for block in &mut blocks {
-        if any_forbidden(block) {
-            return first_name_error(block, base);
+        if block
+            .iter()
+            .fold(0u8, |acc, &b| acc | forbidden_in_name(b, high))
+            != 0
+        {
+            return true;
         }
-        base += BLOCK;
     }
     // Most topics are shorter than a block: the tail goes eight bytes at a time as one
     // word, which costs a few instructions per word instead of several per byte.
     let tail = blocks.remainder();
     let word = |w: &[u8]| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-    let found = if tail.len() >= 8 {
+    if tail.len() >= 8 {
         // Whole words, then one more word ending at the last byte (overlapping the previous
         // one rather than padding a partial word).
-        tail.chunks_exact(8).any(|w| word_has_forbidden(word(w)))
-            || word_has_forbidden(word(&tail[tail.len() - 8..]))
+        tail.chunks_exact(8)
+            .any(|w| word_has_forbidden(word(w), high))
+            || word_has_forbidden(word(&tail[tail.len() - 8..]), high)
     } else {
         // Shorter than a word: the question is whether *any* byte is forbidden, so repeats
         // are harmless. Two overlapping 4-byte loads from 4 bytes up; bytes 0, n/2 and n-1
@@ -58,45 +86,37 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
             // A name of whole blocks.
             u64::from_le_bytes([b'a'; 8])
         };
-        word_has_forbidden(v)
-    };
-    if found {
-        return first_name_error(tail, base);
+        word_has_forbidden(v, high)
     }
-    Ok(())
 }
 
-/// Whether any byte of `x` is 0, `+` or `#`. `(v - 0x01..) & !v & 0x80..` is non-zero exactly
-/// when some byte of `v` is zero; XOR turns "equals c" into "is zero".
+/// Whether any byte of `x` is 0, `+`, `#` or, with `high`, above 0x7F.
+/// `(v - 0x01..) & !v & 0x80..` is non-zero exactly when some byte of `v` is zero; XOR turns
+/// "equals c" into "is zero".
 #[inline(always)]
-fn word_has_forbidden(x: u64) -> bool {
+fn word_has_forbidden(x: u64, high: bool) -> bool {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
     // `+` (0x2B) and `#` (0x23) differ only in bit 3, and no other byte ORed with 0x08
     // gives 0x2B: one test covers both.
-    zero(x) | zero((x | (LO * 0x08)) ^ (LO * u64::from(b'+'))) != 0
+    let high = if high { x & HI } else { 0 };
+    zero(x) | zero((x | (LO * 0x08)) ^ (LO * u64::from(b'+'))) | high != 0
 }
 
-/// Whether `bytes` holds a byte that may not appear in a name, without early exit so that the
-/// loop vectorises.
+/// 1 if `b` may not appear in a topic name (or, with `high`, is above 0x7F), else 0 (a `u8`
+/// rather than a `bool` so the reduction in [`has_forbidden`] is plain bitwise arithmetic).
 #[inline(always)]
-fn any_forbidden(bytes: &[u8]) -> bool {
-    bytes.iter().fold(0u8, |acc, &b| acc | forbidden_in_name(b)) != 0
-}
-
-/// 1 if `b` may not appear in a topic name, else 0 (a `u8` rather than a `bool` so the
-/// reduction in [`validate_name`] is plain bitwise arithmetic).
-#[inline(always)]
-fn forbidden_in_name(b: u8) -> u8 {
+fn forbidden_in_name(b: u8, high: bool) -> u8 {
     // As in `word_has_forbidden`: `b | 0x08 == b'+'` exactly for `+` and `#`.
-    u8::from(b == 0) | u8::from(b | 0x08 == b'+')
+    u8::from(b == 0) | u8::from(b | 0x08 == b'+') | u8::from(high && b >= 0x80)
 }
 
-/// The error for the first forbidden byte of `bytes`, which starts at byte `base` of the name.
-fn first_name_error(bytes: &[u8], base: usize) -> Result<(), Error> {
-    for (i, &b) in bytes.iter().enumerate() {
-        let at = base + i;
+/// The error for the first forbidden byte of a name; the scan that found one does not say
+/// where, so that it stays branch-free.
+#[cold]
+fn first_name_error(bytes: &[u8]) -> Result<(), Error> {
+    for (at, &b) in bytes.iter().enumerate() {
         match b {
             // [MQTT-4.7.3-2] no U+0000
             0 => return Err(Error::NullCharacter { at }),
@@ -146,7 +166,7 @@ pub(crate) fn check_filter_bytes(bytes: &[u8], base: usize) -> Result<(), Error>
     }
     let tail = bytes.len() - words.remainder().len();
     for (j, &b) in words.remainder().iter().enumerate() {
-        if forbidden_in_name(b) != 0 {
+        if forbidden_in_name(b, false) != 0 {
             check_filter_byte(bytes, tail + j, base)?;
         }
     }
@@ -437,6 +457,30 @@ pub use owned::{OwnedTopicFilter, OwnedTopicName};
 mod tests {
     use super::*;
     use alloc::string::String;
+    use alloc::vec;
+
+    /// `is_ascii_name` says yes exactly to ASCII bytes that `validate_name` accepts, with
+    /// any byte at any position of names from empty to past three blocks, and at the
+    /// length limit.
+    #[test]
+    fn is_ascii_name_agrees_with_validate_name() {
+        let reference = |b: &[u8]| {
+            b.is_ascii() && core::str::from_utf8(b).is_ok_and(|s| validate_name(s).is_ok())
+        };
+        for len in 0..=100 {
+            for at in 0..len.max(1) {
+                for byte in [b'a', 0, b'+', b'#', 0x7F, 0x80, 0xC3, 0xFF, b'/', b'$'] {
+                    let mut v = vec![b'a'; len];
+                    if len > 0 {
+                        v[at] = byte;
+                    }
+                    assert_eq!(is_ascii_name(&v), reference(&v), "{v:?}");
+                }
+            }
+        }
+        assert!(is_ascii_name(&vec![b'a'; MAX_LEN]));
+        assert!(!is_ascii_name(&vec![b'a'; MAX_LEN + 1]));
+    }
 
     #[test]
     fn mqtt_4_7_3_1_empty_name_and_filter_rejected() {
@@ -531,14 +575,20 @@ mod tests {
     fn forbidden_byte_tests_are_exact() {
         for b in 0..=255u8 {
             let want = b == 0 || b == b'+' || b == b'#';
-            assert_eq!(forbidden_in_name(b) == 1, want, "{b:#x}");
+            assert_eq!(forbidden_in_name(b, false) == 1, want, "{b:#x}");
+            assert_eq!(forbidden_in_name(b, true) == 1, want || b >= 0x80, "{b:#x}");
             for lane in 0..8 {
                 let mut w = [b'a'; 8];
                 w[lane] = b;
                 assert_eq!(
-                    word_has_forbidden(u64::from_le_bytes(w)),
+                    word_has_forbidden(u64::from_le_bytes(w), false),
                     want,
                     "{b:#x} @{lane}"
+                );
+                assert_eq!(
+                    word_has_forbidden(u64::from_le_bytes(w), true),
+                    want || b >= 0x80,
+                    "{b:#x} @{lane} (high)"
                 );
                 for other in [0u8, b'+', b'#', b'a', 0xFF] {
                     // Lane exactness: each lane flags itself only, whatever its neighbours.
