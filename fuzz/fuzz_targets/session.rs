@@ -21,7 +21,7 @@ use mqtt_codec::fuzzing::PacketSpec;
 use mqtt_codec::{
     decode, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeOptions, Packet, PacketId,
     ProtocolVersion, PubAck, Publish, QoS, QosPid, ReasonCode, Sender, Status, SubAck,
-    SubscriptionId, SubscriptionOptions, UnsubAck,
+    SubscriptionId, SubscriptionOptions, Topic, UnsubAck,
 };
 use mqtt_state::{
     Accept, Client, ClientConfig, Error, Event, Instant, Message, ServerConfig, ServerSession,
@@ -514,13 +514,15 @@ impl Harness {
                     QoS::ExactlyOnce => QosPid::ExactlyOnce(id),
                 };
                 let body = vec![0xa5; usize::from(*payload % 512)];
-                let mut p = Publish::new(TOPICS[usize::from(*topic) % 5], &body, qos_pid);
+                // The first five topics are valid names.
+                let name = Topic::new(TOPICS[usize::from(*topic) % 5]).expect("a valid name");
+                let mut p = Publish::new(name, &body, qos_pid);
                 p.dup = *dup && qos_pid != QosPid::AtMostOnce;
                 p.retain = *retain;
                 if version.is_v5() && *alias % 4 != 0 {
                     p.properties.topic_alias = NonZeroU16::new(u16::from(*alias % 4));
                     if *alias >= 128 {
-                        p.topic = "";
+                        p.topic = Topic::EMPTY;
                     }
                 }
                 enc(&Packet::Publish(p))

@@ -323,9 +323,11 @@ impl PacketSpec {
                     retain: self.flags[1],
                     // 5.0 may replace the name with an alias.
                     topic: if v5 && alias.is_some() && self.flags[2] {
-                        ""
+                        Topic::EMPTY
                     } else {
-                        s0
+                        // A name with a wildcard is refused here, not by the encoder; the
+                        // empty topic in its place is, without an alias.
+                        Topic::new(s0).unwrap_or(Topic::EMPTY)
                     },
                     payload: &self.bins[0],
                     properties: if v5 {

@@ -124,7 +124,7 @@ pub use properties::{
     UnsubscribeProperties, UserProperties, UserPropertiesIter, WillProperties,
 };
 pub use puback::PubAck;
-pub use publish::Publish;
+pub use publish::{Publish, Topic};
 pub use reason::ReasonCode;
 pub use suback::SubAck;
 pub use subscribe::{Subscribe, Subscription};

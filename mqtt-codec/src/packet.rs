@@ -212,7 +212,7 @@ fn check_first_byte(first: u8, version: ProtocolVersion) -> Result<(PacketType, 
 /// let Status::Complete { packet: Packet::Publish(p), consumed } = decode(&bytes, &opts)? else {
 ///     panic!("a whole PUBLISH")
 /// };
-/// assert_eq!((p.topic, p.payload, consumed), ("a/b", &b"hi"[..], 9));
+/// assert_eq!((p.topic.as_str(), p.payload, consumed), ("a/b", &b"hi"[..], 9));
 /// # Ok::<(), mqtt_codec::Error>(())
 /// ```
 #[inline]
@@ -451,8 +451,8 @@ impl Packet<'_> {
     /// field or packet) and a short buffer, writing nothing in either case.
     ///
     /// ```
-    /// use mqtt_codec::{Packet, ProtocolVersion, Publish, QosPid};
-    /// let p = Packet::Publish(Publish::new("a/b", b"hi", QosPid::AtMostOnce));
+    /// use mqtt_codec::{Packet, ProtocolVersion, Publish, QosPid, Topic};
+    /// let p = Packet::Publish(Publish::new(Topic::new("a/b")?, b"hi", QosPid::AtMostOnce));
     /// let mut out = [0u8; 16];
     /// let n = p.encode(ProtocolVersion::V3_1_1, &mut out)?;
     /// assert_eq!(&out[..n], &[0x30, 0x07, 0x00, 0x03, b'a', b'/', b'b', b'h', b'i']);

@@ -5,13 +5,111 @@ use crate::reader::{topic_error, Reader};
 use crate::writer::{field_len, Sink, SliceSink};
 use crate::{varint, Error, PacketId, PacketType, ProtocolVersion, PublishProperties, QoS, QosPid};
 
+/// The Topic Name of a PUBLISH, checked when it is made: a valid topic name
+/// ([`mqtt_topic::validate_name`]: no wildcard, no U+0000, at most 65,535 bytes) or, for
+/// 5.0 with a Topic Alias, empty.
+///
+/// Decoding makes one from the bytes it has just checked, and encoding trusts it: a broker
+/// that forwards one message to many subscribers checks its topic once, not once per copy.
+/// Whether an empty topic is allowed depends on the packet (5.0 and a Topic Alias) and is
+/// checked when the PUBLISH is encoded.
+///
+/// ```
+/// use mqtt_codec::Topic;
+/// let t = Topic::new("sensors/t1")?;
+/// assert_eq!(t, "sensors/t1");
+/// assert!(Topic::new("sensors/+").is_err());
+/// # Ok::<(), mqtt_codec::Error>(())
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic<'a>(&'a str);
+
+impl<'a> Topic<'a> {
+    /// Checks `name` ([MQTT-3.3.2-2] no wildcards, [MQTT-4.7.3-2] no U+0000, at most
+    /// 65,535 bytes); the empty string is accepted, for a 5.0 Topic Alias.
+    pub fn new(name: &'a str) -> Result<Self, Error> {
+        if !name.is_empty() && !mqtt_topic::is_ascii_name(name.as_bytes()) {
+            mqtt_topic::validate_name(name)
+                .map_err(|e| topic_error(e, PacketType::Publish, Error::InvalidTopicName))?;
+        }
+        Ok(Self(name))
+    }
+
+    /// The empty topic of a 5.0 PUBLISH whose Topic Alias stands for the name.
+    pub const EMPTY: Topic<'static> = Topic("");
+
+    /// A name the decoder has just checked.
+    #[inline]
+    pub(crate) fn checked(name: &'a str) -> Self {
+        Self(name)
+    }
+
+    /// The name as a string slice.
+    #[inline]
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'a> From<mqtt_topic::TopicName<'a>> for Topic<'a> {
+    fn from(name: mqtt_topic::TopicName<'a>) -> Self {
+        Self(name.as_str())
+    }
+}
+
+impl<'a> TryFrom<&'a str> for Topic<'a> {
+    type Error = Error;
+    fn try_from(name: &'a str) -> Result<Self, Error> {
+        Self::new(name)
+    }
+}
+
+impl core::ops::Deref for Topic<'_> {
+    type Target = str;
+    #[inline]
+    fn deref(&self) -> &str {
+        self.0
+    }
+}
+
+impl AsRef<str> for Topic<'_> {
+    fn as_ref(&self) -> &str {
+        self.0
+    }
+}
+
+impl PartialEq<str> for Topic<'_> {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Topic<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl core::fmt::Debug for Topic<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.0, f)
+    }
+}
+
+impl core::fmt::Display for Topic<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
 /// PUBLISH: an application message.
 ///
 /// ```
-/// use mqtt_codec::{PacketId, Publish, QoS, QosPid};
+/// use mqtt_codec::{PacketId, Publish, QoS, QosPid, Topic};
 /// let id = PacketId::new(7).unwrap();
-/// let p = Publish::new("sensors/t1", b"21.5", QosPid::AtLeastOnce(id));
+/// let p = Publish::new(Topic::new("sensors/t1")?, b"21.5", QosPid::AtLeastOnce(id));
 /// assert_eq!(p.qos(), QoS::AtLeastOnce);
+/// # Ok::<(), mqtt_codec::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Publish<'a> {
@@ -22,7 +120,7 @@ pub struct Publish<'a> {
     /// Whether the server retains it.
     pub retain: bool,
     /// The topic name; empty only in 5.0 with a topic alias.
-    pub topic: &'a str,
+    pub topic: Topic<'a>,
     /// The payload.
     pub payload: &'a [u8],
     /// 5.0 properties.
@@ -31,7 +129,7 @@ pub struct Publish<'a> {
 
 impl<'a> Publish<'a> {
     /// A PUBLISH that is neither DUP nor retained and has no properties.
-    pub fn new(topic: &'a str, payload: &'a [u8], qos_pid: QosPid) -> Self {
+    pub fn new(topic: Topic<'a>, payload: &'a [u8], qos_pid: QosPid) -> Self {
         Self {
             dup: false,
             qos_pid,
@@ -99,7 +197,7 @@ impl<'a> Publish<'a> {
             dup: flags & 0x08 != 0,
             qos_pid,
             retain: flags & 0x01 != 0,
-            topic,
+            topic: Topic::checked(topic),
             payload: r.rest(),
             properties,
         })
@@ -114,12 +212,7 @@ impl<'a> Publish<'a> {
         if !v.is_v5() {
             require_v5(v, !self.properties.is_empty(), "PUBLISH properties")?;
         }
-        if self.topic.is_empty() && v.is_v5() && self.properties.topic_alias.is_some() {
-            // A topic alias stands in for the name.
-        } else {
-            mqtt_topic::validate_name(self.topic)
-                .map_err(|e| topic_error(e, t, Error::InvalidTopicName))?;
-        }
+        check_empty_topic(self, v)?;
         let mut plan = Plan::default();
         let mut n = field_len(self.topic.as_bytes())? + self.payload.len();
         if self.packet_id().is_some() {
@@ -138,6 +231,58 @@ impl<'a> Publish<'a> {
     /// straight into the slice.
     #[inline]
     pub(crate) fn encode(&self, v: ProtocolVersion, out: &mut [u8]) -> Result<usize, Error> {
+        if self.properties.is_empty() {
+            return self.encode_bare(v, out);
+        }
+        self.encode_planned(v, out)
+    }
+
+    /// A PUBLISH without properties, the usual one: the checks of `plan` that apply to it
+    /// (the topic was checked when it was made), then the bytes, with no property sizing.
+    #[inline(always)]
+    fn encode_bare(&self, v: ProtocolVersion, out: &mut [u8]) -> Result<usize, Error> {
+        // [MQTT-3.3.1-2]
+        if self.dup && self.qos() == QoS::AtMostOnce {
+            return Err(Error::DupWithQoS0);
+        }
+        check_empty_topic(self, v)?;
+        let topic = self.topic.as_bytes();
+        let id = self.packet_id();
+        // The topic, the identifier, a zero Property Length in 5.0, the payload.
+        let remaining = field_len(topic)?
+            + if id.is_some() { 2 } else { 0 }
+            + usize::from(v.is_v5())
+            + self.payload.len();
+        let plan = Plan {
+            remaining,
+            ..Plan::default()
+        }
+        .checked()?;
+        let total = plan.total();
+        let Some(out) = out.get_mut(..total) else {
+            return Err(Error::BufferTooSmall { required: total });
+        };
+        let header = total - remaining;
+        out[0] = (PacketType::Publish as u8) << 4 | self.flags();
+        varint::write_exact(remaining as u32, &mut out[1..header]);
+        let (head, rest) = out[header..].split_at_mut(2 + topic.len());
+        head[..2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
+        head[2..].copy_from_slice(topic);
+        let mut at = 0;
+        if let Some(id) = id {
+            rest[..2].copy_from_slice(&id.get().to_be_bytes());
+            at = 2;
+        }
+        if v.is_v5() {
+            rest[at] = 0;
+            at += 1;
+        }
+        rest[at..].copy_from_slice(self.payload);
+        Ok(total)
+    }
+
+    #[inline(never)]
+    fn encode_planned(&self, v: ProtocolVersion, out: &mut [u8]) -> Result<usize, Error> {
         let plan = self.plan(v)?.checked()?;
         let total = plan.total();
         let header = total - plan.remaining;
@@ -145,9 +290,7 @@ impl<'a> Publish<'a> {
             return Err(Error::BufferTooSmall { required: total });
         };
         out[0] = (PacketType::Publish as u8) << 4 | self.flags();
-        let mut len = [0; 4];
-        varint::write(plan.remaining as u32, &mut len);
-        out[1..header].copy_from_slice(&len[..header - 1]);
+        varint::write_exact(plan.remaining as u32, &mut out[1..header]);
         let topic = self.topic.as_bytes();
         let (head, rest) = out[header..].split_at_mut(2 + topic.len());
         head[..2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
@@ -181,6 +324,16 @@ impl<'a> Publish<'a> {
         }
         s.put(self.payload);
     }
+}
+
+/// An empty topic needs 5.0 and a Topic Alias to stand for it ([MQTT-3.3.2-1] otherwise
+/// a topic name is required); every other topic was checked when its [`Topic`] was made.
+#[inline]
+fn check_empty_topic(p: &Publish<'_>, v: ProtocolVersion) -> Result<(), Error> {
+    if p.topic.is_empty() && !(v.is_v5() && p.properties.topic_alias.is_some()) {
+        return Err(Error::InvalidTopicName(mqtt_topic::Error::Empty));
+    }
+    Ok(())
 }
 
 #[inline]

@@ -80,7 +80,7 @@ fn connect_body(
 fn incomplete_needs_one_until_the_header_is_known_then_exact() {
     let bytes = enc(
         V4,
-        &Publish::new("a/b", b"hello", QosPid::AtMostOnce).into(),
+        &Publish::new(Topic::new("a/b").unwrap(), b"hello", QosPid::AtMostOnce).into(),
     );
     let opts = DecodeOptions::new(V4);
     assert_eq!(decode(&[], &opts), Ok(Status::Incomplete { needed: 1 }));
@@ -137,7 +137,10 @@ fn oversize_is_refused_from_the_fixed_header_alone() {
     );
     assert_eq!(e.reason_code(), ReasonCode::PacketTooLarge);
     // Exactly the maximum passes.
-    let p = enc(V4, &Publish::new("t", &[0; 95], QosPid::AtMostOnce).into());
+    let p = enc(
+        V4,
+        &Publish::new(Topic::new("t").unwrap(), &[0; 95], QosPid::AtMostOnce).into(),
+    );
     assert_eq!(p.len(), 100);
     assert!(decode(&p, &opts).is_ok());
 }
@@ -261,7 +264,7 @@ fn mqtt_3_3_1_4_qos_3_is_malformed() {
 #[test]
 fn mqtt_3_3_1_2_no_dup_on_qos_0() {
     assert_eq!(dec(V4, frame(0x38, &s("a"))), Err(Error::DupWithQoS0));
-    let mut p = Publish::new("a", b"", QosPid::AtMostOnce);
+    let mut p = Publish::new(Topic::new("a").unwrap(), b"", QosPid::AtMostOnce);
     p.dup = true;
     assert_eq!(Packet::Publish(p).encoded_len(V4), Err(Error::DupWithQoS0));
 }
@@ -304,7 +307,10 @@ fn mqtt_2_3_1_5_qos_0_has_no_packet_id() {
     };
     assert_eq!(p.packet_id(), None);
     assert_eq!(p.payload, &[0, 7]);
-    let bytes = enc(V5, &Publish::new("a", b"x", QosPid::AtMostOnce).into());
+    let bytes = enc(
+        V5,
+        &Publish::new(Topic::new("a").unwrap(), b"x", QosPid::AtMostOnce).into(),
+    );
     assert_eq!(bytes, [0x30, 0x05, 0x00, 0x01, b'a', 0x00, b'x']);
 }
 
@@ -331,11 +337,13 @@ fn mqtt_3_3_2_2_no_wildcards_in_topic_names() {
             "{topic}"
         );
         assert_eq!(e.reason_code(), ReasonCode::TopicNameInvalid);
-        assert!(
-            Packet::Publish(Publish::new(topic, b"", QosPid::AtMostOnce))
-                .encoded_len(V4)
-                .is_err()
-        );
+        // A PUBLISH to encode takes a `Topic`, which refuses the name.
+        assert!(matches!(
+            Topic::new(topic),
+            Err(Error::InvalidTopicName(
+                mqtt_topic::Error::WildcardInName { .. }
+            ))
+        ));
     }
 }
 
@@ -360,6 +368,19 @@ fn empty_topic_is_invalid_without_an_alias() {
         enc(V5, &Packet::Publish(p)),
         frame(0x30, &[&s("")[..], &[3, 0x23, 0, 9]].concat())
     );
+    // The encoder refuses what the decoder does, on both of its paths: a PUBLISH without
+    // properties (written without sizing them) and one with a property other than an alias.
+    let mut bare = Publish::new(Topic::EMPTY, b"x", QosPid::AtMostOnce);
+    let empty = Error::InvalidTopicName(mqtt_topic::Error::Empty);
+    let mut out = [0u8; 64];
+    for v in [V4, V5] {
+        assert_eq!(Packet::Publish(bare).encode(v, &mut out), Err(empty));
+        assert_eq!(Packet::Publish(bare).encoded_len(v), Err(empty));
+    }
+    bare.properties.message_expiry_interval = Some(5);
+    assert_eq!(Packet::Publish(bare).encode(V5, &mut out), Err(empty));
+    bare.properties.topic_alias = core::num::NonZeroU16::new(9);
+    assert!(Packet::Publish(bare).encode(V5, &mut out).is_ok());
 }
 
 #[test]
@@ -818,7 +839,7 @@ fn v5_fields_are_refused_when_encoding_3_1_1() {
         Packet::Connect(c).encoded_len(V4),
         Err(Error::NotInVersion { .. })
     ));
-    let mut p = Publish::new("a", b"", QosPid::AtMostOnce);
+    let mut p = Publish::new(Topic::new("a").unwrap(), b"", QosPid::AtMostOnce);
     p.properties.message_expiry_interval = Some(1);
     assert!(matches!(
         Packet::Publish(p).encoded_len(V4),
@@ -1229,7 +1250,11 @@ fn mqtt_2_2_2_1_property_length_zero_is_still_written() {
 
 #[test]
 fn encode_into_a_short_buffer_writes_nothing() {
-    let p = Packet::Publish(Publish::new("a/b", b"payload", QosPid::AtLeastOnce(id(3))));
+    let p = Packet::Publish(Publish::new(
+        Topic::new("a/b").unwrap(),
+        b"payload",
+        QosPid::AtLeastOnce(id(3)),
+    ));
     let len = p.encoded_len(V4).unwrap();
     let mut out = vec![0xAA; len - 1];
     assert_eq!(
@@ -1428,7 +1453,11 @@ fn encode_shortcuts_agree_with_the_general_path() {
         }
     }
     let payload = [7u8; 300];
-    let p = Packet::Publish(Publish::new("a/b", &payload, QosPid::AtLeastOnce(id(9))));
+    let p = Packet::Publish(Publish::new(
+        Topic::new("a/b").unwrap(),
+        &payload,
+        QosPid::AtLeastOnce(id(9)),
+    ));
     for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         let mut out = [0u8; 400];
         let k = p.encode(v, &mut out).unwrap();

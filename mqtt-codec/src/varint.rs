@@ -42,6 +42,17 @@ pub(crate) fn write(mut v: u32, out: &mut [u8; 4]) -> usize {
     }
 }
 
+/// Writes `v` into `out`, which is exactly [`len`]`(v)` bytes long. Byte stores: copying
+/// 1-4 bytes from a scratch array by a slice of runtime length was a call to `memcpy`.
+#[inline]
+pub(crate) fn write_exact(mut v: u32, out: &mut [u8]) {
+    let last = out.len() - 1;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (v & 0x7F) as u8 | if i < last { 0x80 } else { 0 };
+        v >>= 7;
+    }
+}
+
 /// The outcome of reading a Variable Byte Integer from the front of a slice.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Read {

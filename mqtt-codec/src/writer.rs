@@ -46,6 +46,12 @@ impl Sink for SliceSink<'_> {
         self.buf[self.pos..self.pos + bytes.len()].copy_from_slice(bytes);
         self.pos += bytes.len();
     }
+    #[inline]
+    fn varint(&mut self, v: u32) {
+        let n = varint::len(v);
+        varint::write_exact(v, &mut self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+    }
 }
 
 #[cfg(feature = "bytes")]

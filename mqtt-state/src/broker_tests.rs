@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use bytes::BytesMut;
 use mqtt_codec::{
     Packet, PacketId, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionId,
-    SubscriptionOptions,
+    SubscriptionOptions, Topic,
 };
 
 use crate::*;
@@ -903,7 +903,7 @@ fn mqtt_3_3_1_3_outgoing_dup_reflects_only_the_outgoing_retransmission() {
     net.events(s);
     // The publisher re-sends (DUP=1) messages the broker never saw.
     for qos_pid in [QosPid::AtLeastOnce(pid(101)), QosPid::ExactlyOnce(pid(102))] {
-        let mut publish = Publish::new("d", b"again", qos_pid);
+        let mut publish = Publish::new(Topic::new("d").unwrap(), b"again", qos_pid);
         publish.dup = true;
         net.inject(p, V5, &Packet::Publish(publish));
     }

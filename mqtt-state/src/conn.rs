@@ -738,7 +738,7 @@ impl Conn {
         p: &mqtt_codec::Publish<'_>,
     ) -> Result<Utf8Bytes, Error> {
         let Some(alias) = p.properties.topic_alias else {
-            return Ok(Utf8Bytes::slice_of(frame, p.topic));
+            return Ok(Utf8Bytes::slice_of(frame, &p.topic));
         };
         let a = alias.get();
         // [MQTT-3.3.2-10] [MQTT-3.3.2-12] accept 1..=the maximum we announced, nothing above.
@@ -758,10 +758,10 @@ impl Conn {
         } else {
             // The mapping outlives this frame: keep a copy (a view would pin the receive
             // buffer), made only when the mapping changes.
-            if alias_in[slot].as_ref().map(Utf8Bytes::as_str) != Some(p.topic) {
-                alias_in[slot] = Some(Utf8Bytes::copy_of(p.topic));
+            if alias_in[slot].as_ref().map(Utf8Bytes::as_str) != Some(p.topic.as_str()) {
+                alias_in[slot] = Some(Utf8Bytes::copy_of(&p.topic));
             }
-            Ok(Utf8Bytes::slice_of(frame, p.topic))
+            Ok(Utf8Bytes::slice_of(frame, &p.topic))
         }
     }
 
@@ -821,7 +821,7 @@ impl Conn {
             None,
             message.properties.message_expiry_interval,
             &subscription_ids,
-        );
+        )?;
         Packet::Publish(self.for_version(probe)).encoded_len(self.version)?;
         let packet_id = if message.qos == QoS::AtMostOnce {
             None
@@ -1084,7 +1084,7 @@ impl Conn {
                             None,
                             expiry,
                             &f.outgoing.subscription_ids,
-                        );
+                        )?;
                         self.encode(&Packet::Publish(self.for_version(p)), out)?
                     }
                     Stage::Released => {
@@ -1113,9 +1113,14 @@ impl Conn {
                     Some(id) => qos_pid(q.message.qos, id),
                     None => QosPid::AtMostOnce,
                 };
-                let p =
-                    q.message
-                        .to_publish(qos_pid, false, topic, alias, expiry, &q.subscription_ids);
+                let p = q.message.to_publish(
+                    qos_pid,
+                    false,
+                    topic,
+                    alias,
+                    expiry,
+                    &q.subscription_ids,
+                )?;
                 let n = self.encode(&Packet::Publish(self.for_version(p)), out)?;
                 let q = self.flows_mut().session.queue.pop_front().expect("picked");
                 match (n, id) {

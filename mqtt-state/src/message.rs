@@ -2,7 +2,7 @@ use core::fmt;
 
 use bytes::Bytes;
 use mqtt_codec::{
-    Publish, PublishProperties, QoS, QosPid, SubscriptionId, SubscriptionIds, UserProperties,
+    Publish, PublishProperties, QoS, QosPid, SubscriptionId, SubscriptionIds, Topic, UserProperties,
 };
 
 use crate::Error;
@@ -219,7 +219,8 @@ impl Message {
     }
 
     /// The PUBLISH that sends this message. `topic` and `alias` come from the sender's
-    /// topic alias state; `expiry` is the remaining lifetime.
+    /// topic alias state; `expiry` is the remaining lifetime. Fails on a topic that is not
+    /// a valid name (an application's message; `enqueue` refuses it before it is queued).
     pub(crate) fn to_publish<'a>(
         &'a self,
         qos_pid: QosPid,
@@ -228,13 +229,13 @@ impl Message {
         alias: Option<core::num::NonZeroU16>,
         expiry: Option<u32>,
         sub_ids: &'a [SubscriptionId],
-    ) -> Publish<'a> {
+    ) -> Result<Publish<'a>, mqtt_codec::Error> {
         let pp = &self.properties;
-        Publish {
+        Ok(Publish {
             dup,
             qos_pid,
             retain: self.retain,
-            topic,
+            topic: Topic::new(topic)?,
             payload: &self.payload,
             properties: PublishProperties {
                 payload_format_indicator: pp.payload_format_indicator,
@@ -246,7 +247,7 @@ impl Message {
                 user_properties: pp.user_properties(),
                 subscription_identifiers: SubscriptionIds::new(sub_ids),
             },
-        }
+        })
     }
 }
 

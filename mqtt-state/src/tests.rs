@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use bytes::BytesMut;
 use mqtt_codec::{
     decode, DecodeOptions, Packet, PacketType, ProtocolVersion, QoS, ReasonCode, Status,
-    SubscriptionOptions,
+    SubscriptionOptions, Topic,
 };
 
 use crate::*;
@@ -454,7 +454,7 @@ fn mqtt_3_3_4_9_receive_maximum_exceeded_is_a_protocol_error() {
     server.accept(Instant::ZERO, Accept::default()).unwrap();
     for id in [1u16, 2] {
         let publish = mqtt_codec::Publish::new(
-            "t",
+            Topic::new("t").unwrap(),
             b"x",
             mqtt_codec::QosPid::AtLeastOnce(mqtt_codec::PacketId::new(id).unwrap()),
         );
@@ -793,7 +793,11 @@ fn mqtt_3_3_2_9_outgoing_topic_aliases_stay_within_the_servers_maximum() {
 fn mqtt_3_3_2_12_unknown_incoming_alias_is_an_error() {
     let mut p = Pair::v(V5);
     p.drive();
-    let mut publish = mqtt_codec::Publish::new("", b"x", mqtt_codec::QosPid::AtMostOnce);
+    let mut publish = mqtt_codec::Publish::new(
+        Topic::new("").unwrap(),
+        b"x",
+        mqtt_codec::QosPid::AtMostOnce,
+    );
     publish.properties.topic_alias = core::num::NonZeroU16::new(3);
     p.c2s
         .extend_from_slice(&Packet::Publish(publish).encode_to_vec(V5).unwrap());
@@ -1383,7 +1387,11 @@ fn accepted_server(v: ProtocolVersion) -> (ServerSession, BytesMut) {
 
 fn publish_bytes(v: ProtocolVersion, id: u16, qos: QoS, dup: bool) -> Vec<u8> {
     let id = mqtt_codec::PacketId::new(id).unwrap();
-    let mut p = mqtt_codec::Publish::new("t", b"x", crate::conn::qos_pid(qos, id));
+    let mut p = mqtt_codec::Publish::new(
+        Topic::new("t").unwrap(),
+        b"x",
+        crate::conn::qos_pid(qos, id),
+    );
     p.dup = dup;
     Packet::Publish(p).encode_to_vec(v).unwrap()
 }
@@ -2170,7 +2178,7 @@ fn mqtt_4_3_3_13_a_qos_2_receiver_finishes_an_expired_message() {
     let mut out = vec![0u8; 64];
     while let Ok(Some(_)) = server.poll_transmit(Instant::ZERO, &mut out) {}
     let mut publish = mqtt_codec::Publish::new(
-        "t",
+        Topic::new("t").unwrap(),
         b"x",
         mqtt_codec::QosPid::ExactlyOnce(mqtt_codec::PacketId::new(7).unwrap()),
     );

@@ -11,7 +11,7 @@
 use bytes::BytesMut;
 use mqtt_codec::{
     Connect, List, Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS, QosPid, Subscribe,
-    Subscription, SubscriptionOptions,
+    Subscription, SubscriptionOptions, Topic,
 };
 use mqtt_state::{Broker, BrokerConfig, ConnectionId, Instant};
 
@@ -122,7 +122,11 @@ fn cost(version: ProtocolVersion, activity: Activity) -> (f64, f64) {
         let sent = exchange(&mut broker, now, id, encode(&input, version), &mut out);
         assert_eq!(sent, input.len(), "{version:?}: a CONNACK and a SUBACK");
         if activity == Activity::ReceivedThenPinged {
-            let publish = Publish::new(&topic, b"wake up", QosPid::AtLeastOnce(one));
+            let publish = Publish::new(
+                Topic::new(&topic).unwrap(),
+                b"wake up",
+                QosPid::AtLeastOnce(one),
+            );
             let publish = encode(&[Packet::Publish(publish)], version);
             exchange(&mut broker, now, publisher, publish, &mut out);
             // The broker sends the subscriber its message with the first free id: 1.

@@ -11,7 +11,7 @@ use mqtt_codec::{
     decode, ConnAck, Connect, ConnectProperties, DecodeOptions, List, Packet, PacketId,
     ProtocolVersion, PubAck, Publish, PublishProperties, QoS, QosPid, ReasonCode, RetainHandling,
     Status, SubAck, Subscribe, SubscribeProperties, Subscription, SubscriptionId,
-    SubscriptionOptions, UnsubAck, Unsubscribe, UserProperties, Will, WillProperties,
+    SubscriptionOptions, Topic, UnsubAck, Unsubscribe, UserProperties, Will, WillProperties,
 };
 
 pub(crate) use rumqttc::mqttbytes::v4::Packet as R4;
@@ -154,7 +154,11 @@ fn connect(v: ProtocolVersion) -> Packet<'static> {
 }
 
 fn publish(v: ProtocolVersion, len: usize) -> Packet<'static> {
-    let mut p = Publish::new(TOPICS[0], leak(payload(len)), QosPid::AtLeastOnce(pid(1)));
+    let mut p = Publish::new(
+        Topic::new(TOPICS[0]).unwrap(),
+        leak(payload(len)),
+        QosPid::AtLeastOnce(pid(1)),
+    );
     if v.is_v5() {
         p.properties = publish_props();
     }
@@ -255,7 +259,7 @@ fn stream(v: ProtocolVersion) -> Vec<u8> {
                     1 => QosPid::AtLeastOnce(new_pid()),
                     _ => QosPid::ExactlyOnce(new_pid()),
                 };
-                let mut p = Publish::new(TOPICS[rng.below(8)], body, qos_pid);
+                let mut p = Publish::new(Topic::new(TOPICS[rng.below(8)]).unwrap(), body, qos_pid);
                 p.retain = rng.below(10) == 0;
                 if v.is_v5() {
                     match rng.below(3) {

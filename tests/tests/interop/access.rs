@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use mqtt_codec::{
     decode, Connect, DecodeOptions, List, Packet, PacketId, ProtocolVersion, Publish, QoS, QosPid,
-    ReasonCode, Status, Subscribe, Subscription, SubscriptionOptions,
+    ReasonCode, Status, Subscribe, Subscription, SubscriptionOptions, Topic,
 };
 
 use crate::broker::{
@@ -204,7 +204,7 @@ impl Raw {
     /// A QoS 0 PUBLISH.
     fn publish(&mut self, topic: &str, payload: &str) {
         self.send(&Packet::Publish(Publish::new(
-            topic,
+            Topic::new(topic).expect("a valid topic"),
             payload.as_bytes(),
             QosPid::AtMostOnce,
         )));
