@@ -143,9 +143,11 @@ impl Value<'_> for bool {
             _ => Err(out_of_range(id, r)),
         }
     }
+    #[inline]
     fn len(&self, _: PacketType) -> Result<usize, Error> {
         Ok(1)
     }
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) {
         s.u8(*self as u8);
     }
@@ -168,6 +170,7 @@ impl Value<'_> for QoS {
             _ => Err(out_of_range(id, r)),
         }
     }
+    #[inline]
     fn len(&self, _: PacketType) -> Result<usize, Error> {
         match self {
             QoS::ExactlyOnce => Err(Error::ValueOutOfRange {
@@ -176,6 +179,7 @@ impl Value<'_> for QoS {
             _ => Ok(1),
         }
     }
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) {
         s.u8(*self as u8);
     }
@@ -189,9 +193,11 @@ impl Value<'_> for u16 {
     fn read(r: &mut Reader<'_>, _: PropertyId) -> Result<Self, Error> {
         r.u16()
     }
+    #[inline]
     fn len(&self, _: PacketType) -> Result<usize, Error> {
         Ok(2)
     }
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) {
         s.u16(*self);
     }
@@ -206,9 +212,11 @@ impl Value<'_> for NonZeroU16 {
         // Receive Maximum 0 and Topic Alias 0 ([MQTT-3.3.2-8]) are errors.
         NonZeroU16::new(r.u16()?).ok_or_else(|| out_of_range(id, r))
     }
+    #[inline]
     fn len(&self, _: PacketType) -> Result<usize, Error> {
         Ok(2)
     }
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) {
         s.u16(self.get());
     }
@@ -222,9 +230,11 @@ impl Value<'_> for u32 {
     fn read(r: &mut Reader<'_>, _: PropertyId) -> Result<Self, Error> {
         r.u32()
     }
+    #[inline]
     fn len(&self, _: PacketType) -> Result<usize, Error> {
         Ok(4)
     }
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) {
         s.u32(*self);
     }
@@ -239,9 +249,11 @@ impl Value<'_> for NonZeroU32 {
         // Maximum Packet Size 0 is a Protocol Error.
         NonZeroU32::new(r.u32()?).ok_or_else(|| out_of_range(id, r))
     }
+    #[inline]
     fn len(&self, _: PacketType) -> Result<usize, Error> {
         Ok(4)
     }
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) {
         s.u32(self.get());
     }
@@ -260,9 +272,11 @@ impl Value<'_> for SubscriptionId {
         // Subscription Identifier 0 is a Protocol Error.
         SubscriptionId::new(r.varint()?).ok_or_else(|| out_of_range(id, r))
     }
+    #[inline]
     fn len(&self, _: PacketType) -> Result<usize, Error> {
         Ok(varint::len(self.get()))
     }
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) {
         s.varint(self.get());
     }
@@ -276,9 +290,11 @@ impl<'a> Value<'a> for &'a str {
     fn read(r: &mut Reader<'a>, _: PropertyId) -> Result<Self, Error> {
         r.string()
     }
+    #[inline]
     fn len(&self, packet: PacketType) -> Result<usize, Error> {
         string_len(self, packet)
     }
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) {
         s.binary(self.as_bytes());
     }
@@ -292,9 +308,11 @@ impl<'a> Value<'a> for &'a [u8] {
     fn read(r: &mut Reader<'a>, _: PropertyId) -> Result<Self, Error> {
         r.binary()
     }
+    #[inline]
     fn len(&self, _: PacketType) -> Result<usize, Error> {
         crate::writer::field_len(self)
     }
+    #[inline]
     fn write<S: Sink>(&self, s: &mut S) {
         s.binary(self);
     }
@@ -706,6 +724,7 @@ macro_rules! properties {
             }
 
             /// The length of the properties, without the Property Length in front.
+            #[inline]
             pub(crate) fn body_len(&self, packet: $crate::PacketType) -> Result<usize, $crate::Error> {
                 #[allow(unused_imports)]
                 use $crate::properties::Value;
@@ -717,6 +736,7 @@ macro_rules! properties {
             }
 
             /// Writes the Property Length `body_len` and the properties.
+            #[inline]
             pub(crate) fn write<S: $crate::writer::Sink>(&self, s: &mut S, body_len: usize) {
                 #[allow(unused_imports)]
                 use $crate::properties::Value;
