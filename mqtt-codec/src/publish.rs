@@ -249,7 +249,10 @@ impl<'a> Publish<'a> {
         let topic = self.topic.as_bytes();
         let id = self.packet_id();
         // The topic, the identifier, a zero Property Length in 5.0, the payload.
-        let remaining = field_len(topic)?
+        // A `Topic` is at most 65,535 bytes (checked when it was made), so its length
+        // prefix cannot overflow.
+        let remaining = 2
+            + topic.len()
             + if id.is_some() { 2 } else { 0 }
             + usize::from(v.is_v5())
             + self.payload.len();

@@ -46,10 +46,20 @@ pub(crate) fn write(mut v: u32, out: &mut [u8; 4]) -> usize {
 /// 1-4 bytes from a scratch array by a slice of runtime length was a call to `memcpy`.
 #[inline]
 pub(crate) fn write_exact(mut v: u32, out: &mut [u8]) {
-    let last = out.len() - 1;
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (v & 0x7F) as u8 | if i < last { 0x80 } else { 0 };
-        v >>= 7;
+    match out {
+        // Nearly every packet: no loop.
+        [a] => *a = v as u8,
+        [a, b] => {
+            *a = v as u8 | 0x80;
+            *b = (v >> 7) as u8;
+        }
+        _ => {
+            let last = out.len() - 1;
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = (v & 0x7F) as u8 | if i < last { 0x80 } else { 0 };
+                v >>= 7;
+            }
+        }
     }
 }
 
@@ -96,6 +106,10 @@ mod tests {
             let n = write(v, &mut out);
             assert_eq!(n, len(v));
             assert_eq!(read(&out[..n]), Read::Done(v, n));
+            // The encoder's byte-store form writes the same bytes.
+            let mut exact = [0xEE; 4];
+            write_exact(v, &mut exact[..n]);
+            assert_eq!(exact[..n], out[..n], "{v}");
             // Every shorter prefix is incomplete, not wrong.
             for k in 0..n {
                 assert_eq!(read(&out[..k]), Read::Short);
