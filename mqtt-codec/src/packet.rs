@@ -475,6 +475,13 @@ impl Packet<'_> {
             }
             _ => {}
         }
+        self.encode_planned(version, out)
+    }
+
+    /// The general path of [`Packet::encode`], out of line so that the PUBLISH and ack
+    /// paths above do not pay for its registers.
+    #[inline(never)]
+    fn encode_planned(&self, version: ProtocolVersion, out: &mut [u8]) -> Result<usize, Error> {
         let plan = self.plan(version)?;
         let total = plan.total();
         if out.len() < total {
