@@ -3,9 +3,9 @@
 //! # What it does
 //!
 //! [`decode`] turns the front of a byte slice into a [`Packet`] that borrows from it: topic
-//! names and strings are `&str`, payloads `&[u8]`, and the lists a packet carries (user
-//! properties, SUBSCRIBE filters, SUBACK codes) stay in the input and are read through
-//! iterators. Decoding allocates nothing and copies nothing.
+//! names are a checked [`Topic`] over the input, strings `&str`, payloads `&[u8]`, and the
+//! lists a packet carries (user properties, SUBSCRIBE filters, SUBACK codes) stay in the
+//! input and are read through iterators. Decoding allocates nothing and copies nothing.
 //!
 //! ```
 //! use mqtt_codec::{decode, DecodeOptions, Packet, ProtocolVersion, Status};
@@ -29,7 +29,9 @@
 //!
 //! Encoding is the mirror: [`Packet::encoded_len`] is exact, and [`Packet::encode`] writes
 //! into a caller's buffer (or a `bytes::BufMut`, or a new `Vec`), refusing up front what
-//! the protocol forbids instead of emitting bad bytes.
+//! the protocol forbids instead of emitting bad bytes. A PUBLISH's topic is the one thing
+//! checked earlier, when its [`Topic`] is made: a broker that forwards one message to many
+//! subscribers, or a client that resends it, does not scan it again.
 //!
 //! # Promises
 //!

@@ -179,8 +179,17 @@ impl<'a> Publish<'a> {
             1 => QosPid::AtLeastOnce(packet_id(r)?),
             _ => QosPid::ExactlyOnce(packet_id(r)?),
         };
-        let properties = if v.is_v5() {
-            let p = PublishProperties::decode(r)?;
+        let mut publish = Self {
+            dup: flags & 0x08 != 0,
+            qos_pid,
+            retain: flags & 0x01 != 0,
+            topic: Topic::checked(topic),
+            payload: &[],
+            properties: PublishProperties::default(),
+        };
+        if v.is_v5() {
+            let p = &mut publish.properties;
+            p.decode_into(r)?;
             if topic.is_empty() && p.topic_alias.is_none() {
                 return Err(Error::EmptyTopicWithoutAlias);
             }
@@ -189,18 +198,9 @@ impl<'a> Publish<'a> {
             if from_client(opts) && !p.subscription_identifiers.is_empty() {
                 return Err(Error::SubscriptionIdFromClient);
             }
-            p
-        } else {
-            PublishProperties::default()
-        };
-        Ok(Self {
-            dup: flags & 0x08 != 0,
-            qos_pid,
-            retain: flags & 0x01 != 0,
-            topic: Topic::checked(topic),
-            payload: r.rest(),
-            properties,
-        })
+        }
+        publish.payload = r.rest();
+        Ok(publish)
     }
 
     pub(crate) fn plan(&self, v: ProtocolVersion) -> Result<Plan, Error> {
