@@ -54,7 +54,7 @@ pub(crate) fn write_exact(mut v: u32, out: &mut [u8]) {
             *b = (v >> 7) as u8;
         }
         _ => {
-            let last = out.len() - 1;
+            let last = out.len().saturating_sub(1);
             for (i, o) in out.iter_mut().enumerate() {
                 *o = (v & 0x7F) as u8 | if i < last { 0x80 } else { 0 };
                 v >>= 7;

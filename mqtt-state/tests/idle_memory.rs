@@ -58,16 +58,7 @@ fn encode(packets: &[Packet<'_>], version: ProtocolVersion) -> BytesMut {
 }
 
 fn connect(version: ProtocolVersion, client_id: &str) -> Packet<'_> {
-    Packet::Connect(Connect {
-        protocol: version,
-        clean_start: true,
-        keep_alive: 60,
-        client_id,
-        will: None,
-        username: None,
-        password: None,
-        properties: Default::default(),
-    })
+    Packet::Connect(Connect::new(version, client_id))
 }
 
 /// Feeds `input` and does what the adapter does: runs the broker's events and drains the

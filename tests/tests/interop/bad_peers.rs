@@ -286,17 +286,23 @@ fn bad_peers_do_not_hurt_a_good_client() {
     assert!(broker.is_running(), "the broker survived");
 }
 
-/// Opens a WebSocket to `/mqtt` offering the `mqtt` subprotocol; the stream after the
-/// response head, and the head in lower case.
-fn websocket_upgrade(broker: &Broker) -> (TcpStream, String) {
+/// Sends a WebSocket upgrade request for `path` offering the `mqtt` subprotocol.
+fn websocket_request(broker: &Broker, path: &str) -> TcpStream {
     let mut s = TcpStream::connect_timeout(&broker.ws, READ_TIMEOUT).expect("connect");
     s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    s.write_all(
-        b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Protocol: mqtt\r\n\r\n",
-    )
-    .unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    s
+}
+
+/// Opens a WebSocket to `/mqtt`; the stream after the response head, and the head in lower
+/// case.
+fn websocket_upgrade(broker: &Broker) -> (TcpStream, String) {
+    let mut s = websocket_request(broker, "/mqtt");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -311,14 +317,7 @@ fn websocket_upgrade(broker: &Broker) -> (TcpStream, String) {
 #[test]
 fn websocket_handshake_rejects_other_paths() {
     let broker = Broker::start(&[]);
-    let mut s = TcpStream::connect_timeout(&broker.ws, READ_TIMEOUT).expect("connect");
-    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    s.write_all(
-        b"GET /other HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Protocol: mqtt\r\n\r\n",
-    )
-    .unwrap();
+    let mut s = websocket_request(&broker, "/other");
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
