@@ -1,5 +1,5 @@
 //! Authentication and access control for the example broker: a password file and an ACL
-//! file in mosquitto's formats, behind [`mqtt_state::Hooks`].
+//! file in mosquitto's formats, behind [`mqtt_broker::Hooks`].
 //!
 //! # Password file
 //!
@@ -48,8 +48,9 @@ use std::path::Path;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 use base64::Engine as _;
+use mqtt_broker::Hooks;
 use mqtt_codec::ReasonCode;
-use mqtt_state::{ConnectRequest, Hooks};
+use mqtt_state::ConnectRequest;
 use mqtt_topic::{TopicFilter, TopicName};
 
 /// An error in a password or ACL file, with its line number (1-based).

@@ -17,8 +17,9 @@
 //!
 //! No sockets, no clocks, no threads, no async runtime. Time comes in as an argument
 //! ([`Instant`], milliseconds on the caller's monotonic clock); timers go out as a deadline
-//! from `poll_timeout`. Routing messages between connections is a broker's job: the server
-//! machine hands received messages out as events and accepts messages to deliver.
+//! from `poll_timeout`. Routing messages between connections is a broker's job (the `mqtt-broker`
+//! crate): the server machine hands received messages out as events and accepts messages
+//! to deliver.
 //!
 //! # The loop
 //!
@@ -65,7 +66,6 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
-mod broker;
 mod client;
 mod conn;
 mod error;
@@ -79,13 +79,8 @@ mod session;
 mod time;
 
 #[cfg(test)]
-mod broker_tests;
-#[cfg(test)]
 mod tests;
 
-pub use broker::{
-    AllowAll, AuthStep, Broker, BrokerConfig, BrokerEvent, ConnectionId, Hooks, Stats,
-};
 pub use client::{Client, ClientConfig};
 pub use error::{Error, Violation};
 pub use event::{ConnAckInfo, ConnectRequest, Event};

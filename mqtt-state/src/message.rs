@@ -30,7 +30,7 @@ impl Utf8Bytes {
     /// An owned copy of `s`, for state that outlives the frame it was decoded from: a view
     /// would pin the whole receive buffer, so that the reader's `BytesMut` could never
     /// reclaim its storage and would reallocate every time it wraps.
-    pub(crate) fn copy_of(s: &str) -> Self {
+    pub fn copy_of(s: &str) -> Self {
         Self(Bytes::copy_from_slice(s.as_bytes()))
     }
 
@@ -177,7 +177,7 @@ impl Message {
     /// The same message in buffers of its own. A message kept for as long as a connection
     /// lives (a will) must not hold a view into the receive buffer, or the buffer could
     /// never reuse its memory.
-    pub(crate) fn detached(&self) -> Self {
+    pub fn detached(&self) -> Self {
         Self {
             topic: Utf8Bytes::copy_of(self.topic.as_str()),
             payload: Bytes::copy_from_slice(&self.payload),

@@ -253,7 +253,7 @@ impl ServerSession {
     /// Stops keeping the CONNECT's client identifier (see `keep_client_id`): for a broker
     /// that keeps it itself. [`ServerSession::client_id`] is then empty unless the server
     /// assigned one.
-    pub(crate) fn forget_client_id(&mut self) {
+    pub fn forget_client_id(&mut self) {
         self.keep_client_id = false;
         self.client_id = None;
     }

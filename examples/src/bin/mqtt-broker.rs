@@ -1,5 +1,5 @@
 //! An MQTT 3.1/3.1.1/5.0 broker over TCP, TLS and WebSocket: a thin adapter (a mio event
-//! loop, and tokio for TLS and WebSocket) around the sans-IO [`mqtt_state::Broker`].
+//! loop, and tokio for TLS and WebSocket) around the sans-IO [`mqtt_broker::Broker`].
 //!
 //! ```text
 //! cargo run -p mqtt-examples --bin mqtt-broker -- --bind 127.0.0.1:1883 --ws-bind 127.0.0.1:8080
@@ -70,9 +70,8 @@ use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Token};
-use mqtt_state::{
-    Broker, BrokerConfig, BrokerEvent, ConnectionId, Duration, Instant, ServerConfig,
-};
+use mqtt_broker::{Broker, BrokerConfig, BrokerEvent, ConnectionId};
+use mqtt_state::{Duration, Instant, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};

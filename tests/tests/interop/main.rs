@@ -1,5 +1,5 @@
 //! Interop tests: the example broker (`examples/src/bin/mqtt-broker.rs`, a thin tokio
-//! adapter over `mqtt_state::Broker`) against independent implementations, as real
+//! adapter over `mqtt_broker::Broker`) against independent implementations, as real
 //! processes over real sockets.
 //!
 //! - [`mosquitto`]: `mosquitto_pub`/`mosquitto_sub` in 3.1, 3.1.1 and 5.0: QoS 0/1/2,

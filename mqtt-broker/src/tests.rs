@@ -12,6 +12,7 @@ use mqtt_codec::{
 };
 
 use crate::*;
+use mqtt_state::*;
 
 const V31: ProtocolVersion = ProtocolVersion::V3_1;
 const V4: ProtocolVersion = ProtocolVersion::V3_1_1;

@@ -9,11 +9,12 @@
 //! One test in its own binary, so no other test thread allocates while it counts.
 
 use bytes::BytesMut;
+use mqtt_broker::{Broker, BrokerConfig, ConnectionId};
 use mqtt_codec::{
     Connect, List, Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS, QosPid, Subscribe,
     Subscription, SubscriptionOptions, Topic,
 };
-use mqtt_state::{Broker, BrokerConfig, ConnectionId, Instant};
+use mqtt_state::Instant;
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;

@@ -21,10 +21,9 @@ use mqtt_codec::{
 };
 use mqtt_topic::{Match, RetainedStore, Subscription, SubscriptionTree, TopicFilter, TopicName};
 
-use crate::session::Outgoing;
-use crate::{
-    Accept, ConnectRequest, Duration, Event, Instant, Message, ServerConfig, ServerSession,
-    SessionState, Utf8Bytes,
+use mqtt_state::{
+    Accept, ConnectRequest, Duration, Event, Instant, Message, Outgoing, ServerConfig,
+    ServerSession, SessionState, Utf8Bytes,
 };
 
 /// A connection, as the broker names it to the embedding program.
