@@ -684,6 +684,12 @@ impl ServerSession {
         self.conn.final_disconnect = None;
     }
 
+    /// The error that ended the connection, once there is one (sticky): for a broker that
+    /// reports why it closed a connection.
+    pub fn error(&self) -> Option<Error> {
+        self.conn.error()
+    }
+
     /// Whether the connection is over: the adapter closes the socket after draining
     /// `poll_transmit`.
     pub fn is_closed(&self) -> bool {
