@@ -7,15 +7,29 @@
 //! No sockets, no clocks, no threads, no async runtime. The embedding program owns the
 //! sockets and the clock; this crate owns the protocol. The per-connection protocol (QoS
 //! handshakes, keep alive, flow control) is `mqtt-state`'s; this crate routes between
-//! connections.
+//! connections. Input is never trusted: no bytes a client sends make it panic.
 //!
 //! # The run loop
 //!
 //! The embedding program tells the broker when a connection opens ([`Broker::open`]), what
 //! bytes arrived ([`Broker::handle_input`]), when it closed ([`Broker::handle_close`]) and
-//! what time it is ([`Broker::handle_timeout`]); it drains bytes to send per connection
-//! ([`Broker::poll_transmit`]), and [`Broker::poll_event`] says which connections have
-//! output or must be closed. Then it waits for input or for [`Broker::poll_timeout`].
+//! what time it is ([`Broker::handle_timeout`]). After each of these it drains
+//! [`Broker::poll_event`], which says what to do:
+//!
+//! - [`BrokerEvent::Transmit`]: drain [`Broker::poll_transmit`] for that connection into
+//!   its socket. A buffer too small for the next packet is [`Error::BufferTooSmall`] with
+//!   the size needed; the packet stays queued.
+//! - [`BrokerEvent::Close`]: drain it likewise, close the socket, call
+//!   [`Broker::handle_close`]. Every close the core decides comes this way, with its
+//!   [`CloseReason`].
+//! - [`BrokerEvent::Pause`] / [`BrokerEvent::Resume`]: stop / start reading that
+//!   connection's socket. A publisher is paused while a subscriber it feeds cannot keep up,
+//!   rather than the subscriber's messages being dropped (see [`BrokerConfig::server`] and
+//!   [`QoS0Overflow`]). On Resume, call [`Broker::handle_input`] with the bytes left in its
+//!   buffer.
+//!
+//! Then it waits for input or for [`Broker::poll_timeout`]. Deadlines sit in a heap: the
+//! cost of a call does not grow with the number of connections it does not concern.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -23,7 +37,8 @@
 //! use mqtt_state::Instant;
 //!
 //! let now = Instant::ZERO;
-//! let mut broker = Broker::new(BrokerConfig::default(), now);
+//! let config = BrokerConfig { sys_interval: None, ..BrokerConfig::default() };
+//! let mut broker = Broker::new(config, now);
 //! let conn = broker.open(now);
 //! // A 3.1.1 CONNECT from client "c" with keep alive 60 s, as read from its socket.
 //! let mut input = BytesMut::from(
@@ -34,14 +49,24 @@
 //! while let Some(event) = broker.poll_event() {
 //!     match event {
 //!         BrokerEvent::Transmit(id) => {
-//!             while let Some(n) = broker.poll_transmit(now, id, &mut out) {
+//!             while let Some(n) = broker.poll_transmit(now, id, &mut out).unwrap() {
 //!                 assert_eq!(&out[..n], &[0x20, 2, 0, 0]); // CONNACK: accepted
 //!                 // ... write out[..n] to the connection's socket
 //!             }
 //!         }
-//!         BrokerEvent::Close(id) => broker.handle_close(now, id),
+//!         BrokerEvent::Close { id, reason } => {
+//!             // ... drain poll_transmit, close the socket, log `reason`
+//!             broker.handle_close(now, id);
+//!         }
+//!         BrokerEvent::Pause(_id) => { /* stop reading its socket */ }
+//!         BrokerEvent::Resume(_id) => { /* read it again, handle_input its buffer */ }
+//!         _ => {}
 //!     }
 //! }
+//! assert_eq!(broker.connection_count(), 1);
+//! assert_eq!(broker.session_count(), 1);
+//! // Keep alive 60 s: 1.5 times that without a packet closes the connection.
+//! assert_eq!(broker.poll_timeout(), Some(Instant::from_millis(90_000)));
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]
@@ -52,13 +77,25 @@ extern crate alloc;
 extern crate std;
 
 mod broker;
+mod config;
+mod conn;
+mod connect;
+mod error;
+mod event;
+mod hooks;
+mod registry;
+mod routing;
+mod slots;
+mod stats;
+mod subscriptions;
+mod timers;
 
-#[cfg(test)]
-mod tests;
-
-pub use broker::{
-    AllowAll, AuthStep, Broker, BrokerConfig, BrokerEvent, ConnectionId, Hooks, Stats,
-};
+pub use broker::Broker;
+pub use config::{BrokerConfig, QoS0Overflow};
+pub use error::Error;
+pub use event::{BrokerEvent, CloseReason, ConnectionId};
+pub use hooks::{AllowAll, AuthStep, Hooks};
+pub use stats::Stats;
 
 pub use mqtt_codec as codec;
 pub use mqtt_state as state;

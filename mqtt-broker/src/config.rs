@@ -1,0 +1,55 @@
+//! Broker-wide settings and counters.
+
+use mqtt_state::{Duration, ServerConfig};
+
+/// What happens to a QoS 0 message for a connected subscriber whose queue is full
+/// ([`mqtt_state::ServerConfig::max_queued`] messages waiting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QoS0Overflow {
+    /// Queued like QoS 1/2 messages, and the publisher is paused
+    /// ([`crate::BrokerEvent::Pause`]) until the subscriber catches up: nothing is lost.
+    #[default]
+    PushBack,
+    /// Dropped (counted in [`crate::Stats::messages_dropped`]); the publisher keeps going. For
+    /// telemetry where the latest value matters more than every value.
+    Drop,
+}
+
+/// Broker-wide settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// What each connection accepts and announces in CONNACK. Its `max_queued` is the
+    /// high watermark of a connected subscriber's queue: at it, the publishers that feed
+    /// the subscriber are paused (see [`crate::BrokerEvent::Pause`]) rather than their
+    /// messages dropped; they resume once the queue is down to half of it.
+    pub server: ServerConfig,
+    /// Connections beyond this are refused with Server busy / Server unavailable.
+    pub max_connections: usize,
+    /// Messages kept for a disconnected persistent session. When full, new messages for
+    /// it are dropped (and counted in `$SYS/broker/messages/dropped`); QoS 0 messages are
+    /// never queued for an offline session.
+    pub max_offline_queue: usize,
+    /// Longest session expiry granted, in seconds.
+    pub max_session_expiry: u32,
+    /// Publish `$SYS/broker/...` statistics this often; `None` turns them off.
+    pub sys_interval: Option<Duration>,
+    /// QoS 0 messages for a connected subscriber whose queue is full.
+    pub qos0_overflow: QoS0Overflow,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig {
+                manual_acks: true,
+                ..ServerConfig::default()
+            },
+            max_connections: 100_000,
+            max_offline_queue: 1000,
+            max_session_expiry: u32::MAX,
+            sys_interval: Some(Duration::from_secs(10)),
+            qos0_overflow: QoS0Overflow::default(),
+        }
+    }
+}

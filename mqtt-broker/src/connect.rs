@@ -1,0 +1,293 @@
+//! CONNECT to DISCONNECT: authentication, admitting a client to its session (new, resumed
+//! or taken over), and parking or ending the session when the connection goes.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::sync::Arc;
+
+use bytes::Bytes;
+use mqtt_codec::ReasonCode;
+use mqtt_state::{Accept, ConnectRequest, Duration, Instant, SessionState, Utf8Bytes};
+
+use crate::registry::Offline;
+use crate::{AuthStep, Broker, CloseReason, ConnectionId, Hooks};
+
+impl<H: Hooks> Broker<H> {
+    pub(crate) fn on_connect(&mut self, now: Instant, id: ConnectionId, req: ConnectRequest) {
+        let full = self.online >= self.config.max_connections;
+        let refusal = if full {
+            Err(ReasonCode::ServerBusy)
+        } else {
+            self.hooks.authenticate(&req)
+        };
+        if let Err(code) = refusal {
+            if let Some(c) = self.conn_mut(id) {
+                let _ = c.session.reject(code);
+            }
+            return;
+        }
+        if let Some(method) = req.authentication_method.clone() {
+            let data = req.authentication_data.clone();
+            let step =
+                self.hooks
+                    .enhanced_auth(req.client_id.as_str(), method.as_str(), data.as_deref());
+            if let Some(c) = self.conn_mut(id) {
+                c.extra_mut().authenticating = Some(Box::new(req));
+            }
+            self.auth_step(now, id, step);
+            return;
+        }
+        self.admit(now, id, req);
+    }
+
+    /// An AUTH from the client: the next step of its authentication or a re-authentication.
+    pub(crate) fn on_auth(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        method: Option<Utf8Bytes>,
+        data: Option<Bytes>,
+    ) {
+        let Some(c) = self.conn_mut(id) else { return };
+        let client_id: Arc<str> = match (c.authenticating(), c.owner()) {
+            (Some(req), _) => req.client_id.as_str().into(),
+            (None, Some(s)) => self.client_id_of(s),
+            (None, None) => return,
+        };
+        // The machine already checked that the method is the CONNECT's ([MQTT-4.12.0-5]).
+        let method = method.unwrap_or_default();
+        let step = self
+            .hooks
+            .enhanced_auth(&client_id, method.as_str(), data.as_deref());
+        self.auth_step(now, id, step);
+    }
+
+    pub(crate) fn auth_step(&mut self, now: Instant, id: ConnectionId, step: AuthStep) {
+        let Some(c) = self.conn_mut(id) else { return };
+        let pending = c.authenticating().is_some();
+        match step {
+            // [MQTT-4.12.0-2] a challenge carries Continue authentication.
+            AuthStep::Continue(data) => {
+                let _ = c
+                    .session
+                    .auth(ReasonCode::ContinueAuthentication, Some(data));
+            }
+            AuthStep::Success if pending => {
+                if let Some(req) = c.take_authenticating() {
+                    self.admit(now, id, req);
+                }
+            }
+            // A re-authentication that succeeded.
+            AuthStep::Success => {
+                let _ = c.session.auth(ReasonCode::Success, None);
+            }
+            // [MQTT-4.12.0-4] a refusal during the exchange is a CONNACK >= 0x80 and a close.
+            AuthStep::Fail(code) if pending => {
+                c.take_authenticating();
+                let _ = c.session.reject(code);
+            }
+            // [MQTT-4.12.1-2] a failed re-authentication disconnects.
+            AuthStep::Fail(code) => {
+                self.end_connection(id, code, CloseReason::ServerDisconnect(code))
+            }
+        }
+    }
+
+    /// Accepts an authenticated CONNECT: finds, resumes, takes over or creates its session.
+    pub(crate) fn admit(&mut self, now: Instant, id: ConnectionId, mut req: ConnectRequest) {
+        // [MQTT-3.1.3-6] [MQTT-3.1.3-7] an empty client id gets a unique one.
+        let assigned = if req.client_id.as_str().is_empty() {
+            loop {
+                let candidate = Utf8Bytes::from(format!("auto-{:016x}", self.next_client_id));
+                self.next_client_id += 1;
+                if !self.by_client_id.contains_key(candidate.as_str()) {
+                    req.client_id = candidate.clone();
+                    break Some(candidate);
+                }
+            }
+        } else {
+            None
+        };
+        let v5 = req.protocol.is_v5();
+        // 3.1.1: a persistent session lasts until a clean session replaces it.
+        let expiry = if v5 {
+            req.session_expiry_interval
+                .min(self.config.max_session_expiry)
+        } else if req.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let mut session = SessionState::default();
+        let mut present = false;
+        if let Some(s) = self.session_of(req.client_id.as_str()) {
+            // [MQTT-3.1.4-3] a second connection with this id takes the session over.
+            let old = self.sessions[s].as_ref().and_then(|r| r.conn);
+            if let Some(old) = old {
+                let state = self.take_over(now, old);
+                let rec = self.sessions[s].as_mut().expect("indexed");
+                rec.offline = Some(Box::new(Offline {
+                    state,
+                    ..Offline::default()
+                }));
+                rec.conn = None;
+            }
+            let rec = self.sessions[s].as_mut().expect("indexed");
+            // [MQTT-3.1.3-9] reconnecting in time cancels a delayed will (dropped with the
+            // rest of the offline data).
+            let offline = rec.offline.take();
+            if req.clean_start {
+                // [MQTT-3.1.2-4] clean start discards the old session.
+                self.end_session(s);
+            } else {
+                // [MQTT-3.1.2-5] resume it.
+                session = offline.map(|o| o.state).unwrap_or_default();
+                present = true;
+            }
+        }
+        let s = match self.session_of(req.client_id.as_str()) {
+            Some(s) => s,
+            // [MQTT-3.1.2-6] a new session.
+            None => self.new_session(req.client_id.as_str().into()),
+        };
+        let rec = self.sessions[s].as_mut().expect("just made");
+        rec.conn = Some(id);
+        rec.expiry = expiry;
+        rec.offline = None;
+        let accept = Accept {
+            session,
+            session_present: present,
+            assigned_client_id: assigned.filter(|_| v5),
+            session_expiry_interval: (v5 && expiry != req.session_expiry_interval)
+                .then_some(expiry),
+        };
+        let Some(c) = crate::broker::conn_in(&mut self.conns, id) else {
+            return;
+        };
+        if c.owner().is_none() {
+            self.online += 1;
+        }
+        c.owner = s as u32;
+        // Kept for the whole connection: a copy, so that it does not pin the receive buffer
+        // the CONNECT was read into.
+        let username = req
+            .username
+            .as_ref()
+            .map(|u| Utf8Bytes::copy_of(u.as_str()));
+        // [MQTT-3.1.2-7] the will belongs to the session until it is published or dropped.
+        let will = req.will.clone().map(Box::new);
+        if username.is_some() || will.is_some() || c.extra.is_some() {
+            let extra = c.extra_mut();
+            extra.username = username;
+            extra.will = will;
+            c.tidy_extra();
+        }
+        // On error (the connection failed meanwhile) the machine keeps the session, and
+        // the Disconnected event it reported parks it again.
+        let _ = c.session.accept(now, accept);
+    }
+
+    /// Ends `old` with Session taken over, returning the session state it held.
+    pub(crate) fn take_over(&mut self, now: Instant, old: ConnectionId) -> SessionState {
+        let Some(c) = self.conn_mut(old) else {
+            return SessionState::default();
+        };
+        let state = c.session.take_session();
+        // The old connection's will is not published by a takeover in 3.1.1 practice;
+        // 5.0 treats it as a disconnect without DISCONNECT 0x00, so it is.
+        let v5 = c.session.version().is_v5();
+        let will = c.take_will().filter(|_| v5);
+        self.take_owner(old);
+        if let Some((w, _)) = will {
+            self.route(now, None, None, w);
+        }
+        self.end_connection(
+            old,
+            ReasonCode::SessionTakenOver,
+            CloseReason::SessionTakenOver,
+        );
+        state
+    }
+
+    pub(crate) fn on_disconnected(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        reason: ReasonCode,
+        by_peer: bool,
+    ) {
+        let max_expiry = self.config.max_session_expiry;
+        let Some(c) = self.conn_mut(id) else { return };
+        // The client's own DISCONNECT arrives as `by_peer` with its reason; a dropped
+        // transport reports Unspecified error. [MQTT-3.14.4-3] [MQTT-3.1.2-10] a normal
+        // DISCONNECT removes the will unpublished; 0x04 (with will) keeps it.
+        if by_peer && reason == ReasonCode::Success {
+            c.take_will();
+        }
+        let expiry = c.session.disconnect_session_expiry();
+        let owner = c.owner();
+        if let (Some(expiry), Some(s)) = (expiry, owner) {
+            if let Some(rec) = self.sessions[s].as_mut() {
+                rec.expiry = expiry.min(max_expiry);
+            }
+        }
+        self.release(now, id);
+    }
+
+    /// The connection is gone: park or end its session, publish or schedule its will.
+    pub(crate) fn release(&mut self, now: Instant, id: ConnectionId) {
+        let Some(c) = self.conn_mut(id) else { return };
+        if c.owner().is_none() {
+            return;
+        }
+        let will = c.take_will();
+        let Some(owner) = self.take_owner(id) else {
+            return;
+        };
+        let Some(c) = self.conn_mut(id) else { return };
+        let session = c.session.take_session();
+        let Some(rec) = self.sessions[owner].as_mut() else {
+            return;
+        };
+        if rec.conn != Some(id) {
+            return;
+        }
+        rec.conn = None;
+        let expiry = rec.expiry;
+        let offline = rec.offline.insert(Box::new(Offline {
+            state: session,
+            expires_at: (expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(expiry))),
+            ..Offline::default()
+        }));
+        if let Some((will, delay)) = will {
+            if delay == 0 {
+                self.route(now, Some(owner), None, will);
+            } else {
+                // [MQTT-3.1.2-8] after the delay, or when the session ends if sooner.
+                offline.pending_will = Some((will, now + Duration::from_secs(u64::from(delay))));
+            }
+        }
+        self.rearm_session(owner);
+        if expiry == 0 {
+            // [MQTT-3.1.2-23] only a session expiry keeps the session beyond the connection.
+            if let Some(o) = self.sessions[owner]
+                .as_mut()
+                .and_then(|r| r.offline.as_deref_mut())
+            {
+                if let Some((will, _)) = o.pending_will.take() {
+                    self.route(now, None, None, will);
+                }
+            }
+            self.end_session(owner);
+        }
+    }
+
+    /// Detaches `id` from its session, keeping the count of connected clients.
+    pub(crate) fn take_owner(&mut self, id: ConnectionId) -> Option<usize> {
+        let c = self.conn_mut(id)?;
+        let owner = c.owner()?;
+        c.owner = crate::conn::NO_OWNER;
+        self.online -= 1;
+        Some(owner)
+    }
+}

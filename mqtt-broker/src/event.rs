@@ -1,0 +1,92 @@
+//! What the core asks of the embedding program, and why a connection closes.
+
+use mqtt_codec::ReasonCode;
+
+/// A connection, as the broker names it to the embedding program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+/// What the embedding program must do for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokerEvent {
+    /// The connection has bytes to send: call [`crate::Broker::poll_transmit`] for it
+    /// until it returns `Ok(None)`.
+    Transmit(ConnectionId),
+    /// Send what is pending (drain [`crate::Broker::poll_transmit`]), then close the
+    /// connection and call [`crate::Broker::handle_close`].
+    Close {
+        /// The connection.
+        id: ConnectionId,
+        /// Why the core closes it.
+        reason: CloseReason,
+    },
+    /// Stop reading this connection's socket: a subscriber its messages go to cannot keep
+    /// up. Bytes already read stay in its input buffer; [`crate::Broker::handle_input`]
+    /// leaves them there meanwhile.
+    Pause(ConnectionId),
+    /// Read this connection's socket again, and call [`crate::Broker::handle_input`] with
+    /// the bytes left in its input buffer even if no new ones arrive.
+    Resume(ConnectionId),
+}
+
+/// Why the core closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client sent DISCONNECT with this reason code.
+    ClientDisconnect(ReasonCode),
+    /// No CONNECT within [`mqtt_state::ServerConfig::connect_timeout`].
+    ConnectTimeout,
+    /// Nothing from the client for 1.5 times its keep alive ([MQTT-3.1.2-22]).
+    KeepAliveTimeout,
+    /// The CONNECT was refused with this code (a CONNACK with it was sent).
+    Refused(ReasonCode),
+    /// Another connection with the same client identifier took the session over
+    /// ([MQTT-3.1.4-3]).
+    SessionTakenOver,
+    /// The client sent malformed bytes or broke a protocol rule.
+    ProtocolError(mqtt_state::Error),
+    /// The server ended it with this reason code ([`crate::Broker::disconnect`], a failed
+    /// re-authentication).
+    ServerDisconnect(ReasonCode),
+    /// The server is shutting down ([`crate::Broker::shutdown`]).
+    ServerShuttingDown,
+    /// The connection's machine saw the transport close.
+    TransportClosed,
+}
+
+impl CloseReason {
+    /// The reason code a 5.0 DISCONNECT (or CONNACK) for this close carries.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            CloseReason::ClientDisconnect(c)
+            | CloseReason::Refused(c)
+            | CloseReason::ServerDisconnect(c) => *c,
+            CloseReason::ConnectTimeout | CloseReason::TransportClosed => {
+                ReasonCode::UnspecifiedError
+            }
+            CloseReason::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
+            CloseReason::SessionTakenOver => ReasonCode::SessionTakenOver,
+            CloseReason::ProtocolError(e) => e.reason_code(),
+            CloseReason::ServerShuttingDown => ReasonCode::ServerShuttingDown,
+        }
+    }
+
+    /// The reason for a connection whose machine failed with `e` on its own (the core's
+    /// own decisions are recorded before they reach the machine).
+    pub(crate) fn from_error(e: mqtt_state::Error) -> Self {
+        use mqtt_state::Error as E;
+        match e {
+            E::Disconnected(code) => CloseReason::ClientDisconnect(code),
+            E::ConnectionRefused(code) => CloseReason::Refused(code),
+            E::KeepAliveTimeout => CloseReason::KeepAliveTimeout,
+            E::ConnectTimeout => CloseReason::ConnectTimeout,
+            E::ConnectionClosed => CloseReason::TransportClosed,
+            e => CloseReason::ProtocolError(e),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Routing: a PUBLISH to every matching session, once per session, and the backpressure
+//! that keeps a slow subscriber from losing messages or growing without bound.
+//!
+//! A connected subscriber's queue has a high watermark (`ServerConfig::max_queued`). A
+//! message for a subscriber at it is still queued (nothing is lost), and the publisher
+//! that sent it is paused ([`BrokerEvent::Pause`]): the program stops reading its socket,
+//! so it takes no further messages until the subscriber's queue is down to half the
+//! watermark, when every publisher waiting on it resumes at once ([`BrokerEvent::Resume`]).
+//! The queue thus exceeds its watermark by at most one message per paused publisher.
+//!
+//! Waiting must not deadlock: a paused connection's acknowledgements are not read either,
+//! so its own queue may not drain. A publisher is therefore never paused on itself nor on
+//! a subscriber that is paused in turn: every wait ends at a connection that is read, so
+//! the waits cannot form a cycle. The message then still goes into the queue, past the
+//! watermark; those overshoots last only while that subscriber is paused.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use mqtt_codec::{PacketId, QoS, ReasonCode, SubscriptionId};
+use mqtt_state::{Instant, Message, Outgoing, Utf8Bytes};
+use mqtt_topic::{Match, TopicName};
+
+use crate::broker::Delivery;
+use crate::{Broker, BrokerEvent, ConnectionId, Hooks, QoS0Overflow};
+
+/// A subscription's options as the router uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubOpts {
+    pub(crate) qos: QoS,
+    pub(crate) no_local: bool,
+    pub(crate) retain_as_published: bool,
+    pub(crate) id: Option<SubscriptionId>,
+}
+
+impl<H: Hooks> Broker<H> {
+    pub(crate) fn on_message(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        packet_id: Option<PacketId>,
+        message: Message,
+    ) {
+        self.stats.messages_received += 1;
+        let Some(c) = self.conn_mut(id) else { return };
+        let Some(owner) = c.owner() else {
+            return;
+        };
+        let username = c.username().cloned();
+        let client_id = self.client_id_of(owner);
+        let allowed = self.hooks.authorize_publish(
+            &client_id,
+            username.as_ref().map(Utf8Bytes::as_str),
+            message.topic.as_str(),
+        );
+        let matched = if allowed {
+            self.route(now, Some(owner), Some(id), message)
+        } else {
+            0
+        };
+        let reason = if !allowed {
+            // 5.0 says why; before 5.0 the message is dropped but still acknowledged.
+            ReasonCode::NotAuthorized
+        } else if matched == 0 {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::Success
+        };
+        // Acknowledged once it is in every subscriber's queue: past this point it is the
+        // broker's to deliver.
+        if let (Some(pid), Some(c)) = (packet_id, self.conn_mut(id)) {
+            c.session.ack(pid, reason);
+        }
+    }
+
+    /// Stores (retained) and delivers a message to every matching session; returns how
+    /// many sessions it went to. `from` is the publishing session, for No Local;
+    /// `publisher` its connection, which is paused if a subscriber's queue is full.
+    pub(crate) fn route(
+        &mut self,
+        now: Instant,
+        from: Option<usize>,
+        publisher: Option<ConnectionId>,
+        mut message: Message,
+    ) -> usize {
+        let Ok(topic) = TopicName::new(message.topic.as_str()) else {
+            return 0;
+        };
+        if message.retain {
+            if message.payload.is_empty() {
+                // [MQTT-3.3.1-6] [MQTT-3.3.1-7] an empty retained message clears the topic.
+                self.retained.remove(topic);
+            } else {
+                // [MQTT-3.3.1-5] replaces the topic's retained message.
+                // Kept indefinitely: copied, so it does not hold the publisher's whole
+                // receive buffer alive through a view.
+                self.retained.insert(topic, (message.detached(), now));
+            }
+        }
+        // Subscription identifiers are per delivery, never forwarded from the publisher.
+        message.properties.subscription_identifiers.clear();
+        let mut scratch = core::mem::take(&mut self.scratch);
+        scratch.clear();
+        let mut mark = core::mem::take(&mut self.route_mark);
+        if mark.len() < self.sessions.len() {
+            mark.resize(self.sessions.len(), 0);
+        }
+        let share_cursor = &mut self.share_cursor;
+        let sessions = &self.sessions;
+        self.tree.for_each_match(topic, |m| match m {
+            Match::Plain { key, value } => {
+                // [MQTT-3.8.3-3] No Local: not back to the publisher's own session.
+                if value.no_local && from == Some(*key as usize) {
+                    return;
+                }
+                add_delivery(&mut scratch, &mut mark, *key, value, message.retain);
+            }
+            Match::Shared(group) => {
+                // One member per message, round robin, preferring connected ones.
+                let cursor = match share_cursor.get_mut(group.name()) {
+                    Some(c) => c,
+                    None => share_cursor.entry(String::from(group.name())).or_insert(0),
+                };
+                let n = group.len();
+                let online = |k: &u32| {
+                    sessions
+                        .get(*k as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|r| r.conn.is_some())
+                };
+                let pick = (0..n)
+                    .map(|i| (*cursor + i) % n)
+                    .find(|&i| group.get(i).is_some_and(|(k, _)| online(k)))
+                    .unwrap_or(*cursor % n);
+                *cursor = pick + 1;
+                if let Some((key, value)) = group.get(pick) {
+                    add_delivery(&mut scratch, &mut mark, *key, value, false);
+                }
+            }
+        });
+        let count = scratch.len();
+        self.blockers.clear();
+        for (s, qos, retain, ids) in scratch.drain(..) {
+            mark[s as usize] = 0;
+            let mut m = message.clone();
+            // [MQTT-3.8.4-8] the lower of the message's and the subscription's QoS.
+            m.qos = m.qos.min(qos);
+            m.retain = retain;
+            self.deliver(now, s as usize, m, &ids);
+        }
+        self.scratch = scratch;
+        self.route_mark = mark;
+        if let Some(p) = publisher {
+            self.pause_if_blocked(p);
+        }
+        count
+    }
+
+    /// Hands a message to a session: its connection's machine when online, its offline
+    /// queue otherwise. A connected subscriber at its watermark is noted in `blockers`.
+    pub(crate) fn deliver(
+        &mut self,
+        now: Instant,
+        s: usize,
+        message: Message,
+        ids: &[SubscriptionId],
+    ) {
+        let Some(rec) = self.sessions.get_mut(s).and_then(Option::as_mut) else {
+            return;
+        };
+        match rec.conn {
+            Some(id) => {
+                let Some(c) = self
+                    .conns
+                    .get_mut(id.index as usize)
+                    .and_then(Option::as_mut)
+                else {
+                    return;
+                };
+                let full = c.session.session().queue.len() >= self.config.server.max_queued;
+                if full {
+                    if message.qos == QoS::AtMostOnce
+                        && self.config.qos0_overflow == QoS0Overflow::Drop
+                    {
+                        self.stats.messages_dropped += 1;
+                        return;
+                    }
+                    self.blockers.push(id);
+                }
+                // The machine has no queue bound of its own (the watermark is the core's):
+                // what fails here could never be sent (a packet the client's version
+                // cannot carry) or found every packet identifier in use.
+                match c.session.deliver(now, message, ids) {
+                    Ok(_) => self.stats.messages_sent += 1,
+                    Err(_) => self.stats.messages_dropped += 1,
+                }
+                if c.set_transmit_queued() {
+                    self.events.push_back(BrokerEvent::Transmit(id));
+                }
+            }
+            None => {
+                let queue = &mut rec.offline.get_or_insert_with(Default::default).state.queue;
+                if message.qos == QoS::AtMostOnce || queue.len() >= self.config.max_offline_queue {
+                    self.stats.messages_dropped += 1;
+                    return;
+                }
+                let mut subscription_ids = heapless::Vec::new();
+                for id in ids.iter().take(4) {
+                    let _ = subscription_ids.push(*id);
+                }
+                queue.push_back(Outgoing {
+                    message,
+                    queued_at: now,
+                    subscription_ids,
+                    packet_id: None,
+                });
+                self.stats.messages_sent += 1;
+            }
+        }
+    }
+
+    /// Pauses `publisher` on the first subscriber in `blockers` it may wait on (see the
+    /// module documentation).
+    fn pause_if_blocked(&mut self, publisher: ConnectionId) {
+        if self.blockers.is_empty() {
+            return;
+        }
+        let blockers = core::mem::take(&mut self.blockers);
+        let target = blockers
+            .iter()
+            .copied()
+            .find(|&b| b != publisher && self.conn(b).is_some_and(|c| c.paused_on().is_none()));
+        self.blockers = blockers;
+        let Some(b) = target else { return };
+        let Some(p) = self.conn_mut(publisher) else {
+            return;
+        };
+        if p.closing() || p.paused_on().is_some() {
+            return;
+        }
+        p.extra_mut().paused_on = Some(b);
+        // A subscriber that waits must not keep others waiting on it: let them go, so no
+        // chain of waits ends at a connection that is not read.
+        self.resume_waiters(publisher);
+        if let Some(c) = self.conn_mut(b) {
+            c.extra_mut().waiters.push(publisher);
+        }
+        self.stats.publishers_paused += 1;
+        self.events.push_back(BrokerEvent::Pause(publisher));
+    }
+
+    /// Resumes every publisher paused on `blocker`.
+    pub(crate) fn resume_waiters(&mut self, blocker: ConnectionId) {
+        let Some(c) = self.conn_mut(blocker) else {
+            return;
+        };
+        if !c.has_waiters() {
+            return;
+        }
+        let waiters: Vec<ConnectionId> = c.take_waiters();
+        for w in waiters {
+            if self.conn_mut(w).is_some_and(|c| c.unpause_from(blocker)) {
+                self.events.push_back(BrokerEvent::Resume(w));
+            }
+        }
+    }
+}
+
+/// Adds session `key` to this message's deliveries, or merges it into its delivery:
+/// `mark` says where it is, so the cost is constant per matching subscription.
+fn add_delivery(
+    scratch: &mut Vec<Delivery>,
+    mark: &mut [u32],
+    key: u32,
+    opts: &SubOpts,
+    retain: bool,
+) {
+    // [MQTT-3.3.1-12] [MQTT-3.3.1-13] RETAIN forwarded only with Retain As Published.
+    let retain = retain && opts.retain_as_published;
+    // [MQTT-3.3.4-2] [MQTT-3.3.4-3] overlapping subscriptions: one copy at the highest QoS
+    // with every subscription identifier.
+    if let Some(d) = mark
+        .get(key as usize)
+        .and_then(|&m| m.checked_sub(1))
+        .and_then(|i| scratch.get_mut(i as usize))
+    {
+        d.1 = d.1.max(opts.qos);
+        d.2 |= retain;
+        if let Some(id) = opts.id {
+            let _ = d.3.push(id);
+        }
+        return;
+    }
+    let mut ids = heapless::Vec::new();
+    if let Some(id) = opts.id {
+        let _ = ids.push(id);
+    }
+    if let Some(m) = mark.get_mut(key as usize) {
+        *m = scratch.len() as u32 + 1;
+    }
+    scratch.push((key, opts.qos, retain, ids));
+}
