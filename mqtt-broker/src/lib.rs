@@ -65,7 +65,12 @@
 //! }
 //! assert_eq!(broker.connection_count(), 1);
 //! assert_eq!(broker.session_count(), 1);
-//! // Keep alive 60 s: 1.5 times that without a packet closes the connection.
+//! // A deadline may come up early (here the CONNECT timeout, since met); handling it
+//! // then only finds the real one: keep alive 60 s, 1.5 times that without a packet
+//! // closes the connection.
+//! let early = broker.poll_timeout().unwrap();
+//! broker.handle_timeout(early);
+//! assert!(broker.poll_event().is_none());
 //! assert_eq!(broker.poll_timeout(), Some(Instant::from_millis(90_000)));
 //! ```
 #![no_std]
