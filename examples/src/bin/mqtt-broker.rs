@@ -70,7 +70,7 @@ use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Token};
-use mqtt_broker::{Broker, BrokerConfig, BrokerEvent, ConnectionId};
+use mqtt_broker::{Broker, BrokerConfig, BrokerEvent, ConnectionId, Error as BrokerError, QoS0Overflow};
 use mqtt_state::{Duration, Instant, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
@@ -134,11 +134,16 @@ struct Args {
     /// QoS 1/2 messages in flight to each client.
     #[arg(long, default_value_t = 64)]
     max_inflight: u16,
-    /// Messages queued per client: for a disconnected persistent session, and for a
-    /// connected client beyond its in-flight window. Beyond this, messages for that client
-    /// are dropped (counted in `$SYS/broker/messages/dropped`).
+    /// Messages queued per client: for a disconnected persistent session (beyond this,
+    /// messages for it are dropped, counted in `$SYS/broker/messages/dropped`), and for a
+    /// connected client beyond its in-flight window (at this, the publishers feeding it
+    /// stop being read until it catches up: nothing is dropped).
     #[arg(long, default_value_t = 1000)]
     max_queued: usize,
+    /// QoS 0 messages for a connected client whose queue is full: `push-back` pauses the
+    /// publishers like QoS 1/2, `drop` drops them (counted).
+    #[arg(long, value_enum, default_value_t = Qos0Overflow::PushBack)]
+    qos0_overflow: Qos0Overflow,
     /// Seconds a new connection has to complete its CONNECT.
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
@@ -148,6 +153,13 @@ struct Args {
     /// Chunks of output buffered per connection before a slow reader is disconnected.
     #[arg(long, default_value_t = 4096)]
     write_queue: usize,
+}
+
+/// `--qos0-overflow`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Qos0Overflow {
+    PushBack,
+    Drop,
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,6 +256,10 @@ struct Pending {
     slow: bool,
     /// The connection's task, waiting for output.
     waker: Option<Waker>,
+    /// The core paused this connection: its task stops reading.
+    read_paused: bool,
+    /// The task that reads, waiting for the pause to end.
+    read_waker: Option<Waker>,
 }
 
 /// Why a chunk could not be queued.
@@ -304,6 +320,31 @@ impl Outbox {
         }
         if !p.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             p.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Pauses or resumes reading ([`BrokerEvent::Pause`], [`BrokerEvent::Resume`]).
+    fn set_read_paused(&self, paused: bool) {
+        let mut p = self.lock();
+        p.read_paused = paused;
+        if !paused {
+            let waker = p.read_waker.take();
+            drop(p);
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+
+    /// Ready when the connection may be read (or is to close).
+    fn poll_read_allowed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut p = self.lock();
+        if !p.read_paused || p.closing {
+            return Poll::Ready(());
+        }
+        if !p.read_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            p.read_waker = Some(cx.waker().clone());
         }
         Poll::Pending
     }
@@ -438,6 +479,10 @@ fn run(args: Args) -> std::io::Result<()> {
         max_connections: args.max_connections,
         max_offline_queue: args.max_queued,
         sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),
+        qos0_overflow: match args.qos0_overflow {
+            Qos0Overflow::PushBack => QoS0Overflow::PushBack,
+            Qos0Overflow::Drop => QoS0Overflow::Drop,
+        },
         ..BrokerConfig::default()
     };
 
@@ -630,6 +675,10 @@ where
                 if poll_write_out(&mut stream, cx, &outbox, &mut unwritten).is_ready() {
                     return Poll::Ready(Step::Done);
                 }
+                // Paused by the core: the client's bytes wait in the socket.
+                if outbox.poll_read_allowed(cx).is_pending() {
+                    return Poll::Pending;
+                }
                 poll_read_in(&mut stream, cx)
             });
             let bytes = match step.await {
@@ -733,8 +782,14 @@ where
     };
     let (mut sink, mut stream) = ws.split();
     let reader_tx = core_tx.clone();
+    let reader_outbox = outbox.clone();
     let mut reader = tokio::spawn(async move {
-        while let Some(Ok(msg)) = stream.next().await {
+        loop {
+            // Paused by the core: the client's frames wait in the socket.
+            std::future::poll_fn(|cx| reader_outbox.poll_read_allowed(cx)).await;
+            let Some(Ok(msg)) = stream.next().await else {
+                break;
+            };
             match msg {
                 WsMessage::Binary(b) => {
                     if reader_tx.send(ToCore::Input(id, b)).await.is_err() {
@@ -746,6 +801,7 @@ where
                 WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
             }
         }
+        drop(reader_outbox);
         let _ = reader_tx.send(ToCore::Closed(id)).await;
     });
     while let Some(b) = outbox.take().await {
@@ -817,6 +873,8 @@ struct Conn {
     blocked: bool,
     /// Listed in [`EventLoop::dirty`].
     dirty: bool,
+    /// The core paused it ([`BrokerEvent::Pause`]): not read until resumed.
+    paused: bool,
     /// Only while there is output or input to keep, or the connection is closing.
     bufs: Option<Box<Buffers>>,
 }
@@ -920,6 +978,8 @@ impl EventLoop {
                 for i in std::mem::take(&mut self.dirty) {
                     self.flush(i);
                 }
+                // Pulling output from the core drains queues, which resumes publishers.
+                self.drain(self.now());
             }
             let timeout = if self.tasks_ready || !self.again.is_empty() {
                 Some(StdDuration::ZERO)
@@ -1003,6 +1063,7 @@ impl EventLoop {
                 state: State::Open,
                 blocked: false,
                 dirty: false,
+                paused: false,
                 bufs: None,
             });
         }
@@ -1014,6 +1075,10 @@ impl EventLoop {
             let Some(Some(conn)) = self.conns.get_mut(i) else {
                 return;
             };
+            // Paused: what the client sends waits in the kernel, and TCP pushes back.
+            if conn.paused && conn.state == State::Open {
+                return;
+            }
             match conn.stream.read(&mut self.scratch) {
                 // The peer closed. A connection still flushing its last output is let finish
                 // (the peer may still read); otherwise it is done.
@@ -1063,13 +1128,34 @@ impl EventLoop {
     /// Carries out what the broker asks for until it has nothing more.
     fn drain(&mut self, now: Instant) {
         while let Some(event) = self.broker.poll_event() {
-            let (BrokerEvent::Transmit(id) | BrokerEvent::Close(id)) = event;
-            while let Some(n) = self.broker.poll_transmit(now, id, &mut self.out) {
-                self.batch.extend_from_slice(&self.out[..n]);
+            let (id, close) = match event {
+                BrokerEvent::Transmit(id) => (id, false),
+                BrokerEvent::Close { id, reason } => {
+                    debug!(?id, ?reason, "closing");
+                    (id, true)
+                }
+                BrokerEvent::Pause(id) => {
+                    self.pause(id, true, now);
+                    continue;
+                }
+                BrokerEvent::Resume(id) => {
+                    self.pause(id, false, now);
+                    continue;
+                }
+                _ => continue,
+            };
+            let tcp = self.tcp.get(&id).map(|&i| i as usize);
+            // A TCP connection whose socket takes no more output is not pulled from: the
+            // messages stay queued in the core, whose watermark pauses their publishers;
+            // `flush` pulls once the socket drains.
+            let blocked = tcp
+                .and_then(|i| self.conns[i].as_ref())
+                .is_some_and(|c| c.blocked);
+            if !blocked || close {
+                self.pull(now, id);
             }
-            let close = matches!(event, BrokerEvent::Close(_));
-            if let Some(&i) = self.tcp.get(&id) {
-                self.deliver(i as usize, close, now);
+            if let Some(i) = tcp {
+                self.deliver(i, close, now);
             } else if let Some(link) = self.remote.get(&id) {
                 let ok =
                     self.batch.is_empty() || link.tx.push(&self.batch, self.write_queue).is_ok();
@@ -1081,6 +1167,51 @@ impl EventLoop {
                 }
             }
             self.batch.clear();
+        }
+    }
+
+    /// Moves what the core has to send on `id` into `batch`.
+    fn pull(&mut self, now: Instant, id: ConnectionId) {
+        loop {
+            match self.broker.poll_transmit(now, id, &mut self.out) {
+                Ok(Some(n)) => self.batch.extend_from_slice(&self.out[..n]),
+                Ok(None) => return,
+                // Larger than any packet we take in (properties the broker adds): grow.
+                Err(BrokerError::BufferTooSmall { needed }) => self.out.resize(needed, 0),
+                Err(e) => {
+                    warn!(?id, "transmit: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops or resumes reading connection `id`, as the core asks.
+    fn pause(&mut self, id: ConnectionId, paused: bool, now: Instant) {
+        if let Some(&i) = self.tcp.get(&id) {
+            let Some(conn) = self.conns[i as usize].as_mut() else {
+                return;
+            };
+            conn.paused = paused;
+            if !paused {
+                // What was read before the pause, then whatever the kernel holds.
+                if let Some(bufs) = conn.bufs.as_mut().filter(|b| !b.input.is_empty()) {
+                    self.broker.handle_input(now, id, &mut bufs.input);
+                    if bufs.input.is_empty() {
+                        bufs.input = BytesMut::new();
+                    }
+                    conn.tidy();
+                }
+                self.again.push(i as usize);
+            }
+        } else if let Some(link) = self.remote.get_mut(&id) {
+            link.tx.set_read_paused(paused);
+            if !paused && !link.input.is_empty() {
+                self.broker.handle_input(now, id, &mut link.input);
+                if link.input.is_empty() {
+                    link.input = BytesMut::new();
+                }
+            }
         }
     }
 
@@ -1161,7 +1292,22 @@ impl EventLoop {
                 .poll
                 .registry()
                 .reregister(&mut conn.stream, Token(i), Interest::READABLE);
+            if conn.state == State::Open {
+                // Output left in the core while the socket was full: pull it now.
+                let id = conn.id;
+                let now = self.now();
+                self.pull(now, id);
+                let pulled = !self.batch.is_empty();
+                self.deliver(i, false, now);
+                self.batch.clear();
+                if pulled {
+                    return;
+                }
+            }
         }
+        let Some(Some(conn)) = self.conns.get_mut(i) else {
+            return;
+        };
         conn.tidy();
         if conn.state == State::Closing {
             let _ = conn.stream.shutdown(Shutdown::Write);
