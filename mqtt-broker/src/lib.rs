@@ -81,6 +81,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod admin;
 mod broker;
 mod config;
 mod conn;
@@ -95,6 +96,7 @@ mod stats;
 mod subscriptions;
 mod timers;
 
+pub use admin::{SessionInfo, SubscriptionInfo};
 pub use broker::Broker;
 pub use config::{BrokerConfig, QoS0Overflow};
 pub use error::Error;

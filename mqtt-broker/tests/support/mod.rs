@@ -156,6 +156,30 @@ impl<H: Hooks> Net<H> {
         panic!("no quiescence");
     }
 
+    /// Lets client `i` read again after [`Net::stalled`] held it: pulls what the broker
+    /// kept for it, then drives.
+    pub fn unstall(&mut self, i: usize) {
+        let id = self.peers[i].id.expect("connected");
+        self.stalled.retain(|s| *s != id);
+        let mut out = vec![0u8; 1 << 16];
+        while let Ok(Some(n)) = self.broker.poll_transmit(self.now, id, &mut out) {
+            self.peers[i].from_broker.extend_from_slice(&out[..n]);
+        }
+        self.drive();
+    }
+
+    /// Whether client `i` is paused now, by the Pause and Resume events seen.
+    pub fn paused(&self, i: usize) -> bool {
+        let Some(id) = self.peers[i].id else {
+            return false;
+        };
+        self.pauses
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == id)
+            .is_some_and(|(_, paused)| *paused)
+    }
+
     pub fn advance(&mut self, ms: u64) {
         self.now = self.now + Duration::from_millis(ms);
         for p in &mut self.peers {
@@ -331,4 +355,44 @@ impl Hooks for Challenge {
             _ => AuthStep::Fail(ReasonCode::BadAuthenticationMethod),
         }
     }
+}
+
+/// `packets` encoded back to back at `version`, as a client's socket would deliver them.
+pub fn wire(packets: &[mqtt_codec::Packet<'_>], version: ProtocolVersion) -> BytesMut {
+    let mut bytes = Vec::new();
+    for p in packets {
+        bytes.extend(p.encode_to_vec(version).unwrap());
+    }
+    BytesMut::from(&bytes[..])
+}
+
+/// A CONNECT from `client_id` with keep alive `keep_alive` seconds.
+pub fn connect(version: ProtocolVersion, client_id: &str, keep_alive: u16) -> Packet<'_> {
+    let mut c = mqtt_codec::Connect::new(version, client_id);
+    c.keep_alive = keep_alive;
+    Packet::Connect(c)
+}
+
+/// Runs the broker's events as an adapter does: drains output (discarded), closes what it
+/// is asked to close; returns the closes, with their reasons.
+pub fn run_events<H: Hooks>(
+    broker: &mut Broker<H>,
+    now: Instant,
+) -> Vec<(ConnectionId, CloseReason)> {
+    let mut out = vec![0u8; 1 << 16];
+    let mut closes = Vec::new();
+    while let Some(e) = broker.poll_event() {
+        match e {
+            BrokerEvent::Transmit(id) => {
+                while let Ok(Some(_)) = broker.poll_transmit(now, id, &mut out) {}
+            }
+            BrokerEvent::Close { id, reason } => {
+                while let Ok(Some(_)) = broker.poll_transmit(now, id, &mut out) {}
+                closes.push((id, reason));
+                broker.handle_close(now, id);
+            }
+            _ => {}
+        }
+    }
+    closes
 }
