@@ -175,8 +175,9 @@ impl<H: Hooks> Broker<H> {
 
     /// Bytes arrived on `id`. Complete packets are taken from `buf`, one at a time, until
     /// it holds no complete packet, the connection is paused ([`BrokerEvent::Pause`]) or
-    /// its machine reads no further (it waits for a decision); what is left stays in
-    /// `buf` for the next call.
+    /// its machine reads no further (it waits for a decision, or for its acknowledgements
+    /// to go out); what is left stays in `buf`, and a [`BrokerEvent::Resume`] says when to
+    /// call again with it.
     pub fn handle_input(&mut self, now: Instant, id: ConnectionId, buf: &mut BytesMut) {
         loop {
             let Some(c) = self.conn_mut(id) else { return };
@@ -200,7 +201,16 @@ impl<H: Hooks> Broker<H> {
                 _ => c.session.handle_input(now, buf),
             };
             self.process(now, id);
-            if result.is_err() || buf.len() == before {
+            if result.is_err() {
+                break;
+            }
+            if buf.len() == before {
+                // The machine read nothing though a whole packet is there: it waits for its
+                // acknowledgements to go out. `poll_transmit` asks for the rest then.
+                let waiting = frame_len(buf).is_some_and(|n| n <= buf.len());
+                if let Some(c) = self.conn_mut(id) {
+                    c.set_input_waiting(waiting && !c.closing() && c.paused_on().is_none());
+                }
                 break;
             }
         }
@@ -245,7 +255,16 @@ impl<H: Hooks> Broker<H> {
             return Ok(None);
         };
         let result = match c.session.poll_transmit(now, out) {
-            Ok(n) => Ok(n),
+            Ok(Some(n)) => {
+                if c.input_waiting() {
+                    // Output went (acknowledgements among it): the input left unread may
+                    // be read now.
+                    c.set_input_waiting(false);
+                    self.events.push_back(BrokerEvent::Resume(id));
+                }
+                Ok(Some(n))
+            }
+            Ok(None) => Ok(None),
             Err(mqtt_state::Error::Codec(mqtt_codec::Error::BufferTooSmall { required })) => {
                 Err(Error::BufferTooSmall { needed: required })
             }

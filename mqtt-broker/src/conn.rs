@@ -49,6 +49,9 @@ impl Conn {
     const CLOSING: u8 = 1;
     /// A [`crate::BrokerEvent::Transmit`] for it waits in the event queue.
     const TRANSMIT_QUEUED: u8 = 1 << 1;
+    /// Its machine left a complete packet unread (its inbound quota is used up until the
+    /// acknowledgements go out): the next transmit asks for input again.
+    const INPUT_WAITING: u8 = 1 << 2;
 
     pub(crate) fn new(generation: u32, session: ServerSession) -> Self {
         Self {
@@ -77,6 +80,18 @@ impl Conn {
         let was = self.flags & Self::TRANSMIT_QUEUED != 0;
         self.flags |= Self::TRANSMIT_QUEUED;
         !was
+    }
+
+    pub(crate) fn set_input_waiting(&mut self, waiting: bool) {
+        if waiting {
+            self.flags |= Self::INPUT_WAITING;
+        } else {
+            self.flags &= !Self::INPUT_WAITING;
+        }
+    }
+
+    pub(crate) fn input_waiting(&self) -> bool {
+        self.flags & Self::INPUT_WAITING != 0
     }
 
     pub(crate) fn clear_transmit_queued(&mut self) {

@@ -29,7 +29,9 @@ pub enum BrokerEvent {
     /// leaves them there meanwhile.
     Pause(ConnectionId),
     /// Read this connection's socket again, and call [`crate::Broker::handle_input`] with
-    /// the bytes left in its input buffer even if no new ones arrive.
+    /// the bytes left in its input buffer even if no new ones arrive: after a
+    /// [`BrokerEvent::Pause`], or when input left unread can be read now. Harmless for a
+    /// connection that was not paused.
     Resume(ConnectionId),
 }
 

@@ -70,7 +70,9 @@ use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Token};
-use mqtt_broker::{Broker, BrokerConfig, BrokerEvent, ConnectionId, Error as BrokerError, QoS0Overflow};
+use mqtt_broker::{
+    Broker, BrokerConfig, BrokerEvent, ConnectionId, Error as BrokerError, QoS0Overflow,
+};
 use mqtt_state::{Duration, Instant, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
@@ -343,7 +345,11 @@ impl Outbox {
         if !p.read_paused || p.closing {
             return Poll::Ready(());
         }
-        if !p.read_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !p
+            .read_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
             p.read_waker = Some(cx.waker().clone());
         }
         Poll::Pending
