@@ -221,6 +221,8 @@ impl<H: Hooks> Broker<H> {
     /// identifier is not used again until reassigned by [`Broker::open`].
     pub fn handle_close(&mut self, now: Instant, id: ConnectionId) {
         let Some(c) = self.conn_mut(id) else { return };
+        // Closed already: no Close event for it.
+        c.set_closing();
         c.session.handle_close(now);
         self.process(now, id);
         self.release(now, id);
@@ -251,11 +253,18 @@ impl<H: Hooks> Broker<H> {
         id: ConnectionId,
         out: &mut [u8],
     ) -> Result<Option<usize>, Error> {
+        let stall_timeout = self.config.stall_timeout;
         let Some(c) = self.conn_mut(id) else {
             return Ok(None);
         };
         let result = match c.session.poll_transmit(now, out) {
             Ok(Some(n)) => {
+                // Progress: a subscriber that others wait on is still reading.
+                if let (Some(e), Some(d)) = (c.extra.as_mut(), stall_timeout) {
+                    if e.stall_deadline.is_some() {
+                        e.stall_deadline = Some(now + d);
+                    }
+                }
                 if c.input_waiting() {
                     // Output went (acknowledgements among it): the input left unread may
                     // be read now.
@@ -356,6 +365,16 @@ impl<H: Hooks> Broker<H> {
             c.session.handle_timeout(now);
             self.process(now, id);
         }
+        let stalled = self
+            .conn(id)
+            .and_then(Conn::stall_deadline)
+            .is_some_and(|t| t <= now);
+        if stalled {
+            if let Some(e) = self.conn_mut(id).and_then(|c| c.extra.as_mut()) {
+                e.stall_deadline = None;
+            }
+            self.end_connection(id, ReasonCode::QuotaExceeded, CloseReason::SlowConsumer);
+        }
         self.rearm(id);
     }
 
@@ -363,7 +382,7 @@ impl<H: Hooks> Broker<H> {
     /// there already: called after every input, output and timeout of the connection.
     pub(crate) fn rearm(&mut self, id: ConnectionId) {
         let Some(c) = self.conn_mut(id) else { return };
-        if let Some(at) = c.session.poll_timeout() {
+        if let Some(at) = c.deadline() {
             if at < c.armed {
                 c.armed = at;
                 self.timers.push(at, TimerKey::Conn(id));

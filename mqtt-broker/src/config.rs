@@ -36,6 +36,11 @@ pub struct BrokerConfig {
     pub sys_interval: Option<Duration>,
     /// QoS 0 messages for a connected subscriber whose queue is full.
     pub qos0_overflow: QoS0Overflow,
+    /// A subscriber that keeps publishers paused and takes none of its output
+    /// ([`crate::Broker::poll_transmit`] writes nothing for it) for this long is
+    /// disconnected ([`crate::CloseReason::SlowConsumer`]), so that a client that stopped
+    /// reading does not hold its publishers forever. `None`: waits as long as it takes.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Default for BrokerConfig {
@@ -50,6 +55,7 @@ impl Default for BrokerConfig {
             max_session_expiry: u32::MAX,
             sys_interval: Some(Duration::from_secs(10)),
             qos0_overflow: QoS0Overflow::default(),
+            stall_timeout: Some(Duration::from_secs(5)),
         }
     }
 }

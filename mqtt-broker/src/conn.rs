@@ -40,6 +40,9 @@ pub(crate) struct ConnExtra {
     pub(crate) paused_on: Option<ConnectionId>,
     /// Publishers paused on this connection's full queue.
     pub(crate) waiters: Vec<ConnectionId>,
+    /// While it has waiters: when it is closed as a slow consumer unless it takes some of
+    /// its output before.
+    pub(crate) stall_deadline: Option<Instant>,
     /// Why the core decided to close it, when the machine cannot say (taken over, ...).
     pub(crate) close_reason: Option<CloseReason>,
 }
@@ -114,6 +117,18 @@ impl Conn {
         self.extra.as_ref()?.paused_on
     }
 
+    pub(crate) fn stall_deadline(&self) -> Option<Instant> {
+        self.extra.as_ref()?.stall_deadline
+    }
+
+    /// Its deadline: its machine's, or the end of its patience as a stalled subscriber.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match (self.session.poll_timeout(), self.stall_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     pub(crate) fn has_waiters(&self) -> bool {
         self.extra.as_ref().is_some_and(|e| !e.waiters.is_empty())
     }
@@ -138,7 +153,10 @@ impl Conn {
         let waiters = self
             .extra
             .as_mut()
-            .map(|e| core::mem::take(&mut e.waiters))
+            .map(|e| {
+                e.stall_deadline = None;
+                core::mem::take(&mut e.waiters)
+            })
             .unwrap_or_default();
         self.tidy_extra();
         waiters
@@ -180,6 +198,7 @@ impl Conn {
                 && e.authenticating.is_none()
                 && e.paused_on.is_none()
                 && e.waiters.is_empty()
+                && e.stall_deadline.is_none()
                 && e.close_reason.is_none()
         }) {
             self.extra = None;

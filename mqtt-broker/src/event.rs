@@ -57,6 +57,9 @@ pub enum CloseReason {
     ServerDisconnect(ReasonCode),
     /// The server is shutting down ([`crate::Broker::shutdown`]).
     ServerShuttingDown,
+    /// Publishers waited on this subscriber's full queue, and it took none of its output
+    /// for [`crate::BrokerConfig::stall_timeout`]: it stopped reading.
+    SlowConsumer,
     /// The connection's machine saw the transport close.
     TransportClosed,
 }
@@ -75,6 +78,7 @@ impl CloseReason {
             CloseReason::SessionTakenOver => ReasonCode::SessionTakenOver,
             CloseReason::ProtocolError(e) => e.reason_code(),
             CloseReason::ServerShuttingDown => ReasonCode::ServerShuttingDown,
+            CloseReason::SlowConsumer => ReasonCode::QuotaExceeded,
         }
     }
 

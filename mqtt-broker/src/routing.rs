@@ -151,7 +151,7 @@ impl<H: Hooks> Broker<H> {
         self.scratch = scratch;
         self.route_mark = mark;
         if let Some(p) = publisher {
-            self.pause_if_blocked(p);
+            self.pause_if_blocked(now, p);
         }
         count
     }
@@ -221,7 +221,7 @@ impl<H: Hooks> Broker<H> {
 
     /// Pauses `publisher` on the first subscriber in `blockers` it may wait on (see the
     /// module documentation).
-    fn pause_if_blocked(&mut self, publisher: ConnectionId) {
+    fn pause_if_blocked(&mut self, now: Instant, publisher: ConnectionId) {
         if self.blockers.is_empty() {
             return;
         }
@@ -242,8 +242,14 @@ impl<H: Hooks> Broker<H> {
         // A subscriber that waits must not keep others waiting on it: let them go, so no
         // chain of waits ends at a connection that is not read.
         self.resume_waiters(publisher);
+        let stall = self.config.stall_timeout;
         if let Some(c) = self.conn_mut(b) {
-            c.extra_mut().waiters.push(publisher);
+            let e = c.extra_mut();
+            if e.waiters.is_empty() {
+                e.stall_deadline = stall.map(|d| now + d);
+            }
+            e.waiters.push(publisher);
+            self.rearm(b);
         }
         self.stats.publishers_paused += 1;
         self.events.push_back(BrokerEvent::Pause(publisher));

@@ -185,3 +185,43 @@ fn an_offline_session_keeps_its_bounded_queue_and_counts_drops() {
     assert_eq!((info.connection, info.queued), (None, 5));
     assert_eq!(net.broker.stats().messages_dropped, 3);
 }
+
+#[test]
+fn a_subscriber_that_stopped_reading_is_let_go_after_the_stall_timeout() {
+    let mut net = net(QoS0Overflow::PushBack);
+    let sub = net.join(ClientConfig {
+        keep_alive: 0,
+        ..ClientConfig::new(V5, "sub")
+    });
+    net.subscribe(sub, "t", q(QoS::AtLeastOnce));
+    let sub_id = net.peers[sub].id.unwrap();
+    net.stalled.push(sub_id);
+    let p = net.join(ClientConfig {
+        keep_alive: 0,
+        ..ClientConfig::new(V5, "pub")
+    });
+    for n in 0..3 * WATERMARK {
+        net.peers[p]
+            .client
+            .publish(net.now, Message::new("t", payload(0, n), QoS::AtLeastOnce))
+            .unwrap();
+    }
+    net.drive();
+    assert!(net.paused(p));
+    // Some progress within the timeout keeps it: it is slow, not gone.
+    net.advance(4_000);
+    let mut out = vec![0u8; 4096];
+    assert!(matches!(
+        net.broker.poll_transmit(net.now, sub_id, &mut out),
+        Ok(Some(_))
+    ));
+    net.advance(4_000);
+    assert!(net.closes.is_empty());
+    assert!(net.paused(p));
+    // Then nothing for the whole timeout (5 s by default).
+    net.advance(999);
+    assert!(net.closes.is_empty());
+    net.advance(1);
+    assert_eq!(net.closes, [(sub_id, CloseReason::SlowConsumer)]);
+    assert!(!net.paused(p), "the publisher goes on");
+}

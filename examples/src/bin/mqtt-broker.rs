@@ -1137,7 +1137,11 @@ impl EventLoop {
             let (id, close) = match event {
                 BrokerEvent::Transmit(id) => (id, false),
                 BrokerEvent::Close { id, reason } => {
-                    debug!(?id, ?reason, "closing");
+                    if reason == CloseReason::SlowConsumer {
+                        warn!(?id, "client not reading; disconnecting");
+                    } else {
+                        debug!(?id, ?reason, "closing");
+                    }
                     (id, true)
                 }
                 BrokerEvent::Pause(id) => {
