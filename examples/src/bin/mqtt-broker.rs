@@ -71,7 +71,8 @@ use futures_util::{SinkExt, StreamExt};
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Token};
 use mqtt_broker::{
-    Broker, BrokerConfig, BrokerEvent, ConnectionId, Error as BrokerError, QoS0Overflow,
+    Broker, BrokerConfig, BrokerEvent, CloseReason, ConnectionId, Error as BrokerError,
+    QoS0Overflow,
 };
 use mqtt_state::{Duration, Instant, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
