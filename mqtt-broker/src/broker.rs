@@ -439,14 +439,20 @@ impl<H: Hooks> Broker<H> {
     /// Bytes arrived on `id`. Complete packets are taken from `buf`.
     pub fn handle_input(&mut self, now: Instant, id: ConnectionId, buf: &mut BytesMut) {
         let Some(c) = self.conn_mut(id) else { return };
-        let result = c.session.handle_input(now, buf);
+        let mut result = c.session.handle_input(now, buf);
         self.process(now, id);
-        // After accepting a CONNECT, read what the client pipelined behind it.
-        if result.is_ok() && !buf.is_empty() {
-            if let Some(c) = self.conn_mut(id) {
-                let _ = c.session.handle_input(now, buf);
-            }
+        // After accepting a CONNECT, read what the client pipelined behind it; after
+        // acknowledging a Receive Maximum's worth of PUBLISH, read on (the session stops
+        // reading there until they are acknowledged). Every call that takes bytes is
+        // progress; one that takes none ends the loop.
+        while result.is_ok() && !buf.is_empty() {
+            let before = buf.len();
+            let Some(c) = self.conn_mut(id) else { return };
+            result = c.session.handle_input(now, buf);
             self.process(now, id);
+            if buf.len() == before {
+                break;
+            }
         }
     }
 

@@ -218,6 +218,11 @@ pub(crate) struct Conn {
     /// connection carries the field.
     pub(crate) max_queued: u32,
     pub(crate) manual_acks: bool,
+    /// Receive Maximum as mosquitto applies it (server, 5.0): only what the application
+    /// has not acknowledged counts, a QoS 1 PUBLISH beyond the quota is accepted and a
+    /// QoS 2 one is answered PUBREC 0x97. Off, the peer's excess is a Protocol Error
+    /// (DISCONNECT 0x93), counting acknowledgements queued but not yet sent.
+    pub(crate) lenient_receive_maximum: bool,
     /// Boxed, made at the first message that needs it and dropped again once the
     /// connection is idle with none of it in use: most connections of a broker sit idle
     /// with no message in flight, and each would carry the empty queues inline.
@@ -318,6 +323,7 @@ impl Conn {
             max_inflight,
             max_queued: 1024,
             manual_acks: false,
+            lenient_receive_maximum: false,
             flows: None,
             next_packet_id: 1,
             pinged: false,
@@ -588,6 +594,9 @@ impl Conn {
         mut on_packet: impl FnMut(&mut Self, Instant, &Bytes, Packet<'_>) -> Result<bool, Error>,
     ) -> Result<(), Error> {
         self.check()?;
+        // Packets handled by this call: the first is always read, so every call with a
+        // complete packet makes progress.
+        let mut read = 0usize;
         loop {
             if matches!(self.phase, Phase::Closing | Phase::Closed) {
                 return Ok(());
@@ -596,6 +605,11 @@ impl Conn {
             let header = match decode_fixed_header(buf, &opts) {
                 Ok(Status::Complete { packet: h, .. }) => {
                     if self.hold_non_auth && h.packet_type != PacketType::Auth {
+                        return Ok(());
+                    }
+                    // QoS is bits 1-2 of a PUBLISH's flags.
+                    let acked = h.packet_type == PacketType::Publish && h.flags & 0b0110 != 0;
+                    if acked && read > 0 && self.pause_before_publish() {
                         return Ok(());
                     }
                     h
@@ -618,6 +632,7 @@ impl Conn {
                 Err(e) => return Err(self.fail(e.into())),
             };
             self.on_receive(now);
+            read += 1;
             match on_packet(self, now, &frame, packet) {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
@@ -666,6 +681,7 @@ impl Conn {
         match p.qos_pid {
             QosPid::AtMostOnce => {}
             QosPid::AtLeastOnce(id) => {
+                // Beyond the quota, leniently: accepted all the same (mosquitto does).
                 self.check_receive_maximum()?;
                 // [MQTT-4.3.2-4] PUBACK with the PUBLISH's id; [MQTT-4.3.2-5] after it,
                 // the same id is a new message, so QoS 1 keeps no per-id state.
@@ -678,8 +694,18 @@ impl Conn {
                 });
             }
             QosPid::ExactlyOnce(id) => {
-                if !self.flows().session.incoming_qos2.contains(&id.get()) {
-                    self.check_receive_maximum()?;
+                let known = self.flows().session.incoming_qos2.contains(&id.get());
+                if !known && self.check_receive_maximum()? {
+                    // [MQTT-3.3.4-9] beyond the quota, leniently: PUBREC 0x97 (Quota
+                    // exceeded), an error PUBREC, so nothing is stored nor delivered and
+                    // the id is free again ([MQTT-4.3.3-9]); the peer may publish it anew.
+                    self.flows_mut().acks.push_back(OwedAck {
+                        id,
+                        qos,
+                        ready: true,
+                        code: ReasonCode::QuotaExceeded,
+                    });
+                    return Ok(());
                 }
                 let flows = self.flows_mut();
                 if !flows.session.receive_qos2(id) {
@@ -712,24 +738,55 @@ impl Conn {
         Ok(())
     }
 
-    fn check_receive_maximum(&self) -> Result<(), Error> {
+    /// QoS 1/2 messages from the peer that count against our Receive Maximum
+    /// ([MQTT-3.3.4-9]: unacknowledged, that is QoS 1 without PUBACK and QoS 2 without
+    /// PUBCOMP). Leniently, a QoS 1 whose PUBACK is queued counts as acknowledged: a read
+    /// holding more PUBLISH than the quota is then fine as long as the application keeps
+    /// up. Strictly, it counts until sent, as the peer cannot have seen it.
+    fn receive_quota_used(&self) -> usize {
+        let flows = self.flows();
+        let lenient = self.lenient_receive_maximum;
+        flows
+            .acks
+            .iter()
+            .filter(|a| a.qos == QoS::AtLeastOnce && !(lenient && a.ready))
+            .count()
+            + flows.session.incoming_qos2.len()
+    }
+
+    /// Whether a QoS 1/2 PUBLISH arriving now is beyond our Receive Maximum: `Err` when
+    /// that is a Protocol Error (strict, or a client), `Ok(true)` when the server takes it
+    /// leniently.
+    fn check_receive_maximum(&self) -> Result<bool, Error> {
         // Before 5.0 the peer was never told a Receive Maximum, so it may send any number
         // (at most 65,535 ids, which bounds what is kept here).
         if !self.version.is_v5() {
-            return Ok(());
+            return Ok(false);
         }
-        // Unacknowledged: QoS 1 not yet PUBACKed, and QoS 2 not yet PUBCOMPed.
-        let flows = self.flows();
-        let unacked = flows
-            .acks
-            .iter()
-            .filter(|a| a.qos == QoS::AtLeastOnce)
-            .count()
-            + flows.session.incoming_qos2.len();
-        if unacked >= usize::from(self.local.receive_maximum) {
-            return Err(Violation::ReceiveMaximumExceeded.into());
+        if self.receive_quota_used() < usize::from(self.local.receive_maximum) {
+            return Ok(false);
         }
-        Ok(())
+        if self.lenient_receive_maximum {
+            return Ok(true);
+        }
+        Err(Violation::ReceiveMaximumExceeded.into())
+    }
+
+    /// Whether reading stops before the next QoS 1/2 PUBLISH, leaving it in the buffer: a
+    /// server with manual acks whose quota is used up by messages the application has not
+    /// acknowledged yet. Once it acknowledges, the next `handle_input` reads on within the
+    /// quota; a peer that ignores our Receive Maximum (MQTT.js 5 sends a whole burst) is
+    /// so paced by the application instead of overflowing.
+    fn pause_before_publish(&self) -> bool {
+        self.role == Role::Server
+            && self.manual_acks
+            && self.version.is_v5()
+            && self
+                .flows()
+                .acks
+                .iter()
+                .any(|a| a.qos == QoS::AtLeastOnce && !a.ready)
+            && self.receive_quota_used() >= usize::from(self.local.receive_maximum)
     }
 
     fn resolve_alias(

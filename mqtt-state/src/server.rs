@@ -48,6 +48,12 @@ pub struct ServerConfig {
     /// Acknowledge incoming QoS 1/2 messages only when the application calls
     /// [`ServerSession::ack`], so a broker can route (or refuse) a message first.
     pub manual_acks: bool,
+    /// Treat a client's QoS 1/2 PUBLISH beyond our Receive Maximum as the Protocol Error
+    /// it is: DISCONNECT 0x93 (Receive Maximum exceeded), counting every PUBACK not yet
+    /// sent. Off (the default), the server does what mosquitto does with clients that
+    /// ignore the quota (MQTT.js 5 publishes a whole burst): QoS 1 is accepted, QoS 2
+    /// answered PUBREC 0x97 (Quota exceeded), and a PUBACK queued counts as sent.
+    pub strict_receive_maximum: bool,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +73,7 @@ impl Default for ServerConfig {
             subscription_identifier_available: true,
             shared_subscription_available: true,
             manual_acks: false,
+            strict_receive_maximum: false,
         }
     }
 }
@@ -235,6 +242,7 @@ impl ServerSession {
         conn.max_queued = u32::try_from(config.max_queued).unwrap_or(u32::MAX);
         conn.max_alias_out = config.outgoing_topic_aliases;
         conn.manual_acks = config.manual_acks;
+        conn.lenient_receive_maximum = !config.strict_receive_maximum;
         conn.phase = Phase::Connecting;
         conn.timers
             .set(Timer::Connect, now + config.connect_timeout);
@@ -300,10 +308,20 @@ impl ServerSession {
         self.conn.take_session()
     }
 
-    /// Reads complete packets from `buf`. After CONNECT it reports
+    /// Reads complete packets from `buf`, taking each from it. After CONNECT it reports
     /// [`Event::ConnectRequest`] and reads nothing but AUTH until the application decides
     /// ([MQTT-3.1.4-6]); call it again after [`ServerSession::accept`] to read what the
     /// client sent behind its CONNECT.
+    ///
+    /// With [`ServerConfig::manual_acks`] (5.0), reading also stops before a QoS 1/2
+    /// PUBLISH beyond the Receive Maximum while messages the application has not
+    /// acknowledged fill the quota: a client that ignores the quota (MQTT.js 5 sends a
+    /// burst of hundreds) is paced by the application instead of overflowing it. The
+    /// contract: drain `poll_event`, [`ServerSession::ack`] what it can, and call again
+    /// while `buf` holds bytes and the call took some. Every call with a complete packet
+    /// takes at least one, so the loop ends; a call made without acknowledging reads the
+    /// PUBLISH beyond the quota all the same, which is then handled as
+    /// [`ServerConfig::strict_receive_maximum`] says.
     pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), Error> {
         let mut refusal = None;
         let Self {

@@ -434,16 +434,9 @@ fn mqtt_4_9_0_2_send_quota_is_the_servers_receive_maximum() {
     assert!(p.client.poll_transmit(p.now, &mut out).unwrap().is_some());
 }
 
-#[test]
-fn mqtt_3_3_4_9_receive_maximum_exceeded_is_a_protocol_error() {
-    // A peer that ignores our Receive Maximum of 1: the second unacknowledged QoS 1 PUBLISH.
-    let mut server = ServerSession::new(
-        ServerConfig {
-            receive_maximum: 1,
-            ..ServerConfig::default()
-        },
-        Instant::ZERO,
-    );
+/// A 5.0 server session past CONNACK with `config`; the CONNACK is drained.
+fn connected_server(config: ServerConfig) -> ServerSession {
+    let mut server = ServerSession::new(config, Instant::ZERO);
     let mut input = BytesMut::new();
     input.extend_from_slice(
         &Packet::Connect(mqtt_codec::Connect::new(V5, "c"))
@@ -452,23 +445,203 @@ fn mqtt_3_3_4_9_receive_maximum_exceeded_is_a_protocol_error() {
     );
     server.handle_input(Instant::ZERO, &mut input).unwrap();
     server.accept(Instant::ZERO, Accept::default()).unwrap();
-    for id in [1u16, 2] {
-        let publish = mqtt_codec::Publish::new(
-            Topic::new("t").unwrap(),
-            b"x",
-            mqtt_codec::QosPid::AtLeastOnce(mqtt_codec::PacketId::new(id).unwrap()),
-        );
+    assert_eq!(
+        frames(|out| server.poll_transmit(Instant::ZERO, out)).len(),
+        1
+    );
+    while server.poll_event().is_some() {}
+    server
+}
+
+/// `n` QoS `qos` PUBLISH with ids `first..first + n`, back to back.
+fn publishes(first: u16, n: u16, qos: QoS) -> BytesMut {
+    let mut input = BytesMut::new();
+    for id in first..first + n {
+        let id = mqtt_codec::PacketId::new(id).unwrap();
+        let qos_pid = match qos {
+            QoS::AtMostOnce => mqtt_codec::QosPid::AtMostOnce,
+            QoS::AtLeastOnce => mqtt_codec::QosPid::AtLeastOnce(id),
+            QoS::ExactlyOnce => mqtt_codec::QosPid::ExactlyOnce(id),
+        };
+        let publish = mqtt_codec::Publish::new(Topic::new("t").unwrap(), b"x", qos_pid);
         input.extend_from_slice(&Packet::Publish(publish).encode_to_vec(V5).unwrap());
     }
-    // The server has not sent its PUBACK for the first yet.
+    input
+}
+
+/// The messages the server reported, draining its events.
+fn server_messages(server: &mut ServerSession) -> usize {
+    let mut n = 0;
+    while let Some(e) = server.poll_event() {
+        n += usize::from(matches!(e, Event::Message { .. }));
+    }
+    n
+}
+
+/// Each packet the server sends: (type, packet id, reason code) of acknowledgements.
+fn server_acks(server: &mut ServerSession) -> Vec<(PacketType, u16, ReasonCode)> {
+    frames(|out| server.poll_transmit(Instant::ZERO, out))
+        .iter()
+        .filter_map(|f| match decode(f, &DecodeOptions::new(V5)) {
+            Ok(Status::Complete {
+                packet: Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubComp(a),
+                ..
+            }) => {
+                let t = types(f, V5)[0];
+                Some((t, a.packet_id.get(), a.reason_code))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mqtt_3_3_4_9_receive_maximum_exceeded_strict_is_a_protocol_error() {
+    // [MQTT-3.3.4-9] strictly: a peer that ignores our Receive Maximum of 1 sends a second
+    // QoS 1 PUBLISH before it can have seen the PUBACK of the first (queued, not yet sent).
+    let mut server = connected_server(ServerConfig {
+        receive_maximum: 1,
+        strict_receive_maximum: true,
+        ..ServerConfig::default()
+    });
+    let mut input = publishes(1, 2, QoS::AtLeastOnce);
     let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
     assert_eq!(e, Error::Protocol(Violation::ReceiveMaximumExceeded));
     let mut out = vec![0u8; 256];
     let sent = frames(|out| server.poll_transmit(Instant::ZERO, out));
-    // CONNACK, then DISCONNECT 0x93.
+    // DISCONNECT 0x93 (Receive Maximum exceeded).
     let last = sent.last().unwrap();
     assert_eq!(last[..3], [0xE0, 0x01, 0x93]);
     assert_eq!(server.poll_transmit(Instant::ZERO, &mut out), Err(e));
+}
+
+#[test]
+fn mqtt_3_3_4_9_strict_qos2_beyond_the_quota_is_a_protocol_error() {
+    // [MQTT-3.3.4-9] a QoS 2 message counts until PUBCOMP: a second one before the first's
+    // PUBREL is beyond a Receive Maximum of 1 whatever was sent.
+    let mut server = connected_server(ServerConfig {
+        receive_maximum: 1,
+        strict_receive_maximum: true,
+        ..ServerConfig::default()
+    });
+    let mut input = publishes(1, 1, QoS::ExactlyOnce);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(
+        server_acks(&mut server),
+        [(PacketType::PubRec, 1, ReasonCode::Success)]
+    );
+    let mut input = publishes(2, 1, QoS::ExactlyOnce);
+    let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
+    assert_eq!(e, Error::Protocol(Violation::ReceiveMaximumExceeded));
+}
+
+#[test]
+fn mqtt_3_3_4_9_qos1_burst_beyond_the_quota_is_acknowledged() {
+    // MQTT.js 5 ignores a Receive Maximum of 64 and sends 200 QoS 1 PUBLISH at once. The
+    // acknowledgements of one read are queued before the next PUBLISH counts, and what is
+    // beyond the quota is accepted, as mosquitto does: every message is delivered and
+    // acknowledged in order ([MQTT-4.6.0-2]), and the connection stays.
+    let mut server = connected_server(ServerConfig::default());
+    let mut input = publishes(1, 200, QoS::AtLeastOnce);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert!(input.is_empty());
+    assert_eq!(server_messages(&mut server), 200);
+    let acks = server_acks(&mut server);
+    let expected: Vec<_> = (1..=200)
+        .map(|id| (PacketType::PubAck, id, ReasonCode::Success))
+        .collect();
+    assert_eq!(acks, expected);
+    assert!(!server.is_closed());
+}
+
+#[test]
+fn mqtt_3_3_4_9_qos2_beyond_the_quota_gets_pubrec_quota_exceeded() {
+    // [MQTT-3.3.4-9] a Receive Maximum of 2 and four QoS 2 PUBLISH at once: two are taken
+    // (PUBREC 0x00, held until PUBREL), the others answered PUBREC 0x97 (Quota exceeded)
+    // and neither stored nor delivered ([MQTT-4.3.3-9]: the exchange ends there).
+    let mut server = connected_server(ServerConfig {
+        receive_maximum: 2,
+        ..ServerConfig::default()
+    });
+    let mut input = publishes(1, 4, QoS::ExactlyOnce);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 2);
+    assert_eq!(
+        server_acks(&mut server),
+        [
+            (PacketType::PubRec, 1, ReasonCode::Success),
+            (PacketType::PubRec, 2, ReasonCode::Success),
+            (PacketType::PubRec, 3, ReasonCode::QuotaExceeded),
+            (PacketType::PubRec, 4, ReasonCode::QuotaExceeded),
+        ]
+    );
+    assert_eq!(server.session().incoming_qos2, [1, 2]);
+    // PUBREL 1 frees a unit of the quota: id 3 sent again is a new message, taken.
+    let mut input = BytesMut::new();
+    input.extend_from_slice(
+        &Packet::PubRel(mqtt_codec::PubAck::new(
+            mqtt_codec::PacketId::new(1).unwrap(),
+        ))
+        .encode_to_vec(V5)
+        .unwrap(),
+    );
+    input.extend_from_slice(&publishes(3, 1, QoS::ExactlyOnce));
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 1);
+    assert_eq!(
+        server_acks(&mut server),
+        [
+            (PacketType::PubComp, 1, ReasonCode::Success),
+            (PacketType::PubRec, 3, ReasonCode::Success),
+        ]
+    );
+}
+
+#[test]
+fn mqtt_3_3_4_9_manual_acks_pace_a_burst_at_the_quota() {
+    // With manual acks, reading stops before a QoS 1 PUBLISH beyond the Receive Maximum
+    // while the application has not acknowledged the quota: the rest stays in the buffer
+    // until it does, so a client that ignores the quota is paced, not refused.
+    let config = ServerConfig {
+        receive_maximum: 2,
+        manual_acks: true,
+        ..ServerConfig::default()
+    };
+    let mut server = connected_server(config.clone());
+    let mut input = publishes(1, 5, QoS::AtLeastOnce);
+    let one = input.len() / 5;
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 2);
+    assert_eq!(input.len(), 3 * one);
+    // Called again without acknowledging: stopping would make no progress, so the next
+    // PUBLISH is read all the same, accepted beyond the quota (QoS 1), and reading stops
+    // again behind it.
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 1);
+    assert_eq!(input.len(), 2 * one);
+    assert!(server_acks(&mut server).is_empty());
+    for id in 1..=3 {
+        assert!(server.ack(mqtt_codec::PacketId::new(id).unwrap(), ReasonCode::Success));
+    }
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 2);
+    assert!(input.is_empty());
+    for id in 4..=5 {
+        assert!(server.ack(mqtt_codec::PacketId::new(id).unwrap(), ReasonCode::Success));
+    }
+    let acks: Vec<_> = server_acks(&mut server).iter().map(|a| a.1).collect();
+    assert_eq!(acks, [1, 2, 3, 4, 5]);
+
+    // Strictly, the PUBLISH read without acknowledging is a Protocol Error.
+    let mut server = connected_server(ServerConfig {
+        strict_receive_maximum: true,
+        ..config
+    });
+    let mut input = publishes(1, 3, QoS::AtLeastOnce);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 2);
+    let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
+    assert_eq!(e, Error::Protocol(Violation::ReceiveMaximumExceeded));
 }
 
 #[test]
