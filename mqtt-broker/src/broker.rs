@@ -23,7 +23,7 @@ use mqtt_topic::{Match, RetainedStore, Subscription, SubscriptionTree, TopicFilt
 
 use mqtt_state::{
     Accept, ConnectRequest, Duration, Event, Instant, Message, Outgoing, ServerConfig,
-    ServerSession, SessionState, Utf8Bytes,
+    ServerSession, SessionState, SubscriptionIdList, Utf8Bytes,
 };
 
 /// A connection, as the broker names it to the embedding program.
@@ -340,7 +340,7 @@ pub struct Broker<H: Hooks = AllowAll> {
     next_sys: Option<Instant>,
     next_client_id: u64,
     /// Reused per routed message: (session, qos, retain, subscription ids).
-    scratch: Vec<(u32, QoS, bool, heapless::Vec<SubscriptionId, 4>)>,
+    scratch: Vec<(u32, QoS, bool, SubscriptionIdList)>,
 }
 
 impl Broker<AllowAll> {
@@ -1007,14 +1007,10 @@ impl<H: Hooks> Broker<H> {
                     self.stats.messages_dropped += 1;
                     return;
                 }
-                let mut subscription_ids = heapless::Vec::new();
-                for id in ids.iter().take(4) {
-                    let _ = subscription_ids.push(*id);
-                }
                 queue.push_back(Outgoing {
                     message,
                     queued_at: now,
-                    subscription_ids,
+                    subscription_ids: SubscriptionIdList::from(ids),
                     packet_id: None,
                 });
                 self.stats.messages_sent += 1;
@@ -1232,7 +1228,7 @@ impl<H: Hooks> Broker<H> {
 }
 
 fn add_delivery(
-    scratch: &mut Vec<(u32, QoS, bool, heapless::Vec<SubscriptionId, 4>)>,
+    scratch: &mut Vec<(u32, QoS, bool, SubscriptionIdList)>,
     key: u32,
     opts: &SubOpts,
     retain: bool,
@@ -1245,13 +1241,13 @@ fn add_delivery(
         d.1 = d.1.max(opts.qos);
         d.2 |= retain;
         if let Some(id) = opts.id {
-            let _ = d.3.push(id);
+            d.3.push(id);
         }
         return;
     }
-    let mut ids = heapless::Vec::new();
+    let mut ids = SubscriptionIdList::new();
     if let Some(id) = opts.id {
-        let _ = ids.push(id);
+        ids.push(id);
     }
     scratch.push((key, opts.qos, retain, ids));
 }

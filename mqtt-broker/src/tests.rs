@@ -1764,3 +1764,46 @@ fn mqtt_3_3_4_9_a_burst_beyond_receive_maximum_is_acknowledged_not_refused() {
     net.drive();
     assert_eq!(net.take(s).len(), 200);
 }
+
+#[test]
+fn mqtt_3_3_4_4_every_matching_subscription_identifier_is_delivered() {
+    // [MQTT-3.3.4-3] [MQTT-3.3.4-4] six overlapping subscriptions, each with its own
+    // identifier: the one copy carries all six (no cap at four), online and, after a
+    // reconnect, from the offline queue.
+    let mut net = Net::new();
+    let s = net.join(persistent(V5, "s"));
+    let p = net.join(ClientConfig::new(V5, "p"));
+    let filters = ["a/b", "a/+", "a/#", "+/b", "+/+", "#"];
+    for (i, f) in filters.iter().enumerate() {
+        net.peers[s]
+            .client
+            .subscribe(
+                &[(f, q(QoS::AtLeastOnce))],
+                SubscriptionId::new(i as u32 + 1),
+            )
+            .unwrap();
+    }
+    net.drive();
+    net.events(s);
+    let ids = |net: &mut Net<AllowAll>| -> Vec<Vec<u32>> {
+        net.deliveries(s)
+            .into_iter()
+            .map(|(_, _, m)| {
+                let mut ids: Vec<u32> = m
+                    .properties
+                    .subscription_identifiers
+                    .iter()
+                    .map(|i| i.get())
+                    .collect();
+                ids.sort();
+                ids
+            })
+            .collect()
+    };
+    net.publish(p, "a/b", "online", QoS::AtLeastOnce, false);
+    assert_eq!(ids(&mut net), [vec![1, 2, 3, 4, 5, 6]]);
+    net.cut(s);
+    net.publish(p, "a/b", "offline", QoS::AtLeastOnce, false);
+    net.reconnect(s);
+    assert_eq!(ids(&mut net), [vec![1, 2, 3, 4, 5, 6]]);
+}

@@ -865,6 +865,16 @@ impl Conn {
         message: Message,
         subscription_ids: heapless::Vec<SubscriptionId, 4>,
     ) -> Result<Option<PacketId>, Error> {
+        self.enqueue_with_ids(now, message, subscription_ids.iter().copied().collect())
+    }
+
+    /// [`Conn::enqueue`] with any number of subscription identifiers (a server's delivery).
+    pub(crate) fn enqueue_with_ids(
+        &mut self,
+        now: Instant,
+        message: Message,
+        subscription_ids: crate::SubscriptionIdList,
+    ) -> Result<Option<PacketId>, Error> {
         if self.flows().session.queue.len() >= self.max_queued as usize {
             return Err(Error::QueueFull);
         }

@@ -11,7 +11,8 @@ use mqtt_codec::{
 use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
 use crate::session::SessionState;
 use crate::{
-    ConnectRequest, Duration, Error, Event, Instant, Message, Timer, Utf8Bytes, Violation,
+    ConnectRequest, Duration, Error, Event, Instant, Message, SubscriptionIdList, Timer, Utf8Bytes,
+    Violation,
 };
 
 const AUTH: u8 = 1;
@@ -627,13 +628,14 @@ impl ServerSession {
         subscription_ids: &[SubscriptionId],
     ) -> Result<Option<PacketId>, Error> {
         self.conn.check()?;
-        let mut ids = heapless::Vec::new();
-        if self.conn.version.is_v5() {
-            for id in subscription_ids.iter().take(4) {
-                let _ = ids.push(*id);
-            }
-        }
-        self.conn.enqueue(now, message, ids)
+        // [MQTT-3.3.4-4] [MQTT-3.3.4-5] every identifier the broker found, however many;
+        // 3.1.1 has none.
+        let ids = if self.conn.version.is_v5() {
+            SubscriptionIdList::from(subscription_ids)
+        } else {
+            SubscriptionIdList::new()
+        };
+        self.conn.enqueue_with_ids(now, message, ids)
     }
 
     /// Answers a SUBSCRIBE, one code per filter ([MQTT-3.8.4-2]: with its identifier).

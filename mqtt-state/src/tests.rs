@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use bytes::BytesMut;
 use mqtt_codec::{
     decode, DecodeOptions, Packet, PacketType, ProtocolVersion, QoS, ReasonCode, Status,
-    SubscriptionOptions, Topic,
+    SubscriptionId, SubscriptionOptions, Topic,
 };
 
 use crate::*;
@@ -2542,4 +2542,47 @@ fn mqtt_3_1_2_29_no_problem_information_on_other_packets_when_not_requested() {
             PacketType::Auth
         ]
     );
+}
+
+#[test]
+fn mqtt_3_3_4_4_deliver_keeps_every_subscription_identifier() {
+    // [MQTT-3.3.4-4] [MQTT-3.3.4-5] the broker found seven matching subscriptions with
+    // identifiers: the PUBLISH carries all seven, and the client reports all seven.
+    let mut p = Pair::new(ClientConfig::new(V5, "c1"), ServerConfig::default());
+    p.drive();
+    let ids: Vec<SubscriptionId> = (1..=7)
+        .map(|i| SubscriptionId::new(i * 100).unwrap())
+        .collect();
+    p.server
+        .deliver(p.now, Message::new("t", "x", QoS::AtLeastOnce), &ids)
+        .unwrap();
+    p.drive();
+    let got: Vec<Vec<SubscriptionId>> = p
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { message, .. } => {
+                Some(message.properties.subscription_identifiers.to_vec())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [ids]);
+}
+
+#[test]
+fn subscription_id_list_spills_past_four_and_compares_by_content() {
+    let ids: Vec<SubscriptionId> = (1..=9).map(|i| SubscriptionId::new(i).unwrap()).collect();
+    let mut list = SubscriptionIdList::new();
+    for (n, id) in ids.iter().enumerate() {
+        list.push(*id);
+        assert_eq!(list.as_slice(), &ids[..=n]);
+    }
+    assert_eq!(SubscriptionIdList::from(&ids[..]), list);
+    assert_eq!(ids.iter().copied().collect::<SubscriptionIdList>(), list);
+    list.clear();
+    assert!(list.is_empty());
+    assert_eq!(list, SubscriptionIdList::default());
+    // No larger than the four-entry array it replaced.
+    assert!(core::mem::size_of::<SubscriptionIdList>() <= 24);
 }
