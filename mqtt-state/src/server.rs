@@ -40,6 +40,15 @@ pub struct ServerConfig {
     pub retain_available: bool,
     /// Keep alive imposed on clients (5.0 Server Keep Alive), if any.
     pub server_keep_alive: Option<u16>,
+    /// The longest keep alive a client may have, in seconds (mosquitto's `max_keepalive`);
+    /// `None` or `Some(0)`: no maximum. A 5.0 client asking for more, or for none (0), is
+    /// told this one in CONNACK's Server Keep Alive and held to it ([MQTT-3.2.2-21]).
+    /// 3.1/3.1.1 has no way to tell a client, and the server must use the client's value
+    /// ([MQTT-3.2.2-22]'s 3.1.1 counterpart), so such a client is refused with CONNACK
+    /// 0x02 (identifier rejected), as mosquitto 2.0 does since 2.0.12 ("Apply
+    /// max_keepalive to MQTT v3.1.1 and v3.1 clients"). [`ServerConfig::server_keep_alive`],
+    /// when set, applies instead.
+    pub max_keep_alive: Option<u16>,
     /// Whether wildcard subscriptions are supported (announced in 5.0).
     pub wildcard_subscription_available: bool,
     /// Whether subscription identifiers are supported (announced in 5.0).
@@ -70,6 +79,7 @@ impl Default for ServerConfig {
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
             server_keep_alive: None,
+            max_keep_alive: None,
             wildcard_subscription_available: true,
             subscription_identifier_available: true,
             shared_subscription_available: true,
@@ -128,7 +138,8 @@ struct Rare {
 /// rather than the whole configuration, and keeps it in 4 bytes.
 #[derive(Debug, Clone, Copy)]
 struct Policy {
-    /// Meaningful with [`Policy::SERVER_KEEP_ALIVE`] set.
+    /// The imposed keep alive with [`Policy::SERVER_KEEP_ALIVE`] set, else the maximum
+    /// with [`Policy::MAX_KEEP_ALIVE`] set (an imposed one makes a maximum moot).
     server_keep_alive: u16,
     maximum_qos: QoS,
     /// The switches below.
@@ -143,6 +154,11 @@ impl Policy {
     const SERVER_KEEP_ALIVE: u8 = 1 << 4;
     /// Receive Maximum configured as 0: the engine keeps it at 1, CONNACK leaves it out.
     const RECEIVE_MAXIMUM_ZERO: u8 = 1 << 5;
+    /// A maximum keep alive, in `server_keep_alive`.
+    const MAX_KEEP_ALIVE: u8 = 1 << 6;
+    /// Set at CONNECT: this client's keep alive was cut to the maximum, which CONNACK
+    /// announces.
+    const KEEP_ALIVE_CAPPED: u8 = 1 << 7;
 
     fn new(config: &ServerConfig) -> Self {
         let mut flags = 0;
@@ -161,8 +177,12 @@ impl Policy {
                 flags |= flag;
             }
         }
+        let max_keep_alive = config.max_keep_alive.filter(|&m| m > 0);
+        if config.server_keep_alive.is_none() && max_keep_alive.is_some() {
+            flags |= Self::MAX_KEEP_ALIVE;
+        }
         Self {
-            server_keep_alive: config.server_keep_alive.unwrap_or(0),
+            server_keep_alive: config.server_keep_alive.or(max_keep_alive).unwrap_or(0),
             maximum_qos: config.maximum_qos,
             flags,
         }
@@ -179,6 +199,20 @@ impl Policy {
     fn server_keep_alive(self) -> Option<u16> {
         self.has(Self::SERVER_KEEP_ALIVE)
             .then_some(self.server_keep_alive)
+    }
+
+    fn max_keep_alive(self) -> Option<u16> {
+        self.has(Self::MAX_KEEP_ALIVE)
+            .then_some(self.server_keep_alive)
+    }
+
+    /// The Server Keep Alive CONNACK carries (5.0): the imposed one, or the maximum
+    /// when this client's request was cut to it.
+    fn announced_keep_alive(self) -> Option<u16> {
+        self.server_keep_alive().or_else(|| {
+            self.has(Self::KEEP_ALIVE_CAPPED)
+                .then_some(self.server_keep_alive)
+        })
     }
 
     /// The Receive Maximum as configured, given the one the engine enforces.
@@ -357,11 +391,22 @@ impl ServerSession {
                 if !c.protocol.is_v5() {
                     conn.local.topic_alias_maximum = 0;
                 }
-                // [MQTT-3.2.2-22] the client's keep alive unless the server imposes one.
-                let ka = config
-                    .server_keep_alive()
-                    .filter(|_| c.protocol.is_v5())
-                    .unwrap_or(c.keep_alive);
+                // [MQTT-3.2.2-22] the client's keep alive unless the server imposes one
+                // (5.0), or caps it: [MQTT-3.2.2-21] a client asking for more than the
+                // maximum, or for none, is told the maximum in CONNACK and uses it.
+                let over_max = config
+                    .max_keep_alive()
+                    .filter(|&m| c.keep_alive > m || c.keep_alive == 0);
+                let ka = if !c.protocol.is_v5() {
+                    c.keep_alive
+                } else if let Some(imposed) = config.server_keep_alive() {
+                    imposed
+                } else if let Some(max) = over_max {
+                    config.flags |= Policy::KEEP_ALIVE_CAPPED;
+                    max
+                } else {
+                    c.keep_alive
+                };
                 conn.keep_alive_secs = ka;
                 // Kept for the whole connection: a copy, not a view pinning the buffer.
                 if *keep_client_id {
@@ -400,6 +445,10 @@ impl ServerSession {
                 // supports.
                 let will_flags = c.will.map(|w| (w.qos, w.retain));
                 refusal = if !c.protocol.is_v5() && c.client_id.is_empty() && !c.clean_start {
+                    Some(ReasonCode::ClientIdentifierNotValid)
+                } else if !c.protocol.is_v5() && over_max.is_some() {
+                    // 3.1.1 cannot announce a keep alive and the server must use the
+                    // client's: beyond the maximum, refused with 0x02 as mosquitto does.
                     Some(ReasonCode::ClientIdentifierNotValid)
                 } else if will_flags.is_some_and(|(q, _)| q > config.maximum_qos) {
                     Some(ReasonCode::QoSNotSupported)
@@ -778,7 +827,7 @@ impl ServerSession {
                     subscription_identifier_available: (!c.has(Policy::SUBSCRIPTION_IDS))
                         .then_some(false),
                     shared_subscription_available: (!c.has(Policy::SHARED)).then_some(false),
-                    server_keep_alive: c.server_keep_alive(),
+                    server_keep_alive: c.announced_keep_alive(),
                     // [MQTT-4.12.0-5] a successful CONNACK repeats the method.
                     authentication_method: self.auth_exchange().map(|a| a.method.as_str()),
                     ..Default::default()

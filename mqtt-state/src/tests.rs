@@ -768,6 +768,127 @@ fn mqtt_3_1_2_21_server_keep_alive_wins() {
     assert_eq!(p.client.poll_timeout(), Some(Instant::from_millis(5_000)));
 }
 
+/// The CONNACK a server with `config` sends when it accepts a `version` CONNECT asking
+/// for `keep_alive`, and the server itself.
+fn connack_for_keep_alive(
+    config: ServerConfig,
+    version: ProtocolVersion,
+    keep_alive: u16,
+) -> (Vec<u8>, ServerSession) {
+    let mut server = ServerSession::new(config, Instant::ZERO);
+    let mut c = mqtt_codec::Connect::new(version, "c");
+    c.keep_alive = keep_alive;
+    let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(version).unwrap()[..]);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    server.accept(Instant::ZERO, Accept::default()).unwrap();
+    let sent = frames(|out| server.poll_transmit(Instant::ZERO, out));
+    (sent.into_iter().next().expect("CONNACK"), server)
+}
+
+fn server_keep_alive_of(connack: &[u8]) -> Option<u16> {
+    match decode(connack, &DecodeOptions::new(V5)) {
+        Ok(Status::Complete {
+            packet: Packet::ConnAck(a),
+            ..
+        }) => a.properties.server_keep_alive,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn mqtt_3_2_2_21_a_keep_alive_beyond_the_maximum_is_cut_and_announced() {
+    let max = ServerConfig {
+        max_keep_alive: Some(60),
+        ..ServerConfig::default()
+    };
+    // [MQTT-3.2.2-21] asking for more, or for none (0), gets Server Keep Alive 60, and the
+    // server holds the client to it: closed after 1.5 x 60 s of silence, not 1.5 x 100 s.
+    for asked in [100, 0] {
+        let (connack, mut server) = connack_for_keep_alive(max.clone(), V5, asked);
+        assert_eq!(server_keep_alive_of(&connack), Some(60), "asked {asked}");
+        assert_eq!(server.poll_timeout(), Some(Instant::from_millis(90_000)));
+        server.handle_timeout(Instant::from_millis(89_999));
+        assert!(!server.is_closed());
+        server.handle_timeout(Instant::from_millis(90_000));
+        let sent = frames(|out| server.poll_transmit(Instant::from_millis(90_000), out));
+        // DISCONNECT 0x8D (Keep Alive timeout).
+        assert_eq!(sent, [vec![0xE0, 0x01, 0x8D]]);
+    }
+    // [MQTT-3.2.2-22] within the maximum: no Server Keep Alive, the client's value holds.
+    for asked in [30, 60] {
+        let (connack, server) = connack_for_keep_alive(max.clone(), V5, asked);
+        assert_eq!(server_keep_alive_of(&connack), None, "asked {asked}");
+        let grace = u64::from(asked) * 1500;
+        assert_eq!(server.poll_timeout(), Some(Instant::from_millis(grace)));
+    }
+    // An imposed keep alive wins over the maximum.
+    let (connack, _) = connack_for_keep_alive(
+        ServerConfig {
+            server_keep_alive: Some(5),
+            ..max.clone()
+        },
+        V5,
+        30,
+    );
+    assert_eq!(server_keep_alive_of(&connack), Some(5));
+    // Some(0) is no maximum.
+    let (connack, server) = connack_for_keep_alive(
+        ServerConfig {
+            max_keep_alive: Some(0),
+            ..ServerConfig::default()
+        },
+        V5,
+        0,
+    );
+    assert_eq!(server_keep_alive_of(&connack), None);
+    assert_eq!(server.poll_timeout(), None);
+}
+
+#[test]
+fn mqtt_3_1_2_21_the_client_uses_the_maximum_the_server_announces() {
+    // [MQTT-3.1.2-21] end to end: the client pings at the announced 60 s, not its 100 s.
+    let mut p = Pair::new(
+        ClientConfig {
+            keep_alive: 100,
+            ..ClientConfig::new(V5, "c1")
+        },
+        ServerConfig {
+            max_keep_alive: Some(60),
+            ..ServerConfig::default()
+        },
+    );
+    p.drive();
+    let Event::Connected(info) = &p.client_events[0] else {
+        panic!()
+    };
+    assert_eq!(info.keep_alive, Duration::from_secs(60));
+    assert_eq!(p.client.poll_timeout(), Some(Instant::from_millis(60_000)));
+}
+
+#[test]
+fn mqtt_3_2_2_22_a_3_1_1_keep_alive_beyond_the_maximum_is_refused() {
+    // 3.1.1 has no Server Keep Alive and the server must use the client's keep alive, so
+    // one beyond the maximum (or none) is refused, CONNACK 0x02, as mosquitto 2.0 does.
+    let max = ServerConfig {
+        max_keep_alive: Some(60),
+        ..ServerConfig::default()
+    };
+    for asked in [100, 0] {
+        let mut server = ServerSession::new(max.clone(), Instant::ZERO);
+        let mut c = mqtt_codec::Connect::new(V4, "c");
+        c.keep_alive = asked;
+        let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(V4).unwrap()[..]);
+        let _ = server.handle_input(Instant::ZERO, &mut input);
+        assert!(server.poll_event().is_none(), "no ConnectRequest");
+        let sent = frames(|out| server.poll_transmit(Instant::ZERO, out));
+        assert_eq!(sent, [vec![0x20, 0x02, 0x00, 0x02]], "asked {asked}");
+        assert!(server.is_closed());
+    }
+    let (connack, server) = connack_for_keep_alive(max, V4, 60);
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    assert_eq!(server.poll_timeout(), Some(Instant::from_millis(90_000)));
+}
+
 #[test]
 fn mqtt_3_1_2_22_server_closes_after_one_and_a_half_keep_alives() {
     let mut server = ServerSession::new(ServerConfig::default(), Instant::ZERO);
