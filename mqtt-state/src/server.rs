@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// ignore the quota (MQTT.js 5 publishes a whole burst): QoS 1 is accepted, QoS 2
     /// answered PUBREC 0x97 (Quota exceeded), and a PUBACK queued counts as sent.
     pub strict_receive_maximum: bool,
+    /// Response Information for 5.0 clients that ask for it (Request Response Information
+    /// 1): the basis of their response topics. CONNACK carries it only then
+    /// ([MQTT-3.1.2-28]). Every connection keeps a reference to it until its CONNACK. One
+    /// no UTF-8 string field can carry (U+0000, over 65,535 bytes) is never sent.
+    pub response_information: Option<Utf8Bytes>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +90,7 @@ impl Default for ServerConfig {
             shared_subscription_available: true,
             manual_acks: false,
             strict_receive_maximum: false,
+            response_information: None,
         }
     }
 }
@@ -131,6 +137,9 @@ struct Rare {
     auth: Option<AuthExchange>,
     /// The Session Expiry Interval of the client's DISCONNECT.
     disconnect_session_expiry: Option<u32>,
+    /// [`ServerConfig::response_information`] until CONNACK, kept only if the client
+    /// asked for it.
+    response_information: Option<Utf8Bytes>,
 }
 
 /// What a connection still needs of its [`ServerConfig`] once set up (the rest went into
@@ -281,15 +290,25 @@ impl ServerSession {
         conn.phase = Phase::Connecting;
         conn.timers
             .set(Timer::Connect, now + config.connect_timeout);
+        // One a UTF-8 string field cannot carry (U+0000, over 65,535 bytes) is left out
+        // rather than failing every CONNACK.
+        let sendable = |r: &Utf8Bytes| r.as_str().len() <= 65_535 && !r.as_str().contains('\0');
+        let policy = Policy::new(&config);
+        let rare = config.response_information.filter(sendable).map(|r| {
+            Box::new(Rare {
+                response_information: Some(r),
+                ..Rare::default()
+            })
+        });
         Self {
             conn,
-            policy: Policy::new(&config),
+            policy,
             connect_seen: false,
             decided: false,
             keep_client_id: true,
             connack: None,
             client_id: None,
-            rare: None,
+            rare,
         }
     }
 
@@ -411,6 +430,12 @@ impl ServerSession {
                 // Kept for the whole connection: a copy, not a view pinning the buffer.
                 if *keep_client_id {
                     *client_id = Some(Box::new(Utf8Bytes::copy_of(c.client_id)));
+                }
+                // [MQTT-3.1.2-28] Response Information only for a 5.0 client that asked.
+                if !(c.protocol.is_v5() && p.request_response_information == Some(true)) {
+                    if let Some(r) = rare.as_mut() {
+                        r.response_information = None;
+                    }
                 }
                 if let Some(m) = p.authentication_method {
                     rare.get_or_insert_with(Box::default).auth = Some(AuthExchange {
@@ -830,6 +855,12 @@ impl ServerSession {
                     server_keep_alive: c.announced_keep_alive(),
                     // [MQTT-4.12.0-5] a successful CONNACK repeats the method.
                     authentication_method: self.auth_exchange().map(|a| a.method.as_str()),
+                    // [MQTT-3.1.2-28] kept only when the client asked.
+                    response_information: self
+                        .rare
+                        .as_ref()
+                        .and_then(|r| r.response_information.as_ref())
+                        .map(Utf8Bytes::as_str),
                     ..Default::default()
                 }
             } else {
@@ -842,6 +873,9 @@ impl ServerSession {
             };
             let n = self.conn.encode(&Packet::ConnAck(ack), out)?.ok();
             self.connack = None;
+            if let Some(r) = self.rare.as_mut() {
+                r.response_information = None;
+            }
             if code.is_error() {
                 self.conn.phase = Phase::Closed;
             }

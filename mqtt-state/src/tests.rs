@@ -2707,3 +2707,43 @@ fn subscription_id_list_spills_past_four_and_compares_by_content() {
     // No larger than the four-entry array it replaced.
     assert!(core::mem::size_of::<SubscriptionIdList>() <= 24);
 }
+
+#[test]
+fn mqtt_3_1_2_28_response_information_only_when_requested() {
+    let config = ServerConfig {
+        response_information: Some(Utf8Bytes::from("responses/c/")),
+        ..ServerConfig::default()
+    };
+    let connack = |request: Option<bool>, version: ProtocolVersion| {
+        let mut server = ServerSession::new(config.clone(), Instant::ZERO);
+        let mut c = mqtt_codec::Connect::new(version, "c");
+        c.properties.request_response_information = request;
+        let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(version).unwrap()[..]);
+        server.handle_input(Instant::ZERO, &mut input).unwrap();
+        server.accept(Instant::ZERO, Accept::default()).unwrap();
+        frames(|out| server.poll_transmit(Instant::ZERO, out))
+            .into_iter()
+            .next()
+            .unwrap()
+    };
+    let info = |bytes: &[u8]| match decode(bytes, &DecodeOptions::new(V5)) {
+        Ok(Status::Complete {
+            packet: Packet::ConnAck(a),
+            ..
+        }) => a
+            .properties
+            .response_information
+            .map(alloc::string::String::from),
+        other => panic!("{other:?}"),
+    };
+    // Requested: the configured Response Information.
+    assert_eq!(
+        info(&connack(Some(true), V5)).as_deref(),
+        Some("responses/c/")
+    );
+    // [MQTT-3.1.2-28] not requested (0, or absent, which means 0): none.
+    assert_eq!(info(&connack(Some(false), V5)), None);
+    assert_eq!(info(&connack(None, V5)), None);
+    // 3.1.1 has no properties at all.
+    assert_eq!(connack(None, V4), [0x20, 0x02, 0x00, 0x00]);
+}
