@@ -10,11 +10,13 @@ use bytes::{Bytes, BytesMut};
 use mqtt_codec::{
     decode_fixed_header, AckProperties, DecodeOptions, Disconnect, Packet, PacketId, PacketType,
     ProtocolVersion, PubAck, QoS, QosPid, ReasonCode, Sender, Status, SubscriptionId,
+    UserProperties,
 };
 
 use crate::session::{Inflight, Outgoing, SessionState, Stage};
 use crate::{
-    Duration, Error, Event, Instant, Message, PacketIdAllocator, Timer, Utf8Bytes, Violation,
+    Diagnostics, Duration, Error, Event, Instant, Message, PacketIdAllocator, Timer, Utf8Bytes,
+    Violation,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +225,9 @@ pub(crate) struct Conn {
     /// QoS 2 one is answered PUBREC 0x97. Off, the peer's excess is a Protocol Error
     /// (DISCONNECT 0x93), counting acknowledgements queued but not yet sent.
     pub(crate) lenient_receive_maximum: bool,
+    /// The peer's Request Problem Information (5.0): off, diagnostics go only on
+    /// CONNACK and DISCONNECT ([MQTT-3.1.2-29]).
+    pub(crate) problem_info: bool,
     /// Boxed, made at the first message that needs it and dropped again once the
     /// connection is idle with none of it in use: most connections of a broker sit idle
     /// with no message in flight, and each would carry the empty queues inline.
@@ -261,6 +266,50 @@ struct Rare {
     /// The sticky error, once there is one: here because it is set once, when the
     /// connection ends, and every connection would carry an `Error` inline meanwhile.
     error: Option<Error>,
+    /// Diagnostics the application attached to packets still to send, by packet type
+    /// and identifier (0 for CONNACK and DISCONNECT); taken when the packet goes out.
+    diagnostics: Vec<(PacketType, u16, Diagnostics)>,
+}
+
+/// At most this many packets with diagnostics waiting: the application attaches them
+/// one per answer, and answers leave as fast as the connection writes.
+const MAX_PENDING_DIAGNOSTICS: usize = 1024;
+
+/// A packet identifier for probes.
+const ONE: PacketId = match PacketId::new(1) {
+    Some(id) => id,
+    None => panic!("1 is a packet identifier"),
+};
+
+/// Sets the Reason String and User Properties of a packet that has them.
+fn set_diagnostics<'a>(p: &mut Packet<'a>, rs: Option<&'a str>, up: UserProperties<'a>) {
+    match p {
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            a.properties.reason_string = rs;
+            a.properties.user_properties = up;
+        }
+        Packet::SubAck(a) => {
+            a.properties.reason_string = rs;
+            a.properties.user_properties = up;
+        }
+        Packet::UnsubAck(a) => {
+            a.properties.reason_string = rs;
+            a.properties.user_properties = up;
+        }
+        Packet::ConnAck(a) => {
+            a.properties.reason_string = rs;
+            a.properties.user_properties = up;
+        }
+        Packet::Disconnect(d) => {
+            d.properties.reason_string = rs;
+            d.properties.user_properties = up;
+        }
+        Packet::Auth(a) => {
+            a.properties.reason_string = rs;
+            a.properties.user_properties = up;
+        }
+        _ => {}
+    }
 }
 
 /// The message flows of a connection: its session and the bookkeeping of QoS 1/2.
@@ -324,6 +373,7 @@ impl Conn {
             max_queued: 1024,
             manual_acks: false,
             lenient_receive_maximum: false,
+            problem_info: true,
             flows: None,
             next_packet_id: 1,
             pinged: false,
@@ -986,6 +1036,7 @@ impl Conn {
         if let Some(r) = &mut self.rare {
             r.alias_in.clear();
             r.alias_out.clear();
+            r.diagnostics = Vec::new();
         }
         self.timers.clear();
         self.ping_outstanding = false;
@@ -1093,6 +1144,119 @@ impl Conn {
         packet.encode(version, out).map(Ok).map_err(Error::from)
     }
 
+    /// Attaches `d` to the next packet of type `t` with identifier `id` (0 for CONNACK and
+    /// DISCONNECT), replacing what was attached before. Checked now to fit a packet of
+    /// that type, so that it cannot fail one later.
+    pub(crate) fn attach_diagnostics(
+        &mut self,
+        t: PacketType,
+        id: u16,
+        d: Diagnostics,
+    ) -> Result<(), Error> {
+        let mut probe = match t {
+            PacketType::ConnAck => Packet::ConnAck(mqtt_codec::ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::Success,
+                properties: Default::default(),
+            }),
+            PacketType::Disconnect => Packet::Disconnect(Disconnect::new(ReasonCode::Success)),
+            PacketType::Auth => Packet::Auth(Default::default()),
+            PacketType::SubAck => Packet::SubAck(mqtt_codec::SubAck::new(
+                ONE,
+                mqtt_codec::List::new(&[ReasonCode::Success]),
+            )),
+            PacketType::UnsubAck => Packet::UnsubAck(mqtt_codec::UnsubAck::new(
+                ONE,
+                mqtt_codec::List::new(&[ReasonCode::Success]),
+            )),
+            PacketType::PubAck => Packet::PubAck(PubAck::new(ONE)),
+            PacketType::PubRec => Packet::PubRec(PubAck::new(ONE)),
+            PacketType::PubRel => Packet::PubRel(PubAck::new(ONE)),
+            PacketType::PubComp => Packet::PubComp(PubAck::new(ONE)),
+            _ => return Err(Error::InvalidState("no diagnostics on this packet type")),
+        };
+        set_diagnostics(&mut probe, d.reason_string(), d.user_properties());
+        probe.encoded_len(ProtocolVersion::V5)?;
+        let list = &mut self.rare.get_or_insert_with(Box::default).diagnostics;
+        list.retain(|(pt, pid, _)| !(*pt == t && *pid == id));
+        if list.len() >= MAX_PENDING_DIAGNOSTICS {
+            return Err(Error::QueueFull);
+        }
+        list.push((t, id, d));
+        Ok(())
+    }
+
+    /// The diagnostics attached to the packet of type `t` and identifier `id`.
+    pub(crate) fn diagnostics_for(&self, t: PacketType, id: u16) -> Option<&Diagnostics> {
+        self.rare
+            .as_ref()?
+            .diagnostics
+            .iter()
+            .find(|(pt, pid, _)| *pt == t && *pid == id)
+            .map(|(_, _, d)| d)
+    }
+
+    /// Forgets the diagnostics of a packet that went out (or never will).
+    pub(crate) fn drop_diagnostics(&mut self, t: PacketType, id: u16) {
+        if let Some(r) = &mut self.rare {
+            if !r.diagnostics.is_empty() {
+                r.diagnostics
+                    .retain(|(pt, pid, _)| !(*pt == t && *pid == id));
+            }
+        }
+    }
+
+    /// Encodes `packet` with diagnostics `d`, as far as they may go: only 5.0 has them;
+    /// with Request Problem Information off, only CONNACK and DISCONNECT carry them
+    /// ([MQTT-3.1.2-29]); and only as far as they fit the peer's Maximum Packet Size:
+    /// whole, else without the User Properties, else without the Reason String too.
+    /// [MQTT-3.2.2-19] [MQTT-3.2.2-20] (CONNACK), [MQTT-3.4.2-2] [MQTT-3.4.2-3] (PUBACK),
+    /// [MQTT-3.5.2-2] [MQTT-3.5.2-3] (PUBREC), [MQTT-3.6.2-2] [MQTT-3.6.2-3] (PUBREL),
+    /// [MQTT-3.7.2-2] [MQTT-3.7.2-3] (PUBCOMP), [MQTT-3.9.2-1] [MQTT-3.9.2-2] (SUBACK),
+    /// [MQTT-3.11.2-1] [MQTT-3.11.2-2] (UNSUBACK), [MQTT-3.14.2-3] [MQTT-3.14.2-4]
+    /// (DISCONNECT), [MQTT-3.15.2-2] [MQTT-3.15.2-3] (AUTH): neither property is sent if
+    /// it would push the packet beyond the maximum.
+    pub(crate) fn encode_with(
+        &self,
+        packet: Packet<'_>,
+        d: Option<&Diagnostics>,
+        out: &mut [u8],
+    ) -> Result<Result<usize, usize>, Error> {
+        let t = packet.packet_type();
+        let allowed = self.version.is_v5()
+            && (self.problem_info || matches!(t, PacketType::ConnAck | PacketType::Disconnect));
+        let Some(d) = d.filter(|_| allowed) else {
+            return self.encode(&packet, out);
+        };
+        // Borrowing the diagnostics: a packet of a shorter lifetime.
+        let mut packet: Packet<'_> = packet;
+        let none = UserProperties::default();
+        let full = (d.reason_string(), d.user_properties());
+        let mut result = Ok(Err(0));
+        for (rs, up) in [full, (full.0, none), (None, none)] {
+            set_diagnostics(&mut packet, rs, up);
+            result = self.encode(&packet, out);
+            if !matches!(result, Ok(Err(_))) {
+                break;
+            }
+        }
+        result
+    }
+
+    /// [`Conn::encode_with`] the diagnostics attached to the packet's type and `id`, which
+    /// are then forgotten.
+    pub(crate) fn encode_diagnosed(
+        &mut self,
+        packet: Packet<'_>,
+        id: u16,
+        out: &mut [u8],
+    ) -> Result<Result<usize, usize>, Error> {
+        let t = packet.packet_type();
+        let result = self.encode_with(packet, self.diagnostics_for(t, id), out);
+        self.drop_diagnostics(t, id);
+        result
+    }
+
     /// Writes the packet `next` stands for; `Ok(None)` when it was dropped instead.
     pub(crate) fn transmit(
         &mut self,
@@ -1108,7 +1272,9 @@ impl Conn {
                 } else {
                     ReasonCode::Success
                 });
-                let n = self.encode(&Packet::Disconnect(d), out)?.unwrap_or(0);
+                let n = self
+                    .encode_diagnosed(Packet::Disconnect(d), 0, out)?
+                    .unwrap_or(0);
                 // [MQTT-3.14.4-1] nothing after DISCONNECT.
                 self.final_disconnect = None;
                 self.phase = Phase::Closed;
@@ -1126,7 +1292,7 @@ impl Conn {
                     QoS::ExactlyOnce => Packet::PubRec(ack),
                     _ => Packet::PubAck(ack),
                 };
-                let n = self.encode(&p, out)?;
+                let n = self.encode_diagnosed(p, a.id.get(), out)?;
                 let flows = self.flows_mut();
                 flows.acks.pop_front();
                 if a.qos == QoS::ExactlyOnce && a.code.is_error() && n.is_ok() {
@@ -1155,7 +1321,8 @@ impl Conn {
                         self.encode(&Packet::Publish(self.for_version(p)), out)?
                     }
                     Stage::Released => {
-                        self.encode(&Packet::PubRel(PubAck::new(f.packet_id)), out)?
+                        let id = f.packet_id;
+                        self.encode_diagnosed(Packet::PubRel(PubAck::new(id)), id.get(), out)?
                     }
                 };
                 match n {

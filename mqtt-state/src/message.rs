@@ -195,6 +195,82 @@ impl fmt::Display for Utf8Bytes {
     }
 }
 
+/// A Reason String and User Properties the application adds to a packet it answers with
+/// (5.0 only; before 5.0 there is nowhere to put them), for the peer's diagnostics.
+///
+/// They are left out of a packet they would push beyond the client's Maximum Packet
+/// Size, User Properties first, then the Reason String ([MQTT-3.2.2-19] and the other
+/// "MUST NOT send this property if it would increase the size of the packet beyond the
+/// Maximum Packet Size" statements); and, on anything but CONNACK and DISCONNECT, when
+/// the client set Request Problem Information to 0 ([MQTT-3.1.2-29]).
+///
+/// ```
+/// use mqtt_state::Diagnostics;
+/// let d = Diagnostics::new()
+///     .with_reason_string("topic not allowed")?
+///     .with_user_properties(&[("policy", "acl-7")])?;
+/// assert_eq!(d.reason_string(), Some("topic not allowed"));
+/// # Ok::<(), mqtt_state::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    reason_string: Option<Utf8Bytes>,
+    /// A validated property block of User Properties only.
+    user_block: Bytes,
+}
+
+impl Diagnostics {
+    /// None yet.
+    pub const fn new() -> Self {
+        Self {
+            reason_string: None,
+            user_block: Bytes::new(),
+        }
+    }
+
+    /// Sets the Reason String. Refused when no packet could carry it (U+0000, more than
+    /// 65,535 bytes), so that it cannot wedge a packet later.
+    pub fn with_reason_string(mut self, s: impl Into<Utf8Bytes>) -> Result<Self, Error> {
+        let s = s.into();
+        let probe = mqtt_codec::Disconnect {
+            reason_code: mqtt_codec::ReasonCode::Success,
+            properties: mqtt_codec::DisconnectProperties {
+                reason_string: Some(s.as_str()),
+                ..Default::default()
+            },
+        };
+        mqtt_codec::Packet::Disconnect(probe).encoded_len(mqtt_codec::ProtocolVersion::V5)?;
+        self.reason_string = Some(s);
+        Ok(self)
+    }
+
+    /// Sets the User Properties, in order (names may repeat).
+    pub fn with_user_properties(mut self, pairs: &[(&str, &str)]) -> Result<Self, Error> {
+        self.user_block = if pairs.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::from(UserProperties::new(pairs).to_block()?)
+        };
+        Ok(self)
+    }
+
+    /// The Reason String, if any.
+    pub fn reason_string(&self) -> Option<&str> {
+        self.reason_string.as_ref().map(Utf8Bytes::as_str)
+    }
+
+    /// The User Properties, in order.
+    pub fn user_properties(&self) -> UserProperties<'_> {
+        // The block was validated when it was stored.
+        UserProperties::from_block(&self.user_block).unwrap_or_default()
+    }
+
+    /// Whether there is nothing to add.
+    pub fn is_empty(&self) -> bool {
+        self.reason_string.is_none() && self.user_block.is_empty()
+    }
+}
+
 /// An application message: what a PUBLISH carries, owned.
 ///
 /// Received messages share the receive buffer (`bytes::Bytes` views): nothing is copied.

@@ -4,15 +4,15 @@ use core::num::{NonZeroU16, NonZeroU32};
 
 use bytes::BytesMut;
 use mqtt_codec::{
-    ConnAck, ConnAckProperties, Disconnect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode,
-    SubscriptionId,
+    ConnAck, ConnAckProperties, Disconnect, Packet, PacketId, PacketType, ProtocolVersion, QoS,
+    ReasonCode, SubscriptionId,
 };
 
 use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
 use crate::session::SessionState;
 use crate::{
-    ConnectRequest, Duration, Error, Event, Instant, Message, SubscriptionIdList, Timer, Utf8Bytes,
-    Violation,
+    ConnectRequest, Diagnostics, Duration, Error, Event, Instant, Message, SubscriptionIdList,
+    Timer, Utf8Bytes, Violation,
 };
 
 const AUTH: u8 = 1;
@@ -264,8 +264,9 @@ impl PendingConnAck {
 struct AuthExchange {
     /// The CONNECT's authentication method.
     method: Utf8Bytes,
-    /// AUTH packets to send: reason and data.
-    queued: alloc::collections::VecDeque<(ReasonCode, Option<bytes::Bytes>)>,
+    /// AUTH packets to send: reason, data and diagnostics.
+    queued:
+        alloc::collections::VecDeque<(ReasonCode, Option<bytes::Bytes>, Option<Box<Diagnostics>>)>,
 }
 
 impl ServerSession {
@@ -431,6 +432,9 @@ impl ServerSession {
                 if *keep_client_id {
                     *client_id = Some(Box::new(Utf8Bytes::copy_of(c.client_id)));
                 }
+                // [MQTT-3.1.2-29] Request Problem Information 0: diagnostics on CONNACK and
+                // DISCONNECT only.
+                conn.problem_info = p.request_problem_information != Some(false);
                 // [MQTT-3.1.2-28] Response Information only for a 5.0 client that asked.
                 if !(c.protocol.is_v5() && p.request_response_information == Some(true)) {
                     if let Some(r) = rare.as_mut() {
@@ -693,6 +697,159 @@ impl ServerSession {
         Ok(())
     }
 
+    /// [`ServerSession::accept`] with a Reason String and User Properties on the CONNACK
+    /// (5.0; left out where they do not fit, see [`Diagnostics`]).
+    pub fn accept_with(
+        &mut self,
+        now: Instant,
+        accept: Accept,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn
+            .attach_diagnostics(PacketType::ConnAck, 0, diagnostics)?;
+        let result = self.accept(now, accept);
+        if result.is_err() {
+            self.conn.drop_diagnostics(PacketType::ConnAck, 0);
+        }
+        result
+    }
+
+    /// [`ServerSession::reject`] with a Reason String and User Properties on the CONNACK.
+    pub fn reject_with(
+        &mut self,
+        reason: ReasonCode,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn
+            .attach_diagnostics(PacketType::ConnAck, 0, diagnostics)?;
+        let result = self.reject(reason);
+        if result.is_err() {
+            self.conn.drop_diagnostics(PacketType::ConnAck, 0);
+        }
+        result
+    }
+
+    /// [`ServerSession::ack`] with a Reason String and User Properties on the PUBACK (QoS
+    /// 1) or PUBREC (QoS 2). `Ok(false)` when no message with that identifier awaits an
+    /// acknowledgement.
+    pub fn ack_with(
+        &mut self,
+        packet_id: PacketId,
+        reason: ReasonCode,
+        diagnostics: Diagnostics,
+    ) -> Result<bool, Error> {
+        let owed = self
+            .conn
+            .flows()
+            .acks
+            .iter()
+            .find(|a| a.id == packet_id && !a.ready)
+            .map(|a| a.qos);
+        let Some(qos) = owed else {
+            return Ok(false);
+        };
+        let t = match qos {
+            QoS::ExactlyOnce => PacketType::PubRec,
+            _ => PacketType::PubAck,
+        };
+        self.conn
+            .attach_diagnostics(t, packet_id.get(), diagnostics)?;
+        Ok(self.ack(packet_id, reason))
+    }
+
+    /// [`ServerSession::suback`] with a Reason String and User Properties.
+    pub fn suback_with(
+        &mut self,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn.check()?;
+        self.conn
+            .attach_diagnostics(PacketType::SubAck, packet_id.get(), diagnostics)?;
+        self.suback(packet_id, reasons)
+    }
+
+    /// [`ServerSession::unsuback`] with a Reason String and User Properties.
+    pub fn unsuback_with(
+        &mut self,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn.check()?;
+        self.conn
+            .attach_diagnostics(PacketType::UnsubAck, packet_id.get(), diagnostics)?;
+        self.unsuback(packet_id, reasons)
+    }
+
+    /// [`ServerSession::auth`] with a Reason String and User Properties.
+    pub fn auth_with(
+        &mut self,
+        reason: ReasonCode,
+        data: Option<bytes::Bytes>,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        // Checked as any attached diagnostics are, then kept with this AUTH.
+        self.conn
+            .attach_diagnostics(PacketType::Auth, 0, diagnostics.clone())?;
+        self.conn.drop_diagnostics(PacketType::Auth, 0);
+        self.auth(reason, data)?;
+        if let Some(last) = self
+            .rare
+            .as_mut()
+            .and_then(|r| r.auth.as_mut())
+            .and_then(|a| a.queued.back_mut())
+        {
+            last.2 = Some(Box::new(diagnostics));
+        }
+        Ok(())
+    }
+
+    /// [`ServerSession::disconnect`] with a Reason String and User Properties on the
+    /// DISCONNECT.
+    pub fn disconnect_with(
+        &mut self,
+        reason: ReasonCode,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn.check()?;
+        self.conn
+            .attach_diagnostics(PacketType::Disconnect, 0, diagnostics)?;
+        self.disconnect(reason);
+        Ok(())
+    }
+
+    /// Attaches a Reason String and User Properties to the next packet of type
+    /// `packet_type` with `packet_id` this session sends: PUBACK, PUBREC, PUBREL, PUBCOMP,
+    /// SUBACK or UNSUBACK (the `_with` methods do it for the packets the application
+    /// answers with; this one reaches the PUBREL of a delivery and the PUBCOMP of a
+    /// received QoS 2 message, which the machine sends itself). Replaces what was
+    /// attached before; at most 1024 wait at once (`Error::QueueFull`).
+    pub fn attach_diagnostics(
+        &mut self,
+        packet_type: PacketType,
+        packet_id: PacketId,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn.check()?;
+        if !matches!(
+            packet_type,
+            PacketType::PubAck
+                | PacketType::PubRec
+                | PacketType::PubRel
+                | PacketType::PubComp
+                | PacketType::SubAck
+                | PacketType::UnsubAck
+        ) {
+            return Err(Error::InvalidState(
+                "diagnostics by packet identifier go on acknowledgements",
+            ));
+        }
+        self.conn
+            .attach_diagnostics(packet_type, packet_id.get(), diagnostics)
+    }
+
     /// Queues `message` for the client, at the QoS it carries (the broker has already
     /// applied the subscription's maximum). Returns its packet identifier for QoS 1/2.
     pub fn deliver(
@@ -744,7 +901,7 @@ impl ServerSession {
                 "AUTH needs an authentication method in CONNECT",
             ));
         };
-        auth.queued.push_back((reason, data));
+        auth.queued.push_back((reason, data, None));
         self.conn.push_control(Control::Role(AUTH));
         Ok(())
     }
@@ -871,7 +1028,12 @@ impl ServerSession {
                 reason_code: code,
                 properties,
             };
-            let n = self.conn.encode(&Packet::ConnAck(ack), out)?.ok();
+            let diagnostics = self.conn.diagnostics_for(PacketType::ConnAck, 0);
+            let n = self
+                .conn
+                .encode_with(Packet::ConnAck(ack), diagnostics, out)?
+                .ok();
+            self.conn.drop_diagnostics(PacketType::ConnAck, 0);
             self.connack = None;
             if let Some(r) = self.rare.as_mut() {
                 r.response_information = None;
@@ -883,14 +1045,28 @@ impl ServerSession {
         }
         let c = self.conn.control_front().expect("picked");
         let n = match (c, encode_common(c)) {
-            (_, Some(p)) => self.conn.encode(&p, out)?,
+            (c, Some(p)) => {
+                let id = match c {
+                    Control::PubComp(id, _) | Control::SubAck(id, _) | Control::UnsubAck(id, _) => {
+                        id.get()
+                    }
+                    _ => 0,
+                };
+                let t = p.packet_type();
+                let n = self
+                    .conn
+                    .encode_with(p, self.conn.diagnostics_for(t, id), out)?;
+                self.conn.drop_diagnostics(t, id);
+                n
+            }
             (Control::Role(AUTH), None) => {
                 let auth = self
                     .rare
                     .as_mut()
                     .and_then(|r| r.auth.as_mut())
                     .expect("queued with its control");
-                let (reason, data) = auth.queued.front().expect("queued with its control");
+                let (reason, data, diagnostics) =
+                    auth.queued.front().expect("queued with its control");
                 let a = mqtt_codec::Auth {
                     reason_code: *reason,
                     properties: mqtt_codec::AuthProperties {
@@ -899,7 +1075,9 @@ impl ServerSession {
                         ..Default::default()
                     },
                 };
-                let n = self.conn.encode(&Packet::Auth(a), out)?;
+                let n = self
+                    .conn
+                    .encode_with(Packet::Auth(a), diagnostics.as_deref(), out)?;
                 auth.queued.pop_front();
                 n
             }

@@ -2747,3 +2747,294 @@ fn mqtt_3_1_2_28_response_information_only_when_requested() {
     // 3.1.1 has no properties at all.
     assert_eq!(connack(None, V4), [0x20, 0x02, 0x00, 0x00]);
 }
+
+// ---- Diagnostics (Reason String, User Properties) and the client's Maximum Packet Size --
+
+/// The frames a 5.0 server sends when the application answers with `packet_type`
+/// carrying `diagnostics`, to a client whose Maximum Packet Size is `max` (and whose
+/// Request Problem Information is `problem_info`); the rest of each exchange is driven
+/// with plain calls.
+fn answered_with(
+    packet_type: PacketType,
+    max: u32,
+    problem_info: bool,
+    diagnostics: Diagnostics,
+) -> Vec<Vec<u8>> {
+    use mqtt_codec::{List, PubAck, Subscribe, Subscription, Unsubscribe};
+    let now = Instant::ZERO;
+    let id = mqtt_codec::PacketId::new(7).unwrap();
+    let mut server = ServerSession::new(
+        ServerConfig {
+            manual_acks: true,
+            ..ServerConfig::default()
+        },
+        now,
+    );
+    let mut c = mqtt_codec::Connect::new(V5, "c");
+    c.properties.maximum_packet_size = core::num::NonZeroU32::new(max);
+    c.properties.request_problem_information = Some(problem_info);
+    if packet_type == PacketType::Auth {
+        c.properties.authentication_method = Some("X");
+    }
+    let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(V5).unwrap()[..]);
+    server.handle_input(now, &mut input).unwrap();
+    match packet_type {
+        PacketType::ConnAck => {
+            server
+                .accept_with(now, Accept::default(), diagnostics)
+                .unwrap();
+            return frames(|out| server.poll_transmit(now, out));
+        }
+        PacketType::Auth => {
+            server
+                .auth_with(ReasonCode::ContinueAuthentication, None, diagnostics)
+                .unwrap();
+            return frames(|out| server.poll_transmit(now, out));
+        }
+        _ => {}
+    }
+    server.accept(now, Accept::default()).unwrap();
+    frames(|out| server.poll_transmit(now, out));
+    let mut feed = |server: &mut ServerSession, p: Packet<'_>| {
+        let mut input = BytesMut::from(&p.encode_to_vec(V5).unwrap()[..]);
+        server.handle_input(now, &mut input).unwrap();
+    };
+    match packet_type {
+        PacketType::PubAck | PacketType::PubRec => {
+            let qos = if packet_type == PacketType::PubAck {
+                mqtt_codec::QosPid::AtLeastOnce(id)
+            } else {
+                mqtt_codec::QosPid::ExactlyOnce(id)
+            };
+            let p = mqtt_codec::Publish::new(Topic::new("t").unwrap(), b"x", qos);
+            feed(&mut server, Packet::Publish(p));
+            let code = ReasonCode::NoMatchingSubscribers;
+            assert!(server.ack_with(id, code, diagnostics).unwrap());
+        }
+        PacketType::PubComp => {
+            let qos = mqtt_codec::QosPid::ExactlyOnce(id);
+            let p = mqtt_codec::Publish::new(Topic::new("t").unwrap(), b"x", qos);
+            feed(&mut server, Packet::Publish(p));
+            assert!(server.ack(id, ReasonCode::Success));
+            frames(|out| server.poll_transmit(now, out));
+            server
+                .attach_diagnostics(PacketType::PubComp, id, diagnostics)
+                .unwrap();
+            feed(&mut server, Packet::PubRel(PubAck::new(id)));
+        }
+        PacketType::PubRel => {
+            let m = Message::new("t", "x", QoS::ExactlyOnce);
+            let out_id = server.deliver(now, m, &[]).unwrap().unwrap();
+            frames(|out| server.poll_transmit(now, out));
+            server
+                .attach_diagnostics(PacketType::PubRel, out_id, diagnostics)
+                .unwrap();
+            feed(&mut server, Packet::PubRec(PubAck::new(out_id)));
+        }
+        PacketType::SubAck => {
+            let filters = [Subscription {
+                filter: "a/#",
+                options: SubscriptionOptions::default(),
+            }];
+            feed(
+                &mut server,
+                Packet::Subscribe(Subscribe::new(id, List::new(&filters))),
+            );
+            server
+                .suback_with(id, vec![ReasonCode::Success], diagnostics)
+                .unwrap();
+        }
+        PacketType::UnsubAck => {
+            let filters = ["a/#"];
+            feed(
+                &mut server,
+                Packet::Unsubscribe(Unsubscribe::new(id, List::new(&filters))),
+            );
+            server
+                .unsuback_with(id, vec![ReasonCode::NoSubscriptionExisted], diagnostics)
+                .unwrap();
+        }
+        PacketType::Disconnect => {
+            server
+                .disconnect_with(ReasonCode::ServerShuttingDown, diagnostics)
+                .unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    frames(|out| server.poll_transmit(now, out))
+}
+
+/// The Reason String and the number of User Properties of the packet of type `t` among
+/// `sent`, and its size.
+fn diagnostics_in(
+    sent: &[Vec<u8>],
+    t: PacketType,
+) -> (Option<alloc::string::String>, usize, usize) {
+    for f in sent {
+        let Ok(Status::Complete { packet, .. }) = decode(f, &DecodeOptions::new(V5)) else {
+            panic!("{f:?}")
+        };
+        let (rs, up) = match packet {
+            Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+                (a.properties.reason_string, a.properties.user_properties)
+            }
+            Packet::SubAck(a) => (a.properties.reason_string, a.properties.user_properties),
+            Packet::UnsubAck(a) => (a.properties.reason_string, a.properties.user_properties),
+            Packet::ConnAck(a) => (a.properties.reason_string, a.properties.user_properties),
+            Packet::Disconnect(a) => (a.properties.reason_string, a.properties.user_properties),
+            Packet::Auth(a) => (a.properties.reason_string, a.properties.user_properties),
+            _ => continue,
+        };
+        if packet.packet_type() == t {
+            return (
+                rs.map(alloc::string::String::from),
+                up.iter().count(),
+                f.len(),
+            );
+        }
+    }
+    panic!("no {t:?} in {sent:?}")
+}
+
+/// Checks the Maximum Packet Size rule for the diagnostics of `t`: both properties when
+/// they fit, the Reason String alone when the User Properties would not fit, neither when
+/// the Reason String would not fit either; the packet itself is sent every time.
+fn check_diagnostics_fit(t: PacketType) {
+    let reason = "x".repeat(100);
+    let full = || {
+        Diagnostics::new()
+            .with_reason_string(alloc::string::String::from(reason.as_str()))
+            .unwrap()
+            .with_user_properties(&[("k", "v"), ("why", "because")])
+            .unwrap()
+    };
+    let reason_only = Diagnostics::new()
+        .with_reason_string(alloc::string::String::from(reason.as_str()))
+        .unwrap();
+    let big = 1 << 20;
+    let (rs, up, with_both) = diagnostics_in(&answered_with(t, big, true, full()), t);
+    assert_eq!((rs.as_deref(), up), (Some(reason.as_str()), 2), "{t:?}");
+    let (_, _, with_reason) = diagnostics_in(&answered_with(t, big, true, reason_only), t);
+    let (_, _, bare) = diagnostics_in(&answered_with(t, big, true, Diagnostics::new()), t);
+    assert!(bare < with_reason && with_reason < with_both);
+    // Exactly at the limit: all of it.
+    let max = with_both as u32;
+    assert_eq!(
+        diagnostics_in(&answered_with(t, max, true, full()), t),
+        (Some(reason.clone()), 2, with_both)
+    );
+    // One byte less: the User Properties would exceed it, so they are left out.
+    let max = with_both as u32 - 1;
+    assert_eq!(
+        diagnostics_in(&answered_with(t, max, true, full()), t),
+        (Some(reason.clone()), 0, with_reason),
+        "{t:?}"
+    );
+    // Room for neither: both left out, the packet still sent.
+    let max = with_reason as u32 - 1;
+    assert_eq!(
+        diagnostics_in(&answered_with(t, max, true, full()), t),
+        (None, 0, bare),
+        "{t:?}"
+    );
+}
+
+#[test]
+fn mqtt_3_2_2_19_mqtt_3_2_2_20_connack_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::ConnAck);
+}
+
+#[test]
+fn mqtt_3_4_2_2_mqtt_3_4_2_3_puback_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::PubAck);
+}
+
+#[test]
+fn mqtt_3_5_2_2_mqtt_3_5_2_3_pubrec_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::PubRec);
+}
+
+#[test]
+fn mqtt_3_6_2_2_mqtt_3_6_2_3_pubrel_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::PubRel);
+}
+
+#[test]
+fn mqtt_3_7_2_2_mqtt_3_7_2_3_pubcomp_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::PubComp);
+}
+
+#[test]
+fn mqtt_3_9_2_1_mqtt_3_9_2_2_suback_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::SubAck);
+}
+
+#[test]
+fn mqtt_3_11_2_1_mqtt_3_11_2_2_unsuback_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::UnsubAck);
+}
+
+#[test]
+fn mqtt_3_14_2_3_mqtt_3_14_2_4_disconnect_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::Disconnect);
+}
+
+#[test]
+fn mqtt_3_15_2_2_mqtt_3_15_2_3_auth_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::Auth);
+}
+
+#[test]
+fn mqtt_3_1_2_29_diagnostics_only_on_connack_and_disconnect_without_problem_information() {
+    let d = || {
+        Diagnostics::new()
+            .with_reason_string("why")
+            .unwrap()
+            .with_user_properties(&[("k", "v")])
+            .unwrap()
+    };
+    let big = 1 << 20;
+    for t in [
+        PacketType::PubAck,
+        PacketType::PubRec,
+        PacketType::PubRel,
+        PacketType::PubComp,
+        PacketType::SubAck,
+        PacketType::UnsubAck,
+        PacketType::Auth,
+    ] {
+        let (rs, up, _) = diagnostics_in(&answered_with(t, big, false, d()), t);
+        assert_eq!((rs, up), (None, 0), "{t:?}");
+        let (rs, up, _) = diagnostics_in(&answered_with(t, big, true, d()), t);
+        assert_eq!((rs.as_deref(), up), (Some("why"), 1), "{t:?}");
+    }
+    for t in [PacketType::ConnAck, PacketType::Disconnect] {
+        let (rs, up, _) = diagnostics_in(&answered_with(t, big, false, d()), t);
+        assert_eq!((rs.as_deref(), up), (Some("why"), 1), "{t:?}");
+    }
+}
+
+#[test]
+fn diagnostics_that_no_packet_could_carry_are_refused_up_front() {
+    assert!(Diagnostics::new().with_reason_string("a\0b").is_err());
+    assert!(Diagnostics::new()
+        .with_user_properties(&[("\0", "v")])
+        .is_err());
+    let huge = "x".repeat(70_000);
+    assert!(Diagnostics::new().with_reason_string(huge).is_err());
+}
+
+#[test]
+fn diagnostics_are_left_out_before_5_0() {
+    let mut p = Pair::new(ClientConfig::new(V4, "c1"), ServerConfig::default());
+    p.auto_accept = false;
+    p.drive();
+    p.server
+        .reject_with(
+            ReasonCode::NotAuthorized,
+            Diagnostics::new().with_reason_string("no").unwrap(),
+        )
+        .unwrap();
+    let sent = frames(|out| p.server.poll_transmit(p.now, out));
+    assert_eq!(sent, [vec![0x20, 0x02, 0x00, 0x05]]);
+}
