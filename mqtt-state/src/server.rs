@@ -729,9 +729,9 @@ impl ServerSession {
         result
     }
 
-    /// [`ServerSession::ack`] with a Reason String and User Properties on the PUBACK (QoS
-    /// 1) or PUBREC (QoS 2). `Ok(false)` when no message with that identifier awaits an
-    /// acknowledgement.
+    /// [`ServerSession::ack`] with a Reason String and User Properties on the PUBACK
+    /// (QoS 1) or PUBREC (QoS 2). `Ok(false)` when no message with that identifier awaits
+    /// an acknowledgement.
     pub fn ack_with(
         &mut self,
         packet_id: PacketId,

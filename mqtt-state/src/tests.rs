@@ -2795,7 +2795,7 @@ fn answered_with(
     }
     server.accept(now, Accept::default()).unwrap();
     frames(|out| server.poll_transmit(now, out));
-    let mut feed = |server: &mut ServerSession, p: Packet<'_>| {
+    let feed = |server: &mut ServerSession, p: Packet<'_>| {
         let mut input = BytesMut::from(&p.encode_to_vec(V5).unwrap()[..]);
         server.handle_input(now, &mut input).unwrap();
     };
