@@ -7,7 +7,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use bytes::BytesMut;
-use mqtt_codec::{DecodeOptions, ProtocolVersion, QoS, ReasonCode, Status, SubscriptionId};
+use mqtt_codec::{DecodeOptions, ProtocolVersion, QoS, ReasonCode, Status};
 use mqtt_topic::{RetainedStore, SubscriptionTree};
 
 use mqtt_state::{Event, Instant, Message, ServerConfig, ServerSession};
@@ -20,7 +20,7 @@ use crate::timers::{TimerKey, TimerQueue, NOT_ARMED};
 use crate::{AllowAll, BrokerConfig, BrokerEvent, CloseReason, ConnectionId, Error, Hooks, Stats};
 
 /// One routed message's deliveries: (session, qos, retain, subscription ids).
-pub(crate) type Delivery = (u32, QoS, bool, heapless::Vec<SubscriptionId, 4>);
+pub(crate) type Delivery = (u32, QoS, bool, mqtt_state::SubscriptionIdList);
 
 /// The broker core. See the crate documentation for the run loop.
 pub struct Broker<H: Hooks = AllowAll> {

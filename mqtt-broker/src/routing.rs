@@ -23,6 +23,7 @@ use mqtt_topic::{Match, TopicName};
 
 use crate::broker::Delivery;
 use crate::{Broker, BrokerEvent, ConnectionId, Hooks, QoS0Overflow};
+use mqtt_state::SubscriptionIdList;
 
 /// A subscription's options as the router uses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,14 +205,10 @@ impl<H: Hooks> Broker<H> {
                     self.stats.messages_dropped += 1;
                     return;
                 }
-                let mut subscription_ids = heapless::Vec::new();
-                for id in ids.iter().take(4) {
-                    let _ = subscription_ids.push(*id);
-                }
                 queue.push_back(Outgoing {
                     message,
                     queued_at: now,
-                    subscription_ids,
+                    subscription_ids: SubscriptionIdList::from(ids),
                     packet_id: None,
                 });
                 self.stats.messages_sent += 1;
@@ -293,13 +290,13 @@ fn add_delivery(
         d.1 = d.1.max(opts.qos);
         d.2 |= retain;
         if let Some(id) = opts.id {
-            let _ = d.3.push(id);
+            d.3.push(id);
         }
         return;
     }
-    let mut ids = heapless::Vec::new();
+    let mut ids = SubscriptionIdList::new();
     if let Some(id) = opts.id {
-        let _ = ids.push(id);
+        ids.push(id);
     }
     if let Some(m) = mark.get_mut(key as usize) {
         *m = scratch.len() as u32 + 1;

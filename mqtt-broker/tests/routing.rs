@@ -582,3 +582,96 @@ fn mqtt_4_8_2_6_a_refused_shared_message_is_dropped() {
         assert!(net.deliveries(m).is_empty());
     }
 }
+
+#[test]
+fn mqtt_3_3_4_9_a_burst_beyond_receive_maximum_is_acknowledged_not_refused() {
+    // MQTT.js 5 ignores the broker's Receive Maximum (64) and publishes 200 QoS 1 messages
+    // in one burst. The broker takes a quota's worth, acknowledges it, reads on, and so
+    // acknowledges and routes all 200 in one `handle_input`, as mosquitto does, instead of
+    // DISCONNECT 0x93.
+    use mqtt_codec::{decode, Connect, DecodeOptions, Publish, QosPid, Status};
+    let mut net = Net::new();
+    let s = net.join(ClientConfig::new(V5, "s"));
+    net.subscribe(s, "burst", q(QoS::AtLeastOnce));
+    let now = net.now;
+    let id = net.broker.open(now);
+    let mut input = BytesMut::new();
+    input.extend_from_slice(
+        &Packet::Connect(Connect::new(V5, "mqttjs"))
+            .encode_to_vec(V5)
+            .unwrap(),
+    );
+    for pid in 1..=200u16 {
+        let p = Publish::new(
+            Topic::new("burst").unwrap(),
+            b"x",
+            QosPid::AtLeastOnce(PacketId::new(pid).unwrap()),
+        );
+        input.extend_from_slice(&Packet::Publish(p).encode_to_vec(V5).unwrap());
+    }
+    net.broker.handle_input(now, id, &mut input);
+    assert!(input.is_empty());
+    let mut out = vec![0u8; 1024];
+    let mut acks = Vec::new();
+    let mut disconnects = 0;
+    while let Some(n) = net.broker.poll_transmit(now, id, &mut out).unwrap() {
+        match decode(&out[..n], &DecodeOptions::new(V5)) {
+            Ok(Status::Complete {
+                packet: Packet::PubAck(a),
+                ..
+            }) => acks.push(a.packet_id.get()),
+            Ok(Status::Complete {
+                packet: Packet::Disconnect(_),
+                ..
+            }) => disconnects += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(disconnects, 0);
+    assert_eq!(acks, (1..=200).collect::<Vec<u16>>());
+    net.drive();
+    assert_eq!(net.take(s).len(), 200);
+}
+
+#[test]
+fn mqtt_3_3_4_4_every_matching_subscription_identifier_is_delivered() {
+    // [MQTT-3.3.4-3] [MQTT-3.3.4-4] six overlapping subscriptions, each with its own
+    // identifier: the one copy carries all six (no cap at four), online and, after a
+    // reconnect, from the offline queue.
+    let mut net = Net::new();
+    let s = net.join(persistent(V5, "s"));
+    let p = net.join(ClientConfig::new(V5, "p"));
+    let filters = ["a/b", "a/+", "a/#", "+/b", "+/+", "#"];
+    for (i, f) in filters.iter().enumerate() {
+        net.peers[s]
+            .client
+            .subscribe(
+                &[(f, q(QoS::AtLeastOnce))],
+                SubscriptionId::new(i as u32 + 1),
+            )
+            .unwrap();
+    }
+    net.drive();
+    net.events(s);
+    let ids = |net: &mut Net<AllowAll>| -> Vec<Vec<u32>> {
+        net.deliveries(s)
+            .into_iter()
+            .map(|(_, _, m)| {
+                let mut ids: Vec<u32> = m
+                    .properties
+                    .subscription_identifiers
+                    .iter()
+                    .map(|i| i.get())
+                    .collect();
+                ids.sort();
+                ids
+            })
+            .collect()
+    };
+    net.publish(p, "a/b", "online", QoS::AtLeastOnce, false);
+    assert_eq!(ids(&mut net), [vec![1, 2, 3, 4, 5, 6]]);
+    net.cut(s);
+    net.publish(p, "a/b", "offline", QoS::AtLeastOnce, false);
+    net.reconnect(s);
+    assert_eq!(ids(&mut net), [vec![1, 2, 3, 4, 5, 6]]);
+}

@@ -10,11 +10,13 @@ use bytes::{Bytes, BytesMut};
 use mqtt_codec::{
     decode_fixed_header, AckProperties, DecodeOptions, Disconnect, Packet, PacketId, PacketType,
     ProtocolVersion, PubAck, QoS, QosPid, ReasonCode, Sender, Status, SubscriptionId,
+    UserProperties,
 };
 
 use crate::session::{Inflight, Outgoing, SessionState, Stage};
 use crate::{
-    Duration, Error, Event, Instant, Message, PacketIdAllocator, Timer, Utf8Bytes, Violation,
+    Diagnostics, Duration, Error, Event, Instant, Message, PacketIdAllocator, Timer, Utf8Bytes,
+    Violation,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +220,14 @@ pub(crate) struct Conn {
     /// connection carries the field.
     pub(crate) max_queued: u32,
     pub(crate) manual_acks: bool,
+    /// Receive Maximum as mosquitto applies it (server, 5.0): only what the application
+    /// has not acknowledged counts, a QoS 1 PUBLISH beyond the quota is accepted and a
+    /// QoS 2 one is answered PUBREC 0x97. Off, the peer's excess is a Protocol Error
+    /// (DISCONNECT 0x93), counting acknowledgements queued but not yet sent.
+    pub(crate) lenient_receive_maximum: bool,
+    /// The peer's Request Problem Information (5.0): off, diagnostics go only on
+    /// CONNACK and DISCONNECT ([MQTT-3.1.2-29]).
+    pub(crate) problem_info: bool,
     /// Boxed, made at the first message that needs it and dropped again once the
     /// connection is idle with none of it in use: most connections of a broker sit idle
     /// with no message in flight, and each would carry the empty queues inline.
@@ -256,6 +266,50 @@ struct Rare {
     /// The sticky error, once there is one: here because it is set once, when the
     /// connection ends, and every connection would carry an `Error` inline meanwhile.
     error: Option<Error>,
+    /// Diagnostics the application attached to packets still to send, by packet type
+    /// and identifier (0 for CONNACK and DISCONNECT); taken when the packet goes out.
+    diagnostics: Vec<(PacketType, u16, Diagnostics)>,
+}
+
+/// At most this many packets with diagnostics waiting: the application attaches them
+/// one per answer, and answers leave as fast as the connection writes.
+const MAX_PENDING_DIAGNOSTICS: usize = 1024;
+
+/// A packet identifier for probes.
+const ONE: PacketId = match PacketId::new(1) {
+    Some(id) => id,
+    None => panic!("1 is a packet identifier"),
+};
+
+/// Sets the Reason String and User Properties of a packet that has them.
+fn set_diagnostics<'a>(p: &mut Packet<'a>, rs: Option<&'a str>, up: UserProperties<'a>) {
+    match p {
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            a.properties.reason_string = rs;
+            a.properties.user_properties = up;
+        }
+        Packet::SubAck(a) => {
+            a.properties.reason_string = rs;
+            a.properties.user_properties = up;
+        }
+        Packet::UnsubAck(a) => {
+            a.properties.reason_string = rs;
+            a.properties.user_properties = up;
+        }
+        Packet::ConnAck(a) => {
+            a.properties.reason_string = rs;
+            a.properties.user_properties = up;
+        }
+        Packet::Disconnect(d) => {
+            d.properties.reason_string = rs;
+            d.properties.user_properties = up;
+        }
+        Packet::Auth(a) => {
+            a.properties.reason_string = rs;
+            a.properties.user_properties = up;
+        }
+        _ => {}
+    }
 }
 
 /// The message flows of a connection: its session and the bookkeeping of QoS 1/2.
@@ -318,6 +372,8 @@ impl Conn {
             max_inflight,
             max_queued: 1024,
             manual_acks: false,
+            lenient_receive_maximum: false,
+            problem_info: true,
             flows: None,
             next_packet_id: 1,
             pinged: false,
@@ -588,6 +644,9 @@ impl Conn {
         mut on_packet: impl FnMut(&mut Self, Instant, &Bytes, Packet<'_>) -> Result<bool, Error>,
     ) -> Result<(), Error> {
         self.check()?;
+        // Packets handled by this call: the first is always read, so every call with a
+        // complete packet makes progress.
+        let mut read = 0usize;
         loop {
             if matches!(self.phase, Phase::Closing | Phase::Closed) {
                 return Ok(());
@@ -596,6 +655,11 @@ impl Conn {
             let header = match decode_fixed_header(buf, &opts) {
                 Ok(Status::Complete { packet: h, .. }) => {
                     if self.hold_non_auth && h.packet_type != PacketType::Auth {
+                        return Ok(());
+                    }
+                    // QoS is bits 1-2 of a PUBLISH's flags.
+                    let acked = h.packet_type == PacketType::Publish && h.flags & 0b0110 != 0;
+                    if acked && read > 0 && self.pause_before_publish() {
                         return Ok(());
                     }
                     h
@@ -618,6 +682,7 @@ impl Conn {
                 Err(e) => return Err(self.fail(e.into())),
             };
             self.on_receive(now);
+            read += 1;
             match on_packet(self, now, &frame, packet) {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
@@ -666,6 +731,7 @@ impl Conn {
         match p.qos_pid {
             QosPid::AtMostOnce => {}
             QosPid::AtLeastOnce(id) => {
+                // Beyond the quota, leniently: accepted all the same (mosquitto does).
                 self.check_receive_maximum()?;
                 // [MQTT-4.3.2-4] PUBACK with the PUBLISH's id; [MQTT-4.3.2-5] after it,
                 // the same id is a new message, so QoS 1 keeps no per-id state.
@@ -678,8 +744,18 @@ impl Conn {
                 });
             }
             QosPid::ExactlyOnce(id) => {
-                if !self.flows().session.incoming_qos2.contains(&id.get()) {
-                    self.check_receive_maximum()?;
+                let known = self.flows().session.incoming_qos2.contains(&id.get());
+                if !known && self.check_receive_maximum()? {
+                    // [MQTT-3.3.4-9] beyond the quota, leniently: PUBREC 0x97 (Quota
+                    // exceeded), an error PUBREC, so nothing is stored nor delivered and
+                    // the id is free again ([MQTT-4.3.3-9]); the peer may publish it anew.
+                    self.flows_mut().acks.push_back(OwedAck {
+                        id,
+                        qos,
+                        ready: true,
+                        code: ReasonCode::QuotaExceeded,
+                    });
+                    return Ok(());
                 }
                 let flows = self.flows_mut();
                 if !flows.session.receive_qos2(id) {
@@ -712,24 +788,55 @@ impl Conn {
         Ok(())
     }
 
-    fn check_receive_maximum(&self) -> Result<(), Error> {
+    /// QoS 1/2 messages from the peer that count against our Receive Maximum
+    /// ([MQTT-3.3.4-9]: unacknowledged, that is QoS 1 without PUBACK and QoS 2 without
+    /// PUBCOMP). Leniently, a QoS 1 whose PUBACK is queued counts as acknowledged: a read
+    /// holding more PUBLISH than the quota is then fine as long as the application keeps
+    /// up. Strictly, it counts until sent, as the peer cannot have seen it.
+    fn receive_quota_used(&self) -> usize {
+        let flows = self.flows();
+        let lenient = self.lenient_receive_maximum;
+        flows
+            .acks
+            .iter()
+            .filter(|a| a.qos == QoS::AtLeastOnce && !(lenient && a.ready))
+            .count()
+            + flows.session.incoming_qos2.len()
+    }
+
+    /// Whether a QoS 1/2 PUBLISH arriving now is beyond our Receive Maximum: `Err` when
+    /// that is a Protocol Error (strict, or a client), `Ok(true)` when the server takes it
+    /// leniently.
+    fn check_receive_maximum(&self) -> Result<bool, Error> {
         // Before 5.0 the peer was never told a Receive Maximum, so it may send any number
         // (at most 65,535 ids, which bounds what is kept here).
         if !self.version.is_v5() {
-            return Ok(());
+            return Ok(false);
         }
-        // Unacknowledged: QoS 1 not yet PUBACKed, and QoS 2 not yet PUBCOMPed.
-        let flows = self.flows();
-        let unacked = flows
-            .acks
-            .iter()
-            .filter(|a| a.qos == QoS::AtLeastOnce)
-            .count()
-            + flows.session.incoming_qos2.len();
-        if unacked >= usize::from(self.local.receive_maximum) {
-            return Err(Violation::ReceiveMaximumExceeded.into());
+        if self.receive_quota_used() < usize::from(self.local.receive_maximum) {
+            return Ok(false);
         }
-        Ok(())
+        if self.lenient_receive_maximum {
+            return Ok(true);
+        }
+        Err(Violation::ReceiveMaximumExceeded.into())
+    }
+
+    /// Whether reading stops before the next QoS 1/2 PUBLISH, leaving it in the buffer: a
+    /// server with manual acks whose quota is used up by messages the application has not
+    /// acknowledged yet. Once it acknowledges, the next `handle_input` reads on within the
+    /// quota; a peer that ignores our Receive Maximum (MQTT.js 5 sends a whole burst) is
+    /// so paced by the application instead of overflowing.
+    fn pause_before_publish(&self) -> bool {
+        self.role == Role::Server
+            && self.manual_acks
+            && self.version.is_v5()
+            && self
+                .flows()
+                .acks
+                .iter()
+                .any(|a| a.qos == QoS::AtLeastOnce && !a.ready)
+            && self.receive_quota_used() >= usize::from(self.local.receive_maximum)
     }
 
     fn resolve_alias(
@@ -807,6 +914,16 @@ impl Conn {
         now: Instant,
         message: Message,
         subscription_ids: heapless::Vec<SubscriptionId, 4>,
+    ) -> Result<Option<PacketId>, Error> {
+        self.enqueue_with_ids(now, message, subscription_ids.iter().copied().collect())
+    }
+
+    /// [`Conn::enqueue`] with any number of subscription identifiers (a server's delivery).
+    pub(crate) fn enqueue_with_ids(
+        &mut self,
+        now: Instant,
+        message: Message,
+        subscription_ids: crate::SubscriptionIdList,
     ) -> Result<Option<PacketId>, Error> {
         if self.flows().session.queue.len() >= self.max_queued as usize {
             return Err(Error::QueueFull);
@@ -919,6 +1036,7 @@ impl Conn {
         if let Some(r) = &mut self.rare {
             r.alias_in.clear();
             r.alias_out.clear();
+            r.diagnostics = Vec::new();
         }
         self.timers.clear();
         self.ping_outstanding = false;
@@ -1026,6 +1144,119 @@ impl Conn {
         packet.encode(version, out).map(Ok).map_err(Error::from)
     }
 
+    /// Attaches `d` to the next packet of type `t` with identifier `id` (0 for CONNACK and
+    /// DISCONNECT), replacing what was attached before. Checked now to fit a packet of
+    /// that type, so that it cannot fail one later.
+    pub(crate) fn attach_diagnostics(
+        &mut self,
+        t: PacketType,
+        id: u16,
+        d: Diagnostics,
+    ) -> Result<(), Error> {
+        let mut probe = match t {
+            PacketType::ConnAck => Packet::ConnAck(mqtt_codec::ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::Success,
+                properties: Default::default(),
+            }),
+            PacketType::Disconnect => Packet::Disconnect(Disconnect::new(ReasonCode::Success)),
+            PacketType::Auth => Packet::Auth(Default::default()),
+            PacketType::SubAck => Packet::SubAck(mqtt_codec::SubAck::new(
+                ONE,
+                mqtt_codec::List::new(&[ReasonCode::Success]),
+            )),
+            PacketType::UnsubAck => Packet::UnsubAck(mqtt_codec::UnsubAck::new(
+                ONE,
+                mqtt_codec::List::new(&[ReasonCode::Success]),
+            )),
+            PacketType::PubAck => Packet::PubAck(PubAck::new(ONE)),
+            PacketType::PubRec => Packet::PubRec(PubAck::new(ONE)),
+            PacketType::PubRel => Packet::PubRel(PubAck::new(ONE)),
+            PacketType::PubComp => Packet::PubComp(PubAck::new(ONE)),
+            _ => return Err(Error::InvalidState("no diagnostics on this packet type")),
+        };
+        set_diagnostics(&mut probe, d.reason_string(), d.user_properties());
+        probe.encoded_len(ProtocolVersion::V5)?;
+        let list = &mut self.rare.get_or_insert_with(Box::default).diagnostics;
+        list.retain(|(pt, pid, _)| !(*pt == t && *pid == id));
+        if list.len() >= MAX_PENDING_DIAGNOSTICS {
+            return Err(Error::QueueFull);
+        }
+        list.push((t, id, d));
+        Ok(())
+    }
+
+    /// The diagnostics attached to the packet of type `t` and identifier `id`.
+    pub(crate) fn diagnostics_for(&self, t: PacketType, id: u16) -> Option<&Diagnostics> {
+        self.rare
+            .as_ref()?
+            .diagnostics
+            .iter()
+            .find(|(pt, pid, _)| *pt == t && *pid == id)
+            .map(|(_, _, d)| d)
+    }
+
+    /// Forgets the diagnostics of a packet that went out (or never will).
+    pub(crate) fn drop_diagnostics(&mut self, t: PacketType, id: u16) {
+        if let Some(r) = &mut self.rare {
+            if !r.diagnostics.is_empty() {
+                r.diagnostics
+                    .retain(|(pt, pid, _)| !(*pt == t && *pid == id));
+            }
+        }
+    }
+
+    /// Encodes `packet` with diagnostics `d`, as far as they may go: only 5.0 has them;
+    /// with Request Problem Information off, only CONNACK and DISCONNECT carry them
+    /// ([MQTT-3.1.2-29]); and only as far as they fit the peer's Maximum Packet Size:
+    /// whole, else without the User Properties, else without the Reason String too.
+    /// [MQTT-3.2.2-19] [MQTT-3.2.2-20] (CONNACK), [MQTT-3.4.2-2] [MQTT-3.4.2-3] (PUBACK),
+    /// [MQTT-3.5.2-2] [MQTT-3.5.2-3] (PUBREC), [MQTT-3.6.2-2] [MQTT-3.6.2-3] (PUBREL),
+    /// [MQTT-3.7.2-2] [MQTT-3.7.2-3] (PUBCOMP), [MQTT-3.9.2-1] [MQTT-3.9.2-2] (SUBACK),
+    /// [MQTT-3.11.2-1] [MQTT-3.11.2-2] (UNSUBACK), [MQTT-3.14.2-3] [MQTT-3.14.2-4]
+    /// (DISCONNECT), [MQTT-3.15.2-2] [MQTT-3.15.2-3] (AUTH): neither property is sent if
+    /// it would push the packet beyond the maximum.
+    pub(crate) fn encode_with(
+        &self,
+        packet: Packet<'_>,
+        d: Option<&Diagnostics>,
+        out: &mut [u8],
+    ) -> Result<Result<usize, usize>, Error> {
+        let t = packet.packet_type();
+        let allowed = self.version.is_v5()
+            && (self.problem_info || matches!(t, PacketType::ConnAck | PacketType::Disconnect));
+        let Some(d) = d.filter(|_| allowed) else {
+            return self.encode(&packet, out);
+        };
+        // Borrowing the diagnostics: a packet of a shorter lifetime.
+        let mut packet: Packet<'_> = packet;
+        let none = UserProperties::default();
+        let full = (d.reason_string(), d.user_properties());
+        let mut result = Ok(Err(0));
+        for (rs, up) in [full, (full.0, none), (None, none)] {
+            set_diagnostics(&mut packet, rs, up);
+            result = self.encode(&packet, out);
+            if !matches!(result, Ok(Err(_))) {
+                break;
+            }
+        }
+        result
+    }
+
+    /// [`Conn::encode_with`] the diagnostics attached to the packet's type and `id`, which
+    /// are then forgotten.
+    pub(crate) fn encode_diagnosed(
+        &mut self,
+        packet: Packet<'_>,
+        id: u16,
+        out: &mut [u8],
+    ) -> Result<Result<usize, usize>, Error> {
+        let t = packet.packet_type();
+        let result = self.encode_with(packet, self.diagnostics_for(t, id), out);
+        self.drop_diagnostics(t, id);
+        result
+    }
+
     /// Writes the packet `next` stands for; `Ok(None)` when it was dropped instead.
     pub(crate) fn transmit(
         &mut self,
@@ -1041,7 +1272,9 @@ impl Conn {
                 } else {
                     ReasonCode::Success
                 });
-                let n = self.encode(&Packet::Disconnect(d), out)?.unwrap_or(0);
+                let n = self
+                    .encode_diagnosed(Packet::Disconnect(d), 0, out)?
+                    .unwrap_or(0);
                 // [MQTT-3.14.4-1] nothing after DISCONNECT.
                 self.final_disconnect = None;
                 self.phase = Phase::Closed;
@@ -1059,7 +1292,7 @@ impl Conn {
                     QoS::ExactlyOnce => Packet::PubRec(ack),
                     _ => Packet::PubAck(ack),
                 };
-                let n = self.encode(&p, out)?;
+                let n = self.encode_diagnosed(p, a.id.get(), out)?;
                 let flows = self.flows_mut();
                 flows.acks.pop_front();
                 if a.qos == QoS::ExactlyOnce && a.code.is_error() && n.is_ok() {
@@ -1088,7 +1321,8 @@ impl Conn {
                         self.encode(&Packet::Publish(self.for_version(p)), out)?
                     }
                     Stage::Released => {
-                        self.encode(&Packet::PubRel(PubAck::new(f.packet_id)), out)?
+                        let id = f.packet_id;
+                        self.encode_diagnosed(Packet::PubRel(PubAck::new(id)), id.get(), out)?
                     }
                 };
                 match n {

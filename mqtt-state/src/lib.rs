@@ -84,7 +84,7 @@ mod tests;
 pub use client::{Client, ClientConfig};
 pub use error::{Error, Violation};
 pub use event::{ConnAckInfo, ConnectRequest, Event};
-pub use message::{Message, MessageProperties, Utf8Bytes};
+pub use message::{Diagnostics, Message, MessageProperties, SubscriptionIdList, Utf8Bytes};
 pub use packet_id::PacketIdAllocator;
 pub use server::{Accept, ServerConfig, ServerSession};
 pub use session::{Inflight, Outgoing, SessionState, Stage};

@@ -7,6 +7,131 @@ use mqtt_codec::{
 
 use crate::Error;
 
+/// The Subscription Identifiers a delivered message carries: one per matching
+/// subscription that has one, every one of them ([MQTT-3.3.4-4]). Up to four live inline,
+/// which covers nearly every delivery without allocating; more spill to the heap.
+#[derive(Clone)]
+pub struct SubscriptionIdList(IdRepr);
+
+#[derive(Clone)]
+enum IdRepr {
+    /// `ids[..len]`; the rest is filler.
+    Inline { len: u8, ids: [SubscriptionId; 4] },
+    /// More than four. A boxed slice rather than a `Vec`, so the list is no larger than
+    /// the inline form; a push re-allocates, and pushes beyond four are rare.
+    Heap(alloc::boxed::Box<[SubscriptionId]>),
+}
+
+/// What unused inline slots hold.
+const FILLER: SubscriptionId = match SubscriptionId::new(1) {
+    Some(id) => id,
+    None => panic!("1 is a subscription id"),
+};
+
+impl SubscriptionIdList {
+    /// An empty list.
+    pub const fn new() -> Self {
+        Self(IdRepr::Inline {
+            len: 0,
+            ids: [FILLER; 4],
+        })
+    }
+
+    /// Appends `id`.
+    pub fn push(&mut self, id: SubscriptionId) {
+        match &mut self.0 {
+            IdRepr::Inline { len, ids } if usize::from(*len) < ids.len() => {
+                ids[usize::from(*len)] = id;
+                *len += 1;
+            }
+            IdRepr::Inline { ids, .. } => {
+                let mut v = alloc::vec::Vec::with_capacity(ids.len() + 1);
+                v.extend_from_slice(ids);
+                v.push(id);
+                self.0 = IdRepr::Heap(v.into_boxed_slice());
+            }
+            IdRepr::Heap(b) => {
+                let mut v = core::mem::take(b).into_vec();
+                v.push(id);
+                *b = v.into_boxed_slice();
+            }
+        }
+    }
+
+    /// The identifiers, in the order they were pushed.
+    pub fn as_slice(&self) -> &[SubscriptionId] {
+        match &self.0 {
+            IdRepr::Inline { len, ids } => &ids[..usize::from(*len)],
+            IdRepr::Heap(b) => b,
+        }
+    }
+
+    /// Removes them all (and any heap memory).
+    pub fn clear(&mut self) {
+        *self = Self::new();
+    }
+}
+
+impl Default for SubscriptionIdList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::ops::Deref for SubscriptionIdList {
+    type Target = [SubscriptionId];
+    fn deref(&self) -> &[SubscriptionId] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for SubscriptionIdList {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for SubscriptionIdList {}
+
+impl fmt::Debug for SubscriptionIdList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl FromIterator<SubscriptionId> for SubscriptionIdList {
+    fn from_iter<I: IntoIterator<Item = SubscriptionId>>(iter: I) -> Self {
+        let mut list = Self::new();
+        list.extend(iter);
+        list
+    }
+}
+
+impl Extend<SubscriptionId> for SubscriptionIdList {
+    fn extend<I: IntoIterator<Item = SubscriptionId>>(&mut self, iter: I) {
+        for id in iter {
+            self.push(id);
+        }
+    }
+}
+
+impl From<&[SubscriptionId]> for SubscriptionIdList {
+    fn from(ids: &[SubscriptionId]) -> Self {
+        if ids.len() > 4 {
+            return Self(IdRepr::Heap(ids.into()));
+        }
+        ids.iter().copied().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a SubscriptionIdList {
+    type Item = &'a SubscriptionId;
+    type IntoIter = core::slice::Iter<'a, SubscriptionId>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
 /// Bytes known to be UTF-8: a topic, a content type. Cloning shares the buffer.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Utf8Bytes(Bytes);
@@ -70,6 +195,82 @@ impl fmt::Display for Utf8Bytes {
     }
 }
 
+/// A Reason String and User Properties the application adds to a packet it answers with
+/// (5.0 only; before 5.0 there is nowhere to put them), for the peer's diagnostics.
+///
+/// They are left out of a packet they would push beyond the client's Maximum Packet
+/// Size, User Properties first, then the Reason String ([MQTT-3.2.2-19] and the other
+/// "MUST NOT send this property if it would increase the size of the packet beyond the
+/// Maximum Packet Size" statements); and, on anything but CONNACK and DISCONNECT, when
+/// the client set Request Problem Information to 0 ([MQTT-3.1.2-29]).
+///
+/// ```
+/// use mqtt_state::Diagnostics;
+/// let d = Diagnostics::new()
+///     .with_reason_string("topic not allowed")?
+///     .with_user_properties(&[("policy", "acl-7")])?;
+/// assert_eq!(d.reason_string(), Some("topic not allowed"));
+/// # Ok::<(), mqtt_state::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    reason_string: Option<Utf8Bytes>,
+    /// A validated property block of User Properties only.
+    user_block: Bytes,
+}
+
+impl Diagnostics {
+    /// None yet.
+    pub const fn new() -> Self {
+        Self {
+            reason_string: None,
+            user_block: Bytes::new(),
+        }
+    }
+
+    /// Sets the Reason String. Refused when no packet could carry it (U+0000, more than
+    /// 65,535 bytes), so that it cannot wedge a packet later.
+    pub fn with_reason_string(mut self, s: impl Into<Utf8Bytes>) -> Result<Self, Error> {
+        let s = s.into();
+        let probe = mqtt_codec::Disconnect {
+            reason_code: mqtt_codec::ReasonCode::Success,
+            properties: mqtt_codec::DisconnectProperties {
+                reason_string: Some(s.as_str()),
+                ..Default::default()
+            },
+        };
+        mqtt_codec::Packet::Disconnect(probe).encoded_len(mqtt_codec::ProtocolVersion::V5)?;
+        self.reason_string = Some(s);
+        Ok(self)
+    }
+
+    /// Sets the User Properties, in order (names may repeat).
+    pub fn with_user_properties(mut self, pairs: &[(&str, &str)]) -> Result<Self, Error> {
+        self.user_block = if pairs.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::from(UserProperties::new(pairs).to_block()?)
+        };
+        Ok(self)
+    }
+
+    /// The Reason String, if any.
+    pub fn reason_string(&self) -> Option<&str> {
+        self.reason_string.as_ref().map(Utf8Bytes::as_str)
+    }
+
+    /// The User Properties, in order.
+    pub fn user_properties(&self) -> UserProperties<'_> {
+        // The block was validated when it was stored.
+        UserProperties::from_block(&self.user_block).unwrap_or_default()
+    }
+
+    /// Whether there is nothing to add.
+    pub fn is_empty(&self) -> bool {
+        self.reason_string.is_none() && self.user_block.is_empty()
+    }
+}
+
 /// An application message: what a PUBLISH carries, owned.
 ///
 /// Received messages share the receive buffer (`bytes::Bytes` views): nothing is copied.
@@ -108,9 +309,8 @@ pub struct MessageProperties {
     /// User properties as a property block (read with [`MessageProperties::user_properties`]).
     #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::user_block"))]
     user_block: Bytes,
-    /// Subscription identifiers (delivered messages only).
-    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::sub_ids"))]
-    pub subscription_identifiers: heapless::Vec<SubscriptionId, 4>,
+    /// Subscription identifiers (delivered messages only), all of them.
+    pub subscription_identifiers: SubscriptionIdList,
 }
 
 impl MessageProperties {
@@ -191,12 +391,9 @@ impl Message {
     /// from). `topic` is the name after alias resolution.
     pub(crate) fn from_publish(frame: &Bytes, p: &Publish<'_>, topic: Utf8Bytes) -> Self {
         let pp = &p.properties;
-        let mut subscription_identifiers = heapless::Vec::new();
-        for id in pp.subscription_identifiers.iter() {
-            // A server sends one per matching subscription; more than four are dropped
-            // rather than allocating per message.
-            let _ = subscription_identifiers.push(id);
-        }
+        // A server sends one per matching subscription ([MQTT-3.3.4-4]): every one is
+        // kept; more than four allocate, which a decoded packet bounds.
+        let subscription_identifiers = pp.subscription_identifiers.iter().collect();
         Self {
             topic,
             payload: frame.slice_ref(p.payload),

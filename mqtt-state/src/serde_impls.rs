@@ -69,30 +69,29 @@ pub(crate) mod opt_packet_id {
     }
 }
 
-/// Up to four subscription identifiers as a sequence of numbers.
-pub(crate) mod sub_ids {
-    use super::*;
-
-    type Ids = heapless::Vec<SubscriptionId, 4>;
-
-    pub(crate) fn serialize<S: Serializer>(ids: &Ids, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(ids.iter().map(|id| id.get()))
+/// Subscription identifiers as a sequence of numbers (the form snapshots had when the
+/// list held at most four, so those read back), each checked on the way in.
+impl Serialize for crate::SubscriptionIdList {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter().map(|id| id.get()))
     }
+}
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ids, D::Error> {
+impl<'de> Deserialize<'de> for crate::SubscriptionIdList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Ids;
+            type Value = crate::SubscriptionIdList;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("at most four subscription identifiers")
+                f.write_str("a sequence of subscription identifiers")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Ids, A::Error> {
-                let mut ids = Ids::new();
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // Grown as read, never sized from the input's claim.
+                let mut ids = crate::SubscriptionIdList::new();
                 while let Some(n) = seq.next_element::<u32>()? {
                     let id = SubscriptionId::new(n)
                         .ok_or_else(|| A::Error::custom("subscription id out of range"))?;
-                    ids.push(id)
-                        .map_err(|_| A::Error::custom("more than four subscription ids"))?;
+                    ids.push(id);
                 }
                 Ok(ids)
             }

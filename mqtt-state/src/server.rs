@@ -4,14 +4,15 @@ use core::num::{NonZeroU16, NonZeroU32};
 
 use bytes::BytesMut;
 use mqtt_codec::{
-    ConnAck, ConnAckProperties, Disconnect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode,
-    SubscriptionId,
+    ConnAck, ConnAckProperties, Disconnect, Packet, PacketId, PacketType, ProtocolVersion, QoS,
+    ReasonCode, SubscriptionId,
 };
 
 use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
 use crate::session::SessionState;
 use crate::{
-    ConnectRequest, Duration, Error, Event, Instant, Message, Timer, Utf8Bytes, Violation,
+    ConnectRequest, Diagnostics, Duration, Error, Event, Instant, Message, SubscriptionIdList,
+    Timer, Utf8Bytes, Violation,
 };
 
 const AUTH: u8 = 1;
@@ -39,6 +40,15 @@ pub struct ServerConfig {
     pub retain_available: bool,
     /// Keep alive imposed on clients (5.0 Server Keep Alive), if any.
     pub server_keep_alive: Option<u16>,
+    /// The longest keep alive a client may have, in seconds (mosquitto's `max_keepalive`);
+    /// `None` or `Some(0)`: no maximum. A 5.0 client asking for more, or for none (0), is
+    /// told this one in CONNACK's Server Keep Alive and held to it ([MQTT-3.2.2-21]).
+    /// 3.1/3.1.1 has no way to tell a client, and the server must use the client's value
+    /// ([MQTT-3.2.2-22]'s 3.1.1 counterpart), so such a client is refused with CONNACK
+    /// 0x02 (identifier rejected), as mosquitto 2.0 does since 2.0.12 ("Apply
+    /// max_keepalive to MQTT v3.1.1 and v3.1 clients"). [`ServerConfig::server_keep_alive`],
+    /// when set, applies instead.
+    pub max_keep_alive: Option<u16>,
     /// Whether wildcard subscriptions are supported (announced in 5.0).
     pub wildcard_subscription_available: bool,
     /// Whether subscription identifiers are supported (announced in 5.0).
@@ -48,6 +58,17 @@ pub struct ServerConfig {
     /// Acknowledge incoming QoS 1/2 messages only when the application calls
     /// [`ServerSession::ack`], so a broker can route (or refuse) a message first.
     pub manual_acks: bool,
+    /// Treat a client's QoS 1/2 PUBLISH beyond our Receive Maximum as the Protocol Error
+    /// it is: DISCONNECT 0x93 (Receive Maximum exceeded), counting every PUBACK not yet
+    /// sent. Off (the default), the server does what mosquitto does with clients that
+    /// ignore the quota (MQTT.js 5 publishes a whole burst): QoS 1 is accepted, QoS 2
+    /// answered PUBREC 0x97 (Quota exceeded), and a PUBACK queued counts as sent.
+    pub strict_receive_maximum: bool,
+    /// Response Information for 5.0 clients that ask for it (Request Response Information
+    /// 1): the basis of their response topics. CONNACK carries it only then
+    /// ([MQTT-3.1.2-28]). Every connection keeps a reference to it until its CONNACK. One
+    /// no UTF-8 string field can carry (U+0000, over 65,535 bytes) is never sent.
+    pub response_information: Option<Utf8Bytes>,
 }
 
 impl Default for ServerConfig {
@@ -63,10 +84,13 @@ impl Default for ServerConfig {
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
             server_keep_alive: None,
+            max_keep_alive: None,
             wildcard_subscription_available: true,
             subscription_identifier_available: true,
             shared_subscription_available: true,
             manual_acks: false,
+            strict_receive_maximum: false,
+            response_information: None,
         }
     }
 }
@@ -113,6 +137,9 @@ struct Rare {
     auth: Option<AuthExchange>,
     /// The Session Expiry Interval of the client's DISCONNECT.
     disconnect_session_expiry: Option<u32>,
+    /// [`ServerConfig::response_information`] until CONNACK, kept only if the client
+    /// asked for it.
+    response_information: Option<Utf8Bytes>,
 }
 
 /// What a connection still needs of its [`ServerConfig`] once set up (the rest went into
@@ -120,7 +147,8 @@ struct Rare {
 /// rather than the whole configuration, and keeps it in 4 bytes.
 #[derive(Debug, Clone, Copy)]
 struct Policy {
-    /// Meaningful with [`Policy::SERVER_KEEP_ALIVE`] set.
+    /// The imposed keep alive with [`Policy::SERVER_KEEP_ALIVE`] set, else the maximum
+    /// with [`Policy::MAX_KEEP_ALIVE`] set (an imposed one makes a maximum moot).
     server_keep_alive: u16,
     maximum_qos: QoS,
     /// The switches below.
@@ -135,6 +163,11 @@ impl Policy {
     const SERVER_KEEP_ALIVE: u8 = 1 << 4;
     /// Receive Maximum configured as 0: the engine keeps it at 1, CONNACK leaves it out.
     const RECEIVE_MAXIMUM_ZERO: u8 = 1 << 5;
+    /// A maximum keep alive, in `server_keep_alive`.
+    const MAX_KEEP_ALIVE: u8 = 1 << 6;
+    /// Set at CONNECT: this client's keep alive was cut to the maximum, which CONNACK
+    /// announces.
+    const KEEP_ALIVE_CAPPED: u8 = 1 << 7;
 
     fn new(config: &ServerConfig) -> Self {
         let mut flags = 0;
@@ -153,8 +186,12 @@ impl Policy {
                 flags |= flag;
             }
         }
+        let max_keep_alive = config.max_keep_alive.filter(|&m| m > 0);
+        if config.server_keep_alive.is_none() && max_keep_alive.is_some() {
+            flags |= Self::MAX_KEEP_ALIVE;
+        }
         Self {
-            server_keep_alive: config.server_keep_alive.unwrap_or(0),
+            server_keep_alive: config.server_keep_alive.or(max_keep_alive).unwrap_or(0),
             maximum_qos: config.maximum_qos,
             flags,
         }
@@ -171,6 +208,20 @@ impl Policy {
     fn server_keep_alive(self) -> Option<u16> {
         self.has(Self::SERVER_KEEP_ALIVE)
             .then_some(self.server_keep_alive)
+    }
+
+    fn max_keep_alive(self) -> Option<u16> {
+        self.has(Self::MAX_KEEP_ALIVE)
+            .then_some(self.server_keep_alive)
+    }
+
+    /// The Server Keep Alive CONNACK carries (5.0): the imposed one, or the maximum
+    /// when this client's request was cut to it.
+    fn announced_keep_alive(self) -> Option<u16> {
+        self.server_keep_alive().or_else(|| {
+            self.has(Self::KEEP_ALIVE_CAPPED)
+                .then_some(self.server_keep_alive)
+        })
     }
 
     /// The Receive Maximum as configured, given the one the engine enforces.
@@ -213,8 +264,9 @@ impl PendingConnAck {
 struct AuthExchange {
     /// The CONNECT's authentication method.
     method: Utf8Bytes,
-    /// AUTH packets to send: reason and data.
-    queued: alloc::collections::VecDeque<(ReasonCode, Option<bytes::Bytes>)>,
+    /// AUTH packets to send: reason, data and diagnostics.
+    queued:
+        alloc::collections::VecDeque<(ReasonCode, Option<bytes::Bytes>, Option<Box<Diagnostics>>)>,
 }
 
 impl ServerSession {
@@ -235,18 +287,29 @@ impl ServerSession {
         conn.max_queued = u32::try_from(config.max_queued).unwrap_or(u32::MAX);
         conn.max_alias_out = config.outgoing_topic_aliases;
         conn.manual_acks = config.manual_acks;
+        conn.lenient_receive_maximum = !config.strict_receive_maximum;
         conn.phase = Phase::Connecting;
         conn.timers
             .set(Timer::Connect, now + config.connect_timeout);
+        // One a UTF-8 string field cannot carry (U+0000, over 65,535 bytes) is left out
+        // rather than failing every CONNACK.
+        let sendable = |r: &Utf8Bytes| r.as_str().len() <= 65_535 && !r.as_str().contains('\0');
+        let policy = Policy::new(&config);
+        let rare = config.response_information.filter(sendable).map(|r| {
+            Box::new(Rare {
+                response_information: Some(r),
+                ..Rare::default()
+            })
+        });
         Self {
             conn,
-            policy: Policy::new(&config),
+            policy,
             connect_seen: false,
             decided: false,
             keep_client_id: true,
             connack: None,
             client_id: None,
-            rare: None,
+            rare,
         }
     }
 
@@ -300,10 +363,20 @@ impl ServerSession {
         self.conn.take_session()
     }
 
-    /// Reads complete packets from `buf`. After CONNECT it reports
+    /// Reads complete packets from `buf`, taking each from it. After CONNECT it reports
     /// [`Event::ConnectRequest`] and reads nothing but AUTH until the application decides
     /// ([MQTT-3.1.4-6]); call it again after [`ServerSession::accept`] to read what the
     /// client sent behind its CONNECT.
+    ///
+    /// With [`ServerConfig::manual_acks`] (5.0), reading also stops before a QoS 1/2
+    /// PUBLISH beyond the Receive Maximum while messages the application has not
+    /// acknowledged fill the quota: a client that ignores the quota (MQTT.js 5 sends a
+    /// burst of hundreds) is paced by the application instead of overflowing it. The
+    /// contract: drain `poll_event`, [`ServerSession::ack`] what it can, and call again
+    /// while `buf` holds bytes and the call took some. Every call with a complete packet
+    /// takes at least one, so the loop ends; a call made without acknowledging reads the
+    /// PUBLISH beyond the quota all the same, which is then handled as
+    /// [`ServerConfig::strict_receive_maximum`] says.
     pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), Error> {
         let mut refusal = None;
         let Self {
@@ -338,15 +411,35 @@ impl ServerSession {
                 if !c.protocol.is_v5() {
                     conn.local.topic_alias_maximum = 0;
                 }
-                // [MQTT-3.2.2-22] the client's keep alive unless the server imposes one.
-                let ka = config
-                    .server_keep_alive()
-                    .filter(|_| c.protocol.is_v5())
-                    .unwrap_or(c.keep_alive);
+                // [MQTT-3.2.2-22] the client's keep alive unless the server imposes one
+                // (5.0), or caps it: [MQTT-3.2.2-21] a client asking for more than the
+                // maximum, or for none, is told the maximum in CONNACK and uses it.
+                let over_max = config
+                    .max_keep_alive()
+                    .filter(|&m| c.keep_alive > m || c.keep_alive == 0);
+                let ka = if !c.protocol.is_v5() {
+                    c.keep_alive
+                } else if let Some(imposed) = config.server_keep_alive() {
+                    imposed
+                } else if let Some(max) = over_max {
+                    config.flags |= Policy::KEEP_ALIVE_CAPPED;
+                    max
+                } else {
+                    c.keep_alive
+                };
                 conn.keep_alive_secs = ka;
                 // Kept for the whole connection: a copy, not a view pinning the buffer.
                 if *keep_client_id {
                     *client_id = Some(Box::new(Utf8Bytes::copy_of(c.client_id)));
+                }
+                // [MQTT-3.1.2-29] Request Problem Information 0: diagnostics on CONNACK and
+                // DISCONNECT only.
+                conn.problem_info = p.request_problem_information != Some(false);
+                // [MQTT-3.1.2-28] Response Information only for a 5.0 client that asked.
+                if !(c.protocol.is_v5() && p.request_response_information == Some(true)) {
+                    if let Some(r) = rare.as_mut() {
+                        r.response_information = None;
+                    }
                 }
                 if let Some(m) = p.authentication_method {
                     rare.get_or_insert_with(Box::default).auth = Some(AuthExchange {
@@ -381,6 +474,10 @@ impl ServerSession {
                 // supports.
                 let will_flags = c.will.map(|w| (w.qos, w.retain));
                 refusal = if !c.protocol.is_v5() && c.client_id.is_empty() && !c.clean_start {
+                    Some(ReasonCode::ClientIdentifierNotValid)
+                } else if !c.protocol.is_v5() && over_max.is_some() {
+                    // 3.1.1 cannot announce a keep alive and the server must use the
+                    // client's: beyond the maximum, refused with 0x02 as mosquitto does.
                     Some(ReasonCode::ClientIdentifierNotValid)
                 } else if will_flags.is_some_and(|(q, _)| q > config.maximum_qos) {
                     Some(ReasonCode::QoSNotSupported)
@@ -600,6 +697,159 @@ impl ServerSession {
         Ok(())
     }
 
+    /// [`ServerSession::accept`] with a Reason String and User Properties on the CONNACK
+    /// (5.0; left out where they do not fit, see [`Diagnostics`]).
+    pub fn accept_with(
+        &mut self,
+        now: Instant,
+        accept: Accept,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn
+            .attach_diagnostics(PacketType::ConnAck, 0, diagnostics)?;
+        let result = self.accept(now, accept);
+        if result.is_err() {
+            self.conn.drop_diagnostics(PacketType::ConnAck, 0);
+        }
+        result
+    }
+
+    /// [`ServerSession::reject`] with a Reason String and User Properties on the CONNACK.
+    pub fn reject_with(
+        &mut self,
+        reason: ReasonCode,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn
+            .attach_diagnostics(PacketType::ConnAck, 0, diagnostics)?;
+        let result = self.reject(reason);
+        if result.is_err() {
+            self.conn.drop_diagnostics(PacketType::ConnAck, 0);
+        }
+        result
+    }
+
+    /// [`ServerSession::ack`] with a Reason String and User Properties on the PUBACK
+    /// (QoS 1) or PUBREC (QoS 2). `Ok(false)` when no message with that identifier awaits
+    /// an acknowledgement.
+    pub fn ack_with(
+        &mut self,
+        packet_id: PacketId,
+        reason: ReasonCode,
+        diagnostics: Diagnostics,
+    ) -> Result<bool, Error> {
+        let owed = self
+            .conn
+            .flows()
+            .acks
+            .iter()
+            .find(|a| a.id == packet_id && !a.ready)
+            .map(|a| a.qos);
+        let Some(qos) = owed else {
+            return Ok(false);
+        };
+        let t = match qos {
+            QoS::ExactlyOnce => PacketType::PubRec,
+            _ => PacketType::PubAck,
+        };
+        self.conn
+            .attach_diagnostics(t, packet_id.get(), diagnostics)?;
+        Ok(self.ack(packet_id, reason))
+    }
+
+    /// [`ServerSession::suback`] with a Reason String and User Properties.
+    pub fn suback_with(
+        &mut self,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn.check()?;
+        self.conn
+            .attach_diagnostics(PacketType::SubAck, packet_id.get(), diagnostics)?;
+        self.suback(packet_id, reasons)
+    }
+
+    /// [`ServerSession::unsuback`] with a Reason String and User Properties.
+    pub fn unsuback_with(
+        &mut self,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn.check()?;
+        self.conn
+            .attach_diagnostics(PacketType::UnsubAck, packet_id.get(), diagnostics)?;
+        self.unsuback(packet_id, reasons)
+    }
+
+    /// [`ServerSession::auth`] with a Reason String and User Properties.
+    pub fn auth_with(
+        &mut self,
+        reason: ReasonCode,
+        data: Option<bytes::Bytes>,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        // Checked as any attached diagnostics are, then kept with this AUTH.
+        self.conn
+            .attach_diagnostics(PacketType::Auth, 0, diagnostics.clone())?;
+        self.conn.drop_diagnostics(PacketType::Auth, 0);
+        self.auth(reason, data)?;
+        if let Some(last) = self
+            .rare
+            .as_mut()
+            .and_then(|r| r.auth.as_mut())
+            .and_then(|a| a.queued.back_mut())
+        {
+            last.2 = Some(Box::new(diagnostics));
+        }
+        Ok(())
+    }
+
+    /// [`ServerSession::disconnect`] with a Reason String and User Properties on the
+    /// DISCONNECT.
+    pub fn disconnect_with(
+        &mut self,
+        reason: ReasonCode,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn.check()?;
+        self.conn
+            .attach_diagnostics(PacketType::Disconnect, 0, diagnostics)?;
+        self.disconnect(reason);
+        Ok(())
+    }
+
+    /// Attaches a Reason String and User Properties to the next packet of type
+    /// `packet_type` with `packet_id` this session sends: PUBACK, PUBREC, PUBREL, PUBCOMP,
+    /// SUBACK or UNSUBACK (the `_with` methods do it for the packets the application
+    /// answers with; this one reaches the PUBREL of a delivery and the PUBCOMP of a
+    /// received QoS 2 message, which the machine sends itself). Replaces what was
+    /// attached before; at most 1024 wait at once (`Error::QueueFull`).
+    pub fn attach_diagnostics(
+        &mut self,
+        packet_type: PacketType,
+        packet_id: PacketId,
+        diagnostics: Diagnostics,
+    ) -> Result<(), Error> {
+        self.conn.check()?;
+        if !matches!(
+            packet_type,
+            PacketType::PubAck
+                | PacketType::PubRec
+                | PacketType::PubRel
+                | PacketType::PubComp
+                | PacketType::SubAck
+                | PacketType::UnsubAck
+        ) {
+            return Err(Error::InvalidState(
+                "diagnostics by packet identifier go on acknowledgements",
+            ));
+        }
+        self.conn
+            .attach_diagnostics(packet_type, packet_id.get(), diagnostics)
+    }
+
     /// Queues `message` for the client, at the QoS it carries (the broker has already
     /// applied the subscription's maximum). Returns its packet identifier for QoS 1/2.
     pub fn deliver(
@@ -609,13 +859,14 @@ impl ServerSession {
         subscription_ids: &[SubscriptionId],
     ) -> Result<Option<PacketId>, Error> {
         self.conn.check()?;
-        let mut ids = heapless::Vec::new();
-        if self.conn.version.is_v5() {
-            for id in subscription_ids.iter().take(4) {
-                let _ = ids.push(*id);
-            }
-        }
-        self.conn.enqueue(now, message, ids)
+        // [MQTT-3.3.4-4] [MQTT-3.3.4-5] every identifier the broker found, however many;
+        // 3.1.1 has none.
+        let ids = if self.conn.version.is_v5() {
+            SubscriptionIdList::from(subscription_ids)
+        } else {
+            SubscriptionIdList::new()
+        };
+        self.conn.enqueue_with_ids(now, message, ids)
     }
 
     /// Answers a SUBSCRIBE, one code per filter ([MQTT-3.8.4-2]: with its identifier).
@@ -650,7 +901,7 @@ impl ServerSession {
                 "AUTH needs an authentication method in CONNECT",
             ));
         };
-        auth.queued.push_back((reason, data));
+        auth.queued.push_back((reason, data, None));
         self.conn.push_control(Control::Role(AUTH));
         Ok(())
     }
@@ -764,9 +1015,15 @@ impl ServerSession {
                     subscription_identifier_available: (!c.has(Policy::SUBSCRIPTION_IDS))
                         .then_some(false),
                     shared_subscription_available: (!c.has(Policy::SHARED)).then_some(false),
-                    server_keep_alive: c.server_keep_alive(),
+                    server_keep_alive: c.announced_keep_alive(),
                     // [MQTT-4.12.0-5] a successful CONNACK repeats the method.
                     authentication_method: self.auth_exchange().map(|a| a.method.as_str()),
+                    // [MQTT-3.1.2-28] kept only when the client asked.
+                    response_information: self
+                        .rare
+                        .as_ref()
+                        .and_then(|r| r.response_information.as_ref())
+                        .map(Utf8Bytes::as_str),
                     ..Default::default()
                 }
             } else {
@@ -777,8 +1034,16 @@ impl ServerSession {
                 reason_code: code,
                 properties,
             };
-            let n = self.conn.encode(&Packet::ConnAck(ack), out)?.ok();
+            let diagnostics = self.conn.diagnostics_for(PacketType::ConnAck, 0);
+            let n = self
+                .conn
+                .encode_with(Packet::ConnAck(ack), diagnostics, out)?
+                .ok();
+            self.conn.drop_diagnostics(PacketType::ConnAck, 0);
             self.connack = None;
+            if let Some(r) = self.rare.as_mut() {
+                r.response_information = None;
+            }
             if code.is_error() {
                 self.conn.phase = Phase::Closed;
             }
@@ -786,14 +1051,28 @@ impl ServerSession {
         }
         let c = self.conn.control_front().expect("picked");
         let n = match (c, encode_common(c)) {
-            (_, Some(p)) => self.conn.encode(&p, out)?,
+            (c, Some(p)) => {
+                let id = match c {
+                    Control::PubComp(id, _) | Control::SubAck(id, _) | Control::UnsubAck(id, _) => {
+                        id.get()
+                    }
+                    _ => 0,
+                };
+                let t = p.packet_type();
+                let n = self
+                    .conn
+                    .encode_with(p, self.conn.diagnostics_for(t, id), out)?;
+                self.conn.drop_diagnostics(t, id);
+                n
+            }
             (Control::Role(AUTH), None) => {
                 let auth = self
                     .rare
                     .as_mut()
                     .and_then(|r| r.auth.as_mut())
                     .expect("queued with its control");
-                let (reason, data) = auth.queued.front().expect("queued with its control");
+                let (reason, data, diagnostics) =
+                    auth.queued.front().expect("queued with its control");
                 let a = mqtt_codec::Auth {
                     reason_code: *reason,
                     properties: mqtt_codec::AuthProperties {
@@ -802,7 +1081,9 @@ impl ServerSession {
                         ..Default::default()
                     },
                 };
-                let n = self.conn.encode(&Packet::Auth(a), out)?;
+                let n = self
+                    .conn
+                    .encode_with(Packet::Auth(a), diagnostics.as_deref(), out)?;
                 auth.queued.pop_front();
                 n
             }

@@ -6,9 +6,9 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use mqtt_codec::{PacketId, QoS, SubscriptionId};
+use mqtt_codec::{PacketId, QoS};
 
-use crate::{Instant, Message, PacketIdAllocator};
+use crate::{Instant, Message, PacketIdAllocator, SubscriptionIdList};
 
 /// A message waiting to be sent, with what the sender needs to send it later.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,9 +18,9 @@ pub struct Outgoing {
     pub message: Message,
     /// When it was queued, for 5.0 message expiry.
     pub queued_at: Instant,
-    /// Subscription identifiers to attach (server to client).
-    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::sub_ids"))]
-    pub subscription_ids: heapless::Vec<SubscriptionId, 4>,
+    /// Subscription identifiers to attach (server to client): every matching
+    /// subscription's ([MQTT-3.3.4-4]).
+    pub subscription_ids: SubscriptionIdList,
     /// The identifier taken when it was queued (QoS 1/2), so `publish` can return it.
     #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::opt_packet_id"))]
     pub packet_id: Option<PacketId>,

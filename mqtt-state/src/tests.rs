@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use bytes::BytesMut;
 use mqtt_codec::{
     decode, DecodeOptions, Packet, PacketType, ProtocolVersion, QoS, ReasonCode, Status,
-    SubscriptionOptions, Topic,
+    SubscriptionId, SubscriptionOptions, Topic,
 };
 
 use crate::*;
@@ -434,16 +434,9 @@ fn mqtt_4_9_0_2_send_quota_is_the_servers_receive_maximum() {
     assert!(p.client.poll_transmit(p.now, &mut out).unwrap().is_some());
 }
 
-#[test]
-fn mqtt_3_3_4_9_receive_maximum_exceeded_is_a_protocol_error() {
-    // A peer that ignores our Receive Maximum of 1: the second unacknowledged QoS 1 PUBLISH.
-    let mut server = ServerSession::new(
-        ServerConfig {
-            receive_maximum: 1,
-            ..ServerConfig::default()
-        },
-        Instant::ZERO,
-    );
+/// A 5.0 server session past CONNACK with `config`; the CONNACK is drained.
+fn connected_server(config: ServerConfig) -> ServerSession {
+    let mut server = ServerSession::new(config, Instant::ZERO);
     let mut input = BytesMut::new();
     input.extend_from_slice(
         &Packet::Connect(mqtt_codec::Connect::new(V5, "c"))
@@ -452,23 +445,203 @@ fn mqtt_3_3_4_9_receive_maximum_exceeded_is_a_protocol_error() {
     );
     server.handle_input(Instant::ZERO, &mut input).unwrap();
     server.accept(Instant::ZERO, Accept::default()).unwrap();
-    for id in [1u16, 2] {
-        let publish = mqtt_codec::Publish::new(
-            Topic::new("t").unwrap(),
-            b"x",
-            mqtt_codec::QosPid::AtLeastOnce(mqtt_codec::PacketId::new(id).unwrap()),
-        );
+    assert_eq!(
+        frames(|out| server.poll_transmit(Instant::ZERO, out)).len(),
+        1
+    );
+    while server.poll_event().is_some() {}
+    server
+}
+
+/// `n` QoS `qos` PUBLISH with ids `first..first + n`, back to back.
+fn publishes(first: u16, n: u16, qos: QoS) -> BytesMut {
+    let mut input = BytesMut::new();
+    for id in first..first + n {
+        let id = mqtt_codec::PacketId::new(id).unwrap();
+        let qos_pid = match qos {
+            QoS::AtMostOnce => mqtt_codec::QosPid::AtMostOnce,
+            QoS::AtLeastOnce => mqtt_codec::QosPid::AtLeastOnce(id),
+            QoS::ExactlyOnce => mqtt_codec::QosPid::ExactlyOnce(id),
+        };
+        let publish = mqtt_codec::Publish::new(Topic::new("t").unwrap(), b"x", qos_pid);
         input.extend_from_slice(&Packet::Publish(publish).encode_to_vec(V5).unwrap());
     }
-    // The server has not sent its PUBACK for the first yet.
+    input
+}
+
+/// The messages the server reported, draining its events.
+fn server_messages(server: &mut ServerSession) -> usize {
+    let mut n = 0;
+    while let Some(e) = server.poll_event() {
+        n += usize::from(matches!(e, Event::Message { .. }));
+    }
+    n
+}
+
+/// Each packet the server sends: (type, packet id, reason code) of acknowledgements.
+fn server_acks(server: &mut ServerSession) -> Vec<(PacketType, u16, ReasonCode)> {
+    frames(|out| server.poll_transmit(Instant::ZERO, out))
+        .iter()
+        .filter_map(|f| match decode(f, &DecodeOptions::new(V5)) {
+            Ok(Status::Complete {
+                packet: Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubComp(a),
+                ..
+            }) => {
+                let t = types(f, V5)[0];
+                Some((t, a.packet_id.get(), a.reason_code))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mqtt_3_3_4_9_receive_maximum_exceeded_strict_is_a_protocol_error() {
+    // [MQTT-3.3.4-9] strictly: a peer that ignores our Receive Maximum of 1 sends a second
+    // QoS 1 PUBLISH before it can have seen the PUBACK of the first (queued, not yet sent).
+    let mut server = connected_server(ServerConfig {
+        receive_maximum: 1,
+        strict_receive_maximum: true,
+        ..ServerConfig::default()
+    });
+    let mut input = publishes(1, 2, QoS::AtLeastOnce);
     let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
     assert_eq!(e, Error::Protocol(Violation::ReceiveMaximumExceeded));
     let mut out = vec![0u8; 256];
     let sent = frames(|out| server.poll_transmit(Instant::ZERO, out));
-    // CONNACK, then DISCONNECT 0x93.
+    // DISCONNECT 0x93 (Receive Maximum exceeded).
     let last = sent.last().unwrap();
     assert_eq!(last[..3], [0xE0, 0x01, 0x93]);
     assert_eq!(server.poll_transmit(Instant::ZERO, &mut out), Err(e));
+}
+
+#[test]
+fn mqtt_3_3_4_9_strict_qos2_beyond_the_quota_is_a_protocol_error() {
+    // [MQTT-3.3.4-9] a QoS 2 message counts until PUBCOMP: a second one before the first's
+    // PUBREL is beyond a Receive Maximum of 1 whatever was sent.
+    let mut server = connected_server(ServerConfig {
+        receive_maximum: 1,
+        strict_receive_maximum: true,
+        ..ServerConfig::default()
+    });
+    let mut input = publishes(1, 1, QoS::ExactlyOnce);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(
+        server_acks(&mut server),
+        [(PacketType::PubRec, 1, ReasonCode::Success)]
+    );
+    let mut input = publishes(2, 1, QoS::ExactlyOnce);
+    let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
+    assert_eq!(e, Error::Protocol(Violation::ReceiveMaximumExceeded));
+}
+
+#[test]
+fn mqtt_3_3_4_9_qos1_burst_beyond_the_quota_is_acknowledged() {
+    // MQTT.js 5 ignores a Receive Maximum of 64 and sends 200 QoS 1 PUBLISH at once. The
+    // acknowledgements of one read are queued before the next PUBLISH counts, and what is
+    // beyond the quota is accepted, as mosquitto does: every message is delivered and
+    // acknowledged in order ([MQTT-4.6.0-2]), and the connection stays.
+    let mut server = connected_server(ServerConfig::default());
+    let mut input = publishes(1, 200, QoS::AtLeastOnce);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert!(input.is_empty());
+    assert_eq!(server_messages(&mut server), 200);
+    let acks = server_acks(&mut server);
+    let expected: Vec<_> = (1..=200)
+        .map(|id| (PacketType::PubAck, id, ReasonCode::Success))
+        .collect();
+    assert_eq!(acks, expected);
+    assert!(!server.is_closed());
+}
+
+#[test]
+fn mqtt_3_3_4_9_qos2_beyond_the_quota_gets_pubrec_quota_exceeded() {
+    // [MQTT-3.3.4-9] a Receive Maximum of 2 and four QoS 2 PUBLISH at once: two are taken
+    // (PUBREC 0x00, held until PUBREL), the others answered PUBREC 0x97 (Quota exceeded)
+    // and neither stored nor delivered ([MQTT-4.3.3-9]: the exchange ends there).
+    let mut server = connected_server(ServerConfig {
+        receive_maximum: 2,
+        ..ServerConfig::default()
+    });
+    let mut input = publishes(1, 4, QoS::ExactlyOnce);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 2);
+    assert_eq!(
+        server_acks(&mut server),
+        [
+            (PacketType::PubRec, 1, ReasonCode::Success),
+            (PacketType::PubRec, 2, ReasonCode::Success),
+            (PacketType::PubRec, 3, ReasonCode::QuotaExceeded),
+            (PacketType::PubRec, 4, ReasonCode::QuotaExceeded),
+        ]
+    );
+    assert_eq!(server.session().incoming_qos2, [1, 2]);
+    // PUBREL 1 frees a unit of the quota: id 3 sent again is a new message, taken.
+    let mut input = BytesMut::new();
+    input.extend_from_slice(
+        &Packet::PubRel(mqtt_codec::PubAck::new(
+            mqtt_codec::PacketId::new(1).unwrap(),
+        ))
+        .encode_to_vec(V5)
+        .unwrap(),
+    );
+    input.extend_from_slice(&publishes(3, 1, QoS::ExactlyOnce));
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 1);
+    assert_eq!(
+        server_acks(&mut server),
+        [
+            (PacketType::PubComp, 1, ReasonCode::Success),
+            (PacketType::PubRec, 3, ReasonCode::Success),
+        ]
+    );
+}
+
+#[test]
+fn mqtt_3_3_4_9_manual_acks_pace_a_burst_at_the_quota() {
+    // With manual acks, reading stops before a QoS 1 PUBLISH beyond the Receive Maximum
+    // while the application has not acknowledged the quota: the rest stays in the buffer
+    // until it does, so a client that ignores the quota is paced, not refused.
+    let config = ServerConfig {
+        receive_maximum: 2,
+        manual_acks: true,
+        ..ServerConfig::default()
+    };
+    let mut server = connected_server(config.clone());
+    let mut input = publishes(1, 5, QoS::AtLeastOnce);
+    let one = input.len() / 5;
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 2);
+    assert_eq!(input.len(), 3 * one);
+    // Called again without acknowledging: stopping would make no progress, so the next
+    // PUBLISH is read all the same, accepted beyond the quota (QoS 1), and reading stops
+    // again behind it.
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 1);
+    assert_eq!(input.len(), 2 * one);
+    assert!(server_acks(&mut server).is_empty());
+    for id in 1..=3 {
+        assert!(server.ack(mqtt_codec::PacketId::new(id).unwrap(), ReasonCode::Success));
+    }
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 2);
+    assert!(input.is_empty());
+    for id in 4..=5 {
+        assert!(server.ack(mqtt_codec::PacketId::new(id).unwrap(), ReasonCode::Success));
+    }
+    let acks: Vec<_> = server_acks(&mut server).iter().map(|a| a.1).collect();
+    assert_eq!(acks, [1, 2, 3, 4, 5]);
+
+    // Strictly, the PUBLISH read without acknowledging is a Protocol Error.
+    let mut server = connected_server(ServerConfig {
+        strict_receive_maximum: true,
+        ..config
+    });
+    let mut input = publishes(1, 3, QoS::AtLeastOnce);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    assert_eq!(server_messages(&mut server), 2);
+    let e = server.handle_input(Instant::ZERO, &mut input).unwrap_err();
+    assert_eq!(e, Error::Protocol(Violation::ReceiveMaximumExceeded));
 }
 
 #[test]
@@ -593,6 +766,127 @@ fn mqtt_3_1_2_21_server_keep_alive_wins() {
     };
     assert_eq!(info.keep_alive, Duration::from_secs(5));
     assert_eq!(p.client.poll_timeout(), Some(Instant::from_millis(5_000)));
+}
+
+/// The CONNACK a server with `config` sends when it accepts a `version` CONNECT asking
+/// for `keep_alive`, and the server itself.
+fn connack_for_keep_alive(
+    config: ServerConfig,
+    version: ProtocolVersion,
+    keep_alive: u16,
+) -> (Vec<u8>, ServerSession) {
+    let mut server = ServerSession::new(config, Instant::ZERO);
+    let mut c = mqtt_codec::Connect::new(version, "c");
+    c.keep_alive = keep_alive;
+    let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(version).unwrap()[..]);
+    server.handle_input(Instant::ZERO, &mut input).unwrap();
+    server.accept(Instant::ZERO, Accept::default()).unwrap();
+    let sent = frames(|out| server.poll_transmit(Instant::ZERO, out));
+    (sent.into_iter().next().expect("CONNACK"), server)
+}
+
+fn server_keep_alive_of(connack: &[u8]) -> Option<u16> {
+    match decode(connack, &DecodeOptions::new(V5)) {
+        Ok(Status::Complete {
+            packet: Packet::ConnAck(a),
+            ..
+        }) => a.properties.server_keep_alive,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn mqtt_3_2_2_21_a_keep_alive_beyond_the_maximum_is_cut_and_announced() {
+    let max = ServerConfig {
+        max_keep_alive: Some(60),
+        ..ServerConfig::default()
+    };
+    // [MQTT-3.2.2-21] asking for more, or for none (0), gets Server Keep Alive 60, and the
+    // server holds the client to it: closed after 1.5 x 60 s of silence, not 1.5 x 100 s.
+    for asked in [100, 0] {
+        let (connack, mut server) = connack_for_keep_alive(max.clone(), V5, asked);
+        assert_eq!(server_keep_alive_of(&connack), Some(60), "asked {asked}");
+        assert_eq!(server.poll_timeout(), Some(Instant::from_millis(90_000)));
+        server.handle_timeout(Instant::from_millis(89_999));
+        assert!(!server.is_closed());
+        server.handle_timeout(Instant::from_millis(90_000));
+        let sent = frames(|out| server.poll_transmit(Instant::from_millis(90_000), out));
+        // DISCONNECT 0x8D (Keep Alive timeout).
+        assert_eq!(sent, [vec![0xE0, 0x01, 0x8D]]);
+    }
+    // [MQTT-3.2.2-22] within the maximum: no Server Keep Alive, the client's value holds.
+    for asked in [30, 60] {
+        let (connack, server) = connack_for_keep_alive(max.clone(), V5, asked);
+        assert_eq!(server_keep_alive_of(&connack), None, "asked {asked}");
+        let grace = u64::from(asked) * 1500;
+        assert_eq!(server.poll_timeout(), Some(Instant::from_millis(grace)));
+    }
+    // An imposed keep alive wins over the maximum.
+    let (connack, _) = connack_for_keep_alive(
+        ServerConfig {
+            server_keep_alive: Some(5),
+            ..max.clone()
+        },
+        V5,
+        30,
+    );
+    assert_eq!(server_keep_alive_of(&connack), Some(5));
+    // Some(0) is no maximum.
+    let (connack, server) = connack_for_keep_alive(
+        ServerConfig {
+            max_keep_alive: Some(0),
+            ..ServerConfig::default()
+        },
+        V5,
+        0,
+    );
+    assert_eq!(server_keep_alive_of(&connack), None);
+    assert_eq!(server.poll_timeout(), None);
+}
+
+#[test]
+fn mqtt_3_1_2_21_the_client_uses_the_maximum_the_server_announces() {
+    // [MQTT-3.1.2-21] end to end: the client pings at the announced 60 s, not its 100 s.
+    let mut p = Pair::new(
+        ClientConfig {
+            keep_alive: 100,
+            ..ClientConfig::new(V5, "c1")
+        },
+        ServerConfig {
+            max_keep_alive: Some(60),
+            ..ServerConfig::default()
+        },
+    );
+    p.drive();
+    let Event::Connected(info) = &p.client_events[0] else {
+        panic!()
+    };
+    assert_eq!(info.keep_alive, Duration::from_secs(60));
+    assert_eq!(p.client.poll_timeout(), Some(Instant::from_millis(60_000)));
+}
+
+#[test]
+fn mqtt_3_2_2_22_a_3_1_1_keep_alive_beyond_the_maximum_is_refused() {
+    // 3.1.1 has no Server Keep Alive and the server must use the client's keep alive, so
+    // one beyond the maximum (or none) is refused, CONNACK 0x02, as mosquitto 2.0 does.
+    let max = ServerConfig {
+        max_keep_alive: Some(60),
+        ..ServerConfig::default()
+    };
+    for asked in [100, 0] {
+        let mut server = ServerSession::new(max.clone(), Instant::ZERO);
+        let mut c = mqtt_codec::Connect::new(V4, "c");
+        c.keep_alive = asked;
+        let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(V4).unwrap()[..]);
+        let _ = server.handle_input(Instant::ZERO, &mut input);
+        assert!(server.poll_event().is_none(), "no ConnectRequest");
+        let sent = frames(|out| server.poll_transmit(Instant::ZERO, out));
+        assert_eq!(sent, [vec![0x20, 0x02, 0x00, 0x02]], "asked {asked}");
+        assert!(server.is_closed());
+    }
+    let (connack, server) = connack_for_keep_alive(max, V4, 60);
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    assert_eq!(server.poll_timeout(), Some(Instant::from_millis(90_000)));
 }
 
 #[test]
@@ -2369,4 +2663,378 @@ fn mqtt_3_1_2_29_no_problem_information_on_other_packets_when_not_requested() {
             PacketType::Auth
         ]
     );
+}
+
+#[test]
+fn mqtt_3_3_4_4_deliver_keeps_every_subscription_identifier() {
+    // [MQTT-3.3.4-4] [MQTT-3.3.4-5] the broker found seven matching subscriptions with
+    // identifiers: the PUBLISH carries all seven, and the client reports all seven.
+    let mut p = Pair::new(ClientConfig::new(V5, "c1"), ServerConfig::default());
+    p.drive();
+    let ids: Vec<SubscriptionId> = (1..=7)
+        .map(|i| SubscriptionId::new(i * 100).unwrap())
+        .collect();
+    p.server
+        .deliver(p.now, Message::new("t", "x", QoS::AtLeastOnce), &ids)
+        .unwrap();
+    p.drive();
+    let got: Vec<Vec<SubscriptionId>> = p
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { message, .. } => {
+                Some(message.properties.subscription_identifiers.to_vec())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [ids]);
+}
+
+#[test]
+fn subscription_id_list_spills_past_four_and_compares_by_content() {
+    let ids: Vec<SubscriptionId> = (1..=9).map(|i| SubscriptionId::new(i).unwrap()).collect();
+    let mut list = SubscriptionIdList::new();
+    for (n, id) in ids.iter().enumerate() {
+        list.push(*id);
+        assert_eq!(list.as_slice(), &ids[..=n]);
+    }
+    assert_eq!(SubscriptionIdList::from(&ids[..]), list);
+    assert_eq!(ids.iter().copied().collect::<SubscriptionIdList>(), list);
+    list.clear();
+    assert!(list.is_empty());
+    assert_eq!(list, SubscriptionIdList::default());
+    // No larger than the four-entry array it replaced.
+    assert!(core::mem::size_of::<SubscriptionIdList>() <= 24);
+}
+
+#[test]
+fn mqtt_3_1_2_28_response_information_only_when_requested() {
+    let config = ServerConfig {
+        response_information: Some(Utf8Bytes::from("responses/c/")),
+        ..ServerConfig::default()
+    };
+    let connack = |request: Option<bool>, version: ProtocolVersion| {
+        let mut server = ServerSession::new(config.clone(), Instant::ZERO);
+        let mut c = mqtt_codec::Connect::new(version, "c");
+        c.properties.request_response_information = request;
+        let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(version).unwrap()[..]);
+        server.handle_input(Instant::ZERO, &mut input).unwrap();
+        server.accept(Instant::ZERO, Accept::default()).unwrap();
+        frames(|out| server.poll_transmit(Instant::ZERO, out))
+            .into_iter()
+            .next()
+            .unwrap()
+    };
+    let info = |bytes: &[u8]| match decode(bytes, &DecodeOptions::new(V5)) {
+        Ok(Status::Complete {
+            packet: Packet::ConnAck(a),
+            ..
+        }) => a
+            .properties
+            .response_information
+            .map(alloc::string::String::from),
+        other => panic!("{other:?}"),
+    };
+    // Requested: the configured Response Information.
+    assert_eq!(
+        info(&connack(Some(true), V5)).as_deref(),
+        Some("responses/c/")
+    );
+    // [MQTT-3.1.2-28] not requested (0, or absent, which means 0): none.
+    assert_eq!(info(&connack(Some(false), V5)), None);
+    assert_eq!(info(&connack(None, V5)), None);
+    // 3.1.1 has no properties at all.
+    assert_eq!(connack(None, V4), [0x20, 0x02, 0x00, 0x00]);
+}
+
+// ---- Diagnostics (Reason String, User Properties) and the client's Maximum Packet Size --
+
+/// The frames a 5.0 server sends when the application answers with `packet_type`
+/// carrying `diagnostics`, to a client whose Maximum Packet Size is `max` (and whose
+/// Request Problem Information is `problem_info`); the rest of each exchange is driven
+/// with plain calls.
+fn answered_with(
+    packet_type: PacketType,
+    max: u32,
+    problem_info: bool,
+    diagnostics: Diagnostics,
+) -> Vec<Vec<u8>> {
+    use mqtt_codec::{List, PubAck, Subscribe, Subscription, Unsubscribe};
+    let now = Instant::ZERO;
+    let id = mqtt_codec::PacketId::new(7).unwrap();
+    let mut server = ServerSession::new(
+        ServerConfig {
+            manual_acks: true,
+            ..ServerConfig::default()
+        },
+        now,
+    );
+    let mut c = mqtt_codec::Connect::new(V5, "c");
+    c.properties.maximum_packet_size = core::num::NonZeroU32::new(max);
+    c.properties.request_problem_information = Some(problem_info);
+    if packet_type == PacketType::Auth {
+        c.properties.authentication_method = Some("X");
+    }
+    let mut input = BytesMut::from(&Packet::Connect(c).encode_to_vec(V5).unwrap()[..]);
+    server.handle_input(now, &mut input).unwrap();
+    match packet_type {
+        PacketType::ConnAck => {
+            server
+                .accept_with(now, Accept::default(), diagnostics)
+                .unwrap();
+            return frames(|out| server.poll_transmit(now, out));
+        }
+        PacketType::Auth => {
+            server
+                .auth_with(ReasonCode::ContinueAuthentication, None, diagnostics)
+                .unwrap();
+            return frames(|out| server.poll_transmit(now, out));
+        }
+        _ => {}
+    }
+    server.accept(now, Accept::default()).unwrap();
+    frames(|out| server.poll_transmit(now, out));
+    let feed = |server: &mut ServerSession, p: Packet<'_>| {
+        let mut input = BytesMut::from(&p.encode_to_vec(V5).unwrap()[..]);
+        server.handle_input(now, &mut input).unwrap();
+    };
+    match packet_type {
+        PacketType::PubAck | PacketType::PubRec => {
+            let qos = if packet_type == PacketType::PubAck {
+                mqtt_codec::QosPid::AtLeastOnce(id)
+            } else {
+                mqtt_codec::QosPid::ExactlyOnce(id)
+            };
+            let p = mqtt_codec::Publish::new(Topic::new("t").unwrap(), b"x", qos);
+            feed(&mut server, Packet::Publish(p));
+            let code = ReasonCode::NoMatchingSubscribers;
+            assert!(server.ack_with(id, code, diagnostics).unwrap());
+        }
+        PacketType::PubComp => {
+            let qos = mqtt_codec::QosPid::ExactlyOnce(id);
+            let p = mqtt_codec::Publish::new(Topic::new("t").unwrap(), b"x", qos);
+            feed(&mut server, Packet::Publish(p));
+            assert!(server.ack(id, ReasonCode::Success));
+            frames(|out| server.poll_transmit(now, out));
+            server
+                .attach_diagnostics(PacketType::PubComp, id, diagnostics)
+                .unwrap();
+            feed(&mut server, Packet::PubRel(PubAck::new(id)));
+        }
+        PacketType::PubRel => {
+            let m = Message::new("t", "x", QoS::ExactlyOnce);
+            let out_id = server.deliver(now, m, &[]).unwrap().unwrap();
+            frames(|out| server.poll_transmit(now, out));
+            server
+                .attach_diagnostics(PacketType::PubRel, out_id, diagnostics)
+                .unwrap();
+            feed(&mut server, Packet::PubRec(PubAck::new(out_id)));
+        }
+        PacketType::SubAck => {
+            let filters = [Subscription {
+                filter: "a/#",
+                options: SubscriptionOptions::default(),
+            }];
+            feed(
+                &mut server,
+                Packet::Subscribe(Subscribe::new(id, List::new(&filters))),
+            );
+            server
+                .suback_with(id, vec![ReasonCode::Success], diagnostics)
+                .unwrap();
+        }
+        PacketType::UnsubAck => {
+            let filters = ["a/#"];
+            feed(
+                &mut server,
+                Packet::Unsubscribe(Unsubscribe::new(id, List::new(&filters))),
+            );
+            server
+                .unsuback_with(id, vec![ReasonCode::NoSubscriptionExisted], diagnostics)
+                .unwrap();
+        }
+        PacketType::Disconnect => {
+            server
+                .disconnect_with(ReasonCode::ServerShuttingDown, diagnostics)
+                .unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    frames(|out| server.poll_transmit(now, out))
+}
+
+/// The Reason String and the number of User Properties of the packet of type `t` among
+/// `sent`, and its size.
+fn diagnostics_in(
+    sent: &[Vec<u8>],
+    t: PacketType,
+) -> (Option<alloc::string::String>, usize, usize) {
+    for f in sent {
+        let Ok(Status::Complete { packet, .. }) = decode(f, &DecodeOptions::new(V5)) else {
+            panic!("{f:?}")
+        };
+        let (rs, up) = match packet {
+            Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+                (a.properties.reason_string, a.properties.user_properties)
+            }
+            Packet::SubAck(a) => (a.properties.reason_string, a.properties.user_properties),
+            Packet::UnsubAck(a) => (a.properties.reason_string, a.properties.user_properties),
+            Packet::ConnAck(a) => (a.properties.reason_string, a.properties.user_properties),
+            Packet::Disconnect(a) => (a.properties.reason_string, a.properties.user_properties),
+            Packet::Auth(a) => (a.properties.reason_string, a.properties.user_properties),
+            _ => continue,
+        };
+        if packet.packet_type() == t {
+            return (
+                rs.map(alloc::string::String::from),
+                up.iter().count(),
+                f.len(),
+            );
+        }
+    }
+    panic!("no {t:?} in {sent:?}")
+}
+
+/// Checks the Maximum Packet Size rule for the diagnostics of `t`: both properties when
+/// they fit, the Reason String alone when the User Properties would not fit, neither when
+/// the Reason String would not fit either; the packet itself is sent every time.
+fn check_diagnostics_fit(t: PacketType) {
+    let reason = "x".repeat(100);
+    let full = || {
+        Diagnostics::new()
+            .with_reason_string(alloc::string::String::from(reason.as_str()))
+            .unwrap()
+            .with_user_properties(&[("k", "v"), ("why", "because")])
+            .unwrap()
+    };
+    let reason_only = Diagnostics::new()
+        .with_reason_string(alloc::string::String::from(reason.as_str()))
+        .unwrap();
+    let big = 1 << 20;
+    let (rs, up, with_both) = diagnostics_in(&answered_with(t, big, true, full()), t);
+    assert_eq!((rs.as_deref(), up), (Some(reason.as_str()), 2), "{t:?}");
+    let (_, _, with_reason) = diagnostics_in(&answered_with(t, big, true, reason_only), t);
+    let (_, _, bare) = diagnostics_in(&answered_with(t, big, true, Diagnostics::new()), t);
+    assert!(bare < with_reason && with_reason < with_both);
+    // Exactly at the limit: all of it.
+    let max = with_both as u32;
+    assert_eq!(
+        diagnostics_in(&answered_with(t, max, true, full()), t),
+        (Some(reason.clone()), 2, with_both)
+    );
+    // One byte less: the User Properties would exceed it, so they are left out.
+    let max = with_both as u32 - 1;
+    assert_eq!(
+        diagnostics_in(&answered_with(t, max, true, full()), t),
+        (Some(reason.clone()), 0, with_reason),
+        "{t:?}"
+    );
+    // Room for neither: both left out, the packet still sent.
+    let max = with_reason as u32 - 1;
+    assert_eq!(
+        diagnostics_in(&answered_with(t, max, true, full()), t),
+        (None, 0, bare),
+        "{t:?}"
+    );
+}
+
+#[test]
+fn mqtt_3_2_2_19_mqtt_3_2_2_20_connack_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::ConnAck);
+}
+
+#[test]
+fn mqtt_3_4_2_2_mqtt_3_4_2_3_puback_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::PubAck);
+}
+
+#[test]
+fn mqtt_3_5_2_2_mqtt_3_5_2_3_pubrec_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::PubRec);
+}
+
+#[test]
+fn mqtt_3_6_2_2_mqtt_3_6_2_3_pubrel_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::PubRel);
+}
+
+#[test]
+fn mqtt_3_7_2_2_mqtt_3_7_2_3_pubcomp_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::PubComp);
+}
+
+#[test]
+fn mqtt_3_9_2_1_mqtt_3_9_2_2_suback_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::SubAck);
+}
+
+#[test]
+fn mqtt_3_11_2_1_mqtt_3_11_2_2_unsuback_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::UnsubAck);
+}
+
+#[test]
+fn mqtt_3_14_2_3_mqtt_3_14_2_4_disconnect_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::Disconnect);
+}
+
+#[test]
+fn mqtt_3_15_2_2_mqtt_3_15_2_3_auth_diagnostics_fit_the_maximum_packet_size() {
+    check_diagnostics_fit(PacketType::Auth);
+}
+
+#[test]
+fn mqtt_3_1_2_29_diagnostics_only_on_connack_and_disconnect_without_problem_information() {
+    let d = || {
+        Diagnostics::new()
+            .with_reason_string("why")
+            .unwrap()
+            .with_user_properties(&[("k", "v")])
+            .unwrap()
+    };
+    let big = 1 << 20;
+    for t in [
+        PacketType::PubAck,
+        PacketType::PubRec,
+        PacketType::PubRel,
+        PacketType::PubComp,
+        PacketType::SubAck,
+        PacketType::UnsubAck,
+        PacketType::Auth,
+    ] {
+        let (rs, up, _) = diagnostics_in(&answered_with(t, big, false, d()), t);
+        assert_eq!((rs, up), (None, 0), "{t:?}");
+        let (rs, up, _) = diagnostics_in(&answered_with(t, big, true, d()), t);
+        assert_eq!((rs.as_deref(), up), (Some("why"), 1), "{t:?}");
+    }
+    for t in [PacketType::ConnAck, PacketType::Disconnect] {
+        let (rs, up, _) = diagnostics_in(&answered_with(t, big, false, d()), t);
+        assert_eq!((rs.as_deref(), up), (Some("why"), 1), "{t:?}");
+    }
+}
+
+#[test]
+fn diagnostics_that_no_packet_could_carry_are_refused_up_front() {
+    assert!(Diagnostics::new().with_reason_string("a\0b").is_err());
+    assert!(Diagnostics::new()
+        .with_user_properties(&[("\0", "v")])
+        .is_err());
+    let huge = "x".repeat(70_000);
+    assert!(Diagnostics::new().with_reason_string(huge).is_err());
+}
+
+#[test]
+fn diagnostics_are_left_out_before_5_0() {
+    let mut p = Pair::new(ClientConfig::new(V4, "c1"), ServerConfig::default());
+    p.auto_accept = false;
+    p.drive();
+    p.server
+        .reject_with(
+            ReasonCode::NotAuthorized,
+            Diagnostics::new().with_reason_string("no").unwrap(),
+        )
+        .unwrap();
+    let sent = frames(|out| p.server.poll_transmit(p.now, out));
+    assert_eq!(sent, [vec![0x20, 0x02, 0x00, 0x05]]);
 }

@@ -183,12 +183,23 @@ fn a_session_restored_from_json_completes_its_messages() {
 
     // Subscription identifiers round-trip too, and bad input is refused.
     let mut o = restored.queue[0].clone();
-    o.subscription_ids
-        .push(SubscriptionId::new(7).unwrap())
-        .unwrap();
+    o.subscription_ids.push(SubscriptionId::new(7).unwrap());
     let back: mqtt_state::Outgoing =
         serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
     assert_eq!(back, o);
+    // [MQTT-3.3.4-4] more than four (the old cap) round-trip as well, in order.
+    for id in [9, 3, 268_435_455, 8, 2] {
+        o.subscription_ids.push(SubscriptionId::new(id).unwrap());
+    }
+    assert_eq!(o.subscription_ids.len(), 6);
+    let json_ids = serde_json::to_string(&o).unwrap();
+    assert!(json_ids.contains("[7,9,3,268435455,8,2]"), "{json_ids}");
+    let back: mqtt_state::Outgoing = serde_json::from_str(&json_ids).unwrap();
+    assert_eq!(back, o);
+    assert!(serde_json::from_str::<mqtt_state::Outgoing>(
+        &json_ids.replace("268435455", "268435456")
+    )
+    .is_err());
     assert!(
         serde_json::from_str::<SessionState>(&json.replace("\"qos\": 2", "\"qos\": 3")).is_err()
     );
