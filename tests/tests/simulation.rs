@@ -53,7 +53,7 @@ use mqtt_codec::{decode, DecodeOptions, ProtocolVersion, QoS, ReasonCode, Status
 use mqtt_state::{Client, ClientConfig, Duration, Error, Event, Instant, Message, ServerConfig};
 use support::Rng;
 
-/// Seeds run by default: about 40 s in a debug build on a busy 2-core machine.
+/// Seeds run by default: about 25 s of CPU in a debug build.
 const DEFAULT_SEEDS: u64 = 1000;
 /// How long the chaos phase may last, simulated milliseconds.
 const CHAOS_MS: (u64, u64) = (20_000, 60_000);
@@ -194,6 +194,10 @@ struct ClientSlot {
 /// Everything a delivery is checked against: (publisher, seq, published QoS).
 type MsgKey = (usize, u32, QoS);
 
+/// A delivery: (key, QoS delivered, the subscriber's session number, and since when that
+/// session was owed messages).
+type Received = (MsgKey, QoS, u32, Option<Instant>);
+
 /// A published message: its key, when `publish` was called, whether on `r/<id>`.
 #[derive(Debug, Clone, Copy)]
 struct Published {
@@ -228,9 +232,7 @@ struct Sim {
     broker: BrokerSide,
     /// What was published, in order, and what each subscriber received, in order.
     published: Vec<Published>,
-    /// (key, QoS delivered, the subscriber's session number, and since when it owed
-    /// messages then).
-    received: Vec<Vec<(MsgKey, QoS, u32, Option<Instant>)>>,
+    received: Vec<Vec<Received>>,
     /// The last retained message per `r/<id>` topic, `None` once cleared.
     retained_model: BTreeMap<String, Option<MsgKey>>,
     /// What the probe read back.
@@ -621,7 +623,7 @@ impl Sim {
 
     fn broker_timers(&mut self) -> bool {
         let now = self.now;
-        if !self.broker.broker.poll_timeout().is_some_and(|t| t <= now) {
+        if self.broker.broker.poll_timeout().is_none_or(|t| t > now) {
             return false;
         }
         self.broker.broker.handle_timeout(now);
@@ -1143,12 +1145,10 @@ impl Sim {
                     self.check_keep_alive_timeout(format!("c{i}"), self.clients[i].link);
                 }
             }
-            Event::SessionLost { messages } => {
-                // Only a session that may end loses anything, and a transient client
-                // publishes nothing.
-                if role == Role::Persistent || !messages.is_empty() {
-                    self.fail(format!("c{i}: session lost, {} messages", messages.len()));
-                }
+            // Only a session that may end loses anything, and a transient client
+            // publishes nothing.
+            Event::SessionLost { messages } if role == Role::Persistent || !messages.is_empty() => {
+                self.fail(format!("c{i}: session lost, {} messages", messages.len()));
             }
             Event::Dropped { message, error, .. } => {
                 self.fail(format!("c{i}: dropped {:?}: {error}", message.payload));
