@@ -8,6 +8,8 @@
 //! - [`paho`]: Python `paho-mqtt` 2.x, 3.1.1 and 5.0 over TCP and WebSocket, shared
 //!   subscriptions.
 //! - [`rumqttc_peer`]: `rumqttc` 3.1.1 and 5.0.
+//! - [`mqttjs`]: MQTT.js 5 (npm `mqtt`) from Node, 3.1.1 and 5.0 over TCP and WebSocket,
+//!   including bursts of 200 QoS 1/2 publishes that ignore the broker's Receive Maximum.
 //! - [`access`]: TLS (`mosquitto_pub`/`mosquitto_sub` and paho over WebSocket), password
 //!   files (mosquitto's `$7$` and Argon2) and mosquitto-format ACLs.
 //! - [`bad_peers`]: garbage, protocol violations, oversize packets and unfinished CONNECTs
@@ -20,5 +22,6 @@ mod access;
 mod bad_peers;
 mod broker;
 mod mosquitto;
+mod mqttjs;
 mod paho;
 mod rumqttc_peer;
