@@ -523,7 +523,7 @@ impl Sim {
         b.broker.handle_input(now, id, buf);
         b.calls += 1;
         let dropped = b.broker.stats().messages_dropped - dropped;
-        // Memory: the broker takes every complete packet (today it never pauses).
+        // Memory: what a paused connection holds is bounded by what its client may send.
         let held = buf.len();
         if dropped > 0 {
             self.trace(|| format!("server[{link}]: the broker dropped {dropped} messages"));
@@ -558,6 +558,7 @@ impl Sim {
     fn broker_pump_once(&mut self) -> bool {
         let mut progress = false;
         let mut closing = Vec::new();
+        let mut resumed = Vec::new();
         while let Some(ev) = self.broker.broker.poll_event() {
             self.broker.calls += 1;
             progress = true;
@@ -565,7 +566,18 @@ impl Sim {
                 BrokerEvent::Transmit(id) => {
                     self.broker.blocked.insert(id);
                 }
-                BrokerEvent::Close(id) => closing.push(id),
+                BrokerEvent::Close { id, .. } => closing.push(id),
+                // The broker leaves a paused connection's bytes in its input buffer; a
+                // resumed one is offered them again, even if nothing new arrives.
+                BrokerEvent::Pause(_) => {}
+                BrokerEvent::Resume(id) => resumed.push(id),
+                other => self.fail(format!("broker: unexpected event {other:?}")),
+            }
+        }
+        for id in resumed {
+            if let Some(&link) = self.broker.link_of_conn.get(&id) {
+                self.broker_input(link, &[]);
+                progress = true;
             }
         }
         let blocked: Vec<ConnectionId> = self.broker.blocked.iter().copied().collect();
@@ -605,7 +617,12 @@ impl Sim {
             }
             self.broker.calls += 1;
             match self.broker.broker.poll_transmit(self.now, id, &mut out) {
-                Some(n) => {
+                Err(e) => {
+                    self.fail(format!("server[{link}]: poll_transmit: {e}"));
+                    self.broker.blocked.remove(&id);
+                    return progress;
+                }
+                Ok(Some(n)) => {
                     if self.verbose {
                         let p = self.packet_name(&out[..n]);
                         self.trace(|| format!("server[{link}] -> {p}"));
@@ -613,7 +630,7 @@ impl Sim {
                     self.send(link, false, Item::Data(out[..n].to_vec()));
                     progress = true;
                 }
-                None => {
+                Ok(None) => {
                     self.broker.blocked.remove(&id);
                     return progress;
                 }
