@@ -361,6 +361,11 @@ impl<H: Hooks> Broker<H> {
             return; // stale
         }
         c.armed = NOT_ARMED;
+        if c.paused_on().is_some() || c.input_waiting() {
+            // The adapter is not reading this connection on our word: what the client sent
+            // is unread, not missing ([MQTT-3.1.2-22] counts packets received).
+            c.session.hold_input(now);
+        }
         if c.session.poll_timeout().is_some_and(|t| t <= now) {
             c.session.handle_timeout(now);
             self.process(now, id);

@@ -225,3 +225,57 @@ fn a_subscriber_that_stopped_reading_is_let_go_after_the_stall_timeout() {
     assert_eq!(net.closes, [(sub_id, CloseReason::SlowConsumer)]);
     assert!(!net.paused(p), "the publisher goes on");
 }
+
+#[test]
+fn a_persistent_subscriber_let_go_as_a_slow_consumer_gets_everything_when_it_returns() {
+    for takeover in [false, true] {
+        let mut net = net(QoS0Overflow::PushBack);
+        let sub = net.join(ClientConfig {
+            keep_alive: 0,
+            ..persistent(V5, "sub")
+        });
+        net.subscribe(sub, "t", q(QoS::ExactlyOnce));
+        let sub_id = net.peers[sub].id.unwrap();
+        net.stalled.push(sub_id);
+        let p = net.join(ClientConfig {
+            keep_alive: 0,
+            ..ClientConfig::new(V5, "pub")
+        });
+        let n = 3 * WATERMARK;
+        for i in 0..n {
+            let qos = if i % 2 == 0 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::ExactlyOnce
+            };
+            net.peers[p]
+                .client
+                .publish(net.now, Message::new("t", payload(0, i), qos))
+                .unwrap();
+        }
+        net.drive();
+        net.advance(6_000);
+        assert_eq!(net.closes, [(sub_id, CloseReason::SlowConsumer)]);
+        // The client notices much later (its link was dead), and reconnects.
+        net.peers[sub].id = None;
+        net.peers[sub].client.handle_close(net.now);
+        net.advance(1_000);
+        net.reconnect(sub);
+        if takeover {
+            // A second CONNECT over a live one takes the session over.
+            net.peers[sub].client.handle_close(net.now);
+            net.reconnect(sub);
+        }
+        for _ in 0..20 {
+            net.advance(100);
+        }
+        let got: Vec<String> = drain_acking(&mut net, sub)
+            .into_iter()
+            .map(|(payload, ..)| payload)
+            .collect();
+        let want: Vec<String> = (0..n).map(|i| payload(0, i)).collect();
+        let mut uniq = got.clone();
+        uniq.dedup();
+        assert_eq!(uniq, want, "takeover {takeover}: got {got:?}");
+    }
+}

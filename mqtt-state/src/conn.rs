@@ -708,6 +708,14 @@ impl Conn {
         }
     }
 
+    /// A server that has not read what the peer may have sent restarts its keep alive
+    /// clock, as if a packet had arrived (only once connected: the CONNECT deadline stays).
+    pub(crate) fn restart_keep_alive(&mut self, now: Instant) {
+        if self.role == Role::Server && self.phase == Phase::Connected && self.error().is_none() {
+            self.on_receive(now);
+        }
+    }
+
     /// Called after anything is sent.
     fn on_transmit(&mut self, now: Instant) {
         // [MQTT-3.1.2-20] the client pings when it has sent nothing for the keep alive.

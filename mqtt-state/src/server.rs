@@ -921,6 +921,14 @@ impl ServerSession {
         }
     }
 
+    /// The embedder has stopped reading this connection (backpressure, or a decision it
+    /// has not made yet): whatever the client sent may be waiting unread, so its silence
+    /// proves nothing. Counts the keep alive ([MQTT-3.1.2-22]) from `now` again, so that a
+    /// client is never closed for packets the server itself left unread.
+    pub fn hold_input(&mut self, now: Instant) {
+        self.conn.restart_keep_alive(now);
+    }
+
     /// Acts on expired timers: CONNECT timeout, keep alive (1.5 times, [MQTT-3.1.2-22]).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.conn.handle_timeout(now);
