@@ -231,8 +231,10 @@ fn qos(b: u8) -> QoS {
     }
 }
 
+/// `TRACE=1`: print every operation and client event (to replay one input).
 fn trace() -> bool {
-    std::env::var_os("TRACE").is_some()
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("TRACE").is_some())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -634,6 +636,10 @@ mod scenario {
         expiry: u8,
         keep_alive: u8,
         receive_maximum: u8,
+        /// Connected at the start (with clean start), so short inputs already have traffic.
+        start: bool,
+        /// Subscribed at the start: filter and QoS.
+        subscribe: Option<(u8, u8)>,
     }
 
     #[derive(Debug, Arbitrary)]
@@ -1004,6 +1010,25 @@ mod scenario {
             }
         }
 
+        fn subscribe(&mut self, i: usize, filter: u8, q: u8) {
+            let tick = self.tick;
+            let p = &mut self.peers[i];
+            if p.client.is_connected() {
+                let f = usize::from(filter) % FILTERS.len();
+                let q = qos(q);
+                if let Ok(id) = p
+                    .client
+                    .subscribe(&[(FILTERS[f], SubscriptionOptions::qos(q))], None)
+                {
+                    // [MQTT-3.8.4-3] it replaces an identical filter's subscription.
+                    for s in p.subs.iter_mut().filter(|s| s.filter == f) {
+                        s.until.get_or_insert(tick);
+                    }
+                    p.pending_subs.push((id, f, q));
+                }
+            }
+        }
+
         fn advance(&mut self, to: Instant, out: &mut [u8]) {
             self.now = self.now.max(to);
             for p in &mut self.peers {
@@ -1078,6 +1103,19 @@ mod scenario {
             return;
         }
         let n = w.peers.len();
+        for (i, spec) in input.clients.iter().take(n).enumerate() {
+            if spec.start {
+                w.connect(i, true);
+            }
+        }
+        w.drive(out);
+        w.tick += 1;
+        for (i, spec) in input.clients.iter().take(n).enumerate() {
+            if let Some((filter, q)) = spec.subscribe {
+                w.subscribe(i, filter, q);
+            }
+        }
+        w.drive(out);
         let pick = |c: u8| usize::from(c) % n;
         for op in input.ops.into_iter().take(128) {
             w.tick += 1;
@@ -1110,25 +1148,7 @@ mod scenario {
                         }
                     }
                 }
-                Op::Subscribe { c, filter, qos: q } => {
-                    let i = pick(c);
-                    let tick = w.tick;
-                    let p = &mut w.peers[i];
-                    if p.client.is_connected() {
-                        let f = usize::from(filter) % FILTERS.len();
-                        let q = qos(q);
-                        if let Ok(id) = p
-                            .client
-                            .subscribe(&[(FILTERS[f], SubscriptionOptions::qos(q))], None)
-                        {
-                            // [MQTT-3.8.4-3] it replaces an identical filter's subscription.
-                            for s in p.subs.iter_mut().filter(|s| s.filter == f) {
-                                s.until.get_or_insert(tick);
-                            }
-                            p.pending_subs.push((id, f, q));
-                        }
-                    }
-                }
+                Op::Subscribe { c, filter, qos: q } => w.subscribe(pick(c), filter, q),
                 Op::Unsubscribe { c, filter } => {
                     let i = pick(c);
                     let tick = w.tick;
@@ -1223,6 +1243,14 @@ mod scenario {
         let could_overflow =
             w.msgs.len() > limits.max_queued.min(limits.max_offline_queue);
         let excused = EXCUSE_LOSS_WHEN_BROKER_COUNTED_A_DROP && dropped > 0 && could_overflow;
+        if trace() {
+            let acked = w.msgs.iter().filter(|m| m.acked.is_some()).count();
+            eprintln!(
+                "{} messages, {acked} acknowledged; broker dropped {dropped}; loss check {}",
+                w.msgs.len(),
+                if excused { "excused" } else { "on" }
+            );
+        }
         for (si, s) in w.peers.iter().enumerate() {
             let mut first: BTreeMap<usize, usize> = BTreeMap::new();
             let mut qos2: BTreeMap<usize, usize> = BTreeMap::new();
@@ -1265,6 +1293,7 @@ mod scenario {
             if excused {
                 continue;
             }
+            let mut checked = 0;
             for (mi, m) in w.msgs.iter().enumerate() {
                 let Some(acked) = m.acked else { continue };
                 if m.qos == QoS::AtMostOnce {
@@ -1279,6 +1308,7 @@ mod scenario {
                         && matches(TopicFilter::new(FILTERS[sub.filter]).unwrap(), name)
                 });
                 if expected {
+                    checked += 1;
                     assert!(
                         first.contains_key(&mi),
                         "client {si} never got {:?} message {}:{} on {} acknowledged at @{acked} \
@@ -1289,6 +1319,12 @@ mod scenario {
                         TOPICS[m.topic],
                     );
                 }
+            }
+            if trace() {
+                eprintln!(
+                    "client {si}: {} deliveries, {checked} acknowledged messages owed and received",
+                    s.deliveries.len()
+                );
             }
         }
     }
