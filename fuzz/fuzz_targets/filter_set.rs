@@ -58,9 +58,7 @@ fn run<const N: usize>(ops: &[Op]) {
     let strings: Vec<String> = ops
         .iter()
         .map(|op| match op {
-            Op::Insert { filter, .. } | Op::Remove { filter } | Op::Get { filter } => {
-                topic(filter)
-            }
+            Op::Insert { filter, .. } | Op::Remove { filter } | Op::Get { filter } => topic(filter),
             Op::Match { name } => topic(name),
             Op::Iter => String::new(),
         })

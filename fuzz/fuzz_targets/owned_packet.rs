@@ -56,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
         match (expected, got) {
             (Ok(Status::Complete { packet, consumed }), Ok(Some(owned))) => {
                 assert_eq!(owned.frame(), &before[..consumed], "frame");
-                assert_eq!(buf, before[consumed..], "the buffer keeps what follows the frame");
+                assert_eq!(
+                    buf,
+                    before[consumed..],
+                    "the buffer keeps what follows the frame"
+                );
                 // The frame is a view of the buffer's storage, not a copy.
                 assert!(within(owned.frame(), &before));
                 assert_eq!(owned.packet(), packet);
