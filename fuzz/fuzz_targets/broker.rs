@@ -200,6 +200,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(input) = Input::arbitrary_take_rest(arbitrary::Unstructured::new(data)) else {
         return;
     };
+    // The output buffer is the harness's, made once: not part of the run's heap.
+    OUT_BUF.with(|_| ());
     let base = LIVE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     OUT_BUF.with(|out| {
@@ -745,6 +747,11 @@ mod scenario {
         readable: bool,
         /// The current connection's CONNACK arrived.
         connack: bool,
+        /// When this connection first stalled. The broker may decide to close a connection
+        /// (keep alive) and release its session while its final DISCONNECT cannot be written;
+        /// it asks to close the socket only once that DISCONNECT is out, so from the first
+        /// stall on, the session may have been released earlier than the socket closes.
+        stalled_since: Option<Instant>,
         /// The session on the broker, as far as the client can know: `None` none (or
         /// unknown), `Some(None)` alive with no end in sight, `Some(Some(t))` until `t`.
         session_until: Option<Option<Instant>>,
@@ -810,6 +817,7 @@ mod scenario {
             let p = &mut self.peers[i];
             p.conn = Some(id);
             p.connack = false;
+            p.stalled_since = p.stalled.then_some(self.now);
             p.to_broker.clear();
             p.from_broker.clear();
             p.wants_write = false;
@@ -829,6 +837,8 @@ mod scenario {
         fn ended(&mut self, i: usize) {
             let now = self.now;
             let p = &mut self.peers[i];
+            // The earliest the broker may have released the session.
+            let released = p.stalled_since.unwrap_or(now).min(now);
             p.conn = None;
             p.client.handle_close(now);
             if p.connack {
@@ -842,7 +852,7 @@ mod scenario {
                 p.session_until = match expiry {
                     0 => None,
                     u32::MAX if !p.version.is_v5() => Some(None),
-                    e => Some(Some(now + Duration::from_secs(u64::from(e)))),
+                    e => Some(Some(released + Duration::from_secs(u64::from(e)))),
                 };
             } else {
                 // The broker may have accepted a CONNECT whose answer never arrived: the
@@ -1142,6 +1152,12 @@ mod scenario {
                 session_expiry_interval: expiry,
                 ..ClientConfig::new(version, format!("c{i}"))
             };
+            if trace() {
+                eprintln!(
+                    "client {i}: {version:?}, expiry {expiry}, keep alive {}, receive maximum {}",
+                    config.keep_alive, config.receive_maximum
+                );
+            }
             w.peers.push(Peer {
                 client: Client::with_session(config, SessionState::default()),
                 version,
@@ -1153,6 +1169,7 @@ mod scenario {
                 wants_write: false,
                 readable: false,
                 connack: false,
+                stalled_since: None,
                 session_until: None,
                 epoch: 0,
                 subs: Vec::new(),
@@ -1259,7 +1276,14 @@ mod scenario {
                         }
                     }
                 }
-                Op::Stall { c, on } => w.peers[pick(c)].stalled = on,
+                Op::Stall { c, on } => {
+                    let now = w.now;
+                    let p = &mut w.peers[pick(c)];
+                    p.stalled = on;
+                    if on && p.conn.is_some() {
+                        p.stalled_since.get_or_insert(now);
+                    }
+                }
                 Op::Advance { amount, secs } => {
                     let ms = if secs {
                         u64::from(amount % 4000) * 1000
