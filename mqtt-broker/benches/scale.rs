@@ -222,11 +222,7 @@ fn main() {
     for kind in kinds() {
         for &n in &sizes {
             let mut pop = Population::build(kind, n);
-            eprintln!(
-                "built {} × {n} in {:.1} s",
-                kind.name(),
-                pop.build_secs
-            );
+            eprintln!("built {} × {n} in {:.1} s", kind.name(), pop.build_secs);
             builds.push((kind.name(), n, pop.build_secs));
             bench_population(&mut c, &mut table, &mut pop);
         }

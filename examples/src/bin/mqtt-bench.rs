@@ -486,7 +486,12 @@ async fn load(args: Args) -> Result<(), BoxError> {
         };
         if args.is_open_loop() {
             let rate = args.rate.map(|r| r / pubs as f64);
-            pub_tasks.push(tokio::spawn(open_publisher(conn, job, shared.clone(), rate)));
+            pub_tasks.push(tokio::spawn(open_publisher(
+                conn,
+                job,
+                shared.clone(),
+                rate,
+            )));
         } else {
             pub_tasks.push(tokio::spawn(publisher(conn, job, shared.clone())));
         }

@@ -8,8 +8,8 @@ use std::time::Instant as StdInstant;
 
 use bytes::BytesMut;
 use mqtt_broker::codec::{
-    Connect, Disconnect, List, Packet, PacketId, ProtocolVersion, Publish, QoS, QosPid,
-    ReasonCode, Subscribe, Subscription, SubscriptionOptions, Topic, Unsubscribe,
+    Connect, Disconnect, List, Packet, PacketId, ProtocolVersion, Publish, QoS, QosPid, ReasonCode,
+    Subscribe, Subscription, SubscriptionOptions, Topic, Unsubscribe,
 };
 use mqtt_broker::state::Instant;
 use mqtt_broker::{Broker, BrokerConfig, BrokerEvent, ConnectionId};
@@ -165,7 +165,10 @@ impl Population {
             build_secs: 0.0,
         };
         let reply = p.exchange(probe, &connect_bytes("probe", true));
-        assert!(reply.len() >= 4 && reply[0] == 0x20 && reply[3] == 0, "probe CONNACK");
+        assert!(
+            reply.len() >= 4 && reply[0] == 0x20 && reply[3] == 0,
+            "probe CONNACK"
+        );
         let disconnect = disconnect_bytes();
         for i in 0..n {
             match kind {
@@ -239,7 +242,9 @@ impl Population {
     pub fn feed_and_drain(&mut self, id: ConnectionId, bytes: &[u8]) -> usize {
         self.feed(id, bytes);
         let mut sent = 0;
-        pump(&mut self.broker, self.now, &mut self.out, |_, b| sent += b.len());
+        pump(&mut self.broker, self.now, &mut self.out, |_, b| {
+            sent += b.len()
+        });
         sent
     }
 }
