@@ -28,8 +28,8 @@
 //! descriptor on both sides: raise `ulimit -n` first.
 //!
 //! `--open-loop` drops the window: each publisher writes as fast as its socket accepts
-//! (QoS 0) or as the broker's acknowledgements let it (QoS 1/2: up to 65,000 unacknowledged
-//! messages, bounded in practice by the broker's Receive Maximum), so a broker that cannot
+//! (QoS 0) or as the broker's acknowledgements let it (QoS 1/2: up to `--open-inflight`
+//! unacknowledged messages, 1000 by default), so a broker that cannot
 //! push back loses messages instead of slowing the publishers. `blast` is fan-in with 8
 //! publishers (unless `--pubs`), one subscriber, open loop. `--rate R` sends R messages per
 //! second in total, spread evenly over the publishers, on a fixed schedule (open loop): the
@@ -139,6 +139,10 @@ struct Args {
     /// counting what is lost (at most 5 times this in all).
     #[arg(long, default_value_t = 2.0)]
     drain: f64,
+    /// Open loop, QoS 1/2: unacknowledged messages per publisher (the client's in-flight
+    /// limit, as any client has one; at most 65,000).
+    #[arg(long, default_value_t = 1000)]
+    open_inflight: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,12 +335,14 @@ fn client_config(args: &Args, id: String, keep_alive: u16) -> ClientConfig {
         config.max_inflight = u16::MAX;
         config.receive_maximum = u16::MAX;
         config.max_queued = config.max_queued.max(2 * OPEN_MAX_UNACKED as usize);
+        config.max_inflight = u16::try_from(args.open_inflight.clamp(1, OPEN_MAX_UNACKED))
+            .unwrap_or(u16::MAX);
     }
     config
 }
 
-/// Open loop, QoS 1/2: unacknowledged messages per publisher, under the 65,535 packet
-/// identifiers.
+/// Open loop, QoS 1/2: most unacknowledged messages per publisher, under the 65,535
+/// packet identifiers.
 const OPEN_MAX_UNACKED: u64 = 65_000;
 
 /// Open loop: bytes a publisher stages before waiting for its socket.
@@ -483,6 +489,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
             budget: args.messages.unwrap_or(u64::MAX),
             deadline,
             stall: StdDuration::from_millis(args.stall_ms),
+            inflight: args.open_inflight.clamp(1, OPEN_MAX_UNACKED),
         };
         if args.is_open_loop() {
             let rate = args.rate.map(|r| r / pubs as f64);
@@ -628,6 +635,8 @@ struct Publisher {
     budget: u64,
     deadline: StdDuration,
     stall: StdDuration,
+    /// Open loop: unacknowledged messages allowed.
+    inflight: u64,
 }
 
 /// Publishes until the deadline or the budget; returns (sent, written off as lost).
@@ -736,7 +745,7 @@ async fn open_publisher(
         let mn = conn.now();
         while sent < due
             && conn.output.len() < OPEN_STAGED
-            && (job.qos == QoS::AtMostOnce || sent - acked < OPEN_MAX_UNACKED)
+            && (job.qos == QoS::AtMostOnce || sent - acked < job.inflight)
         {
             let p = make_payload(shared.start, index, sent, job.payload);
             conn.client
@@ -785,6 +794,8 @@ async fn open_publisher(
             }
             Step::Slept => {}
         }
+        // One thread runs every publisher and subscriber: let the others read.
+        tokio::task::yield_now().await;
     }
     shared.sent[job.index].store(sent, Ordering::Relaxed);
     conn.flush().await?;
