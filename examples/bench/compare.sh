@@ -18,6 +18,20 @@
 # IDLE_SUBSCRIBE=1 (each idle connection subscribes to its own topic, keep alive 2 s, and
 # memory is measured IDLE_SETTLE seconds, default 5, after all are connected: after at
 # least one PINGREQ round, after which our broker gives back per-connection queues).
+#
+# Then (issue #12), each part skippable:
+# - open loop (SKIP_OPEN=1): publishers send without a window (mqtt-bench --open-loop) in
+#   fan-in ($PUBS->1), fan-out (1->$SUBS) and blast (BLAST_PUBS, 8, -> 1) at each QoS of
+#   OPEN_QOS ("0 1 2"), payload 64 B. Both brokers with default flags, except mosquitto's
+#   queue limits raised (OPEN_MOSQ_QUEUED, 1000000 messages, no byte limit). Table: delivered
+#   msg/s, p50/p99, lost, duplicates; then the geometric mean of ours/mosquitto delivered
+#   msg/s over every closed- and open-loop load.
+# - connect latency (SKIP_CONNECT=1): CONNECT_N (1000) connections, CONNECT_CONC (16) at a
+#   time, p50/p99 from TCP connect to CONNACK.
+# - fixed rate (SKIP_RATE=1): 1 publisher -> 1 subscriber at RATE msg/s (1000), QoS RATE_QOS
+#   (1), latency p50/p99 on an idle broker, then again while RATE_IDLE_CONNS (15000) idle
+#   connections are held (needs `ulimit -n 20000`; lowered to fit the limit otherwise).
+# Every run is bounded (`timeout`): DURATION seconds of load plus a few seconds of drain.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -33,6 +47,17 @@ IDLE_HOLD=${IDLE_HOLD:-5}
 SKIP_LOAD=${SKIP_LOAD:-0}
 SKIP_IDLE=${SKIP_IDLE:-0}
 IDLE_SUBSCRIBE=${IDLE_SUBSCRIBE:-0}
+SKIP_OPEN=${SKIP_OPEN:-0}
+SKIP_CONNECT=${SKIP_CONNECT:-0}
+SKIP_RATE=${SKIP_RATE:-0}
+OPEN_QOS=${OPEN_QOS:-0 1 2}
+BLAST_PUBS=${BLAST_PUBS:-8}
+OPEN_MOSQ_QUEUED=${OPEN_MOSQ_QUEUED:-1000000}
+CONNECT_N=${CONNECT_N:-1000}
+CONNECT_CONC=${CONNECT_CONC:-16}
+RATE=${RATE:-1000}
+RATE_QOS=${RATE_QOS:-1}
+RATE_IDLE_CONNS=${RATE_IDLE_CONNS:-15000}
 IDLE_KEEP_ALIVE=30
 IDLE_SETTLE=2
 IDLE_ARGS=()
@@ -57,6 +82,10 @@ FD_LIMIT=$(ulimit -n)
 if [ "$FD_LIMIT" != unlimited ] && [ "$IDLE_CONNS" -gt $((FD_LIMIT - 200)) ]; then
     echo "ulimit -n is $FD_LIMIT: idle test lowered to $((FD_LIMIT - 200)) connections" >&2
     IDLE_CONNS=$((FD_LIMIT - 200))
+fi
+if [ "$FD_LIMIT" != unlimited ] && [ "$RATE_IDLE_CONNS" -gt $((FD_LIMIT - 200)) ]; then
+    echo "ulimit -n is $FD_LIMIT: fixed-rate idle load lowered to $((FD_LIMIT - 200)) connections" >&2
+    RATE_IDLE_CONNS=$((FD_LIMIT - 200))
 fi
 
 cargo build --release -q -p mqtt-examples --bin mqtt-broker --bin mqtt-bench
@@ -87,10 +116,12 @@ free_port() {
 }
 
 # Starts our broker; sets OURS_PID and OURS_PORT.
+# With OURS_DEFAULTS=1, only the address flags (default limits).
 start_ours() {
     local out=$WORK/ours.$RANDOM
-    "$BIN/mqtt-broker" --bind 127.0.0.1:0 --no-ws --sys-interval 0 \
-        --max-queued "$MAX_QUEUED" --max-inflight "$MAX_INFLIGHT" >"$out" 2>>"$WORK/ours.log" &
+    local limits=(--sys-interval 0 --max-queued "$MAX_QUEUED" --max-inflight "$MAX_INFLIGHT")
+    [ "${OURS_DEFAULTS:-0}" = 1 ] && limits=()
+    "$BIN/mqtt-broker" --bind 127.0.0.1:0 --no-ws "${limits[@]}" >"$out" 2>>"$WORK/ours.log" &
     OURS_PID=$!
     PIDS+=("$OURS_PID")
     local i
@@ -104,11 +135,24 @@ start_ours() {
     exit 1
 }
 
-# Starts mosquitto with the same limits; sets MOSQ_PID and MOSQ_PORT.
+# Starts mosquitto with the same limits; sets MOSQ_PID and MOSQ_PORT. With
+# MOSQ_DEFAULTS=1: its defaults, except the queue limits raised to OPEN_MOSQ_QUEUED.
 start_mosquitto() {
     MOSQ_PORT=$(free_port)
     local conf=$WORK/mosquitto.$MOSQ_PORT.conf
-    cat >"$conf" <<EOF
+    if [ "${MOSQ_DEFAULTS:-0}" = 1 ]; then
+        cat >"$conf" <<EOF
+listener $MOSQ_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages $OPEN_MOSQ_QUEUED
+max_queued_bytes 0
+log_dest stderr
+log_type error
+log_type warning
+EOF
+    else
+        cat >"$conf" <<EOF
 listener $MOSQ_PORT 127.0.0.1
 allow_anonymous true
 persistence false
@@ -121,6 +165,7 @@ log_dest stderr
 log_type error
 log_type warning
 EOF
+    fi
     "$MOSQUITTO" -c "$conf" 2>>"$WORK/mosquitto.log" &
     MOSQ_PID=$!
     PIDS+=("$MOSQ_PID")
@@ -206,6 +251,145 @@ if [ "$SKIP_LOAD" != 1 ]; then
     done
     echo
     echo "(msg/s = deliveries per second at the subscribers; fan-in: $PUBS→1, fan-out: 1→$SUBS)"
+    echo
+fi
+
+# Ratio ours/mosquitto of field $3 over result lines $1 and $2.
+ratio() {
+    awk -v a="$(field "$1" "$3")" -v b="$(field "$2" "$3")" \
+        'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }'
+}
+
+if [ "$SKIP_OPEN" != 1 ]; then
+    OURS_DEFAULTS=1 start_ours
+    MOSQ_DEFAULTS=1 start_mosquitto
+    OPEN=$WORK/open.txt
+    : >"$OPEN"
+    for scenario in fan-in fan-out blast; do
+        for qos in $OPEN_QOS; do
+            case $scenario in
+                fan-in) counts=(--pubs "$PUBS" --subs 1) ;;
+                fan-out) counts=(--pubs 1 --subs "$SUBS") ;;
+                blast) counts=(--pubs "$BLAST_PUBS" --subs 1) ;;
+            esac
+            for broker in ours mosquitto; do
+                port=$OURS_PORT
+                [ "$broker" = mosquitto ] && port=$MOSQ_PORT
+                line=$(timeout $((DURATION + 40)) "$BIN/mqtt-bench" --port "$port" \
+                    --label "$broker" --scenario "$scenario" "${counts[@]}" --qos "$qos" \
+                    --payload 64 --duration "$DURATION" --open-loop 2>>"$WORK/bench.log" ||
+                    echo "broker=$broker scenario=$scenario failed")
+                echo "$line" >>"$OPEN"
+                echo "$line" >&2
+            done
+        done
+    done
+    stop "$OURS_PID"
+    stop "$MOSQ_PID"
+
+    echo "Open loop (no window), 64 B payloads, default flags (mosquitto: queue limits $OPEN_MOSQ_QUEUED):"
+    echo
+    echo "| load | QoS | ours msg/s | mosquitto msg/s | ratio | ours p50 µs | mosq p50 µs | ours p99 µs | mosq p99 µs | lost ours/mosq | duplicates ours/mosq | sent ours/mosq |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"
+    for scenario in fan-in fan-out blast; do
+        for qos in $OPEN_QOS; do
+            o=$(grep "^broker=ours scenario=$scenario qos=$qos " "$OPEN" || true)
+            m=$(grep "^broker=mosquitto scenario=$scenario qos=$qos " "$OPEN" || true)
+            if [ -z "$o" ] || [ -z "$m" ]; then
+                echo "| $scenario | $qos | failed | | | | | | | | | |"
+                continue
+            fi
+            echo "| $scenario $(field "$o" pubs)→$(field "$o" subs) | $qos | $(field "$o" unique_per_sec) | $(field "$m" unique_per_sec) | $(ratio "$o" "$m" unique_per_sec) | $(field "$o" p50_us) | $(field "$m" p50_us) | $(field "$o" p99_us) | $(field "$m" p99_us) | $(field "$o" lost)/$(field "$m" lost) | $(field "$o" duplicates)/$(field "$m" duplicates) | $(field "$o" sent)/$(field "$m" sent) |"
+        done
+    done
+    echo
+    echo "(msg/s = distinct deliveries per second; lost = per subscriber, sent (QoS 0) or acknowledged (QoS 1/2) and never delivered)"
+    echo
+fi
+
+# Geometric mean over every load both brokers completed, closed and open loop.
+if [ "$SKIP_LOAD" != 1 ] || [ "$SKIP_OPEN" != 1 ]; then
+    cat "${RESULTS:-/dev/null}" "${OPEN:-/dev/null}" | awk '
+        { key = ""; b = ""; r = ""; m = "";
+          for (i = 1; i <= NF; i++) {
+              split($i, kv, "=");
+              if (kv[1] == "broker") b = kv[2];
+              else if (kv[1] == "scenario" || kv[1] == "qos" || kv[1] == "payload" || kv[1] == "mode") key = key " " $i;
+              else if (kv[1] == "unique_per_sec") r = kv[2];
+              else if (kv[1] == "msgs_per_sec") m = kv[2];
+          }
+          if (r == "") r = m;
+          rate[b, key] = r; keys[key] = 1 }
+        END { n = 0; s = 0;
+              for (k in keys) if (rate["ours", k] > 0 && rate["mosquitto", k] > 0) {
+                  s += log(rate["ours", k] / rate["mosquitto", k]); n++ }
+              if (n > 0) printf "Geometric mean of ours/mosquitto delivered msg/s over %d loads (closed and open loop): %.2f×\n\n", n, exp(s / n) }'
+fi
+
+if [ "$SKIP_CONNECT" != 1 ]; then
+    echo "Connect latency: $CONNECT_N connections, $CONNECT_CONC at a time (default flags, fresh broker each):"
+    echo
+    echo "| broker | ok | TCP connect→CONNACK p50 µs | p99 µs | max µs | CONNECT→CONNACK p50 µs | p99 µs |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for broker in ours mosquitto; do
+        if [ "$broker" = ours ]; then
+            OURS_DEFAULTS=1 start_ours
+            pid=$OURS_PID port=$OURS_PORT
+        else
+            MOSQ_DEFAULTS=1 start_mosquitto
+            pid=$MOSQ_PID port=$MOSQ_PORT
+        fi
+        c=$(timeout 120 "$BIN/mqtt-bench" --port "$port" --label "$broker" --scenario connect \
+            --connections "$CONNECT_N" --connect-concurrency "$CONNECT_CONC" \
+            2>>"$WORK/bench.log" || true)
+        echo "$c" >&2
+        echo "| $broker | $(field "$c" ok) | $(field "$c" p50_us) | $(field "$c" p99_us) | $(field "$c" max_us) | $(field "$c" mqtt_p50_us) | $(field "$c" mqtt_p99_us) |"
+        stop "$pid"
+    done
+    echo
+fi
+
+# Fixed-rate latency against port $2, labelled $1, with $3 idle connections held.
+rate_run() {
+    local line
+    line=$(timeout $((DURATION + 40)) "$BIN/mqtt-bench" --port "$2" --label "$1" \
+        --scenario fan-in --pubs 1 --subs 1 --qos "$RATE_QOS" --payload 64 \
+        --duration "$DURATION" --rate "$RATE" 2>>"$WORK/bench.log" || echo "broker=$1 failed")
+    echo "$line" >&2
+    echo "| $1 | $3 | $(field "$line" unique_per_sec) | $(field "$line" p50_us) | $(field "$line" p99_us) | $(field "$line" max_us) | $(field "$line" lost) |"
+}
+
+if [ "$SKIP_RATE" != 1 ]; then
+    echo "Fixed rate: 1→1 at $RATE msg/s, QoS $RATE_QOS, 64 B, $DURATION s; on an idle broker, then while $RATE_IDLE_CONNS idle connections (keep alive 30 s) are held (default flags, fresh broker each):"
+    echo
+    echo "| broker | idle connections held | msg/s | p50 µs | p99 µs | max µs | lost |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for broker in ours mosquitto; do
+        if [ "$broker" = ours ]; then
+            OURS_DEFAULTS=1 start_ours
+            pid=$OURS_PID port=$OURS_PORT
+        else
+            MOSQ_DEFAULTS=1 start_mosquitto
+            pid=$MOSQ_PID port=$MOSQ_PORT
+        fi
+        rate_run "$broker" "$port" 0
+        out=$WORK/rate-idle.$broker
+        : >"$out"
+        "$BIN/mqtt-bench" --port "$port" --label "$broker" --scenario idle \
+            --connections "$RATE_IDLE_CONNS" --hold $((DURATION + 60)) --keep-alive 30 \
+            >"$out" 2>>"$WORK/bench.log" &
+        holder=$!
+        PIDS+=("$holder")
+        for i in $(seq 1200); do
+            grep -q '^idle ready' "$out" && break
+            kill -0 "$holder" 2>/dev/null || break
+            sleep 0.1
+        done
+        held=$(field "$(grep '^idle ready' "$out" || true)" connected)
+        rate_run "$broker" "$port" "${held:-0}"
+        stop "$holder"
+        stop "$pid"
+    done
     echo
 fi
 

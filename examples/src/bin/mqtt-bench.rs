@@ -4,6 +4,10 @@
 //! mqtt-bench --port 1883 --scenario fan-in  --pubs 10 --qos 1 --payload 64 --duration 5
 //! mqtt-bench --port 1883 --scenario fan-out --subs 10 --qos 0 --payload 1024 --duration 5
 //! mqtt-bench --port 1883 --scenario idle --connections 10000 --hold 10
+//! mqtt-bench --port 1883 --scenario fan-in --pubs 10 --qos 2 --open-loop --duration 5
+//! mqtt-bench --port 1883 --scenario blast --qos 1 --duration 5
+//! mqtt-bench --port 1883 --scenario fan-in --pubs 1 --qos 1 --rate 1000 --duration 5
+//! mqtt-bench --port 1883 --scenario connect --connections 1000 --connect-concurrency 16
 //! ```
 //!
 //! Publishers send to `bench/RUN/P` and every subscriber subscribes to `bench/RUN/+`, so
@@ -23,11 +27,32 @@
 //! script reads the broker's resident memory meanwhile. Each connection is a file
 //! descriptor on both sides: raise `ulimit -n` first.
 //!
+//! `--open-loop` drops the window: each publisher writes as fast as its socket accepts
+//! (QoS 0) or as the broker's acknowledgements let it (QoS 1/2: up to `--open-inflight`
+//! unacknowledged messages, 1000 by default), so a broker that cannot
+//! push back loses messages instead of slowing the publishers. `blast` is fan-in with 8
+//! publishers (unless `--pubs`), one subscriber, open loop. `--rate R` sends R messages per
+//! second in total, spread evenly over the publishers, on a fixed schedule (open loop): the
+//! latency of a broker that is not saturated.
+//!
+//! Payloads of 20 bytes or more also carry a per-publisher sequence number (8 bytes), so
+//! subscribers count duplicates and which messages never arrived: `lost` is, per subscriber
+//! and publisher, what should have arrived and did not: every message sent at QoS 0, every
+//! acknowledged message at QoS 1/2 (in the closed loop, also what the window wrote off).
+//!
+//! `connect` opens `--connections` connections, `--connect-concurrency` at a time, and
+//! times each from the TCP connect to the CONNACK (`p50_us`...) and from the CONNECT write
+//! to the CONNACK (`mqtt_p50_us`...); all stay open until the last has connected.
+//!
 //! Every load run prints one machine-readable line:
 //! `broker=.. scenario=fan-in qos=1 payload=64 pubs=10 subs=1 window=.. sent=.. received=..
-//! lost=.. secs=.. msgs_per_sec=.. p50_us=.. p99_us=.. max_us=..`, where `received` counts
-//! deliveries (a fan-out publish counts once per subscriber) and `msgs_per_sec` is
-//! deliveries per second.
+//! lost=.. secs=.. msgs_per_sec=.. p50_us=.. p99_us=.. max_us=.. errors=.. mode=..
+//! acked=.. unique=.. duplicates=.. unique_per_sec=.. rate=..`, where `received` counts
+//! deliveries (a fan-out publish counts once per subscriber), `msgs_per_sec` is deliveries
+//! per second, `mode` is `closed`, `open` or `rate`, `acked` counts acknowledged QoS 1/2
+//! publications and `unique` deliveries without duplicates. The connect run prints
+//! `connect broker=.. connections=.. ok=.. failed=.. secs=.. p50_us=.. p99_us=.. max_us=..
+//! mqtt_p50_us=.. mqtt_p99_us=.. mqtt_max_us=..`.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,8 +86,8 @@ struct Args {
     /// Subscribers (fan-out; fan-in uses one unless given).
     #[arg(long)]
     subs: Option<usize>,
-    /// QoS of publications and subscriptions: 0 or 1.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    /// QoS of publications and subscriptions: 0, 1 or 2.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
     /// Payload size in bytes (at least 12: timestamp and publisher index).
     #[arg(long, default_value_t = 64)]
@@ -102,6 +127,22 @@ struct Args {
     /// as a push-service device does, before it counts as ready.
     #[arg(long)]
     subscribe: bool,
+    /// Load: no window; publishers send as fast as the socket and the broker's
+    /// acknowledgements let them.
+    #[arg(long)]
+    open_loop: bool,
+    /// Load: messages per second over all publishers, on a fixed schedule (implies
+    /// `--open-loop`).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Load: seconds to wait after publishing for deliveries to stop arriving before
+    /// counting what is lost (at most 5 times this in all).
+    #[arg(long, default_value_t = 2.0)]
+    drain: f64,
+    /// Open loop, QoS 1/2: unacknowledged messages per publisher (the client's in-flight
+    /// limit, as any client has one; at most 65,000).
+    #[arg(long, default_value_t = 1000)]
+    open_inflight: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +153,10 @@ enum Scenario {
     FanOut,
     /// Connections that only keep alive.
     Idle,
+    /// Open-loop fan-in: 8 publishers (unless `--pubs`) blast one subscriber.
+    Blast,
+    /// CONNECT to CONNACK latency of `--connections` connections.
+    Connect,
 }
 
 impl Scenario {
@@ -120,6 +165,8 @@ impl Scenario {
             Scenario::FanIn => "fan-in",
             Scenario::FanOut => "fan-out",
             Scenario::Idle => "idle",
+            Scenario::Blast => "blast",
+            Scenario::Connect => "connect",
         }
     }
 }
@@ -138,6 +185,7 @@ fn main() -> Result<(), BoxError> {
         .block_on(async move {
             match args.scenario {
                 Scenario::Idle => idle(args).await,
+                Scenario::Connect => connect_latency(args).await,
                 _ => load(args).await,
             }
         })
@@ -153,6 +201,8 @@ struct Conn {
     start: std::time::Instant,
     /// Bytes reserved per read.
     read_size: usize,
+    /// When the TCP connection was up (before CONNECT was written).
+    tcp_connected: std::time::Instant,
 }
 
 impl Conn {
@@ -165,6 +215,7 @@ impl Conn {
     ) -> Result<Self, BoxError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        let tcp_connected = std::time::Instant::now();
         let mut conn = Conn {
             client: Client::new(config),
             stream,
@@ -173,6 +224,7 @@ impl Conn {
             output: Vec::new(),
             start,
             read_size,
+            tcp_connected,
         };
         conn.client.connect(conn.now())?;
         conn.flush().await?;
@@ -225,6 +277,15 @@ impl Conn {
         Ok(())
     }
 
+    /// Moves what the machine has to send into `output`, without writing.
+    fn stage(&mut self) -> Result<(), BoxError> {
+        let now = self.now();
+        while let Some(n) = self.client.poll_transmit(now, &mut self.scratch)? {
+            self.output.extend_from_slice(&self.scratch[..n]);
+        }
+        Ok(())
+    }
+
     /// One read from the socket into the machine (cancel safe).
     async fn read(&mut self) -> Result<(), BoxError> {
         self.input.reserve(self.read_size);
@@ -269,7 +330,59 @@ fn client_config(args: &Args, id: String, keep_alive: u16) -> ClientConfig {
     config.max_inflight = window.saturating_mul(4);
     config.receive_maximum = window.max(64);
     config.max_queued = config.max_queued.max(usize::from(window) * 4);
+    if args.is_open_loop() {
+        // No window: the broker's Receive Maximum and acknowledgements are the only limit.
+        config.max_inflight = u16::MAX;
+        config.receive_maximum = u16::MAX;
+        config.max_queued = config.max_queued.max(2 * OPEN_MAX_UNACKED as usize);
+        config.max_inflight = u16::try_from(args.open_inflight.clamp(1, OPEN_MAX_UNACKED))
+            .unwrap_or(u16::MAX);
+    }
     config
+}
+
+/// Open loop, QoS 1/2: most unacknowledged messages per publisher, under the 65,535
+/// packet identifiers.
+const OPEN_MAX_UNACKED: u64 = 65_000;
+
+/// Open loop: bytes a publisher stages before waiting for its socket.
+const OPEN_STAGED: usize = 64 * 1024;
+
+impl Args {
+    fn is_open_loop(&self) -> bool {
+        self.open_loop || self.rate.is_some() || self.scenario == Scenario::Blast
+    }
+
+    fn mode(&self) -> &'static str {
+        if self.rate.is_some() {
+            "rate"
+        } else if self.is_open_loop() {
+            "open"
+        } else {
+            "closed"
+        }
+    }
+
+    fn qos(&self) -> QoS {
+        match self.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        }
+    }
+}
+
+/// A payload: send time (ns since the shared start), publisher index, and from 20 bytes
+/// on a sequence number, then padding.
+fn make_payload(start: std::time::Instant, index: u32, seq: u64, size: usize) -> Bytes {
+    let mut p = BytesMut::with_capacity(size);
+    p.put_u64(start.elapsed().as_nanos() as u64);
+    p.put_u32(index);
+    if size >= 20 {
+        p.put_u64(seq);
+    }
+    p.resize(size, 0xa5);
+    p.freeze()
 }
 
 /// What publishers and subscribers share.
@@ -283,21 +396,32 @@ struct Shared {
     last_delivery: AtomicU64,
     /// Set while publishers are still running.
     publishing: AtomicBool,
+    /// Per publisher: messages sent, and (QoS 1/2) acknowledged.
+    sent: Vec<AtomicU64>,
+    acked: Vec<AtomicU64>,
+    /// Whether payloads carry a sequence number.
+    numbered: bool,
+}
+
+/// What a subscriber saw.
+struct Received {
+    /// Latency of each delivery in microseconds.
+    latencies: Vec<u32>,
+    /// Per publisher: distinct sequence numbers received (numbered payloads only).
+    unique: Vec<u64>,
+    duplicates: u64,
 }
 
 async fn load(args: Args) -> Result<(), BoxError> {
     let (pubs, subs) = match args.scenario {
         Scenario::FanIn => (args.pubs.unwrap_or(10), args.subs.unwrap_or(1)),
+        Scenario::Blast => (args.pubs.unwrap_or(8), args.subs.unwrap_or(1)),
         _ => (args.pubs.unwrap_or(1), args.subs.unwrap_or(10)),
     };
     if pubs == 0 || subs == 0 {
         return Err("need at least one publisher and one subscriber".into());
     }
-    let qos = if args.qos == 1 {
-        QoS::AtLeastOnce
-    } else {
-        QoS::AtMostOnce
-    };
+    let qos = args.qos();
     let payload = args.payload.max(12);
     let addr = format!("{}:{}", args.host, args.port);
     let start = std::time::Instant::now();
@@ -315,6 +439,9 @@ async fn load(args: Args) -> Result<(), BoxError> {
         wake: (0..pubs).map(|_| Notify::new()).collect(),
         last_delivery: AtomicU64::new(0),
         publishing: AtomicBool::new(true),
+        sent: (0..pubs).map(|_| AtomicU64::new(0)).collect(),
+        acked: (0..pubs).map(|_| AtomicU64::new(0)).collect(),
+        numbered: payload >= 20,
     });
 
     // Subscribers first, each subscribed before any message goes out.
@@ -362,8 +489,19 @@ async fn load(args: Args) -> Result<(), BoxError> {
             budget: args.messages.unwrap_or(u64::MAX),
             deadline,
             stall: StdDuration::from_millis(args.stall_ms),
+            inflight: args.open_inflight.clamp(1, OPEN_MAX_UNACKED),
         };
-        pub_tasks.push(tokio::spawn(publisher(conn, job, shared.clone())));
+        if args.is_open_loop() {
+            let rate = args.rate.map(|r| r / pubs as f64);
+            pub_tasks.push(tokio::spawn(open_publisher(
+                conn,
+                job,
+                shared.clone(),
+                rate,
+            )));
+        } else {
+            pub_tasks.push(tokio::spawn(publisher(conn, job, shared.clone())));
+        }
     }
     let mut sent = 0u64;
     let mut lost = 0u64;
@@ -379,10 +517,22 @@ async fn load(args: Args) -> Result<(), BoxError> {
     }
     let published_until = start.elapsed();
     shared.publishing.store(false, Ordering::Relaxed);
-    // Drain: wait for what is still on its way, up to two seconds.
     let expected = sent * subs as u64;
-    let drain_end = std::time::Instant::now() + StdDuration::from_secs(2);
-    while std::time::Instant::now() < drain_end {
+    // What each subscriber must get from each publisher: QoS 0 everything sent, QoS 1/2
+    // everything acknowledged.
+    let owed: Vec<u64> = (0..pubs)
+        .map(|p| match qos {
+            QoS::AtMostOnce => shared.sent[p].load(Ordering::Relaxed),
+            _ => shared.acked[p].load(Ordering::Relaxed),
+        })
+        .collect();
+    let acked: u64 = shared.acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+    // Drain: wait for what is still on its way, until `--drain` seconds pass without a
+    // delivery (at most five times that).
+    let drain = StdDuration::from_secs_f64(args.drain.max(0.0));
+    let drain_end = std::time::Instant::now() + drain * 5;
+    let mut last = (std::time::Instant::now(), 0u64);
+    while std::time::Instant::now() < drain_end && last.0.elapsed() < drain {
         let got: u64 = shared
             .delivered
             .iter()
@@ -391,17 +541,42 @@ async fn load(args: Args) -> Result<(), BoxError> {
         if got >= expected {
             break;
         }
+        if got != last.1 {
+            last = (std::time::Instant::now(), got);
+        }
         tokio::time::sleep(StdDuration::from_millis(10)).await;
     }
     let _ = stop_tx.send(true);
     let mut latencies: Vec<u32> = Vec::new();
+    let mut unique = 0u64;
+    let mut duplicates = 0u64;
+    let mut lost_by_seq = 0u64;
     for t in sub_tasks {
         match t.await? {
-            Ok(l) => latencies.extend(l),
+            Ok(r) => {
+                latencies.extend(r.latencies);
+                duplicates += r.duplicates;
+                unique += r.unique.iter().sum::<u64>();
+                lost_by_seq += owed
+                    .iter()
+                    .zip(&r.unique)
+                    .map(|(o, u)| o.saturating_sub(*u))
+                    .sum::<u64>();
+            }
             Err(e) => errors.push(e.to_string()),
         }
     }
     let received = latencies.len() as u64;
+    if !shared.numbered {
+        unique = received;
+    }
+    let lost = if !shared.numbered {
+        expected.saturating_sub(received).max(lost)
+    } else if args.is_open_loop() {
+        lost_by_seq
+    } else {
+        expected.saturating_sub(received).max(lost).max(lost_by_seq)
+    };
     let last = StdDuration::from_nanos(shared.last_delivery.load(Ordering::Relaxed));
     let end = last.max(published_until);
     let secs = (end - began).as_secs_f64().max(1e-9);
@@ -417,7 +592,8 @@ async fn load(args: Args) -> Result<(), BoxError> {
     writeln!(
         out,
         "broker={} scenario={} qos={} payload={} pubs={} subs={} window={} sent={} received={} \
-         lost={} secs={:.3} msgs_per_sec={:.0} p50_us={} p99_us={} max_us={} errors={}",
+         lost={} secs={:.3} msgs_per_sec={:.0} p50_us={} p99_us={} max_us={} errors={} \
+         mode={} acked={} unique={} duplicates={} unique_per_sec={:.0} rate={}",
         args.label,
         args.scenario.name(),
         args.qos,
@@ -427,13 +603,19 @@ async fn load(args: Args) -> Result<(), BoxError> {
         args.window,
         sent,
         received,
-        expected.saturating_sub(received).max(lost),
+        lost,
         secs,
         received as f64 / secs,
         pct(0.50),
         pct(0.99),
         latencies.last().copied().unwrap_or(0),
         errors.len(),
+        args.mode(),
+        acked,
+        unique,
+        duplicates,
+        unique as f64 / secs,
+        args.rate.map_or("none".to_string(), |r| format!("{r}")),
     )?;
     out.flush()?;
     for e in errors {
@@ -453,6 +635,8 @@ struct Publisher {
     budget: u64,
     deadline: StdDuration,
     stall: StdDuration,
+    /// Open loop: unacknowledged messages allowed.
+    inflight: u64,
 }
 
 /// Publishes until the deadline or the budget; returns (sent, written off as lost).
@@ -465,7 +649,6 @@ async fn publisher(
     let mut acked = 0u64;
     let mut written_off = 0u64;
     let mut last_progress = (std::time::Instant::now(), 0u64);
-    let padding = vec![0xa5u8; job.payload - 12];
     let index = u32::try_from(job.index).unwrap_or(u32::MAX);
     loop {
         let now = shared.start.elapsed();
@@ -485,12 +668,9 @@ async fn publisher(
         }
         let mn = conn.now();
         while outstanding < job.window && sent < job.budget {
-            let mut p = BytesMut::with_capacity(job.payload);
-            p.put_u64(shared.start.elapsed().as_nanos() as u64);
-            p.put_u32(index);
-            p.put_slice(&padding);
+            let p = make_payload(shared.start, index, sent, job.payload);
             conn.client
-                .publish(mn, Message::new(job.topic.clone(), p.freeze(), job.qos))?;
+                .publish(mn, Message::new(job.topic.clone(), p, job.qos))?;
             sent += 1;
             outstanding += 1;
         }
@@ -525,9 +705,119 @@ async fn publisher(
             conn.flush().await?;
         }
     }
+    shared.sent[job.index].store(sent, Ordering::Relaxed);
+    shared.acked[job.index].store(acked, Ordering::Relaxed);
     let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
     let _ = conn.flush().await;
     Ok((sent, written_off))
+}
+
+/// What one turn of the open-loop publisher did.
+enum Step {
+    Wrote(usize),
+    Read(usize),
+    Slept,
+}
+
+/// Open loop: publishes without a window (or on `rate`'s schedule, messages per second)
+/// until the deadline or the budget; returns (sent, 0).
+async fn open_publisher(
+    mut conn: Conn,
+    job: Publisher,
+    shared: Arc<Shared>,
+    rate: Option<f64>,
+) -> Result<(u64, u64), BoxError> {
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    let index = u32::try_from(job.index).unwrap_or(u32::MAX);
+    let began = shared.start.elapsed();
+    loop {
+        let now = shared.start.elapsed();
+        if now >= job.deadline || sent >= job.budget {
+            break;
+        }
+        // Messages due by now: all of them, or those whose slot in the schedule has come.
+        let due = match rate {
+            Some(r) => ((now - began).as_secs_f64() * r) as u64 + 1,
+            None => u64::MAX,
+        }
+        .min(job.budget);
+        let mn = conn.now();
+        while sent < due
+            && conn.output.len() < OPEN_STAGED
+            && (job.qos == QoS::AtMostOnce || sent - acked < job.inflight)
+        {
+            let p = make_payload(shared.start, index, sent, job.payload);
+            conn.client
+                .publish(mn, Message::new(job.topic.clone(), p, job.qos))?;
+            sent += 1;
+            conn.stage()?;
+        }
+        shared.sent[job.index].store(sent, Ordering::Relaxed);
+        conn.tick();
+        conn.stage()?;
+        let mut wait = conn
+            .until_timeout()
+            .min(job.deadline.saturating_sub(shared.start.elapsed()));
+        if let (Some(r), true) = (rate, sent < job.budget) {
+            let next = began + StdDuration::from_secs_f64(sent as f64 / r);
+            wait = wait.min(next.saturating_sub(shared.start.elapsed()));
+        }
+        let writing = !conn.output.is_empty();
+        // Reads and writes at once: a publisher that only wrote would never see the
+        // acknowledgements that let it go on.
+        let step = {
+            let Conn {
+                stream,
+                output,
+                input,
+                read_size,
+                ..
+            } = &mut conn;
+            input.reserve(*read_size);
+            let (mut rd, mut wr) = stream.split();
+            tokio::select! {
+                r = wr.write(output), if writing => Step::Wrote(r?),
+                r = rd.read_buf(input) => Step::Read(r?),
+                () = tokio::time::sleep(wait), if !writing || rate.is_some() => Step::Slept,
+            }
+        };
+        match step {
+            Step::Wrote(n) => {
+                conn.output.drain(..n);
+            }
+            Step::Read(0) => return Err("connection closed by the broker".into()),
+            Step::Read(_) => {
+                let now = conn.now();
+                conn.client.handle_input(now, &mut conn.input)?;
+                acked += count_acks(&mut conn.client);
+            }
+            Step::Slept => {}
+        }
+        // One thread runs every publisher and subscriber: let the others read.
+        tokio::task::yield_now().await;
+    }
+    shared.sent[job.index].store(sent, Ordering::Relaxed);
+    conn.flush().await?;
+    // QoS 1/2: wait (a little) for the last acknowledgements.
+    if job.qos != QoS::AtMostOnce {
+        let until = std::time::Instant::now() + StdDuration::from_secs(5);
+        while acked < sent {
+            let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
+                break;
+            };
+            match tokio::time::timeout(left, conn.read()).await {
+                Ok(r) => r?,
+                Err(_) => break,
+            }
+            acked += count_acks(&mut conn.client);
+            conn.flush().await?;
+        }
+    }
+    shared.acked[job.index].store(acked, Ordering::Relaxed);
+    let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
+    let _ = conn.flush().await;
+    Ok((sent, 0))
 }
 
 /// Drains the client's events, counting acknowledged publications.
@@ -546,9 +836,13 @@ async fn subscriber(
     mut conn: Conn,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) -> Result<Vec<u32>, BoxError> {
+) -> Result<Received, BoxError> {
     let mut latencies = Vec::with_capacity(1 << 16);
     let mut woken = vec![false; shared.delivered.len()];
+    // Per publisher: a bit per sequence number seen.
+    let mut seen: Vec<Vec<u64>> = vec![Vec::new(); shared.delivered.len()];
+    let mut unique = vec![0u64; shared.delivered.len()];
+    let mut duplicates = 0u64;
     loop {
         let wait = conn.until_timeout();
         tokio::select! {
@@ -564,6 +858,23 @@ async fn subscriber(
                     let sent_at = u64::from_be_bytes(p[..8].try_into()?);
                     let index = u32::from_be_bytes(p[8..12].try_into()?) as usize;
                     latencies.push(u32::try_from(now.saturating_sub(sent_at) / 1000).unwrap_or(u32::MAX));
+                    if shared.numbered && p.len() >= 20 && index < seen.len() {
+                        let seq = u64::from_be_bytes(p[12..20].try_into()?);
+                        // Our own publishers count from 0; anything absurd is not ours.
+                        if seq < 1 << 32 {
+                            let (word, bit) = ((seq / 64) as usize, seq % 64);
+                            let bits = &mut seen[index];
+                            if bits.len() <= word {
+                                bits.resize(word + 1, 0);
+                            }
+                            if bits[word] & (1 << bit) != 0 {
+                                duplicates += 1;
+                            } else {
+                                bits[word] |= 1 << bit;
+                                unique[index] += 1;
+                            }
+                        }
+                    }
                     if let Some(d) = shared.delivered.get(index) {
                         d.fetch_add(1, Ordering::Relaxed);
                         woken[index] = true;
@@ -588,7 +899,11 @@ async fn subscriber(
     }
     let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
     let _ = conn.flush().await;
-    Ok(latencies)
+    Ok(Received {
+        latencies,
+        unique,
+        duplicates,
+    })
 }
 
 /// Opens the idle connections, reports, holds them, exits.
@@ -682,5 +997,102 @@ async fn idle(args: Args) -> Result<(), BoxError> {
     let _ = stop_tx.send(true);
     tokio::time::sleep(StdDuration::from_millis(200)).await;
     println!("idle done broker={}", args.label);
+    Ok(())
+}
+
+/// Times CONNECT to CONNACK over `--connections` connections, `--connect-concurrency` at a
+/// time; all stay open until the last has connected, then disconnect.
+async fn connect_latency(args: Args) -> Result<(), BoxError> {
+    let addr = format!("{}:{}", args.host, args.port);
+    let start = std::time::Instant::now();
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    type Timing = Result<(u32, u32), String>;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Timing>(1024);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let config = client_config(
+            &args,
+            format!("conn-{}-{i}", std::process::id()),
+            args.keep_alive,
+        );
+        let addr = addr.clone();
+        let gate = gate.clone();
+        let done_tx = done_tx.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let t0 = std::time::Instant::now();
+            let conn = Conn::open(&addr, config, start, 256).await;
+            let us = |d: StdDuration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+            drop(permit);
+            let mut conn = match conn {
+                Ok(c) => {
+                    let timing = (us(t0.elapsed()), us(c.tcp_connected.elapsed()));
+                    let _ = done_tx.send(Ok(timing)).await;
+                    c
+                }
+                Err(e) => {
+                    let _ = done_tx.send(Err(e.to_string())).await;
+                    return;
+                }
+            };
+            drop(done_tx);
+            let _ = stop.changed().await;
+            let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
+            let _ = conn.flush().await;
+        }));
+    }
+    drop(done_tx);
+    let mut total = Vec::with_capacity(args.connections);
+    let mut mqtt = Vec::with_capacity(args.connections);
+    let mut failed = 0usize;
+    let mut first_error = None;
+    while let Some(r) = done_rx.recv().await {
+        match r {
+            Ok((t, m)) => {
+                total.push(t);
+                mqtt.push(m);
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    total.sort_unstable();
+    mqtt.sort_unstable();
+    let pct = |v: &[u32], q: f64| -> u32 {
+        if v.is_empty() {
+            return 0;
+        }
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i]
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "connect broker={} connections={} ok={} failed={failed} concurrency={} secs={secs:.3} \
+         p50_us={} p99_us={} max_us={} mqtt_p50_us={} mqtt_p99_us={} mqtt_max_us={}",
+        args.label,
+        args.connections,
+        total.len(),
+        args.connect_concurrency,
+        pct(&total, 0.5),
+        pct(&total, 0.99),
+        total.last().copied().unwrap_or(0),
+        pct(&mqtt, 0.5),
+        pct(&mqtt, 0.99),
+        mqtt.last().copied().unwrap_or(0),
+    )?;
+    out.flush()?;
+    if let Some(e) = first_error {
+        eprintln!("first connection error: {e}");
+    }
     Ok(())
 }
