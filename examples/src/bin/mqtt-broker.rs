@@ -153,6 +153,10 @@ struct Args {
     /// Seconds between `$SYS/broker/...` statistics; 0 turns them off.
     #[arg(long, default_value_t = 10)]
     sys_interval: u64,
+    /// Seconds a subscriber may keep publishers paused (its queue full) without taking any
+    /// of its output before it is disconnected as not reading; 0: never.
+    #[arg(long, default_value_t = 5)]
+    stall_timeout: u64,
     /// Chunks of output buffered per connection before a slow reader is disconnected.
     #[arg(long, default_value_t = 4096)]
     write_queue: usize,
@@ -486,6 +490,7 @@ fn run(args: Args) -> std::io::Result<()> {
         max_connections: args.max_connections,
         max_offline_queue: args.max_queued,
         sys_interval: (args.sys_interval > 0).then(|| Duration::from_secs(args.sys_interval)),
+        stall_timeout: (args.stall_timeout > 0).then(|| Duration::from_secs(args.stall_timeout)),
         qos0_overflow: match args.qos0_overflow {
             Qos0Overflow::PushBack => QoS0Overflow::PushBack,
             Qos0Overflow::Drop => QoS0Overflow::Drop,
