@@ -60,6 +60,8 @@ mod core {
         Transmit(Id),
         /// Send what is pending, then close the connection.
         Close(Id),
+        /// Offer the connection's unread input again (after backpressure held it).
+        Resume(Id),
     }
 
     /// Limits the harness chooses.
@@ -100,14 +102,25 @@ mod core {
             self.0.handle_input(now, id, buf)
         }
         /// The next packet for `id`, written into `out`.
+        /// The output buffers here hold any packet the broker may send (its sizes are
+        /// capped by the limits above), so a refusal for size is a broker bug.
         pub fn transmit(&mut self, now: Instant, id: Id, out: &mut [u8]) -> Option<usize> {
-            self.0.poll_transmit(now, id, out)
+            match self.0.poll_transmit(now, id, out) {
+                Ok(n) => n,
+                Err(e) => panic!("poll_transmit({id:?}) with {} bytes: {e}", out.len()),
+            }
         }
         pub fn event(&mut self) -> Option<Ev> {
-            Some(match self.0.poll_event()? {
-                BrokerEvent::Transmit(id) => Ev::Transmit(id),
-                BrokerEvent::Close(id) => Ev::Close(id),
-            })
+            loop {
+                return Some(match self.0.poll_event()? {
+                    BrokerEvent::Transmit(id) => Ev::Transmit(id),
+                    BrokerEvent::Close { id, .. } => Ev::Close(id),
+                    BrokerEvent::Resume(id) => Ev::Resume(id),
+                    // Pause: the broker leaves the bytes in the buffer it is handed; the
+                    // harness keeps offering them, which the broker must tolerate.
+                    _ => continue,
+                });
+            }
         }
         pub fn close(&mut self, now: Instant, id: Id) {
             self.0.handle_close(now, id)
@@ -386,6 +399,12 @@ mod raw {
                 let (id, close) = match ev {
                     Ev::Transmit(id) => (id, false),
                     Ev::Close(id) => (id, true),
+                    Ev::Resume(id) => {
+                        if let Some(c) = self.conns.iter_mut().find(|c| c.id == id) {
+                            self.core.input(self.now, id, &mut c.pending);
+                        }
+                        continue;
+                    }
                 };
                 let Some(i) = self.conns.iter().position(|c| c.id == id) else {
                     // A closed connection's id: the broker must not name it again with work
@@ -633,7 +652,7 @@ mod scenario {
     /// `false` once slow consumers push back on producers instead. The excuse also needs more
     /// messages published in the run than the smallest queue holds (else no queue can have
     /// been full). `fuzz/known/broker-queue-full-acked-qos2-lost` fails with it `false`.
-    pub const EXCUSE_LOSS_WHEN_BROKER_COUNTED_A_DROP: bool = true;
+    pub const EXCUSE_LOSS_WHEN_BROKER_COUNTED_A_DROP: bool = false;
 
     #[derive(Debug, Arbitrary)]
     pub struct Scenario {
@@ -936,9 +955,15 @@ mod scenario {
                         match ev {
                             Ev::Transmit(id) => eprintln!("  event Transmit({id:?})"),
                             Ev::Close(id) => eprintln!("  event Close({id:?})"),
+                            Ev::Resume(id) => eprintln!("  event Resume({id:?})"),
                         }
                     }
                     match ev {
+                        Ev::Resume(id) => {
+                            if let Some(i) = self.peer_of(id) {
+                                self.peers[i].readable = true;
+                            }
+                        }
                         Ev::Transmit(id) => match self.peer_of(id) {
                             Some(i) if self.peers[i].stalled => self.peers[i].wants_write = true,
                             _ => self.flush(id, out),

@@ -93,12 +93,12 @@ pub fn pump(
     while let Some(event) = broker.poll_event() {
         match event {
             BrokerEvent::Transmit(id) => {
-                while let Some(n) = broker.poll_transmit(now, id, out) {
+                while let Ok(Some(n)) = broker.poll_transmit(now, id, out) {
                     on_bytes(id, &out[..n]);
                 }
             }
-            BrokerEvent::Close(id) => {
-                while let Some(n) = broker.poll_transmit(now, id, out) {
+            BrokerEvent::Close { id, .. } => {
+                while let Ok(Some(n)) = broker.poll_transmit(now, id, out) {
                     on_bytes(id, &out[..n]);
                 }
                 broker.handle_close(now, id);
