@@ -4,10 +4,11 @@
 //! The scripts live in `tests/mqttjs/interop.mjs`, one case per run, printing `OK` last
 //! when every check passed: `pubsub` (QoS 0/1/2 round trips, 5.0 user properties),
 //! `retained` (kept, then cleared), `will` (the transport cut under the client), and
-//! `burst1`/`burst2`: 200 QoS 1 or QoS 2 publishes fired without waiting, all of which
-//! must be acknowledged and arrive in order. MQTT.js does not hold back for the broker's
-//! Receive Maximum, so the 5.0 bursts are what a broker must absorb with flow control
-//! rather than DISCONNECT 0x93 (Receive Maximum exceeded).
+//! `burst1`/`burst2`: 200 QoS 1 or QoS 2 publishes fired without waiting. MQTT.js does not
+//! hold back for the broker's Receive Maximum, so the 5.0 bursts are what a broker must
+//! absorb rather than answer DISCONNECT 0x93 (Receive Maximum exceeded): every QoS 1
+//! message acknowledged and delivered, in order; QoS 2 beyond the quota answered with
+//! PUBREC 0x97 (Quota exceeded) as mosquitto does, the rest delivered once, in order.
 //!
 //! Node and the lock file's packages are required: `.ci/run` runs `npm ci` in
 //! `tests/mqttjs`; without `node_modules` the first test runs it itself. A missing `node`
