@@ -335,8 +335,8 @@ fn client_config(args: &Args, id: String, keep_alive: u16) -> ClientConfig {
         config.max_inflight = u16::MAX;
         config.receive_maximum = u16::MAX;
         config.max_queued = config.max_queued.max(2 * OPEN_MAX_UNACKED as usize);
-        config.max_inflight = u16::try_from(args.open_inflight.clamp(1, OPEN_MAX_UNACKED))
-            .unwrap_or(u16::MAX);
+        config.max_inflight =
+            u16::try_from(args.open_inflight.clamp(1, OPEN_MAX_UNACKED)).unwrap_or(u16::MAX);
     }
     config
 }

@@ -147,6 +147,16 @@ struct Args {
     /// publishers like QoS 1/2, `drop` drops them (counted).
     #[arg(long, value_enum, default_value_t = Qos0Overflow::PushBack)]
     qos0_overflow: Qos0Overflow,
+    /// Longest keep alive a client may use, in seconds (mosquitto's `max_keepalive`); 0: no
+    /// maximum. A 5.0 client asking for more (or for none) is told this one in CONNACK
+    /// (Server Keep Alive); a 3.1/3.1.1 client asking for more is refused, as mosquitto
+    /// 2.0.12 and later do.
+    #[arg(long, default_value_t = 0)]
+    max_keep_alive: u16,
+    /// Response Information sent in CONNACK to 5.0 clients that ask for it (Request Response
+    /// Information), for example a topic prefix for their response topics.
+    #[arg(long)]
+    response_information: Option<String>,
     /// Seconds a new connection has to complete its CONNECT.
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
@@ -484,6 +494,11 @@ fn run(args: Args) -> std::io::Result<()> {
             max_inflight: args.max_inflight,
             max_queued: args.max_queued,
             connect_timeout: Duration::from_secs(args.connect_timeout),
+            max_keep_alive: (args.max_keep_alive > 0).then_some(args.max_keep_alive),
+            response_information: args
+                .response_information
+                .as_deref()
+                .map(mqtt_state::Utf8Bytes::copy_of),
             manual_acks: true,
             ..ServerConfig::default()
         },

@@ -157,3 +157,49 @@ fn shared_subscription_v5() {
     python(&broker, SHARED, "tcp", "5");
     python(&broker, SHARED, "websockets", "5");
 }
+
+/// `--max-keep-alive` and `--response-information` as a 5.0 client sees them: a keep alive
+/// above the maximum, or none, comes back as Server Keep Alive ([MQTT-3.2.2-21]); Response
+/// Information only when requested ([MQTT-3.1.2-28]).
+const SERVER_CHOICES: &str = r#"
+def connack(keepalive, request_info):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ka-{keepalive}-{request_info}",
+                    protocol=PROTOCOL, transport=TRANSPORT)
+    got, done = {}, threading.Event()
+    def on_connect(c, userdata, flags, reason_code, properties):
+        got["rc"] = reason_code
+        got["props"] = properties
+        done.set()
+    c.on_connect = on_connect
+    props = Properties(PacketTypes.CONNECT)
+    if request_info:
+        props.RequestResponseInformation = 1
+    c.connect(HOST, PORT, keepalive=keepalive, properties=props)
+    c.loop_start()
+    assert done.wait(TIMEOUT), "no CONNACK"
+    c.disconnect()
+    c.loop_stop()
+    assert not got["rc"].is_failure, f"CONNACK {got['rc']}"
+    return got["props"]
+
+p = connack(100, True)
+assert getattr(p, "ServerKeepAlive", None) == 30, f"keep alive 100: {p}"
+assert getattr(p, "ResponseInformation", None) == "replies/", f"asked for it: {p}"
+p = connack(0, False)
+assert getattr(p, "ServerKeepAlive", None) == 30, f"keep alive 0: {p}"
+assert getattr(p, "ResponseInformation", None) is None, f"not asked for: {p}"
+p = connack(20, False)
+assert getattr(p, "ServerKeepAlive", None) is None, f"keep alive 20 is within the maximum: {p}"
+print("OK")
+"#;
+
+#[test]
+fn max_keep_alive_and_response_information_v5() {
+    let broker = Broker::start(&[
+        "--max-keep-alive",
+        "30",
+        "--response-information",
+        "replies/",
+    ]);
+    python(&broker, SERVER_CHOICES, "tcp", "5");
+}
