@@ -220,6 +220,9 @@ struct Wake {
     pending: AtomicBool,
     /// Ctrl-C was pressed.
     shutdown: AtomicBool,
+    /// TLS and WebSocket connections whose task took its output after the loop held back
+    /// (the loop pulls their next output from the core).
+    writable: std::sync::Mutex<Vec<ConnectionId>>,
 }
 
 impl Wake {
@@ -277,6 +280,11 @@ struct Pending {
     read_paused: bool,
     /// The task that reads, waiting for the pause to end.
     read_waker: Option<Waker>,
+    /// The loop left output in the core because the task had not taken the last: the task
+    /// tells the loop (`ready`) when it takes it.
+    starved: bool,
+    /// The connection's id and the loop's waker, set once the core opened it.
+    ready: Option<(ConnectionId, Arc<Wake>)>,
 }
 
 /// Why a chunk could not be queued.
@@ -308,6 +316,19 @@ impl Outbox {
         Ok(())
     }
 
+    /// Whether the loop should leave output in the core for now: the task has not taken
+    /// what was queued before, so the client (or its socket) is behind. The messages then
+    /// wait in the core, whose queue limit pauses their publishers; the task tells the loop
+    /// when it takes the bytes (see `poll_take`).
+    fn hold_back(&self) -> bool {
+        let mut p = self.lock();
+        if p.chunks > 0 && !p.closing {
+            p.starved = true;
+            return true;
+        }
+        false
+    }
+
     /// Tells the task to stop after what is queued, or, with `discard`, at once: a client
     /// that stopped reading is not waited for.
     fn close(&self, discard: bool) {
@@ -330,7 +351,18 @@ impl Outbox {
         }
         if idle && !p.bytes.is_empty() {
             p.chunks = 0;
-            return Poll::Ready(Some(std::mem::take(&mut p.bytes)));
+            let bytes = std::mem::take(&mut p.bytes);
+            if std::mem::take(&mut p.starved) {
+                if let Some((id, wake)) = p.ready.clone() {
+                    drop(p);
+                    wake.writable
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(id);
+                    wake.notify();
+                }
+            }
+            return Poll::Ready(Some(bytes));
         }
         if idle && p.closing {
             return Poll::Ready(None);
@@ -552,6 +584,7 @@ fn run(args: Args) -> std::io::Result<()> {
         waker: mio::Waker::new(poll.registry(), WAKER)?,
         pending: AtomicBool::new(false),
         shutdown: AtomicBool::new(false),
+        writable: std::sync::Mutex::new(Vec::new()),
     });
     let (tx, rx) = mpsc::channel(1024);
     let core_tx = CoreTx {
@@ -1155,15 +1188,16 @@ impl EventLoop {
     /// Carries out what the broker asks for until it has nothing more.
     fn drain(&mut self, now: Instant) {
         while let Some(event) = self.broker.poll_event() {
-            let (id, close) = match event {
-                BrokerEvent::Transmit(id) => (id, false),
+            let (id, close, slow_consumer) = match event {
+                BrokerEvent::Transmit(id) => (id, false, false),
                 BrokerEvent::Close { id, reason } => {
-                    if reason == CloseReason::SlowConsumer {
+                    let slow = reason == CloseReason::SlowConsumer;
+                    if slow {
                         warn!(?id, "client not reading; disconnecting");
                     } else {
                         debug!(?id, ?reason, "closing");
                     }
-                    (id, true)
+                    (id, true, slow)
                 }
                 BrokerEvent::Pause(id) => {
                     self.pause(id, true, now);
@@ -1176,28 +1210,48 @@ impl EventLoop {
                 _ => continue,
             };
             let tcp = self.tcp.get(&id).map(|&i| i as usize);
-            // A TCP connection whose socket takes no more output is not pulled from: the
-            // messages stay queued in the core, whose watermark pauses their publishers;
-            // `flush` pulls once the socket drains.
-            let blocked = tcp
-                .and_then(|i| self.conns[i].as_ref())
-                .is_some_and(|c| c.blocked);
-            if !blocked || close {
-                self.pull(now, id);
+            if let Some(i) = tcp {
+                // A TCP connection whose socket takes no more output is not pulled from: the
+                // messages stay queued in the core, whose watermark pauses their publishers;
+                // `flush` pulls once the socket drains.
+                let blocked = self.conns[i].as_ref().is_some_and(|c| c.blocked);
+                if !blocked || close {
+                    self.pull(now, id);
+                }
             }
             if let Some(i) = tcp {
                 self.deliver(i, close, now);
-            } else if let Some(link) = self.remote.get(&id) {
-                let ok =
-                    self.batch.is_empty() || link.tx.push(&self.batch, self.write_queue).is_ok();
-                if close || !ok {
-                    link.tx.close(!ok);
-                    self.remote.remove(&id);
-                    debug!(?id, "closed by broker");
-                    self.broker.handle_close(now, id);
-                }
+                self.batch.clear();
+            } else {
+                let discard = close && slow_consumer;
+                self.send_remote(now, id, close, discard);
             }
+        }
+    }
+
+    /// Hands TLS or WebSocket connection `id` its output (pulled into `batch` unless
+    /// `pulled`), and closes it if asked to (`discard`: without writing what is queued).
+    fn send_remote(&mut self, now: Instant, id: ConnectionId, close: bool, discard: bool) {
+        let Some(link) = self.remote.get(&id) else {
             self.batch.clear();
+            return;
+        };
+        // Its task has not taken the last output: leave this in the core (pushing back on
+        // its publishers) until the task says it took it.
+        if close || !link.tx.hold_back() {
+            self.pull(now, id);
+        }
+        let Some(link) = self.remote.get(&id) else {
+            self.batch.clear();
+            return;
+        };
+        let ok = self.batch.is_empty() || link.tx.push(&self.batch, self.write_queue).is_ok();
+        self.batch.clear();
+        if close || !ok {
+            link.tx.close(discard || !ok);
+            self.remote.remove(&id);
+            debug!(?id, "closed by broker");
+            self.broker.handle_close(now, id);
         }
     }
 
@@ -1398,6 +1452,15 @@ impl EventLoop {
     fn take_task_messages(&mut self) {
         // Cleared before the channel is emptied: a message sent after this wakes us again.
         self.wake.pending.swap(false, Ordering::AcqRel);
+        let writable =
+            std::mem::take(&mut *self.wake.writable.lock().unwrap_or_else(|e| e.into_inner()));
+        if !writable.is_empty() {
+            let now = self.now();
+            for id in writable {
+                self.send_remote(now, id, false, false);
+            }
+            self.drain(now);
+        }
         for _ in 0..TASK_MESSAGES_PER_TURN {
             let Ok(msg) = self.rx.try_recv() else {
                 self.tasks_ready = false;
@@ -1407,6 +1470,7 @@ impl EventLoop {
             match msg {
                 ToCore::Open { tx, reply } => {
                     let id = self.broker.open(now);
+                    tx.lock().ready = Some((id, self.wake.clone()));
                     if reply.send(id).is_err() {
                         self.broker.handle_close(now, id);
                     } else {
