@@ -69,13 +69,13 @@ impl TopicBuf {
     #[inline]
     #[allow(unsafe_code)]
     pub fn as_str(&self) -> &str {
+        // `from_utf8` here would cost more than the name check this type exists to save
+        // (`cargo bench -p mqtt-state --bench session -- fan_out`).
+        debug_assert!(core::str::from_utf8(&self.0).is_ok());
         // SAFETY: every constructor stores exactly the bytes of a `&str` (`from_static`,
         // `From<TopicName>`, `slice_ref` of a `TopicName` or its copy, `TryFrom<String>`,
         // `From<OwnedTopicName>`), the field is private, and `Bytes` is immutable: the
         // bytes are well-formed UTF-8, the only requirement of `from_utf8_unchecked`.
-        // `from_utf8` here would cost more than the name check this type exists to save
-        // (`cargo bench -p mqtt-state --bench session -- fan_out`).
-        debug_assert!(core::str::from_utf8(&self.0).is_ok());
         unsafe { core::str::from_utf8_unchecked(&self.0) }
     }
 
