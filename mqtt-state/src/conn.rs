@@ -13,7 +13,7 @@ use mqtt_codec::{
     UserProperties,
 };
 
-use mqtt_topic::{TopicBuf, TopicName};
+use mqtt_topic::TopicBuf;
 
 use crate::session::{Inflight, Outgoing, SessionState, Stage};
 use crate::{
@@ -854,14 +854,17 @@ impl Conn {
         frame: &Bytes,
         p: &mqtt_codec::Publish<'_>,
     ) -> Result<TopicBuf, Error> {
-        // The decoder has checked a non-empty topic; this makes the check a type, which the
-        // message then carries to routing and to every subscriber's PUBLISH.
-        let name = || {
-            TopicName::new(p.topic.as_str())
-                .map_err(|e| Error::from(mqtt_codec::Error::InvalidTopicName(e)))
-        };
+        // The decoder has checked a non-empty topic and hands it on as a `TopicName`; the
+        // message carries that check to routing and to every subscriber's PUBLISH.
         let Some(alias) = p.properties.topic_alias else {
-            return Ok(TopicBuf::slice_ref(frame, name()?));
+            // Empty without an alias was refused by the decoder ([MQTT-3.3.2-1]).
+            let name = p
+                .topic
+                .name()
+                .ok_or(Error::Codec(mqtt_codec::Error::InvalidTopicName(
+                    mqtt_topic::Error::Empty,
+                )))?;
+            return Ok(TopicBuf::slice_ref(frame, name));
         };
         let a = alias.get();
         // [MQTT-3.3.2-10] [MQTT-3.3.2-12] accept 1..=the maximum we announced, nothing above.
@@ -874,18 +877,18 @@ impl Conn {
         if alias_in.len() < max {
             alias_in.resize(max, None);
         }
-        if p.topic.is_empty() {
-            alias_in[slot]
+        match p.topic.name() {
+            None => alias_in[slot]
                 .clone()
-                .ok_or(Error::Protocol(Violation::UnknownTopicAlias(a)))
-        } else {
-            // The mapping outlives this frame: keep a copy (a view would pin the receive
-            // buffer), made only when the mapping changes.
-            let topic = name()?;
-            if alias_in[slot].as_ref().map(TopicBuf::as_topic_name) != Some(topic) {
-                alias_in[slot] = Some(TopicBuf::from(topic));
+                .ok_or(Error::Protocol(Violation::UnknownTopicAlias(a))),
+            Some(topic) => {
+                // The mapping outlives this frame: keep a copy (a view would pin the
+                // receive buffer), made only when the mapping changes.
+                if alias_in[slot].as_ref().map(TopicBuf::as_topic_name) != Some(topic) {
+                    alias_in[slot] = Some(TopicBuf::from(topic));
+                }
+                Ok(TopicBuf::slice_ref(frame, topic))
             }
-            Ok(TopicBuf::slice_ref(frame, topic))
         }
     }
 

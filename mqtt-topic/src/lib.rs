@@ -91,7 +91,7 @@
 #![cfg_attr(not(feature = "alloc"), doc = "[`OwnedTopicFilter`]: #features")]
 #![cfg_attr(not(feature = "bytes"), doc = "[`TopicBuf`]: #features")]
 #![no_std]
-// Forbidden but for one audited exception: `TopicBuf::as_str` (feature `bytes`).
+// Forbidden but for two audited exceptions: `TopicName::from_ascii` and `TopicBuf::as_str`.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
