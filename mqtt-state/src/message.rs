@@ -133,7 +133,8 @@ impl<'a> IntoIterator for &'a SubscriptionIdList {
     }
 }
 
-/// Bytes known to be UTF-8: a topic, a content type. Cloning shares the buffer.
+/// Bytes known to be UTF-8: a content type, a client identifier, a filter. Cloning shares the
+/// buffer. (A message's topic is a [`TopicBuf`], which also carries its name check.)
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Utf8Bytes(Bytes);
 
