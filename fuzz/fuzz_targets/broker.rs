@@ -43,7 +43,9 @@ use mqtt_codec::{
     QosPid, ReasonCode, Sender, Status, Subscribe, Subscription, SubscriptionOptions, Topic,
     Unsubscribe, Will,
 };
-use mqtt_state::{Client, ClientConfig, Duration, Error, Event, Instant, Message, SessionState};
+use mqtt_state::{
+    Client, ClientConfig, Duration, Error, Event, Instant, Message, SessionState, TopicBuf,
+};
 use mqtt_topic::{matches, TopicFilter, TopicName};
 
 // ---------------------------------------------------------------------------------------
@@ -1299,7 +1301,11 @@ mod scenario {
                     for _ in 0..=count % 4 {
                         let seq = w.peers[i].seq;
                         let t = usize::from(topic) % TOPICS.len();
-                        let mut m = Message::new(TOPICS[t], payload(i, seq), qos(q));
+                        // [MQTT-3.3.2-2] [MQTT-4.7.3-1] no message holds an invalid name.
+                        let Ok(name) = TopicBuf::from_static(TOPICS[t]) else {
+                            break;
+                        };
+                        let mut m = Message::new(name, payload(i, seq), qos(q));
                         m.retain = retain;
                         let now = w.now;
                         match w.peers[i].client.publish(now, m) {

@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 
 use mqtt_codec::{PacketId, QoS, ReasonCode, SubscriptionId};
 use mqtt_state::{Instant, Message, Outgoing, Utf8Bytes};
-use mqtt_topic::{Match, TopicName};
+use mqtt_topic::Match;
 
 use crate::broker::Delivery;
 use crate::{Broker, BrokerEvent, ConnectionId, Hooks, QoS0Overflow};
@@ -84,9 +84,10 @@ impl<H: Hooks> Broker<H> {
         publisher: Option<ConnectionId>,
         mut message: Message,
     ) -> usize {
-        let Ok(topic) = TopicName::new(message.topic.as_str()) else {
-            return 0;
-        };
+        // Checked when the message was made or received; a clone shares the buffer, so
+        // the name can be borrowed while the message is changed and copied below.
+        let name = message.topic.clone();
+        let topic = name.as_topic_name();
         if message.retain {
             if message.payload.is_empty() {
                 // [MQTT-3.3.1-6] [MQTT-3.3.1-7] an empty retained message clears the topic.

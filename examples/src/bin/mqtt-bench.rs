@@ -62,7 +62,7 @@ use std::time::Duration as StdDuration;
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use mqtt_codec::{ProtocolVersion, QoS, SubscriptionOptions};
-use mqtt_state::{Client, ClientConfig, Event, Instant, Message, Utf8Bytes};
+use mqtt_state::{Client, ClientConfig, Event, Instant, Message, TopicBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -478,7 +478,8 @@ async fn load(args: Args) -> Result<(), BoxError> {
     let deadline = began + StdDuration::from_secs_f64(args.duration);
     let mut pub_tasks = Vec::new();
     for (p, conn) in pub_conns.into_iter().enumerate() {
-        let topic = Utf8Bytes::from(format!("bench/{run}/{p}"));
+        let topic = TopicBuf::try_from(format!("bench/{run}/{p}"))
+            .map_err(|e| format!("bench topic: {e}"))?;
         let job = Publisher {
             index: p,
             topic,
@@ -627,7 +628,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
 /// What one publisher does.
 struct Publisher {
     index: usize,
-    topic: Utf8Bytes,
+    topic: TopicBuf,
     qos: QoS,
     payload: usize,
     subs: u64,
