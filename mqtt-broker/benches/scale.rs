@@ -16,6 +16,11 @@
 //!   close afterwards are not timed.
 //! - `pingreq`: PINGREQ in, PINGRESP out, on the probe connection.
 //! - `handle_timeout` / `poll_timeout`: the run loop's timer calls when nothing is due.
+//! - `handle_timeout_one_due`: `handle_timeout` when exactly one deadline is due: a client
+//!   with a keep alive of 1 s whose 1.5 s ran out, closed by the call (its `Close` event
+//!   and `handle_close` afterwards are not timed). The clock moves 10 ms per call and a
+//!   new such client connects (untimed) before each, so 150 of them are in the pipeline
+//!   besides the population and each call finds the oldest one due.
 //! - `subscribe` / `unsubscribe`: one filter, with its SUBACK / UNSUBACK (the other half
 //!   restores the state, untimed).
 //! - `publish_fanout/K`: a QoS 0 PUBLISH of 64 bytes from the probe to a topic K connected
@@ -40,6 +45,7 @@ use std::time::{Duration, Instant as StdInstant};
 use common::*;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use mqtt_broker::codec::QoS;
+use mqtt_broker::state::Instant;
 
 /// Mean time per operation, gathered from the timed loops, in the order first run:
 /// (kind, operation) -> size -> (total, iterations).
@@ -142,6 +148,44 @@ fn bench_population(c: &mut Criterion, table: &mut Table, pop: &mut Population) 
         }
         t.elapsed()
     });
+
+    // Exactly one keep alive due per call: a pipeline of short-keep-alive clients, one
+    // connected every DUE_STEP_MS, each due DUE_LAG steps after it connected.
+    const DUE_STEP_MS: u64 = 10;
+    const DUE_KEEP_ALIVE: u16 = 1;
+    const DUE_LAG: u64 = DUE_KEEP_ALIVE as u64 * 1500 / DUE_STEP_MS;
+    let mut due_next = 0u64;
+    let connect_due = |p: &mut Population, due_next: &mut u64| {
+        p.now = Instant::from_millis(p.now.as_millis() + DUE_STEP_MS);
+        let bytes = connect_bytes_keep_alive(&format!("due{due_next}"), true, DUE_KEEP_ALIVE);
+        *due_next += 1;
+        p.connect(&bytes);
+    };
+    for _ in 0..DUE_LAG {
+        connect_due(pop, &mut due_next);
+    }
+    run(c, table, pop, "handle_timeout_one_due", 1, |p, iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            connect_due(p, &mut due_next);
+            let before = p.broker.stats().clients_connected;
+            let now = p.now;
+            let t = StdInstant::now();
+            p.broker.handle_timeout(black_box(now));
+            total += t.elapsed();
+            p.feed_and_drain(probe, &[]);
+            assert_eq!(
+                p.broker.stats().clients_connected,
+                before - 1,
+                "exactly one keep alive ran out"
+            );
+        }
+        total
+    });
+    // Let the rest of the pipeline run out, untimed.
+    pop.now = Instant::from_millis(pop.now.as_millis() + DUE_LAG * DUE_STEP_MS);
+    pop.broker.handle_timeout(pop.now);
+    pop.feed_and_drain(probe, &[]);
 
     run(c, table, pop, "poll_timeout", 1, |p, iters| {
         let t = StdInstant::now();
