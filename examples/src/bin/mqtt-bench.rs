@@ -47,10 +47,12 @@
 //! Every load run prints one machine-readable line:
 //! `broker=.. scenario=fan-in qos=1 payload=64 pubs=10 subs=1 window=.. sent=.. received=..
 //! lost=.. secs=.. msgs_per_sec=.. p50_us=.. p99_us=.. max_us=.. errors=.. mode=..
-//! acked=.. unique=.. duplicates=.. unique_per_sec=.. rate=..`, where `received` counts
-//! deliveries (a fan-out publish counts once per subscriber), `msgs_per_sec` is deliveries
-//! per second, `mode` is `closed`, `open` or `rate`, `acked` counts acknowledged QoS 1/2
-//! publications and `unique` deliveries without duplicates. The connect run prints
+//! acked=.. unique=.. duplicates=.. unique_per_sec=.. rate=.. refused=..`, where
+//! `received` counts deliveries (a fan-out publish counts once per subscriber),
+//! `msgs_per_sec` is deliveries per second, `mode` is `closed`, `open` or `rate`, `acked`
+//! counts acknowledged QoS 1/2 publications, `refused` those a 5.0 broker refused in its
+//! acknowledgement (not owed to anyone, so not `lost`) and `unique` deliveries without
+//! duplicates. The connect run prints
 //! `connect broker=.. connections=.. ok=.. failed=.. secs=.. p50_us=.. p99_us=.. max_us=..
 //! mqtt_p50_us=.. mqtt_p99_us=.. mqtt_max_us=..`.
 
@@ -399,6 +401,8 @@ struct Shared {
     /// Per publisher: messages sent, and (QoS 1/2) acknowledged.
     sent: Vec<AtomicU64>,
     acked: Vec<AtomicU64>,
+    /// QoS 1/2 messages the broker refused in its acknowledgement (5.0 reason >= 0x80).
+    refused: AtomicU64,
     /// Whether payloads carry a sequence number.
     numbered: bool,
 }
@@ -441,6 +445,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
         publishing: AtomicBool::new(true),
         sent: (0..pubs).map(|_| AtomicU64::new(0)).collect(),
         acked: (0..pubs).map(|_| AtomicU64::new(0)).collect(),
+        refused: AtomicU64::new(0),
         numbered: payload >= 20,
     });
 
@@ -517,7 +522,8 @@ async fn load(args: Args) -> Result<(), BoxError> {
     }
     let published_until = start.elapsed();
     shared.publishing.store(false, Ordering::Relaxed);
-    let expected = sent * subs as u64;
+    // Refused messages (5.0) were never taken: not expected anywhere.
+    let expected = sent.saturating_sub(shared.refused.load(Ordering::Relaxed)) * subs as u64;
     // What each subscriber must get from each publisher: QoS 0 everything sent, QoS 1/2
     // everything acknowledged.
     let owed: Vec<u64> = (0..pubs)
@@ -593,7 +599,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
         out,
         "broker={} scenario={} qos={} payload={} pubs={} subs={} window={} sent={} received={} \
          lost={} secs={:.3} msgs_per_sec={:.0} p50_us={} p99_us={} max_us={} errors={} \
-         mode={} acked={} unique={} duplicates={} unique_per_sec={:.0} rate={}",
+         mode={} acked={} unique={} duplicates={} unique_per_sec={:.0} rate={} refused={}",
         args.label,
         args.scenario.name(),
         args.qos,
@@ -616,6 +622,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
         duplicates,
         unique as f64 / secs,
         args.rate.map_or("none".to_string(), |r| format!("{r}")),
+        shared.refused.load(Ordering::Relaxed),
     )?;
     out.flush()?;
     for e in errors {
@@ -647,6 +654,7 @@ async fn publisher(
 ) -> Result<(u64, u64), BoxError> {
     let mut sent = 0u64;
     let mut acked = 0u64;
+    let mut refused = 0u64;
     let mut written_off = 0u64;
     let mut last_progress = (std::time::Instant::now(), 0u64);
     let index = u32::try_from(job.index).unwrap_or(u32::MAX);
@@ -659,10 +667,11 @@ async fn publisher(
         if done != last_progress.1 {
             last_progress = (std::time::Instant::now(), done);
         }
-        let mut outstanding = sent.saturating_sub(done + written_off);
+        // A refused message never reaches a subscriber: it holds no room in the window.
+        let mut outstanding = sent.saturating_sub(done + written_off + refused);
         if outstanding >= job.window && last_progress.0.elapsed() >= job.stall {
             // Dropped somewhere (QoS 0 under overload): stop waiting for them.
-            written_off = sent.saturating_sub(done);
+            written_off = sent.saturating_sub(done + refused);
             outstanding = 0;
             last_progress.0 = std::time::Instant::now();
         }
@@ -683,7 +692,9 @@ async fn publisher(
         tokio::select! {
             r = conn.read() => {
                 r?;
-                acked += count_acks(&mut conn.client);
+                let (ok, no) = count_acks(&mut conn.client);
+                acked += ok;
+                refused += no;
             }
             () = shared.wake[job.index].notified() => {}
             () = tokio::time::sleep(wait) => {}
@@ -693,7 +704,7 @@ async fn publisher(
     // what is still queued in the client.
     if job.qos != QoS::AtMostOnce {
         let until = std::time::Instant::now() + StdDuration::from_secs(2);
-        while acked < sent {
+        while acked + refused < sent {
             let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
                 break;
             };
@@ -701,12 +712,15 @@ async fn publisher(
                 Ok(r) => r?,
                 Err(_) => break,
             }
-            acked += count_acks(&mut conn.client);
+            let (ok, no) = count_acks(&mut conn.client);
+            acked += ok;
+            refused += no;
             conn.flush().await?;
         }
     }
     shared.sent[job.index].store(sent, Ordering::Relaxed);
     shared.acked[job.index].store(acked, Ordering::Relaxed);
+    shared.refused.fetch_add(refused, Ordering::Relaxed);
     let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
     let _ = conn.flush().await;
     Ok((sent, written_off))
@@ -729,6 +743,7 @@ async fn open_publisher(
 ) -> Result<(u64, u64), BoxError> {
     let mut sent = 0u64;
     let mut acked = 0u64;
+    let mut refused = 0u64;
     let index = u32::try_from(job.index).unwrap_or(u32::MAX);
     let began = shared.start.elapsed();
     loop {
@@ -745,7 +760,7 @@ async fn open_publisher(
         let mn = conn.now();
         while sent < due
             && conn.output.len() < OPEN_STAGED
-            && (job.qos == QoS::AtMostOnce || sent - acked < job.inflight)
+            && (job.qos == QoS::AtMostOnce || sent - acked - refused < job.inflight)
         {
             let p = make_payload(shared.start, index, sent, job.payload);
             conn.client
@@ -790,7 +805,9 @@ async fn open_publisher(
             Step::Read(_) => {
                 let now = conn.now();
                 conn.client.handle_input(now, &mut conn.input)?;
-                acked += count_acks(&mut conn.client);
+                let (ok, no) = count_acks(&mut conn.client);
+                acked += ok;
+                refused += no;
             }
             Step::Slept => {}
         }
@@ -802,7 +819,7 @@ async fn open_publisher(
     // QoS 1/2: wait (a little) for the last acknowledgements.
     if job.qos != QoS::AtMostOnce {
         let until = std::time::Instant::now() + StdDuration::from_secs(5);
-        while acked < sent {
+        while acked + refused < sent {
             let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
                 break;
             };
@@ -810,25 +827,35 @@ async fn open_publisher(
                 Ok(r) => r?,
                 Err(_) => break,
             }
-            acked += count_acks(&mut conn.client);
+            let (ok, no) = count_acks(&mut conn.client);
+            acked += ok;
+            refused += no;
             conn.flush().await?;
         }
     }
     shared.acked[job.index].store(acked, Ordering::Relaxed);
+    shared.refused.fetch_add(refused, Ordering::Relaxed);
     let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
     let _ = conn.flush().await;
     Ok((sent, 0))
 }
 
-/// Drains the client's events, counting acknowledged publications.
-fn count_acks(client: &mut Client) -> u64 {
-    let mut n = 0;
+/// Drains the client's events, counting acknowledged publications: (accepted, refused).
+/// A 5.0 broker may refuse a message in its acknowledgement (PUBACK or PUBREC with a
+/// reason code of 0x80 or above, such as 0x97 Quota exceeded): that message was not
+/// taken, so it is not owed to the subscribers (counted as `refused`, never as `lost`).
+fn count_acks(client: &mut Client) -> (u64, u64) {
+    let (mut ok, mut refused) = (0, 0);
     while let Some(event) = client.poll_event() {
-        if let Event::Acknowledged { .. } = event {
-            n += 1;
+        if let Event::Acknowledged { reason, .. } = event {
+            if reason.is_error() {
+                refused += 1;
+            } else {
+                ok += 1;
+            }
         }
     }
-    n
+    (ok, refused)
 }
 
 /// Receives until told to stop; returns the latency of each delivery in microseconds.
