@@ -130,6 +130,9 @@ start_ours() {
     local out=$WORK/ours.$RANDOM
     local limits=(--sys-interval 0 --max-queued "$MAX_QUEUED" --max-inflight "$MAX_INFLIGHT")
     [ "${OURS_DEFAULTS:-0}" = 1 ] && limits=()
+    # Created before the broker starts: polled below, and under `set -e` a read of a
+    # file the child has not yet opened would end the script.
+    : >"$out"
     "$BIN/mqtt-broker" --bind 127.0.0.1:0 --no-ws "${limits[@]}" >"$out" 2>>"$WORK/ours.log" &
     OURS_PID=$!
     PIDS+=("$OURS_PID")
