@@ -141,6 +141,9 @@ struct Args {
     /// counting what is lost (at most 5 times this in all).
     #[arg(long, default_value_t = 2.0)]
     drain: f64,
+    /// Connect: print the N slowest connections to stderr, with when each began.
+    #[arg(long, default_value_t = 0)]
+    slowest: usize,
     /// Open loop, QoS 1/2: unacknowledged messages per publisher (the client's in-flight
     /// limit, as any client has one; at most 65,000).
     #[arg(long, default_value_t = 1000)]
@@ -1033,7 +1036,8 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
     let addr = format!("{}:{}", args.host, args.port);
     let start = std::time::Instant::now();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    type Timing = Result<(u32, u32), String>;
+    // (total µs, CONNECT→CONNACK µs, µs since the run began when this connection began).
+    type Timing = Result<(u32, u32, u32), String>;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Timing>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::with_capacity(args.connections);
@@ -1055,7 +1059,11 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
             drop(permit);
             let mut conn = match conn {
                 Ok(c) => {
-                    let timing = (us(t0.elapsed()), us(c.tcp_connected.elapsed()));
+                    let timing = (
+                        us(t0.elapsed()),
+                        us(c.tcp_connected.elapsed()),
+                        us(t0.duration_since(start)),
+                    );
                     let _ = done_tx.send(Ok(timing)).await;
                     c
                 }
@@ -1072,14 +1080,16 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
     }
     drop(done_tx);
     let mut total = Vec::with_capacity(args.connections);
+    let mut timeline = Vec::with_capacity(args.connections);
     let mut mqtt = Vec::with_capacity(args.connections);
     let mut failed = 0usize;
     let mut first_error = None;
     while let Some(r) = done_rx.recv().await {
         match r {
-            Ok((t, m)) => {
+            Ok((t, m, began)) => {
                 total.push(t);
                 mqtt.push(m);
+                timeline.push((t, m, began));
             }
             Err(e) => {
                 failed += 1;
@@ -1120,6 +1130,17 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
     out.flush()?;
     if let Some(e) = first_error {
         eprintln!("first connection error: {e}");
+    }
+    if args.slowest > 0 {
+        // When the slow ones began tells a stall (all at once) from a steady tail.
+        timeline.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (t, m, began) in timeline.iter().take(args.slowest) {
+            eprintln!(
+                "slow connect broker={} began_ms={:.1} total_us={t} mqtt_us={m}",
+                args.label,
+                f64::from(*began) / 1000.0
+            );
+        }
     }
     Ok(())
 }
