@@ -1133,7 +1133,7 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
     }
     if args.slowest > 0 {
         // When the slow ones began tells a stall (all at once) from a steady tail.
-        timeline.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        timeline.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
         for (t, m, began) in timeline.iter().take(args.slowest) {
             eprintln!(
                 "slow connect broker={} began_ms={:.1} total_us={t} mqtt_us={m}",
