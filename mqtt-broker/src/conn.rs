@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use mqtt_state::{ConnectRequest, Instant, Message, ServerSession, Utf8Bytes};
 
+use crate::decide::{ConnInfo, Deciding};
 use crate::timers::NOT_ARMED;
 use crate::{CloseReason, ConnectionId};
 
@@ -45,6 +46,10 @@ pub(crate) struct ConnExtra {
     pub(crate) stall_deadline: Option<Instant>,
     /// Why the core decided to close it, when the machine cannot say (taken over, ...).
     pub(crate) close_reason: Option<CloseReason>,
+    /// What the adapter passed at `open_with`.
+    pub(crate) info: Option<Box<ConnInfo>>,
+    /// Decisions it waits for: it is not read meanwhile.
+    pub(crate) deciding: Option<Box<Deciding>>,
 }
 
 impl Conn {
@@ -121,12 +126,36 @@ impl Conn {
         self.extra.as_ref()?.stall_deadline
     }
 
-    /// Its deadline: its machine's, or the end of its patience as a stalled subscriber.
+    pub(crate) fn info(&self) -> Option<&ConnInfo> {
+        self.extra.as_ref()?.info.as_deref()
+    }
+
+    /// Whether it waits for decisions.
+    pub(crate) fn deciding(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.deciding.is_some())
+    }
+
+    /// When its decisions time out.
+    pub(crate) fn decision_deadline(&self) -> Option<Instant> {
+        Some(self.extra.as_ref()?.deciding.as_ref()?.deadline)
+    }
+
+    /// Whether the program may read it: not closing, not paused, not deciding.
+    pub(crate) fn readable(&self) -> bool {
+        !self.closing() && self.paused_on().is_none() && !self.deciding()
+    }
+
+    /// Its deadline: its machine's, the end of its patience as a stalled subscriber, or
+    /// the end of the wait for its decisions.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        match (self.session.poll_timeout(), self.stall_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.session.poll_timeout(),
+            self.stall_deadline(),
+            self.decision_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub(crate) fn has_waiters(&self) -> bool {
@@ -200,6 +229,8 @@ impl Conn {
                 && e.waiters.is_empty()
                 && e.stall_deadline.is_none()
                 && e.close_reason.is_none()
+                && e.info.is_none()
+                && e.deciding.is_none()
         }) {
             self.extra = None;
         }
