@@ -66,6 +66,23 @@ pub struct Context<'a> {
     pub info: &'a ConnInfo,
 }
 
+impl<'a> Context<'a> {
+    /// A context, as the core makes them: for testing hooks outside a broker.
+    pub fn new(
+        client_id: &'a str,
+        username: Option<&'a str>,
+        protocol: ProtocolVersion,
+        info: &'a ConnInfo,
+    ) -> Self {
+        Self {
+            client_id,
+            username,
+            protocol,
+            info,
+        }
+    }
+}
+
 /// A deferred decision's handle: answer it once, with [`Broker::accept`],
 /// [`Broker::reject`] or (enhanced authentication) [`Broker::challenge`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
