@@ -4,7 +4,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use mqtt_state::{ConnectRequest, Instant, Message, ServerSession, Utf8Bytes};
+use mqtt_state::{ConnectRequest, Instant, Message, ServerSession, SessionState, Utf8Bytes};
 
 use crate::decide::{ConnInfo, Deciding};
 use crate::timers::NOT_ARMED;
@@ -50,6 +50,10 @@ pub(crate) struct ConnExtra {
     pub(crate) info: Option<Box<ConnInfo>>,
     /// Decisions it waits for: it is not read meanwhile.
     pub(crate) deciding: Option<Box<Deciding>>,
+    /// Incoming QoS 2 packet identifiers whose PUBLISH was dropped undecided (its
+    /// connection ended first): never routed nor acknowledged, so their repeat is a new
+    /// message, not a duplicate.
+    pub(crate) unrouted_qos2: Vec<u16>,
 }
 
 impl Conn {
@@ -204,6 +208,22 @@ impl Conn {
         true
     }
 
+    /// Takes the session state out of its machine, to park or hand over. A QoS 2 PUBLISH
+    /// that was never decided had no PUBREC: the client sends it again, and that must be
+    /// routed ([MQTT-4.3.3-10] holds only from the PUBREC on).
+    pub(crate) fn take_session_state(&mut self) -> SessionState {
+        let mut state = self.session.take_session();
+        if let Some(e) = self.extra.as_mut() {
+            for id in core::mem::take(&mut e.unrouted_qos2) {
+                if let Ok(i) = state.incoming_qos2.binary_search(&id) {
+                    state.incoming_qos2.remove(i);
+                }
+            }
+        }
+        self.tidy_extra();
+        state
+    }
+
     /// Why it closes: what the core recorded, else what its machine failed with.
     pub(crate) fn close_reason(&self) -> CloseReason {
         self.extra
@@ -231,6 +251,7 @@ impl Conn {
                 && e.close_reason.is_none()
                 && e.info.is_none()
                 && e.deciding.is_none()
+                && e.unrouted_qos2.is_empty()
         }) {
             self.extra = None;
         }

@@ -218,10 +218,12 @@ impl<H: Hooks> Broker<H> {
 
     /// Ends `old` with Session taken over, returning the session state it held.
     pub(crate) fn take_over(&mut self, now: Instant, old: ConnectionId) -> SessionState {
+        // What it waited for is moot; its undecided messages were not taken.
+        self.drop_requests(old);
         let Some(c) = self.conn_mut(old) else {
             return SessionState::default();
         };
-        let state = c.session.take_session();
+        let state = c.take_session_state();
         // The old connection's will is not published by a takeover in 3.1.1 practice;
         // 5.0 treats it as a disconnect without DISCONNECT 0x00, so it is.
         let v5 = c.session.version().is_v5();
@@ -274,7 +276,7 @@ impl<H: Hooks> Broker<H> {
             return;
         };
         let Some(c) = self.conn_mut(id) else { return };
-        let session = c.session.take_session();
+        let session = c.take_session_state();
         let Some(rec) = self.sessions[owner].as_mut() else {
             return;
         };

@@ -447,14 +447,28 @@ impl<H: Hooks> Broker<H> {
     /// Drops every request of `conn` (it closes): answering one later is
     /// [`Error::UnknownRequest`].
     pub(crate) fn drop_requests(&mut self, conn: ConnectionId) {
-        let Some(c) = self.conn_mut(conn) else { return };
+        let Some(c) = crate::broker::conn_in(&mut self.conns, conn) else {
+            return;
+        };
         let Some(d) = c.extra.as_mut().and_then(|e| e.deciding.take()) else {
             return;
         };
-        c.tidy_extra();
         for r in &d.requests {
-            self.decisions.pending.remove(r);
+            let dropped = self.decisions.pending.remove(r);
+            if let Some((
+                _,
+                Pending::Publish {
+                    packet_id: Some(pid),
+                    message,
+                },
+            )) = dropped
+            {
+                if message.qos == QoS::ExactlyOnce {
+                    c.extra_mut().unrouted_qos2.push(pid.get());
+                }
+            }
         }
+        c.tidy_extra();
     }
 
     /// `conn`'s decisions were not all answered in time: it is closed, with a CONNACK

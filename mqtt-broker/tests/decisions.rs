@@ -581,3 +581,23 @@ fn open_with_passes_peer_and_tls_identity_to_the_hooks() {
     assert_eq!(broker.context(ok).unwrap().info.peer, Some(peer));
     assert_eq!(broker.connection_count(), 1);
 }
+
+#[test]
+fn mqtt_3_1_2_20_a_client_counts_keep_alive_from_its_connect_when_the_login_waits() {
+    let mut net = net(60_000);
+    let c = net.join(ClientConfig {
+        keep_alive: 2,
+        ..slow(V5, "c")
+    });
+    let r = requests(&mut net).remove(0);
+    // The login takes 3 s, beyond the keep alive.
+    net.now = net.now + Duration::from_millis(3_000);
+    net.broker.accept(net.now, r.id).unwrap();
+    net.drive();
+    assert!(net.peers[c].client.is_connected());
+    // The CONNECT was the last packet sent, 3 s ago: a PINGREQ is due now, not 2 s on.
+    assert!(net.peers[c]
+        .client
+        .poll_timeout()
+        .is_some_and(|t| t <= net.now));
+}

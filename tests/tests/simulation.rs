@@ -47,12 +47,17 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use bytes::BytesMut;
-use mqtt_broker::{Broker, BrokerConfig, BrokerEvent, ConnectionId};
+use mqtt_broker::{
+    Broker, BrokerConfig, BrokerEvent, ConnectionId, Context, Hooks, RequestId, RequestKind,
+    Verdict,
+};
 use mqtt_codec::SubscriptionOptions;
 use mqtt_codec::{decode, DecodeOptions, ProtocolVersion, QoS, ReasonCode, Status};
 use mqtt_state::{
-    Client, ClientConfig, Duration, Error, Event, Instant, Message, ServerConfig, Stage,
+    Client, ClientConfig, ConnectRequest, Duration, Error, Event, Instant, Message, ServerConfig,
+    Stage,
 };
+use mqtt_topic::{TopicFilter, TopicName};
 use support::Rng;
 
 /// Seeds run by default: about 25 s of CPU in a debug build.
@@ -213,9 +218,51 @@ struct Published {
     retained: bool,
 }
 
+/// Hooks that defer a seeded fraction of decisions (logins, publishes, subscriptions) to the
+/// simulation, which answers them a little later ([`BrokerSide::answers`]).
+struct SimHooks {
+    rng: Rng,
+    defer_pct: u64,
+}
+
+impl SimHooks {
+    fn verdict(&mut self) -> Verdict {
+        if self.defer_pct > 0 && self.rng.chance(self.defer_pct) {
+            Verdict::Defer
+        } else {
+            Verdict::Allow
+        }
+    }
+}
+
+impl Hooks for SimHooks {
+    fn authenticate(&mut self, _: &Context<'_>, _: &ConnectRequest) -> Verdict {
+        self.verdict()
+    }
+    fn authorize_publish(&mut self, _: &Context<'_>, _: TopicName<'_>, _: QoS, _: bool) -> Verdict {
+        self.verdict()
+    }
+    fn authorize_subscribe(&mut self, _: &Context<'_>, _: TopicFilter<'_>, _: QoS) -> Verdict {
+        self.verdict()
+    }
+}
+
+/// How long the simulated embedder takes to answer a deferred decision, at most (ms):
+/// well within the clients' keep alive, so that a healthy link does not time out while
+/// the broker does not read it.
+const DECISION_DELAY_MS: u64 = 500;
+
 /// The broker side: the core and what the adapter keeps per connection.
 struct BrokerSide {
-    broker: Broker,
+    broker: Broker<SimHooks>,
+    /// Deferred decisions and when they are answered: (due, request, accept).
+    answers: Vec<(Instant, RequestId, bool)>,
+    /// Draws for the decisions, apart from the simulation's own stream, so that a seed
+    /// without decisions runs as it did before they existed.
+    decide_rng: Rng,
+    /// Percent of deferred logins and subscriptions refused (never publishes: the
+    /// no-loss model counts every message published).
+    refuse_pct: u64,
     conn_of_link: BTreeMap<u64, ConnectionId>,
     link_of_conn: BTreeMap<ConnectionId, u64>,
     inbuf: BTreeMap<u64, BytesMut>,
@@ -277,6 +324,32 @@ fn decode_payload(p: &[u8]) -> Option<MsgKey> {
         _ => return None,
     };
     Some((publisher, seq, qos))
+}
+
+/// Whether `buf` (whole packets, then perhaps part of one) holds a DISCONNECT with Normal
+/// disconnection, which discards the will ([MQTT-3.14.4-3]).
+fn holds_disconnect(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    while let Some(&first) = rest.first() {
+        let (mut len, mut shift, mut i) = (0usize, 0, 1);
+        loop {
+            let Some(&b) = rest.get(i) else { return false };
+            len |= usize::from(b & 0x7f) << shift;
+            i += 1;
+            shift += 7;
+            if b & 0x80 == 0 || shift > 21 {
+                break;
+            }
+        }
+        let Some(body) = rest.get(i..i + len) else {
+            return false;
+        };
+        if first >> 4 == 14 && (len == 0 || body[0] == 0) {
+            return true;
+        }
+        rest = &rest[i + len..];
+    }
+    false
 }
 
 fn qos_of(n: u64) -> QoS {
@@ -419,6 +492,19 @@ impl Sim {
             ..BrokerConfig::default()
         };
         let n = clients.len();
+        // Decisions: a third of the seeds defer none, the others 10 or 40 percent, and
+        // refuse up to 20 percent of the deferred logins and subscriptions.
+        let mut decide_rng = Rng::new(seed ^ 0xdec1_de00_dec1_de00);
+        let defer_pct = [0, 10, 40][decide_rng.index(3)];
+        let refuse_pct = if defer_pct > 0 {
+            decide_rng.range(0, 20)
+        } else {
+            0
+        };
+        let hooks = SimHooks {
+            rng: Rng::new(seed ^ 0x5eed_0f_d0_0d),
+            defer_pct,
+        };
         Self {
             rng,
             now: Instant::ZERO,
@@ -430,7 +516,10 @@ impl Sim {
             links: BTreeMap::new(),
             next_link: 0,
             broker: BrokerSide {
-                broker: Broker::new(broker_config, Instant::ZERO),
+                broker: Broker::with_hooks(broker_config, hooks, Instant::ZERO),
+                answers: Vec::new(),
+                decide_rng,
+                refuse_pct,
                 conn_of_link: BTreeMap::new(),
                 link_of_conn: BTreeMap::new(),
                 inbuf: BTreeMap::new(),
@@ -553,6 +642,20 @@ impl Sim {
         let Some(id) = self.broker.conn_of_link.remove(&link) else {
             return;
         };
+        // A DISCONNECT still in the input buffer was never read: the broker was not
+        // reading this connection (it waited for a decision, or was paused), so for it
+        // the connection ended without one ([MQTT-3.1.2-10]: the will stays).
+        if self
+            .broker
+            .inbuf
+            .get(&link)
+            .is_some_and(|b| holds_disconnect(b))
+        {
+            if let Some(l) = self.links.get_mut(&link) {
+                l.disconnect_seen = false;
+            }
+            self.stat("disconnect unread at close");
+        }
         self.broker.link_of_conn.remove(&id);
         self.broker.inbuf.remove(&link);
         self.broker.blocked.remove(&id);
@@ -582,13 +685,29 @@ impl Sim {
                 BrokerEvent::Transmit(id) => {
                     self.broker.blocked.insert(id);
                 }
-                BrokerEvent::Close { id, .. } => closing.push(id),
+                BrokerEvent::Close { id, reason } => {
+                    self.trace(|| format!("broker closes {id:?}: {reason:?}"));
+                    closing.push(id);
+                }
                 // The broker leaves a paused connection's bytes in its input buffer; a
                 // resumed one is offered them again, even if nothing new arrives.
                 BrokerEvent::Pause(_) => {}
                 BrokerEvent::Resume(id) => resumed.push(id),
                 other => self.fail(format!("broker: unexpected event {other:?}")),
             }
+        }
+        while let Some(request) = self.broker.broker.poll_request() {
+            progress = true;
+            let b = &mut self.broker;
+            let refusable = matches!(
+                request.kind,
+                RequestKind::Authenticate { .. } | RequestKind::Subscribe { .. }
+            );
+            let accept = !(refusable && b.decide_rng.chance(b.refuse_pct));
+            let due = self.now + Duration::from_millis(b.decide_rng.range(0, DECISION_DELAY_MS));
+            b.answers.push((due, request.id, accept));
+            self.stat("decisions deferred");
+            self.trace(|| format!("broker defers {request:?}; accept: {accept}"));
         }
         for id in resumed {
             if let Some(&link) = self.broker.link_of_conn.get(&id) {
@@ -668,7 +787,45 @@ impl Sim {
     }
 
     fn broker_deadline(&self) -> Option<Instant> {
-        self.broker.broker.poll_timeout()
+        let answer = self.broker.answers.iter().map(|a| a.0).min();
+        match (self.broker.broker.poll_timeout(), answer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Answers the deferred decisions that are due; whether any was.
+    fn broker_decide(&mut self) -> bool {
+        let now = self.now;
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.broker.answers)
+            .into_iter()
+            .partition(|a| a.0 <= now);
+        self.broker.answers = waiting;
+        for (_, id, accept) in &due {
+            let b = &mut self.broker.broker;
+            let result = if *accept {
+                b.accept(now, *id)
+            } else {
+                self.stats
+                    .entry("decisions refused")
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1);
+                b.reject(
+                    now,
+                    *id,
+                    ReasonCode::NotAuthorized,
+                    Some("simulated refusal"),
+                )
+            };
+            self.broker.calls += 1;
+            match result {
+                Ok(()) => {}
+                // Its connection closed meanwhile.
+                Err(mqtt_broker::Error::UnknownRequest) => self.stat("decisions moot"),
+                Err(e) => self.fail(format!("broker: answering {id:?}: {e}")),
+            }
+        }
+        !due.is_empty()
     }
 
     /// What the broker says it holds must fit the model.
@@ -697,6 +854,15 @@ impl Sim {
         };
         if to_server {
             link.client_last_tx = now;
+        }
+        // An accepted CONNACK (one packet per `poll_transmit`): this connection now holds
+        // the session, having taken it over from any other, whether or not the network
+        // delivers it. With deferred logins that is when the login is accepted, which may
+        // be after a newer connection's.
+        if let Item::Data(b) = &item {
+            if !to_server && b.len() >= 4 && b[0] == 0x20 && b[3] == 0 {
+                self.last_connect_link.insert(link.client, link_id);
+            }
         }
         if link.dead_at.is_some() {
             return;
@@ -844,7 +1010,6 @@ impl Sim {
         }
         if connect {
             l.connect_seen = true;
-            self.last_connect_link.insert(client, link);
         }
     }
 
@@ -1126,6 +1291,21 @@ impl Sim {
                     QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
                     QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
                 };
+                let refusal = if self.version.is_v5() {
+                    ReasonCode::NotAuthorized
+                } else {
+                    ReasonCode::UnspecifiedError
+                };
+                if self.broker.refuse_pct > 0 && reasons == [refusal] {
+                    // Refused by a decision: not subscribed, nothing owed; ask again.
+                    self.stat("subscriptions refused");
+                    let opts = SubscriptionOptions::qos(self.clients[i].sub_qos);
+                    let filter = self.clients[i].filter;
+                    if let Err(e) = self.clients[i].machine.subscribe(&[(filter, opts)], None) {
+                        self.fail(format!("c{i}: subscribe failed: {e}"));
+                    }
+                    return;
+                }
                 if reasons != [want] {
                     self.fail(format!("c{i}: SUBACK {reasons:?}"));
                 }
@@ -1187,7 +1367,12 @@ impl Sim {
                 reason, by_peer, ..
             } => {
                 self.stat("client disconnected");
-                if !benign(reason) {
+                // A login refused by a decision: the client tries again later.
+                let refused = self.broker.refuse_pct > 0 && reason == ReasonCode::NotAuthorized;
+                if refused {
+                    self.stat("logins refused");
+                }
+                if !benign(reason) && !refused {
                     self.fail(format!(
                         "c{i}: disconnected with {reason:?} (by peer: {by_peer})"
                     ));
@@ -1423,6 +1608,7 @@ impl Sim {
                 progress |= self.pump_client(i);
             }
             progress |= self.broker_timers();
+            progress |= self.broker_decide();
             progress |= self.broker_pump();
             if !progress {
                 self.gc_links();
