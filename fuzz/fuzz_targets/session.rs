@@ -35,16 +35,7 @@ const LEVELS: [ProtocolVersion; 3] = [
     ProtocolVersion::V5,
 ];
 /// Topics: valid names, and a few a name must not be (the machines must cope either way).
-const TOPICS: [&str; 8] = [
-    "a",
-    "a/b",
-    "sport/tennis",
-    "$SYS/x",
-    "é/日本",
-    "",
-    "a/+",
-    "#",
-];
+const TOPICS: [&str; 8] = ["a", "a/b", "sport/tennis", "$SYS/x", "é/日本", "", "a/+", "#"];
 const FILTERS: [&str; 6] = ["a", "a/+", "#", "sport/#", "+/+", "a/#/b"];
 /// Maximum Packet Size values that matter: tiny, small, and none.
 const MAX_SIZES: [u32; 5] = [0, 16, 64, 300, 1 << 20];
@@ -68,49 +59,26 @@ struct Input {
 #[derive(Debug, Arbitrary)]
 enum Op {
     /// Peer bytes, appended to the input buffer; `feed` hands the buffer to the machine.
-    Peer {
-        data: PeerData,
-        feed: bool,
-    },
+    Peer { data: PeerData, feed: bool },
     /// Client: publish. Server: deliver.
     Send(MsgSpec),
     /// Client: subscribe. Server: suback the `n`-th pending SUBSCRIBE.
-    Subscribe {
-        n: u8,
-        qos: u8,
-        codes: Vec<u8>,
-    },
+    Subscribe { n: u8, qos: u8, codes: Vec<u8> },
     /// Client: unsubscribe. Server: unsuback the `n`-th pending UNSUBSCRIBE.
-    Unsubscribe {
-        n: u8,
-        codes: Vec<u8>,
-    },
+    Unsubscribe { n: u8, codes: Vec<u8> },
     /// Manual ack of the `n`-th message received.
-    Ack {
-        n: u8,
-    },
-    Disconnect {
-        reason: u8,
-    },
+    Ack { n: u8 },
+    Disconnect { reason: u8 },
     /// Server only: answer the pending CONNECT.
-    Accept {
-        session_present: bool,
-    },
-    Reject {
-        reason: u8,
-    },
-    Advance {
-        ms: u16,
-    },
+    Accept { session_present: bool },
+    Reject { reason: u8 },
+    Advance { ms: u16 },
     /// Advance to the machine's own deadline.
     AdvanceToTimeout,
     /// The transport closes; the client connects again, the server is rebuilt with the
     /// session it had.
     Reconnect,
-    Transmit {
-        size: u16,
-        count: u8,
-    },
+    Transmit { size: u16, count: u8 },
     Events,
 }
 
@@ -131,11 +99,7 @@ enum PeerData {
     },
     /// An acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP by `kind`) for the `n`-th id the
     /// machine holds, or a made-up id.
-    AckFor {
-        kind: u8,
-        n: u8,
-        code: u8,
-    },
+    AckFor { kind: u8, n: u8, code: u8 },
     Publish {
         topic: u8,
         qos: u8,
@@ -145,10 +109,7 @@ enum PeerData {
         alias: u8,
         payload: u16,
     },
-    SubAckFor {
-        n: u8,
-        codes: Vec<u8>,
-    },
+    SubAckFor { n: u8, codes: Vec<u8> },
     PingReq,
     PingResp,
 }
@@ -304,11 +265,7 @@ impl Harness {
             .inflight
             .iter()
             .map(|f| f.packet_id.get())
-            .chain(
-                s.queue
-                    .iter()
-                    .filter_map(|o| o.packet_id.map(PacketId::get)),
-            )
+            .chain(s.queue.iter().filter_map(|o| o.packet_id.map(PacketId::get)))
             .chain(s.pending_acks.iter().copied())
             .collect();
         let n = ids.len();
@@ -416,11 +373,7 @@ impl Harness {
         let opts = DecodeOptions::new(version).sender(sender);
         match decode(bytes, &opts) {
             Ok(Status::Complete { packet, consumed }) => {
-                assert_eq!(
-                    consumed,
-                    bytes.len(),
-                    "poll_transmit wrote more than a packet"
-                );
+                assert_eq!(consumed, bytes.len(), "poll_transmit wrote more than a packet");
                 if let Some(max) = self.peer_max {
                     assert!(
                         bytes.len() <= max as usize,
@@ -512,16 +465,11 @@ impl Harness {
                     if version.is_v5() {
                         c.properties.receive_maximum = NonZeroU16::new(u16::from(*receive_maximum));
                         c.properties.maximum_packet_size = NonZeroU32::new(max);
-                        c.properties.topic_alias_maximum =
-                            Some(u16::from(*topic_alias_maximum % 4));
+                        c.properties.topic_alias_maximum = Some(u16::from(*topic_alias_maximum % 4));
                     }
                     enc(&Packet::Connect(c))
                 } else {
-                    let rc = if c % 4 == 0 {
-                        code(*c)
-                    } else {
-                        ReasonCode::Success
-                    };
+                    let rc = if c % 4 == 0 { code(*c) } else { ReasonCode::Success };
                     let mut a = ConnAck::new(*session_present, rc);
                     if version.is_v5() {
                         a.properties = ConnAckProperties {
@@ -540,11 +488,7 @@ impl Harness {
             PeerData::AckFor { kind, n, code: c } => {
                 let ack = PubAck {
                     packet_id: pick_id(*n),
-                    reason_code: if version.is_v5() {
-                        code(*c)
-                    } else {
-                        ReasonCode::Success
-                    },
+                    reason_code: if version.is_v5() { code(*c) } else { ReasonCode::Success },
                     properties: AckProperties::default(),
                 };
                 enc(&match kind % 4 {
@@ -592,10 +536,7 @@ impl Harness {
                 };
                 let id = pick_id(*n);
                 if n % 2 == 0 {
-                    enc(&Packet::SubAck(SubAck::new(
-                        id,
-                        mqtt_codec::List::new(&codes),
-                    )))
+                    enc(&Packet::SubAck(SubAck::new(id, mqtt_codec::List::new(&codes))))
                 } else {
                     enc(&Packet::UnsubAck(UnsubAck::new(
                         id,
@@ -748,9 +689,7 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                 }
                 Op::Subscribe { n, codes, .. } => {
                     if !h.sub_requests.is_empty() {
-                        let id = h
-                            .sub_requests
-                            .remove(usize::from(*n) % h.sub_requests.len());
+                        let id = h.sub_requests.remove(usize::from(*n) % h.sub_requests.len());
                         let codes = codes.iter().take(4).map(|&c| code(c)).collect();
                         let r = s.suback(id, codes);
                         if let Some(st) = h.sticky {
