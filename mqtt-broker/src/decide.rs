@@ -150,7 +150,8 @@ pub(crate) enum Pending {
     /// A PUBLISH waits to be routed.
     Publish {
         packet_id: Option<PacketId>,
-        message: Message,
+        /// Boxed: the other variants are small.
+        message: Box<Message>,
     },
     /// Filter `index` of the connection's pending SUBSCRIBE.
     Subscribe { index: usize },
@@ -303,7 +304,7 @@ impl<H: Hooks> Broker<H> {
             Pending::Connect => self.after_authenticate(now, conn),
             Pending::Auth => self.auth_step(now, conn, AuthStep::Success, Diagnostics::new()),
             Pending::Publish { packet_id, message } => {
-                self.publish_allowed(now, conn, packet_id, message)
+                self.publish_allowed(now, conn, packet_id, *message)
             }
             Pending::Subscribe { index } => {
                 self.filter_decided(now, conn, index, None, Diagnostics::new())

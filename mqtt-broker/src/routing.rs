@@ -63,6 +63,7 @@ impl<H: Hooks> Broker<H> {
                     retain: message.retain,
                 };
                 // Routed (and acknowledged) once allowed; nothing read behind it before.
+                let message = alloc::boxed::Box::new(message);
                 self.defer(now, id, Pending::Publish { packet_id, message }, kind);
             }
         }

@@ -223,11 +223,11 @@ impl Client {
                     if conn.phase != Phase::Connecting {
                         return Err(unexpected(t));
                     }
-                    let ack_at = (now, connect_sent.min(now));
+                    let sent = connect_sent.min(now);
                     on_connack(
                         conn,
                         config,
-                        ack_at,
+                        sent,
                         frame,
                         ack,
                         maximum_qos,
@@ -656,7 +656,7 @@ fn release_pending(conn: &mut Conn, id: PacketId) {
 fn on_connack(
     conn: &mut Conn,
     config: &ClientConfig,
-    (now, connect_sent): (Instant, Instant),
+    connect_sent: Instant,
     frame: &Bytes,
     ack: mqtt_codec::ConnAck<'_>,
     maximum_qos: &mut QoS,

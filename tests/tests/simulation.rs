@@ -502,7 +502,7 @@ impl Sim {
             0
         };
         let hooks = SimHooks {
-            rng: Rng::new(seed ^ 0x5eed_0f_d0_0d),
+            rng: Rng::new(seed ^ 0x005e_ed0f_d00d),
             defer_pct,
         };
         Self {
@@ -997,7 +997,6 @@ impl Sim {
             return;
         };
         // Framed where the bytes arrive: the network may lose what was sent.
-        let client = l.client;
         let mut connect = false;
         for (first, len, body) in l.c2s_frames.feed(bytes) {
             match first >> 4 {
