@@ -232,6 +232,9 @@ mod core {
             let gentle = self.broker.hooks_mut().gentle;
             for r in held {
                 let b = self.broker.hooks_mut().next();
+                if crate::trace() {
+                    eprintln!("  decision {:?} on {:?}: {:?}, answer {}", r.id, r.conn, r.kind, b % 5);
+                }
                 let subscribe = matches!(r.kind, RequestKind::Subscribe { .. });
                 let result = match b % 5 {
                     2 => {
@@ -956,6 +959,15 @@ mod scenario {
         unacked: BTreeMap<u16, usize>,
         deliveries: Vec<Delivery>,
         seq: u32,
+        /// Ticks during which its session may have had no connection while it held a
+        /// subscription (from the end of a connection, or the first stall before it, to
+        /// the next CONNACK; a new connection's login may be deferred meanwhile): messages
+        /// routed then went to the bounded offline queue, where they may be dropped by
+        /// design (`max_offline_queue`, counted in `messages_dropped`).
+        offline_since: Option<u64>,
+        offline_spans: Vec<(u64, u64)>,
+        /// The tick of `stalled_since`.
+        stall_tick: Option<u64>,
     }
 
     struct World {
@@ -998,6 +1010,11 @@ mod scenario {
 
         /// Opens a transport for client `i` and sends CONNECT.
         fn connect(&mut self, i: usize, clean: bool) {
+            // Until this connection is accepted, the session (if any) has none.
+            let (p, tick) = (&mut self.peers[i], self.tick);
+            if !p.subs.is_empty() {
+                p.offline_since.get_or_insert(tick);
+            }
             if self.peers[i].client.config().clean_start != clean {
                 let config = self.config(i, clean);
                 let old = std::mem::replace(
@@ -1011,6 +1028,7 @@ mod scenario {
             p.conn = Some(id);
             p.connack = false;
             p.stalled_since = p.stalled.then_some(self.now);
+            p.stall_tick = p.stalled.then_some(self.tick);
             p.to_broker.clear();
             p.from_broker.clear();
             p.wants_write = false;
@@ -1032,6 +1050,10 @@ mod scenario {
             let p = &mut self.peers[i];
             // The earliest the broker may have released the session.
             let released = p.stalled_since.unwrap_or(now).min(now);
+            if !p.subs.is_empty() {
+                let since = p.stall_tick.filter(|_| p.stalled_since.is_some());
+                p.offline_since.get_or_insert(since.unwrap_or(self.tick));
+            }
             p.conn = None;
             p.client.handle_close(now);
             if p.connack {
@@ -1223,6 +1245,9 @@ mod scenario {
                     }
                     p.connack = true;
                     p.session_until = Some(None);
+                    if let Some(since) = p.offline_since.take() {
+                        p.offline_spans.push((since, tick));
+                    }
                 }
                 Event::Message { message, .. } => {
                     if let Some(m) = self.msg_of(&message) {
@@ -1379,6 +1404,9 @@ mod scenario {
                 unacked: BTreeMap::new(),
                 deliveries: Vec::new(),
                 seq: 0,
+                offline_since: None,
+                offline_spans: Vec::new(),
+                stall_tick: None,
             });
         }
         if w.peers.is_empty() {
@@ -1484,6 +1512,7 @@ mod scenario {
                     p.stalled = on;
                     if on && p.conn.is_some() {
                         p.stalled_since.get_or_insert(now);
+                        p.stall_tick.get_or_insert(w.tick);
                     }
                 }
                 Op::Advance { amount, secs } => {
@@ -1589,10 +1618,22 @@ mod scenario {
             if excused {
                 continue;
             }
+            // A message routed while the session was offline may have met a full offline
+            // queue: a drop the broker counts, by design. (Connected sessions push back
+            // instead and lose nothing; that is checked for every other message.)
+            let offline_drops = dropped > 0 && w.msgs.len() > limits.max_offline_queue;
+            let open_span = s.offline_since.map(|t| (t, u64::MAX));
+            let offline_during = |from: u64, to: u64| {
+                offline_drops
+                    && s.offline_spans
+                        .iter()
+                        .chain(open_span.iter())
+                        .any(|&(a, b)| a <= to && b >= from)
+            };
             let mut checked = 0;
             for (mi, m) in w.msgs.iter().enumerate() {
                 let Some(acked) = m.acked else { continue };
-                if m.qos == QoS::AtMostOnce {
+                if m.qos == QoS::AtMostOnce || offline_during(m.queued, acked) {
                     continue;
                 }
                 let name = TopicName::new(TOPICS[m.topic]).unwrap();
