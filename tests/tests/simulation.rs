@@ -193,6 +193,9 @@ struct ClientSlot {
     owed_from: Option<Instant>,
     /// Not reading its socket until then.
     stalled_until: Option<Instant>,
+    /// Stopped reading, since its connection began, for longer than the broker's
+    /// `stall_timeout`: a slow-consumer close (0x97) is then expected.
+    long_stall: bool,
     /// Sessions the broker started for it (a CONNACK without session present).
     session_no: u32,
     /// A CONNECT is out whose CONNACK the client has not seen yet.
@@ -481,6 +484,7 @@ impl Sim {
                 connack_pending: false,
                 session_uncertain: false,
                 stalled_until: None,
+                long_stall: false,
             });
         }
         let broker_config = BrokerConfig {
@@ -496,6 +500,8 @@ impl Sim {
         // refuse up to 20 percent of the deferred logins and subscriptions.
         let mut decide_rng = Rng::new(seed ^ 0xdec1_de00_dec1_de00);
         let defer_pct = [0, 10, 40][decide_rng.index(3)];
+        // `SIM_DECISIONS=0`: none deferred, as before decisions could wait.
+        let defer_pct = defer_pct * env_u64("SIM_DECISIONS").unwrap_or(1).min(1);
         let refuse_pct = if defer_pct > 0 {
             decide_rng.range(0, 20)
         } else {
@@ -1080,6 +1086,7 @@ impl Sim {
         let now = self.now;
         let c = &mut self.clients[i];
         c.reconnect_at = None;
+        c.long_stall = false;
         c.conn_no += 1;
         c.session_uncertain |= c.connack_pending;
         c.connack_pending = true;
@@ -1178,17 +1185,20 @@ impl Sim {
                     c.to_publish -= 1;
                     if retained {
                         let key = (!clear).then_some((i, seq, qos));
-                        let unacked: BTreeSet<MsgKey> = c
-                            .machine
-                            .session()
+                        // In flight, or still queued behind the in-flight window: either
+                        // may reach the broker (again) after this one.
+                        let session = c.machine.session();
+                        let unacked: BTreeSet<MsgKey> = session
                             .inflight
                             .iter()
-                            .filter(|f| {
-                                f.stage == Stage::Published
-                                    && f.outgoing.message.qos == QoS::AtLeastOnce
-                                    && f.outgoing.message.topic.as_str() == topic
+                            .filter(|f| f.stage == Stage::Published)
+                            .map(|f| &f.outgoing)
+                            .chain(session.queue.iter())
+                            .filter(|o| {
+                                o.message.qos == QoS::AtLeastOnce
+                                    && o.message.topic.as_str() == topic
                             })
-                            .filter_map(|f| decode_payload(&f.outgoing.message.payload))
+                            .filter_map(|o| decode_payload(&o.message.payload))
                             .filter(|k| Some(*k) != key)
                             .collect();
                         self.retained_resent.insert(topic.clone(), unacked);
@@ -1371,7 +1381,12 @@ impl Sim {
                 if refused {
                     self.stat("logins refused");
                 }
-                if !benign(reason) && !refused {
+                // Closed as a slow consumer (0x97) after it stopped reading long enough.
+                let slow = reason == ReasonCode::QuotaExceeded && self.clients[i].long_stall;
+                if slow {
+                    self.stat("slow consumer closed");
+                }
+                if !benign(reason) && !refused && !slow {
                     self.fail(format!(
                         "c{i}: disconnected with {reason:?} (by peer: {by_peer})"
                     ));
@@ -1574,6 +1589,9 @@ impl Sim {
                     self.trace(|| format!("FAULT: c{i} stops reading for {ms} ms"));
                     self.stat("fault slow reader");
                     self.clients[i].stalled_until = Some(now + Duration::from_millis(ms));
+                    // Long enough for the broker to close it as a slow consumer, should
+                    // publishers wait on it (`BrokerConfig::stall_timeout`, 5 s).
+                    self.clients[i].long_stall |= ms >= 5_000;
                     if let Some(l) = self.links.get_mut(&link) {
                         l.stalled = true;
                     }
@@ -1767,6 +1785,7 @@ impl Sim {
             connack_pending: false,
             session_uncertain: false,
             stalled_until: None,
+            long_stall: false,
         });
         self.received.push(Vec::new());
         self.wills_got.push(BTreeSet::new());
