@@ -296,6 +296,9 @@ struct Sim {
     /// the model's value was published: a reconnect re-sends them (DUP) after it, and a
     /// QoS 1 re-send is a new PUBLISH to the broker, so any of them may end up retained.
     retained_resent: BTreeMap<String, BTreeSet<MsgKey>>,
+    /// Retained topics on which such a re-sent QoS 1 message is a clear (empty payload):
+    /// the topic may end up empty.
+    retained_clear_resent: BTreeSet<String>,
     /// What the probe read back.
     probe_got: BTreeMap<String, Vec<u8>>,
     /// Wills: (client, connection number) the broker must publish, and those received,
@@ -536,6 +539,7 @@ impl Sim {
             received: vec![Vec::new(); n],
             retained_model: BTreeMap::new(),
             retained_resent: BTreeMap::new(),
+            retained_clear_resent: BTreeSet::new(),
             probe_got: BTreeMap::new(),
             wills_owed: Vec::new(),
             wills_got: vec![BTreeSet::new(); n],
@@ -1188,19 +1192,25 @@ impl Sim {
                         // In flight, or still queued behind the in-flight window: either
                         // may reach the broker (again) after this one.
                         let session = c.machine.session();
-                        let unacked: BTreeSet<MsgKey> = session
+                        let pending: Vec<&Message> = session
                             .inflight
                             .iter()
                             .filter(|f| f.stage == Stage::Published)
                             .map(|f| &f.outgoing)
                             .chain(session.queue.iter())
-                            .filter(|o| {
-                                o.message.qos == QoS::AtLeastOnce
-                                    && o.message.topic.as_str() == topic
-                            })
-                            .filter_map(|o| decode_payload(&o.message.payload))
+                            .map(|o| &o.message)
+                            .filter(|m| m.qos == QoS::AtLeastOnce && m.topic.as_str() == topic)
+                            .collect();
+                        let unacked: BTreeSet<MsgKey> = pending
+                            .iter()
+                            .filter_map(|m| decode_payload(&m.payload))
                             .filter(|k| Some(*k) != key)
                             .collect();
+                        if !clear && pending.iter().any(|m| m.payload.is_empty()) {
+                            self.retained_clear_resent.insert(topic.clone());
+                        } else {
+                            self.retained_clear_resent.remove(&topic);
+                        }
                         self.retained_resent.insert(topic.clone(), unacked);
                         self.retained_model.insert(topic, key);
                     }
@@ -1813,7 +1823,8 @@ impl Sim {
             .all(|t| match (self.probe_got.get(t), want.get(t)) {
                 (a, b) if a == b => true,
                 (Some(p), _) => resent(t, p),
-                (None, Some(_)) => false,
+                // A QoS 1 clear re-sent after the model's value.
+                (None, Some(_)) => self.retained_clear_resent.contains(t),
                 (None, None) => true,
             });
         if !explained {
