@@ -233,7 +233,13 @@ mod core {
             for r in held {
                 let b = self.broker.hooks_mut().next();
                 if crate::trace() {
-                    eprintln!("  decision {:?} on {:?}: {:?}, answer {}", r.id, r.conn, r.kind, b % 5);
+                    eprintln!(
+                        "  decision {:?} on {:?}: {:?}, answer {}",
+                        r.id,
+                        r.conn,
+                        r.kind,
+                        b % 5
+                    );
                 }
                 let subscribe = matches!(r.kind, RequestKind::Subscribe { .. });
                 let result = match b % 5 {
