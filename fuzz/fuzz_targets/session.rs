@@ -25,7 +25,7 @@ use mqtt_codec::{
 };
 use mqtt_state::{
     Accept, Client, ClientConfig, Error, Event, Instant, Message, ServerConfig, ServerSession,
-    SessionState,
+    SessionState, TopicBuf,
 };
 use std::num::{NonZeroU16, NonZeroU32};
 
@@ -35,7 +35,16 @@ const LEVELS: [ProtocolVersion; 3] = [
     ProtocolVersion::V5,
 ];
 /// Topics: valid names, and a few a name must not be (the machines must cope either way).
-const TOPICS: [&str; 8] = ["a", "a/b", "sport/tennis", "$SYS/x", "é/日本", "", "a/+", "#"];
+const TOPICS: [&str; 8] = [
+    "a",
+    "a/b",
+    "sport/tennis",
+    "$SYS/x",
+    "é/日本",
+    "",
+    "a/+",
+    "#",
+];
 const FILTERS: [&str; 6] = ["a", "a/+", "#", "sport/#", "+/+", "a/#/b"];
 /// Maximum Packet Size values that matter: tiny, small, and none.
 const MAX_SIZES: [u32; 5] = [0, 16, 64, 300, 1 << 20];
@@ -59,26 +68,49 @@ struct Input {
 #[derive(Debug, Arbitrary)]
 enum Op {
     /// Peer bytes, appended to the input buffer; `feed` hands the buffer to the machine.
-    Peer { data: PeerData, feed: bool },
+    Peer {
+        data: PeerData,
+        feed: bool,
+    },
     /// Client: publish. Server: deliver.
     Send(MsgSpec),
     /// Client: subscribe. Server: suback the `n`-th pending SUBSCRIBE.
-    Subscribe { n: u8, qos: u8, codes: Vec<u8> },
+    Subscribe {
+        n: u8,
+        qos: u8,
+        codes: Vec<u8>,
+    },
     /// Client: unsubscribe. Server: unsuback the `n`-th pending UNSUBSCRIBE.
-    Unsubscribe { n: u8, codes: Vec<u8> },
+    Unsubscribe {
+        n: u8,
+        codes: Vec<u8>,
+    },
     /// Manual ack of the `n`-th message received.
-    Ack { n: u8 },
-    Disconnect { reason: u8 },
+    Ack {
+        n: u8,
+    },
+    Disconnect {
+        reason: u8,
+    },
     /// Server only: answer the pending CONNECT.
-    Accept { session_present: bool },
-    Reject { reason: u8 },
-    Advance { ms: u16 },
+    Accept {
+        session_present: bool,
+    },
+    Reject {
+        reason: u8,
+    },
+    Advance {
+        ms: u16,
+    },
     /// Advance to the machine's own deadline.
     AdvanceToTimeout,
     /// The transport closes; the client connects again, the server is rebuilt with the
     /// session it had.
     Reconnect,
-    Transmit { size: u16, count: u8 },
+    Transmit {
+        size: u16,
+        count: u8,
+    },
     Events,
 }
 
@@ -99,7 +131,11 @@ enum PeerData {
     },
     /// An acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP by `kind`) for the `n`-th id the
     /// machine holds, or a made-up id.
-    AckFor { kind: u8, n: u8, code: u8 },
+    AckFor {
+        kind: u8,
+        n: u8,
+        code: u8,
+    },
     Publish {
         topic: u8,
         qos: u8,
@@ -109,7 +145,10 @@ enum PeerData {
         alias: u8,
         payload: u16,
     },
-    SubAckFor { n: u8, codes: Vec<u8> },
+    SubAckFor {
+        n: u8,
+        codes: Vec<u8>,
+    },
     PingReq,
     PingResp,
 }
@@ -139,13 +178,14 @@ fn code(b: u8) -> ReasonCode {
 }
 
 impl MsgSpec {
-    fn message(&self) -> Message {
+    /// The message, or `None` for a topic that is not a valid name: [MQTT-3.3.2-2]
+    /// [MQTT-4.7.3-1] such a message cannot be made, so it can never reach the machines.
+    fn message(&self) -> Option<Message> {
         let payload = Bytes::from(vec![0x5a; usize::from(self.payload % 2048)]);
-        let mut m = Message::new(
-            TOPICS[usize::from(self.topic) % TOPICS.len()],
-            payload,
-            qos(self.qos),
-        );
+        let t = TOPICS[usize::from(self.topic) % TOPICS.len()];
+        let topic = TopicBuf::from_static(t);
+        assert_eq!(topic.is_ok(), mqtt_topic::validate_name(t).is_ok(), "{t:?}");
+        let mut m = Message::new(topic.ok()?, payload, qos(self.qos));
         m.retain = self.retain;
         m.properties.message_expiry_interval = self.expiry.map(u32::from);
         if self.content_type {
@@ -154,7 +194,7 @@ impl MsgSpec {
         if self.user {
             m.properties.set_user_properties(&[("k", "v")]).unwrap();
         }
-        m
+        Some(m)
     }
 }
 
@@ -265,7 +305,11 @@ impl Harness {
             .inflight
             .iter()
             .map(|f| f.packet_id.get())
-            .chain(s.queue.iter().filter_map(|o| o.packet_id.map(PacketId::get)))
+            .chain(
+                s.queue
+                    .iter()
+                    .filter_map(|o| o.packet_id.map(PacketId::get)),
+            )
             .chain(s.pending_acks.iter().copied())
             .collect();
         let n = ids.len();
@@ -373,7 +417,11 @@ impl Harness {
         let opts = DecodeOptions::new(version).sender(sender);
         match decode(bytes, &opts) {
             Ok(Status::Complete { packet, consumed }) => {
-                assert_eq!(consumed, bytes.len(), "poll_transmit wrote more than a packet");
+                assert_eq!(
+                    consumed,
+                    bytes.len(),
+                    "poll_transmit wrote more than a packet"
+                );
                 if let Some(max) = self.peer_max {
                     assert!(
                         bytes.len() <= max as usize,
@@ -465,11 +513,16 @@ impl Harness {
                     if version.is_v5() {
                         c.properties.receive_maximum = NonZeroU16::new(u16::from(*receive_maximum));
                         c.properties.maximum_packet_size = NonZeroU32::new(max);
-                        c.properties.topic_alias_maximum = Some(u16::from(*topic_alias_maximum % 4));
+                        c.properties.topic_alias_maximum =
+                            Some(u16::from(*topic_alias_maximum % 4));
                     }
                     enc(&Packet::Connect(c))
                 } else {
-                    let rc = if c % 4 == 0 { code(*c) } else { ReasonCode::Success };
+                    let rc = if c % 4 == 0 {
+                        code(*c)
+                    } else {
+                        ReasonCode::Success
+                    };
                     let mut a = ConnAck::new(*session_present, rc);
                     if version.is_v5() {
                         a.properties = ConnAckProperties {
@@ -488,7 +541,11 @@ impl Harness {
             PeerData::AckFor { kind, n, code: c } => {
                 let ack = PubAck {
                     packet_id: pick_id(*n),
-                    reason_code: if version.is_v5() { code(*c) } else { ReasonCode::Success },
+                    reason_code: if version.is_v5() {
+                        code(*c)
+                    } else {
+                        ReasonCode::Success
+                    },
                     properties: AckProperties::default(),
                 };
                 enc(&match kind % 4 {
@@ -536,7 +593,10 @@ impl Harness {
                 };
                 let id = pick_id(*n);
                 if n % 2 == 0 {
-                    enc(&Packet::SubAck(SubAck::new(id, mqtt_codec::List::new(&codes))))
+                    enc(&Packet::SubAck(SubAck::new(
+                        id,
+                        mqtt_codec::List::new(&codes),
+                    )))
                 } else {
                     enc(&Packet::UnsubAck(UnsubAck::new(
                         id,
@@ -618,9 +678,11 @@ fn run_client(h: &mut Harness, cfg: ClientConfig, ops: &[Op]) {
         if !h.common(&mut c, op) {
             match op {
                 Op::Send(spec) => {
-                    let r = c.publish(h.now, spec.message());
-                    if let (Some(s), Err(e)) = (h.sticky, &r) {
-                        assert_eq!(s, *e, "publish after failure");
+                    if let Some(m) = spec.message() {
+                        let r = c.publish(h.now, m);
+                        if let (Some(s), Err(e)) = (h.sticky, &r) {
+                            assert_eq!(s, *e, "publish after failure");
+                        }
                     }
                 }
                 Op::Subscribe { n, qos: q, .. } => {
@@ -682,14 +744,18 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                         .iter()
                         .filter_map(|&i| SubscriptionId::new(i))
                         .collect();
-                    let r = s.deliver(h.now, spec.message(), &ids);
-                    if let (Some(st), Err(e)) = (h.sticky, &r) {
-                        assert_eq!(st, *e, "deliver after failure");
+                    if let Some(m) = spec.message() {
+                        let r = s.deliver(h.now, m, &ids);
+                        if let (Some(st), Err(e)) = (h.sticky, &r) {
+                            assert_eq!(st, *e, "deliver after failure");
+                        }
                     }
                 }
                 Op::Subscribe { n, codes, .. } => {
                     if !h.sub_requests.is_empty() {
-                        let id = h.sub_requests.remove(usize::from(*n) % h.sub_requests.len());
+                        let id = h
+                            .sub_requests
+                            .remove(usize::from(*n) % h.sub_requests.len());
                         let codes = codes.iter().take(4).map(|&c| code(c)).collect();
                         let r = s.suback(id, codes);
                         if let Some(st) = h.sticky {

@@ -16,15 +16,24 @@
 //!   close afterwards are not timed.
 //! - `pingreq`: PINGREQ in, PINGRESP out, on the probe connection.
 //! - `handle_timeout` / `poll_timeout`: the run loop's timer calls when nothing is due.
+//! - `handle_timeout_one_due`: `handle_timeout` when exactly one deadline is due: a client
+//!   with a keep alive of 1 s whose 1.5 s ran out, closed by the call (its `Close` event
+//!   and `handle_close` afterwards are not timed). The clock moves 10 ms per call and a
+//!   new such client connects (untimed) before each, so 150 of them are in the pipeline
+//!   besides the population and each call finds the oldest one due.
 //! - `subscribe` / `unsubscribe`: one filter, with its SUBACK / UNSUBACK (the other half
 //!   restores the state, untimed).
 //! - `publish_fanout/K`: a QoS 0 PUBLISH of 64 bytes from the probe to a topic K connected
 //!   clients subscribe to, everything delivered (encoded into the output buffer). The K
 //!   subscribers exist only while their bench runs.
 //!
+//! Before the operations, the clock moves past the CONNECT timeout once (untimed by
+//! criterion, reported as `settle s`): every connection of the population connected at the
+//! same instant, so their first timer entries all come up together then.
+//!
 //! Besides criterion's own report, the bench prints a table of mean times per operation
 //! and size, with the ratio to the smallest size, and how long each population took to
-//! build. Bytes per session: `cargo bench -p mqtt-broker --bench memory`.
+//! build and to settle. Bytes per session: `cargo bench -p mqtt-broker --bench memory`.
 //!
 //! Knobs (environment): `BROKER_BENCH_SIZES` (comma-separated, `k`/`M` suffixes allowed),
 //! `BROKER_BENCH_KINDS` (`connected`, `offline` or both, comma-separated),
@@ -40,6 +49,7 @@ use std::time::{Duration, Instant as StdInstant};
 use common::*;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use mqtt_broker::codec::QoS;
+use mqtt_broker::state::Instant;
 
 /// Mean time per operation, gathered from the timed loops, in the order first run:
 /// (kind, operation) -> size -> (total, iterations).
@@ -143,6 +153,44 @@ fn bench_population(c: &mut Criterion, table: &mut Table, pop: &mut Population) 
         t.elapsed()
     });
 
+    // Exactly one keep alive due per call: a pipeline of short-keep-alive clients, one
+    // connected every DUE_STEP_MS, each due DUE_LAG steps after it connected.
+    const DUE_STEP_MS: u64 = 10;
+    const DUE_KEEP_ALIVE: u16 = 1;
+    const DUE_LAG: u64 = DUE_KEEP_ALIVE as u64 * 1500 / DUE_STEP_MS;
+    let mut due_next = 0u64;
+    let connect_due = |p: &mut Population, due_next: &mut u64| {
+        p.now = Instant::from_millis(p.now.as_millis() + DUE_STEP_MS);
+        let bytes = connect_bytes_keep_alive(&format!("due{due_next}"), true, DUE_KEEP_ALIVE);
+        *due_next += 1;
+        p.connect(&bytes);
+    };
+    for _ in 0..DUE_LAG {
+        connect_due(pop, &mut due_next);
+    }
+    run(c, table, pop, "handle_timeout_one_due", 1, |p, iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            connect_due(p, &mut due_next);
+            let before = p.broker.stats().clients_connected;
+            let now = p.now;
+            let t = StdInstant::now();
+            p.broker.handle_timeout(black_box(now));
+            total += t.elapsed();
+            p.feed_and_drain(probe, &[]);
+            assert_eq!(
+                p.broker.stats().clients_connected,
+                before - 1,
+                "exactly one keep alive ran out"
+            );
+        }
+        total
+    });
+    // Let the rest of the pipeline run out, untimed.
+    pop.now = Instant::from_millis(pop.now.as_millis() + DUE_LAG * DUE_STEP_MS);
+    pop.broker.handle_timeout(pop.now);
+    pop.feed_and_drain(probe, &[]);
+
     run(c, table, pop, "poll_timeout", 1, |p, iters| {
         let t = StdInstant::now();
         for _ in 0..iters {
@@ -204,6 +252,24 @@ fn bench_population(c: &mut Criterion, table: &mut Table, pop: &mut Population) 
     }
 }
 
+/// Moves the clock past the CONNECT timeout and runs what is due, untimed by criterion;
+/// returns how long that took. The population connected at one instant of the bench clock,
+/// so every connection's CONNECT-timeout entry comes up in the same call (each then arms
+/// its keep alive once; a closed connection's entry is dropped). A real broker sees that
+/// spread over the time its clients took to connect; left in place it would land on one
+/// timed `handle_timeout_one_due` call at 1 M sessions. The benches measure the steady
+/// state after it.
+fn settle(pop: &mut Population) -> f64 {
+    let after = config().server.connect_timeout.as_millis() + 1000;
+    pop.now = Instant::from_millis(pop.now.as_millis() + after);
+    let t = StdInstant::now();
+    pop.broker.handle_timeout(pop.now);
+    let secs = t.elapsed().as_secs_f64();
+    let probe = pop.probe;
+    pop.feed_and_drain(probe, &[]);
+    secs
+}
+
 fn fmt_duration(d: f64) -> String {
     if d >= 1e-3 {
         format!("{:.2} ms", d * 1e3)
@@ -223,7 +289,9 @@ fn main() {
         for &n in &sizes {
             let mut pop = Population::build(kind, n);
             eprintln!("built {} × {n} in {:.1} s", kind.name(), pop.build_secs);
-            builds.push((kind.name(), n, pop.build_secs));
+            let settle = settle(&mut pop);
+            eprintln!("settled in {:.3} s", settle);
+            builds.push((kind.name(), n, pop.build_secs, settle));
             bench_population(&mut c, &mut table, &mut pop);
         }
     }
@@ -262,8 +330,8 @@ fn main() {
         println!("{line}");
     }
     println!("\n(mean over every timed iteration, warm-up included; goal ≤ 1.5× from the smallest to the largest size)\n");
-    println!("| kind | sessions | build s |\n|---|---:|---:|");
-    for (kind, n, secs) in builds {
-        println!("| {kind} | {n} | {secs:.1} |");
+    println!("| kind | sessions | build s | settle s |\n|---|---:|---:|---:|");
+    for (kind, n, secs, settle) in builds {
+        println!("| {kind} | {n} | {secs:.1} | {settle:.3} |");
     }
 }

@@ -6,7 +6,6 @@ use alloc::vec::Vec;
 
 use mqtt_codec::{QoS, ReasonCode, SubscriptionId};
 use mqtt_state::{Instant, Message};
-use mqtt_topic::TopicName;
 
 use crate::subscriptions::parse_subscription;
 use crate::{Broker, CloseReason, ConnectionId, Error, Hooks};
@@ -53,11 +52,10 @@ impl<H: Hooks> Broker<H> {
     /// carries them) to every matching session, as a client's PUBLISH would be; returns
     /// how many sessions it went to. Never paused: the server is no connection to stop
     /// reading, so a full queue takes it beyond its watermark.
+    ///
+    /// The topic needs no check here: a message's `TopicBuf` can only hold a valid topic
+    /// name ([MQTT-4.7.3-1] [MQTT-3.3.2-2]), so [`Error::InvalidTopic`] is no longer returned.
     pub fn publish(&mut self, now: Instant, message: Message) -> Result<usize, Error> {
-        // [MQTT-4.7.3-1] [MQTT-3.3.2-2] a topic name: not empty, no wildcards.
-        if TopicName::new(message.topic.as_str()).is_err() {
-            return Err(Error::InvalidTopic);
-        }
         Ok(self.route(now, None, None, message))
     }
 

@@ -22,7 +22,7 @@ use mqtt_codec::{
     PacketId, PacketType, ProtocolVersion, QoS, ReasonCode, SubscriptionId, SubscriptionOptions,
 };
 use mqtt_state::{Diagnostics, Instant, Message, Utf8Bytes};
-use mqtt_topic::{OwnedTopicFilter, OwnedTopicName};
+use mqtt_topic::{OwnedTopicFilter, TopicBuf};
 
 use crate::conn::Conn;
 use crate::registry::SessionRecord;
@@ -124,8 +124,8 @@ pub enum RequestKind {
     /// May the client publish this? Rejecting drops the message; a 5.0 publisher of QoS
     /// 1/2 gets the code in its PUBACK/PUBREC.
     Publish {
-        /// The topic (after alias resolution).
-        topic: OwnedTopicName,
+        /// The topic (after alias resolution), checked, sharing the receive buffer.
+        topic: TopicBuf,
         /// Its QoS.
         qos: QoS,
         /// Its RETAIN flag.
@@ -529,9 +529,8 @@ impl<H: Hooks> Broker<H> {
 
     /// Asks [`Hooks::authorize_publish`] about a message from `id`.
     pub(crate) fn publish_verdict(&mut self, id: ConnectionId, message: &Message) -> Verdict {
-        let Ok(topic) = mqtt_topic::TopicName::new(message.topic.as_str()) else {
-            return Verdict::Deny(ReasonCode::TopicNameInvalid);
-        };
+        // Checked when the PUBLISH was read: not scanned again.
+        let topic = message.topic.as_topic_name();
         let Some(ctx) = context_in(&self.conns, &self.sessions, id) else {
             return Verdict::Deny(ReasonCode::UnspecifiedError);
         };

@@ -17,9 +17,9 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use mqtt_codec::{PacketId, QoS, ReasonCode, SubscriptionId};
+use mqtt_codec::{PacketId, QoS, SubscriptionId};
 use mqtt_state::{Instant, Message, Outgoing};
-use mqtt_topic::{Match, OwnedTopicName, TopicName};
+use mqtt_topic::Match;
 
 use crate::broker::Delivery;
 use crate::decide::Pending;
@@ -53,12 +53,8 @@ impl<H: Hooks> Broker<H> {
             // 5.0 says why; before 5.0 the message is dropped but still acknowledged.
             Verdict::Deny(code) => self.publish_refused(id, packet_id, code),
             Verdict::Defer => {
-                let Ok(topic) = OwnedTopicName::new(message.topic.as_str().into()) else {
-                    self.publish_refused(id, packet_id, ReasonCode::TopicNameInvalid);
-                    return;
-                };
                 let kind = RequestKind::Publish {
-                    topic,
+                    topic: message.topic.clone(),
                     qos: message.qos,
                     retain: message.retain,
                 };
@@ -79,9 +75,10 @@ impl<H: Hooks> Broker<H> {
         publisher: Option<ConnectionId>,
         mut message: Message,
     ) -> usize {
-        let Ok(topic) = TopicName::new(message.topic.as_str()) else {
-            return 0;
-        };
+        // Checked when the message was made or received; a clone shares the buffer, so
+        // the name can be borrowed while the message is changed and copied below.
+        let name = message.topic.clone();
+        let topic = name.as_topic_name();
         if message.retain {
             if message.payload.is_empty() {
                 // [MQTT-3.3.1-6] [MQTT-3.3.1-7] an empty retained message clears the topic.

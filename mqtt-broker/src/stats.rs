@@ -4,7 +4,7 @@ use alloc::format;
 
 use bytes::Bytes;
 use mqtt_codec::QoS;
-use mqtt_state::{Instant, Message};
+use mqtt_state::{Instant, Message, TopicBuf};
 
 use crate::{Broker, Hooks};
 
@@ -58,6 +58,10 @@ impl<H: Hooks> Broker<H> {
             ("$SYS/broker/uptime", format!("{uptime} seconds")),
         ];
         for (topic, value) in values {
+            // Constant names, valid: one that were not would be skipped, not published.
+            let Ok(topic) = TopicBuf::from_static(topic) else {
+                continue;
+            };
             let mut m = Message::new(topic, Bytes::from(value.into_bytes()), QoS::AtMostOnce);
             m.retain = true;
             self.route(now, None, None, m);

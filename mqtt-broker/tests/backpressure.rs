@@ -39,7 +39,11 @@ fn a_stalled_subscriber_pauses_its_publishers_and_loses_nothing() {
     let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
     for n in 0..EACH {
         for (p, &i) in pubs.iter().enumerate() {
-            let m = Message::new(format!("t/{p}"), payload(p, n), qos[(p + n) % qos.len()]);
+            let m = Message::new(
+                TopicBuf::try_from(format!("t/{p}")).unwrap(),
+                payload(p, n),
+                qos[(p + n) % qos.len()],
+            );
             net.peers[i].client.publish(net.now, m).unwrap();
         }
         net.drive();
@@ -87,7 +91,14 @@ fn under_the_drop_policy_qos0_is_dropped_and_counted_not_paused() {
     net.stalled.push(net.peers[sub].id.unwrap());
     let p = net.join(ClientConfig::new(V4, "pub"));
     for n in 0..50 {
-        net.publish_message(p, Message::new("t", payload(0, n), QoS::AtMostOnce));
+        net.publish_message(
+            p,
+            Message::new(
+                TopicBuf::from_static("t").unwrap(),
+                payload(0, n),
+                QoS::AtMostOnce,
+            ),
+        );
     }
     assert!(!net.paused(p));
     assert_eq!(net.broker.session("sub").unwrap().queued, WATERMARK);
@@ -107,11 +118,25 @@ fn a_paused_publisher_does_not_hold_up_other_connections() {
     let p1 = net.join(ClientConfig::new(V5, "p1"));
     let p2 = net.join(ClientConfig::new(V5, "p2"));
     for n in 0..3 * WATERMARK {
-        net.publish_message(p1, Message::new("slow", payload(1, n), QoS::AtLeastOnce));
+        net.publish_message(
+            p1,
+            Message::new(
+                TopicBuf::from_static("slow").unwrap(),
+                payload(1, n),
+                QoS::AtLeastOnce,
+            ),
+        );
     }
     assert!(net.paused(p1));
     for n in 0..3 * WATERMARK {
-        net.publish_message(p2, Message::new("fast", payload(2, n), QoS::AtLeastOnce));
+        net.publish_message(
+            p2,
+            Message::new(
+                TopicBuf::from_static("fast").unwrap(),
+                payload(2, n),
+                QoS::AtLeastOnce,
+            ),
+        );
     }
     assert!(!net.paused(p2));
     assert_eq!(net.take(fast).len(), 3 * WATERMARK);
@@ -138,14 +163,22 @@ fn two_clients_feeding_each_other_do_not_deadlock() {
             .client
             .publish(
                 net.now,
-                Message::new("to-b", payload(0, n), QoS::AtLeastOnce),
+                Message::new(
+                    TopicBuf::from_static("to-b").unwrap(),
+                    payload(0, n),
+                    QoS::AtLeastOnce,
+                ),
             )
             .unwrap();
         net.peers[b]
             .client
             .publish(
                 net.now,
-                Message::new("to-a", payload(1, n), QoS::AtLeastOnce),
+                Message::new(
+                    TopicBuf::from_static("to-a").unwrap(),
+                    payload(1, n),
+                    QoS::AtLeastOnce,
+                ),
             )
             .unwrap();
         net.drive();
@@ -177,7 +210,14 @@ fn an_offline_session_keeps_its_bounded_queue_and_counts_drops() {
     net.cut(sub);
     let p = net.join(ClientConfig::new(V5, "pub"));
     for n in 0..8 {
-        net.publish_message(p, Message::new("t", payload(0, n), QoS::AtLeastOnce));
+        net.publish_message(
+            p,
+            Message::new(
+                TopicBuf::from_static("t").unwrap(),
+                payload(0, n),
+                QoS::AtLeastOnce,
+            ),
+        );
     }
     // Offline, nothing is paused: the queue is bounded and the rest counted as dropped.
     assert!(!net.paused(p));
@@ -203,7 +243,14 @@ fn a_subscriber_that_stopped_reading_is_let_go_after_the_stall_timeout() {
     for n in 0..3 * WATERMARK {
         net.peers[p]
             .client
-            .publish(net.now, Message::new("t", payload(0, n), QoS::AtLeastOnce))
+            .publish(
+                net.now,
+                Message::new(
+                    TopicBuf::from_static("t").unwrap(),
+                    payload(0, n),
+                    QoS::AtLeastOnce,
+                ),
+            )
             .unwrap();
     }
     net.drive();
@@ -250,7 +297,10 @@ fn a_persistent_subscriber_let_go_as_a_slow_consumer_gets_everything_when_it_ret
             };
             net.peers[p]
                 .client
-                .publish(net.now, Message::new("t", payload(0, i), qos))
+                .publish(
+                    net.now,
+                    Message::new(TopicBuf::from_static("t").unwrap(), payload(0, i), qos),
+                )
                 .unwrap();
         }
         net.drive();

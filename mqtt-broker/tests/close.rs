@@ -200,7 +200,11 @@ fn removing_a_session_disconnects_it_and_forgets_it() {
     let mut net = Net::new();
     let w = net.join(ClientConfig::new(V5, "w"));
     net.subscribe(w, "wills/#", q(QoS::AtMostOnce));
-    let will = Message::new("wills/d", "gone", QoS::AtMostOnce);
+    let will = Message::new(
+        TopicBuf::from_static("wills/d").unwrap(),
+        "gone",
+        QoS::AtMostOnce,
+    );
     let d = net.join(ClientConfig {
         will: Some((will, 100)),
         ..persistent(V5, "d")

@@ -359,7 +359,14 @@ fn mqtt_4_6_0_6_a_deferred_publish_keeps_its_place_in_order() {
     ] {
         net.peers[p]
             .client
-            .publish(net.now, Message::new(topic, payload, QoS::AtLeastOnce))
+            .publish(
+                net.now,
+                Message::new(
+                    TopicBuf::from_static(topic).unwrap(),
+                    payload,
+                    QoS::AtLeastOnce,
+                ),
+            )
             .unwrap();
     }
     net.drive();

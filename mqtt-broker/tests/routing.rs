@@ -118,7 +118,11 @@ fn mqtt_3_3_2_4_message_properties_are_forwarded_unchanged() {
     net.cut(offline);
     let users = [("k", "1"), ("z", "2"), ("k", "0"), ("a", "")];
     for (payload_format, topic) in [(true, "req/1"), (false, "req/2")] {
-        let mut m = Message::new(topic, "body", QoS::AtLeastOnce);
+        let mut m = Message::new(
+            TopicBuf::from_static(topic).unwrap(),
+            "body",
+            QoS::AtLeastOnce,
+        );
         m.retain = true;
         m.properties.payload_format_indicator = Some(payload_format);
         m.properties.content_type = Some("application/json; v=2".into());
@@ -321,7 +325,11 @@ fn mqtt_3_3_5_1_v311_overlapping_subscriptions_deliver_at_the_highest_qos() {
 #[test]
 fn mqtt_3_3_2_5_expired_messages_are_not_delivered_onward() {
     let expiring = |payload: &'static str, secs| {
-        let mut m = Message::new("e", payload, QoS::AtLeastOnce);
+        let mut m = Message::new(
+            TopicBuf::from_static("e").unwrap(),
+            payload,
+            QoS::AtLeastOnce,
+        );
         m.properties.message_expiry_interval = secs;
         m
     };
@@ -387,9 +395,17 @@ fn mqtt_4_6_0_5_messages_keep_each_publishers_order() {
     let send = |net: &mut Net<AllowAll>, range: core::ops::Range<usize>| {
         for (a, b) in &payloads[range] {
             let now = net.now;
-            let m = Message::new("o/a", bytes::Bytes::from(a.clone()), QoS::AtLeastOnce);
+            let m = Message::new(
+                TopicBuf::from_static("o/a").unwrap(),
+                bytes::Bytes::from(a.clone()),
+                QoS::AtLeastOnce,
+            );
             net.peers[p1].client.publish(now, m).unwrap();
-            let m = Message::new("o/a", bytes::Bytes::from(b.clone()), QoS::ExactlyOnce);
+            let m = Message::new(
+                TopicBuf::from_static("o/a").unwrap(),
+                bytes::Bytes::from(b.clone()),
+                QoS::ExactlyOnce,
+            );
             net.peers[p2].client.publish(now, m).unwrap();
         }
         net.drive();

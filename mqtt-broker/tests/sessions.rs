@@ -18,7 +18,11 @@ fn will_on_abnormal_close_but_not_on_disconnect() {
     let mut net = Net::new();
     let s = net.join(ClientConfig::new(V4, "s"));
     net.subscribe(s, "wills/#", q(QoS::AtLeastOnce));
-    let mut will = Message::new("wills/dev", "gone", QoS::AtLeastOnce);
+    let mut will = Message::new(
+        TopicBuf::from_static("wills/dev").unwrap(),
+        "gone",
+        QoS::AtLeastOnce,
+    );
     will.retain = false;
     let config = ClientConfig {
         will: Some((will.clone(), 0)),
@@ -45,7 +49,10 @@ fn mqtt_3_1_3_9_will_delay_and_reconnect_in_time() {
     let s = net.join(ClientConfig::new(V5, "s"));
     net.subscribe(s, "w", q(QoS::AtMostOnce));
     let config = ClientConfig {
-        will: Some((Message::new("w", "late", QoS::AtMostOnce), 10)),
+        will: Some((
+            Message::new(TopicBuf::from_static("w").unwrap(), "late", QoS::AtMostOnce),
+            10,
+        )),
         ..persistent(V5, "dev")
     };
     let d = net.join(config);

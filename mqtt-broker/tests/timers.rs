@@ -117,7 +117,11 @@ fn an_offline_session_expires_and_its_delayed_will_goes_out_on_time() {
     let mut net = Net::new();
     let watcher = net.join(ClientConfig::new(V5, "w"));
     net.subscribe(watcher, "wills/#", q(mqtt_codec::QoS::AtLeastOnce));
-    let will = Message::new("wills/d", "gone", mqtt_codec::QoS::AtLeastOnce);
+    let will = Message::new(
+        TopicBuf::from_static("wills/d").unwrap(),
+        "gone",
+        mqtt_codec::QoS::AtLeastOnce,
+    );
     let d = net.join(ClientConfig {
         will: Some((will, 5)),
         session_expiry_interval: 20,

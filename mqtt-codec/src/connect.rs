@@ -138,7 +138,7 @@ impl<'a> Connect<'a> {
                 WillProperties::default()
             };
             // [MQTT-3.1.3-10] (3.1.1) / [MQTT-3.1.3-11] (5.0) the will topic is a UTF-8 string.
-            let topic = r.topic_name()?;
+            let topic = r.topic_name()?.as_str();
             check_response_topic(properties.response_topic, PacketType::Connect)?;
             let payload = r.binary()?;
             Some(Will {

@@ -4,6 +4,7 @@ use crate::properties::block_len;
 use crate::reader::{topic_error, Reader};
 use crate::writer::{field_len, Sink, SliceSink};
 use crate::{varint, Error, PacketId, PacketType, ProtocolVersion, PublishProperties, QoS, QosPid};
+use mqtt_topic::TopicName;
 
 /// The Topic Name of a PUBLISH, checked when it is made: a valid topic name
 /// ([`mqtt_topic::validate_name`]: no wildcard, no U+0000, at most 65,535 bytes) or, for
@@ -11,6 +12,9 @@ use crate::{varint, Error, PacketId, PacketType, ProtocolVersion, PublishPropert
 ///
 /// Decoding makes one from the bytes it has just checked, and encoding trusts it: a broker
 /// that forwards one message to many subscribers checks its topic once, not once per copy.
+/// A non-empty one is an [`mqtt_topic::TopicName`] ([`Topic::name`]), so the check travels
+/// on with the name: into an owned `mqtt_topic::TopicBuf`, and back from one
+/// (`From<TopicName>`) without another scan.
 /// Whether an empty topic is allowed depends on the packet (5.0 and a Topic Alias) and is
 /// checked when the PUBLISH is encoded.
 ///
@@ -22,38 +26,54 @@ use crate::{varint, Error, PacketId, PacketType, ProtocolVersion, PublishPropert
 /// # Ok::<(), mqtt_codec::Error>(())
 /// ```
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Topic<'a>(&'a str);
+pub struct Topic<'a>(
+    /// `None`: the empty topic.
+    Option<TopicName<'a>>,
+);
 
 impl<'a> Topic<'a> {
     /// Checks `name` ([MQTT-3.3.2-2] no wildcards, [MQTT-4.7.3-2] no U+0000, at most
     /// 65,535 bytes); the empty string is accepted, for a 5.0 Topic Alias.
     pub fn new(name: &'a str) -> Result<Self, Error> {
-        if !name.is_empty() && !mqtt_topic::is_ascii_name(name.as_bytes()) {
-            mqtt_topic::validate_name(name)
-                .map_err(|e| topic_error(e, PacketType::Publish, Error::InvalidTopicName))?;
+        if name.is_empty() {
+            return Ok(Self::EMPTY);
         }
-        Ok(Self(name))
+        TopicName::new(name)
+            .map(|n| Self(Some(n)))
+            .map_err(|e| topic_error(e, PacketType::Publish, Error::InvalidTopicName))
     }
 
     /// The empty topic of a 5.0 PUBLISH whose Topic Alias stands for the name.
-    pub const EMPTY: Topic<'static> = Topic("");
+    pub const EMPTY: Topic<'static> = Topic(None);
 
-    /// A name the decoder has just checked.
+    /// A name the decoder has just checked (`None`: empty).
     #[inline]
-    pub(crate) fn checked(name: &'a str) -> Self {
+    pub(crate) fn checked(name: Option<TopicName<'a>>) -> Self {
         Self(name)
+    }
+
+    /// The name, unless the topic is empty: checked already, so a message that keeps it
+    /// (as a `TopicBuf`) need not check it again.
+    #[inline]
+    pub fn name(&self) -> Option<TopicName<'a>> {
+        self.0
     }
 
     /// The name as a string slice.
     #[inline]
     pub fn as_str(&self) -> &'a str {
-        self.0
+        match self.0 {
+            Some(name) => name.as_str(),
+            None => "",
+        }
     }
 }
 
-impl<'a> From<mqtt_topic::TopicName<'a>> for Topic<'a> {
-    fn from(name: mqtt_topic::TopicName<'a>) -> Self {
-        Self(name.as_str())
+impl<'a> From<TopicName<'a>> for Topic<'a> {
+    /// No check: a `TopicName` is valid.
+    #[inline]
+    fn from(name: TopicName<'a>) -> Self {
+        Self(Some(name))
     }
 }
 
@@ -68,37 +88,37 @@ impl core::ops::Deref for Topic<'_> {
     type Target = str;
     #[inline]
     fn deref(&self) -> &str {
-        self.0
+        self.as_str()
     }
 }
 
 impl AsRef<str> for Topic<'_> {
     fn as_ref(&self) -> &str {
-        self.0
+        self.as_str()
     }
 }
 
 impl PartialEq<str> for Topic<'_> {
     fn eq(&self, other: &str) -> bool {
-        self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for Topic<'_> {
     fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
+        self.as_str() == *other
     }
 }
 
 impl core::fmt::Debug for Topic<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        core::fmt::Debug::fmt(self.0, f)
+        core::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl core::fmt::Display for Topic<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -170,7 +190,7 @@ impl<'a> Publish<'a> {
         let topic = if v.is_v5() {
             r.topic_name_or_empty()?
         } else {
-            r.topic_name()?
+            Some(r.topic_name()?)
         };
         // The fixed header already refused QoS 3 and DUP on QoS 0.
         let qos_pid = match (flags >> 1) & 0x03 {
@@ -190,7 +210,7 @@ impl<'a> Publish<'a> {
         if v.is_v5() {
             let p = &mut publish.properties;
             p.decode_into(r)?;
-            if topic.is_empty() && p.topic_alias.is_none() {
+            if topic.is_none() && p.topic_alias.is_none() {
                 return Err(Error::EmptyTopicWithoutAlias);
             }
             check_response_topic(p.response_topic, PacketType::Publish)?;

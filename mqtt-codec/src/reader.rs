@@ -2,6 +2,8 @@
 //! `UnexpectedEnd`: the frame is complete, so running short means the packet is malformed,
 //! never that more bytes are coming.
 
+use mqtt_topic::TopicName;
+
 use crate::{varint, Error, PacketType};
 
 #[derive(Clone)]
@@ -153,39 +155,37 @@ impl<'a> Reader<'a> {
         check_no_nul(s, self.packet)
     }
 
-    /// A Topic Name: a string that mqtt-topic accepts as a name.
+    /// A Topic Name: a string that mqtt-topic accepts as a name, as its checked type.
     #[inline]
-    pub(crate) fn topic_name(&mut self) -> Result<&'a str, Error> {
+    pub(crate) fn topic_name(&mut self) -> Result<TopicName<'a>, Error> {
         let b = self.binary()?;
         // An ASCII name, nearly every name, is checked for UTF-8 and the name rules in one
         // pass; anything else takes both checks for the precise error.
-        match str_from_ascii(b, Ascii::Name) {
-            Some(s) => Ok(s),
+        match TopicName::from_ascii(b) {
+            Some(name) => Ok(name),
             None => self.topic_name_slow(b),
         }
     }
 
-    /// A Topic Name or, as 5.0 allows with a Topic Alias, an empty string.
+    /// A Topic Name or, as 5.0 allows with a Topic Alias, an empty string (`None`).
     #[inline]
-    pub(crate) fn topic_name_or_empty(&mut self) -> Result<&'a str, Error> {
+    pub(crate) fn topic_name_or_empty(&mut self) -> Result<Option<TopicName<'a>>, Error> {
         let b = self.binary()?;
-        match str_from_ascii(b, Ascii::Name) {
-            Some(s) => Ok(s),
-            None if b.is_empty() => Ok(""),
-            None => self.topic_name_slow(b),
+        match TopicName::from_ascii(b) {
+            Some(name) => Ok(Some(name)),
+            None if b.is_empty() => Ok(None),
+            None => self.topic_name_slow(b).map(Some),
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn topic_name_slow(&self, b: &'a [u8]) -> Result<&'a str, Error> {
+    fn topic_name_slow(&self, b: &'a [u8]) -> Result<TopicName<'a>, Error> {
         let s = str_from(b).map_err(|_| Error::InvalidUtf8 {
             packet: self.packet,
         })?;
         // The topic crate's scan covers U+0000 too.
-        mqtt_topic::validate_name(s)
-            .map_err(|e| topic_error(e, self.packet, Error::InvalidTopicName))?;
-        Ok(s)
+        TopicName::new(s).map_err(|e| topic_error(e, self.packet, Error::InvalidTopicName))
     }
 
     /// A Topic Filter.
@@ -222,8 +222,6 @@ pub(crate) enum Ascii {
     Any,
     /// Without NUL.
     NoNul,
-    /// A valid topic name (`mqtt_topic::is_ascii_name`).
-    Name,
 }
 
 /// `b` as a `&str` if every byte is ASCII and `b` is the `kind` of string asked for; `None`
@@ -234,16 +232,15 @@ fn str_from_ascii(b: &[u8], kind: Ascii) -> Option<&str> {
     let ascii = match kind {
         Ascii::Any => !any_high_or_nul(b, false),
         Ascii::NoNul => !any_high_or_nul(b, true),
-        Ascii::Name => mqtt_topic::is_ascii_name(b),
     };
     if !ascii {
         return None;
     }
     // SAFETY: each check has just said that every byte is below 0x80: `any_high_or_nul`
-    // tests the high bit of every byte (its tests below compare it with a byte loop), and
-    // `is_ascii_name` returns true only for bytes below 0x80 (its contract, tested in
-    // mqtt-topic against `is_ascii` and here in `ascii_name_is_ascii`). A sequence of such
-    // bytes is well-formed UTF-8, the only requirement of `from_utf8_unchecked`.
+    // tests the high bit of every byte (its tests below compare it with a byte loop). A
+    // sequence of such bytes is well-formed UTF-8, the only requirement of
+    // `from_utf8_unchecked`. (Topic names take `mqtt_topic::TopicName::from_ascii`, whose
+    // own audited conversion rests on the same argument.)
     Some(unsafe { core::str::from_utf8_unchecked(b) })
 }
 
@@ -347,22 +344,6 @@ pub(crate) fn check_no_nul(s: &str, packet: PacketType) -> Result<(), Error> {
 #[cfg(test)]
 mod fast_path_tests {
     use super::*;
-
-    /// The `unsafe` conversion trusts `mqtt_topic::is_ascii_name` to see every high byte:
-    /// checked here too, for every byte value at every position of short and long names.
-    #[test]
-    fn ascii_name_is_ascii() {
-        for len in [1, 2, 3, 7, 8, 9, 16, 31, 32, 33, 40, 64, 70] {
-            for at in 0..len {
-                for byte in 0x80..=0xFF {
-                    let mut name = [b'a'; 70];
-                    name[at] = byte;
-                    assert!(str_from_ascii(&name[..len], Ascii::Name).is_none());
-                }
-            }
-        }
-        assert_eq!(str_from_ascii(b"a/b", Ascii::Name), Some("a/b"));
-    }
 
     fn field(s: &[u8]) -> [u8; 80] {
         let mut out = [0xAA; 80];

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use common::Wire;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mqtt_codec::{Connect, Packet, ProtocolVersion, QoS, SubscriptionId};
-use mqtt_state::{Accept, Instant, Message, ServerConfig, ServerSession};
+use mqtt_state::{Accept, Instant, Message, ServerConfig, ServerSession, TopicBuf};
 
 const TOPIC: &str = "sensors/site-1/temperature";
 static SMALL: [u8; 16] = [0x42; 16];
@@ -86,7 +86,11 @@ fn fan_out(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(vname, "qos0/16B"), |b| {
             b.iter(|| {
                 // As a broker routes it: one message, a clone per subscriber.
-                let m = Message::new(TOPIC, payload.clone(), QoS::AtMostOnce);
+                let m = Message::new(
+                    TopicBuf::from_static(TOPIC).unwrap(),
+                    payload.clone(),
+                    QoS::AtMostOnce,
+                );
                 for s in &mut subs {
                     s.deliver(now, m.clone(), &ids).unwrap();
                     while let Some(n) = s.poll_transmit(now, &mut out).unwrap() {

@@ -13,6 +13,8 @@ use mqtt_codec::{
     UserProperties,
 };
 
+use mqtt_topic::TopicBuf;
+
 use crate::session::{Inflight, Outgoing, SessionState, Stage};
 use crate::{
     Diagnostics, Duration, Error, Event, Instant, Message, PacketIdAllocator, Timer, Utf8Bytes,
@@ -258,9 +260,9 @@ pub(crate) struct Conn {
 #[derive(Debug, Default)]
 struct Rare {
     /// Incoming topic aliases: index `alias - 1`.
-    alias_in: Vec<Option<Utf8Bytes>>,
+    alias_in: Vec<Option<TopicBuf>>,
     /// Outgoing topic aliases: index `alias - 1`.
-    alias_out: Vec<Utf8Bytes>,
+    alias_out: Vec<TopicBuf>,
     /// The Reason String of the peer's DISCONNECT or refusing CONNACK, for the event.
     peer_reason_string: Option<Utf8Bytes>,
     /// The sticky error, once there is one: here because it is set once, when the
@@ -851,9 +853,18 @@ impl Conn {
         &mut self,
         frame: &Bytes,
         p: &mqtt_codec::Publish<'_>,
-    ) -> Result<Utf8Bytes, Error> {
+    ) -> Result<TopicBuf, Error> {
+        // The decoder has checked a non-empty topic and hands it on as a `TopicName`; the
+        // message carries that check to routing and to every subscriber's PUBLISH.
         let Some(alias) = p.properties.topic_alias else {
-            return Ok(Utf8Bytes::slice_of(frame, &p.topic));
+            // Empty without an alias was refused by the decoder ([MQTT-3.3.2-1]).
+            let name = p
+                .topic
+                .name()
+                .ok_or(Error::Codec(mqtt_codec::Error::InvalidTopicName(
+                    mqtt_topic::Error::Empty,
+                )))?;
+            return Ok(TopicBuf::slice_ref(frame, name));
         };
         let a = alias.get();
         // [MQTT-3.3.2-10] [MQTT-3.3.2-12] accept 1..=the maximum we announced, nothing above.
@@ -866,17 +877,18 @@ impl Conn {
         if alias_in.len() < max {
             alias_in.resize(max, None);
         }
-        if p.topic.is_empty() {
-            alias_in[slot]
+        match p.topic.name() {
+            None => alias_in[slot]
                 .clone()
-                .ok_or(Error::Protocol(Violation::UnknownTopicAlias(a)))
-        } else {
-            // The mapping outlives this frame: keep a copy (a view would pin the receive
-            // buffer), made only when the mapping changes.
-            if alias_in[slot].as_ref().map(Utf8Bytes::as_str) != Some(p.topic.as_str()) {
-                alias_in[slot] = Some(Utf8Bytes::copy_of(&p.topic));
+                .ok_or(Error::Protocol(Violation::UnknownTopicAlias(a))),
+            Some(topic) => {
+                // The mapping outlives this frame: keep a copy (a view would pin the
+                // receive buffer), made only when the mapping changes.
+                if alias_in[slot].as_ref().map(TopicBuf::as_topic_name) != Some(topic) {
+                    alias_in[slot] = Some(TopicBuf::from(topic));
+                }
+                Ok(TopicBuf::slice_ref(frame, topic))
             }
-            Ok(Utf8Bytes::slice_of(frame, &p.topic))
         }
     }
 
@@ -942,11 +954,11 @@ impl Conn {
         let probe = message.to_publish(
             probe_id,
             false,
-            message.topic.as_str(),
+            message.codec_topic(),
             None,
             message.properties.message_expiry_interval,
             &subscription_ids,
-        )?;
+        );
         Packet::Publish(self.for_version(probe)).encoded_len(self.version)?;
         let packet_id = if message.qos == QoS::AtMostOnce {
             None
@@ -1104,25 +1116,26 @@ impl Conn {
     /// [MQTT-3.3.2-11]: never above the peer's maximum; [MQTT-3.2.2-18] none when it is 0).
     pub(crate) fn alias_for<'a>(
         &self,
-        topic: &'a Utf8Bytes,
-    ) -> (&'a str, Option<NonZeroU16>, bool) {
+        topic: &'a TopicBuf,
+    ) -> (mqtt_codec::Topic<'a>, Option<NonZeroU16>, bool) {
+        let name = || topic.as_topic_name().into();
         let limit = self.peer.topic_alias_maximum.min(self.max_alias_out);
         if !self.version.is_v5() || limit == 0 {
-            return (topic.as_str(), None, false);
+            return (name(), None, false);
         }
         let alias_out = self.rare.as_ref().map_or(&[][..], |r| &r.alias_out[..]);
         if let Some(i) = alias_out.iter().position(|t| t == topic) {
-            return ("", NonZeroU16::new(i as u16 + 1), false);
+            return (
+                mqtt_codec::Topic::EMPTY,
+                NonZeroU16::new(i as u16 + 1),
+                false,
+            );
         }
         if alias_out.len() < usize::from(limit) {
             // A new mapping: send the name with the alias once.
-            return (
-                topic.as_str(),
-                NonZeroU16::new(alias_out.len() as u16 + 1),
-                true,
-            );
+            return (name(), NonZeroU16::new(alias_out.len() as u16 + 1), true);
         }
-        (topic.as_str(), None, false)
+        (name(), None, false)
     }
 
     /// A PUBLISH as this connection's level has it: before 5.0 a message's properties
@@ -1321,11 +1334,11 @@ impl Conn {
                             qos_pid,
                             // [MQTT-3.3.1-1] DUP on every re-delivery.
                             f.ever_sent,
-                            f.outgoing.message.topic.as_str(),
+                            f.outgoing.message.codec_topic(),
                             None,
                             expiry,
                             &f.outgoing.subscription_ids,
-                        )?;
+                        );
                         self.encode(&Packet::Publish(self.for_version(p)), out)?
                     }
                     Stage::Released => {
@@ -1355,14 +1368,9 @@ impl Conn {
                     Some(id) => qos_pid(q.message.qos, id),
                     None => QosPid::AtMostOnce,
                 };
-                let p = q.message.to_publish(
-                    qos_pid,
-                    false,
-                    topic,
-                    alias,
-                    expiry,
-                    &q.subscription_ids,
-                )?;
+                let p =
+                    q.message
+                        .to_publish(qos_pid, false, topic, alias, expiry, &q.subscription_ids);
                 let n = self.encode(&Packet::Publish(self.for_version(p)), out)?;
                 let q = self.flows_mut().session.queue.pop_front().expect("picked");
                 match (n, id) {

@@ -29,7 +29,7 @@
 //! ```
 //! use bytes::BytesMut;
 //! use mqtt_codec::{ProtocolVersion, QoS};
-//! use mqtt_state::{Client, ClientConfig, Event, Instant, Message};
+//! use mqtt_state::{Client, ClientConfig, Event, Instant, Message, TopicBuf};
 //!
 //! let mut client = Client::new(ClientConfig::new(ProtocolVersion::V5, "sensor-1"));
 //! let now = Instant::from_millis(0);
@@ -40,7 +40,9 @@
 //! let mut input = BytesMut::from(&[0x20, 0x03, 0x00, 0x00, 0x00][..]);
 //! client.handle_input(now, &mut input)?;
 //! assert!(matches!(client.poll_event(), Some(Event::Connected(_))));
-//! client.publish(now, Message::new("sensors/t", "21.5", QoS::AtLeastOnce))?;
+//! // The topic is checked once, here ([MQTT-3.3.2-2]); a wildcard would be an `Err`.
+//! let topic = TopicBuf::from_static("sensors/t").expect("a valid topic name");
+//! client.publish(now, Message::new(topic, "21.5", QoS::AtLeastOnce))?;
 //! let n = client.poll_transmit(now, &mut out)?.expect("PUBLISH");
 //! assert_eq!(out[0] >> 4, 3);
 //! # Ok::<(), mqtt_state::Error>(())
@@ -91,3 +93,4 @@ pub use session::{Inflight, Outgoing, SessionState, Stage};
 pub use time::{Duration, Instant, Timer};
 
 pub use mqtt_codec as codec;
+pub use mqtt_topic::TopicBuf;

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use mqtt_codec::{
     Publish, PublishProperties, QoS, QosPid, SubscriptionId, SubscriptionIds, Topic, UserProperties,
 };
+use mqtt_topic::TopicBuf;
 
 use crate::Error;
 
@@ -132,7 +133,8 @@ impl<'a> IntoIterator for &'a SubscriptionIdList {
     }
 }
 
-/// Bytes known to be UTF-8: a topic, a content type. Cloning shares the buffer.
+/// Bytes known to be UTF-8: a content type, a client identifier, a filter. Cloning shares the
+/// buffer. (A message's topic is a [`TopicBuf`], which also carries its name check.)
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Utf8Bytes(Bytes);
 
@@ -276,11 +278,16 @@ impl Diagnostics {
 /// Received messages share the receive buffer (`bytes::Bytes` views): nothing is copied.
 /// Messages to send are built with [`Message::new`] from `Bytes` the application already
 /// owns, so queueing one costs a reference count, not a copy.
+///
+/// The topic is a [`TopicBuf`]: checked once, when the message is made or received
+/// ([MQTT-3.3.2-2] no wildcard, [MQTT-4.7.3-1] to [MQTT-4.7.3-3]), then routed and written
+/// to every subscriber without being scanned again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Message {
-    /// The topic name (after topic alias resolution).
-    pub topic: Utf8Bytes,
+    /// The topic name (after topic alias resolution), checked.
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::topic"))]
+    pub topic: TopicBuf,
     /// The payload.
     pub payload: Bytes,
     /// The QoS it is (to be) delivered at.
@@ -356,17 +363,21 @@ impl MessageProperties {
 }
 
 impl Message {
-    /// A message without properties, not retained.
+    /// A message without properties, not retained. The topic is checked already: build it
+    /// with `TopicBuf::from_static`, `TopicBuf::try_from(String)` or from a `TopicName`.
     ///
     /// ```
-    /// use mqtt_state::Message;
+    /// use mqtt_state::{Message, TopicBuf};
     /// use mqtt_codec::QoS;
-    /// let m = Message::new("sensors/t1", "21.5", QoS::AtLeastOnce);
+    /// let m = Message::new(TopicBuf::from_static("sensors/t1")?, "21.5", QoS::AtLeastOnce);
     /// assert_eq!(m.topic.as_str(), "sensors/t1");
+    /// // A topic name with a wildcard cannot be built, so no such message can be sent.
+    /// assert!(TopicBuf::from_static("sensors/+").is_err());
+    /// # Ok::<(), mqtt_topic::Error>(())
     /// ```
-    pub fn new(topic: impl Into<Utf8Bytes>, payload: impl Into<Bytes>, qos: QoS) -> Self {
+    pub fn new(topic: TopicBuf, payload: impl Into<Bytes>, qos: QoS) -> Self {
         Self {
-            topic: topic.into(),
+            topic,
             payload: payload.into(),
             qos,
             retain: false,
@@ -379,7 +390,7 @@ impl Message {
     /// never reuse its memory.
     pub fn detached(&self) -> Self {
         Self {
-            topic: Utf8Bytes::copy_of(self.topic.as_str()),
+            topic: TopicBuf::from(self.topic.as_topic_name()),
             payload: Bytes::copy_from_slice(&self.payload),
             qos: self.qos,
             retain: self.retain,
@@ -389,7 +400,7 @@ impl Message {
 
     /// The message a decoded PUBLISH carries, sharing `frame` (the bytes it was decoded
     /// from). `topic` is the name after alias resolution.
-    pub(crate) fn from_publish(frame: &Bytes, p: &Publish<'_>, topic: Utf8Bytes) -> Self {
+    pub(crate) fn from_publish(frame: &Bytes, p: &Publish<'_>, topic: TopicBuf) -> Self {
         let pp = &p.properties;
         // A server sends one per matching subscription ([MQTT-3.3.4-4]): every one is
         // kept; more than four allocate, which a decoded packet bounds.
@@ -416,23 +427,24 @@ impl Message {
     }
 
     /// The PUBLISH that sends this message. `topic` and `alias` come from the sender's
-    /// topic alias state; `expiry` is the remaining lifetime. Fails on a topic that is not
-    /// a valid name (an application's message; `enqueue` refuses it before it is queued).
+    /// topic alias state (the message's checked topic, or empty with an alias); `expiry` is
+    /// the remaining lifetime. Nothing is checked here: the topic was when the message was
+    /// made, once for all its subscribers.
     pub(crate) fn to_publish<'a>(
         &'a self,
         qos_pid: QosPid,
         dup: bool,
-        topic: &'a str,
+        topic: Topic<'a>,
         alias: Option<core::num::NonZeroU16>,
         expiry: Option<u32>,
         sub_ids: &'a [SubscriptionId],
-    ) -> Result<Publish<'a>, mqtt_codec::Error> {
+    ) -> Publish<'a> {
         let pp = &self.properties;
-        Ok(Publish {
+        Publish {
             dup,
             qos_pid,
             retain: self.retain,
-            topic: Topic::new(topic)?,
+            topic,
             payload: &self.payload,
             properties: PublishProperties {
                 payload_format_indicator: pp.payload_format_indicator,
@@ -444,7 +456,13 @@ impl Message {
                 user_properties: pp.user_properties(),
                 subscription_identifiers: SubscriptionIds::new(sub_ids),
             },
-        })
+        }
+    }
+
+    /// The message's topic as the codec takes it, without a check.
+    #[inline]
+    pub(crate) fn codec_topic(&self) -> Topic<'_> {
+        self.topic.as_topic_name().into()
     }
 }
 

@@ -22,6 +22,22 @@ impl<'de> Deserialize<'de> for Utf8Bytes {
     }
 }
 
+/// A message's `TopicBuf` as a string, checked on the way in ([MQTT-3.3.2-2]
+/// [MQTT-4.7.3-1..3]): a snapshot read back is input.
+pub(crate) mod topic {
+    use super::*;
+    use mqtt_topic::TopicBuf;
+
+    pub(crate) fn serialize<S: Serializer>(t: &TopicBuf, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(t.as_str())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TopicBuf, D::Error> {
+        let s = alloc::string::String::deserialize(d)?;
+        TopicBuf::try_from(s).map_err(D::Error::custom)
+    }
+}
+
 /// `QoS` as its number, 0 to 2.
 pub(crate) mod qos {
     use super::*;

@@ -8,6 +8,8 @@ use mqtt_codec::{
     ReasonCode, SubscriptionId,
 };
 
+use mqtt_topic::{TopicBuf, TopicName};
+
 use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
 use crate::session::SessionState;
 use crate::{
@@ -447,12 +449,18 @@ impl ServerSession {
                         queued: alloc::collections::VecDeque::new(),
                     });
                 }
-                let will = c.will.map(|w| {
-                    let mut m = Message::new(
-                        Utf8Bytes::slice_of(frame, w.topic),
-                        frame.slice_ref(w.payload),
-                        w.qos,
-                    );
+                // The decoder has checked the Will Topic ([MQTT-3.1.3-11]); this makes the
+                // check a type.
+                let will_topic = match &c.will {
+                    Some(w) => Some(
+                        TopicName::new(w.topic)
+                            .map(|t| TopicBuf::slice_ref(frame, t))
+                            .map_err(mqtt_codec::Error::InvalidTopicName)?,
+                    ),
+                    None => None,
+                };
+                let will = c.will.zip(will_topic).map(|(w, topic)| {
+                    let mut m = Message::new(topic, frame.slice_ref(w.payload), w.qos);
                     m.retain = w.retain;
                     let wp = &w.properties;
                     m.properties.payload_format_indicator = wp.payload_format_indicator;

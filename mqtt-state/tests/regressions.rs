@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 use mqtt_codec::{Packet, ProtocolVersion, Publish, QosPid, Topic};
-use mqtt_state::{Client, ClientConfig, Error, Instant, Violation};
+use mqtt_state::{Client, ClientConfig, Error, Instant, TopicBuf, Violation};
 
 /// [MQTT-4.8.0-1] a protocol violation closes the connection: a client that failed before
 /// its CONNECT went out must not send it afterwards (nor any other queued control packet),
@@ -81,7 +81,11 @@ mod sim {
     }
 
     pub(super) fn msg(payload: &'static str, qos: QoS) -> Message {
-        Message::new("t", payload, qos)
+        Message::new(
+            mqtt_state::TopicBuf::from_static("t").unwrap(),
+            payload,
+            qos,
+        )
     }
 
     pub(super) const V4: ProtocolVersion = ProtocolVersion::V3_1_1;
@@ -334,7 +338,7 @@ fn properties_are_dropped_for_a_3_1_1_peer() {
         Some(Event::ConnectRequest(_))
     ));
     server.accept(now, Accept::default()).unwrap();
-    let mut m = Message::new("t", "x", QoS::AtLeastOnce);
+    let mut m = Message::new(TopicBuf::from_static("t").unwrap(), "x", QoS::AtLeastOnce);
     m.properties.content_type = Some("text/plain".into());
     m.properties.set_user_properties(&[("k", "v")]).unwrap();
     server.deliver(now, m, &[]).unwrap();

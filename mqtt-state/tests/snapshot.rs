@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use mqtt_codec::{ProtocolVersion, QoS, SubscriptionId};
 use mqtt_state::{
     Accept, Client, ClientConfig, Event, Instant, Message, ServerConfig, ServerSession,
-    SessionState, Stage,
+    SessionState, Stage, TopicBuf,
 };
 
 fn config() -> ClientConfig {
@@ -105,7 +105,15 @@ fn a_session_restored_from_json_completes_its_messages() {
     // The server delivers a QoS 2 message; the client's PUBREC is lost with the connection,
     // so its id stays in the client's incoming QoS 2 set.
     server
-        .deliver(now, Message::new("down/q2", "d", QoS::ExactlyOnce), &[])
+        .deliver(
+            now,
+            Message::new(
+                TopicBuf::from_static("down/q2").unwrap(),
+                "d",
+                QoS::ExactlyOnce,
+            ),
+            &[],
+        )
         .unwrap();
     for p in drain_server(&mut server, now) {
         client
@@ -115,15 +123,35 @@ fn a_session_restored_from_json_completes_its_messages() {
     let _lost_pubrec = drain_client(&mut client, now);
 
     // Five messages: three go out, two wait behind max_inflight = 3.
-    let mut q1 = Message::new("up/q1", "one", QoS::AtLeastOnce);
+    let mut q1 = Message::new(
+        TopicBuf::from_static("up/q1").unwrap(),
+        "one",
+        QoS::AtLeastOnce,
+    );
     q1.properties.message_expiry_interval = Some(600);
     q1.properties.content_type = Some("text/plain".into());
     q1.properties.set_user_properties(&[("k", "v")]).unwrap();
-    let mut q2a = Message::new("up/q2a", Bytes::from_static(b"two"), QoS::ExactlyOnce);
+    let mut q2a = Message::new(
+        TopicBuf::from_static("up/q2a").unwrap(),
+        Bytes::from_static(b"two"),
+        QoS::ExactlyOnce,
+    );
     q2a.retain = true;
-    let q2b = Message::new("up/q2b", "three", QoS::ExactlyOnce);
-    let queued1 = Message::new("up/q1b", "four", QoS::AtLeastOnce);
-    let queued0 = Message::new("up/q0", "five", QoS::AtMostOnce);
+    let q2b = Message::new(
+        TopicBuf::from_static("up/q2b").unwrap(),
+        "three",
+        QoS::ExactlyOnce,
+    );
+    let queued1 = Message::new(
+        TopicBuf::from_static("up/q1b").unwrap(),
+        "four",
+        QoS::AtLeastOnce,
+    );
+    let queued0 = Message::new(
+        TopicBuf::from_static("up/q0").unwrap(),
+        "five",
+        QoS::AtMostOnce,
+    );
     let mut ids = Vec::new();
     for m in [q1, q2a, q2b, queued1, queued0] {
         ids.push(client.publish(now, m).unwrap());
@@ -203,6 +231,16 @@ fn a_session_restored_from_json_completes_its_messages() {
     assert!(
         serde_json::from_str::<SessionState>(&json.replace("\"qos\": 2", "\"qos\": 3")).is_err()
     );
+    // [MQTT-3.3.2-2] [MQTT-4.7.3-1] a snapshot is input: a topic that is not a valid name
+    // is refused on the way in, so no message can hold one.
+    assert!(json.contains("\"topic\": \"up/q2a\""), "{json}");
+    for bad in ["up/+", "up/#", "", "up\\u0000"] {
+        let edited = json.replace("\"topic\": \"up/q2a\"", &format!("\"topic\": \"{bad}\""));
+        assert!(
+            serde_json::from_str::<SessionState>(&edited).is_err(),
+            "{bad}"
+        );
+    }
 
     // A new process: a client restored from the snapshot, and the server's session.
     let later = now + mqtt_state::Duration::from_secs(1);

@@ -71,6 +71,8 @@
 //! * `std` (default): implies `alloc`; nothing else yet.
 //! * `alloc`: [`SubscriptionTree`], [`RetainedStore`], [`OwnedTopicName`],
 //!   [`OwnedTopicFilter`].
+//! * `bytes`: implies `alloc`; [`TopicBuf`], a checked name in a shared `bytes::Bytes`, for
+//!   messages that carry their topic to many subscribers without checking it again.
 //! * `heapless`: [`FilterSet`].
 //!
 //! Without features the crate is `#![no_std]` and needs no allocator.
@@ -87,8 +89,10 @@
 #![cfg_attr(not(feature = "alloc"), doc = "[`RetainedStore`]: #features")]
 #![cfg_attr(not(feature = "alloc"), doc = "[`OwnedTopicName`]: #features")]
 #![cfg_attr(not(feature = "alloc"), doc = "[`OwnedTopicFilter`]: #features")]
+#![cfg_attr(not(feature = "bytes"), doc = "[`TopicBuf`]: #features")]
 #![no_std]
-#![forbid(unsafe_code)]
+// Forbidden but for two audited exceptions: `TopicName::from_ascii` and `TopicBuf::as_str`.
+#![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 #[cfg(any(feature = "alloc", test))]
@@ -96,6 +100,8 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+#[cfg(feature = "bytes")]
+mod buf;
 mod error;
 #[cfg(feature = "heapless")]
 mod filter_set;
@@ -109,6 +115,8 @@ mod tree;
 mod trie;
 mod validate;
 
+#[cfg(feature = "bytes")]
+pub use buf::TopicBuf;
 pub use error::Error;
 #[cfg(feature = "heapless")]
 pub use filter_set::FilterSet;

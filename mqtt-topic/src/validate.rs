@@ -242,6 +242,33 @@ impl<'a> TopicName<'a> {
     pub fn new(name: &'a str) -> Result<Self, Error> {
         validate_name(name).map(|()| Self(name))
     }
+
+    /// A name from received bytes written in ASCII, checked in one pass
+    /// ([`is_ascii_name`]): UTF-8 and the name rules together, where `from_utf8` and
+    /// [`TopicName::new`] would take two. `None` says nothing either way: check UTF-8 and
+    /// call [`TopicName::new`] for the precise error.
+    ///
+    /// For decoders: the name they hand on carries its check, so a message built from it
+    /// is not checked again.
+    ///
+    /// ```
+    /// use mqtt_topic::TopicName;
+    /// assert_eq!(TopicName::from_ascii(b"a/b").map(|n| n.as_str()), Some("a/b"));
+    /// assert!(TopicName::from_ascii(b"a/+").is_none());
+    /// assert!(TopicName::from_ascii("\u{e9}".as_bytes()).is_none()); // valid, not ASCII
+    /// ```
+    #[inline]
+    #[allow(unsafe_code)]
+    pub fn from_ascii(bytes: &'a [u8]) -> Option<Self> {
+        if !is_ascii_name(bytes) {
+            return None;
+        }
+        // SAFETY: `is_ascii_name` returns true only when no byte is above 0x7F (its
+        // `high` scan; `is_ascii_name_agrees_with_validate_name` and
+        // `from_ascii_is_ascii` test it at every position). ASCII is well-formed UTF-8,
+        // the only requirement of `from_utf8_unchecked`.
+        Some(Self(unsafe { core::str::from_utf8_unchecked(bytes) }))
+    }
     /// Wraps a name that was validated before (one the trees stored from a `TopicName`).
     #[cfg(feature = "alloc")]
     pub(crate) fn new_prevalidated(name: &'a str) -> Self {
@@ -483,6 +510,23 @@ mod tests {
         }
         assert!(is_ascii_name(&vec![b'a'; MAX_LEN]));
         assert!(!is_ascii_name(&vec![b'a'; MAX_LEN + 1]));
+    }
+
+    /// The `unsafe` conversion in `from_ascii` trusts `is_ascii_name` to see every high
+    /// byte: checked for every byte value at every position of short and long names.
+    #[test]
+    fn from_ascii_is_ascii() {
+        for len in [1, 2, 3, 7, 8, 9, 16, 31, 32, 33, 40, 64, 70] {
+            for at in 0..len {
+                for byte in 0x80..=0xFF {
+                    let mut name = [b'a'; 70];
+                    name[at] = byte;
+                    assert!(TopicName::from_ascii(&name[..len]).is_none());
+                }
+            }
+        }
+        assert_eq!(TopicName::from_ascii(b"a/b"), Some(TopicName("a/b")));
+        assert_eq!(TopicName::from_ascii(b""), None);
     }
 
     #[test]

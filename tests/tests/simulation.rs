@@ -55,7 +55,7 @@ use mqtt_codec::SubscriptionOptions;
 use mqtt_codec::{decode, DecodeOptions, ProtocolVersion, QoS, ReasonCode, Status};
 use mqtt_state::{
     Client, ClientConfig, ConnectRequest, Duration, Error, Event, Instant, Message, ServerConfig,
-    Stage,
+    Stage, TopicBuf,
 };
 use mqtt_topic::{TopicFilter, TopicName};
 use support::Rng;
@@ -1100,7 +1100,7 @@ impl Sim {
             let mut config = c.config.clone();
             config.will = Some((
                 Message::new(
-                    format!("will/{i}"),
+                    TopicBuf::try_from(format!("will/{i}")).expect("a valid name"),
                     format!("will:{i}:{conn_no}").into_bytes(),
                     QoS::AtLeastOnce,
                 ),
@@ -1166,7 +1166,11 @@ impl Sim {
             } else {
                 encode_payload(i, seq, qos)
             };
-            let mut msg = Message::new(topic.clone(), payload, qos);
+            let mut msg = Message::new(
+                TopicBuf::try_from(topic.clone()).expect("a valid name"),
+                payload,
+                qos,
+            );
             msg.retain = retained;
             let gap = self.rng.range(0, 1500);
             // Now and then the application subscribes again (the same filter, so nothing

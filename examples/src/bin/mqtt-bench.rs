@@ -47,10 +47,12 @@
 //! Every load run prints one machine-readable line:
 //! `broker=.. scenario=fan-in qos=1 payload=64 pubs=10 subs=1 window=.. sent=.. received=..
 //! lost=.. secs=.. msgs_per_sec=.. p50_us=.. p99_us=.. max_us=.. errors=.. mode=..
-//! acked=.. unique=.. duplicates=.. unique_per_sec=.. rate=..`, where `received` counts
-//! deliveries (a fan-out publish counts once per subscriber), `msgs_per_sec` is deliveries
-//! per second, `mode` is `closed`, `open` or `rate`, `acked` counts acknowledged QoS 1/2
-//! publications and `unique` deliveries without duplicates. The connect run prints
+//! acked=.. unique=.. duplicates=.. unique_per_sec=.. rate=.. refused=..`, where
+//! `received` counts deliveries (a fan-out publish counts once per subscriber),
+//! `msgs_per_sec` is deliveries per second, `mode` is `closed`, `open` or `rate`, `acked`
+//! counts acknowledged QoS 1/2 publications, `refused` those a 5.0 broker refused in its
+//! acknowledgement (not owed to anyone, so not `lost`) and `unique` deliveries without
+//! duplicates. The connect run prints
 //! `connect broker=.. connections=.. ok=.. failed=.. secs=.. p50_us=.. p99_us=.. max_us=..
 //! mqtt_p50_us=.. mqtt_p99_us=.. mqtt_max_us=..`.
 
@@ -62,7 +64,7 @@ use std::time::Duration as StdDuration;
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use mqtt_codec::{ProtocolVersion, QoS, SubscriptionOptions};
-use mqtt_state::{Client, ClientConfig, Event, Instant, Message, Utf8Bytes};
+use mqtt_state::{Client, ClientConfig, Event, Instant, Message, TopicBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -139,6 +141,9 @@ struct Args {
     /// counting what is lost (at most 5 times this in all).
     #[arg(long, default_value_t = 2.0)]
     drain: f64,
+    /// Connect: print the N slowest connections to stderr, with when each began.
+    #[arg(long, default_value_t = 0)]
+    slowest: usize,
     /// Open loop, QoS 1/2: unacknowledged messages per publisher (the client's in-flight
     /// limit, as any client has one; at most 65,000).
     #[arg(long, default_value_t = 1000)]
@@ -399,6 +404,8 @@ struct Shared {
     /// Per publisher: messages sent, and (QoS 1/2) acknowledged.
     sent: Vec<AtomicU64>,
     acked: Vec<AtomicU64>,
+    /// QoS 1/2 messages the broker refused in its acknowledgement (5.0 reason >= 0x80).
+    refused: AtomicU64,
     /// Whether payloads carry a sequence number.
     numbered: bool,
 }
@@ -441,6 +448,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
         publishing: AtomicBool::new(true),
         sent: (0..pubs).map(|_| AtomicU64::new(0)).collect(),
         acked: (0..pubs).map(|_| AtomicU64::new(0)).collect(),
+        refused: AtomicU64::new(0),
         numbered: payload >= 20,
     });
 
@@ -478,7 +486,8 @@ async fn load(args: Args) -> Result<(), BoxError> {
     let deadline = began + StdDuration::from_secs_f64(args.duration);
     let mut pub_tasks = Vec::new();
     for (p, conn) in pub_conns.into_iter().enumerate() {
-        let topic = Utf8Bytes::from(format!("bench/{run}/{p}"));
+        let topic = TopicBuf::try_from(format!("bench/{run}/{p}"))
+            .map_err(|e| format!("bench topic: {e}"))?;
         let job = Publisher {
             index: p,
             topic,
@@ -517,7 +526,8 @@ async fn load(args: Args) -> Result<(), BoxError> {
     }
     let published_until = start.elapsed();
     shared.publishing.store(false, Ordering::Relaxed);
-    let expected = sent * subs as u64;
+    // Refused messages (5.0) were never taken: not expected anywhere.
+    let expected = sent.saturating_sub(shared.refused.load(Ordering::Relaxed)) * subs as u64;
     // What each subscriber must get from each publisher: QoS 0 everything sent, QoS 1/2
     // everything acknowledged.
     let owed: Vec<u64> = (0..pubs)
@@ -593,7 +603,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
         out,
         "broker={} scenario={} qos={} payload={} pubs={} subs={} window={} sent={} received={} \
          lost={} secs={:.3} msgs_per_sec={:.0} p50_us={} p99_us={} max_us={} errors={} \
-         mode={} acked={} unique={} duplicates={} unique_per_sec={:.0} rate={}",
+         mode={} acked={} unique={} duplicates={} unique_per_sec={:.0} rate={} refused={}",
         args.label,
         args.scenario.name(),
         args.qos,
@@ -616,6 +626,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
         duplicates,
         unique as f64 / secs,
         args.rate.map_or("none".to_string(), |r| format!("{r}")),
+        shared.refused.load(Ordering::Relaxed),
     )?;
     out.flush()?;
     for e in errors {
@@ -627,7 +638,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
 /// What one publisher does.
 struct Publisher {
     index: usize,
-    topic: Utf8Bytes,
+    topic: TopicBuf,
     qos: QoS,
     payload: usize,
     subs: u64,
@@ -647,6 +658,7 @@ async fn publisher(
 ) -> Result<(u64, u64), BoxError> {
     let mut sent = 0u64;
     let mut acked = 0u64;
+    let mut refused = 0u64;
     let mut written_off = 0u64;
     let mut last_progress = (std::time::Instant::now(), 0u64);
     let index = u32::try_from(job.index).unwrap_or(u32::MAX);
@@ -659,10 +671,11 @@ async fn publisher(
         if done != last_progress.1 {
             last_progress = (std::time::Instant::now(), done);
         }
-        let mut outstanding = sent.saturating_sub(done + written_off);
+        // A refused message never reaches a subscriber: it holds no room in the window.
+        let mut outstanding = sent.saturating_sub(done + written_off + refused);
         if outstanding >= job.window && last_progress.0.elapsed() >= job.stall {
             // Dropped somewhere (QoS 0 under overload): stop waiting for them.
-            written_off = sent.saturating_sub(done);
+            written_off = sent.saturating_sub(done + refused);
             outstanding = 0;
             last_progress.0 = std::time::Instant::now();
         }
@@ -683,7 +696,9 @@ async fn publisher(
         tokio::select! {
             r = conn.read() => {
                 r?;
-                acked += count_acks(&mut conn.client);
+                let (ok, no) = count_acks(&mut conn.client);
+                acked += ok;
+                refused += no;
             }
             () = shared.wake[job.index].notified() => {}
             () = tokio::time::sleep(wait) => {}
@@ -693,7 +708,7 @@ async fn publisher(
     // what is still queued in the client.
     if job.qos != QoS::AtMostOnce {
         let until = std::time::Instant::now() + StdDuration::from_secs(2);
-        while acked < sent {
+        while acked + refused < sent {
             let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
                 break;
             };
@@ -701,12 +716,15 @@ async fn publisher(
                 Ok(r) => r?,
                 Err(_) => break,
             }
-            acked += count_acks(&mut conn.client);
+            let (ok, no) = count_acks(&mut conn.client);
+            acked += ok;
+            refused += no;
             conn.flush().await?;
         }
     }
     shared.sent[job.index].store(sent, Ordering::Relaxed);
     shared.acked[job.index].store(acked, Ordering::Relaxed);
+    shared.refused.fetch_add(refused, Ordering::Relaxed);
     let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
     let _ = conn.flush().await;
     Ok((sent, written_off))
@@ -729,6 +747,7 @@ async fn open_publisher(
 ) -> Result<(u64, u64), BoxError> {
     let mut sent = 0u64;
     let mut acked = 0u64;
+    let mut refused = 0u64;
     let index = u32::try_from(job.index).unwrap_or(u32::MAX);
     let began = shared.start.elapsed();
     loop {
@@ -745,7 +764,7 @@ async fn open_publisher(
         let mn = conn.now();
         while sent < due
             && conn.output.len() < OPEN_STAGED
-            && (job.qos == QoS::AtMostOnce || sent - acked < job.inflight)
+            && (job.qos == QoS::AtMostOnce || sent - acked - refused < job.inflight)
         {
             let p = make_payload(shared.start, index, sent, job.payload);
             conn.client
@@ -790,7 +809,9 @@ async fn open_publisher(
             Step::Read(_) => {
                 let now = conn.now();
                 conn.client.handle_input(now, &mut conn.input)?;
-                acked += count_acks(&mut conn.client);
+                let (ok, no) = count_acks(&mut conn.client);
+                acked += ok;
+                refused += no;
             }
             Step::Slept => {}
         }
@@ -802,7 +823,7 @@ async fn open_publisher(
     // QoS 1/2: wait (a little) for the last acknowledgements.
     if job.qos != QoS::AtMostOnce {
         let until = std::time::Instant::now() + StdDuration::from_secs(5);
-        while acked < sent {
+        while acked + refused < sent {
             let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
                 break;
             };
@@ -810,25 +831,35 @@ async fn open_publisher(
                 Ok(r) => r?,
                 Err(_) => break,
             }
-            acked += count_acks(&mut conn.client);
+            let (ok, no) = count_acks(&mut conn.client);
+            acked += ok;
+            refused += no;
             conn.flush().await?;
         }
     }
     shared.acked[job.index].store(acked, Ordering::Relaxed);
+    shared.refused.fetch_add(refused, Ordering::Relaxed);
     let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
     let _ = conn.flush().await;
     Ok((sent, 0))
 }
 
-/// Drains the client's events, counting acknowledged publications.
-fn count_acks(client: &mut Client) -> u64 {
-    let mut n = 0;
+/// Drains the client's events, counting acknowledged publications: (accepted, refused).
+/// A 5.0 broker may refuse a message in its acknowledgement (PUBACK or PUBREC with a
+/// reason code of 0x80 or above, such as 0x97 Quota exceeded): that message was not
+/// taken, so it is not owed to the subscribers (counted as `refused`, never as `lost`).
+fn count_acks(client: &mut Client) -> (u64, u64) {
+    let (mut ok, mut refused) = (0, 0);
     while let Some(event) = client.poll_event() {
-        if let Event::Acknowledged { .. } = event {
-            n += 1;
+        if let Event::Acknowledged { reason, .. } = event {
+            if reason.is_error() {
+                refused += 1;
+            } else {
+                ok += 1;
+            }
         }
     }
-    n
+    (ok, refused)
 }
 
 /// Receives until told to stop; returns the latency of each delivery in microseconds.
@@ -1006,7 +1037,8 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
     let addr = format!("{}:{}", args.host, args.port);
     let start = std::time::Instant::now();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    type Timing = Result<(u32, u32), String>;
+    // (total µs, CONNECT→CONNACK µs, µs since the run began when this connection began).
+    type Timing = Result<(u32, u32, u32), String>;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Timing>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::with_capacity(args.connections);
@@ -1028,7 +1060,11 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
             drop(permit);
             let mut conn = match conn {
                 Ok(c) => {
-                    let timing = (us(t0.elapsed()), us(c.tcp_connected.elapsed()));
+                    let timing = (
+                        us(t0.elapsed()),
+                        us(c.tcp_connected.elapsed()),
+                        us(t0.duration_since(start)),
+                    );
                     let _ = done_tx.send(Ok(timing)).await;
                     c
                 }
@@ -1045,14 +1081,16 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
     }
     drop(done_tx);
     let mut total = Vec::with_capacity(args.connections);
+    let mut timeline = Vec::with_capacity(args.connections);
     let mut mqtt = Vec::with_capacity(args.connections);
     let mut failed = 0usize;
     let mut first_error = None;
     while let Some(r) = done_rx.recv().await {
         match r {
-            Ok((t, m)) => {
+            Ok((t, m, began)) => {
                 total.push(t);
                 mqtt.push(m);
+                timeline.push((t, m, began));
             }
             Err(e) => {
                 failed += 1;
@@ -1093,6 +1131,17 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
     out.flush()?;
     if let Some(e) = first_error {
         eprintln!("first connection error: {e}");
+    }
+    if args.slowest > 0 {
+        // When the slow ones began tells a stall (all at once) from a steady tail.
+        timeline.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
+        for (t, m, began) in timeline.iter().take(args.slowest) {
+            eprintln!(
+                "slow connect broker={} began_ms={:.1} total_us={t} mqtt_us={m}",
+                args.label,
+                f64::from(*began) / 1000.0
+            );
+        }
     }
     Ok(())
 }

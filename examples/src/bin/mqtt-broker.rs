@@ -223,6 +223,9 @@ struct Wake {
     pending: AtomicBool,
     /// Ctrl-C was pressed.
     shutdown: AtomicBool,
+    /// TLS and WebSocket connections whose task took its output after the loop held back
+    /// (the loop pulls their next output from the core).
+    writable: std::sync::Mutex<Vec<ConnectionId>>,
 }
 
 impl Wake {
@@ -280,6 +283,11 @@ struct Pending {
     read_paused: bool,
     /// The task that reads, waiting for the pause to end.
     read_waker: Option<Waker>,
+    /// The loop left output in the core because the task had not taken the last: the task
+    /// tells the loop (`ready`) when it takes it.
+    starved: bool,
+    /// The connection's id and the loop's waker, set once the core opened it.
+    ready: Option<(ConnectionId, Arc<Wake>)>,
 }
 
 /// Why a chunk could not be queued.
@@ -311,6 +319,19 @@ impl Outbox {
         Ok(())
     }
 
+    /// Whether the loop should leave output in the core for now: the task has not taken
+    /// what was queued before, so the client (or its socket) is behind. The messages then
+    /// wait in the core, whose queue limit pauses their publishers; the task tells the loop
+    /// when it takes the bytes (see `poll_take`).
+    fn hold_back(&self) -> bool {
+        let mut p = self.lock();
+        if p.chunks > 0 && !p.closing {
+            p.starved = true;
+            return true;
+        }
+        false
+    }
+
     /// Tells the task to stop after what is queued, or, with `discard`, at once: a client
     /// that stopped reading is not waited for.
     fn close(&self, discard: bool) {
@@ -333,7 +354,18 @@ impl Outbox {
         }
         if idle && !p.bytes.is_empty() {
             p.chunks = 0;
-            return Poll::Ready(Some(std::mem::take(&mut p.bytes)));
+            let bytes = std::mem::take(&mut p.bytes);
+            if std::mem::take(&mut p.starved) {
+                if let Some((id, wake)) = p.ready.clone() {
+                    drop(p);
+                    wake.writable
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(id);
+                    wake.notify();
+                }
+            }
+            return Poll::Ready(Some(bytes));
         }
         if idle && p.closing {
             return Poll::Ready(None);
@@ -447,6 +479,39 @@ fn hash_password(user: &str, password: Option<String>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Grows this process's file descriptor table to its open-file limit (at most 65,536)
+/// while the process has one thread.
+///
+/// Linux grows the table by doubling as descriptors are opened, and while more than one
+/// thread shares it each growth waits for an RCU grace period: `accept` of the 256th and
+/// 512th connection took 10-15 ms each (strace), every connection in progress waited, and
+/// the connect p99 read about twice mosquitto's, which has one thread. The table never
+/// shrinks, so growing it once here, before the tokio thread starts, takes those waits out
+/// of serving. Safe std only: duplicates of stderr, opened and closed again.
+fn pregrow_fd_table() {
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|x| x.starts_with("Max open files"))
+                .and_then(|x| x.split_whitespace().nth(3))
+                .and_then(|n| n.parse::<usize>().ok())
+        })
+        .unwrap_or(1024)
+        .min(1 << 16);
+    let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() else {
+        return;
+    };
+    let mut held = Vec::with_capacity(limit);
+    while held.len() + 8 < limit {
+        match fd.try_clone() {
+            Ok(f) => held.push(f),
+            // The limit, or stderr closed: as far as it goes.
+            Err(_) => break,
+        }
+    }
+}
+
 /// The TLS acceptor for `--cert`/`--key`.
 fn tls_acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
@@ -474,6 +539,8 @@ fn tls_acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
 }
 
 fn run(args: Args) -> std::io::Result<()> {
+    // First, while this is the only thread.
+    pregrow_fd_table();
     let access = Access {
         passwords: match &args.password_file {
             Some(p) => Some(access::load(p, Passwords::parse)?),
@@ -555,6 +622,7 @@ fn run(args: Args) -> std::io::Result<()> {
         waker: mio::Waker::new(poll.registry(), WAKER)?,
         pending: AtomicBool::new(false),
         shutdown: AtomicBool::new(false),
+        writable: std::sync::Mutex::new(Vec::new()),
     });
     let (tx, rx) = mpsc::channel(1024);
     let core_tx = CoreTx {
@@ -1276,15 +1344,16 @@ impl EventLoop {
             }
         }
         while let Some(event) = self.broker.poll_event() {
-            let (id, close) = match event {
-                BrokerEvent::Transmit(id) => (id, false),
+            let (id, close, slow_consumer) = match event {
+                BrokerEvent::Transmit(id) => (id, false, false),
                 BrokerEvent::Close { id, reason } => {
-                    if reason == CloseReason::SlowConsumer {
+                    let slow = reason == CloseReason::SlowConsumer;
+                    if slow {
                         warn!(?id, "client not reading; disconnecting");
                     } else {
                         debug!(?id, ?reason, "closing");
                     }
-                    (id, true)
+                    (id, true, slow)
                 }
                 BrokerEvent::Pause(id) => {
                     self.pause(id, true, now);
@@ -1297,28 +1366,48 @@ impl EventLoop {
                 _ => continue,
             };
             let tcp = self.tcp.get(&id).map(|&i| i as usize);
-            // A TCP connection whose socket takes no more output is not pulled from: the
-            // messages stay queued in the core, whose watermark pauses their publishers;
-            // `flush` pulls once the socket drains.
-            let blocked = tcp
-                .and_then(|i| self.conns[i].as_ref())
-                .is_some_and(|c| c.blocked);
-            if !blocked || close {
-                self.pull(now, id);
+            if let Some(i) = tcp {
+                // A TCP connection whose socket takes no more output is not pulled from: the
+                // messages stay queued in the core, whose watermark pauses their publishers;
+                // `flush` pulls once the socket drains.
+                let blocked = self.conns[i].as_ref().is_some_and(|c| c.blocked);
+                if !blocked || close {
+                    self.pull(now, id);
+                }
             }
             if let Some(i) = tcp {
                 self.deliver(i, close, now);
-            } else if let Some(link) = self.remote.get(&id) {
-                let ok =
-                    self.batch.is_empty() || link.tx.push(&self.batch, self.write_queue).is_ok();
-                if close || !ok {
-                    link.tx.close(!ok);
-                    self.remote.remove(&id);
-                    debug!(?id, "closed by broker");
-                    self.broker.handle_close(now, id);
-                }
+                self.batch.clear();
+            } else {
+                let discard = close && slow_consumer;
+                self.send_remote(now, id, close, discard);
             }
+        }
+    }
+
+    /// Hands TLS or WebSocket connection `id` its output (pulled into `batch` unless
+    /// `pulled`), and closes it if asked to (`discard`: without writing what is queued).
+    fn send_remote(&mut self, now: Instant, id: ConnectionId, close: bool, discard: bool) {
+        let Some(link) = self.remote.get(&id) else {
             self.batch.clear();
+            return;
+        };
+        // Its task has not taken the last output: leave this in the core (pushing back on
+        // its publishers) until the task says it took it.
+        if close || !link.tx.hold_back() {
+            self.pull(now, id);
+        }
+        let Some(link) = self.remote.get(&id) else {
+            self.batch.clear();
+            return;
+        };
+        let ok = self.batch.is_empty() || link.tx.push(&self.batch, self.write_queue).is_ok();
+        self.batch.clear();
+        if close || !ok {
+            link.tx.close(discard || !ok);
+            self.remote.remove(&id);
+            debug!(?id, "closed by broker");
+            self.broker.handle_close(now, id);
         }
     }
 
@@ -1520,6 +1609,15 @@ impl EventLoop {
         // Cleared before the channel is emptied: a message sent after this wakes us again.
         self.wake.pending.swap(false, Ordering::AcqRel);
         self.take_checked();
+        let writable =
+            std::mem::take(&mut *self.wake.writable.lock().unwrap_or_else(|e| e.into_inner()));
+        if !writable.is_empty() {
+            let now = self.now();
+            for id in writable {
+                self.send_remote(now, id, false, false);
+            }
+            self.drain(now);
+        }
         for _ in 0..TASK_MESSAGES_PER_TURN {
             let Ok(msg) = self.rx.try_recv() else {
                 self.tasks_ready = false;
@@ -1529,6 +1627,7 @@ impl EventLoop {
             match msg {
                 ToCore::Open { tx, reply, peer } => {
                     let id = self.broker.open_with(now, peer_info(peer));
+                    tx.lock().ready = Some((id, self.wake.clone()));
                     if reply.send(id).is_err() {
                         self.broker.handle_close(now, id);
                     } else {

@@ -35,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use mqtt_state::codec::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
-use mqtt_state::{Client, ClientConfig, Error, Event, Instant, Message};
+use mqtt_state::{Client, ClientConfig, Error, Event, Instant, Message, TopicBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -306,6 +306,13 @@ fn parse_properties(raw: &[String], v5: bool) -> Result<Properties, String> {
     Ok(out)
 }
 
+/// A topic name from the command line, checked once for every message sent to it; the
+/// error reads as the one publishing it would have given.
+fn topic_name(topic: &str) -> Result<TopicBuf, String> {
+    TopicBuf::try_from(topic.to_owned())
+        .map_err(|e| Error::from(mqtt_state::codec::Error::InvalidTopicName(e)).to_string())
+}
+
 fn config(c: &Common, props: &Properties) -> Result<ClientConfig, String> {
     if c.id.is_empty() && c.persistent {
         return Err("-c needs a client id (-i)".into());
@@ -324,7 +331,7 @@ fn config(c: &Common, props: &Properties) -> Result<ClientConfig, String> {
     cfg.session_expiry_interval = expiry.unwrap_or(if c.persistent { u32::MAX } else { 0 });
     if let Some(topic) = &c.will_topic {
         let payload = c.will_payload.clone().unwrap_or_default();
-        let mut m = Message::new(topic.clone(), payload, qos(c.will_qos));
+        let mut m = Message::new(topic_name(topic)?, payload, qos(c.will_qos));
         m.retain = c.will_retain;
         props.will.apply(&mut m)?;
         cfg.will = Some((m, props.will_delay));
@@ -974,7 +981,7 @@ fn setup(cmd: Cmd) -> Result<(Common, Runner), String> {
             if a.message_expiry.is_some() {
                 props.publish.expiry = a.message_expiry;
             }
-            let mut template = Message::new(a.topic.clone(), Bytes::new(), qos(a.common.qos));
+            let mut template = Message::new(topic_name(&a.topic)?, Bytes::new(), qos(a.common.qos));
             template.retain = a.retain;
             props.publish.apply(&mut template)?;
             let (lines, pending) = if a.lines {

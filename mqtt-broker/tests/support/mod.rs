@@ -197,7 +197,7 @@ impl<H: Hooks> Net<H> {
         qos: QoS,
         retain: bool,
     ) {
-        let mut m = Message::new(topic, payload, qos);
+        let mut m = Message::new(TopicBuf::from_static(topic).unwrap(), payload, qos);
         m.retain = retain;
         self.peers[i].client.publish(self.now, m).unwrap();
         self.drive();

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use mqtt_codec::{ProtocolVersion, QoS};
 use mqtt_state::{
-    Accept, Client, ClientConfig, Event, Instant, Message, ServerConfig, ServerSession,
+    Accept, Client, ClientConfig, Event, Instant, Message, ServerConfig, ServerSession, TopicBuf,
 };
 
 pub struct Wire {
@@ -96,7 +96,10 @@ impl Wire {
     /// PUBREL, PUBCOMP (QoS 2).
     pub fn client_cycle(&mut self, topic: &'static str, payload: &Bytes, qos: QoS) {
         self.client
-            .publish(self.now, Message::new(topic, payload.clone(), qos))
+            .publish(
+                self.now,
+                Message::new(TopicBuf::from_static(topic).unwrap(), payload.clone(), qos),
+            )
             .unwrap();
         self.pump();
     }
@@ -104,7 +107,11 @@ impl Wire {
     /// One delivery/ack cycle server to client.
     pub fn server_cycle(&mut self, topic: &'static str, payload: &Bytes, qos: QoS) {
         self.server
-            .deliver(self.now, Message::new(topic, payload.clone(), qos), &[])
+            .deliver(
+                self.now,
+                Message::new(TopicBuf::from_static(topic).unwrap(), payload.clone(), qos),
+                &[],
+            )
             .unwrap();
         self.pump();
     }

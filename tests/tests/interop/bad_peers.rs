@@ -461,3 +461,72 @@ fn a_client_that_does_not_read_is_disconnected() {
     );
     good.round_trip("after the flood");
 }
+
+/// A WebSocket subscriber that stops reading is not buffered for by the listener's task:
+/// its messages stay in the broker core, whose queue limit pauses the publisher, and the core
+/// lets the subscriber go after `--stall-timeout` (reason: slow consumer). The write queue
+/// is set far above what the flood needs, so only that push-back can disconnect it.
+#[test]
+fn a_websocket_client_that_does_not_read_is_pushed_back_on_then_disconnected() {
+    let broker = Broker::start(&["--write-queue", "1000000", "--stall-timeout", "1"]);
+    let mut good = Good::new(&broker);
+    let (mut lazy, head) = websocket_upgrade(&broker);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let binary = |payload: &[u8]| {
+        assert!(payload.len() < 126);
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut f = vec![0x82, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        f
+    };
+    let mut hello = connect(4, "ws-lazy");
+    hello.extend_from_slice(&subscribe(4, "wsflood"));
+    lazy.write_all(&binary(&hello)).unwrap();
+    // CONNACK and SUBACK (4 + 5 bytes) in the first frames.
+    let mut got = Vec::new();
+    while got.len() < 9 {
+        let mut h = [0u8; 2];
+        lazy.read_exact(&mut h).expect("a frame from the broker");
+        let mut payload = vec![0u8; usize::from(h[1] & 0x7f)];
+        lazy.read_exact(&mut payload).unwrap();
+        got.extend_from_slice(&payload);
+    }
+    assert_eq!(&got[..9], &[0x20, 2, 0, 0, 0x90, 3, 0, 1, 0]);
+
+    let mut publisher = Raw::connect(&broker);
+    publisher.send(&connect(4, "ws-flooder"));
+    assert_eq!(publisher.recv(), Some((0x20, vec![0, 0])));
+    let payload = vec![b'x'; 1024];
+    let one = publish(4, "wsflood", &payload);
+    let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 256).collect();
+    let sent = 128 * 256;
+    let flooding = std::thread::spawn(move || {
+        // The broker may stop reading the publisher for a while: that is the push-back.
+        for _ in 0..128 {
+            publisher.send(&chunk);
+        }
+        publisher
+    });
+    // `lazy` reads nothing for a while; the broker must let it go.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut publisher = flooding.join().expect("the publisher was not refused");
+    good.round_trip("wsflood");
+    let mut rest = Vec::new();
+    lazy.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let _ = lazy.read_to_end(&mut rest);
+    assert!(
+        rest.len() < sent * one.len() / 2,
+        "{} bytes delivered of {}: not disconnected",
+        rest.len(),
+        sent * one.len()
+    );
+    assert!(broker.logged("client not reading; disconnecting"));
+    publisher.send(&packet(0xc0, &[]));
+    assert_eq!(
+        publisher.recv(),
+        Some((0xd0, vec![])),
+        "the publisher is fine"
+    );
+    good.round_trip("after the flood");
+}
