@@ -48,8 +48,8 @@ use std::path::Path;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 use base64::Engine as _;
-use mqtt_broker::Hooks;
-use mqtt_codec::ReasonCode;
+use mqtt_broker::{Context, Hooks, Verdict};
+use mqtt_codec::{QoS, ReasonCode};
 use mqtt_state::ConnectRequest;
 use mqtt_topic::{TopicFilter, TopicName};
 
@@ -413,39 +413,70 @@ pub(crate) struct Access {
     pub(crate) acl: Option<Acl>,
 }
 
-impl Hooks for Access {
-    fn authenticate(&mut self, request: &ConnectRequest) -> Result<(), ReasonCode> {
+impl Access {
+    /// Checks a CONNECT's user name and password against the password file (a hash
+    /// check: slow on purpose, so the broker runs it off its event loop).
+    pub(crate) fn check_password(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<(), ReasonCode> {
         let Some(passwords) = &self.passwords else {
             return Ok(());
         };
-        match &request.username {
+        match username {
             None if self.allow_anonymous => Ok(()),
             None => Err(ReasonCode::NotAuthorized),
-            Some(user) => {
-                let password = request.password.as_deref().unwrap_or_default();
-                match request.password.is_some() && passwords.verify(user.as_str(), password) {
-                    true => Ok(()),
-                    false => Err(ReasonCode::BadUserNameOrPassword),
-                }
-            }
+            Some(user) => match password.is_some_and(|pw| passwords.verify(user, pw)) {
+                true => Ok(()),
+                false => Err(ReasonCode::BadUserNameOrPassword),
+            },
+        }
+    }
+}
+
+fn verdict(allowed: bool) -> Verdict {
+    if allowed {
+        Verdict::Allow
+    } else {
+        Verdict::Deny(ReasonCode::NotAuthorized)
+    }
+}
+
+impl Hooks for Access {
+    fn authenticate(&mut self, _: &Context<'_>, request: &ConnectRequest) -> Verdict {
+        let username = request.username.as_ref().map(|u| u.as_str());
+        match self.check_password(username, request.password.as_deref()) {
+            Ok(()) => Verdict::Allow,
+            Err(code) => Verdict::Deny(code),
         }
     }
 
-    fn authorize_publish(&mut self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-        self.acl
-            .as_ref()
-            .is_none_or(|acl| acl.may_publish(client_id, username, topic))
+    fn authorize_publish(
+        &mut self,
+        ctx: &Context<'_>,
+        topic: TopicName<'_>,
+        _: QoS,
+        _: bool,
+    ) -> Verdict {
+        verdict(
+            self.acl
+                .as_ref()
+                .is_none_or(|acl| acl.may_publish(ctx.client_id, ctx.username, topic.as_str())),
+        )
     }
 
     fn authorize_subscribe(
         &mut self,
-        client_id: &str,
-        username: Option<&str>,
-        filter: &str,
-    ) -> bool {
-        self.acl
-            .as_ref()
-            .is_none_or(|acl| acl.may_subscribe(client_id, username, filter))
+        ctx: &Context<'_>,
+        filter: TopicFilter<'_>,
+        _: QoS,
+    ) -> Verdict {
+        verdict(
+            self.acl
+                .as_ref()
+                .is_none_or(|acl| acl.may_subscribe(ctx.client_id, ctx.username, filter.as_str())),
+        )
     }
 }
 
@@ -629,27 +660,33 @@ pattern read users/%u/inbox
             passwords: Some(Passwords::parse(&format!("alice:{hash}")).unwrap()),
             ..Access::default()
         };
+        let info = mqtt_broker::ConnInfo::default();
+        let ctx = Context::new("c", None, mqtt_codec::ProtocolVersion::V5, &info);
         assert_eq!(
-            access.authenticate(&connect(Some("alice"), Some(b"pw"))),
-            Ok(())
+            access.authenticate(&ctx, &connect(Some("alice"), Some(b"pw"))),
+            Verdict::Allow
         );
         assert_eq!(
-            access.authenticate(&connect(Some("alice"), Some(b"no"))),
+            access.authenticate(&ctx, &connect(Some("alice"), Some(b"no"))),
+            Verdict::Deny(ReasonCode::BadUserNameOrPassword)
+        );
+        assert_eq!(
+            access.check_password(Some("alice"), None),
             Err(ReasonCode::BadUserNameOrPassword)
         );
         assert_eq!(
-            access.authenticate(&connect(Some("alice"), None)),
-            Err(ReasonCode::BadUserNameOrPassword)
-        );
-        assert_eq!(
-            access.authenticate(&connect(None, None)),
+            access.check_password(None, None),
             Err(ReasonCode::NotAuthorized)
         );
         access.allow_anonymous = true;
-        assert_eq!(access.authenticate(&connect(None, None)), Ok(()));
+        assert_eq!(access.check_password(None, None), Ok(()));
         // no password file: anyone
         let mut open = Access::default();
-        assert_eq!(open.authenticate(&connect(Some("x"), Some(b"y"))), Ok(()));
-        assert!(open.authorize_publish("c", None, "any"));
+        assert_eq!(open.check_password(Some("x"), Some(b"y")), Ok(()));
+        let topic = TopicName::new("any").unwrap();
+        assert_eq!(
+            open.authorize_publish(&ctx, topic, QoS::AtMostOnce, false),
+            Verdict::Allow
+        );
     }
 }

@@ -53,9 +53,14 @@ use mqtt_topic::{matches, TopicFilter, TopicName};
 // backpressure events, a fallible `poll_transmit`, deferred decisions): only this module
 // touches `mqtt_broker` and should need updating.
 mod core {
-    use bytes::BytesMut;
-    use mqtt_broker::{Broker, BrokerConfig, BrokerEvent, ConnectionId};
-    use mqtt_state::{Duration, Instant, ServerConfig};
+    use bytes::{Bytes, BytesMut};
+    use mqtt_broker::{
+        AuthStep, Broker, BrokerConfig, BrokerEvent, ConnectionId, Context, Error, Hooks, Request,
+        RequestKind, Verdict,
+    };
+    use mqtt_codec::{QoS, ReasonCode};
+    use mqtt_state::{ConnectRequest, Duration, Instant, ServerConfig};
+    use mqtt_topic::{TopicFilter, TopicName};
 
     pub use mqtt_broker::ConnectionId as Id;
 
@@ -78,9 +83,78 @@ mod core {
         pub max_packet_size: u32,
         pub sys: bool,
         pub max_connections: usize,
+        /// Bytes that script the decisions, in turn: each hook's verdict (allow, deny,
+        /// defer) and each deferred request's answer (accept, reject, challenge, or not yet,
+        /// which lets it time out). Empty: everything allowed at once.
+        pub decisions: Vec<u8>,
+        /// Refusals only where the harness's invariants expect them (subscriptions): the
+        /// scenario's no-loss check counts every acknowledged message, and a refused login
+        /// would leave a client without its session at the end.
+        pub gentle: bool,
+        pub decision_timeout_ms: u64,
     }
 
-    pub struct Core(Broker);
+    /// Hooks that read their verdicts from the input.
+    struct Scripted {
+        script: Vec<u8>,
+        at: usize,
+        gentle: bool,
+        /// Everything allowed from now on (the run settles).
+        permissive: bool,
+    }
+
+    impl Scripted {
+        fn next(&mut self) -> u8 {
+            if self.script.is_empty() || self.permissive {
+                return 0;
+            }
+            let b = self.script[self.at % self.script.len()];
+            self.at = self.at.wrapping_add(1);
+            b
+        }
+        fn verdict(&mut self, deny_ok: bool) -> Verdict {
+            match self.next() % 4 {
+                2 => Verdict::Defer,
+                3 if deny_ok || !self.gentle => Verdict::Deny(ReasonCode::NotAuthorized),
+                _ => Verdict::Allow,
+            }
+        }
+    }
+
+    impl Hooks for Scripted {
+        fn authenticate(&mut self, _: &Context<'_>, _: &ConnectRequest) -> Verdict {
+            self.verdict(false)
+        }
+        fn enhanced_auth(&mut self, _: &Context<'_>, _: &str, _: Option<&[u8]>) -> AuthStep {
+            match self.next() % 4 {
+                0 => AuthStep::Success,
+                1 => AuthStep::Continue(Bytes::from_static(b"challenge")),
+                2 => AuthStep::Defer,
+                _ => AuthStep::Fail(ReasonCode::NotAuthorized),
+            }
+        }
+        fn authorize_publish(
+            &mut self,
+            _: &Context<'_>,
+            _: TopicName<'_>,
+            _: QoS,
+            _: bool,
+        ) -> Verdict {
+            self.verdict(false)
+        }
+        fn authorize_subscribe(&mut self, _: &Context<'_>, _: TopicFilter<'_>, _: QoS) -> Verdict {
+            self.verdict(true)
+        }
+    }
+
+    pub struct Core {
+        broker: Broker<Scripted>,
+        /// Deferred requests not answered yet (some may have timed out or lost their
+        /// connection meanwhile).
+        held: Vec<Request>,
+        /// Connections the program closed: their requests are gone.
+        closed: Vec<Id>,
+    }
 
     impl Core {
         pub fn new(l: &Limits, now: Instant) -> Self {
@@ -96,28 +170,48 @@ mod core {
                 max_connections: l.max_connections,
                 max_offline_queue: l.max_offline_queue,
                 sys_interval: l.sys.then(|| Duration::from_secs(10)),
+                decision_timeout: Duration::from_millis(l.decision_timeout_ms),
                 ..d
             };
-            Self(Broker::new(config, now))
+            let hooks = Scripted {
+                script: l.decisions.clone(),
+                at: 0,
+                gentle: l.gentle,
+                permissive: false,
+            };
+            Self {
+                broker: Broker::with_hooks(config, hooks, now),
+                held: Vec::new(),
+                closed: Vec::new(),
+            }
         }
         pub fn open(&mut self, now: Instant) -> ConnectionId {
-            self.0.open(now)
+            let id = self.broker.open(now);
+            self.closed.retain(|c| *c != id);
+            id
         }
         pub fn input(&mut self, now: Instant, id: Id, buf: &mut BytesMut) {
-            self.0.handle_input(now, id, buf)
+            self.broker.handle_input(now, id, buf)
         }
         /// The next packet for `id`, written into `out`.
         /// The output buffers here hold any packet the broker may send (its sizes are
         /// capped by the limits above), so a refusal for size is a broker bug.
         pub fn transmit(&mut self, now: Instant, id: Id, out: &mut [u8]) -> Option<usize> {
-            match self.0.poll_transmit(now, id, out) {
+            match self.broker.poll_transmit(now, id, out) {
                 Ok(n) => n,
                 Err(e) => panic!("poll_transmit({id:?}) with {} bytes: {e}", out.len()),
             }
         }
-        pub fn event(&mut self) -> Option<Ev> {
+        pub fn event(&mut self, now: Instant) -> Option<Ev> {
             loop {
-                return Some(match self.0.poll_event()? {
+                let Some(event) = self.broker.poll_event() else {
+                    // Nothing else to do: decide what waits, which may make more events.
+                    if self.decide(now) {
+                        continue;
+                    }
+                    return None;
+                };
+                return Some(match event {
                     BrokerEvent::Transmit(id) => Ev::Transmit(id),
                     BrokerEvent::Close { id, .. } => Ev::Close(id),
                     BrokerEvent::Resume(id) => Ev::Resume(id),
@@ -127,18 +221,96 @@ mod core {
                 });
             }
         }
+        /// Answers the requests the script says to answer now; whether any was.
+        fn decide(&mut self, now: Instant) -> bool {
+            while let Some(r) = self.broker.poll_request() {
+                // A request names an open connection, which is then deciding.
+                assert!(
+                    !self.closed.contains(&r.conn),
+                    "request for a closed connection"
+                );
+                assert!(self.broker.is_deciding(r.conn), "request but not deciding");
+                self.held.push(r);
+            }
+            let mut answered = false;
+            let held = std::mem::take(&mut self.held);
+            let gentle = self.broker.hooks_mut().gentle;
+            for r in held {
+                let b = self.broker.hooks_mut().next();
+                if crate::trace() {
+                    eprintln!(
+                        "  decision {:?} on {:?}: {:?}, answer {}",
+                        r.id,
+                        r.conn,
+                        r.kind,
+                        b % 5
+                    );
+                }
+                let subscribe = matches!(r.kind, RequestKind::Subscribe { .. });
+                let result = match b % 5 {
+                    2 => {
+                        // Not yet: answered on a later turn, or it times out.
+                        self.held.push(r);
+                        continue;
+                    }
+                    3 if subscribe || !gentle => self.broker.reject(
+                        now,
+                        r.id,
+                        ReasonCode::NotAuthorized,
+                        Some("refused by the fuzzer"),
+                    ),
+                    4 if !gentle => {
+                        match self
+                            .broker
+                            .challenge(now, r.id, Bytes::from_static(b"more"))
+                        {
+                            Err(Error::NotAnAuthRequest) => {
+                                assert!(!matches!(r.kind, RequestKind::Auth { .. }));
+                                self.broker.accept(now, r.id)
+                            }
+                            other => other,
+                        }
+                    }
+                    _ => self.broker.accept(now, r.id),
+                };
+                match result {
+                    Ok(()) => {
+                        assert!(
+                            !self.closed.contains(&r.conn),
+                            "answered for a closed connection"
+                        )
+                    }
+                    // Timed out, or its connection closed or was taken over.
+                    Err(Error::UnknownRequest) => {}
+                    Err(e) => panic!("answering {r:?}: {e}"),
+                }
+                answered = true;
+            }
+            answered
+        }
+        /// From now on everything is allowed, and what waits is accepted: the run settles.
+        pub fn permissive(&mut self, now: Instant) {
+            self.broker.hooks_mut().permissive = true;
+            self.decide(now);
+        }
         pub fn close(&mut self, now: Instant, id: Id) {
-            self.0.handle_close(now, id)
+            self.broker.handle_close(now, id);
+            assert!(!self.broker.is_deciding(id));
+            self.closed.push(id);
         }
         pub fn timeout(&mut self, now: Instant) {
-            self.0.handle_timeout(now)
+            self.broker.handle_timeout(now)
         }
         pub fn next_timeout(&self) -> Option<Instant> {
-            self.0.poll_timeout()
+            self.broker.poll_timeout()
         }
         /// Messages the broker says it dropped (a full queue).
         pub fn dropped(&self) -> u64 {
-            self.0.stats().messages_dropped
+            self.broker.stats().messages_dropped
+        }
+        /// Requests waiting, handed out or not.
+        pub fn pending_requests(&self) -> usize {
+            self.broker.pending_requests()
         }
     }
 }
@@ -276,6 +448,9 @@ mod raw {
         max_packet_size: u16,
         sys: bool,
         max_connections: u8,
+        /// Scripts the decisions (see `core::Limits::decisions`).
+        decisions: Vec<u8>,
+        decision_timeout_ms: u16,
         ops: Vec<RawOp>,
     }
 
@@ -400,7 +575,9 @@ mod raw {
         fn drain(&mut self, out: &mut [u8]) {
             let mut closing = Vec::new();
             for _ in 0..100_000 {
-                let Some(ev) = self.core.event() else { break };
+                let Some(ev) = self.core.event(self.now) else {
+                    break;
+                };
                 let (id, close) = match ev {
                     Ev::Transmit(id) => (id, false),
                     Ev::Close(id) => (id, true),
@@ -473,6 +650,9 @@ mod raw {
             max_packet_size: u32::from(input.max_packet_size).max(2) * 16,
             sys: input.sys,
             max_connections: usize::from(input.max_connections % 8) + 1,
+            decisions: input.decisions.iter().take(64).copied().collect(),
+            gentle: false,
+            decision_timeout_ms: u64::from(input.decision_timeout_ms) + 1,
         };
         let mut h = Raw {
             core: Core::new(&limits, Instant::ZERO),
@@ -649,13 +829,15 @@ mod scenario {
     /// 5.0 session expiry choices, seconds.
     const EXPIRIES: [u32; 4] = [0, 5, 60, 3600];
 
-
     #[derive(Debug, Arbitrary)]
     pub struct Scenario {
         clients: Vec<ClientSpec>,
         max_queued: u8,
         max_inflight: u8,
         max_offline_queue: u8,
+        /// Scripts the decisions: deferred ones answered later or timed out, refused
+        /// subscriptions (see `core::Limits::decisions`).
+        decisions: Vec<u8>,
         ops: Vec<Op>,
     }
 
@@ -970,7 +1152,7 @@ mod scenario {
                         progress = true;
                     }
                 }
-                while let Some(ev) = self.core.event() {
+                while let Some(ev) = self.core.event(self.now) {
                     progress = true;
                     if trace() && round >= 9_997 {
                         match ev {
@@ -1176,6 +1358,9 @@ mod scenario {
             max_packet_size: 1 << 20,
             sys: false,
             max_connections: 64,
+            decisions: input.decisions.iter().take(64).copied().collect(),
+            gentle: true,
+            decision_timeout_ms: 10_000,
         };
         let mut w = World {
             core: Core::new(&limits, Instant::ZERO),
@@ -1356,12 +1541,14 @@ mod scenario {
             w.drive(out);
         }
 
-        // Settle: everyone reads again and comes back with its session.
+        // Settle: everyone reads again and comes back with its session; what waits for a
+        // decision is accepted.
         w.tick += 1;
         w.note_presence();
         for p in &mut w.peers {
             p.stalled = false;
         }
+        w.core.permissive(w.now);
         w.drive(out);
         for round in 0..3 {
             for i in 0..n {
@@ -1374,6 +1561,12 @@ mod scenario {
                 assert!(w.peers.iter().all(|p| p.conn.is_some()));
             }
         }
+        // Permissive now: nothing may be left waiting.
+        assert_eq!(
+            w.core.pending_requests(),
+            0,
+            "decisions left after the run settled"
+        );
         check(&w, &limits);
     }
 
@@ -1444,8 +1637,7 @@ mod scenario {
                 });
                 // Routed while the session may have been offline, into a bounded queue.
                 let offline_then = could_overflow
-                    && s
-                        .offline
+                    && s.offline
                         .iter()
                         .any(|&(from, to)| from <= acked && to >= m.queued);
                 if expected && !offline_then {

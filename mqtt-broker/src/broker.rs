@@ -10,9 +10,10 @@ use bytes::BytesMut;
 use mqtt_codec::{DecodeOptions, ProtocolVersion, QoS, ReasonCode, Status};
 use mqtt_topic::{RetainedStore, SubscriptionTree};
 
-use mqtt_state::{Event, Instant, Message, ServerConfig, ServerSession};
+use mqtt_state::{Diagnostics, Event, Instant, Message, ServerConfig, ServerSession};
 
 use crate::conn::Conn;
+use crate::decide::Decisions;
 use crate::registry::SessionRecord;
 use crate::routing::SubOpts;
 use crate::slots::Slots;
@@ -62,6 +63,8 @@ pub struct Broker<H: Hooks = AllowAll> {
     pub(crate) route_mark: Vec<u32>,
     /// Connected subscribers found at their queue's high watermark while routing.
     pub(crate) blockers: Vec<ConnectionId>,
+    /// Deferred decisions: handed out and waiting for their answers.
+    pub(crate) decisions: Decisions,
 }
 
 impl Broker<AllowAll> {
@@ -103,6 +106,7 @@ impl<H: Hooks> Broker<H> {
             scratch: Vec::new(),
             route_mark: Vec::new(),
             blockers: Vec::new(),
+            decisions: Decisions::default(),
         }
     }
 
@@ -167,10 +171,7 @@ impl<H: Hooks> Broker<H> {
     }
 
     pub(crate) fn conn(&self, id: ConnectionId) -> Option<&Conn> {
-        self.conns
-            .get(id.index as usize)?
-            .as_deref()
-            .filter(|c| c.generation == id.generation)
+        conn_ref(&self.conns, id)
     }
 
     /// Bytes arrived on `id`. Complete packets are taken from `buf`, one at a time, until
@@ -181,7 +182,7 @@ impl<H: Hooks> Broker<H> {
     pub fn handle_input(&mut self, now: Instant, id: ConnectionId, buf: &mut BytesMut) {
         loop {
             let Some(c) = self.conn_mut(id) else { return };
-            if buf.is_empty() || c.closing() || c.paused_on().is_some() {
+            if buf.is_empty() || !c.readable() {
                 break;
             }
             let before = buf.len();
@@ -209,7 +210,7 @@ impl<H: Hooks> Broker<H> {
                 // acknowledgements to go out. `poll_transmit` asks for the rest then.
                 let waiting = frame_len(buf).is_some_and(|n| n <= buf.len());
                 if let Some(c) = self.conn_mut(id) {
-                    c.set_input_waiting(waiting && !c.closing() && c.paused_on().is_none());
+                    c.set_input_waiting(waiting && c.readable());
                 }
                 break;
             }
@@ -220,6 +221,8 @@ impl<H: Hooks> Broker<H> {
     /// The connection closed (by the peer, by the network, or after a `Close` event). Its
     /// identifier is not used again until reassigned by [`Broker::open`].
     pub fn handle_close(&mut self, now: Instant, id: ConnectionId) {
+        // Its decisions are moot: answering them is `UnknownRequest` from now on.
+        self.drop_requests(id);
         let Some(c) = self.conn_mut(id) else { return };
         // Closed already: no Close event for it.
         c.set_closing();
@@ -269,7 +272,9 @@ impl<H: Hooks> Broker<H> {
                     // Output went (acknowledgements among it): the input left unread may
                     // be read now.
                     c.set_input_waiting(false);
-                    self.events.push_back(BrokerEvent::Resume(id));
+                    if c.readable() {
+                        self.events.push_back(BrokerEvent::Resume(id));
+                    }
                 }
                 Ok(Some(n))
             }
@@ -306,10 +311,10 @@ impl<H: Hooks> Broker<H> {
         Some(event)
     }
 
-    /// Whether `id` may be read: `false` while it is paused ([`BrokerEvent::Pause`]).
+    /// Whether `id` may be read: `false` while it is paused ([`BrokerEvent::Pause`]), for
+    /// backpressure or while it waits for a deferred decision.
     pub fn wants_input(&self, id: ConnectionId) -> bool {
-        self.conn(id)
-            .is_some_and(|c| !c.closing() && c.paused_on().is_none())
+        self.conn(id).is_some_and(Conn::readable)
     }
 
     /// The earliest deadline of any connection, will, session expiry or `$SYS` tick. It
@@ -361,10 +366,15 @@ impl<H: Hooks> Broker<H> {
             return; // stale
         }
         c.armed = NOT_ARMED;
-        if c.paused_on().is_some() || c.input_waiting() {
+        if c.paused_on().is_some() || c.input_waiting() || c.deciding() {
             // The adapter is not reading this connection on our word: what the client sent
             // is unread, not missing ([MQTT-3.1.2-22] counts packets received).
             c.session.hold_input(now);
+        }
+        if c.decision_deadline().is_some_and(|t| t <= now) {
+            self.decision_timed_out(id);
+            self.rearm(id);
+            return;
         }
         if c.session.poll_timeout().is_some_and(|t| t <= now) {
             c.session.handle_timeout(now);
@@ -399,6 +409,10 @@ impl<H: Hooks> Broker<H> {
     pub(crate) fn process(&mut self, now: Instant, id: ConnectionId) {
         loop {
             let Some(c) = self.conn_mut(id) else { return };
+            if c.deciding() {
+                // What came behind waits for the decision, in order.
+                break;
+            }
             let Some(event) = c.session.poll_event() else {
                 break;
             };
@@ -444,6 +458,7 @@ impl<H: Hooks> Broker<H> {
 
     /// Asks the program to close `id` (once), saying why.
     pub(crate) fn close(&mut self, id: ConnectionId, reason: CloseReason) {
+        self.drop_requests(id);
         let Some(c) = self.conn_mut(id) else { return };
         if c.set_closing() {
             self.events.push_back(BrokerEvent::Close { id, reason });
@@ -453,9 +468,24 @@ impl<H: Hooks> Broker<H> {
     /// Ends `id` from the server side with `reason` (5.0: a DISCONNECT with its code
     /// first), recording `why` for the Close event.
     pub(crate) fn end_connection(&mut self, id: ConnectionId, code: ReasonCode, why: CloseReason) {
+        self.end_connection_with(id, code, why, Diagnostics::new());
+    }
+
+    /// [`Broker::end_connection`] with a Reason String (and User Properties) on the 5.0
+    /// DISCONNECT.
+    pub(crate) fn end_connection_with(
+        &mut self,
+        id: ConnectionId,
+        code: ReasonCode,
+        why: CloseReason,
+        diagnostics: Diagnostics,
+    ) {
+        self.drop_requests(id);
         let Some(c) = self.conn_mut(id) else { return };
         c.set_close_reason(why);
-        c.session.disconnect(code);
+        if diagnostics.is_empty() || c.session.disconnect_with(code, diagnostics).is_err() {
+            c.session.disconnect(code);
+        }
         self.wake(id);
         self.close(id, why);
     }
@@ -487,6 +517,14 @@ pub(crate) fn conn_in(conns: &mut Slots<Option<Box<Conn>>>, id: ConnectionId) ->
     conns
         .get_mut(id.index as usize)?
         .as_deref_mut()
+        .filter(|c| c.generation == id.generation)
+}
+
+/// The open connection `id` in `conns`, borrowed alone.
+pub(crate) fn conn_ref(conns: &Slots<Option<Box<Conn>>>, id: ConnectionId) -> Option<&Conn> {
+    conns
+        .get(id.index as usize)?
+        .as_deref()
         .filter(|c| c.generation == id.generation)
 }
 

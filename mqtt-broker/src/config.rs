@@ -41,6 +41,11 @@ pub struct BrokerConfig {
     /// disconnected ([`crate::CloseReason::SlowConsumer`]), so that a client that stopped
     /// reading does not hold its publishers forever. `None`: waits as long as it takes.
     pub stall_timeout: Option<Duration>,
+    /// How long a connection waits for the answers to its deferred decisions
+    /// ([`crate::Broker::poll_request`]) before it is closed
+    /// ([`crate::CloseReason::DecisionTimeout`]): a program that lost a request does not
+    /// hold the client forever.
+    pub decision_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -56,6 +61,7 @@ impl Default for BrokerConfig {
             sys_interval: Some(Duration::from_secs(10)),
             qos0_overflow: QoS0Overflow::default(),
             stall_timeout: Some(Duration::from_secs(5)),
+            decision_timeout: Duration::from_secs(10),
         }
     }
 }

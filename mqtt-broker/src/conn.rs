@@ -4,8 +4,9 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use mqtt_state::{ConnectRequest, Instant, Message, ServerSession, Utf8Bytes};
+use mqtt_state::{ConnectRequest, Instant, Message, ServerSession, SessionState, Utf8Bytes};
 
+use crate::decide::{ConnInfo, Deciding};
 use crate::timers::NOT_ARMED;
 use crate::{CloseReason, ConnectionId};
 
@@ -45,6 +46,14 @@ pub(crate) struct ConnExtra {
     pub(crate) stall_deadline: Option<Instant>,
     /// Why the core decided to close it, when the machine cannot say (taken over, ...).
     pub(crate) close_reason: Option<CloseReason>,
+    /// What the adapter passed at `open_with`.
+    pub(crate) info: Option<Box<ConnInfo>>,
+    /// Decisions it waits for: it is not read meanwhile.
+    pub(crate) deciding: Option<Box<Deciding>>,
+    /// Incoming QoS 2 packet identifiers whose PUBLISH was dropped undecided (its
+    /// connection ended first): never routed nor acknowledged, so their repeat is a new
+    /// message, not a duplicate.
+    pub(crate) unrouted_qos2: Vec<u16>,
 }
 
 impl Conn {
@@ -121,12 +130,36 @@ impl Conn {
         self.extra.as_ref()?.stall_deadline
     }
 
-    /// Its deadline: its machine's, or the end of its patience as a stalled subscriber.
+    pub(crate) fn info(&self) -> Option<&ConnInfo> {
+        self.extra.as_ref()?.info.as_deref()
+    }
+
+    /// Whether it waits for decisions.
+    pub(crate) fn deciding(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.deciding.is_some())
+    }
+
+    /// When its decisions time out.
+    pub(crate) fn decision_deadline(&self) -> Option<Instant> {
+        Some(self.extra.as_ref()?.deciding.as_ref()?.deadline)
+    }
+
+    /// Whether the program may read it: not closing, not paused, not deciding.
+    pub(crate) fn readable(&self) -> bool {
+        !self.closing() && self.paused_on().is_none() && !self.deciding()
+    }
+
+    /// Its deadline: its machine's, the end of its patience as a stalled subscriber, or
+    /// the end of the wait for its decisions.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        match (self.session.poll_timeout(), self.stall_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.session.poll_timeout(),
+            self.stall_deadline(),
+            self.decision_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub(crate) fn has_waiters(&self) -> bool {
@@ -175,6 +208,22 @@ impl Conn {
         true
     }
 
+    /// Takes the session state out of its machine, to park or hand over. A QoS 2 PUBLISH
+    /// that was never decided had no PUBREC: the client sends it again, and that must be
+    /// routed ([MQTT-4.3.3-10] holds only from the PUBREC on).
+    pub(crate) fn take_session_state(&mut self) -> SessionState {
+        let mut state = self.session.take_session();
+        if let Some(e) = self.extra.as_mut() {
+            for id in core::mem::take(&mut e.unrouted_qos2) {
+                if let Ok(i) = state.incoming_qos2.binary_search(&id) {
+                    state.incoming_qos2.remove(i);
+                }
+            }
+        }
+        self.tidy_extra();
+        state
+    }
+
     /// Why it closes: what the core recorded, else what its machine failed with.
     pub(crate) fn close_reason(&self) -> CloseReason {
         self.extra
@@ -200,6 +249,9 @@ impl Conn {
                 && e.waiters.is_empty()
                 && e.stall_deadline.is_none()
                 && e.close_reason.is_none()
+                && e.info.is_none()
+                && e.deciding.is_none()
+                && e.unrouted_qos2.is_empty()
         }) {
             self.extra = None;
         }

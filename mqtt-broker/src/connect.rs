@@ -3,41 +3,66 @@
 
 use alloc::boxed::Box;
 use alloc::format;
-use alloc::sync::Arc;
 
 use bytes::Bytes;
 use mqtt_codec::ReasonCode;
-use mqtt_state::{Accept, ConnectRequest, Duration, Instant, SessionState, Utf8Bytes};
+use mqtt_state::{Accept, ConnectRequest, Diagnostics, Duration, Instant, SessionState, Utf8Bytes};
 
+use crate::decide::Pending;
 use crate::registry::Offline;
-use crate::{AuthStep, Broker, CloseReason, ConnectionId, Hooks};
+use crate::{
+    AuthStep, Broker, CloseReason, ConnInfo, ConnectionId, Context, Hooks, RequestKind, Verdict,
+};
 
 impl<H: Hooks> Broker<H> {
     pub(crate) fn on_connect(&mut self, now: Instant, id: ConnectionId, req: ConnectRequest) {
-        let full = self.online >= self.config.max_connections;
-        let refusal = if full {
-            Err(ReasonCode::ServerBusy)
+        let verdict = if self.online >= self.config.max_connections {
+            Verdict::Deny(ReasonCode::ServerBusy)
         } else {
-            self.hooks.authenticate(&req)
+            // The connection and the hooks borrowed apart.
+            let Some(c) = crate::broker::conn_ref(&self.conns, id) else {
+                return;
+            };
+            let ctx = Context {
+                client_id: req.client_id.as_str(),
+                username: req.username.as_ref().map(Utf8Bytes::as_str),
+                protocol: req.protocol,
+                info: c.info().unwrap_or(&ConnInfo::EMPTY),
+            };
+            self.hooks.authenticate(&ctx, &req)
         };
-        if let Err(code) = refusal {
-            if let Some(c) = self.conn_mut(id) {
-                let _ = c.session.reject(code);
+        match verdict {
+            Verdict::Allow => self.continue_connect(now, id, req),
+            Verdict::Deny(code) => {
+                if let Some(c) = self.conn_mut(id) {
+                    // [MQTT-3.2.2-7] a refusing CONNACK, then close.
+                    let _ = c.session.reject(code);
+                }
             }
-            return;
-        }
-        if let Some(method) = req.authentication_method.clone() {
-            let data = req.authentication_data.clone();
-            let step =
-                self.hooks
-                    .enhanced_auth(req.client_id.as_str(), method.as_str(), data.as_deref());
-            if let Some(c) = self.conn_mut(id) {
+            Verdict::Defer => {
+                let kind = RequestKind::Authenticate {
+                    username: req.username.as_ref().map(|u| u.as_str().into()),
+                    password: req.password.clone(),
+                };
+                let Some(c) = self.conn_mut(id) else { return };
+                // Kept while it is decided: the context of the request.
                 c.extra_mut().authenticating = Some(Box::new(req));
+                self.defer(now, id, Pending::Connect, kind);
             }
-            self.auth_step(now, id, step);
-            return;
         }
-        self.admit(now, id, req);
+    }
+
+    /// An authenticated CONNECT: on to enhanced authentication if it names a method
+    /// ([MQTT-4.12.0-1]), else admitted.
+    pub(crate) fn continue_connect(&mut self, now: Instant, id: ConnectionId, req: ConnectRequest) {
+        let Some(method) = req.authentication_method.clone() else {
+            self.admit(now, id, req);
+            return;
+        };
+        let data = req.authentication_data.clone();
+        let Some(c) = self.conn_mut(id) else { return };
+        c.extra_mut().authenticating = Some(Box::new(req));
+        self.enhanced_step(now, id, method, data);
     }
 
     /// An AUTH from the client: the next step of its authentication or a re-authentication.
@@ -49,20 +74,22 @@ impl<H: Hooks> Broker<H> {
         data: Option<Bytes>,
     ) {
         let Some(c) = self.conn_mut(id) else { return };
-        let client_id: Arc<str> = match (c.authenticating(), c.owner()) {
-            (Some(req), _) => req.client_id.as_str().into(),
-            (None, Some(s)) => self.client_id_of(s),
-            (None, None) => return,
-        };
+        if c.authenticating().is_none() && c.owner().is_none() {
+            return;
+        }
         // The machine already checked that the method is the CONNECT's ([MQTT-4.12.0-5]).
         let method = method.unwrap_or_default();
-        let step = self
-            .hooks
-            .enhanced_auth(&client_id, method.as_str(), data.as_deref());
-        self.auth_step(now, id, step);
+        self.enhanced_step(now, id, method, data);
     }
 
-    pub(crate) fn auth_step(&mut self, now: Instant, id: ConnectionId, step: AuthStep) {
+    /// Carries out a step of enhanced authentication; `diagnostics` go on a refusal.
+    pub(crate) fn auth_step(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        step: AuthStep,
+        diagnostics: Diagnostics,
+    ) {
         let Some(c) = self.conn_mut(id) else { return };
         let pending = c.authenticating().is_some();
         match step {
@@ -77,19 +104,21 @@ impl<H: Hooks> Broker<H> {
                     self.admit(now, id, req);
                 }
             }
-            // A re-authentication that succeeded.
+            // [MQTT-4.12.1-1] a re-authentication that succeeded.
             AuthStep::Success => {
                 let _ = c.session.auth(ReasonCode::Success, None);
             }
             // [MQTT-4.12.0-4] a refusal during the exchange is a CONNACK >= 0x80 and a close.
             AuthStep::Fail(code) if pending => {
                 c.take_authenticating();
-                let _ = c.session.reject(code);
+                let _ = c.session.reject_with(code, diagnostics);
             }
             // [MQTT-4.12.1-2] a failed re-authentication disconnects.
             AuthStep::Fail(code) => {
-                self.end_connection(id, code, CloseReason::ServerDisconnect(code))
+                self.end_connection_with(id, code, CloseReason::ServerDisconnect(code), diagnostics)
             }
+            // Handled by `enhanced_step`; an answer is never a deferral.
+            AuthStep::Defer => {}
         }
     }
 
@@ -189,10 +218,12 @@ impl<H: Hooks> Broker<H> {
 
     /// Ends `old` with Session taken over, returning the session state it held.
     pub(crate) fn take_over(&mut self, now: Instant, old: ConnectionId) -> SessionState {
+        // What it waited for is moot; its undecided messages were not taken.
+        self.drop_requests(old);
         let Some(c) = self.conn_mut(old) else {
             return SessionState::default();
         };
-        let state = c.session.take_session();
+        let state = c.take_session_state();
         // The old connection's will is not published by a takeover in 3.1.1 practice;
         // 5.0 treats it as a disconnect without DISCONNECT 0x00, so it is.
         let v5 = c.session.version().is_v5();
@@ -245,7 +276,7 @@ impl<H: Hooks> Broker<H> {
             return;
         };
         let Some(c) = self.conn_mut(id) else { return };
-        let session = c.session.take_session();
+        let session = c.take_session_state();
         let Some(rec) = self.sessions[owner].as_mut() else {
             return;
         };

@@ -23,6 +23,16 @@ pub enum Error {
     /// name ([MQTT-4.7.3-1] [MQTT-4.7.1-1]).
     #[error("invalid topic name")]
     InvalidTopic,
+    /// No deferred decision waits under this request: answered already, timed out, or
+    /// its connection closed.
+    #[error("no such request")]
+    UnknownRequest,
+    /// [`crate::Broker::challenge`] answers enhanced authentication requests only.
+    #[error("not an enhanced authentication request")]
+    NotAnAuthRequest,
+    /// A reason string no packet could carry (U+0000, longer than 65,535 bytes).
+    #[error("invalid reason string")]
+    InvalidReasonString,
 }
 
 impl Error {
@@ -30,7 +40,11 @@ impl Error {
     pub const fn reason_code(&self) -> ReasonCode {
         match self {
             Error::BufferTooSmall { .. } => ReasonCode::ImplementationSpecificError,
-            Error::UnknownConnection | Error::UnknownSession => ReasonCode::UnspecifiedError,
+            Error::UnknownConnection
+            | Error::UnknownSession
+            | Error::UnknownRequest
+            | Error::NotAnAuthRequest
+            | Error::InvalidReasonString => ReasonCode::UnspecifiedError,
             Error::InvalidTopic => ReasonCode::TopicNameInvalid,
         }
     }

@@ -25,7 +25,7 @@ pub enum BrokerEvent {
         reason: CloseReason,
     },
     /// Stop reading this connection's socket: a subscriber its messages go to cannot keep
-    /// up. Bytes already read stay in its input buffer; [`crate::Broker::handle_input`]
+    /// up, or a decision about it is deferred ([`crate::Broker::poll_request`]). Bytes already read stay in its input buffer; [`crate::Broker::handle_input`]
     /// leaves them there meanwhile.
     Pause(ConnectionId),
     /// Read this connection's socket again, and call [`crate::Broker::handle_input`] with
@@ -62,6 +62,10 @@ pub enum CloseReason {
     SlowConsumer,
     /// The connection's machine saw the transport close.
     TransportClosed,
+    /// A deferred decision about it was not answered within
+    /// [`crate::BrokerConfig::decision_timeout`] (a CONNACK or 5.0 DISCONNECT with
+    /// Implementation specific error said so).
+    DecisionTimeout,
 }
 
 impl CloseReason {
@@ -79,6 +83,7 @@ impl CloseReason {
             CloseReason::ProtocolError(e) => e.reason_code(),
             CloseReason::ServerShuttingDown => ReasonCode::ServerShuttingDown,
             CloseReason::SlowConsumer => ReasonCode::QuotaExceeded,
+            CloseReason::DecisionTimeout => ReasonCode::ImplementationSpecificError,
         }
     }
 

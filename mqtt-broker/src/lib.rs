@@ -28,6 +28,14 @@
 //!   [`QoS0Overflow`]). On Resume, call [`Broker::handle_input`] with the bytes left in its
 //!   buffer.
 //!
+//! Decisions that may wait: a [`Hooks`] method may answer [`Verdict::Defer`] (a password
+//! check on another thread, a directory lookup). The question then comes out of
+//! [`Broker::poll_request`] as a [`Request`] keyed by connection, answered later with
+//! [`Broker::accept`], [`Broker::reject`] (reason code and reason string) or
+//! [`Broker::challenge`]; meanwhile that one connection is paused and every other keeps
+//! flowing. Unanswered for [`BrokerConfig::decision_timeout`], the connection is closed
+//! ([`CloseReason::DecisionTimeout`]).
+//!
 //! Then it waits for input or for [`Broker::poll_timeout`]. Deadlines sit in a heap: the
 //! cost of a call does not grow with the number of connections it does not concern.
 //!
@@ -86,6 +94,7 @@ mod broker;
 mod config;
 mod conn;
 mod connect;
+mod decide;
 mod error;
 mod event;
 mod hooks;
@@ -99,9 +108,10 @@ mod timers;
 pub use admin::{SessionInfo, SubscriptionInfo};
 pub use broker::Broker;
 pub use config::{BrokerConfig, QoS0Overflow};
+pub use decide::{ConnInfo, Context, Request, RequestId, RequestKind};
 pub use error::Error;
 pub use event::{BrokerEvent, CloseReason, ConnectionId};
-pub use hooks::{AllowAll, AuthStep, Hooks};
+pub use hooks::{AllowAll, AuthStep, DeferAll, Hooks, Verdict};
 pub use stats::Stats;
 
 pub use mqtt_codec as codec;

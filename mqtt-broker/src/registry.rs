@@ -84,14 +84,6 @@ impl<H: Hooks> Broker<H> {
         self.by_client_id.get(client_id).map(|&s| s as usize)
     }
 
-    /// The client identifier of session `s` (empty if it has ended).
-    pub(crate) fn client_id_of(&self, s: usize) -> Arc<str> {
-        self.sessions
-            .get(s)
-            .and_then(Option::as_ref)
-            .map_or_else(|| "".into(), |r| r.client_id.clone())
-    }
-
     /// Removes a session and its subscriptions.
     pub(crate) fn end_session(&mut self, s: usize) {
         let Some(rec) = self.sessions[s].take() else {

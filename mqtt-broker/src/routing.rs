@@ -17,12 +17,13 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use mqtt_codec::{PacketId, QoS, ReasonCode, SubscriptionId};
-use mqtt_state::{Instant, Message, Outgoing, Utf8Bytes};
+use mqtt_codec::{PacketId, QoS, SubscriptionId};
+use mqtt_state::{Instant, Message, Outgoing};
 use mqtt_topic::Match;
 
 use crate::broker::Delivery;
-use crate::{Broker, BrokerEvent, ConnectionId, Hooks, QoS0Overflow};
+use crate::decide::Pending;
+use crate::{Broker, BrokerEvent, ConnectionId, Hooks, QoS0Overflow, RequestKind, Verdict};
 use mqtt_state::SubscriptionIdList;
 
 /// A subscription's options as the router uses them.
@@ -35,6 +36,7 @@ pub(crate) struct SubOpts {
 }
 
 impl<H: Hooks> Broker<H> {
+    /// A PUBLISH from client connection `id`: authorized (now or later), then routed.
     pub(crate) fn on_message(
         &mut self,
         now: Instant,
@@ -43,34 +45,23 @@ impl<H: Hooks> Broker<H> {
         message: Message,
     ) {
         self.stats.messages_received += 1;
-        let Some(c) = self.conn_mut(id) else { return };
-        let Some(owner) = c.owner() else {
+        if self.conn(id).and_then(crate::conn::Conn::owner).is_none() {
             return;
-        };
-        let username = c.username().cloned();
-        let client_id = self.client_id_of(owner);
-        let allowed = self.hooks.authorize_publish(
-            &client_id,
-            username.as_ref().map(Utf8Bytes::as_str),
-            message.topic.as_str(),
-        );
-        let matched = if allowed {
-            self.route(now, Some(owner), Some(id), message)
-        } else {
-            0
-        };
-        let reason = if !allowed {
+        }
+        match self.publish_verdict(id, &message) {
+            Verdict::Allow => self.publish_allowed(now, id, packet_id, message),
             // 5.0 says why; before 5.0 the message is dropped but still acknowledged.
-            ReasonCode::NotAuthorized
-        } else if matched == 0 {
-            ReasonCode::NoMatchingSubscribers
-        } else {
-            ReasonCode::Success
-        };
-        // Acknowledged once it is in every subscriber's queue: past this point it is the
-        // broker's to deliver.
-        if let (Some(pid), Some(c)) = (packet_id, self.conn_mut(id)) {
-            c.session.ack(pid, reason);
+            Verdict::Deny(code) => self.publish_refused(id, packet_id, code),
+            Verdict::Defer => {
+                let kind = RequestKind::Publish {
+                    topic: message.topic.clone(),
+                    qos: message.qos,
+                    retain: message.retain,
+                };
+                // Routed (and acknowledged) once allowed; nothing read behind it before.
+                let message = alloc::boxed::Box::new(message);
+                self.defer(now, id, Pending::Publish { packet_id, message }, kind);
+            }
         }
     }
 
@@ -263,7 +254,11 @@ impl<H: Hooks> Broker<H> {
         }
         let waiters: Vec<ConnectionId> = c.take_waiters();
         for w in waiters {
-            if self.conn_mut(w).is_some_and(|c| c.unpause_from(blocker)) {
+            // One still deciding resumes when its decisions are made.
+            if self
+                .conn_mut(w)
+                .is_some_and(|c| c.unpause_from(blocker) && c.readable())
+            {
                 self.events.push_back(BrokerEvent::Resume(w));
             }
         }

@@ -26,6 +26,9 @@ pub struct Stats {
     pub retained: usize,
     /// Times a publisher was paused because a subscriber could not keep up.
     pub publishers_paused: u64,
+    /// Connections closed because a deferred decision was not answered in time
+    /// ([`crate::BrokerConfig::decision_timeout`]).
+    pub decisions_timed_out: u64,
 }
 
 impl<H: Hooks> Broker<H> {

@@ -105,6 +105,9 @@ pub struct Client {
     /// Whether the server's capabilities (CONNACK) are known.
     maximum_qos: QoS,
     retain_available: bool,
+    /// When the CONNECT went out: keep alive counts from it ([MQTT-3.1.2-20]), not from
+    /// the CONNACK, which may come late (the server waited for a login check).
+    connect_sent: Instant,
 }
 
 impl Client {
@@ -138,6 +141,7 @@ impl Client {
             auths: VecDeque::new(),
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
+            connect_sent: Instant::ZERO,
         }
     }
 
@@ -203,8 +207,10 @@ impl Client {
             maximum_qos,
             retain_available,
             config,
+            connect_sent,
             ..
         } = self;
+        let connect_sent = *connect_sent;
         conn.read_frames(now, buf, |conn, now, frame, packet| {
             let t = packet.packet_type();
             if conn.phase == Phase::Connecting
@@ -217,7 +223,16 @@ impl Client {
                     if conn.phase != Phase::Connecting {
                         return Err(unexpected(t));
                     }
-                    on_connack(conn, config, now, frame, ack, maximum_qos, retain_available)?;
+                    let sent = connect_sent.min(now);
+                    on_connack(
+                        conn,
+                        config,
+                        sent,
+                        frame,
+                        ack,
+                        maximum_qos,
+                        retain_available,
+                    )?;
                 }
                 Packet::Publish(p) => conn.on_publish(frame, p)?,
                 Packet::PubAck(a) => conn.on_puback(a),
@@ -527,6 +542,9 @@ impl Client {
         // reconnect only by the application: the server's SUBACK may have been lost).
         match n {
             Ok(n) => {
+                if c == Control::Role(CONNECT) {
+                    self.connect_sent = now;
+                }
                 if c != Control::Role(CONNECT) && self.conn.phase == Phase::Connected {
                     // Keep alive counts from the last packet sent.
                     self.conn
@@ -638,7 +656,7 @@ fn release_pending(conn: &mut Conn, id: PacketId) {
 fn on_connack(
     conn: &mut Conn,
     config: &ClientConfig,
-    now: Instant,
+    connect_sent: Instant,
     frame: &Bytes,
     ack: mqtt_codec::ConnAck<'_>,
     maximum_qos: &mut QoS,
@@ -688,7 +706,10 @@ fn on_connack(
     conn.keep_alive_secs = keep_alive;
     conn.phase = Phase::Connected;
     if keep_alive > 0 {
-        conn.timers.set(Timer::KeepAlive, now + conn.keep_alive());
+        // [MQTT-3.1.2-20] from the last packet sent, the CONNECT: due at once if the
+        // CONNACK took longer than the keep alive.
+        conn.timers
+            .set(Timer::KeepAlive, connect_sent + conn.keep_alive());
     }
     conn.events.push_back(Event::Connected(ConnAckInfo {
         session_present: ack.session_present,

@@ -47,12 +47,17 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use bytes::BytesMut;
-use mqtt_broker::{Broker, BrokerConfig, BrokerEvent, ConnectionId};
+use mqtt_broker::{
+    Broker, BrokerConfig, BrokerEvent, ConnectionId, Context, Hooks, RequestId, RequestKind,
+    Verdict,
+};
 use mqtt_codec::SubscriptionOptions;
 use mqtt_codec::{decode, DecodeOptions, ProtocolVersion, QoS, ReasonCode, Status};
 use mqtt_state::{
-    Client, ClientConfig, Duration, Error, Event, Instant, Message, ServerConfig, Stage, TopicBuf,
+    Client, ClientConfig, ConnectRequest, Duration, Error, Event, Instant, Message, ServerConfig,
+    Stage, TopicBuf,
 };
+use mqtt_topic::{TopicFilter, TopicName};
 use support::Rng;
 
 /// Seeds run by default: about 25 s of CPU in a debug build.
@@ -188,6 +193,9 @@ struct ClientSlot {
     owed_from: Option<Instant>,
     /// Not reading its socket until then.
     stalled_until: Option<Instant>,
+    /// Stopped reading, since its connection began, for longer than the broker's
+    /// `stall_timeout`: a slow-consumer close (0x97) is then expected.
+    long_stall: bool,
     /// Sessions the broker started for it (a CONNACK without session present).
     session_no: u32,
     /// A CONNECT is out whose CONNACK the client has not seen yet.
@@ -213,9 +221,51 @@ struct Published {
     retained: bool,
 }
 
+/// Hooks that defer a seeded fraction of decisions (logins, publishes, subscriptions) to the
+/// simulation, which answers them a little later ([`BrokerSide::answers`]).
+struct SimHooks {
+    rng: Rng,
+    defer_pct: u64,
+}
+
+impl SimHooks {
+    fn verdict(&mut self) -> Verdict {
+        if self.defer_pct > 0 && self.rng.chance(self.defer_pct) {
+            Verdict::Defer
+        } else {
+            Verdict::Allow
+        }
+    }
+}
+
+impl Hooks for SimHooks {
+    fn authenticate(&mut self, _: &Context<'_>, _: &ConnectRequest) -> Verdict {
+        self.verdict()
+    }
+    fn authorize_publish(&mut self, _: &Context<'_>, _: TopicName<'_>, _: QoS, _: bool) -> Verdict {
+        self.verdict()
+    }
+    fn authorize_subscribe(&mut self, _: &Context<'_>, _: TopicFilter<'_>, _: QoS) -> Verdict {
+        self.verdict()
+    }
+}
+
+/// How long the simulated embedder takes to answer a deferred decision, at most (ms):
+/// well within the clients' keep alive, so that a healthy link does not time out while
+/// the broker does not read it.
+const DECISION_DELAY_MS: u64 = 500;
+
 /// The broker side: the core and what the adapter keeps per connection.
 struct BrokerSide {
-    broker: Broker,
+    broker: Broker<SimHooks>,
+    /// Deferred decisions and when they are answered: (due, request, accept).
+    answers: Vec<(Instant, RequestId, bool)>,
+    /// Draws for the decisions, apart from the simulation's own stream, so that a seed
+    /// without decisions runs as it did before they existed.
+    decide_rng: Rng,
+    /// Percent of deferred logins and subscriptions refused (never publishes: the
+    /// no-loss model counts every message published).
+    refuse_pct: u64,
     conn_of_link: BTreeMap<u64, ConnectionId>,
     link_of_conn: BTreeMap<ConnectionId, u64>,
     inbuf: BTreeMap<u64, BytesMut>,
@@ -246,6 +296,9 @@ struct Sim {
     /// the model's value was published: a reconnect re-sends them (DUP) after it, and a
     /// QoS 1 re-send is a new PUBLISH to the broker, so any of them may end up retained.
     retained_resent: BTreeMap<String, BTreeSet<MsgKey>>,
+    /// Retained topics on which such a re-sent QoS 1 message is a clear (empty payload):
+    /// the topic may end up empty.
+    retained_clear_resent: BTreeSet<String>,
     /// What the probe read back.
     probe_got: BTreeMap<String, Vec<u8>>,
     /// Wills: (client, connection number) the broker must publish, and those received,
@@ -277,6 +330,32 @@ fn decode_payload(p: &[u8]) -> Option<MsgKey> {
         _ => return None,
     };
     Some((publisher, seq, qos))
+}
+
+/// Whether `buf` (whole packets, then perhaps part of one) holds a DISCONNECT with Normal
+/// disconnection, which discards the will ([MQTT-3.14.4-3]).
+fn holds_disconnect(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    while let Some(&first) = rest.first() {
+        let (mut len, mut shift, mut i) = (0usize, 0, 1);
+        loop {
+            let Some(&b) = rest.get(i) else { return false };
+            len |= usize::from(b & 0x7f) << shift;
+            i += 1;
+            shift += 7;
+            if b & 0x80 == 0 || shift > 21 {
+                break;
+            }
+        }
+        let Some(body) = rest.get(i..i + len) else {
+            return false;
+        };
+        if first >> 4 == 14 && (len == 0 || body[0] == 0) {
+            return true;
+        }
+        rest = &rest[i + len..];
+    }
+    false
 }
 
 fn qos_of(n: u64) -> QoS {
@@ -408,6 +487,7 @@ impl Sim {
                 connack_pending: false,
                 session_uncertain: false,
                 stalled_until: None,
+                long_stall: false,
             });
         }
         let broker_config = BrokerConfig {
@@ -419,6 +499,21 @@ impl Sim {
             ..BrokerConfig::default()
         };
         let n = clients.len();
+        // Decisions: a third of the seeds defer none, the others 10 or 40 percent, and
+        // refuse up to 20 percent of the deferred logins and subscriptions.
+        let mut decide_rng = Rng::new(seed ^ 0xdec1_de00_dec1_de00);
+        let defer_pct = [0, 10, 40][decide_rng.index(3)];
+        // `SIM_DECISIONS=0`: none deferred, as before decisions could wait.
+        let defer_pct = defer_pct * env_u64("SIM_DECISIONS").unwrap_or(1).min(1);
+        let refuse_pct = if defer_pct > 0 {
+            decide_rng.range(0, 20)
+        } else {
+            0
+        };
+        let hooks = SimHooks {
+            rng: Rng::new(seed ^ 0x005e_ed0f_d00d),
+            defer_pct,
+        };
         Self {
             rng,
             now: Instant::ZERO,
@@ -430,7 +525,10 @@ impl Sim {
             links: BTreeMap::new(),
             next_link: 0,
             broker: BrokerSide {
-                broker: Broker::new(broker_config, Instant::ZERO),
+                broker: Broker::with_hooks(broker_config, hooks, Instant::ZERO),
+                answers: Vec::new(),
+                decide_rng,
+                refuse_pct,
                 conn_of_link: BTreeMap::new(),
                 link_of_conn: BTreeMap::new(),
                 inbuf: BTreeMap::new(),
@@ -441,6 +539,7 @@ impl Sim {
             received: vec![Vec::new(); n],
             retained_model: BTreeMap::new(),
             retained_resent: BTreeMap::new(),
+            retained_clear_resent: BTreeSet::new(),
             probe_got: BTreeMap::new(),
             wills_owed: Vec::new(),
             wills_got: vec![BTreeSet::new(); n],
@@ -553,6 +652,20 @@ impl Sim {
         let Some(id) = self.broker.conn_of_link.remove(&link) else {
             return;
         };
+        // A DISCONNECT still in the input buffer was never read: the broker was not
+        // reading this connection (it waited for a decision, or was paused), so for it
+        // the connection ended without one ([MQTT-3.1.2-10]: the will stays).
+        if self
+            .broker
+            .inbuf
+            .get(&link)
+            .is_some_and(|b| holds_disconnect(b))
+        {
+            if let Some(l) = self.links.get_mut(&link) {
+                l.disconnect_seen = false;
+            }
+            self.stat("disconnect unread at close");
+        }
         self.broker.link_of_conn.remove(&id);
         self.broker.inbuf.remove(&link);
         self.broker.blocked.remove(&id);
@@ -582,13 +695,29 @@ impl Sim {
                 BrokerEvent::Transmit(id) => {
                     self.broker.blocked.insert(id);
                 }
-                BrokerEvent::Close { id, .. } => closing.push(id),
+                BrokerEvent::Close { id, reason } => {
+                    self.trace(|| format!("broker closes {id:?}: {reason:?}"));
+                    closing.push(id);
+                }
                 // The broker leaves a paused connection's bytes in its input buffer; a
                 // resumed one is offered them again, even if nothing new arrives.
                 BrokerEvent::Pause(_) => {}
                 BrokerEvent::Resume(id) => resumed.push(id),
                 other => self.fail(format!("broker: unexpected event {other:?}")),
             }
+        }
+        while let Some(request) = self.broker.broker.poll_request() {
+            progress = true;
+            let b = &mut self.broker;
+            let refusable = matches!(
+                request.kind,
+                RequestKind::Authenticate { .. } | RequestKind::Subscribe { .. }
+            );
+            let accept = !(refusable && b.decide_rng.chance(b.refuse_pct));
+            let due = self.now + Duration::from_millis(b.decide_rng.range(0, DECISION_DELAY_MS));
+            b.answers.push((due, request.id, accept));
+            self.stat("decisions deferred");
+            self.trace(|| format!("broker defers {request:?}; accept: {accept}"));
         }
         for id in resumed {
             if let Some(&link) = self.broker.link_of_conn.get(&id) {
@@ -668,7 +797,45 @@ impl Sim {
     }
 
     fn broker_deadline(&self) -> Option<Instant> {
-        self.broker.broker.poll_timeout()
+        let answer = self.broker.answers.iter().map(|a| a.0).min();
+        match (self.broker.broker.poll_timeout(), answer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Answers the deferred decisions that are due; whether any was.
+    fn broker_decide(&mut self) -> bool {
+        let now = self.now;
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.broker.answers)
+            .into_iter()
+            .partition(|a| a.0 <= now);
+        self.broker.answers = waiting;
+        for (_, id, accept) in &due {
+            let b = &mut self.broker.broker;
+            let result = if *accept {
+                b.accept(now, *id)
+            } else {
+                self.stats
+                    .entry("decisions refused")
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1);
+                b.reject(
+                    now,
+                    *id,
+                    ReasonCode::NotAuthorized,
+                    Some("simulated refusal"),
+                )
+            };
+            self.broker.calls += 1;
+            match result {
+                Ok(()) => {}
+                // Its connection closed meanwhile.
+                Err(mqtt_broker::Error::UnknownRequest) => self.stat("decisions moot"),
+                Err(e) => self.fail(format!("broker: answering {id:?}: {e}")),
+            }
+        }
+        !due.is_empty()
     }
 
     /// What the broker says it holds must fit the model.
@@ -697,6 +864,15 @@ impl Sim {
         };
         if to_server {
             link.client_last_tx = now;
+        }
+        // An accepted CONNACK (one packet per `poll_transmit`): this connection now holds
+        // the session, having taken it over from any other, whether or not the network
+        // delivers it. With deferred logins that is when the login is accepted, which may
+        // be after a newer connection's.
+        if let Item::Data(b) = &item {
+            if !to_server && b.len() >= 4 && b[0] == 0x20 && b[3] == 0 {
+                self.last_connect_link.insert(link.client, link_id);
+            }
         }
         if link.dead_at.is_some() {
             return;
@@ -831,7 +1007,6 @@ impl Sim {
             return;
         };
         // Framed where the bytes arrive: the network may lose what was sent.
-        let client = l.client;
         let mut connect = false;
         for (first, len, body) in l.c2s_frames.feed(bytes) {
             match first >> 4 {
@@ -844,7 +1019,6 @@ impl Sim {
         }
         if connect {
             l.connect_seen = true;
-            self.last_connect_link.insert(client, link);
         }
     }
 
@@ -916,6 +1090,7 @@ impl Sim {
         let now = self.now;
         let c = &mut self.clients[i];
         c.reconnect_at = None;
+        c.long_stall = false;
         c.conn_no += 1;
         c.session_uncertain |= c.connack_pending;
         c.connack_pending = true;
@@ -1018,19 +1193,28 @@ impl Sim {
                     c.to_publish -= 1;
                     if retained {
                         let key = (!clear).then_some((i, seq, qos));
-                        let unacked: BTreeSet<MsgKey> = c
-                            .machine
-                            .session()
+                        // In flight, or still queued behind the in-flight window: either
+                        // may reach the broker (again) after this one.
+                        let session = c.machine.session();
+                        let pending: Vec<&Message> = session
                             .inflight
                             .iter()
-                            .filter(|f| {
-                                f.stage == Stage::Published
-                                    && f.outgoing.message.qos == QoS::AtLeastOnce
-                                    && f.outgoing.message.topic.as_str() == topic
-                            })
-                            .filter_map(|f| decode_payload(&f.outgoing.message.payload))
+                            .filter(|f| f.stage == Stage::Published)
+                            .map(|f| &f.outgoing)
+                            .chain(session.queue.iter())
+                            .map(|o| &o.message)
+                            .filter(|m| m.qos == QoS::AtLeastOnce && m.topic.as_str() == topic)
+                            .collect();
+                        let unacked: BTreeSet<MsgKey> = pending
+                            .iter()
+                            .filter_map(|m| decode_payload(&m.payload))
                             .filter(|k| Some(*k) != key)
                             .collect();
+                        if !clear && pending.iter().any(|m| m.payload.is_empty()) {
+                            self.retained_clear_resent.insert(topic.clone());
+                        } else {
+                            self.retained_clear_resent.remove(&topic);
+                        }
                         self.retained_resent.insert(topic.clone(), unacked);
                         self.retained_model.insert(topic, key);
                     }
@@ -1130,6 +1314,21 @@ impl Sim {
                     QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
                     QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
                 };
+                let refusal = if self.version.is_v5() {
+                    ReasonCode::NotAuthorized
+                } else {
+                    ReasonCode::UnspecifiedError
+                };
+                if self.broker.refuse_pct > 0 && reasons == [refusal] {
+                    // Refused by a decision: not subscribed, nothing owed; ask again.
+                    self.stat("subscriptions refused");
+                    let opts = SubscriptionOptions::qos(self.clients[i].sub_qos);
+                    let filter = self.clients[i].filter;
+                    if let Err(e) = self.clients[i].machine.subscribe(&[(filter, opts)], None) {
+                        self.fail(format!("c{i}: subscribe failed: {e}"));
+                    }
+                    return;
+                }
                 if reasons != [want] {
                     self.fail(format!("c{i}: SUBACK {reasons:?}"));
                 }
@@ -1191,7 +1390,17 @@ impl Sim {
                 reason, by_peer, ..
             } => {
                 self.stat("client disconnected");
-                if !benign(reason) {
+                // A login refused by a decision: the client tries again later.
+                let refused = self.broker.refuse_pct > 0 && reason == ReasonCode::NotAuthorized;
+                if refused {
+                    self.stat("logins refused");
+                }
+                // Closed as a slow consumer (0x97) after it stopped reading long enough.
+                let slow = reason == ReasonCode::QuotaExceeded && self.clients[i].long_stall;
+                if slow {
+                    self.stat("slow consumer closed");
+                }
+                if !benign(reason) && !refused && !slow {
                     self.fail(format!(
                         "c{i}: disconnected with {reason:?} (by peer: {by_peer})"
                     ));
@@ -1394,6 +1603,9 @@ impl Sim {
                     self.trace(|| format!("FAULT: c{i} stops reading for {ms} ms"));
                     self.stat("fault slow reader");
                     self.clients[i].stalled_until = Some(now + Duration::from_millis(ms));
+                    // Long enough for the broker to close it as a slow consumer, should
+                    // publishers wait on it (`BrokerConfig::stall_timeout`, 5 s).
+                    self.clients[i].long_stall |= ms >= 5_000;
                     if let Some(l) = self.links.get_mut(&link) {
                         l.stalled = true;
                     }
@@ -1427,6 +1639,7 @@ impl Sim {
                 progress |= self.pump_client(i);
             }
             progress |= self.broker_timers();
+            progress |= self.broker_decide();
             progress |= self.broker_pump();
             if !progress {
                 self.gc_links();
@@ -1586,6 +1799,7 @@ impl Sim {
             connack_pending: false,
             session_uncertain: false,
             stalled_until: None,
+            long_stall: false,
         });
         self.received.push(Vec::new());
         self.wills_got.push(BTreeSet::new());
@@ -1613,7 +1827,8 @@ impl Sim {
             .all(|t| match (self.probe_got.get(t), want.get(t)) {
                 (a, b) if a == b => true,
                 (Some(p), _) => resent(t, p),
-                (None, Some(_)) => false,
+                // A QoS 1 clear re-sent after the model's value.
+                (None, Some(_)) => self.retained_clear_resent.contains(t),
                 (None, None) => true,
             });
         if !explained {

@@ -71,10 +71,12 @@ use futures_util::{SinkExt, StreamExt};
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Token};
 use mqtt_broker::{
-    Broker, BrokerConfig, BrokerEvent, CloseReason, ConnectionId, Error as BrokerError,
-    QoS0Overflow,
+    Broker, BrokerConfig, BrokerEvent, CloseReason, ConnInfo, ConnectionId, Error as BrokerError,
+    Hooks, QoS0Overflow, RequestId, RequestKind, Verdict,
 };
-use mqtt_state::{Duration, Instant, ServerConfig};
+use mqtt_codec::{QoS, ReasonCode};
+use mqtt_state::{ConnectRequest, Duration, Instant, ServerConfig};
+use mqtt_topic::{TopicFilter, TopicName};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -205,6 +207,7 @@ enum ToCore {
     Open {
         tx: Arc<Outbox>,
         reply: oneshot::Sender<ConnectionId>,
+        peer: SocketAddr,
     },
     /// Bytes arrived.
     Input(ConnectionId, Bytes),
@@ -645,13 +648,36 @@ fn run(args: Args) -> std::io::Result<()> {
             })
         })?;
 
+    // Password hashes (Argon2: tens of ms each) are checked on their own thread, so that a
+    // burst of logins does not stall every connection on the event loop.
+    let access = Arc::new(access);
+    let (checks, check_rx) = std::sync::mpsc::channel::<Check>();
+    let (checked_tx, checked) = std::sync::mpsc::channel();
+    {
+        let access = access.clone();
+        let wake = wake.clone();
+        std::thread::Builder::new()
+            .name("password-check".into())
+            .spawn(move || {
+                for (id, user, password) in check_rx {
+                    let result = access.check_password(user.as_deref(), password.as_deref());
+                    if checked_tx.send((id, result)).is_err() {
+                        return;
+                    }
+                    wake.notify();
+                }
+            })?;
+    }
+
     let start = StdInstant::now();
-    let broker = Broker::with_hooks(config, access, Instant::ZERO);
+    let broker = Broker::with_hooks(config, Policy { access }, Instant::ZERO);
     EventLoop {
         poll,
         listener: tcp,
         accept_paused: None,
         broker,
+        checks,
+        checked,
         start,
         conns: Vec::new(),
         free: Vec::new(),
@@ -733,6 +759,7 @@ async fn open(core_tx: CoreTx, peer: SocketAddr) -> Option<(ConnectionId, Arc<Ou
         .send(ToCore::Open {
             tx: outbox.clone(),
             reply,
+            peer,
         })
         .await
         .ok()?;
@@ -939,6 +966,66 @@ fn ws_handshake(req: &Request, mut resp: Response) -> Result<Response, ErrorResp
     Ok(resp)
 }
 
+/// A password check for the checker thread: request, user name, password.
+type Check = (RequestId, Option<String>, Option<Bytes>);
+
+/// What the adapter tells the core about a connection.
+fn peer_info(peer: SocketAddr) -> ConnInfo {
+    ConnInfo {
+        peer: Some(peer),
+        ..ConnInfo::default()
+    }
+}
+
+/// The broker's hooks: the ACL is checked at once; a password is checked on the checker
+/// thread (the decision is deferred), so that the event loop never waits for a hash.
+struct Policy {
+    access: Arc<Access>,
+}
+
+impl Hooks for Policy {
+    fn authenticate(&mut self, _: &mqtt_broker::Context<'_>, request: &ConnectRequest) -> Verdict {
+        if self.access.passwords.is_some() && request.username.is_some() {
+            return Verdict::Defer;
+        }
+        match self.access.check_password(None, None) {
+            Ok(()) => Verdict::Allow,
+            Err(code) => Verdict::Deny(code),
+        }
+    }
+
+    fn authorize_publish(
+        &mut self,
+        ctx: &mqtt_broker::Context<'_>,
+        topic: TopicName<'_>,
+        _: QoS,
+        _: bool,
+    ) -> Verdict {
+        let acl = self.access.acl.as_ref();
+        allowed(acl.is_none_or(|acl| acl.may_publish(ctx.client_id, ctx.username, topic.as_str())))
+    }
+
+    fn authorize_subscribe(
+        &mut self,
+        ctx: &mqtt_broker::Context<'_>,
+        filter: TopicFilter<'_>,
+        _: QoS,
+    ) -> Verdict {
+        let acl = self.access.acl.as_ref();
+        allowed(
+            acl.is_none_or(|acl| acl.may_subscribe(ctx.client_id, ctx.username, filter.as_str())),
+        )
+    }
+}
+
+fn allowed(yes: bool) -> Verdict {
+    if yes {
+        Verdict::Allow
+    } else {
+        Verdict::Deny(ReasonCode::NotAuthorized)
+    }
+}
+
 /// The event loop's token for the plain TCP listener; a connection's token is its index in
 /// [`EventLoop::conns`].
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -1006,7 +1093,11 @@ struct EventLoop {
     listener: mio::net::TcpListener,
     /// Accepting is paused until then after an error.
     accept_paused: Option<StdInstant>,
-    broker: Broker<Access>,
+    broker: Broker<Policy>,
+    /// Password checks for the checker thread: (request, user name, password).
+    checks: std::sync::mpsc::Sender<Check>,
+    /// Its answers; it wakes the loop through [`Wake`] after each.
+    checked: std::sync::mpsc::Receiver<(RequestId, Result<(), ReasonCode>)>,
     /// The broker's clock starts here.
     start: StdInstant,
     /// Plain TCP connections by token; `free` lists the empty slots.
@@ -1149,7 +1240,7 @@ impl EventLoop {
                 self.free.push(i);
                 continue;
             }
-            let id = self.broker.open(self.now());
+            let id = self.broker.open_with(self.now(), peer_info(peer));
             debug!(%peer, ?id, "open");
             self.tcp.insert(id, i as u32);
             self.conns[i] = Some(Conn {
@@ -1221,7 +1312,37 @@ impl EventLoop {
     }
 
     /// Carries out what the broker asks for until it has nothing more.
+    /// Answers the password checks the checker thread finished.
+    fn take_checked(&mut self) {
+        while let Ok((id, result)) = self.checked.try_recv() {
+            let now = self.now();
+            // A connection that closed meanwhile dropped its request: nothing to do.
+            let _ = match result {
+                Ok(()) => self.broker.accept(now, id),
+                Err(code) => self.broker.reject(now, id, code, None),
+            };
+            self.drain(now);
+        }
+    }
+
     fn drain(&mut self, now: Instant) {
+        // Deferred decisions go to the checker thread, whose answers wake the loop.
+        while let Some(request) = self.broker.poll_request() {
+            match request.kind {
+                RequestKind::Authenticate { username, password } => {
+                    let _ = self.checks.send((request.id, username, password));
+                }
+                // The policy defers nothing else.
+                _ => {
+                    let _ = self.broker.reject(
+                        now,
+                        request.id,
+                        ReasonCode::ImplementationSpecificError,
+                        None,
+                    );
+                }
+            }
+        }
         while let Some(event) = self.broker.poll_event() {
             let (id, close, slow_consumer) = match event {
                 BrokerEvent::Transmit(id) => (id, false, false),
@@ -1487,6 +1608,7 @@ impl EventLoop {
     fn take_task_messages(&mut self) {
         // Cleared before the channel is emptied: a message sent after this wakes us again.
         self.wake.pending.swap(false, Ordering::AcqRel);
+        self.take_checked();
         let writable =
             std::mem::take(&mut *self.wake.writable.lock().unwrap_or_else(|e| e.into_inner()));
         if !writable.is_empty() {
@@ -1503,8 +1625,8 @@ impl EventLoop {
             };
             let now = self.now();
             match msg {
-                ToCore::Open { tx, reply } => {
-                    let id = self.broker.open(now);
+                ToCore::Open { tx, reply, peer } => {
+                    let id = self.broker.open_with(now, peer_info(peer));
                     tx.lock().ready = Some((id, self.wake.clone()));
                     if reply.send(id).is_err() {
                         self.broker.handle_close(now, id);

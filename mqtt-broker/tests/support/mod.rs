@@ -329,17 +329,36 @@ pub fn drain_acking<H: Hooks>(net: &mut Net<H>, i: usize) -> Vec<(String, QoS, b
 pub struct Strict;
 
 impl Hooks for Strict {
-    fn authenticate(&mut self, request: &ConnectRequest) -> Result<(), ReasonCode> {
+    fn authenticate(&mut self, _: &Context<'_>, request: &ConnectRequest) -> Verdict {
         match request.password.as_deref() {
-            Some(b"secret") => Ok(()),
-            _ => Err(ReasonCode::BadUserNameOrPassword),
+            Some(b"secret") => Verdict::Allow,
+            _ => Verdict::Deny(ReasonCode::BadUserNameOrPassword),
         }
     }
-    fn authorize_publish(&mut self, _: &str, _: Option<&str>, topic: &str) -> bool {
-        !topic.starts_with("admin")
+    fn authorize_publish(
+        &mut self,
+        _: &Context<'_>,
+        topic: mqtt_topic::TopicName<'_>,
+        _: QoS,
+        _: bool,
+    ) -> Verdict {
+        if topic.as_str().starts_with("admin") {
+            Verdict::Deny(ReasonCode::NotAuthorized)
+        } else {
+            Verdict::Allow
+        }
     }
-    fn authorize_subscribe(&mut self, _: &str, _: Option<&str>, filter: &str) -> bool {
-        !filter.starts_with("admin")
+    fn authorize_subscribe(
+        &mut self,
+        _: &Context<'_>,
+        filter: mqtt_topic::TopicFilter<'_>,
+        _: QoS,
+    ) -> Verdict {
+        if filter.as_str().starts_with("admin") {
+            Verdict::Deny(ReasonCode::NotAuthorized)
+        } else {
+            Verdict::Allow
+        }
     }
 }
 
@@ -347,7 +366,7 @@ impl Hooks for Strict {
 pub struct Challenge;
 
 impl Hooks for Challenge {
-    fn enhanced_auth(&mut self, _: &str, method: &str, data: Option<&[u8]>) -> AuthStep {
+    fn enhanced_auth(&mut self, _: &Context<'_>, method: &str, data: Option<&[u8]>) -> AuthStep {
         match (method, data) {
             ("CR", Some(b"hello")) => AuthStep::Continue(bytes::Bytes::from_static(b"nonce")),
             ("CR", Some(b"nonce+key")) => AuthStep::Success,
