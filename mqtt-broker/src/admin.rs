@@ -54,9 +54,9 @@ impl<H: Hooks> Broker<H> {
     /// reading, so a full queue takes it beyond its watermark.
     ///
     /// The topic needs no check here: a message's `TopicBuf` can only hold a valid topic
-    /// name ([MQTT-4.7.3-1] [MQTT-3.3.2-2]), so [`Error::InvalidTopic`] is no longer returned.
-    pub fn publish(&mut self, now: Instant, message: Message) -> Result<usize, Error> {
-        Ok(self.route(now, None, None, message))
+    /// name ([MQTT-4.7.3-1] [MQTT-3.3.2-2]).
+    pub fn publish(&mut self, now: Instant, message: Message) -> usize {
+        self.route(now, None, None, message)
     }
 
     /// Disconnects client connection `id`: 5.0 clients get a DISCONNECT with `reason`

@@ -314,6 +314,34 @@ impl<H: Hooks> Broker<H> {
         Ok(())
     }
 
+    /// Answers request `id` with a [`Verdict`], as a synchronous hook would have: `Allow` is
+    /// [`Broker::accept`], `Deny(code)` is [`Broker::reject`] without a reason string, and
+    /// `Defer` leaves it waiting (its timeout still runs). One policy function can so serve
+    /// both the [`Hooks`] and, run elsewhere, the requests.
+    ///
+    /// ```
+    /// # use mqtt_broker::{Broker, Verdict, RequestId, Error};
+    /// # use mqtt_broker::state::Instant;
+    /// fn answer_all<H: mqtt_broker::Hooks>(
+    ///     broker: &mut Broker<H>,
+    ///     now: Instant,
+    ///     done: impl Iterator<Item = (RequestId, Verdict)>,
+    /// ) {
+    ///     for (id, verdict) in done {
+    ///         // Answered after its timeout or its connection's close: nothing to do.
+    ///         let _: Result<(), Error> = broker.answer(now, id, verdict);
+    ///     }
+    /// }
+    /// ```
+    pub fn answer(&mut self, now: Instant, id: RequestId, verdict: Verdict) -> Result<(), Error> {
+        match verdict {
+            Verdict::Allow => self.accept(now, id),
+            Verdict::Deny(code) => self.reject(now, id, code, None),
+            Verdict::Defer if self.decisions.pending.contains_key(&id.0) => Ok(()),
+            Verdict::Defer => Err(Error::UnknownRequest),
+        }
+    }
+
     /// Refuses request `id` with `code` and, to a 5.0 client, `reason_string` (left out
     /// where the client's Maximum Packet Size or Request Problem Information say so): a
     /// CONNACK and close, a DISCONNECT for a failed re-authentication, the code in the

@@ -19,10 +19,6 @@ pub enum Error {
     /// No session has this client identifier.
     #[error("no such session")]
     UnknownSession,
-    /// A message from the server that cannot be published: its topic is not a valid topic
-    /// name ([MQTT-4.7.3-1] [MQTT-4.7.1-1]).
-    #[error("invalid topic name")]
-    InvalidTopic,
     /// No deferred decision waits under this request: answered already, timed out, or
     /// its connection closed.
     #[error("no such request")]
@@ -45,7 +41,6 @@ impl Error {
             | Error::UnknownRequest
             | Error::NotAnAuthRequest
             | Error::InvalidReasonString => ReasonCode::UnspecifiedError,
-            Error::InvalidTopic => ReasonCode::TopicNameInvalid,
         }
     }
 }

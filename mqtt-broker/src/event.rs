@@ -35,6 +35,19 @@ pub enum BrokerEvent {
     Resume(ConnectionId),
 }
 
+impl BrokerEvent {
+    /// The connection the event is about: each event concerns one, so an adapter can hand
+    /// it to that connection's task or socket without matching every variant.
+    pub fn connection(&self) -> ConnectionId {
+        match *self {
+            BrokerEvent::Transmit(id)
+            | BrokerEvent::Close { id, .. }
+            | BrokerEvent::Pause(id)
+            | BrokerEvent::Resume(id) => id,
+        }
+    }
+}
+
 /// Why the core closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

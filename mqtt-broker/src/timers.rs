@@ -218,7 +218,10 @@ mod tests {
                 );
             }
             assert_eq!(q.pop_due(Instant::from_millis(now)), None);
-            assert_eq!(q.peek(), model.first().map(|&(at, _)| Instant::from_millis(at)));
+            assert_eq!(
+                q.peek(),
+                model.first().map(|&(at, _)| Instant::from_millis(at))
+            );
             assert_eq!(q.len(), model.len());
         }
     }

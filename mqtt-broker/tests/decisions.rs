@@ -608,3 +608,54 @@ fn mqtt_3_1_2_20_a_client_counts_keep_alive_from_its_connect_when_the_login_wait
         .poll_timeout()
         .is_some_and(|t| t <= net.now));
 }
+
+/// `answer` takes the same `Verdict` a synchronous hook returns: `Defer` leaves the request
+/// waiting, `Deny` refuses it (no reason string), `Allow` accepts it; answering one that is
+/// gone is `UnknownRequest`.
+#[test]
+fn answer_takes_a_hooks_verdict() {
+    let mut net = net(10_000);
+    let a = net.join(slow(V5, "a"));
+    let b = net.join(slow(V5, "b"));
+    let reqs = requests(&mut net);
+    assert_eq!(reqs.len(), 2);
+    net.broker
+        .answer(net.now, reqs[0].id, Verdict::Defer)
+        .unwrap();
+    assert!(net.broker.is_deciding(net.peers[a].id.unwrap()));
+    net.broker
+        .answer(net.now, reqs[0].id, Verdict::Allow)
+        .unwrap();
+    let denied = Verdict::Deny(ReasonCode::BadUserNameOrPassword);
+    net.broker.answer(net.now, reqs[1].id, denied).unwrap();
+    net.drive();
+    assert!(net.peers[a].client.is_connected());
+    assert_eq!(
+        disconnected(&net.events(b)),
+        Some((ReasonCode::BadUserNameOrPassword, None))
+    );
+    for verdict in [Verdict::Defer, Verdict::Allow, denied] {
+        assert_eq!(
+            net.broker.answer(net.now, reqs[1].id, verdict),
+            Err(Error::UnknownRequest)
+        );
+    }
+}
+
+/// Every event names its connection.
+#[test]
+fn an_events_connection() {
+    let mut net = net(10_000);
+    let id = net.broker.open(net.now);
+    for e in [
+        BrokerEvent::Transmit(id),
+        BrokerEvent::Pause(id),
+        BrokerEvent::Resume(id),
+        BrokerEvent::Close {
+            id,
+            reason: CloseReason::KeepAliveTimeout,
+        },
+    ] {
+        assert_eq!(e.connection(), id);
+    }
+}
