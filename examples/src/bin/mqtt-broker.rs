@@ -71,8 +71,8 @@ use futures_util::{SinkExt, StreamExt};
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Token};
 use mqtt_broker::{
-    Broker, BrokerConfig, BrokerEvent, CloseReason, ConnInfo, ConnectionId, Error as BrokerError,
-    Hooks, QoS0Overflow, RequestId, RequestKind, Verdict,
+    Broker, BrokerConfig, BrokerEvent, CloseReason, ConnectionId, Error as BrokerError, Hooks,
+    QoS0Overflow, RequestId, RequestKind, Verdict,
 };
 use mqtt_codec::{QoS, ReasonCode};
 use mqtt_state::{ConnectRequest, Duration, Instant, ServerConfig};
@@ -207,7 +207,6 @@ enum ToCore {
     Open {
         tx: Arc<Outbox>,
         reply: oneshot::Sender<ConnectionId>,
-        peer: SocketAddr,
     },
     /// Bytes arrived.
     Input(ConnectionId, Bytes),
@@ -759,7 +758,6 @@ async fn open(core_tx: CoreTx, peer: SocketAddr) -> Option<(ConnectionId, Arc<Ou
         .send(ToCore::Open {
             tx: outbox.clone(),
             reply,
-            peer,
         })
         .await
         .ok()?;
@@ -968,14 +966,6 @@ fn ws_handshake(req: &Request, mut resp: Response) -> Result<Response, ErrorResp
 
 /// A password check for the checker thread: request, user name, password.
 type Check = (RequestId, Option<String>, Option<Bytes>);
-
-/// What the adapter tells the core about a connection.
-fn peer_info(peer: SocketAddr) -> ConnInfo {
-    ConnInfo {
-        peer: Some(peer),
-        ..ConnInfo::default()
-    }
-}
 
 /// The broker's hooks: the ACL is checked at once; a password is checked on the checker
 /// thread (the decision is deferred), so that the event loop never waits for a hash.
@@ -1240,7 +1230,10 @@ impl EventLoop {
                 self.free.push(i);
                 continue;
             }
-            let id = self.broker.open_with(self.now(), peer_info(peer));
+            // `open`, not `open_with` and the peer: no hook here reads it, and a connection
+            // that carries it costs the core about 250 bytes more (measured by
+            // `SKIP_LOAD=1 examples/bench/compare.sh`: 674 bytes per idle connection with it).
+            let id = self.broker.open(self.now());
             debug!(%peer, ?id, "open");
             self.tcp.insert(id, i as u32);
             self.conns[i] = Some(Conn {
@@ -1625,8 +1618,8 @@ impl EventLoop {
             };
             let now = self.now();
             match msg {
-                ToCore::Open { tx, reply, peer } => {
-                    let id = self.broker.open_with(now, peer_info(peer));
+                ToCore::Open { tx, reply } => {
+                    let id = self.broker.open(now);
                     tx.lock().ready = Some((id, self.wake.clone()));
                     if reply.send(id).is_err() {
                         self.broker.handle_close(now, id);
