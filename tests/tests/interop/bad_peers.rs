@@ -299,6 +299,16 @@ fn websocket_request(broker: &Broker, path: &str) -> TcpStream {
     s
 }
 
+/// A masked binary frame of a short payload, as a client must send.
+fn ws_binary(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x5A, 0x17, 0xC3, 0x08];
+    let mut f = vec![0x82, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    f
+}
+
 /// Opens a WebSocket to `/mqtt`; the stream after the response head, and the head in lower
 /// case.
 fn websocket_upgrade(broker: &Broker) -> (TcpStream, String) {
@@ -351,15 +361,6 @@ fn websocket_frames_need_not_align_with_packets() {
     let (mut s, head) = websocket_upgrade(&broker);
     assert!(head.starts_with("http/1.1 101"), "{head}");
 
-    // A masked binary frame, as a client must send.
-    let binary = |payload: &[u8]| {
-        assert!(payload.len() < 126);
-        let mask = [0x5A, 0x17, 0xC3, 0x08];
-        let mut f = vec![0x82, 0x80 | payload.len() as u8];
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-        f
-    };
     let mut stream = connect(4, "ws-split");
     let sub = subscribe(4, "split/t");
     let ping = [0xC0u8, 0x00];
@@ -370,7 +371,7 @@ fn websocket_frames_need_not_align_with_packets() {
     stream.extend_from_slice(&pub_);
     let second = stream.len() - 5;
     for part in [&stream[..first], &stream[first..second], &stream[second..]] {
-        s.write_all(&binary(part)).unwrap();
+        s.write_all(&ws_binary(part)).unwrap();
         // Each frame on its own, so the broker cannot see them as one read.
         s.flush().unwrap();
         std::thread::sleep(Duration::from_millis(50));
@@ -472,17 +473,9 @@ fn a_websocket_client_that_does_not_read_is_pushed_back_on_then_disconnected() {
     let mut good = Good::new(&broker);
     let (mut lazy, head) = websocket_upgrade(&broker);
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    let binary = |payload: &[u8]| {
-        assert!(payload.len() < 126);
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        let mut f = vec![0x82, 0x80 | payload.len() as u8];
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-        f
-    };
     let mut hello = connect(4, "ws-lazy");
     hello.extend_from_slice(&subscribe(4, "wsflood"));
-    lazy.write_all(&binary(&hello)).unwrap();
+    lazy.write_all(&ws_binary(&hello)).unwrap();
     // CONNACK and SUBACK (4 + 5 bytes) in the first frames.
     let mut got = Vec::new();
     while got.len() < 9 {
