@@ -87,11 +87,10 @@ impl<H: Hooks> Broker<H> {
         self.session_info(self.session_of(client_id)?)
     }
 
-    /// Every session, ordered by client identifier.
+    /// Every session, in no particular order (sort them if you need an order: the
+    /// broker keeps none, so that finding a session costs the same at any count).
     pub fn sessions(&self) -> impl Iterator<Item = SessionInfo> + '_ {
-        self.by_client_id
-            .values()
-            .filter_map(|&s| self.session_info(s as usize))
+        (0..self.sessions.len()).filter_map(|s| self.session_info(s))
     }
 
     /// Ends the session of `client_id` now: its connection, if any, is disconnected with

@@ -3,7 +3,6 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use bytes::BytesMut;
@@ -14,6 +13,7 @@ use mqtt_state::{Diagnostics, Event, Instant, Message, ServerConfig, ServerSessi
 
 use crate::conn::Conn;
 use crate::decide::Decisions;
+use crate::index::ClientIndex;
 use crate::registry::SessionRecord;
 use crate::routing::SubOpts;
 use crate::slots::Slots;
@@ -44,9 +44,8 @@ pub struct Broker<H: Hooks = AllowAll> {
     pub(crate) online: usize,
     pub(crate) sessions: Slots<Option<SessionRecord>>,
     pub(crate) free_sessions: Vec<u32>,
-    /// Session by client identifier. Ordered rather than hashed, so that chosen
-    /// identifiers cannot flood it; the value is `u32` like the other session indices.
-    pub(crate) by_client_id: BTreeMap<Arc<str>, u32>,
+    /// Session by client identifier.
+    pub(crate) by_client_id: ClientIndex,
     pub(crate) tree: SubscriptionTree<u32, SubOpts>,
     pub(crate) retained: RetainedStore<(Message, Instant)>,
     pub(crate) events: VecDeque<BrokerEvent>,
@@ -77,6 +76,7 @@ impl Broker<AllowAll> {
 impl<H: Hooks> Broker<H> {
     /// A broker that asks `hooks` for authentication and authorization.
     pub fn with_hooks(config: BrokerConfig, hooks: H, now: Instant) -> Self {
+        let hash_seed = config.hash_seed;
         let next_sys = config.sys_interval.map(|d| now + d);
         let session_config = ServerConfig {
             max_queued: usize::MAX,
@@ -94,11 +94,11 @@ impl<H: Hooks> Broker<H> {
             online: 0,
             sessions: Slots::new(),
             free_sessions: Vec::new(),
-            by_client_id: BTreeMap::new(),
+            by_client_id: ClientIndex::new(hash_seed),
             tree: SubscriptionTree::new(),
             retained: RetainedStore::new(),
             events: VecDeque::new(),
-            timers: TimerQueue::default(),
+            timers: TimerQueue::new(now),
             share_cursor: BTreeMap::new(),
             stats: Stats::default(),
             next_sys,

@@ -46,6 +46,13 @@ pub struct BrokerConfig {
     /// ([`crate::CloseReason::DecisionTimeout`]): a program that lost a request does not
     /// hold the client forever.
     pub decision_timeout: Duration,
+    /// Key of the hash that indexes sessions by client identifier. Clients choose their
+    /// identifiers: a client that knew the key could pick identifiers that collide and
+    /// make every CONNECT slow (hash flooding). With the `std` feature the default is
+    /// random per broker (from `std`'s `RandomState`); without it the default is a fixed
+    /// value, and a broker that serves untrusted clients should set this from a random
+    /// source.
+    pub hash_seed: u64,
 }
 
 impl Default for BrokerConfig {
@@ -62,6 +69,18 @@ impl Default for BrokerConfig {
             qos0_overflow: QoS0Overflow::default(),
             stall_timeout: Some(Duration::from_secs(5)),
             decision_timeout: Duration::from_secs(10),
+            hash_seed: default_hash_seed(),
         }
     }
+}
+
+#[cfg(feature = "std")]
+fn default_hash_seed() -> u64 {
+    use core::hash::BuildHasher;
+    std::hash::RandomState::new().hash_one(0x6d71_7474_u64)
+}
+
+#[cfg(not(feature = "std"))]
+fn default_hash_seed() -> u64 {
+    0x9e37_79b9_7f4a_7c15
 }

@@ -129,7 +129,7 @@ impl<H: Hooks> Broker<H> {
             loop {
                 let candidate = Utf8Bytes::from(format!("auto-{:016x}", self.next_client_id));
                 self.next_client_id += 1;
-                if !self.by_client_id.contains_key(candidate.as_str()) {
+                if self.session_of(candidate.as_str()).is_none() {
                     req.client_id = candidate.clone();
                     break Some(candidate);
                 }

@@ -98,6 +98,7 @@ mod decide;
 mod error;
 mod event;
 mod hooks;
+mod index;
 mod registry;
 mod routing;
 mod slots;

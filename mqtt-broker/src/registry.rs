@@ -2,7 +2,6 @@
 //! and what an offline session holds.
 
 use alloc::boxed::Box;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use mqtt_codec::ProtocolVersion;
@@ -13,9 +12,9 @@ use crate::timers::{TimerKey, NOT_ARMED};
 use crate::{Broker, ConnectionId, Hooks};
 
 pub(crate) struct SessionRecord {
-    /// Shared with the key in `by_client_id`: one allocation for both, with no header
-    /// beyond the reference counts (a cloned `Bytes` made from a `Vec` allocates one).
-    pub(crate) client_id: Arc<str>,
+    /// Also the key `by_client_id` finds the session by (the index holds only the
+    /// session's number). A `Box<str>`: no header beside the bytes.
+    pub(crate) client_id: Box<str>,
     /// Filters as subscribed, to remove them from the tree when the session ends.
     /// A `Box<str>` rather than a `Utf8Bytes` handle: 16 bytes less per subscription.
     pub(crate) filters: Vec<(Box<str>, ProtocolVersion)>,
@@ -60,9 +59,9 @@ impl Offline {
 }
 
 impl<H: Hooks> Broker<H> {
-    pub(crate) fn new_session(&mut self, client_id: Arc<str>) -> usize {
+    pub(crate) fn new_session(&mut self, client_id: Box<str>) -> usize {
         let rec = SessionRecord {
-            client_id: client_id.clone(),
+            client_id,
             filters: Vec::new(),
             conn: None,
             expiry: 0,
@@ -75,13 +74,18 @@ impl<H: Hooks> Broker<H> {
             }
             None => self.sessions.push(Some(rec)),
         };
-        self.by_client_id.insert(client_id, s as u32);
+        let id = self.sessions[s].as_ref().map_or("", |r| &r.client_id);
+        // Disjoint fields: the index reads the records it rehashes.
+        let (index, sessions) = (&mut self.by_client_id, &self.sessions);
+        index.insert(sessions, id, s as u32);
         s
     }
 
     /// The session of `client_id`, if there is one.
     pub(crate) fn session_of(&self, client_id: &str) -> Option<usize> {
-        self.by_client_id.get(client_id).map(|&s| s as usize)
+        self.by_client_id
+            .get(&self.sessions, client_id)
+            .map(|s| s as usize)
     }
 
     /// Removes a session and its subscriptions.
@@ -89,12 +93,12 @@ impl<H: Hooks> Broker<H> {
         let Some(rec) = self.sessions[s].take() else {
             return;
         };
+        self.by_client_id.remove(&rec.client_id, s as u32);
         for (filter, version) in &rec.filters {
             if let Some(sub) = parse_subscription(filter, *version) {
                 self.tree.remove(sub, &(s as u32));
             }
         }
-        self.by_client_id.remove(&*rec.client_id);
         self.free_sessions.push(s as u32);
     }
 
