@@ -10,7 +10,10 @@ use mqtt_codec::{
 
 use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
 use crate::session::SessionState;
-use crate::{ConnAckInfo, Duration, Error, Event, Instant, Message, Timer, Utf8Bytes, Violation};
+use crate::{
+    ConnAckInfo, Duration, Error, Event, Heartbeat, HeartbeatConfig, Instant, Message, Timer,
+    Utf8Bytes, Violation,
+};
 
 const CONNECT: u8 = 0;
 const SUBSCRIBE: u8 = 1;
@@ -55,6 +58,10 @@ pub struct ClientConfig {
     pub manual_acks: bool,
     /// 5.0 enhanced authentication method and initial data.
     pub authentication: Option<(Utf8Bytes, Option<Bytes>)>,
+    /// Learn the longest idle interval the network path tolerates and ping at it, below
+    /// the keep alive (see [`Heartbeat`]); `None` pings once per keep alive. For clients
+    /// behind NAT gateways that drop idle connections early (phones, push services).
+    pub heartbeat: Option<HeartbeatConfig>,
 }
 
 impl ClientConfig {
@@ -79,6 +86,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             manual_acks: false,
             authentication: None,
+            heartbeat: None,
         }
     }
 }
@@ -108,6 +116,17 @@ pub struct Client {
     /// When the CONNECT went out: keep alive counts from it ([MQTT-3.1.2-20]), not from
     /// the CONNACK, which may come late (the server waited for a login check).
     connect_sent: Instant,
+    /// What [`ClientConfig::heartbeat`] learned: it outlives connections.
+    heartbeat: Option<Heartbeat>,
+    /// The idle interval the outstanding PINGREQ probes.
+    probe: Option<Duration>,
+    /// The heartbeat's interval, below the keep alive.
+    ping_every: Option<Duration>,
+    /// When the client last sent a packet.
+    last_send: Instant,
+    /// When input last arrived: traffic from the server keeps the path open too, so a
+    /// ping probes only the time since the last packet either way.
+    last_input: Instant,
 }
 
 impl Client {
@@ -133,6 +152,7 @@ impl Client {
         conn.max_queued = u32::try_from(config.max_queued).unwrap_or(u32::MAX);
         conn.manual_acks = config.manual_acks;
         conn.max_alias_out = config.outgoing_topic_aliases;
+        let heartbeat = config.heartbeat.clone().map(Heartbeat::new);
         Self {
             conn,
             config,
@@ -142,6 +162,86 @@ impl Client {
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
             connect_sent: Instant::ZERO,
+            heartbeat,
+            probe: None,
+            ping_every: None,
+            last_send: Instant::ZERO,
+            last_input: Instant::ZERO,
+        }
+    }
+
+    /// The learned heartbeat, with [`ClientConfig::heartbeat`].
+    pub fn heartbeat(&self) -> Option<&Heartbeat> {
+        self.heartbeat.as_ref()
+    }
+
+    /// How long the client sends nothing before it pings: the keep alive in effect, or
+    /// the shorter interval a heartbeat learned. `None` without keep alive.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        (self.conn.keep_alive_secs != 0).then(|| self.ping_every())
+    }
+
+    fn ping_every(&self) -> Duration {
+        let keep_alive = self.conn.keep_alive();
+        self.ping_every.map_or(keep_alive, |d| d.min(keep_alive))
+    }
+
+    /// With a heartbeat: the keep alive timer (which sends PINGREQ) set to the learned
+    /// interval after the last packet either way (what keeps a gateway's mapping), and
+    /// never later than a keep alive after the last packet sent ([MQTT-3.1.2-20]).
+    fn arm_ping(&mut self) {
+        if self.heartbeat.is_some()
+            && self.conn.phase == Phase::Connected
+            && self.conn.keep_alive_secs != 0
+            && !self.conn.ping_outstanding
+        {
+            let sent = self.last_send.max(self.connect_sent);
+            let at = (self.last_packet() + self.ping_every()).min(sent + self.conn.keep_alive());
+            self.conn.timers.set(Timer::KeepAlive, at);
+        }
+    }
+
+    /// When the last packet either way went or came.
+    fn last_packet(&self) -> Instant {
+        self.last_send.max(self.last_input).max(self.connect_sent)
+    }
+
+    /// Feeds the heartbeat what happened to the connection's ping and sets the next
+    /// interval: called after input and timeouts.
+    fn heartbeat_sync(&mut self, now: Instant) {
+        let ping_every = self.ping_every();
+        let last_packet = self.last_packet();
+        let Some(hb) = self.heartbeat.as_mut() else {
+            return;
+        };
+        let live = self.conn.phase == Phase::Connected && self.conn.error().is_none();
+        match (self.probe, self.conn.ping_outstanding) {
+            _ if !live => {}
+            // A PINGREQ just went into the queue: it probes the time since the last
+            // packet either way; a live path answers within the pong timeout.
+            (None, true) => {
+                let idle = now.saturating_since(last_packet);
+                self.probe = Some(idle.min(ping_every));
+                self.conn
+                    .timers
+                    .set(Timer::PingResp, now + hb.config().pong_timeout);
+            }
+            // Something arrived after the PINGREQ: the path held.
+            (Some(idle), false) => {
+                hb.answered(idle);
+                self.probe = None;
+            }
+            _ => {}
+        }
+        self.ping_every = Some(hb.interval(self.conn.keep_alive()));
+        self.arm_ping();
+    }
+
+    /// The outstanding PINGREQ went unanswered, or the connection ended while it waited.
+    fn heartbeat_lost(&mut self) {
+        if let (Some(hb), Some(idle)) = (self.heartbeat.as_mut(), self.probe.take()) {
+            hb.lost(idle);
+            self.ping_every = Some(hb.interval(self.conn.keep_alive()));
         }
     }
 
@@ -200,6 +300,16 @@ impl Client {
     /// Reads every complete packet from `buf` (leaving a partial one there) and acts on it.
     /// Received messages share `buf`'s storage: nothing is copied.
     pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), Error> {
+        let before = buf.len();
+        let result = self.read_input(now, buf);
+        if buf.len() != before {
+            self.last_input = now;
+        }
+        self.heartbeat_sync(now);
+        result
+    }
+
+    fn read_input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), Error> {
         let Self {
             conn,
             subscribes,
@@ -304,11 +414,17 @@ impl Client {
     /// it early does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.conn.handle_timeout(now);
+        if self.probe.is_some() && self.conn.error() == Some(Error::KeepAliveTimeout) {
+            self.heartbeat_lost();
+        }
+        self.heartbeat_sync(now);
     }
 
     /// The transport closed. The session stays for the next [`Client::connect`], and the
     /// client is idle again: messages published now wait in the queue for that connection.
     pub fn handle_close(&mut self, _now: Instant) {
+        // A connection that died while its ping waited: the path did not hold.
+        self.heartbeat_lost();
         if self.conn.error().is_none() && self.conn.phase != Phase::Idle {
             self.conn.phase = Phase::Connected;
             self.conn.fail(Error::ConnectionClosed);
@@ -448,6 +564,15 @@ impl Client {
     /// then the error. A packet larger than `out` is `Error::Codec(BufferTooSmall)` and
     /// stays queued.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        let written = self.transmit_one(now, out);
+        if let Ok(Some(_)) = written {
+            self.last_send = now;
+            self.arm_ping();
+        }
+        written
+    }
+
+    fn transmit_one(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         loop {
             let Some(next) = self.conn.pick(now) else {
                 return match self.conn.error() {

@@ -72,6 +72,7 @@ mod client;
 mod conn;
 mod error;
 mod event;
+mod heartbeat;
 mod message;
 mod packet_id;
 #[cfg(feature = "serde")]
@@ -86,6 +87,7 @@ mod tests;
 pub use client::{Client, ClientConfig};
 pub use error::{Error, Violation};
 pub use event::{ConnAckInfo, ConnectRequest, Event};
+pub use heartbeat::{Heartbeat, HeartbeatConfig};
 pub use message::{Diagnostics, Message, MessageProperties, SubscriptionIdList, Utf8Bytes};
 pub use packet_id::PacketIdAllocator;
 pub use server::{Accept, ServerConfig, ServerSession};
