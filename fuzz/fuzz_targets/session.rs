@@ -24,8 +24,8 @@ use mqtt_codec::{
     SubscriptionId, SubscriptionOptions, Topic, UnsubAck,
 };
 use mqtt_state::{
-    Accept, Client, ClientConfig, Error, Event, Instant, Message, ServerConfig, ServerSession,
-    SessionState, TopicBuf,
+    Accept, Client, ClientConfig, Error, Event, HeartbeatConfig, Instant, Message, ServerConfig,
+    ServerSession, SessionState, TopicBuf,
 };
 use std::num::{NonZeroU16, NonZeroU32};
 
@@ -862,6 +862,15 @@ fn run(input: Input) {
     } else {
         let mut cfg = ClientConfig::new(version, "fuzz");
         cfg.keep_alive = u16::from(input.keep_alive % 4);
+        if input.keep_alive & 0x10 != 0 {
+            // The adaptive heartbeat, at the scale of the fuzzer's clock (seconds).
+            let mut hb = HeartbeatConfig::default();
+            hb.min_interval = mqtt_state::Duration::from_millis(500);
+            hb.precision = mqtt_state::Duration::from_millis(200);
+            hb.pong_timeout = mqtt_state::Duration::from_millis(700);
+            hb.recheck_after = 2;
+            cfg.heartbeat = Some(hb);
+        }
         cfg.clean_start = input.clean_start;
         cfg.receive_maximum = u16::from(input.receive_maximum % 8) + 1;
         cfg.maximum_packet_size = max_size;
