@@ -1245,6 +1245,10 @@ impl EventLoop {
                 paused: false,
                 bufs: None,
             });
+            // Read it this turn: a client sends CONNECT right after its handshake, so the
+            // bytes are often there already, and waiting for their readiness event first
+            // costs a turn of the loop on every connect.
+            self.again.push(i);
         }
     }
 
