@@ -19,10 +19,10 @@ pub enum Error {
     #[error("connect timeout")]
     ConnectTimeout,
     /// The server refused the connection.
-    #[error("connection refused: {0:?}")]
+    #[error("connection refused: {0}")]
     ConnectionRefused(ReasonCode),
     /// The peer sent DISCONNECT, or the application disconnected.
-    #[error("disconnected: {0:?}")]
+    #[error("disconnected: {0}")]
     Disconnected(ReasonCode),
     /// The transport closed.
     #[error("connection closed")]

@@ -94,3 +94,8 @@ pub use time::{Duration, Instant, Timer};
 
 pub use mqtt_codec as codec;
 pub use mqtt_topic::TopicBuf;
+/// The `bytes` crate this one takes and hands out buffers of (`Bytes`, `BytesMut`), so
+/// that an application names the same version without a dependency of its own.
+pub use bytes;
+/// The topic crate ([`TopicBuf`], filter matching), re-exported for the same reason.
+pub use mqtt_topic;
