@@ -687,14 +687,14 @@ fn run_client(h: &mut Harness, cfg: ClientConfig, ops: &[Op]) {
                 }
                 Op::Subscribe { n, qos: q, .. } => {
                     let f = FILTERS[usize::from(*n) % FILTERS.len()];
-                    let r = c.subscribe(&[(f, SubscriptionOptions::qos(qos(*q)))], None);
+                    let r = c.subscribe(h.now, &[(f, SubscriptionOptions::qos(qos(*q)))], None);
                     if let Some(s) = h.sticky {
                         assert_eq!(r.map(|_| ()), Err(s), "subscribe after failure");
                     }
                 }
                 Op::Unsubscribe { n, .. } => {
                     let f = FILTERS[usize::from(*n) % FILTERS.len()];
-                    let r = c.unsubscribe(&[f, "a"]);
+                    let r = c.unsubscribe(h.now, &[f, "a"]);
                     if let Some(s) = h.sticky {
                         assert_eq!(r.map(|_| ()), Err(s), "unsubscribe after failure");
                     }
@@ -702,11 +702,11 @@ fn run_client(h: &mut Harness, cfg: ClientConfig, ops: &[Op]) {
                 Op::Ack { n } => {
                     if !h.received.is_empty() {
                         let id = h.received.remove(usize::from(*n) % h.received.len());
-                        c.ack(id);
+                        c.ack(h.now, id);
                     }
                 }
                 Op::Disconnect { reason } => {
-                    let r = c.disconnect(code(*reason));
+                    let r = c.disconnect(h.now, code(*reason));
                     if let Some(s) = h.sticky {
                         assert_eq!(r, Err(s), "disconnect after failure");
                     }
@@ -757,7 +757,7 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                             .sub_requests
                             .remove(usize::from(*n) % h.sub_requests.len());
                         let codes = codes.iter().take(4).map(|&c| code(c)).collect();
-                        let r = s.suback(id, codes);
+                        let r = s.suback(h.now, id, codes);
                         if let Some(st) = h.sticky {
                             assert_eq!(r, Err(st), "suback after failure");
                         }
@@ -768,7 +768,7 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                         let i = usize::from(*n) % h.unsub_requests.len();
                         let id = h.unsub_requests.remove(i);
                         let codes = codes.iter().take(4).map(|&c| code(c)).collect();
-                        let r = s.unsuback(id, codes);
+                        let r = s.unsuback(h.now, id, codes);
                         if let Some(st) = h.sticky {
                             assert_eq!(r, Err(st), "unsuback after failure");
                         }
@@ -783,10 +783,10 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                         } else {
                             ReasonCode::Success
                         };
-                        s.ack(id, reason);
+                        s.ack(h.now, id, reason);
                     }
                 }
-                Op::Disconnect { reason } => s.disconnect(code(*reason)),
+                Op::Disconnect { reason } => s.disconnect(h.now, code(*reason)),
                 Op::Accept { session_present } => {
                     let accept = Accept {
                         session: std::mem::take(&mut saved),
@@ -797,7 +797,7 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                     h.decide(r);
                 }
                 Op::Reject { reason } => {
-                    let r = s.reject(code(*reason));
+                    let r = s.reject(h.now, code(*reason));
                     h.decide(r);
                 }
                 Op::Reconnect => {

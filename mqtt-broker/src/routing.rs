@@ -51,7 +51,7 @@ impl<H: Hooks> Broker<H> {
         match self.publish_verdict(id, &message) {
             Verdict::Allow => self.publish_allowed(now, id, packet_id, message),
             // 5.0 says why; before 5.0 the message is dropped but still acknowledged.
-            Verdict::Deny(code) => self.publish_refused(id, packet_id, code),
+            Verdict::Deny(code) => self.publish_refused(now, id, packet_id, code),
             Verdict::Defer => {
                 let kind = RequestKind::Publish {
                     topic: message.topic.clone(),

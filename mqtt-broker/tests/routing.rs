@@ -55,11 +55,19 @@ fn mqtt_3_3_4_2_overlapping_subscriptions_give_one_copy_at_the_highest_qos() {
     let p = net.join(ClientConfig::new(V5, "p"));
     net.peers[s]
         .client
-        .subscribe(&[("a/+", q(QoS::AtMostOnce))], SubscriptionId::new(1))
+        .subscribe(
+            net.now,
+            &[("a/+", q(QoS::AtMostOnce))],
+            SubscriptionId::new(1),
+        )
         .unwrap();
     net.peers[s]
         .client
-        .subscribe(&[("a/#", q(QoS::ExactlyOnce))], SubscriptionId::new(2))
+        .subscribe(
+            net.now,
+            &[("a/#", q(QoS::ExactlyOnce))],
+            SubscriptionId::new(2),
+        )
         .unwrap();
     net.drive();
     net.events(s);
@@ -177,6 +185,7 @@ fn mqtt_3_3_4_4_one_copy_carries_every_matching_subscription_identifier() {
         net.peers[i]
             .client
             .subscribe(
+                net.now,
                 &[(filter, q(QoS::AtLeastOnce))],
                 id.and_then(SubscriptionId::new),
             )
@@ -244,7 +253,7 @@ fn mqtt_3_3_1_3_outgoing_dup_reflects_only_the_outgoing_retransmission() {
     let again = net.deliveries(s);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!((again[0].0, again[0].1), (qos1_id, true));
-    net.peers[s].client.ack(qos1_id.unwrap());
+    net.peers[s].client.ack(net.now, qos1_id.unwrap());
     net.drive();
     // A new message is a first attempt again.
     net.publish(p, "d", "new", QoS::AtLeastOnce, false);
@@ -369,7 +378,7 @@ fn mqtt_3_3_2_5_expired_messages_are_not_delivered_onward() {
     net.publish_message(p, expiring("stale", Some(2)));
     net.publish_message(p, expiring("fresh", Some(60)));
     net.advance(3_000);
-    net.peers[w].client.ack(first[0].0.unwrap());
+    net.peers[w].client.ack(net.now, first[0].0.unwrap());
     net.drive();
     let rest: Vec<String> = drain_acking(&mut net, w).into_iter().map(|g| g.0).collect();
     assert_eq!(rest, ["fresh"]);
@@ -505,7 +514,7 @@ fn mqtt_4_8_2_4_shared_qos2_delivery_resumes_with_the_same_member() {
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!((again[0].0, again[0].1), (first[0].0, true));
     assert_eq!(text(&again[0].2), "work");
-    net.peers[r].client.ack(again[0].0.unwrap());
+    net.peers[r].client.ack(net.now, again[0].0.unwrap());
     net.drive();
     assert!(net.peers[r].client.session().incoming_qos2.is_empty());
     assert!(net.deliveries(o).is_empty());
@@ -662,6 +671,7 @@ fn mqtt_3_3_4_4_every_matching_subscription_identifier_is_delivered() {
         net.peers[s]
             .client
             .subscribe(
+                net.now,
                 &[(f, q(QoS::AtLeastOnce))],
                 SubscriptionId::new(i as u32 + 1),
             )

@@ -251,7 +251,10 @@ mod tests {
     fn display_names_the_code_and_its_byte() {
         extern crate alloc;
         use alloc::string::ToString;
-        assert_eq!(ReasonCode::NotAuthorized.to_string(), "not authorized (0x87)");
+        assert_eq!(
+            ReasonCode::NotAuthorized.to_string(),
+            "not authorized (0x87)"
+        );
         assert_eq!(ReasonCode::Success.to_string(), "success (0x00)");
         assert_eq!(
             ReasonCode::QoSNotSupported.to_string(),

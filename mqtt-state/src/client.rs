@@ -344,6 +344,7 @@ impl Client {
     /// the SUBACK.
     pub fn subscribe(
         &mut self,
+        _now: Instant,
         filters: &[(&str, SubscriptionOptions)],
         subscription_id: Option<SubscriptionId>,
     ) -> Result<PacketId, Error> {
@@ -368,7 +369,7 @@ impl Client {
     }
 
     /// Queues an UNSUBSCRIBE, returning its packet identifier.
-    pub fn unsubscribe(&mut self, filters: &[&str]) -> Result<PacketId, Error> {
+    pub fn unsubscribe(&mut self, _now: Instant, filters: &[&str]) -> Result<PacketId, Error> {
         self.conn.check()?;
         for f in filters {
             mqtt_topic::validate_filter(f)
@@ -400,7 +401,12 @@ impl Client {
     /// answer to the server's challenge ([MQTT-4.12.0-3]), or Re-authenticate once
     /// connected ([MQTT-4.12.1-1], same method). Without a method there is no AUTH
     /// ([MQTT-4.12.0-7]).
-    pub fn auth(&mut self, reason: ReasonCode, data: Option<Bytes>) -> Result<(), Error> {
+    pub fn auth(
+        &mut self,
+        _now: Instant,
+        reason: ReasonCode,
+        data: Option<Bytes>,
+    ) -> Result<(), Error> {
         self.conn.check()?;
         if self.config.authentication.is_none() || !self.config.version.is_v5() {
             return Err(Error::InvalidState("AUTH needs an authentication method"));
@@ -413,12 +419,12 @@ impl Client {
     /// Acknowledges an incoming QoS 1/2 message when manual acks are on. Acknowledgements
     /// still leave in arrival order ([MQTT-4.6.0-2] [MQTT-4.6.0-3]): an early ack waits for
     /// the ones before it. `false` if `packet_id` is not awaiting an ack.
-    pub fn ack(&mut self, packet_id: PacketId) -> bool {
+    pub fn ack(&mut self, _now: Instant, packet_id: PacketId) -> bool {
         self.conn.ack(packet_id, ReasonCode::Success)
     }
 
     /// Sends DISCONNECT with `reason` (5.0; Normal disconnection before) and closes.
-    pub fn disconnect(&mut self, reason: ReasonCode) -> Result<(), Error> {
+    pub fn disconnect(&mut self, _now: Instant, reason: ReasonCode) -> Result<(), Error> {
         self.conn.check()?;
         // [MQTT-3.14.2-1] only the DISCONNECT table: refused here, before any state changes.
         if !reason.is_valid_for(PacketType::Disconnect) {
@@ -627,8 +633,8 @@ impl Client {
 
     /// Sends a DISCONNECT with the given reason once the queued packets are out; used by
     /// `Drop`-less shutdown paths. Same as [`Client::disconnect`] with Normal disconnection.
-    pub fn close(&mut self) -> Result<(), Error> {
-        self.disconnect(ReasonCode::Success)
+    pub fn close(&mut self, now: Instant) -> Result<(), Error> {
+        self.disconnect(now, ReasonCode::Success)
     }
 
     /// The DISCONNECT packet bytes for 3.1.1 and 5.0 alike, for adapters that must say

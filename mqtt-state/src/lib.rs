@@ -92,10 +92,10 @@ pub use server::{Accept, ServerConfig, ServerSession};
 pub use session::{Inflight, Outgoing, SessionState, Stage};
 pub use time::{Duration, Instant, Timer};
 
-pub use mqtt_codec as codec;
-pub use mqtt_topic::TopicBuf;
 /// The `bytes` crate this one takes and hands out buffers of (`Bytes`, `BytesMut`), so
 /// that an application names the same version without a dependency of its own.
 pub use bytes;
+pub use mqtt_codec as codec;
 /// The topic crate ([`TopicBuf`], filter matching), re-exported for the same reason.
 pub use mqtt_topic;
+pub use mqtt_topic::TopicBuf;

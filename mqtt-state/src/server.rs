@@ -597,7 +597,7 @@ impl ServerSession {
             Ok(true)
         });
         if let Some(code) = refusal {
-            self.reject(code)?;
+            self.reject(now, code)?;
         }
         // [MQTT-3.1.2-2] a CONNECT with a protocol level we do not support is answered with
         // CONNACK 0x01 (unacceptable protocol version) in the 3.1.1 format, then closed.
@@ -672,7 +672,7 @@ impl ServerSession {
     /// Refuses the connection with `reason`: CONNACK with that code, then close
     /// ([MQTT-3.2.2-7]). Before 5.0 the code maps to the nearest 3.1.1 return code. A code
     /// below 0x80 is no refusal and becomes Unspecified error.
-    pub fn reject(&mut self, reason: ReasonCode) -> Result<(), Error> {
+    pub fn reject(&mut self, _now: Instant, reason: ReasonCode) -> Result<(), Error> {
         // [MQTT-3.2.2-7] a refusing CONNACK carries a code of 0x80 or above; a Success one
         // would tell the client it is connected while this side closes.
         // Nor may it carry a code CONNACK does not have (Server shutting down is DISCONNECT
@@ -725,12 +725,13 @@ impl ServerSession {
     /// [`ServerSession::reject`] with a Reason String and User Properties on the CONNACK.
     pub fn reject_with(
         &mut self,
+        now: Instant,
         reason: ReasonCode,
         diagnostics: Diagnostics,
     ) -> Result<(), Error> {
         self.conn
             .attach_diagnostics(PacketType::ConnAck, 0, diagnostics)?;
-        let result = self.reject(reason);
+        let result = self.reject(now, reason);
         if result.is_err() {
             self.conn.drop_diagnostics(PacketType::ConnAck, 0);
         }
@@ -742,6 +743,7 @@ impl ServerSession {
     /// an acknowledgement.
     pub fn ack_with(
         &mut self,
+        now: Instant,
         packet_id: PacketId,
         reason: ReasonCode,
         diagnostics: Diagnostics,
@@ -762,12 +764,13 @@ impl ServerSession {
         };
         self.conn
             .attach_diagnostics(t, packet_id.get(), diagnostics)?;
-        Ok(self.ack(packet_id, reason))
+        Ok(self.ack(now, packet_id, reason))
     }
 
     /// [`ServerSession::suback`] with a Reason String and User Properties.
     pub fn suback_with(
         &mut self,
+        now: Instant,
         packet_id: PacketId,
         reasons: Vec<ReasonCode>,
         diagnostics: Diagnostics,
@@ -775,12 +778,13 @@ impl ServerSession {
         self.conn.check()?;
         self.conn
             .attach_diagnostics(PacketType::SubAck, packet_id.get(), diagnostics)?;
-        self.suback(packet_id, reasons)
+        self.suback(now, packet_id, reasons)
     }
 
     /// [`ServerSession::unsuback`] with a Reason String and User Properties.
     pub fn unsuback_with(
         &mut self,
+        now: Instant,
         packet_id: PacketId,
         reasons: Vec<ReasonCode>,
         diagnostics: Diagnostics,
@@ -788,12 +792,13 @@ impl ServerSession {
         self.conn.check()?;
         self.conn
             .attach_diagnostics(PacketType::UnsubAck, packet_id.get(), diagnostics)?;
-        self.unsuback(packet_id, reasons)
+        self.unsuback(now, packet_id, reasons)
     }
 
     /// [`ServerSession::auth`] with a Reason String and User Properties.
     pub fn auth_with(
         &mut self,
+        now: Instant,
         reason: ReasonCode,
         data: Option<bytes::Bytes>,
         diagnostics: Diagnostics,
@@ -802,7 +807,7 @@ impl ServerSession {
         self.conn
             .attach_diagnostics(PacketType::Auth, 0, diagnostics.clone())?;
         self.conn.drop_diagnostics(PacketType::Auth, 0);
-        self.auth(reason, data)?;
+        self.auth(now, reason, data)?;
         if let Some(last) = self
             .rare
             .as_mut()
@@ -818,13 +823,14 @@ impl ServerSession {
     /// DISCONNECT.
     pub fn disconnect_with(
         &mut self,
+        now: Instant,
         reason: ReasonCode,
         diagnostics: Diagnostics,
     ) -> Result<(), Error> {
         self.conn.check()?;
         self.conn
             .attach_diagnostics(PacketType::Disconnect, 0, diagnostics)?;
-        self.disconnect(reason);
+        self.disconnect(now, reason);
         Ok(())
     }
 
@@ -878,14 +884,24 @@ impl ServerSession {
     }
 
     /// Answers a SUBSCRIBE, one code per filter ([MQTT-3.8.4-2]: with its identifier).
-    pub fn suback(&mut self, packet_id: PacketId, reasons: Vec<ReasonCode>) -> Result<(), Error> {
+    pub fn suback(
+        &mut self,
+        _now: Instant,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+    ) -> Result<(), Error> {
         self.conn.check()?;
         self.conn.push_control(Control::SubAck(packet_id, reasons));
         Ok(())
     }
 
     /// Answers an UNSUBSCRIBE (codes are dropped before 5.0, which has none).
-    pub fn unsuback(&mut self, packet_id: PacketId, reasons: Vec<ReasonCode>) -> Result<(), Error> {
+    pub fn unsuback(
+        &mut self,
+        _now: Instant,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+    ) -> Result<(), Error> {
         self.conn.check()?;
         let reasons = if self.conn.version.is_v5() {
             reasons
@@ -901,7 +917,12 @@ impl ServerSession {
     /// Continue authentication, [MQTT-4.12.0-2]) or to end a re-authentication (Success).
     /// It carries the CONNECT's method ([MQTT-4.12.0-5]); without one there is no AUTH
     /// ([MQTT-4.12.0-6]).
-    pub fn auth(&mut self, reason: ReasonCode, data: Option<bytes::Bytes>) -> Result<(), Error> {
+    pub fn auth(
+        &mut self,
+        _now: Instant,
+        reason: ReasonCode,
+        data: Option<bytes::Bytes>,
+    ) -> Result<(), Error> {
         self.conn.check()?;
         let auth = self.rare.as_mut().and_then(|r| r.auth.as_mut());
         let Some(auth) = auth.filter(|_| self.conn.version.is_v5()) else {
@@ -917,13 +938,13 @@ impl ServerSession {
     /// Acknowledges a message when manual acks are on ([`ServerConfig::manual_acks`]),
     /// with the reason code the 5.0 PUBACK/PUBREC carries (a refused publish gets Not
     /// authorized, say). Acks still leave in arrival order.
-    pub fn ack(&mut self, packet_id: PacketId, reason: ReasonCode) -> bool {
+    pub fn ack(&mut self, _now: Instant, packet_id: PacketId, reason: ReasonCode) -> bool {
         self.conn.ack(packet_id, reason)
     }
 
     /// Ends the connection from the server side: 5.0 sends DISCONNECT with `reason` first
     /// (only after a successful CONNACK, [MQTT-3.14.0-1]).
-    pub fn disconnect(&mut self, reason: ReasonCode) {
+    pub fn disconnect(&mut self, _now: Instant, reason: ReasonCode) {
         if self.conn.error().is_none() {
             self.conn.fail(Error::Disconnected(reason));
         }

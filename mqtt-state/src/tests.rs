@@ -149,11 +149,15 @@ impl Pair {
                         QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
                     })
                     .collect();
-                self.server.suback(*packet_id, codes).unwrap();
+                self.server.suback(self.now, *packet_id, codes).unwrap();
             }
             Event::UnsubscribeRequest { packet_id, filters } => {
                 self.server
-                    .unsuback(*packet_id, vec![ReasonCode::Success; filters.len()])
+                    .unsuback(
+                        self.now,
+                        *packet_id,
+                        vec![ReasonCode::Success; filters.len()],
+                    )
                     .unwrap();
             }
             _ => {}
@@ -436,7 +440,7 @@ fn mqtt_4_9_0_2_send_quota_is_the_servers_receive_maximum() {
     assert_eq!(sent, 2);
     // [MQTT-3.3.4-8] [MQTT-4.9.0-3] other packets still go out at zero quota.
     p.client
-        .subscribe(&[("s", SubscriptionOptions::default())], None)
+        .subscribe(p.now, &[("s", SubscriptionOptions::default())], None)
         .unwrap();
     assert!(p.client.poll_transmit(p.now, &mut out).unwrap().is_some());
 }
@@ -628,13 +632,21 @@ fn mqtt_3_3_4_9_manual_acks_pace_a_burst_at_the_quota() {
     assert_eq!(input.len(), 2 * one);
     assert!(server_acks(&mut server).is_empty());
     for id in 1..=3 {
-        assert!(server.ack(mqtt_codec::PacketId::new(id).unwrap(), ReasonCode::Success));
+        assert!(server.ack(
+            Instant::ZERO,
+            mqtt_codec::PacketId::new(id).unwrap(),
+            ReasonCode::Success
+        ));
     }
     server.handle_input(Instant::ZERO, &mut input).unwrap();
     assert_eq!(server_messages(&mut server), 2);
     assert!(input.is_empty());
     for id in 4..=5 {
-        assert!(server.ack(mqtt_codec::PacketId::new(id).unwrap(), ReasonCode::Success));
+        assert!(server.ack(
+            Instant::ZERO,
+            mqtt_codec::PacketId::new(id).unwrap(),
+            ReasonCode::Success
+        ));
     }
     let acks: Vec<_> = server_acks(&mut server).iter().map(|a| a.1).collect();
     assert_eq!(acks, [1, 2, 3, 4, 5]);
@@ -684,13 +696,13 @@ fn mqtt_4_6_0_2_manual_acks_leave_in_arrival_order() {
     };
     assert_eq!(acks_sent(&p), 0);
     // The application acknowledges the third first: nothing may leave before the first.
-    assert!(p.client.ack(ids[2]));
+    assert!(p.client.ack(p.now, ids[2]));
     p.drive();
     assert_eq!(acks_sent(&p), 0);
-    assert!(p.client.ack(ids[0]));
+    assert!(p.client.ack(p.now, ids[0]));
     p.drive();
     assert_eq!(acks_sent(&p), 1);
-    assert!(p.client.ack(ids[1]));
+    assert!(p.client.ack(p.now, ids[1]));
     p.drive();
     assert_eq!(acks_sent(&p), 3);
     assert!(p.server.session().is_empty());
@@ -1006,7 +1018,9 @@ fn mqtt_3_2_2_7_rejected_connect_closes() {
     let mut p = Pair::v(V5);
     p.auto_accept = false;
     p.drive();
-    p.server.reject(ReasonCode::BadUserNameOrPassword).unwrap();
+    p.server
+        .reject(p.now, ReasonCode::BadUserNameOrPassword)
+        .unwrap();
     p.drive();
     assert_eq!(p.server_sent, [PacketType::ConnAck]);
     assert!(!p.client.is_connected());
@@ -1026,6 +1040,7 @@ fn subscribe_and_unsubscribe_round_trip() {
         let id = p
             .client
             .subscribe(
+                Instant::ZERO,
                 &[
                     ("a/+", SubscriptionOptions::qos(QoS::AtLeastOnce)),
                     ("b", SubscriptionOptions::default()),
@@ -1035,7 +1050,7 @@ fn subscribe_and_unsubscribe_round_trip() {
             .unwrap();
         p.drive();
         assert!(p.client_events.iter().any(|e| matches!(e, Event::Subscribed { packet_id, reasons } if *packet_id == id && reasons == &[ReasonCode::GrantedQoS1, ReasonCode::Success])));
-        let id = p.client.unsubscribe(&["a/+"]).unwrap();
+        let id = p.client.unsubscribe(p.now, &["a/+"]).unwrap();
         p.drive();
         assert!(p
             .client_events
@@ -1235,7 +1250,9 @@ fn disconnect_is_the_last_packet() {
     // reports its end, for the adapter to close the connection.
     let mut p = Pair::v(V5);
     p.drive();
-    p.client.disconnect(ReasonCode::DisconnectWithWill).unwrap();
+    p.client
+        .disconnect(p.now, ReasonCode::DisconnectWithWill)
+        .unwrap();
     p.drive();
     assert_eq!(p.client_sent.last(), Some(&PacketType::Disconnect));
     assert!(p.server_events.iter().any(|e| matches!(
@@ -1307,6 +1324,7 @@ fn mqtt_4_12_0_2_enhanced_authentication_exchange() {
     // [MQTT-4.12.0-2] the server's challenge carries Continue authentication.
     p.server
         .auth(
+            p.now,
             ReasonCode::ContinueAuthentication,
             Some(bytes::Bytes::from_static(b"server-first")),
         )
@@ -1328,6 +1346,7 @@ fn mqtt_4_12_0_2_enhanced_authentication_exchange() {
     // [MQTT-4.12.0-3] the client answers with Continue authentication.
     p.client
         .auth(
+            p.now,
             ReasonCode::ContinueAuthentication,
             Some(bytes::Bytes::from_static(b"client-final")),
         )
@@ -1346,7 +1365,9 @@ fn mqtt_4_12_0_2_enhanced_authentication_exchange() {
     assert_eq!(p.client_sent, [PacketType::Connect, PacketType::Auth]);
     assert_eq!(p.server_sent, [PacketType::Auth, PacketType::ConnAck]);
     // [MQTT-4.12.1-1] re-authentication after CONNACK with the same method.
-    p.client.auth(ReasonCode::ReAuthenticate, None).unwrap();
+    p.client
+        .auth(p.now, ReasonCode::ReAuthenticate, None)
+        .unwrap();
     p.drive();
     assert!(p.server_events.iter().any(|e| matches!(
         e,
@@ -1361,10 +1382,13 @@ fn mqtt_4_12_0_2_enhanced_authentication_exchange() {
 fn mqtt_4_12_0_7_no_auth_without_a_method() {
     let mut p = Pair::v(V5);
     p.drive();
-    assert!(p.client.auth(ReasonCode::ReAuthenticate, None).is_err());
+    assert!(p
+        .client
+        .auth(p.now, ReasonCode::ReAuthenticate, None)
+        .is_err());
     assert!(p
         .server
-        .auth(ReasonCode::ContinueAuthentication, None)
+        .auth(p.now, ReasonCode::ContinueAuthentication, None)
         .is_err());
     // A peer that sends one anyway breaks the protocol.
     let auth = Packet::Auth(mqtt_codec::Auth {
@@ -1795,7 +1819,7 @@ fn mqtt_3_3_4_10_servers_quota_does_not_hold_back_other_packets() {
     );
     // The SUBACK still comes back while the quota is used up.
     p.client
-        .subscribe(&[("s", SubscriptionOptions::default())], None)
+        .subscribe(p.now, &[("s", SubscriptionOptions::default())], None)
         .unwrap();
     p.drive();
     assert_eq!(p.server_sent.last(), Some(&PacketType::SubAck));
@@ -1873,7 +1897,9 @@ fn mqtt_3_1_4_5_a_rejected_connection_reads_nothing_more() {
     );
     input.extend_from_slice(&publish_bytes(V4, 1, QoS::AtLeastOnce, false));
     server.handle_input(Instant::ZERO, &mut input).unwrap();
-    server.reject(ReasonCode::NotAuthorized).unwrap();
+    server
+        .reject(Instant::ZERO, ReasonCode::NotAuthorized)
+        .unwrap();
     let _ = server.handle_input(Instant::ZERO, &mut input);
     assert_eq!(messages(&mut server), 0);
     let mut out = vec![0u8; 64];
@@ -2012,10 +2038,18 @@ fn an_ack_for_a_request_not_sent_is_ignored() {
     // it never made: neither may complete it early nor upset the machine.
     let (mut client, mut input, mut out) = connected_client(V4);
     let first = client
-        .subscribe(&[("a", SubscriptionOptions::default())], None)
+        .subscribe(
+            Instant::ZERO,
+            &[("a", SubscriptionOptions::default())],
+            None,
+        )
         .unwrap();
     let second = client
-        .subscribe(&[("b", SubscriptionOptions::default())], None)
+        .subscribe(
+            Instant::ZERO,
+            &[("b", SubscriptionOptions::default())],
+            None,
+        )
         .unwrap();
     let n = client
         .poll_transmit(Instant::ZERO, &mut out)
@@ -2057,14 +2091,14 @@ fn mqtt_3_14_2_1_disconnect_reasons_come_from_the_disconnect_table() {
     let (mut client, _input, mut out) = connected_client(V5);
     // 0x91 (Packet identifier in use) is not a DISCONNECT code: refused, nothing changes.
     assert!(matches!(
-        client.disconnect(ReasonCode::PacketIdentifierInUse),
+        client.disconnect(Instant::ZERO, ReasonCode::PacketIdentifierInUse),
         Err(Error::Codec(mqtt_codec::Error::InvalidReasonCode { .. }))
     ));
     assert!(client.is_connected());
     // A server told to disconnect with such a code says Unspecified error on the wire.
     let (mut server, _) = accepted_server(V5);
     while let Ok(Some(_)) = server.poll_transmit(Instant::ZERO, &mut out) {}
-    server.disconnect(ReasonCode::GrantedQoS1);
+    server.disconnect(Instant::ZERO, ReasonCode::GrantedQoS1);
     let n = server
         .poll_transmit(Instant::ZERO, &mut out)
         .unwrap()
@@ -2183,9 +2217,9 @@ fn mqtt_2_3_1_3_a_client_resend_keeps_its_id_which_only_the_ack_frees() {
     );
     // A SUBSCRIBE and an UNSUBSCRIBE waiting for their acks hold identifiers too.
     let sub = client
-        .subscribe(&[("s", SubscriptionOptions::default())], None)
+        .subscribe(now, &[("s", SubscriptionOptions::default())], None)
         .unwrap();
-    let unsub = client.unsubscribe(&["s"]).unwrap();
+    let unsub = client.unsubscribe(now, &["s"]).unwrap();
     while let Ok(Some(_)) = client.poll_transmit(now, &mut out) {}
     let held = [one.get(), two.get(), sub.get(), unsub.get()];
     // A walk all the way round the identifier space never hands out one still held, the
@@ -2369,11 +2403,11 @@ fn mqtt_3_1_2_30_an_authenticating_client_sends_only_auth_until_connack() {
         .publish(now, msg("t", "1", QoS::AtLeastOnce))
         .unwrap();
     client
-        .subscribe(&[("s", SubscriptionOptions::default())], None)
+        .subscribe(now, &[("s", SubscriptionOptions::default())], None)
         .unwrap();
-    client.unsubscribe(&["u"]).unwrap();
+    client.unsubscribe(now, &["u"]).unwrap();
     client
-        .auth(ReasonCode::ContinueAuthentication, None)
+        .auth(now, ReasonCode::ContinueAuthentication, None)
         .unwrap();
     let before = frames(|out| client.poll_transmit(now, out));
     assert_eq!(types(&before.concat(), V5), [PacketType::Auth]);
@@ -2483,7 +2517,7 @@ fn mqtt_4_3_3_13_a_qos_2_receiver_finishes_an_expired_message() {
     p.drive();
     assert_eq!(p.client_messages(), [b"x".to_vec()]);
     p.advance(10_000);
-    assert!(p.client.ack(id));
+    assert!(p.client.ack(p.now, id));
     p.drive();
     let client_acks: Vec<_> = decoded(&p.client_frames, V5)
         .into_iter()
@@ -2552,7 +2586,7 @@ fn mqtt_4_3_3_9_after_a_failed_pubrec_the_id_is_a_new_message() {
     server.handle_input(now, &mut input).unwrap();
     assert_eq!(messages(&mut server), 1);
     // The application refuses it: PUBREC 0x87.
-    assert!(server.ack(id, ReasonCode::NotAuthorized));
+    assert!(server.ack(now, id, ReasonCode::NotAuthorized));
     let n = server.poll_transmit(now, &mut out).unwrap().unwrap();
     assert_eq!(out[..n], [0x50, 0x03, 0x00, 0x05, 0x87]);
     // For the client the message is done ([MQTT-4.4.0-2]); it sends a new one with the
@@ -2560,7 +2594,7 @@ fn mqtt_4_3_3_9_after_a_failed_pubrec_the_id_is_a_new_message() {
     input.extend_from_slice(&publish_bytes(V5, 5, QoS::ExactlyOnce, false));
     server.handle_input(now, &mut input).unwrap();
     assert_eq!(messages(&mut server), 1, "the new message is delivered");
-    assert!(server.ack(id, ReasonCode::Success));
+    assert!(server.ack(now, id, ReasonCode::Success));
     let n = server.poll_transmit(now, &mut out).unwrap().unwrap();
     assert_eq!(out[..n], [0x50, 0x02, 0x00, 0x05]);
 }
@@ -2584,7 +2618,7 @@ fn mqtt_3_1_2_29_no_problem_information_on_other_packets_when_not_requested() {
     server.handle_input(now, &mut input).unwrap();
     let mut sent = Vec::new();
     server
-        .auth(ReasonCode::ContinueAuthentication, None)
+        .auth(now, ReasonCode::ContinueAuthentication, None)
         .unwrap();
     sent.extend(frames(|out| server.poll_transmit(now, out)));
     let auth = Packet::Auth(mqtt_codec::Auth {
@@ -2632,14 +2666,18 @@ fn mqtt_3_1_2_29_no_problem_information_on_other_packets_when_not_requested() {
         .unwrap(),
     );
     server.handle_input(now, &mut input).unwrap();
-    assert!(server.ack(pid(1), ReasonCode::NotAuthorized));
-    assert!(server.ack(pid(2), ReasonCode::QuotaExceeded));
-    assert!(server.ack(pid(3), ReasonCode::Success));
+    assert!(server.ack(now, pid(1), ReasonCode::NotAuthorized));
+    assert!(server.ack(now, pid(2), ReasonCode::QuotaExceeded));
+    assert!(server.ack(now, pid(3), ReasonCode::Success));
     server
-        .suback(pid(4), vec![ReasonCode::Success, ReasonCode::NotAuthorized])
+        .suback(
+            now,
+            pid(4),
+            vec![ReasonCode::Success, ReasonCode::NotAuthorized],
+        )
         .unwrap();
     server
-        .unsuback(pid(5), vec![ReasonCode::NoSubscriptionExisted])
+        .unsuback(now, pid(5), vec![ReasonCode::NoSubscriptionExisted])
         .unwrap();
     let out_id = server
         .deliver(now, msg("t", "x", QoS::ExactlyOnce), &[])
@@ -2825,7 +2863,7 @@ fn answered_with(
         }
         PacketType::Auth => {
             server
-                .auth_with(ReasonCode::ContinueAuthentication, None, diagnostics)
+                .auth_with(now, ReasonCode::ContinueAuthentication, None, diagnostics)
                 .unwrap();
             return frames(|out| server.poll_transmit(now, out));
         }
@@ -2847,13 +2885,13 @@ fn answered_with(
             let p = mqtt_codec::Publish::new(Topic::new("t").unwrap(), b"x", qos);
             feed(&mut server, Packet::Publish(p));
             let code = ReasonCode::NoMatchingSubscribers;
-            assert!(server.ack_with(id, code, diagnostics).unwrap());
+            assert!(server.ack_with(now, id, code, diagnostics).unwrap());
         }
         PacketType::PubComp => {
             let qos = mqtt_codec::QosPid::ExactlyOnce(id);
             let p = mqtt_codec::Publish::new(Topic::new("t").unwrap(), b"x", qos);
             feed(&mut server, Packet::Publish(p));
-            assert!(server.ack(id, ReasonCode::Success));
+            assert!(server.ack(now, id, ReasonCode::Success));
             frames(|out| server.poll_transmit(now, out));
             server
                 .attach_diagnostics(PacketType::PubComp, id, diagnostics)
@@ -2879,7 +2917,7 @@ fn answered_with(
                 Packet::Subscribe(Subscribe::new(id, List::new(&filters))),
             );
             server
-                .suback_with(id, vec![ReasonCode::Success], diagnostics)
+                .suback_with(now, id, vec![ReasonCode::Success], diagnostics)
                 .unwrap();
         }
         PacketType::UnsubAck => {
@@ -2889,12 +2927,17 @@ fn answered_with(
                 Packet::Unsubscribe(Unsubscribe::new(id, List::new(&filters))),
             );
             server
-                .unsuback_with(id, vec![ReasonCode::NoSubscriptionExisted], diagnostics)
+                .unsuback_with(
+                    now,
+                    id,
+                    vec![ReasonCode::NoSubscriptionExisted],
+                    diagnostics,
+                )
                 .unwrap();
         }
         PacketType::Disconnect => {
             server
-                .disconnect_with(ReasonCode::ServerShuttingDown, diagnostics)
+                .disconnect_with(now, ReasonCode::ServerShuttingDown, diagnostics)
                 .unwrap();
         }
         other => panic!("{other:?}"),
@@ -3069,6 +3112,7 @@ fn diagnostics_are_left_out_before_5_0() {
     p.drive();
     p.server
         .reject_with(
+            p.now,
             ReasonCode::NotAuthorized,
             Diagnostics::new().with_reason_string("no").unwrap(),
         )

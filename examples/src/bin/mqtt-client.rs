@@ -782,13 +782,14 @@ impl Runner {
 
     fn disconnect(&mut self) -> End {
         self.disconnecting = true;
-        match self.client.disconnect(ReasonCode::Success) {
+        match self.client.disconnect(self.now(), ReasonCode::Success) {
             Ok(()) => End::Done,
             Err(e) => End::Fatal(format!("disconnect: {e}")),
         }
     }
 
     fn on_event(&mut self, ev: Event) -> Option<End> {
+        let now = self.now();
         match ev {
             Event::Connected(info) => {
                 self.connections += 1;
@@ -809,7 +810,7 @@ impl Runner {
                             let opts = SubscriptionOptions::qos(*qos);
                             let fs: Vec<(&str, SubscriptionOptions)> =
                                 filters.iter().map(|f| (f.as_str(), opts)).collect();
-                            if let Err(e) = self.client.subscribe(&fs, None) {
+                            if let Err(e) = self.client.subscribe(now, &fs, None) {
                                 return Some(End::Fatal(format!("subscribe: {e}")));
                             }
                         }
