@@ -278,7 +278,15 @@ impl<H: Hooks> Broker<H> {
                 }
                 Ok(Some(n))
             }
-            Ok(None) => Ok(None),
+            Ok(None) => {
+                // A clean close (the client's DISCONNECT, or one the core sent) is no
+                // error: the machine says it is done.
+                if c.session.is_closed() {
+                    let reason = c.close_reason();
+                    self.close(id, reason);
+                }
+                Ok(None)
+            }
             Err(mqtt_state::Error::Codec(mqtt_codec::Error::BufferTooSmall { required })) => {
                 Err(Error::BufferTooSmall { needed: required })
             }

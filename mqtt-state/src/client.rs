@@ -165,6 +165,14 @@ impl Client {
         self.conn.phase == Phase::Connected
     }
 
+    /// Whether the connection is over and everything it had to send is out (a
+    /// DISCONNECT included): close the transport, then [`Client::handle_close`] before
+    /// the next [`Client::connect`]. True after a clean close too, which no call reports
+    /// as an error (only [`Event::Disconnected`] does).
+    pub fn is_closed(&self) -> bool {
+        self.conn.phase == Phase::Closed && self.conn.error().is_some()
+    }
+
     /// Starts a connection over a transport that just opened: queues CONNECT
     /// ([MQTT-3.1.0-1]: the first packet). Clears the error of an earlier connection.
     pub fn connect(&mut self, now: Instant) -> Result<(), Error> {
@@ -270,11 +278,7 @@ impl Client {
                     }
                 }
                 Packet::PingResp => {}
-                Packet::Disconnect(d) => {
-                    conn.phase = Phase::Closed;
-                    conn.set_peer_reason_string(d.properties.reason_string);
-                    return Err(Error::Disconnected(d.reason_code));
-                }
+                Packet::Disconnect(d) => return conn.on_peer_disconnect(&d),
                 Packet::Auth(a) => {
                     // [MQTT-4.12.0-7] only after asking for enhanced authentication.
                     if config.authentication.is_none() {
@@ -433,14 +437,20 @@ impl Client {
                 code: reason as u8,
             }));
         }
+        // A close the application asked for is no error, whatever its code: nothing
+        // returns `Err(Disconnected)` for it, and `is_closed` says when the DISCONNECT is
+        // out.
         if self.conn.phase != Phase::Connected {
             self.conn.phase = Phase::Closed;
             self.conn.set_error(Some(Error::Disconnected(reason)));
+            self.conn.mark_clean();
             return Ok(());
         }
         self.conn.final_disconnect = Some(reason);
         self.conn.phase = Phase::Closing;
         self.conn.set_error(Some(Error::Disconnected(reason)));
+        self.conn.mark_clean();
+        self.conn.timers.clear();
         self.conn.events.push_back(Event::Disconnected {
             reason,
             by_peer: false,
@@ -456,7 +466,7 @@ impl Client {
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         loop {
             let Some(next) = self.conn.pick(now) else {
-                return match self.conn.error() {
+                return match self.conn.transmit_error() {
                     Some(e) if self.conn.phase == Phase::Closed => Err(e),
                     _ => Ok(None),
                 };

@@ -567,8 +567,7 @@ impl ServerSession {
                         rare.get_or_insert_with(Box::default)
                             .disconnect_session_expiry = Some(e);
                     }
-                    conn.phase = Phase::Closed;
-                    return Err(Error::Disconnected(d.reason_code));
+                    return conn.on_peer_disconnect(&d);
                 }
                 Packet::Auth(a) => {
                     // [MQTT-4.12.0-7] no AUTH without a method in CONNECT; [MQTT-4.12.1-1]
@@ -945,9 +944,10 @@ impl ServerSession {
     /// Ends the connection from the server side: 5.0 sends DISCONNECT with `reason` first
     /// (only after a successful CONNACK, [MQTT-3.14.0-1]).
     pub fn disconnect(&mut self, _now: Instant, reason: ReasonCode) {
-        if self.conn.error().is_none() {
-            self.conn.fail(Error::Disconnected(reason));
-        }
+        // Asked for, so no error: `poll_transmit` hands out the DISCONNECT and then
+        // `Ok(None)`, and `is_closed` says when to close. [`ServerSession::error`] still
+        // says why it ended.
+        self.conn.close_cleanly(reason);
     }
 
     /// The embedder has stopped reading this connection (backpressure, or a decision it
@@ -972,8 +972,10 @@ impl ServerSession {
         self.conn.final_disconnect = None;
     }
 
-    /// The error that ended the connection, once there is one (sticky): for a broker that
-    /// reports why it closed a connection.
+    /// Why the connection ended, once it has (sticky): for a broker that reports why it
+    /// closed a connection. A clean close is `Disconnected` with its code (Normal
+    /// disconnection, Disconnect with Will Message, or the code the application closed
+    /// with), though no call returned it as an error.
     pub fn error(&self) -> Option<Error> {
         self.conn.error()
     }
@@ -998,8 +1000,9 @@ impl ServerSession {
                 self.conn.pick(now)
             };
             let Some(next) = next else {
-                return match self.conn.error() {
+                return match self.conn.transmit_error() {
                     Some(e) => Err(e),
+                    None if self.conn.error().is_some() => Ok(None),
                     None => {
                         // Drained: the one moment an idle connection has nothing queued.
                         // Here in the machine rather than in the broker, so that every

@@ -1268,8 +1268,79 @@ fn disconnect_is_the_last_packet() {
         .client
         .publish(p.now, msg("t", "x", QoS::AtMostOnce))
         .is_err());
+    // A close the application asked for is no error: drained, closed, no `Err`.
     let mut out = vec![0u8; 64];
-    assert!(p.client.poll_transmit(p.now, &mut out).is_err());
+    assert_eq!(p.client.poll_transmit(p.now, &mut out), Ok(None));
+    assert!(p.client.is_closed());
+    assert!(p.server.is_closed());
+}
+
+#[test]
+fn a_clean_close_is_not_an_error_on_either_side() {
+    for version in [V4, V5] {
+        // The client closes with Normal disconnection: the server reads it without an
+        // error, reports the event, and is closed ([MQTT-3.14.4-1]).
+        let mut p = Pair::v(version);
+        p.drive();
+        p.client.close(p.now).unwrap();
+        let mut out = vec![0u8; 64];
+        let n = p.client.poll_transmit(p.now, &mut out).unwrap().unwrap();
+        assert_eq!(p.client.poll_transmit(p.now, &mut out), Ok(None));
+        assert!(p.client.is_closed());
+        let mut input = BytesMut::from(&out[..n]);
+        assert_eq!(p.server.handle_input(p.now, &mut input), Ok(()));
+        assert!(matches!(
+            p.server.poll_event(),
+            Some(Event::Disconnected {
+                reason: ReasonCode::Success,
+                by_peer: true,
+                ..
+            })
+        ));
+        assert_eq!(p.server.poll_transmit(p.now, &mut out), Ok(None));
+        assert!(p.server.is_closed());
+        // Still known why it ended, for a broker's close reason.
+        assert_eq!(
+            p.server.error(),
+            Some(Error::Disconnected(ReasonCode::Success))
+        );
+    }
+    // The server closes with Normal disconnection (5.0): the client reads it as the end,
+    // not as an error; one with an error code stays an error.
+    for (code, clean) in [
+        (ReasonCode::Success, true),
+        (ReasonCode::ServerShuttingDown, false),
+    ] {
+        let mut p = Pair::v(V5);
+        p.drive();
+        while p.client.poll_event().is_some() {}
+        p.server.disconnect(p.now, code);
+        let mut out = vec![0u8; 64];
+        let n = p.server.poll_transmit(p.now, &mut out).unwrap().unwrap();
+        assert_eq!(p.server.poll_transmit(p.now, &mut out), Ok(None));
+        assert!(p.server.is_closed());
+        let mut input = BytesMut::from(&out[..n]);
+        let r = p.client.handle_input(p.now, &mut input);
+        if clean {
+            assert_eq!(r, Ok(()));
+            assert_eq!(p.client.poll_transmit(p.now, &mut out), Ok(None));
+        } else {
+            assert_eq!(r, Err(Error::Disconnected(code)));
+            assert_eq!(
+                p.client.poll_transmit(p.now, &mut out),
+                Err(Error::Disconnected(code))
+            );
+        }
+        assert!(p.client.is_closed());
+        assert!(matches!(
+            p.client.poll_event(),
+            Some(Event::Disconnected { reason, by_peer: true, .. }) if reason == code
+        ));
+        // Reconnecting is the way on.
+        p.client.handle_close(p.now);
+        assert!(!p.client.is_closed());
+        p.client.connect(p.now).unwrap();
+    }
 }
 
 #[test]

@@ -639,6 +639,15 @@ impl Runner {
                     break;
                 }
             }
+            if self.client.is_closed() {
+                // The broker closed cleanly (DISCONNECT with Normal disconnection): no
+                // error, only the event said so; what it said is the same as before.
+                t.close().await;
+                return End::Lost(format!(
+                    "disconnected by the broker: {}",
+                    reason_words(ReasonCode::Success)
+                ));
+            }
             if let Some(end) = self.check_done() {
                 if let Err(end) = self.flush(t).await {
                     return end;

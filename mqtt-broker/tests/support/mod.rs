@@ -206,7 +206,7 @@ impl<H: Hooks> Net<H> {
     pub fn subscribe(&mut self, i: usize, filter: &str, options: SubscriptionOptions) {
         self.peers[i]
             .client
-            .subscribe(Instant::ZERO, &[(filter, options)], None)
+            .subscribe(self.now, &[(filter, options)], None)
             .unwrap();
         self.drive();
     }
