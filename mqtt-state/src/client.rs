@@ -10,7 +10,9 @@ use mqtt_codec::{
 
 use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
 use crate::session::SessionState;
-use crate::{ConnAckInfo, Duration, Error, Event, Instant, Message, Timer, Utf8Bytes, Violation};
+use crate::{
+    ConnAckInfo, Duration, Error, Event, Instant, Message, Output, Timer, Utf8Bytes, Violation,
+};
 
 const CONNECT: u8 = 0;
 const SUBSCRIBE: u8 = 1;
@@ -629,6 +631,38 @@ impl Client {
             password: c.password.as_deref(),
             properties,
         },)
+    }
+
+    /// Writes as many whole packets as fit into `out`, for one write to the transport
+    /// (a write per packet costs a system call each, and without `TCP_NODELAY` a delayed
+    /// ACK per packet). `Ok(None)` when there is nothing to send. As
+    /// [`Client::poll_transmit`], with two differences: a packet that does not fit the
+    /// rest of `out` waits for the next call, and an error met after some packets were
+    /// written comes back on the next call. Only a first packet larger than all of `out`
+    /// is `Error::Codec(BufferTooSmall)`.
+    pub fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
+        crate::conn::transmit_batch(out, |rest| self.poll_transmit(now, rest))
+    }
+
+    /// Everything pending, in one loop: events first, then bytes in batches
+    /// ([`Client::poll_transmit_batch`]). `Ok(None)` means nothing is pending, not even
+    /// what handling the events queued; only then wait for the transport or
+    /// [`Client::poll_timeout`]. The loop cannot end with output left behind, whatever the
+    /// event handlers do.
+    pub fn poll_output(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<Output>, Error> {
+        if let Some(e) = self.poll_event() {
+            return Ok(Some(Output::Event(e)));
+        }
+        Ok(self.poll_transmit_batch(now, out)?.map(Output::Transmit))
+    }
+
+    /// Whether an event waits for [`Client::poll_event`].
+    pub fn has_events(&self) -> bool {
+        !self.conn.events.is_empty()
     }
 
     /// The next event, if any.

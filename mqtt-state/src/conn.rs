@@ -1558,6 +1558,27 @@ pub(crate) fn encode_common(c: &Control) -> Option<Packet<'_>> {
     })
 }
 
+/// Fills `out` with as many whole packets as `one` writes (one `poll_transmit` each):
+/// `Ok(Some(total))`, or `Ok(None)` when there was nothing to send. A packet that does not
+/// fit the rest of `out` stays queued for the next call; an error after some packets were
+/// written is left for the next call too, which returns it again (errors are sticky, and a
+/// packet that could not be encoded stays at the head of the queue).
+pub(crate) fn transmit_batch(
+    out: &mut [u8],
+    mut one: impl FnMut(&mut [u8]) -> Result<Option<usize>, Error>,
+) -> Result<Option<usize>, Error> {
+    let mut written = 0;
+    while written < out.len() {
+        match one(&mut out[written..]) {
+            Ok(Some(n)) => written += n,
+            Ok(None) => break,
+            Err(_) if written > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((written > 0).then_some(written))
+}
+
 /// Checks that a packet type may arrive at this role at all.
 pub(crate) fn unexpected(t: PacketType) -> Error {
     Error::Protocol(Violation::UnexpectedPacket(t))

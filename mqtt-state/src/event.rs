@@ -98,6 +98,18 @@ pub enum Event {
     },
 }
 
+/// One step of draining a machine: [`crate::Client::poll_output`] and
+/// [`crate::ServerSession::poll_output`] hand out events before bytes, so that whatever
+/// the application queues while handling an event (a SUBSCRIBE in answer to
+/// [`Event::Connected`], say) goes out in the same drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Handle this event; the commands it leads to may queue more output.
+    Event(Event),
+    /// Write the first this many bytes of the buffer: one or more whole packets.
+    Transmit(usize),
+}
+
 /// What the server said in CONNACK, as the client applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAckInfo {

@@ -85,7 +85,7 @@ mod tests;
 
 pub use client::{Client, ClientConfig};
 pub use error::{Error, Violation};
-pub use event::{ConnAckInfo, ConnectRequest, Event};
+pub use event::{ConnAckInfo, ConnectRequest, Event, Output};
 pub use message::{Diagnostics, Message, MessageProperties, SubscriptionIdList, Utf8Bytes};
 pub use packet_id::PacketIdAllocator;
 pub use server::{Accept, ServerConfig, ServerSession};

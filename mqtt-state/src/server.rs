@@ -13,8 +13,8 @@ use mqtt_topic::{TopicBuf, TopicName};
 use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
 use crate::session::SessionState;
 use crate::{
-    ConnectRequest, Diagnostics, Duration, Error, Event, Instant, Message, SubscriptionIdList,
-    Timer, Utf8Bytes, Violation,
+    ConnectRequest, Diagnostics, Duration, Error, Event, Instant, Message, Output,
+    SubscriptionIdList, Timer, Utf8Bytes, Violation,
 };
 
 const AUTH: u8 = 1;
@@ -1131,6 +1131,38 @@ impl ServerSession {
         };
         self.conn.pop_control();
         Ok(n.ok().filter(|&n| n > 0))
+    }
+
+    /// Writes as many whole packets as fit into `out`, for one write to the transport
+    /// (a write per packet costs a system call each, and without `TCP_NODELAY` a delayed
+    /// ACK per packet). `Ok(None)` when there is nothing to send. As
+    /// [`ServerSession::poll_transmit`], with two differences: a packet that does not fit the
+    /// rest of `out` waits for the next call, and an error met after some packets were
+    /// written comes back on the next call. Only a first packet larger than all of `out`
+    /// is `Error::Codec(BufferTooSmall)`.
+    pub fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
+        crate::conn::transmit_batch(out, |rest| self.poll_transmit(now, rest))
+    }
+
+    /// Everything pending, in one loop: events first, then bytes in batches
+    /// ([`ServerSession::poll_transmit_batch`]). `Ok(None)` means nothing is pending, not even
+    /// what handling the events queued; only then wait for the transport or
+    /// [`ServerSession::poll_timeout`]. The loop cannot end with output left behind, whatever the
+    /// event handlers do.
+    pub fn poll_output(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<Output>, Error> {
+        if let Some(e) = self.poll_event() {
+            return Ok(Some(Output::Event(e)));
+        }
+        Ok(self.poll_transmit_batch(now, out)?.map(Output::Transmit))
+    }
+
+    /// Whether an event waits for [`ServerSession::poll_event`].
+    pub fn has_events(&self) -> bool {
+        !self.conn.events.is_empty()
     }
 
     /// The next event, if any.

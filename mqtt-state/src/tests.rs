@@ -3191,3 +3191,136 @@ fn diagnostics_are_left_out_before_5_0() {
     let sent = frames(|out| p.server.poll_transmit(p.now, out));
     assert_eq!(sent, [vec![0x20, 0x02, 0x00, 0x05]]);
 }
+
+/// The packet types in `bytes`, which must be whole packets from a client at `v`.
+fn client_packet_types(v: ProtocolVersion, mut bytes: &[u8]) -> Vec<PacketType> {
+    let opts = DecodeOptions::new(v).sender(mqtt_codec::Sender::Client);
+    let mut types = Vec::new();
+    while !bytes.is_empty() {
+        match decode(bytes, &opts).unwrap() {
+            Status::Complete { packet, consumed } => {
+                types.push(packet.packet_type());
+                bytes = &bytes[consumed..];
+            }
+            Status::Incomplete { .. } => panic!("a partial packet"),
+        }
+    }
+    types
+}
+
+#[test]
+fn a_subscribe_queued_by_an_event_handler_goes_out_in_the_same_drain() {
+    // The trap: drain transmit, then events, then wait. The handler of `Connected`
+    // subscribes, the SUBSCRIBE waits in the machine, and the program waits on a socket
+    // that will never speak (the broker waits for the SUBSCRIBE): a silent hang.
+    let mut client = Client::new(ClientConfig::new(V5, "c"));
+    let now = Instant::ZERO;
+    client.connect(now).unwrap();
+    let mut out = vec![0u8; 256];
+    let mut wire = Vec::new();
+    while let Some(n) = client.poll_transmit(now, &mut out).unwrap() {
+        wire.extend_from_slice(&out[..n]);
+    }
+    assert_eq!(client_packet_types(V5, &wire), [PacketType::Connect]);
+    let connack = Packet::ConnAck(mqtt_codec::ConnAck::new(false, ReasonCode::Success));
+    let mut input = BytesMut::from(&connack.encode_to_vec(V5).unwrap()[..]);
+    client.handle_input(now, &mut input).unwrap();
+
+    // The wrong order, reproduced: transmit first (nothing), then the events.
+    assert_eq!(client.poll_transmit(now, &mut out), Ok(None));
+    while let Some(e) = client.poll_event() {
+        if let Event::Connected(_) = e {
+            client
+                .subscribe(now, &[("a/#", SubscriptionOptions::default())], None)
+                .unwrap();
+        }
+    }
+    // The machine does not lose it: the next poll_transmit, whatever queued it, hands it
+    // out. The mistake is only waiting before asking.
+    let n = client.poll_transmit(now, &mut out).unwrap().unwrap();
+    assert_eq!(client_packet_types(V5, &out[..n]), [PacketType::Subscribe]);
+
+    // The one-step drain cannot end with it pending: events come before bytes, and the
+    // loop ends only when neither is left.
+    let (mut client, _input, _) = connected_client(V5);
+    client
+        .publish(now, msg("t", "early", QoS::AtMostOnce))
+        .unwrap();
+    let mut wire = Vec::new();
+    let mut events = 0;
+    while let Some(o) = client.poll_output(now, &mut out).unwrap() {
+        match o {
+            Output::Event(Event::Connected(_)) => {
+                events += 1;
+                client
+                    .subscribe(now, &[("a/#", SubscriptionOptions::default())], None)
+                    .unwrap();
+            }
+            Output::Event(_) => events += 1,
+            Output::Transmit(n) => wire.extend_from_slice(&out[..n]),
+        }
+    }
+    assert_eq!(events, 1);
+    assert_eq!(
+        client_packet_types(V5, &wire),
+        [PacketType::Subscribe, PacketType::Publish]
+    );
+    assert!(!client.has_events());
+    assert_eq!(client.poll_transmit(now, &mut out), Ok(None));
+}
+
+#[test]
+fn poll_transmit_batch_fills_the_buffer_with_whole_packets() {
+    let now = Instant::ZERO;
+    let (mut client, _input, _) = connected_client(V4);
+    for i in 0..10 {
+        client
+            .publish(
+                now,
+                msg("t", if i % 2 == 0 { "x" } else { "yy" }, QoS::AtLeastOnce),
+            )
+            .unwrap();
+    }
+    // One PUBLISH here is 2 + 3 + 2 + payload bytes: 8 or 9.
+    let mut big = vec![0u8; 4096];
+    let n = client.poll_transmit_batch(now, &mut big).unwrap().unwrap();
+    assert_eq!(
+        client_packet_types(V4, &big[..n]),
+        [PacketType::Publish; 10]
+    );
+    assert_eq!(n, 5 * 8 + 5 * 9);
+    assert_eq!(client.poll_transmit_batch(now, &mut big), Ok(None));
+
+    // A small buffer takes what fits whole; the rest waits, nothing is split or lost.
+    let (mut client, _input, _) = connected_client(V4);
+    for _ in 0..5 {
+        client
+            .publish(now, msg("t", "x", QoS::AtLeastOnce))
+            .unwrap();
+    }
+    let mut small = vec![0u8; 20];
+    let mut types = Vec::new();
+    while let Some(n) = client.poll_transmit_batch(now, &mut small).unwrap() {
+        assert_eq!(n, 16, "two 8-byte packets fit in 20 bytes, not three");
+        types.extend(client_packet_types(V4, &small[..n]));
+        if types.len() == 4 {
+            break;
+        }
+    }
+    let n = client
+        .poll_transmit_batch(now, &mut small)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 8);
+    assert_eq!(types.len() + 1, 5);
+
+    // A first packet larger than the whole buffer is the caller's to fix, and stays queued.
+    client
+        .publish(now, msg("t", "a payload beyond 20 bytes", QoS::AtMostOnce))
+        .unwrap();
+    assert!(matches!(
+        client.poll_transmit_batch(now, &mut small),
+        Err(Error::Codec(mqtt_codec::Error::BufferTooSmall { .. }))
+    ));
+    assert!(client.poll_transmit_batch(now, &mut big).unwrap().is_some());
+}
