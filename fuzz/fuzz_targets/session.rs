@@ -187,12 +187,14 @@ impl MsgSpec {
         assert_eq!(topic.is_ok(), mqtt_topic::validate_name(t).is_ok(), "{t:?}");
         let mut m = Message::new(topic.ok()?, payload, qos(self.qos));
         m.retain = self.retain;
-        m.properties.message_expiry_interval = self.expiry.map(u32::from);
+        m.properties_mut().message_expiry_interval = self.expiry.map(u32::from);
         if self.content_type {
-            m.properties.content_type = Some("text/plain".into());
+            m.properties_mut().content_type = Some("text/plain".into());
         }
         if self.user {
-            m.properties.set_user_properties(&[("k", "v")]).unwrap();
+            m.properties_mut()
+                .set_user_properties(&[("k", "v")])
+                .unwrap();
         }
         Some(m)
     }

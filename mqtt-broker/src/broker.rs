@@ -430,7 +430,7 @@ impl<H: Hooks> Broker<H> {
                 break;
             };
             match event {
-                Event::ConnectRequest(req) => self.on_connect(now, id, req),
+                Event::ConnectRequest(req) => self.on_connect(now, id, *req),
                 Event::Auth { method, data, .. } => self.on_auth(now, id, method, data),
                 Event::Message {
                     packet_id, message, ..

@@ -91,7 +91,10 @@ impl<H: Hooks> Broker<H> {
             }
         }
         // Subscription identifiers are per delivery, never forwarded from the publisher.
-        message.properties.subscription_identifiers.clear();
+        // (Only touched when there are some: most messages have no properties at all.)
+        if !message.properties().subscription_identifiers.is_empty() {
+            message.properties_mut().subscription_identifiers.clear();
+        }
         let mut scratch = core::mem::take(&mut self.scratch);
         scratch.clear();
         let mut mark = core::mem::take(&mut self.route_mark);

@@ -205,12 +205,12 @@ impl<H: Hooks> Broker<H> {
             m.qos = m.qos.min(opts.qos);
             m.retain = true;
             // [MQTT-3.3.2-6] the expiry counts the time the message was stored.
-            if let Some(e) = m.properties.message_expiry_interval {
+            if let Some(e) = m.properties().message_expiry_interval {
                 let waited = u32::try_from((now - stored).as_secs()).unwrap_or(u32::MAX);
                 if waited >= e {
                     continue;
                 }
-                m.properties.message_expiry_interval = Some(e - waited);
+                m.properties_mut().message_expiry_interval = Some(e - waited);
             }
             let ids: Vec<SubscriptionId> = opts.id.into_iter().collect();
             self.deliver(now, owner, m, &ids);

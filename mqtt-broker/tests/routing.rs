@@ -84,7 +84,7 @@ fn mqtt_3_3_4_2_overlapping_subscriptions_give_one_copy_at_the_highest_qos() {
     assert_eq!(msgs[0].qos, QoS::ExactlyOnce);
     // [MQTT-3.3.4-3] every matching subscription's identifier.
     let mut ids: Vec<u32> = msgs[0]
-        .properties
+        .properties()
         .subscription_identifiers
         .iter()
         .map(|i| i.get())
@@ -132,11 +132,11 @@ fn mqtt_3_3_2_4_message_properties_are_forwarded_unchanged() {
             QoS::AtLeastOnce,
         );
         m.retain = true;
-        m.properties.payload_format_indicator = Some(payload_format);
-        m.properties.content_type = Some("application/json; v=2".into());
-        m.properties.response_topic = Some("reply/p/7".into());
-        m.properties.correlation_data = Some(bytes::Bytes::from_static(b"\x00corr\xff"));
-        m.properties.set_user_properties(&users).unwrap();
+        m.properties_mut().payload_format_indicator = Some(payload_format);
+        m.properties_mut().content_type = Some("application/json; v=2".into());
+        m.properties_mut().response_topic = Some("reply/p/7".into());
+        m.properties_mut().correlation_data = Some(bytes::Bytes::from_static(b"\x00corr\xff"));
+        m.properties_mut().set_user_properties(&users).unwrap();
         net.publish_message(p, m);
     }
     net.reconnect(offline);
@@ -146,7 +146,7 @@ fn mqtt_3_3_2_4_message_properties_are_forwarded_unchanged() {
         let got = net.deliveries(s);
         assert_eq!(got.len(), 2, "{s}");
         for ((_, _, m), payload_format) in got.iter().zip([true, false]) {
-            let props = &m.properties;
+            let props = &m.properties();
             assert_eq!(props.payload_format_indicator, Some(payload_format));
             assert_eq!(
                 props.content_type.as_ref().map(Utf8Bytes::as_str),
@@ -200,7 +200,7 @@ fn mqtt_3_3_4_4_one_copy_carries_every_matching_subscription_identifier() {
             .into_iter()
             .map(|(_, _, m)| {
                 let mut ids: Vec<u32> = m
-                    .properties
+                    .properties()
                     .subscription_identifiers
                     .iter()
                     .map(|i| i.get())
@@ -339,7 +339,7 @@ fn mqtt_3_3_2_5_expired_messages_are_not_delivered_onward() {
             payload,
             QoS::AtLeastOnce,
         );
-        m.properties.message_expiry_interval = secs;
+        m.properties_mut().message_expiry_interval = secs;
         m
     };
     let mut net = Net::new();
@@ -356,7 +356,7 @@ fn mqtt_3_3_2_5_expired_messages_are_not_delivered_onward() {
     let got: Vec<_> = net
         .deliveries(s)
         .into_iter()
-        .map(|(_, _, m)| (text(&m), m.properties.message_expiry_interval))
+        .map(|(_, _, m)| (text(&m), m.properties().message_expiry_interval))
         .collect();
     assert_eq!(
         got,
@@ -684,7 +684,7 @@ fn mqtt_3_3_4_4_every_matching_subscription_identifier_is_delivered() {
             .into_iter()
             .map(|(_, _, m)| {
                 let mut ids: Vec<u32> = m
-                    .properties
+                    .properties()
                     .subscription_identifiers
                     .iter()
                     .map(|i| i.get())

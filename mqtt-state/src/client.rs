@@ -595,12 +595,16 @@ impl Client {
             properties: if v5 {
                 WillProperties {
                     will_delay_interval: (*delay > 0).then_some(*delay),
-                    payload_format_indicator: m.properties.payload_format_indicator,
-                    message_expiry_interval: m.properties.message_expiry_interval,
-                    content_type: m.properties.content_type.as_ref().map(Utf8Bytes::as_str),
-                    response_topic: m.properties.response_topic.as_ref().map(Utf8Bytes::as_str),
-                    correlation_data: m.properties.correlation_data.as_deref(),
-                    user_properties: m.properties.user_properties(),
+                    payload_format_indicator: m.properties().payload_format_indicator,
+                    message_expiry_interval: m.properties().message_expiry_interval,
+                    content_type: m.properties().content_type.as_ref().map(Utf8Bytes::as_str),
+                    response_topic: m
+                        .properties()
+                        .response_topic
+                        .as_ref()
+                        .map(Utf8Bytes::as_str),
+                    correlation_data: m.properties().correlation_data.as_deref(),
+                    user_properties: m.properties().user_properties(),
                 }
             } else {
                 WillProperties::default()

@@ -1015,7 +1015,7 @@ impl Conn {
             false,
             message.codec_topic(),
             None,
-            message.properties.message_expiry_interval,
+            message.properties().message_expiry_interval,
             &subscription_ids,
         );
         Packet::Publish(self.for_version(probe)).encoded_len(self.version)?;

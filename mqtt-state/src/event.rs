@@ -11,8 +11,10 @@ use crate::{Duration, Error, Message, Utf8Bytes};
 pub enum Event {
     /// Client: the server accepted the connection.
     Connected(ConnAckInfo),
-    /// Server: a client asks to connect; answer with `accept` or `reject`.
-    ConnectRequest(ConnectRequest),
+    /// Server: a client asks to connect; answer with `accept` or `reject`. Boxed: it is
+    /// the largest event by far and comes once per connection, and every other event
+    /// would otherwise be as large.
+    ConnectRequest(alloc::boxed::Box<ConnectRequest>),
     /// An application message arrived. With manual acks, acknowledge `packet_id` with `ack`.
     Message {
         /// Its packet identifier (QoS 1/2).

@@ -463,16 +463,14 @@ impl ServerSession {
                     let mut m = Message::new(topic, frame.slice_ref(w.payload), w.qos);
                     m.retain = w.retain;
                     let wp = &w.properties;
-                    m.properties.payload_format_indicator = wp.payload_format_indicator;
-                    m.properties.message_expiry_interval = wp.message_expiry_interval;
-                    m.properties.content_type =
-                        wp.content_type.map(|s| Utf8Bytes::slice_of(frame, s));
-                    m.properties.response_topic =
-                        wp.response_topic.map(|s| Utf8Bytes::slice_of(frame, s));
-                    m.properties.correlation_data = wp.correlation_data.map(|b| frame.slice_ref(b));
-                    m.properties.set_user_block(
-                        wp.user_properties.wire_block().map(|b| frame.slice_ref(b)),
-                    );
+                    let mut p = crate::MessageProperties::new();
+                    p.payload_format_indicator = wp.payload_format_indicator;
+                    p.message_expiry_interval = wp.message_expiry_interval;
+                    p.content_type = wp.content_type.map(|s| Utf8Bytes::slice_of(frame, s));
+                    p.response_topic = wp.response_topic.map(|s| Utf8Bytes::slice_of(frame, s));
+                    p.correlation_data = wp.correlation_data.map(|b| frame.slice_ref(b));
+                    p.set_user_block(wp.user_properties.wire_block().map(|b| frame.slice_ref(b)));
+                    m.set_properties(p);
                     // Kept until the connection ends: copied out of the receive buffer.
                     (m.detached(), wp.will_delay_interval.unwrap_or(0))
                 });
@@ -497,23 +495,24 @@ impl ServerSession {
                 if refusal.is_some() {
                     return Ok(false);
                 }
-                conn.events.push_back(Event::ConnectRequest(ConnectRequest {
-                    protocol: c.protocol,
-                    // A copy of its own rather than a clone: cloning a `Bytes` made from a
-                    // `Vec` allocates a shared header, which the machine's copy would then
-                    // keep for the life of the connection.
-                    client_id: Utf8Bytes::copy_of(c.client_id),
-                    clean_start: c.clean_start,
-                    keep_alive: ka,
-                    username: c.username.map(|u| Utf8Bytes::slice_of(frame, u)),
-                    password: c.password.map(|pw| frame.slice_ref(pw)),
-                    will,
-                    session_expiry_interval: p.session_expiry_interval.unwrap_or(0),
-                    authentication_method: p
-                        .authentication_method
-                        .map(|m| Utf8Bytes::slice_of(frame, m)),
-                    authentication_data: p.authentication_data.map(|d| frame.slice_ref(d)),
-                }));
+                conn.events
+                    .push_back(Event::ConnectRequest(Box::new(ConnectRequest {
+                        protocol: c.protocol,
+                        // A copy of its own rather than a clone: cloning a `Bytes` made from a
+                        // `Vec` allocates a shared header, which the machine's copy would then
+                        // keep for the life of the connection.
+                        client_id: Utf8Bytes::copy_of(c.client_id),
+                        clean_start: c.clean_start,
+                        keep_alive: ka,
+                        username: c.username.map(|u| Utf8Bytes::slice_of(frame, u)),
+                        password: c.password.map(|pw| frame.slice_ref(pw)),
+                        will,
+                        session_expiry_interval: p.session_expiry_interval.unwrap_or(0),
+                        authentication_method: p
+                            .authentication_method
+                            .map(|m| Utf8Bytes::slice_of(frame, m)),
+                        authentication_data: p.authentication_data.map(|d| frame.slice_ref(d)),
+                    })));
                 // Nothing but AUTH is read until the application decides.
                 conn.hold_non_auth = true;
                 return Ok(true);

@@ -1223,9 +1223,9 @@ fn message_expiry_counts_down_while_queued() {
     p.drive();
     p.client.handle_close(p.now);
     let mut m = msg("t", "soon", QoS::AtLeastOnce);
-    m.properties.message_expiry_interval = Some(10);
+    m.properties_mut().message_expiry_interval = Some(10);
     let mut m2 = msg("t", "later", QoS::AtLeastOnce);
-    m2.properties.message_expiry_interval = Some(100);
+    m2.properties_mut().message_expiry_interval = Some(100);
     p.client.publish(p.now, m).unwrap();
     p.client.publish(p.now, m2).unwrap();
     p.now = p.now + Duration::from_secs(30);
@@ -1236,7 +1236,7 @@ fn message_expiry_counts_down_while_queued() {
         .filter_map(|e| match e {
             Event::Message { message, .. } => Some((
                 message.payload.to_vec(),
-                message.properties.message_expiry_interval,
+                message.properties().message_expiry_interval,
             )),
             _ => None,
         })
@@ -2081,7 +2081,7 @@ fn mqtt_3_1_2_24_3_1_1_server_drops_a_silent_client_after_one_and_a_half_keep_al
 fn an_unencodable_message_is_refused_at_publish_and_the_connection_goes_on() {
     let (mut client, _input, mut out) = connected_client(V5);
     let mut m = msg("t", "x", QoS::AtLeastOnce);
-    m.properties.response_topic = Some("replies/+".into());
+    m.properties_mut().response_topic = Some("replies/+".into());
     assert!(matches!(
         client.publish(Instant::ZERO, m),
         Err(Error::Codec(mqtt_codec::Error::InvalidTopicName(_)))
@@ -2521,7 +2521,7 @@ fn mqtt_4_3_3_7_a_sent_qos_2_message_does_not_expire() {
     let mut ids = Vec::new();
     for payload in ["a", "b"] {
         let mut m = msg("t", payload, QoS::ExactlyOnce);
-        m.properties.message_expiry_interval = Some(5);
+        m.properties_mut().message_expiry_interval = Some(5);
         ids.push(client.publish(t0, m).unwrap().unwrap());
     }
     let (a, b) = (ids[0], ids[1]);
@@ -2583,7 +2583,7 @@ fn mqtt_4_3_3_13_a_qos_2_receiver_finishes_an_expired_message() {
     );
     p.drive();
     let mut m = msg("t", "x", QoS::ExactlyOnce);
-    m.properties.message_expiry_interval = Some(1);
+    m.properties_mut().message_expiry_interval = Some(1);
     let id = p.server.deliver(p.now, m, &[]).unwrap().unwrap();
     p.drive();
     assert_eq!(p.client_messages(), [b"x".to_vec()]);
@@ -2830,7 +2830,7 @@ fn mqtt_3_3_4_4_deliver_keeps_every_subscription_identifier() {
         .iter()
         .filter_map(|e| match e {
             Event::Message { message, .. } => {
-                Some(message.properties.subscription_identifiers.to_vec())
+                Some(message.properties().subscription_identifiers.to_vec())
             }
             _ => None,
         })
@@ -3323,4 +3323,48 @@ fn poll_transmit_batch_fills_the_buffer_with_whole_packets() {
         Err(Error::Codec(mqtt_codec::Error::BufferTooSmall { .. }))
     ));
     assert!(client.poll_transmit_batch(now, &mut big).unwrap().is_some());
+}
+
+#[test]
+fn public_types_stay_small() {
+    // Rare fields (a will, 5.0 properties, which most messages lack) live behind a box:
+    // an `Event` was 416 bytes and a `Message` 240 while they sat inline, and every
+    // queued delivery, message in flight and event carried that.
+    use core::mem::size_of;
+    assert!(
+        size_of::<Message>() <= 80,
+        "Message: {}",
+        size_of::<Message>()
+    );
+    assert!(size_of::<Event>() <= 112, "Event: {}", size_of::<Event>());
+    assert!(
+        size_of::<Output>() <= 112,
+        "Output: {}",
+        size_of::<Output>()
+    );
+    assert!(
+        size_of::<Outgoing>() <= 120,
+        "Outgoing: {}",
+        size_of::<Outgoing>()
+    );
+    assert!(
+        size_of::<Inflight>() <= 128,
+        "Inflight: {}",
+        size_of::<Inflight>()
+    );
+}
+
+#[test]
+fn properties_take_memory_only_when_a_message_has_some() {
+    let mut m = msg("t", "x", QoS::AtLeastOnce);
+    assert!(m.properties().is_empty());
+    // Setting empty properties keeps the message as it was, and equal to one without.
+    m.set_properties(MessageProperties::new());
+    assert_eq!(m, msg("t", "x", QoS::AtLeastOnce));
+    m.properties_mut().message_expiry_interval = Some(5);
+    assert_eq!(m.properties().message_expiry_interval, Some(5));
+    assert_ne!(m, msg("t", "x", QoS::AtLeastOnce));
+    // Emptied again, it compares by value.
+    m.properties_mut().message_expiry_interval = None;
+    assert_eq!(m, msg("t", "x", QoS::AtLeastOnce));
 }

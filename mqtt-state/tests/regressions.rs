@@ -339,8 +339,10 @@ fn properties_are_dropped_for_a_3_1_1_peer() {
     ));
     server.accept(now, Accept::default()).unwrap();
     let mut m = Message::new(TopicBuf::from_static("t").unwrap(), "x", QoS::AtLeastOnce);
-    m.properties.content_type = Some("text/plain".into());
-    m.properties.set_user_properties(&[("k", "v")]).unwrap();
+    m.properties_mut().content_type = Some("text/plain".into());
+    m.properties_mut()
+        .set_user_properties(&[("k", "v")])
+        .unwrap();
     server.deliver(now, m, &[]).unwrap();
     let mut out = [0u8; 256];
     let _connack = server.poll_transmit(now, &mut out).unwrap().unwrap();

@@ -244,12 +244,14 @@ impl Props {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let p = &mut m.properties;
+        let mut p = m.properties().clone();
         p.set_user_properties(&pairs)
             .map_err(|e| format!("user properties: {e}"))?;
         p.message_expiry_interval = self.expiry;
         p.content_type = self.content_type.clone().map(Into::into);
         p.response_topic = self.response_topic.clone().map(Into::into);
+        // Boxed only when there is any.
+        m.set_properties(p);
         Ok(())
     }
 }
@@ -913,13 +915,13 @@ fn print_message(m: &Message, verbose: bool, format: Option<&str>) {
                     Some('q') => line.extend_from_slice((m.qos as u8).to_string().as_bytes()),
                     Some('r') => line.push(if m.retain { b'1' } else { b'0' }),
                     Some('E') => {
-                        if let Some(e) = m.properties.message_expiry_interval {
+                        if let Some(e) = m.properties().message_expiry_interval {
                             line.extend_from_slice(e.to_string().as_bytes());
                         }
                     }
                     Some('P') => {
                         let props: Vec<String> = m
-                            .properties
+                            .properties()
                             .user_properties()
                             .iter()
                             .map(|(k, v)| format!("{k}:{v}"))
