@@ -95,9 +95,10 @@ type PendingSubscribe = (
 /// The client side of one MQTT connection, as a pure state machine.
 ///
 /// Feed it what the transport delivers with [`Client::handle_input`] and the passage of time
-/// with [`Client::handle_timeout`]; after every call, drain [`Client::poll_transmit`] (bytes
-/// to write), [`Client::poll_event`] (what happened) and [`Client::poll_timeout`] (when to
-/// call `handle_timeout` next). See the crate documentation for the loop.
+/// with [`Client::handle_timeout`]; after every call, drain [`Client::poll_output`] (events,
+/// then bytes to write, until neither is left), then wait for the transport or
+/// [`Client::poll_timeout`] (when to call `handle_timeout` next). See the crate
+/// documentation for the loop.
 pub struct Client {
     conn: Conn,
     config: ClientConfig,

@@ -628,7 +628,7 @@ impl ServerSession {
         }
         self.decided = true;
         self.conn.hold_non_auth = false;
-        // The CONNECT's event grew the event queue (an event is ~400 bytes), and most
+        // The CONNECT's event grew the event queue (an event is 112 bytes), and most
         // connections then sit idle: give that back instead of keeping the high-water mark.
         self.conn.events.shrink_to_fit();
         let mut session = accept.session;
