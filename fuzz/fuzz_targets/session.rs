@@ -210,6 +210,8 @@ trait Machine {
     fn session(&self) -> &SessionState;
     /// The level packets are exchanged at.
     fn version(&self) -> ProtocolVersion;
+    /// Over, and nothing left to send.
+    fn closed(&self) -> bool;
 }
 
 impl Machine for Client {
@@ -233,6 +235,9 @@ impl Machine for Client {
     }
     fn version(&self) -> ProtocolVersion {
         self.config().version
+    }
+    fn closed(&self) -> bool {
+        self.is_closed()
     }
 }
 
@@ -258,6 +263,9 @@ impl Machine for ServerSession {
     fn version(&self) -> ProtocolVersion {
         ServerSession::version(self)
     }
+    fn closed(&self) -> bool {
+        self.is_closed()
+    }
 }
 
 fn is_buffer_too_small(e: &Error) -> bool {
@@ -272,6 +280,9 @@ struct Harness {
     input: BytesMut,
     /// The error the machine must keep returning.
     sticky: Option<Error>,
+    /// The connection closed cleanly (the application's disconnect, or the peer's
+    /// Normal disconnection): no call may return an error for it.
+    clean_close: bool,
     /// The Maximum Packet Size the peer announced on this connection.
     peer_max: Option<u32>,
     /// The peer's first CONNECT/CONNACK on this connection was seen: a later one is a
@@ -345,6 +356,11 @@ impl Harness {
         let r = m.input(self.now, &mut self.input);
         if let Some(s) = self.sticky {
             assert_eq!(r, Err(s), "handle_input after failure");
+        } else if self.clean_close {
+            assert_eq!(r, Ok(()), "handle_input after a clean close");
+        } else if r.is_ok() && m.closed() {
+            // The peer's DISCONNECT with Normal disconnection: the end, not an error.
+            self.clean_close = true;
         }
         if let Err(e) = r {
             assert!(!is_buffer_too_small(&e));
@@ -404,6 +420,10 @@ impl Harness {
             }
             Ok(None) => false,
             Err(e) => {
+                assert!(
+                    !self.clean_close,
+                    "poll_transmit error after a clean close: {e:?}"
+                );
                 self.on_error(e);
                 false
             }
@@ -431,7 +451,7 @@ impl Harness {
                         bytes.len()
                     );
                 }
-                if self.sticky.is_some() {
+                if self.sticky.is_some() || self.clean_close {
                     assert!(
                         match &packet {
                             Packet::Disconnect(_) => true,
@@ -470,9 +490,10 @@ impl Harness {
     fn decide(&mut self, r: Result<(), Error>) {
         match r {
             Ok(()) => self.decided = true,
-            Err(Error::InvalidState(e)) => {
-                assert!(!self.connect_pending, "refused to answer a CONNECT: {e}")
-            }
+            Err(Error::InvalidState(e)) => assert!(
+                !self.connect_pending || self.clean_close,
+                "refused to answer a CONNECT: {e}"
+            ),
             // The connection failed while the CONNECT awaited an answer: the same error.
             Err(e) => self.on_error(e),
         }
@@ -711,11 +732,15 @@ fn run_client(h: &mut Harness, cfg: ClientConfig, ops: &[Op]) {
                     let r = c.disconnect(h.now, code(*reason));
                     if let Some(s) = h.sticky {
                         assert_eq!(r, Err(s), "disconnect after failure");
+                    } else if r.is_ok() {
+                        // Asked for: a clean close, whatever the code.
+                        h.clean_close = true;
                     }
                 }
                 Op::Reconnect | Op::Accept { .. } | Op::Reject { .. } => {
                     c.handle_close(h.now);
                     h.sticky = None;
+                    h.clean_close = false;
                     h.peer_max = None;
                     h.hello_seen = false;
                     h.input.clear();
@@ -788,7 +813,13 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                         s.ack(h.now, id, reason);
                     }
                 }
-                Op::Disconnect { reason } => s.disconnect(h.now, code(*reason)),
+                Op::Disconnect { reason } => {
+                    s.disconnect(h.now, code(*reason));
+                    // Clean unless it had failed already (a timeout fails silently).
+                    if s.error() == Some(Error::Disconnected(code(*reason))) {
+                        h.clean_close = true;
+                    }
+                }
                 Op::Accept { session_present } => {
                     let accept = Accept {
                         session: std::mem::take(&mut saved),
@@ -808,6 +839,7 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                     saved = old.into_session();
                     h.check_session(&saved);
                     h.sticky = None;
+                    h.clean_close = false;
                     h.peer_max = None;
                     h.hello_seen = false;
                     h.input.clear();
@@ -837,6 +869,7 @@ fn run(input: Input) {
         now: Instant::from_millis(1_000),
         input: BytesMut::new(),
         sticky: None,
+        clean_close: false,
         peer_max: None,
         hello_seen: false,
         max_inflight: usize::from(max_inflight),

@@ -1257,7 +1257,17 @@ impl Sim {
                         self.send(link, true, Item::Data(out[..n].to_vec()));
                         progress = true;
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // A clean close (ours, or the broker's Normal disconnection) is no
+                        // error: the machine is done all the same.
+                        if self.clients[i].machine.is_closed() {
+                            self.trace(|| format!("c{i} closes link {link} cleanly"));
+                            self.send(link, true, Item::Fin);
+                            self.client_closed(i);
+                            progress = true;
+                        }
+                        break;
+                    }
                     Err(e) => {
                         self.check_error(&format!("c{i} poll_transmit"), e);
                         self.trace(|| format!("c{i} closes link {link} after {e}"));
