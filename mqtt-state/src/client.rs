@@ -430,7 +430,10 @@ impl Client {
         self.conn.ack(packet_id, ReasonCode::Success)
     }
 
-    /// Sends DISCONNECT with `reason` (5.0; Normal disconnection before) and closes.
+    /// Sends DISCONNECT with `reason` (5.0; Normal disconnection before) and closes. The
+    /// close is clean whatever the code, since the application asked for it: the DISCONNECT
+    /// comes out of the next drain, [`Event::Disconnected`] reports it, then
+    /// [`Client::is_closed`] is true and no call returns it as an error.
     pub fn disconnect(&mut self, _now: Instant, reason: ReasonCode) -> Result<(), Error> {
         self.conn.check()?;
         // [MQTT-3.14.2-1] only the DISCONNECT table: refused here, before any state changes.
@@ -447,6 +450,7 @@ impl Client {
             self.conn.phase = Phase::Closed;
             self.conn.set_error(Some(Error::Disconnected(reason)));
             self.conn.mark_clean();
+            self.conn.timers.clear();
             return Ok(());
         }
         self.conn.final_disconnect = Some(reason);
