@@ -204,6 +204,8 @@ impl MsgSpec {
 trait Machine {
     fn input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), Error>;
     fn transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error>;
+    /// As many whole packets as fit.
+    fn transmit_batch(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error>;
     fn event(&mut self) -> Option<Event>;
     fn timeout(&mut self, now: Instant);
     fn next_timeout(&self) -> Option<Instant>;
@@ -220,6 +222,9 @@ impl Machine for Client {
     }
     fn transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         self.poll_transmit(now, out)
+    }
+    fn transmit_batch(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        self.poll_transmit_batch(now, out)
     }
     fn event(&mut self) -> Option<Event> {
         self.poll_event()
@@ -248,6 +253,9 @@ impl Machine for ServerSession {
     fn transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         self.poll_transmit(now, out)
     }
+    fn transmit_batch(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        self.poll_transmit_batch(now, out)
+    }
     fn event(&mut self) -> Option<Event> {
         self.poll_event()
     }
@@ -266,6 +274,21 @@ impl Machine for ServerSession {
     fn closed(&self) -> bool {
         self.is_closed()
     }
+}
+
+/// The length of the whole packet `bytes` starts with (fixed header included), if it holds
+/// one.
+fn packet_len(bytes: &[u8]) -> Option<usize> {
+    let mut len = 0usize;
+    for i in 1..5 {
+        let b = *bytes.get(i)?;
+        len |= usize::from(b & 0x7f) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            let total = 1 + i + len;
+            return (total <= bytes.len()).then_some(total);
+        }
+    }
+    None
 }
 
 fn is_buffer_too_small(e: &Error) -> bool {
@@ -397,13 +420,23 @@ impl Harness {
 
     /// One `poll_transmit` into a buffer of `size` bytes, checked.
     fn transmit<M: Machine>(&mut self, m: &mut M, size: usize) -> bool {
+        // Odd sizes take the batch: whole packets, as many as fit.
+        let batch = size % 2 == 1;
         let size = size.min(BIG);
         let before = m.session().clone();
-        let r = m.transmit(self.now, &mut self.out[..size]);
+        let r = if batch {
+            m.transmit_batch(self.now, &mut self.out[..size])
+        } else {
+            m.transmit(self.now, &mut self.out[..size])
+        };
         let r = match r {
             Err(e) if is_buffer_too_small(&e) => {
                 assert_eq!(&before, m.session(), "BufferTooSmall changed the session");
-                let r = m.transmit(self.now, &mut self.out[..BIG]);
+                let r = if batch {
+                    m.transmit_batch(self.now, &mut self.out[..BIG])
+                } else {
+                    m.transmit(self.now, &mut self.out[..BIG])
+                };
                 assert!(
                     !matches!(r, Err(ref e) if is_buffer_too_small(e)),
                     "a large buffer is still too small"
@@ -415,7 +448,18 @@ impl Harness {
         match r {
             Ok(Some(n)) => {
                 assert!(n <= BIG);
-                self.check_packet(m.version(), &self.out[..n]);
+                if batch {
+                    // Whole packets back to back, each checked as a lone one would be.
+                    let mut at = 0;
+                    while at < n {
+                        let len = packet_len(&self.out[at..n])
+                            .expect("poll_transmit_batch wrote a partial packet");
+                        self.check_packet(m.version(), &self.out[at..at + len]);
+                        at += len;
+                    }
+                } else {
+                    self.check_packet(m.version(), &self.out[..n]);
+                }
                 true
             }
             Ok(None) => false,

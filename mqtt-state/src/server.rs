@@ -889,6 +889,14 @@ impl ServerSession {
         reasons: Vec<ReasonCode>,
     ) -> Result<(), Error> {
         self.conn.check()?;
+        // Refused now if it could never be encoded (no code at all, a code SUBACK does not
+        // have at this level): queued, it would fail every `poll_transmit` and wedge the
+        // connection ([MQTT-3.9.3-1] one code per filter, [MQTT-3.9.3-2] from its table).
+        let probe = Packet::SubAck(mqtt_codec::SubAck::new(
+            packet_id,
+            mqtt_codec::List::new(&reasons),
+        ));
+        probe.encoded_len(self.conn.version)?;
         self.conn.push_control(Control::SubAck(packet_id, reasons));
         Ok(())
     }
@@ -906,6 +914,13 @@ impl ServerSession {
         } else {
             Vec::new()
         };
+        // As for SUBACK: what could never be encoded is refused here, not queued
+        // ([MQTT-3.11.3-1] a 5.0 UNSUBACK has one code per filter).
+        let probe = Packet::UnsubAck(mqtt_codec::UnsubAck::new(
+            packet_id,
+            mqtt_codec::List::new(&reasons),
+        ));
+        probe.encoded_len(self.conn.version)?;
         self.conn
             .push_control(Control::UnsubAck(packet_id, reasons));
         Ok(())

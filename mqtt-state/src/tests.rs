@@ -3368,3 +3368,30 @@ fn properties_take_memory_only_when_a_message_has_some() {
     m.properties_mut().message_expiry_interval = None;
     assert_eq!(m, msg("t", "x", QoS::AtLeastOnce));
 }
+
+#[test]
+fn an_unencodable_suback_or_unsuback_is_refused_not_queued() {
+    // Found by the session fuzzer: an UNSUBACK without codes at 5.0 was queued, failed
+    // every poll_transmit with a non-sticky error, and wedged the connection.
+    let now = Instant::ZERO;
+    let (mut server, _input) = accepted_server(V5);
+    let mut out = vec![0u8; 256];
+    while server.poll_transmit(now, &mut out).unwrap().is_some() {}
+    let id = mqtt_codec::PacketId::new(1).unwrap();
+    // [MQTT-3.11.3-1] one code per filter: none is no UNSUBACK.
+    assert!(matches!(
+        server.unsuback(now, id, vec![]),
+        Err(Error::Codec(mqtt_codec::Error::EmptyPayload { .. }))
+    ));
+    // [MQTT-3.9.3-2] a code SUBACK does not have.
+    assert!(server
+        .suback(now, id, vec![ReasonCode::DisconnectWithWill])
+        .is_err());
+    assert!(server.suback(now, id, vec![]).is_err());
+    // Nothing was queued, and the connection goes on.
+    assert_eq!(server.poll_transmit(now, &mut out), Ok(None));
+    server
+        .suback(now, id, vec![ReasonCode::GrantedQoS1])
+        .unwrap();
+    assert!(server.poll_transmit(now, &mut out).unwrap().is_some());
+}
