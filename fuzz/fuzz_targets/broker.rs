@@ -1316,9 +1316,9 @@ mod scenario {
             if p.client.is_connected() {
                 let f = usize::from(filter) % FILTERS.len();
                 let q = qos(q);
-                if let Ok(id) = p
-                    .client
-                    .subscribe(&[(FILTERS[f], SubscriptionOptions::qos(q))], None)
+                if let Ok(id) =
+                    p.client
+                        .subscribe(self.now, &[(FILTERS[f], SubscriptionOptions::qos(q))], None)
                 {
                     // [MQTT-3.8.4-3] it replaces an identical filter's subscription.
                     for s in p.subs.iter_mut().filter(|s| s.filter == f) {
@@ -1445,7 +1445,7 @@ mod scenario {
                 Op::Disconnect { c } => {
                     let i = pick(c);
                     if w.peers[i].client.is_connected() {
-                        let _ = w.peers[i].client.disconnect(ReasonCode::Success);
+                        let _ = w.peers[i].client.disconnect(w.now, ReasonCode::Success);
                     }
                 }
                 Op::Cut { c } => w.cut(pick(c)),
@@ -1468,7 +1468,7 @@ mod scenario {
                     let p = &mut w.peers[i];
                     if p.client.is_connected() {
                         let f = usize::from(filter) % FILTERS.len();
-                        if p.client.unsubscribe(&[FILTERS[f]]).is_ok() {
+                        if p.client.unsubscribe(w.now, &[FILTERS[f]]).is_ok() {
                             for s in p.subs.iter_mut().filter(|s| s.filter == f) {
                                 s.until.get_or_insert(tick);
                             }

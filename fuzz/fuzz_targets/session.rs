@@ -187,12 +187,14 @@ impl MsgSpec {
         assert_eq!(topic.is_ok(), mqtt_topic::validate_name(t).is_ok(), "{t:?}");
         let mut m = Message::new(topic.ok()?, payload, qos(self.qos));
         m.retain = self.retain;
-        m.properties.message_expiry_interval = self.expiry.map(u32::from);
+        m.properties_mut().message_expiry_interval = self.expiry.map(u32::from);
         if self.content_type {
-            m.properties.content_type = Some("text/plain".into());
+            m.properties_mut().content_type = Some("text/plain".into());
         }
         if self.user {
-            m.properties.set_user_properties(&[("k", "v")]).unwrap();
+            m.properties_mut()
+                .set_user_properties(&[("k", "v")])
+                .unwrap();
         }
         Some(m)
     }
@@ -202,12 +204,16 @@ impl MsgSpec {
 trait Machine {
     fn input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), Error>;
     fn transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error>;
+    /// As many whole packets as fit.
+    fn transmit_batch(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error>;
     fn event(&mut self) -> Option<Event>;
     fn timeout(&mut self, now: Instant);
     fn next_timeout(&self) -> Option<Instant>;
     fn session(&self) -> &SessionState;
     /// The level packets are exchanged at.
     fn version(&self) -> ProtocolVersion;
+    /// Over, and nothing left to send.
+    fn closed(&self) -> bool;
 }
 
 impl Machine for Client {
@@ -216,6 +222,9 @@ impl Machine for Client {
     }
     fn transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         self.poll_transmit(now, out)
+    }
+    fn transmit_batch(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        self.poll_transmit_batch(now, out)
     }
     fn event(&mut self) -> Option<Event> {
         self.poll_event()
@@ -232,6 +241,9 @@ impl Machine for Client {
     fn version(&self) -> ProtocolVersion {
         self.config().version
     }
+    fn closed(&self) -> bool {
+        self.is_closed()
+    }
 }
 
 impl Machine for ServerSession {
@@ -240,6 +252,9 @@ impl Machine for ServerSession {
     }
     fn transmit(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         self.poll_transmit(now, out)
+    }
+    fn transmit_batch(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
+        self.poll_transmit_batch(now, out)
     }
     fn event(&mut self) -> Option<Event> {
         self.poll_event()
@@ -256,6 +271,24 @@ impl Machine for ServerSession {
     fn version(&self) -> ProtocolVersion {
         ServerSession::version(self)
     }
+    fn closed(&self) -> bool {
+        self.is_closed()
+    }
+}
+
+/// The length of the whole packet `bytes` starts with (fixed header included), if it holds
+/// one.
+fn packet_len(bytes: &[u8]) -> Option<usize> {
+    let mut len = 0usize;
+    for i in 1..5 {
+        let b = *bytes.get(i)?;
+        len |= usize::from(b & 0x7f) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            let total = 1 + i + len;
+            return (total <= bytes.len()).then_some(total);
+        }
+    }
+    None
 }
 
 fn is_buffer_too_small(e: &Error) -> bool {
@@ -270,6 +303,9 @@ struct Harness {
     input: BytesMut,
     /// The error the machine must keep returning.
     sticky: Option<Error>,
+    /// The connection closed cleanly (the application's disconnect, or the peer's
+    /// Normal disconnection): no call may return an error for it.
+    clean_close: bool,
     /// The Maximum Packet Size the peer announced on this connection.
     peer_max: Option<u32>,
     /// The peer's first CONNECT/CONNACK on this connection was seen: a later one is a
@@ -343,6 +379,11 @@ impl Harness {
         let r = m.input(self.now, &mut self.input);
         if let Some(s) = self.sticky {
             assert_eq!(r, Err(s), "handle_input after failure");
+        } else if self.clean_close {
+            assert_eq!(r, Ok(()), "handle_input after a clean close");
+        } else if r.is_ok() && m.closed() {
+            // The peer's DISCONNECT with Normal disconnection: the end, not an error.
+            self.clean_close = true;
         }
         if let Err(e) = r {
             assert!(!is_buffer_too_small(&e));
@@ -379,13 +420,23 @@ impl Harness {
 
     /// One `poll_transmit` into a buffer of `size` bytes, checked.
     fn transmit<M: Machine>(&mut self, m: &mut M, size: usize) -> bool {
+        // Odd sizes take the batch: whole packets, as many as fit.
+        let batch = size % 2 == 1;
         let size = size.min(BIG);
         let before = m.session().clone();
-        let r = m.transmit(self.now, &mut self.out[..size]);
+        let r = if batch {
+            m.transmit_batch(self.now, &mut self.out[..size])
+        } else {
+            m.transmit(self.now, &mut self.out[..size])
+        };
         let r = match r {
             Err(e) if is_buffer_too_small(&e) => {
                 assert_eq!(&before, m.session(), "BufferTooSmall changed the session");
-                let r = m.transmit(self.now, &mut self.out[..BIG]);
+                let r = if batch {
+                    m.transmit_batch(self.now, &mut self.out[..BIG])
+                } else {
+                    m.transmit(self.now, &mut self.out[..BIG])
+                };
                 assert!(
                     !matches!(r, Err(ref e) if is_buffer_too_small(e)),
                     "a large buffer is still too small"
@@ -397,11 +448,26 @@ impl Harness {
         match r {
             Ok(Some(n)) => {
                 assert!(n <= BIG);
-                self.check_packet(m.version(), &self.out[..n]);
+                if batch {
+                    // Whole packets back to back, each checked as a lone one would be.
+                    let mut at = 0;
+                    while at < n {
+                        let len = packet_len(&self.out[at..n])
+                            .expect("poll_transmit_batch wrote a partial packet");
+                        self.check_packet(m.version(), &self.out[at..at + len]);
+                        at += len;
+                    }
+                } else {
+                    self.check_packet(m.version(), &self.out[..n]);
+                }
                 true
             }
             Ok(None) => false,
             Err(e) => {
+                assert!(
+                    !self.clean_close,
+                    "poll_transmit error after a clean close: {e:?}"
+                );
                 self.on_error(e);
                 false
             }
@@ -429,7 +495,7 @@ impl Harness {
                         bytes.len()
                     );
                 }
-                if self.sticky.is_some() {
+                if self.sticky.is_some() || self.clean_close {
                     assert!(
                         match &packet {
                             Packet::Disconnect(_) => true,
@@ -468,9 +534,10 @@ impl Harness {
     fn decide(&mut self, r: Result<(), Error>) {
         match r {
             Ok(()) => self.decided = true,
-            Err(Error::InvalidState(e)) => {
-                assert!(!self.connect_pending, "refused to answer a CONNECT: {e}")
-            }
+            Err(Error::InvalidState(e)) => assert!(
+                !self.connect_pending || self.clean_close,
+                "refused to answer a CONNECT: {e}"
+            ),
             // The connection failed while the CONNECT awaited an answer: the same error.
             Err(e) => self.on_error(e),
         }
@@ -687,14 +754,14 @@ fn run_client(h: &mut Harness, cfg: ClientConfig, ops: &[Op]) {
                 }
                 Op::Subscribe { n, qos: q, .. } => {
                     let f = FILTERS[usize::from(*n) % FILTERS.len()];
-                    let r = c.subscribe(&[(f, SubscriptionOptions::qos(qos(*q)))], None);
+                    let r = c.subscribe(h.now, &[(f, SubscriptionOptions::qos(qos(*q)))], None);
                     if let Some(s) = h.sticky {
                         assert_eq!(r.map(|_| ()), Err(s), "subscribe after failure");
                     }
                 }
                 Op::Unsubscribe { n, .. } => {
                     let f = FILTERS[usize::from(*n) % FILTERS.len()];
-                    let r = c.unsubscribe(&[f, "a"]);
+                    let r = c.unsubscribe(h.now, &[f, "a"]);
                     if let Some(s) = h.sticky {
                         assert_eq!(r.map(|_| ()), Err(s), "unsubscribe after failure");
                     }
@@ -702,18 +769,22 @@ fn run_client(h: &mut Harness, cfg: ClientConfig, ops: &[Op]) {
                 Op::Ack { n } => {
                     if !h.received.is_empty() {
                         let id = h.received.remove(usize::from(*n) % h.received.len());
-                        c.ack(id);
+                        c.ack(h.now, id);
                     }
                 }
                 Op::Disconnect { reason } => {
-                    let r = c.disconnect(code(*reason));
+                    let r = c.disconnect(h.now, code(*reason));
                     if let Some(s) = h.sticky {
                         assert_eq!(r, Err(s), "disconnect after failure");
+                    } else if r.is_ok() {
+                        // Asked for: a clean close, whatever the code.
+                        h.clean_close = true;
                     }
                 }
                 Op::Reconnect | Op::Accept { .. } | Op::Reject { .. } => {
                     c.handle_close(h.now);
                     h.sticky = None;
+                    h.clean_close = false;
                     h.peer_max = None;
                     h.hello_seen = false;
                     h.input.clear();
@@ -757,7 +828,7 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                             .sub_requests
                             .remove(usize::from(*n) % h.sub_requests.len());
                         let codes = codes.iter().take(4).map(|&c| code(c)).collect();
-                        let r = s.suback(id, codes);
+                        let r = s.suback(h.now, id, codes);
                         if let Some(st) = h.sticky {
                             assert_eq!(r, Err(st), "suback after failure");
                         }
@@ -768,7 +839,7 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                         let i = usize::from(*n) % h.unsub_requests.len();
                         let id = h.unsub_requests.remove(i);
                         let codes = codes.iter().take(4).map(|&c| code(c)).collect();
-                        let r = s.unsuback(id, codes);
+                        let r = s.unsuback(h.now, id, codes);
                         if let Some(st) = h.sticky {
                             assert_eq!(r, Err(st), "unsuback after failure");
                         }
@@ -783,10 +854,16 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                         } else {
                             ReasonCode::Success
                         };
-                        s.ack(id, reason);
+                        s.ack(h.now, id, reason);
                     }
                 }
-                Op::Disconnect { reason } => s.disconnect(code(*reason)),
+                Op::Disconnect { reason } => {
+                    s.disconnect(h.now, code(*reason));
+                    // Clean unless it had failed already (a timeout fails silently).
+                    if s.error() == Some(Error::Disconnected(code(*reason))) {
+                        h.clean_close = true;
+                    }
+                }
                 Op::Accept { session_present } => {
                     let accept = Accept {
                         session: std::mem::take(&mut saved),
@@ -797,7 +874,7 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                     h.decide(r);
                 }
                 Op::Reject { reason } => {
-                    let r = s.reject(code(*reason));
+                    let r = s.reject(h.now, code(*reason));
                     h.decide(r);
                 }
                 Op::Reconnect => {
@@ -806,6 +883,7 @@ fn run_server(h: &mut Harness, cfg: ServerConfig, ops: &[Op]) {
                     saved = old.into_session();
                     h.check_session(&saved);
                     h.sticky = None;
+                    h.clean_close = false;
                     h.peer_max = None;
                     h.hello_seen = false;
                     h.input.clear();
@@ -835,6 +913,7 @@ fn run(input: Input) {
         now: Instant::from_millis(1_000),
         input: BytesMut::new(),
         sticky: None,
+        clean_close: false,
         peer_max: None,
         hello_seen: false,
         max_inflight: usize::from(max_inflight),

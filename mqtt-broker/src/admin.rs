@@ -78,7 +78,7 @@ impl<H: Hooks> Broker<H> {
         } else {
             CloseReason::ServerDisconnect(reason)
         };
-        self.end_connection(id, reason, why);
+        self.end_connection(now, id, reason, why);
         Ok(())
     }
 
@@ -100,6 +100,7 @@ impl<H: Hooks> Broker<H> {
         let s = self.session_of(client_id).ok_or(Error::UnknownSession)?;
         if let Some(id) = self.sessions[s].as_ref().and_then(|r| r.conn) {
             self.end_connection(
+                now,
                 id,
                 ReasonCode::AdministrativeAction,
                 CloseReason::ServerDisconnect(ReasonCode::AdministrativeAction),

@@ -278,7 +278,15 @@ impl<H: Hooks> Broker<H> {
                 }
                 Ok(Some(n))
             }
-            Ok(None) => Ok(None),
+            Ok(None) => {
+                // A clean close (the client's DISCONNECT, or one the core sent) is no
+                // error: the machine says it is done.
+                if c.session.is_closed() {
+                    let reason = c.close_reason();
+                    self.close(id, reason);
+                }
+                Ok(None)
+            }
             Err(mqtt_state::Error::Codec(mqtt_codec::Error::BufferTooSmall { required })) => {
                 Err(Error::BufferTooSmall { needed: required })
             }
@@ -372,7 +380,7 @@ impl<H: Hooks> Broker<H> {
             c.session.hold_input(now);
         }
         if c.decision_deadline().is_some_and(|t| t <= now) {
-            self.decision_timed_out(id);
+            self.decision_timed_out(now, id);
             self.rearm(id);
             return;
         }
@@ -388,7 +396,12 @@ impl<H: Hooks> Broker<H> {
             if let Some(e) = self.conn_mut(id).and_then(|c| c.extra.as_mut()) {
                 e.stall_deadline = None;
             }
-            self.end_connection(id, ReasonCode::QuotaExceeded, CloseReason::SlowConsumer);
+            self.end_connection(
+                now,
+                id,
+                ReasonCode::QuotaExceeded,
+                CloseReason::SlowConsumer,
+            );
         }
         self.rearm(id);
     }
@@ -417,7 +430,7 @@ impl<H: Hooks> Broker<H> {
                 break;
             };
             match event {
-                Event::ConnectRequest(req) => self.on_connect(now, id, req),
+                Event::ConnectRequest(req) => self.on_connect(now, id, *req),
                 Event::Auth { method, data, .. } => self.on_auth(now, id, method, data),
                 Event::Message {
                     packet_id, message, ..
@@ -428,7 +441,7 @@ impl<H: Hooks> Broker<H> {
                     subscription_id,
                 } => self.on_subscribe(now, id, packet_id, filters, subscription_id),
                 Event::UnsubscribeRequest { packet_id, filters } => {
-                    self.on_unsubscribe(id, packet_id, filters)
+                    self.on_unsubscribe(now, id, packet_id, filters)
                 }
                 Event::Disconnected {
                     reason, by_peer, ..
@@ -467,14 +480,21 @@ impl<H: Hooks> Broker<H> {
 
     /// Ends `id` from the server side with `reason` (5.0: a DISCONNECT with its code
     /// first), recording `why` for the Close event.
-    pub(crate) fn end_connection(&mut self, id: ConnectionId, code: ReasonCode, why: CloseReason) {
-        self.end_connection_with(id, code, why, Diagnostics::new());
+    pub(crate) fn end_connection(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        code: ReasonCode,
+        why: CloseReason,
+    ) {
+        self.end_connection_with(now, id, code, why, Diagnostics::new());
     }
 
     /// [`Broker::end_connection`] with a Reason String (and User Properties) on the 5.0
     /// DISCONNECT.
     pub(crate) fn end_connection_with(
         &mut self,
+        now: Instant,
         id: ConnectionId,
         code: ReasonCode,
         why: CloseReason,
@@ -483,8 +503,8 @@ impl<H: Hooks> Broker<H> {
         self.drop_requests(id);
         let Some(c) = self.conn_mut(id) else { return };
         c.set_close_reason(why);
-        if diagnostics.is_empty() || c.session.disconnect_with(code, diagnostics).is_err() {
-            c.session.disconnect(code);
+        if diagnostics.is_empty() || c.session.disconnect_with(now, code, diagnostics).is_err() {
+            c.session.disconnect(now, code);
         }
         self.wake(id);
         self.close(id, why);
@@ -504,6 +524,7 @@ impl<H: Hooks> Broker<H> {
                 generation: c.generation,
             };
             self.end_connection(
+                now,
                 id,
                 ReasonCode::ServerShuttingDown,
                 CloseReason::ServerShuttingDown,

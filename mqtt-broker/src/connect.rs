@@ -36,7 +36,7 @@ impl<H: Hooks> Broker<H> {
             Verdict::Deny(code) => {
                 if let Some(c) = self.conn_mut(id) {
                     // [MQTT-3.2.2-7] a refusing CONNACK, then close.
-                    let _ = c.session.reject(code);
+                    let _ = c.session.reject(now, code);
                 }
             }
             Verdict::Defer => {
@@ -97,7 +97,7 @@ impl<H: Hooks> Broker<H> {
             AuthStep::Continue(data) => {
                 let _ = c
                     .session
-                    .auth(ReasonCode::ContinueAuthentication, Some(data));
+                    .auth(now, ReasonCode::ContinueAuthentication, Some(data));
             }
             AuthStep::Success if pending => {
                 if let Some(req) = c.take_authenticating() {
@@ -106,17 +106,21 @@ impl<H: Hooks> Broker<H> {
             }
             // [MQTT-4.12.1-1] a re-authentication that succeeded.
             AuthStep::Success => {
-                let _ = c.session.auth(ReasonCode::Success, None);
+                let _ = c.session.auth(now, ReasonCode::Success, None);
             }
             // [MQTT-4.12.0-4] a refusal during the exchange is a CONNACK >= 0x80 and a close.
             AuthStep::Fail(code) if pending => {
                 c.take_authenticating();
-                let _ = c.session.reject_with(code, diagnostics);
+                let _ = c.session.reject_with(now, code, diagnostics);
             }
             // [MQTT-4.12.1-2] a failed re-authentication disconnects.
-            AuthStep::Fail(code) => {
-                self.end_connection_with(id, code, CloseReason::ServerDisconnect(code), diagnostics)
-            }
+            AuthStep::Fail(code) => self.end_connection_with(
+                now,
+                id,
+                code,
+                CloseReason::ServerDisconnect(code),
+                diagnostics,
+            ),
             // Handled by `enhanced_step`; an answer is never a deferral.
             AuthStep::Defer => {}
         }
@@ -233,6 +237,7 @@ impl<H: Hooks> Broker<H> {
             self.route(now, None, None, w);
         }
         self.end_connection(
+            now,
             old,
             ReasonCode::SessionTakenOver,
             CloseReason::SessionTakenOver,

@@ -366,13 +366,13 @@ impl<H: Hooks> Broker<H> {
                 if let Some(c) = self.conn_mut(conn) {
                     c.take_authenticating();
                     // [MQTT-3.2.2-6] [MQTT-3.2.2-7] a refusing CONNACK, then close.
-                    let _ = c.session.reject_with(code, diag);
+                    let _ = c.session.reject_with(now, code, diag);
                 }
             }
             Pending::Auth => self.auth_step(now, conn, AuthStep::Fail(code), diag),
             Pending::Publish { packet_id, .. } => {
                 if let (Some(pid), Some(c)) = (packet_id, self.conn_mut(conn)) {
-                    let _ = c.session.ack_with(pid, publish_refusal(code), diag);
+                    let _ = c.session.ack_with(now, pid, publish_refusal(code), diag);
                 }
             }
             Pending::Subscribe { index } => self.filter_decided(now, conn, index, Some(code), diag),
@@ -505,7 +505,7 @@ impl<H: Hooks> Broker<H> {
 
     /// `conn`'s decisions were not all answered in time: it is closed, with a CONNACK
     /// (before it was accepted) or a DISCONNECT (5.0) saying so.
-    pub(crate) fn decision_timed_out(&mut self, conn: ConnectionId) {
+    pub(crate) fn decision_timed_out(&mut self, now: Instant, conn: ConnectionId) {
         self.drop_requests(conn);
         self.stats.decisions_timed_out += 1;
         let code = ReasonCode::ImplementationSpecificError;
@@ -516,11 +516,11 @@ impl<H: Hooks> Broker<H> {
         c.set_close_reason(CloseReason::DecisionTimeout);
         if c.take_authenticating().is_some() {
             // 3.1.1: Server unavailable, the nearest return code.
-            let _ = c.session.reject_with(code, diag);
+            let _ = c.session.reject_with(now, code, diag);
             self.wake(conn);
             self.close(conn, CloseReason::DecisionTimeout);
         } else {
-            self.end_connection_with(conn, code, CloseReason::DecisionTimeout, diag);
+            self.end_connection_with(now, conn, code, CloseReason::DecisionTimeout, diag);
         }
     }
 
@@ -588,7 +588,7 @@ impl<H: Hooks> Broker<H> {
             ReasonCode::Success
         };
         if let (Some(pid), Some(c)) = (packet_id, self.conn_mut(id)) {
-            c.session.ack(pid, reason);
+            c.session.ack(now, pid, reason);
         }
     }
 
@@ -596,12 +596,13 @@ impl<H: Hooks> Broker<H> {
     /// the 3.1.1 one gets its acknowledgement all the same.
     pub(crate) fn publish_refused(
         &mut self,
+        now: Instant,
         id: ConnectionId,
         packet_id: Option<PacketId>,
         code: ReasonCode,
     ) {
         if let (Some(pid), Some(c)) = (packet_id, self.conn_mut(id)) {
-            c.session.ack(pid, publish_refusal(code));
+            c.session.ack(now, pid, publish_refusal(code));
         }
     }
 

@@ -51,7 +51,7 @@ impl<H: Hooks> Broker<H> {
         match self.publish_verdict(id, &message) {
             Verdict::Allow => self.publish_allowed(now, id, packet_id, message),
             // 5.0 says why; before 5.0 the message is dropped but still acknowledged.
-            Verdict::Deny(code) => self.publish_refused(id, packet_id, code),
+            Verdict::Deny(code) => self.publish_refused(now, id, packet_id, code),
             Verdict::Defer => {
                 let kind = RequestKind::Publish {
                     topic: message.topic.clone(),
@@ -91,7 +91,10 @@ impl<H: Hooks> Broker<H> {
             }
         }
         // Subscription identifiers are per delivery, never forwarded from the publisher.
-        message.properties.subscription_identifiers.clear();
+        // (Only touched when there are some: most messages have no properties at all.)
+        if !message.properties().subscription_identifiers.is_empty() {
+            message.properties_mut().subscription_identifiers.clear();
+        }
         let mut scratch = core::mem::take(&mut self.scratch);
         scratch.clear();
         let mut mark = core::mem::take(&mut self.route_mark);

@@ -193,11 +193,11 @@ impl<H: Hooks> Broker<H> {
         // client's Maximum Packet Size).
         if let Some(c) = self.conn_mut(id) {
             if pending.diagnostics.is_empty() {
-                let _ = c.session.suback(pending.packet_id, reasons);
+                let _ = c.session.suback(now, pending.packet_id, reasons);
             } else {
                 let _ = c
                     .session
-                    .suback_with(pending.packet_id, reasons, pending.diagnostics);
+                    .suback_with(now, pending.packet_id, reasons, pending.diagnostics);
             }
         }
         for (mut m, stored, opts) in retained_out {
@@ -205,12 +205,12 @@ impl<H: Hooks> Broker<H> {
             m.qos = m.qos.min(opts.qos);
             m.retain = true;
             // [MQTT-3.3.2-6] the expiry counts the time the message was stored.
-            if let Some(e) = m.properties.message_expiry_interval {
+            if let Some(e) = m.properties().message_expiry_interval {
                 let waited = u32::try_from((now - stored).as_secs()).unwrap_or(u32::MAX);
                 if waited >= e {
                     continue;
                 }
-                m.properties.message_expiry_interval = Some(e - waited);
+                m.properties_mut().message_expiry_interval = Some(e - waited);
             }
             let ids: Vec<SubscriptionId> = opts.id.into_iter().collect();
             self.deliver(now, owner, m, &ids);
@@ -219,6 +219,7 @@ impl<H: Hooks> Broker<H> {
 
     pub(crate) fn on_unsubscribe(
         &mut self,
+        now: Instant,
         id: ConnectionId,
         packet_id: PacketId,
         filters: Vec<Utf8Bytes>,
@@ -247,7 +248,7 @@ impl<H: Hooks> Broker<H> {
         }
         // [MQTT-3.10.4-4] [MQTT-3.10.4-5] an UNSUBACK even when nothing was removed.
         if let Some(c) = self.conn_mut(id) {
-            let _ = c.session.unsuback(packet_id, reasons);
+            let _ = c.session.unsuback(now, packet_id, reasons);
         }
     }
 }

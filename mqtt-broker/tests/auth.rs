@@ -45,6 +45,7 @@ fn hooks_authenticate_and_authorize() {
         net.peers[s]
             .client
             .subscribe(
+                net.now,
                 &[
                     ("admin/#", q(QoS::AtLeastOnce)),
                     ("ok", q(QoS::AtLeastOnce)),
@@ -104,6 +105,7 @@ fn mqtt_4_12_0_4_enhanced_authentication_through_the_hooks() {
     net.peers[c]
         .client
         .auth(
+            net.now,
             ReasonCode::ContinueAuthentication,
             Some(bytes::Bytes::from_static(b"nonce+key")),
         )
@@ -114,6 +116,7 @@ fn mqtt_4_12_0_4_enhanced_authentication_through_the_hooks() {
     net.peers[c]
         .client
         .auth(
+            net.now,
             ReasonCode::ReAuthenticate,
             Some(bytes::Bytes::from_static(b"wrong")),
         )

@@ -234,7 +234,7 @@ fn other_connections_flow_while_one_waits() {
     // A subscriber whose SUBSCRIBE is being decided still gets what it subscribed before.
     net.peers[s]
         .client
-        .subscribe(&[("slow/a", q(QoS::AtMostOnce))], None)
+        .subscribe(net.now, &[("slow/a", q(QoS::AtMostOnce))], None)
         .unwrap();
     net.drive();
     net.publish(p, "t", "again", QoS::AtLeastOnce, false);
@@ -306,6 +306,7 @@ fn mqtt_4_12_0_2_deferred_enhanced_authentication_challenge_round_trip() {
     net.peers[c]
         .client
         .auth(
+            net.now,
             ReasonCode::ContinueAuthentication,
             Some(Bytes::from_static(b"nonce+key")),
         )
@@ -321,6 +322,7 @@ fn mqtt_4_12_0_2_deferred_enhanced_authentication_challenge_round_trip() {
     net.peers[c]
         .client
         .auth(
+            net.now,
             ReasonCode::ReAuthenticate,
             Some(Bytes::from_static(b"again")),
         )
@@ -428,6 +430,7 @@ fn mqtt_3_9_3_1_deferred_subscribe_filters_keep_their_order_in_the_suback() {
     net.peers[s]
         .client
         .subscribe(
+            net.now,
             &[
                 ("a", q(QoS::AtLeastOnce)),
                 ("slow/b", q(QoS::AtLeastOnce)),
@@ -509,6 +512,7 @@ fn mqtt_3_9_3_2_a_v311_deferred_filter_refused_is_a_failure() {
     net.peers[s]
         .client
         .subscribe(
+            net.now,
             &[("slow/x", q(QoS::AtLeastOnce)), ("a", q(QoS::AtMostOnce))],
             None,
         )

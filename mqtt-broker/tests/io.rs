@@ -152,7 +152,7 @@ fn the_server_publishes_with_qos_retain_and_properties() {
         QoS::AtLeastOnce,
     );
     m.retain = true;
-    m.properties.content_type = Some("text/plain".into());
+    m.properties_mut().content_type = Some("text/plain".into());
     assert_eq!(net.broker.publish(net.now, m), 1);
     net.drive();
     let received = net.deliveries(s);
@@ -160,7 +160,7 @@ fn the_server_publishes_with_qos_retain_and_properties() {
     let (_, _, m) = &received[0];
     assert_eq!((m.qos, m.topic.as_str()), (QoS::AtLeastOnce, "news/a"));
     assert_eq!(
-        m.properties.content_type.as_ref().unwrap().as_str(),
+        m.properties().content_type.as_ref().unwrap().as_str(),
         "text/plain"
     );
     assert_eq!(net.broker.stats().retained, 1);

@@ -55,11 +55,19 @@ fn mqtt_3_3_4_2_overlapping_subscriptions_give_one_copy_at_the_highest_qos() {
     let p = net.join(ClientConfig::new(V5, "p"));
     net.peers[s]
         .client
-        .subscribe(&[("a/+", q(QoS::AtMostOnce))], SubscriptionId::new(1))
+        .subscribe(
+            net.now,
+            &[("a/+", q(QoS::AtMostOnce))],
+            SubscriptionId::new(1),
+        )
         .unwrap();
     net.peers[s]
         .client
-        .subscribe(&[("a/#", q(QoS::ExactlyOnce))], SubscriptionId::new(2))
+        .subscribe(
+            net.now,
+            &[("a/#", q(QoS::ExactlyOnce))],
+            SubscriptionId::new(2),
+        )
         .unwrap();
     net.drive();
     net.events(s);
@@ -76,7 +84,7 @@ fn mqtt_3_3_4_2_overlapping_subscriptions_give_one_copy_at_the_highest_qos() {
     assert_eq!(msgs[0].qos, QoS::ExactlyOnce);
     // [MQTT-3.3.4-3] every matching subscription's identifier.
     let mut ids: Vec<u32> = msgs[0]
-        .properties
+        .properties()
         .subscription_identifiers
         .iter()
         .map(|i| i.get())
@@ -124,11 +132,11 @@ fn mqtt_3_3_2_4_message_properties_are_forwarded_unchanged() {
             QoS::AtLeastOnce,
         );
         m.retain = true;
-        m.properties.payload_format_indicator = Some(payload_format);
-        m.properties.content_type = Some("application/json; v=2".into());
-        m.properties.response_topic = Some("reply/p/7".into());
-        m.properties.correlation_data = Some(bytes::Bytes::from_static(b"\x00corr\xff"));
-        m.properties.set_user_properties(&users).unwrap();
+        m.properties_mut().payload_format_indicator = Some(payload_format);
+        m.properties_mut().content_type = Some("application/json; v=2".into());
+        m.properties_mut().response_topic = Some("reply/p/7".into());
+        m.properties_mut().correlation_data = Some(bytes::Bytes::from_static(b"\x00corr\xff"));
+        m.properties_mut().set_user_properties(&users).unwrap();
         net.publish_message(p, m);
     }
     net.reconnect(offline);
@@ -138,7 +146,7 @@ fn mqtt_3_3_2_4_message_properties_are_forwarded_unchanged() {
         let got = net.deliveries(s);
         assert_eq!(got.len(), 2, "{s}");
         for ((_, _, m), payload_format) in got.iter().zip([true, false]) {
-            let props = &m.properties;
+            let props = &m.properties();
             assert_eq!(props.payload_format_indicator, Some(payload_format));
             assert_eq!(
                 props.content_type.as_ref().map(Utf8Bytes::as_str),
@@ -177,6 +185,7 @@ fn mqtt_3_3_4_4_one_copy_carries_every_matching_subscription_identifier() {
         net.peers[i]
             .client
             .subscribe(
+                net.now,
                 &[(filter, q(QoS::AtLeastOnce))],
                 id.and_then(SubscriptionId::new),
             )
@@ -191,7 +200,7 @@ fn mqtt_3_3_4_4_one_copy_carries_every_matching_subscription_identifier() {
             .into_iter()
             .map(|(_, _, m)| {
                 let mut ids: Vec<u32> = m
-                    .properties
+                    .properties()
                     .subscription_identifiers
                     .iter()
                     .map(|i| i.get())
@@ -244,7 +253,7 @@ fn mqtt_3_3_1_3_outgoing_dup_reflects_only_the_outgoing_retransmission() {
     let again = net.deliveries(s);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!((again[0].0, again[0].1), (qos1_id, true));
-    net.peers[s].client.ack(qos1_id.unwrap());
+    net.peers[s].client.ack(net.now, qos1_id.unwrap());
     net.drive();
     // A new message is a first attempt again.
     net.publish(p, "d", "new", QoS::AtLeastOnce, false);
@@ -330,7 +339,7 @@ fn mqtt_3_3_2_5_expired_messages_are_not_delivered_onward() {
             payload,
             QoS::AtLeastOnce,
         );
-        m.properties.message_expiry_interval = secs;
+        m.properties_mut().message_expiry_interval = secs;
         m
     };
     let mut net = Net::new();
@@ -347,7 +356,7 @@ fn mqtt_3_3_2_5_expired_messages_are_not_delivered_onward() {
     let got: Vec<_> = net
         .deliveries(s)
         .into_iter()
-        .map(|(_, _, m)| (text(&m), m.properties.message_expiry_interval))
+        .map(|(_, _, m)| (text(&m), m.properties().message_expiry_interval))
         .collect();
     assert_eq!(
         got,
@@ -369,7 +378,7 @@ fn mqtt_3_3_2_5_expired_messages_are_not_delivered_onward() {
     net.publish_message(p, expiring("stale", Some(2)));
     net.publish_message(p, expiring("fresh", Some(60)));
     net.advance(3_000);
-    net.peers[w].client.ack(first[0].0.unwrap());
+    net.peers[w].client.ack(net.now, first[0].0.unwrap());
     net.drive();
     let rest: Vec<String> = drain_acking(&mut net, w).into_iter().map(|g| g.0).collect();
     assert_eq!(rest, ["fresh"]);
@@ -505,7 +514,7 @@ fn mqtt_4_8_2_4_shared_qos2_delivery_resumes_with_the_same_member() {
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!((again[0].0, again[0].1), (first[0].0, true));
     assert_eq!(text(&again[0].2), "work");
-    net.peers[r].client.ack(again[0].0.unwrap());
+    net.peers[r].client.ack(net.now, again[0].0.unwrap());
     net.drive();
     assert!(net.peers[r].client.session().incoming_qos2.is_empty());
     assert!(net.deliveries(o).is_empty());
@@ -662,6 +671,7 @@ fn mqtt_3_3_4_4_every_matching_subscription_identifier_is_delivered() {
         net.peers[s]
             .client
             .subscribe(
+                net.now,
                 &[(f, q(QoS::AtLeastOnce))],
                 SubscriptionId::new(i as u32 + 1),
             )
@@ -674,7 +684,7 @@ fn mqtt_3_3_4_4_every_matching_subscription_identifier_is_delivered() {
             .into_iter()
             .map(|(_, _, m)| {
                 let mut ids: Vec<u32> = m
-                    .properties
+                    .properties()
                     .subscription_identifiers
                     .iter()
                     .map(|i| i.get())

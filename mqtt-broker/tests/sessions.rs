@@ -37,7 +37,10 @@ fn will_on_abnormal_close_but_not_on_disconnect() {
     );
     // [MQTT-3.14.4-3] a normal DISCONNECT discards it.
     net.reconnect(d);
-    net.peers[d].client.disconnect(ReasonCode::Success).unwrap();
+    net.peers[d]
+        .client
+        .disconnect(net.now, ReasonCode::Success)
+        .unwrap();
     net.drive();
     net.cut(d);
     assert!(net.take(s).is_empty());

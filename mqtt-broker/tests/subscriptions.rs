@@ -108,6 +108,7 @@ fn mqtt_3_8_4_4_multi_filter_subscribe_is_a_sequence_of_single_ones() {
     net.peers[s]
         .client
         .subscribe(
+            net.now,
             &[
                 ("a", q(QoS::AtMostOnce)),
                 ("b", q(QoS::AtLeastOnce)),
@@ -164,7 +165,7 @@ fn mqtt_3_8_4_4_replacing_a_subscription_resends_retained_and_loses_nothing() {
         e,
         Event::Subscribed { reasons, .. } if reasons == &[ReasonCode::GrantedQoS2]
     )));
-    net.peers[s].client.ack(first[0].0.unwrap());
+    net.peers[s].client.ack(net.now, first[0].0.unwrap());
     net.drive();
     net.publish(p, "r", "live2", QoS::ExactlyOnce, false);
     let rest = drain_acking(&mut net, s);
@@ -187,7 +188,7 @@ fn mqtt_3_8_4_6_v311_delivered_qos_is_the_lower_of_publish_and_grant() {
     let all = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
     let filters = ["q0", "q1", "q2"];
     let subs: Vec<_> = filters.iter().zip(all).map(|(f, g)| (*f, q(g))).collect();
-    net.peers[s].client.subscribe(&subs, None).unwrap();
+    net.peers[s].client.subscribe(net.now, &subs, None).unwrap();
     net.drive();
     net.events(s);
     for (f, granted) in filters.iter().zip(all) {
@@ -211,6 +212,7 @@ fn mqtt_3_8_4_7_suback_has_one_code_per_filter_in_order() {
     net.peers[s]
         .client
         .subscribe(
+            net.now,
             &[
                 ("a", q(QoS::ExactlyOnce)),
                 ("$share/g/b", q(QoS::AtLeastOnce)),
@@ -261,7 +263,10 @@ fn mqtt_3_10_4_2_unsubscribe_stops_new_messages_and_finishes_inflight_ones() {
     net.publish(p, "t", "t1", QoS::AtLeastOnce, false);
     let started = net.deliveries(s);
     assert_eq!(started.len(), 2);
-    net.peers[s].client.unsubscribe(&["t", "u"]).unwrap();
+    net.peers[s]
+        .client
+        .unsubscribe(net.now, &["t", "u"])
+        .unwrap();
     net.drive();
     assert!(net.events(s).iter().any(|e| matches!(
         e,
@@ -277,7 +282,7 @@ fn mqtt_3_10_4_2_unsubscribe_stops_new_messages_and_finishes_inflight_ones() {
     // [MQTT-3.10.4-3] the QoS 2 delivery already started completes: PUBREC is answered
     // with PUBREL, which releases the client's packet identifier.
     assert_eq!(net.peers[s].client.session().incoming_qos2.len(), 1);
-    net.peers[s].client.ack(started[0].0.unwrap());
+    net.peers[s].client.ack(net.now, started[0].0.unwrap());
     net.drive();
     assert!(net.peers[s].client.session().incoming_qos2.is_empty());
     // The QoS 1 one is still owed: re-sent after a reconnect, until acknowledged.
@@ -287,7 +292,7 @@ fn mqtt_3_10_4_2_unsubscribe_stops_new_messages_and_finishes_inflight_ones() {
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].0, again[0].1), (started[1].0, true));
     assert_eq!(text(&again[0].2), "t1");
-    net.peers[s].client.ack(again[0].0.unwrap());
+    net.peers[s].client.ack(net.now, again[0].0.unwrap());
     net.drive();
     net.cut(s);
     net.reconnect(s);
@@ -302,13 +307,13 @@ fn mqtt_3_10_4_6_multi_filter_unsubscribe_is_a_sequence_of_single_ones() {
         let s = net.join(ClientConfig::new(v, "s"));
         let p = net.join(ClientConfig::new(v, "p"));
         let subs = ["a", "b", "c"].map(|f| (f, q(QoS::AtMostOnce)));
-        net.peers[s].client.subscribe(&subs, None).unwrap();
+        net.peers[s].client.subscribe(net.now, &subs, None).unwrap();
         net.drive();
         net.events(s);
         // "c" twice: the second finds it already gone.
         net.peers[s]
             .client
-            .unsubscribe(&["c", "nope", "a", "c"])
+            .unsubscribe(net.now, &["c", "nope", "a", "c"])
             .unwrap();
         net.drive();
         let unsubacks = net.ack_codes(s);

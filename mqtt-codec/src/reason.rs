@@ -175,6 +175,64 @@ impl ReasonCode {
             _ => matches!(self, Self::Success),
         }
     }
+
+    /// The code's name as the 5.0 specification's tables give it (section 2.4), for logs
+    /// and error messages: "not authorized". 0x00 reads "success" whatever the packet
+    /// (it is also Normal disconnection and Granted QoS 0).
+    pub const fn description(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::GrantedQoS1 => "granted QoS 1",
+            Self::GrantedQoS2 => "granted QoS 2",
+            Self::DisconnectWithWill => "disconnect with will message",
+            Self::NoMatchingSubscribers => "no matching subscribers",
+            Self::NoSubscriptionExisted => "no subscription existed",
+            Self::ContinueAuthentication => "continue authentication",
+            Self::ReAuthenticate => "re-authenticate",
+            Self::UnspecifiedError => "unspecified error",
+            Self::MalformedPacket => "malformed packet",
+            Self::ProtocolError => "protocol error",
+            Self::ImplementationSpecificError => "implementation specific error",
+            Self::UnsupportedProtocolVersion => "unsupported protocol version",
+            Self::ClientIdentifierNotValid => "client identifier not valid",
+            Self::BadUserNameOrPassword => "bad user name or password",
+            Self::NotAuthorized => "not authorized",
+            Self::ServerUnavailable => "server unavailable",
+            Self::ServerBusy => "server busy",
+            Self::Banned => "banned",
+            Self::ServerShuttingDown => "server shutting down",
+            Self::BadAuthenticationMethod => "bad authentication method",
+            Self::KeepAliveTimeout => "keep alive timeout",
+            Self::SessionTakenOver => "session taken over",
+            Self::TopicFilterInvalid => "topic filter invalid",
+            Self::TopicNameInvalid => "topic name invalid",
+            Self::PacketIdentifierInUse => "packet identifier in use",
+            Self::PacketIdentifierNotFound => "packet identifier not found",
+            Self::ReceiveMaximumExceeded => "receive maximum exceeded",
+            Self::TopicAliasInvalid => "topic alias invalid",
+            Self::PacketTooLarge => "packet too large",
+            Self::MessageRateTooHigh => "message rate too high",
+            Self::QuotaExceeded => "quota exceeded",
+            Self::AdministrativeAction => "administrative action",
+            Self::PayloadFormatInvalid => "payload format invalid",
+            Self::RetainNotSupported => "retain not supported",
+            Self::QoSNotSupported => "QoS not supported",
+            Self::UseAnotherServer => "use another server",
+            Self::ServerMoved => "server moved",
+            Self::SharedSubscriptionsNotSupported => "shared subscriptions not supported",
+            Self::ConnectionRateExceeded => "connection rate exceeded",
+            Self::MaximumConnectTime => "maximum connect time",
+            Self::SubscriptionIdentifiersNotSupported => "subscription identifiers not supported",
+            Self::WildcardSubscriptionsNotSupported => "wildcard subscriptions not supported",
+        }
+    }
+}
+
+/// The name and the byte: `not authorized (0x87)`.
+impl core::fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} (0x{:02x})", self.description(), *self as u8)
+    }
 }
 
 impl TryFrom<u8> for ReasonCode {
@@ -188,6 +246,21 @@ impl TryFrom<u8> for ReasonCode {
 mod tests {
     use super::*;
     use PacketType::*;
+
+    #[test]
+    fn display_names_the_code_and_its_byte() {
+        extern crate alloc;
+        use alloc::string::ToString;
+        assert_eq!(
+            ReasonCode::NotAuthorized.to_string(),
+            "not authorized (0x87)"
+        );
+        assert_eq!(ReasonCode::Success.to_string(), "success (0x00)");
+        assert_eq!(
+            ReasonCode::QoSNotSupported.to_string(),
+            "QoS not supported (0x9b)"
+        );
+    }
 
     #[test]
     fn every_byte_maps_back() {

@@ -11,8 +11,8 @@ use mqtt_codec::{
 use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
 use crate::session::SessionState;
 use crate::{
-    ConnAckInfo, Duration, Error, Event, Heartbeat, HeartbeatConfig, Instant, Message, Timer,
-    Utf8Bytes, Violation,
+    ConnAckInfo, Duration, Error, Event, Heartbeat, HeartbeatConfig, Instant, Message, Output,
+    Timer, Utf8Bytes, Violation,
 };
 
 const CONNECT: u8 = 0;
@@ -101,9 +101,10 @@ type PendingSubscribe = (
 /// The client side of one MQTT connection, as a pure state machine.
 ///
 /// Feed it what the transport delivers with [`Client::handle_input`] and the passage of time
-/// with [`Client::handle_timeout`]; after every call, drain [`Client::poll_transmit`] (bytes
-/// to write), [`Client::poll_event`] (what happened) and [`Client::poll_timeout`] (when to
-/// call `handle_timeout` next). See the crate documentation for the loop.
+/// with [`Client::handle_timeout`]; after every call, drain [`Client::poll_output`] (events,
+/// then bytes to write, until neither is left), then wait for the transport or
+/// [`Client::poll_timeout`] (when to call `handle_timeout` next). See the crate
+/// documentation for the loop.
 pub struct Client {
     conn: Conn,
     config: ClientConfig,
@@ -265,6 +266,14 @@ impl Client {
         self.conn.phase == Phase::Connected
     }
 
+    /// Whether the connection is over and everything it had to send is out (a
+    /// DISCONNECT included): close the transport, then [`Client::handle_close`] before
+    /// the next [`Client::connect`]. True after a clean close too, which no call reports
+    /// as an error (only [`Event::Disconnected`] does).
+    pub fn is_closed(&self) -> bool {
+        self.conn.phase == Phase::Closed && self.conn.error().is_some()
+    }
+
     /// Starts a connection over a transport that just opened: queues CONNECT
     /// ([MQTT-3.1.0-1]: the first packet). Clears the error of an earlier connection.
     pub fn connect(&mut self, now: Instant) -> Result<(), Error> {
@@ -380,11 +389,7 @@ impl Client {
                     }
                 }
                 Packet::PingResp => {}
-                Packet::Disconnect(d) => {
-                    conn.phase = Phase::Closed;
-                    conn.set_peer_reason_string(d.properties.reason_string);
-                    return Err(Error::Disconnected(d.reason_code));
-                }
+                Packet::Disconnect(d) => return conn.on_peer_disconnect(&d),
                 Packet::Auth(a) => {
                     // [MQTT-4.12.0-7] only after asking for enhanced authentication.
                     if config.authentication.is_none() {
@@ -460,6 +465,7 @@ impl Client {
     /// the SUBACK.
     pub fn subscribe(
         &mut self,
+        _now: Instant,
         filters: &[(&str, SubscriptionOptions)],
         subscription_id: Option<SubscriptionId>,
     ) -> Result<PacketId, Error> {
@@ -484,7 +490,7 @@ impl Client {
     }
 
     /// Queues an UNSUBSCRIBE, returning its packet identifier.
-    pub fn unsubscribe(&mut self, filters: &[&str]) -> Result<PacketId, Error> {
+    pub fn unsubscribe(&mut self, _now: Instant, filters: &[&str]) -> Result<PacketId, Error> {
         self.conn.check()?;
         for f in filters {
             mqtt_topic::validate_filter(f)
@@ -516,7 +522,12 @@ impl Client {
     /// answer to the server's challenge ([MQTT-4.12.0-3]), or Re-authenticate once
     /// connected ([MQTT-4.12.1-1], same method). Without a method there is no AUTH
     /// ([MQTT-4.12.0-7]).
-    pub fn auth(&mut self, reason: ReasonCode, data: Option<Bytes>) -> Result<(), Error> {
+    pub fn auth(
+        &mut self,
+        _now: Instant,
+        reason: ReasonCode,
+        data: Option<Bytes>,
+    ) -> Result<(), Error> {
         self.conn.check()?;
         if self.config.authentication.is_none() || !self.config.version.is_v5() {
             return Err(Error::InvalidState("AUTH needs an authentication method"));
@@ -529,12 +540,15 @@ impl Client {
     /// Acknowledges an incoming QoS 1/2 message when manual acks are on. Acknowledgements
     /// still leave in arrival order ([MQTT-4.6.0-2] [MQTT-4.6.0-3]): an early ack waits for
     /// the ones before it. `false` if `packet_id` is not awaiting an ack.
-    pub fn ack(&mut self, packet_id: PacketId) -> bool {
+    pub fn ack(&mut self, _now: Instant, packet_id: PacketId) -> bool {
         self.conn.ack(packet_id, ReasonCode::Success)
     }
 
-    /// Sends DISCONNECT with `reason` (5.0; Normal disconnection before) and closes.
-    pub fn disconnect(&mut self, reason: ReasonCode) -> Result<(), Error> {
+    /// Sends DISCONNECT with `reason` (5.0; Normal disconnection before) and closes. The
+    /// close is clean whatever the code, since the application asked for it: the DISCONNECT
+    /// comes out of the next drain, [`Event::Disconnected`] reports it, then
+    /// [`Client::is_closed`] is true and no call returns it as an error.
+    pub fn disconnect(&mut self, _now: Instant, reason: ReasonCode) -> Result<(), Error> {
         self.conn.check()?;
         // [MQTT-3.14.2-1] only the DISCONNECT table: refused here, before any state changes.
         if !reason.is_valid_for(PacketType::Disconnect) {
@@ -543,14 +557,21 @@ impl Client {
                 code: reason as u8,
             }));
         }
+        // A close the application asked for is no error, whatever its code: nothing
+        // returns `Err(Disconnected)` for it, and `is_closed` says when the DISCONNECT is
+        // out.
         if self.conn.phase != Phase::Connected {
             self.conn.phase = Phase::Closed;
             self.conn.set_error(Some(Error::Disconnected(reason)));
+            self.conn.mark_clean();
+            self.conn.timers.clear();
             return Ok(());
         }
         self.conn.final_disconnect = Some(reason);
         self.conn.phase = Phase::Closing;
         self.conn.set_error(Some(Error::Disconnected(reason)));
+        self.conn.mark_clean();
+        self.conn.timers.clear();
         self.conn.events.push_back(Event::Disconnected {
             reason,
             by_peer: false,
@@ -575,7 +596,7 @@ impl Client {
     fn transmit_one(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<usize>, Error> {
         loop {
             let Some(next) = self.conn.pick(now) else {
-                return match self.conn.error() {
+                return match self.conn.transmit_error() {
                     Some(e) if self.conn.phase == Phase::Closed => Err(e),
                     _ => Ok(None),
                 };
@@ -702,12 +723,16 @@ impl Client {
             properties: if v5 {
                 WillProperties {
                     will_delay_interval: (*delay > 0).then_some(*delay),
-                    payload_format_indicator: m.properties.payload_format_indicator,
-                    message_expiry_interval: m.properties.message_expiry_interval,
-                    content_type: m.properties.content_type.as_ref().map(Utf8Bytes::as_str),
-                    response_topic: m.properties.response_topic.as_ref().map(Utf8Bytes::as_str),
-                    correlation_data: m.properties.correlation_data.as_deref(),
-                    user_properties: m.properties.user_properties(),
+                    payload_format_indicator: m.properties().payload_format_indicator,
+                    message_expiry_interval: m.properties().message_expiry_interval,
+                    content_type: m.properties().content_type.as_ref().map(Utf8Bytes::as_str),
+                    response_topic: m
+                        .properties()
+                        .response_topic
+                        .as_ref()
+                        .map(Utf8Bytes::as_str),
+                    correlation_data: m.properties().correlation_data.as_deref(),
+                    user_properties: m.properties().user_properties(),
                 }
             } else {
                 WillProperties::default()
@@ -740,6 +765,38 @@ impl Client {
         },)
     }
 
+    /// Writes as many whole packets as fit into `out`, for one write to the transport
+    /// (a write per packet costs a system call each, and without `TCP_NODELAY` a delayed
+    /// ACK per packet). `Ok(None)` when there is nothing to send. As
+    /// [`Client::poll_transmit`], with two differences: a packet that does not fit the
+    /// rest of `out` waits for the next call, and an error met after some packets were
+    /// written comes back on the next call. Only a first packet larger than all of `out`
+    /// is `Error::Codec(BufferTooSmall)`.
+    pub fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
+        crate::conn::transmit_batch(out, |rest| self.poll_transmit(now, rest))
+    }
+
+    /// Everything pending, in one loop: events first, then bytes in batches
+    /// ([`Client::poll_transmit_batch`]). `Ok(None)` means nothing is pending, not even
+    /// what handling the events queued; only then wait for the transport or
+    /// [`Client::poll_timeout`]. The loop cannot end with output left behind, whatever the
+    /// event handlers do.
+    pub fn poll_output(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<Output>, Error> {
+        if let Some(e) = self.poll_event() {
+            return Ok(Some(Output::Event(e)));
+        }
+        Ok(self.poll_transmit_batch(now, out)?.map(Output::Transmit))
+    }
+
+    /// Whether an event waits for [`Client::poll_event`].
+    pub fn has_events(&self) -> bool {
+        !self.conn.events.is_empty()
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.conn.pop_event()
@@ -752,8 +809,8 @@ impl Client {
 
     /// Sends a DISCONNECT with the given reason once the queued packets are out; used by
     /// `Drop`-less shutdown paths. Same as [`Client::disconnect`] with Normal disconnection.
-    pub fn close(&mut self) -> Result<(), Error> {
-        self.disconnect(ReasonCode::Success)
+    pub fn close(&mut self, now: Instant) -> Result<(), Error> {
+        self.disconnect(now, ReasonCode::Success)
     }
 
     /// The DISCONNECT packet bytes for 3.1.1 and 5.0 alike, for adapters that must say

@@ -95,7 +95,7 @@ impl<T> BoxedDeque<T> {
     pub(crate) fn push_back(&mut self, item: T) {
         // Room for one at first: an idle connection's burst (say a SUBSCRIBE's event, or its
         // SUBACK) is usually a single item, and `VecDeque`'s first growth would reserve four
-        // (1.7 KB of `Event`s). Freed memory stays resident in the allocator, so this peak is
+        // (448 bytes of `Event`s). Freed memory stays resident in the allocator, so this peak is
         // what an idle push client costs, even after the release at its next PINGREQ.
         self.0
             .get_or_insert_with(|| Box::new(VecDeque::with_capacity(1)))
@@ -268,6 +268,10 @@ struct Rare {
     /// The sticky error, once there is one: here because it is set once, when the
     /// connection ends, and every connection would carry an `Error` inline meanwhile.
     error: Option<Error>,
+    /// The connection ended cleanly (`error` is then `Disconnected`): the application
+    /// asked for it, or the peer's DISCONNECT said Normal disconnection (or Disconnect
+    /// with Will Message). No call reports that as an error.
+    clean_close: bool,
     /// Diagnostics the application attached to packets still to send, by packet type
     /// and identifier (0 for CONNACK and DISCONNECT); taken when the packet goes out.
     diagnostics: Vec<(PacketType, u16, Diagnostics)>,
@@ -440,10 +444,8 @@ impl Conn {
     }
 
     /// Gives back the memory of whatever holds nothing: the queues keep the capacity they
-    /// grew to, about 1.7 KB for the event queue alone after a single SUBSCRIBE, and a
-    /// connection that once was busy may idle for hours. (An `Event` is about 400 bytes
-    /// because its public variants hold a `ConnectRequest` and a `Message` inline; boxing
-    /// them would change the public API, so the queue is released instead.)
+    /// grew to (an `Event` is 112 bytes, a queued message 120), and a connection that once
+    /// was busy may idle for hours.
     ///
     /// Only called once a PINGREQ showed the client idle, never as queues merely empty:
     /// a busy connection empties them after every message, and must not allocate them
@@ -575,12 +577,42 @@ impl Conn {
             })
     }
 
-    /// The terminal error, if the connection has failed or closed.
+    /// The terminal error, if the connection has failed or closed. After a clean close a
+    /// command is refused as out of place, not with the close as an error.
     pub(crate) fn check(&self) -> Result<(), Error> {
         match self.error() {
+            Some(_) if self.closed_cleanly() => {
+                Err(Error::InvalidState("the connection is closed"))
+            }
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Whether the connection ended cleanly (see `Rare::clean_close`).
+    pub(crate) fn closed_cleanly(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.clean_close)
+    }
+
+    /// The error `poll_transmit` ends with once everything is out: none after a clean
+    /// close, which `Event::Disconnected` and `is_closed` report instead.
+    pub(crate) fn transmit_error(&self) -> Option<Error> {
+        self.error().filter(|_| !self.closed_cleanly())
+    }
+
+    /// Ends the connection cleanly with `reason`: as [`Conn::fail`] does (a DISCONNECT
+    /// where one goes, the `Disconnected` event), but it is no error.
+    pub(crate) fn close_cleanly(&mut self, reason: ReasonCode) {
+        if self.error().is_some() {
+            return;
+        }
+        self.fail(Error::Disconnected(reason));
+        self.mark_clean();
+    }
+
+    /// Marks the error set just now (a `Disconnected`) as a clean close.
+    pub(crate) fn mark_clean(&mut self) {
+        self.rare.get_or_insert_with(Box::default).clean_close = true;
     }
 
     /// The sticky error, if any.
@@ -591,8 +623,15 @@ impl Conn {
     /// Sets or clears the sticky error.
     pub(crate) fn set_error(&mut self, e: Option<Error>) {
         match (e, &mut self.rare) {
-            (Some(e), rare) => rare.get_or_insert_with(Box::default).error = Some(e),
-            (None, Some(r)) => r.error = None,
+            (Some(e), rare) => {
+                let r = rare.get_or_insert_with(Box::default);
+                r.error = Some(e);
+                r.clean_close = false;
+            }
+            (None, Some(r)) => {
+                r.error = None;
+                r.clean_close = false;
+            }
             (None, None) => {}
         }
     }
@@ -637,6 +676,20 @@ impl Conn {
         e
     }
 
+    /// The peer's DISCONNECT: the connection is over ([MQTT-3.14.4-1], nothing follows
+    /// it). With an error code (0x80 and above) it is `Err(Disconnected)`; with Normal
+    /// disconnection (or a client's Disconnect with Will Message) it ends cleanly: only
+    /// the `Disconnected` event reports it. `Ok(false)` stops reading.
+    pub(crate) fn on_peer_disconnect(&mut self, d: &Disconnect<'_>) -> Result<bool, Error> {
+        self.phase = Phase::Closed;
+        self.set_peer_reason_string(d.properties.reason_string);
+        if d.reason_code.is_error() {
+            return Err(Error::Disconnected(d.reason_code));
+        }
+        self.close_cleanly(d.reason_code);
+        Ok(false)
+    }
+
     /// Splits complete frames off `buf` and hands each to `on_packet`; stops early when
     /// `on_packet` says so (the server waits for the application after CONNECT).
     pub(crate) fn read_frames(
@@ -645,6 +698,10 @@ impl Conn {
         buf: &mut BytesMut,
         mut on_packet: impl FnMut(&mut Self, Instant, &Bytes, Packet<'_>) -> Result<bool, Error>,
     ) -> Result<(), Error> {
+        if self.closed_cleanly() {
+            // [MQTT-3.14.4-1] nothing follows a DISCONNECT: what does is not read.
+            return Ok(());
+        }
         self.check()?;
         // Packets handled by this call: the first is always read, so every call with a
         // complete packet makes progress.
@@ -956,7 +1013,7 @@ impl Conn {
             false,
             message.codec_topic(),
             None,
-            message.properties.message_expiry_interval,
+            message.properties().message_expiry_interval,
             &subscription_ids,
         );
         Packet::Publish(self.for_version(probe)).encoded_len(self.version)?;
@@ -1497,6 +1554,27 @@ pub(crate) fn encode_common(c: &Control) -> Option<Packet<'_>> {
         }
         Control::Role(_) | Control::Request(..) => return None,
     })
+}
+
+/// Fills `out` with as many whole packets as `one` writes (one `poll_transmit` each):
+/// `Ok(Some(total))`, or `Ok(None)` when there was nothing to send. A packet that does not
+/// fit the rest of `out` stays queued for the next call; an error after some packets were
+/// written is left for the next call too, which returns it again (errors are sticky, and a
+/// packet that could not be encoded stays at the head of the queue).
+pub(crate) fn transmit_batch(
+    out: &mut [u8],
+    mut one: impl FnMut(&mut [u8]) -> Result<Option<usize>, Error>,
+) -> Result<Option<usize>, Error> {
+    let mut written = 0;
+    while written < out.len() {
+        match one(&mut out[written..]) {
+            Ok(Some(n)) => written += n,
+            Ok(None) => break,
+            Err(_) if written > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((written > 0).then_some(written))
 }
 
 /// Checks that a packet type may arrive at this role at all.

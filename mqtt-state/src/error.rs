@@ -19,10 +19,12 @@ pub enum Error {
     #[error("connect timeout")]
     ConnectTimeout,
     /// The server refused the connection.
-    #[error("connection refused: {0:?}")]
+    #[error("connection refused: {0}")]
     ConnectionRefused(ReasonCode),
-    /// The peer sent DISCONNECT, or the application disconnected.
-    #[error("disconnected: {0:?}")]
+    /// The peer sent DISCONNECT with an error reason code (0x80 and above). A clean
+    /// close (the peer's Normal disconnection, or a close the application asked for) is
+    /// no error: [`crate::Event::Disconnected`] reports it.
+    #[error("disconnected: {0}")]
     Disconnected(ReasonCode),
     /// The transport closed.
     #[error("connection closed")]

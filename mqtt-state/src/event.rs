@@ -11,8 +11,10 @@ use crate::{Duration, Error, Message, Utf8Bytes};
 pub enum Event {
     /// Client: the server accepted the connection.
     Connected(ConnAckInfo),
-    /// Server: a client asks to connect; answer with `accept` or `reject`.
-    ConnectRequest(ConnectRequest),
+    /// Server: a client asks to connect; answer with `accept` or `reject`. Boxed: it is
+    /// the largest event by far and comes once per connection, and every other event
+    /// would otherwise be as large.
+    ConnectRequest(alloc::boxed::Box<ConnectRequest>),
     /// An application message arrived. With manual acks, acknowledge `packet_id` with `ack`.
     Message {
         /// Its packet identifier (QoS 1/2).
@@ -96,6 +98,18 @@ pub enum Event {
         /// The Reason String of the peer's DISCONNECT or refusing CONNACK (5.0).
         reason_string: Option<Utf8Bytes>,
     },
+}
+
+/// One step of draining a machine: [`crate::Client::poll_output`] and
+/// [`crate::ServerSession::poll_output`] hand out events before bytes, so that whatever
+/// the application queues while handling an event (a SUBSCRIBE in answer to
+/// [`Event::Connected`], say) goes out in the same drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Handle this event; the commands it leads to may queue more output.
+    Event(Event),
+    /// Write the first this many bytes of the buffer: one or more whole packets.
+    Transmit(usize),
 }
 
 /// What the server said in CONNACK, as the client applies it.

@@ -282,7 +282,12 @@ impl Diagnostics {
 /// The topic is a [`TopicBuf`]: checked once, when the message is made or received
 /// ([MQTT-3.3.2-2] no wildcard, [MQTT-4.7.3-1] to [MQTT-4.7.3-3]), then routed and written
 /// to every subscriber without being scanned again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The 5.0 properties are read with [`Message::properties`] and written with
+/// [`Message::properties_mut`]: they live in a box of their own, made only for a message
+/// that has any. Most messages have none, and a message is queued per subscriber and
+/// carried by every [`crate::Event::Message`], so it stays at 80 bytes rather than 240.
+#[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Message {
     /// The topic name (after topic alias resolution), checked.
@@ -295,9 +300,27 @@ pub struct Message {
     pub qos: QoS,
     /// The RETAIN flag.
     pub retain: bool,
-    /// 5.0 properties.
-    pub properties: MessageProperties,
+    /// 5.0 properties; `None` when there are none.
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::properties"))]
+    properties: Option<alloc::boxed::Box<MessageProperties>>,
 }
+
+/// What a message without properties reads.
+static NO_PROPERTIES: MessageProperties = MessageProperties::new();
+
+/// Equal when the fields are, properties compared by value: a message whose properties
+/// were made and emptied again equals one that never had any.
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.topic == other.topic
+            && self.payload == other.payload
+            && self.qos == other.qos
+            && self.retain == other.retain
+            && self.properties() == other.properties()
+    }
+}
+
+impl Eq for Message {}
 
 /// The 5.0 properties an application message carries end to end.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -321,6 +344,30 @@ pub struct MessageProperties {
 }
 
 impl MessageProperties {
+    /// None at all.
+    pub const fn new() -> Self {
+        Self {
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_block: Bytes::new(),
+            subscription_identifiers: SubscriptionIdList::new(),
+        }
+    }
+
+    /// Whether there is no property at all.
+    pub fn is_empty(&self) -> bool {
+        self.payload_format_indicator.is_none()
+            && self.message_expiry_interval.is_none()
+            && self.content_type.is_none()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
+            && self.user_block.is_empty()
+            && self.subscription_identifiers.is_empty()
+    }
+
     /// The user properties, in order.
     pub fn user_properties(&self) -> UserProperties<'_> {
         // The block was validated when it was stored.
@@ -381,8 +428,31 @@ impl Message {
             payload: payload.into(),
             qos,
             retain: false,
-            properties: MessageProperties::default(),
+            properties: None,
         }
+    }
+
+    /// The 5.0 properties (all absent for most messages).
+    #[inline]
+    pub fn properties(&self) -> &MessageProperties {
+        self.properties.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+
+    /// The 5.0 properties to change; the first call on a message without any allocates
+    /// their box.
+    pub fn properties_mut(&mut self) -> &mut MessageProperties {
+        self.properties.get_or_insert_with(Default::default)
+    }
+
+    /// Replaces the 5.0 properties; empty ones take no memory.
+    pub fn set_properties(&mut self, properties: MessageProperties) {
+        self.properties = (!properties.is_empty()).then(|| alloc::boxed::Box::new(properties));
+    }
+
+    /// The message with `properties` (see [`Message::set_properties`]).
+    pub fn with_properties(mut self, properties: MessageProperties) -> Self {
+        self.set_properties(properties);
+        self
     }
 
     /// The same message in buffers of its own. A message kept for as long as a connection
@@ -394,7 +464,10 @@ impl Message {
             payload: Bytes::copy_from_slice(&self.payload),
             qos: self.qos,
             retain: self.retain,
-            properties: self.properties.detached(),
+            properties: self
+                .properties
+                .as_ref()
+                .map(|p| alloc::boxed::Box::new(p.detached())),
         }
     }
 
@@ -405,25 +478,24 @@ impl Message {
         // A server sends one per matching subscription ([MQTT-3.3.4-4]): every one is
         // kept; more than four allocate, which a decoded packet bounds.
         let subscription_identifiers = pp.subscription_identifiers.iter().collect();
-        Self {
-            topic,
-            payload: frame.slice_ref(p.payload),
-            qos: p.qos(),
-            retain: p.retain,
-            properties: MessageProperties {
-                payload_format_indicator: pp.payload_format_indicator,
-                message_expiry_interval: pp.message_expiry_interval,
-                content_type: pp.content_type.map(|s| Utf8Bytes::slice_of(frame, s)),
-                response_topic: pp.response_topic.map(|s| Utf8Bytes::slice_of(frame, s)),
-                correlation_data: pp.correlation_data.map(|b| frame.slice_ref(b)),
-                user_block: pp
-                    .user_properties
-                    .wire_block()
-                    .map(|b| frame.slice_ref(b))
-                    .unwrap_or_default(),
-                subscription_identifiers,
-            },
-        }
+        let mut m = Self::new(topic, frame.slice_ref(p.payload), p.qos());
+        m.retain = p.retain;
+        // Boxed only when the PUBLISH carries any: most carry none, and then receiving
+        // allocates nothing.
+        m.set_properties(MessageProperties {
+            payload_format_indicator: pp.payload_format_indicator,
+            message_expiry_interval: pp.message_expiry_interval,
+            content_type: pp.content_type.map(|s| Utf8Bytes::slice_of(frame, s)),
+            response_topic: pp.response_topic.map(|s| Utf8Bytes::slice_of(frame, s)),
+            correlation_data: pp.correlation_data.map(|b| frame.slice_ref(b)),
+            user_block: pp
+                .user_properties
+                .wire_block()
+                .map(|b| frame.slice_ref(b))
+                .unwrap_or_default(),
+            subscription_identifiers,
+        });
+        m
     }
 
     /// The PUBLISH that sends this message. `topic` and `alias` come from the sender's
@@ -439,7 +511,7 @@ impl Message {
         expiry: Option<u32>,
         sub_ids: &'a [SubscriptionId],
     ) -> Publish<'a> {
-        let pp = &self.properties;
+        let pp = self.properties();
         Publish {
             dup,
             qos_pid,

@@ -38,6 +38,29 @@ pub(crate) mod topic {
     }
 }
 
+/// A message's boxed properties as the properties themselves (empty when absent), so that
+/// snapshots read and write as they did when they were inline.
+pub(crate) mod properties {
+    use super::*;
+    use crate::MessageProperties;
+    use alloc::boxed::Box;
+
+    pub(crate) fn serialize<S: Serializer>(
+        p: &Option<Box<MessageProperties>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        static NONE: MessageProperties = MessageProperties::new();
+        p.as_deref().unwrap_or(&NONE).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Box<MessageProperties>>, D::Error> {
+        let p = MessageProperties::deserialize(d)?;
+        Ok((!p.is_empty()).then(|| Box::new(p)))
+    }
+}
+
 /// `QoS` as its number, 0 to 2.
 pub(crate) mod qos {
     use super::*;

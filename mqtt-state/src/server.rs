@@ -13,8 +13,8 @@ use mqtt_topic::{TopicBuf, TopicName};
 use crate::conn::{encode_common, unexpected, Conn, Control, Limits, Next, Phase, Role};
 use crate::session::SessionState;
 use crate::{
-    ConnectRequest, Diagnostics, Duration, Error, Event, Instant, Message, SubscriptionIdList,
-    Timer, Utf8Bytes, Violation,
+    ConnectRequest, Diagnostics, Duration, Error, Event, Instant, Message, Output,
+    SubscriptionIdList, Timer, Utf8Bytes, Violation,
 };
 
 const AUTH: u8 = 1;
@@ -463,16 +463,14 @@ impl ServerSession {
                     let mut m = Message::new(topic, frame.slice_ref(w.payload), w.qos);
                     m.retain = w.retain;
                     let wp = &w.properties;
-                    m.properties.payload_format_indicator = wp.payload_format_indicator;
-                    m.properties.message_expiry_interval = wp.message_expiry_interval;
-                    m.properties.content_type =
-                        wp.content_type.map(|s| Utf8Bytes::slice_of(frame, s));
-                    m.properties.response_topic =
-                        wp.response_topic.map(|s| Utf8Bytes::slice_of(frame, s));
-                    m.properties.correlation_data = wp.correlation_data.map(|b| frame.slice_ref(b));
-                    m.properties.set_user_block(
-                        wp.user_properties.wire_block().map(|b| frame.slice_ref(b)),
-                    );
+                    let mut p = crate::MessageProperties::new();
+                    p.payload_format_indicator = wp.payload_format_indicator;
+                    p.message_expiry_interval = wp.message_expiry_interval;
+                    p.content_type = wp.content_type.map(|s| Utf8Bytes::slice_of(frame, s));
+                    p.response_topic = wp.response_topic.map(|s| Utf8Bytes::slice_of(frame, s));
+                    p.correlation_data = wp.correlation_data.map(|b| frame.slice_ref(b));
+                    p.set_user_block(wp.user_properties.wire_block().map(|b| frame.slice_ref(b)));
+                    m.set_properties(p);
                     // Kept until the connection ends: copied out of the receive buffer.
                     (m.detached(), wp.will_delay_interval.unwrap_or(0))
                 });
@@ -497,23 +495,24 @@ impl ServerSession {
                 if refusal.is_some() {
                     return Ok(false);
                 }
-                conn.events.push_back(Event::ConnectRequest(ConnectRequest {
-                    protocol: c.protocol,
-                    // A copy of its own rather than a clone: cloning a `Bytes` made from a
-                    // `Vec` allocates a shared header, which the machine's copy would then
-                    // keep for the life of the connection.
-                    client_id: Utf8Bytes::copy_of(c.client_id),
-                    clean_start: c.clean_start,
-                    keep_alive: ka,
-                    username: c.username.map(|u| Utf8Bytes::slice_of(frame, u)),
-                    password: c.password.map(|pw| frame.slice_ref(pw)),
-                    will,
-                    session_expiry_interval: p.session_expiry_interval.unwrap_or(0),
-                    authentication_method: p
-                        .authentication_method
-                        .map(|m| Utf8Bytes::slice_of(frame, m)),
-                    authentication_data: p.authentication_data.map(|d| frame.slice_ref(d)),
-                }));
+                conn.events
+                    .push_back(Event::ConnectRequest(Box::new(ConnectRequest {
+                        protocol: c.protocol,
+                        // A copy of its own rather than a clone: cloning a `Bytes` made from a
+                        // `Vec` allocates a shared header, which the machine's copy would then
+                        // keep for the life of the connection.
+                        client_id: Utf8Bytes::copy_of(c.client_id),
+                        clean_start: c.clean_start,
+                        keep_alive: ka,
+                        username: c.username.map(|u| Utf8Bytes::slice_of(frame, u)),
+                        password: c.password.map(|pw| frame.slice_ref(pw)),
+                        will,
+                        session_expiry_interval: p.session_expiry_interval.unwrap_or(0),
+                        authentication_method: p
+                            .authentication_method
+                            .map(|m| Utf8Bytes::slice_of(frame, m)),
+                        authentication_data: p.authentication_data.map(|d| frame.slice_ref(d)),
+                    })));
                 // Nothing but AUTH is read until the application decides.
                 conn.hold_non_auth = true;
                 return Ok(true);
@@ -567,8 +566,7 @@ impl ServerSession {
                         rare.get_or_insert_with(Box::default)
                             .disconnect_session_expiry = Some(e);
                     }
-                    conn.phase = Phase::Closed;
-                    return Err(Error::Disconnected(d.reason_code));
+                    return conn.on_peer_disconnect(&d);
                 }
                 Packet::Auth(a) => {
                     // [MQTT-4.12.0-7] no AUTH without a method in CONNECT; [MQTT-4.12.1-1]
@@ -597,7 +595,7 @@ impl ServerSession {
             Ok(true)
         });
         if let Some(code) = refusal {
-            self.reject(code)?;
+            self.reject(now, code)?;
         }
         // [MQTT-3.1.2-2] a CONNECT with a protocol level we do not support is answered with
         // CONNACK 0x01 (unacceptable protocol version) in the 3.1.1 format, then closed.
@@ -630,7 +628,7 @@ impl ServerSession {
         }
         self.decided = true;
         self.conn.hold_non_auth = false;
-        // The CONNECT's event grew the event queue (an event is ~400 bytes), and most
+        // The CONNECT's event grew the event queue (an event is 112 bytes), and most
         // connections then sit idle: give that back instead of keeping the high-water mark.
         self.conn.events.shrink_to_fit();
         let mut session = accept.session;
@@ -672,7 +670,7 @@ impl ServerSession {
     /// Refuses the connection with `reason`: CONNACK with that code, then close
     /// ([MQTT-3.2.2-7]). Before 5.0 the code maps to the nearest 3.1.1 return code. A code
     /// below 0x80 is no refusal and becomes Unspecified error.
-    pub fn reject(&mut self, reason: ReasonCode) -> Result<(), Error> {
+    pub fn reject(&mut self, _now: Instant, reason: ReasonCode) -> Result<(), Error> {
         // [MQTT-3.2.2-7] a refusing CONNACK carries a code of 0x80 or above; a Success one
         // would tell the client it is connected while this side closes.
         // Nor may it carry a code CONNACK does not have (Server shutting down is DISCONNECT
@@ -725,12 +723,13 @@ impl ServerSession {
     /// [`ServerSession::reject`] with a Reason String and User Properties on the CONNACK.
     pub fn reject_with(
         &mut self,
+        now: Instant,
         reason: ReasonCode,
         diagnostics: Diagnostics,
     ) -> Result<(), Error> {
         self.conn
             .attach_diagnostics(PacketType::ConnAck, 0, diagnostics)?;
-        let result = self.reject(reason);
+        let result = self.reject(now, reason);
         if result.is_err() {
             self.conn.drop_diagnostics(PacketType::ConnAck, 0);
         }
@@ -742,6 +741,7 @@ impl ServerSession {
     /// an acknowledgement.
     pub fn ack_with(
         &mut self,
+        now: Instant,
         packet_id: PacketId,
         reason: ReasonCode,
         diagnostics: Diagnostics,
@@ -762,12 +762,13 @@ impl ServerSession {
         };
         self.conn
             .attach_diagnostics(t, packet_id.get(), diagnostics)?;
-        Ok(self.ack(packet_id, reason))
+        Ok(self.ack(now, packet_id, reason))
     }
 
     /// [`ServerSession::suback`] with a Reason String and User Properties.
     pub fn suback_with(
         &mut self,
+        now: Instant,
         packet_id: PacketId,
         reasons: Vec<ReasonCode>,
         diagnostics: Diagnostics,
@@ -775,12 +776,13 @@ impl ServerSession {
         self.conn.check()?;
         self.conn
             .attach_diagnostics(PacketType::SubAck, packet_id.get(), diagnostics)?;
-        self.suback(packet_id, reasons)
+        self.suback(now, packet_id, reasons)
     }
 
     /// [`ServerSession::unsuback`] with a Reason String and User Properties.
     pub fn unsuback_with(
         &mut self,
+        now: Instant,
         packet_id: PacketId,
         reasons: Vec<ReasonCode>,
         diagnostics: Diagnostics,
@@ -788,12 +790,13 @@ impl ServerSession {
         self.conn.check()?;
         self.conn
             .attach_diagnostics(PacketType::UnsubAck, packet_id.get(), diagnostics)?;
-        self.unsuback(packet_id, reasons)
+        self.unsuback(now, packet_id, reasons)
     }
 
     /// [`ServerSession::auth`] with a Reason String and User Properties.
     pub fn auth_with(
         &mut self,
+        now: Instant,
         reason: ReasonCode,
         data: Option<bytes::Bytes>,
         diagnostics: Diagnostics,
@@ -802,7 +805,7 @@ impl ServerSession {
         self.conn
             .attach_diagnostics(PacketType::Auth, 0, diagnostics.clone())?;
         self.conn.drop_diagnostics(PacketType::Auth, 0);
-        self.auth(reason, data)?;
+        self.auth(now, reason, data)?;
         if let Some(last) = self
             .rare
             .as_mut()
@@ -818,13 +821,14 @@ impl ServerSession {
     /// DISCONNECT.
     pub fn disconnect_with(
         &mut self,
+        now: Instant,
         reason: ReasonCode,
         diagnostics: Diagnostics,
     ) -> Result<(), Error> {
         self.conn.check()?;
         self.conn
             .attach_diagnostics(PacketType::Disconnect, 0, diagnostics)?;
-        self.disconnect(reason);
+        self.disconnect(now, reason);
         Ok(())
     }
 
@@ -878,20 +882,45 @@ impl ServerSession {
     }
 
     /// Answers a SUBSCRIBE, one code per filter ([MQTT-3.8.4-2]: with its identifier).
-    pub fn suback(&mut self, packet_id: PacketId, reasons: Vec<ReasonCode>) -> Result<(), Error> {
+    pub fn suback(
+        &mut self,
+        _now: Instant,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+    ) -> Result<(), Error> {
         self.conn.check()?;
+        // Refused now if it could never be encoded (no code at all, a code SUBACK does not
+        // have at this level): queued, it would fail every `poll_transmit` and wedge the
+        // connection ([MQTT-3.9.3-1] one code per filter, [MQTT-3.9.3-2] from its table).
+        let probe = Packet::SubAck(mqtt_codec::SubAck::new(
+            packet_id,
+            mqtt_codec::List::new(&reasons),
+        ));
+        probe.encoded_len(self.conn.version)?;
         self.conn.push_control(Control::SubAck(packet_id, reasons));
         Ok(())
     }
 
     /// Answers an UNSUBSCRIBE (codes are dropped before 5.0, which has none).
-    pub fn unsuback(&mut self, packet_id: PacketId, reasons: Vec<ReasonCode>) -> Result<(), Error> {
+    pub fn unsuback(
+        &mut self,
+        _now: Instant,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+    ) -> Result<(), Error> {
         self.conn.check()?;
         let reasons = if self.conn.version.is_v5() {
             reasons
         } else {
             Vec::new()
         };
+        // As for SUBACK: what could never be encoded is refused here, not queued
+        // ([MQTT-3.11.3-1] a 5.0 UNSUBACK has one code per filter).
+        let probe = Packet::UnsubAck(mqtt_codec::UnsubAck::new(
+            packet_id,
+            mqtt_codec::List::new(&reasons),
+        ));
+        probe.encoded_len(self.conn.version)?;
         self.conn
             .push_control(Control::UnsubAck(packet_id, reasons));
         Ok(())
@@ -901,7 +930,12 @@ impl ServerSession {
     /// Continue authentication, [MQTT-4.12.0-2]) or to end a re-authentication (Success).
     /// It carries the CONNECT's method ([MQTT-4.12.0-5]); without one there is no AUTH
     /// ([MQTT-4.12.0-6]).
-    pub fn auth(&mut self, reason: ReasonCode, data: Option<bytes::Bytes>) -> Result<(), Error> {
+    pub fn auth(
+        &mut self,
+        _now: Instant,
+        reason: ReasonCode,
+        data: Option<bytes::Bytes>,
+    ) -> Result<(), Error> {
         self.conn.check()?;
         let auth = self.rare.as_mut().and_then(|r| r.auth.as_mut());
         let Some(auth) = auth.filter(|_| self.conn.version.is_v5()) else {
@@ -917,16 +951,17 @@ impl ServerSession {
     /// Acknowledges a message when manual acks are on ([`ServerConfig::manual_acks`]),
     /// with the reason code the 5.0 PUBACK/PUBREC carries (a refused publish gets Not
     /// authorized, say). Acks still leave in arrival order.
-    pub fn ack(&mut self, packet_id: PacketId, reason: ReasonCode) -> bool {
+    pub fn ack(&mut self, _now: Instant, packet_id: PacketId, reason: ReasonCode) -> bool {
         self.conn.ack(packet_id, reason)
     }
 
     /// Ends the connection from the server side: 5.0 sends DISCONNECT with `reason` first
     /// (only after a successful CONNACK, [MQTT-3.14.0-1]).
-    pub fn disconnect(&mut self, reason: ReasonCode) {
-        if self.conn.error().is_none() {
-            self.conn.fail(Error::Disconnected(reason));
-        }
+    pub fn disconnect(&mut self, _now: Instant, reason: ReasonCode) {
+        // Asked for, so no error: `poll_transmit` hands out the DISCONNECT and then
+        // `Ok(None)`, and `is_closed` says when to close. [`ServerSession::error`] still
+        // says why it ended.
+        self.conn.close_cleanly(reason);
     }
 
     /// The embedder has stopped reading this connection (backpressure, or a decision it
@@ -951,8 +986,10 @@ impl ServerSession {
         self.conn.final_disconnect = None;
     }
 
-    /// The error that ended the connection, once there is one (sticky): for a broker that
-    /// reports why it closed a connection.
+    /// Why the connection ended, once it has (sticky): for a broker that reports why it
+    /// closed a connection. A clean close is `Disconnected` with its code (Normal
+    /// disconnection, Disconnect with Will Message, or the code the application closed
+    /// with), though no call returned it as an error.
     pub fn error(&self) -> Option<Error> {
         self.conn.error()
     }
@@ -977,8 +1014,9 @@ impl ServerSession {
                 self.conn.pick(now)
             };
             let Some(next) = next else {
-                return match self.conn.error() {
+                return match self.conn.transmit_error() {
                     Some(e) => Err(e),
+                    None if self.conn.error().is_some() => Ok(None),
                     None => {
                         // Drained: the one moment an idle connection has nothing queued.
                         // Here in the machine rather than in the broker, so that every
@@ -1107,6 +1145,38 @@ impl ServerSession {
         };
         self.conn.pop_control();
         Ok(n.ok().filter(|&n| n > 0))
+    }
+
+    /// Writes as many whole packets as fit into `out`, for one write to the transport
+    /// (a write per packet costs a system call each, and without `TCP_NODELAY` a delayed
+    /// ACK per packet). `Ok(None)` when there is nothing to send. As
+    /// [`ServerSession::poll_transmit`], with two differences: a packet that does not fit the
+    /// rest of `out` waits for the next call, and an error met after some packets were
+    /// written comes back on the next call. Only a first packet larger than all of `out`
+    /// is `Error::Codec(BufferTooSmall)`.
+    pub fn poll_transmit_batch(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
+        crate::conn::transmit_batch(out, |rest| self.poll_transmit(now, rest))
+    }
+
+    /// Everything pending, in one loop: events first, then bytes in batches
+    /// ([`ServerSession::poll_transmit_batch`]). `Ok(None)` means nothing is pending, not even
+    /// what handling the events queued; only then wait for the transport or
+    /// [`ServerSession::poll_timeout`]. The loop cannot end with output left behind, whatever the
+    /// event handlers do.
+    pub fn poll_output(&mut self, now: Instant, out: &mut [u8]) -> Result<Option<Output>, Error> {
+        if let Some(e) = self.poll_event() {
+            return Ok(Some(Output::Event(e)));
+        }
+        Ok(self.poll_transmit_batch(now, out)?.map(Output::Transmit))
+    }
+
+    /// Whether an event waits for [`ServerSession::poll_event`].
+    pub fn has_events(&self) -> bool {
+        !self.conn.events.is_empty()
     }
 
     /// The next event, if any.

@@ -138,7 +138,7 @@ impl Outgoing {
     /// The remaining 5.0 Message Expiry Interval at `now`, `Err(())` if it has run out.
     /// [MQTT-3.3.2-6]: the interval sent is the received one minus the time spent waiting.
     pub(crate) fn remaining_expiry(&self, now: Instant) -> Result<Option<u32>, ()> {
-        match self.message.properties.message_expiry_interval {
+        match self.message.properties().message_expiry_interval {
             None => Ok(None),
             Some(secs) => {
                 let waited = (now - self.queued_at).as_secs();

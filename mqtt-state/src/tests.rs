@@ -149,11 +149,15 @@ impl Pair {
                         QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
                     })
                     .collect();
-                self.server.suback(*packet_id, codes).unwrap();
+                self.server.suback(self.now, *packet_id, codes).unwrap();
             }
             Event::UnsubscribeRequest { packet_id, filters } => {
                 self.server
-                    .unsuback(*packet_id, vec![ReasonCode::Success; filters.len()])
+                    .unsuback(
+                        self.now,
+                        *packet_id,
+                        vec![ReasonCode::Success; filters.len()],
+                    )
                     .unwrap();
             }
             _ => {}
@@ -436,7 +440,7 @@ fn mqtt_4_9_0_2_send_quota_is_the_servers_receive_maximum() {
     assert_eq!(sent, 2);
     // [MQTT-3.3.4-8] [MQTT-4.9.0-3] other packets still go out at zero quota.
     p.client
-        .subscribe(&[("s", SubscriptionOptions::default())], None)
+        .subscribe(p.now, &[("s", SubscriptionOptions::default())], None)
         .unwrap();
     assert!(p.client.poll_transmit(p.now, &mut out).unwrap().is_some());
 }
@@ -628,13 +632,21 @@ fn mqtt_3_3_4_9_manual_acks_pace_a_burst_at_the_quota() {
     assert_eq!(input.len(), 2 * one);
     assert!(server_acks(&mut server).is_empty());
     for id in 1..=3 {
-        assert!(server.ack(mqtt_codec::PacketId::new(id).unwrap(), ReasonCode::Success));
+        assert!(server.ack(
+            Instant::ZERO,
+            mqtt_codec::PacketId::new(id).unwrap(),
+            ReasonCode::Success
+        ));
     }
     server.handle_input(Instant::ZERO, &mut input).unwrap();
     assert_eq!(server_messages(&mut server), 2);
     assert!(input.is_empty());
     for id in 4..=5 {
-        assert!(server.ack(mqtt_codec::PacketId::new(id).unwrap(), ReasonCode::Success));
+        assert!(server.ack(
+            Instant::ZERO,
+            mqtt_codec::PacketId::new(id).unwrap(),
+            ReasonCode::Success
+        ));
     }
     let acks: Vec<_> = server_acks(&mut server).iter().map(|a| a.1).collect();
     assert_eq!(acks, [1, 2, 3, 4, 5]);
@@ -684,13 +696,13 @@ fn mqtt_4_6_0_2_manual_acks_leave_in_arrival_order() {
     };
     assert_eq!(acks_sent(&p), 0);
     // The application acknowledges the third first: nothing may leave before the first.
-    assert!(p.client.ack(ids[2]));
+    assert!(p.client.ack(p.now, ids[2]));
     p.drive();
     assert_eq!(acks_sent(&p), 0);
-    assert!(p.client.ack(ids[0]));
+    assert!(p.client.ack(p.now, ids[0]));
     p.drive();
     assert_eq!(acks_sent(&p), 1);
-    assert!(p.client.ack(ids[1]));
+    assert!(p.client.ack(p.now, ids[1]));
     p.drive();
     assert_eq!(acks_sent(&p), 3);
     assert!(p.server.session().is_empty());
@@ -1006,7 +1018,9 @@ fn mqtt_3_2_2_7_rejected_connect_closes() {
     let mut p = Pair::v(V5);
     p.auto_accept = false;
     p.drive();
-    p.server.reject(ReasonCode::BadUserNameOrPassword).unwrap();
+    p.server
+        .reject(p.now, ReasonCode::BadUserNameOrPassword)
+        .unwrap();
     p.drive();
     assert_eq!(p.server_sent, [PacketType::ConnAck]);
     assert!(!p.client.is_connected());
@@ -1026,6 +1040,7 @@ fn subscribe_and_unsubscribe_round_trip() {
         let id = p
             .client
             .subscribe(
+                Instant::ZERO,
                 &[
                     ("a/+", SubscriptionOptions::qos(QoS::AtLeastOnce)),
                     ("b", SubscriptionOptions::default()),
@@ -1035,7 +1050,7 @@ fn subscribe_and_unsubscribe_round_trip() {
             .unwrap();
         p.drive();
         assert!(p.client_events.iter().any(|e| matches!(e, Event::Subscribed { packet_id, reasons } if *packet_id == id && reasons == &[ReasonCode::GrantedQoS1, ReasonCode::Success])));
-        let id = p.client.unsubscribe(&["a/+"]).unwrap();
+        let id = p.client.unsubscribe(p.now, &["a/+"]).unwrap();
         p.drive();
         assert!(p
             .client_events
@@ -1208,9 +1223,9 @@ fn message_expiry_counts_down_while_queued() {
     p.drive();
     p.client.handle_close(p.now);
     let mut m = msg("t", "soon", QoS::AtLeastOnce);
-    m.properties.message_expiry_interval = Some(10);
+    m.properties_mut().message_expiry_interval = Some(10);
     let mut m2 = msg("t", "later", QoS::AtLeastOnce);
-    m2.properties.message_expiry_interval = Some(100);
+    m2.properties_mut().message_expiry_interval = Some(100);
     p.client.publish(p.now, m).unwrap();
     p.client.publish(p.now, m2).unwrap();
     p.now = p.now + Duration::from_secs(30);
@@ -1221,7 +1236,7 @@ fn message_expiry_counts_down_while_queued() {
         .filter_map(|e| match e {
             Event::Message { message, .. } => Some((
                 message.payload.to_vec(),
-                message.properties.message_expiry_interval,
+                message.properties().message_expiry_interval,
             )),
             _ => None,
         })
@@ -1235,7 +1250,9 @@ fn disconnect_is_the_last_packet() {
     // reports its end, for the adapter to close the connection.
     let mut p = Pair::v(V5);
     p.drive();
-    p.client.disconnect(ReasonCode::DisconnectWithWill).unwrap();
+    p.client
+        .disconnect(p.now, ReasonCode::DisconnectWithWill)
+        .unwrap();
     p.drive();
     assert_eq!(p.client_sent.last(), Some(&PacketType::Disconnect));
     assert!(p.server_events.iter().any(|e| matches!(
@@ -1251,8 +1268,79 @@ fn disconnect_is_the_last_packet() {
         .client
         .publish(p.now, msg("t", "x", QoS::AtMostOnce))
         .is_err());
+    // A close the application asked for is no error: drained, closed, no `Err`.
     let mut out = vec![0u8; 64];
-    assert!(p.client.poll_transmit(p.now, &mut out).is_err());
+    assert_eq!(p.client.poll_transmit(p.now, &mut out), Ok(None));
+    assert!(p.client.is_closed());
+    assert!(p.server.is_closed());
+}
+
+#[test]
+fn a_clean_close_is_not_an_error_on_either_side() {
+    for version in [V4, V5] {
+        // The client closes with Normal disconnection: the server reads it without an
+        // error, reports the event, and is closed ([MQTT-3.14.4-1]).
+        let mut p = Pair::v(version);
+        p.drive();
+        p.client.close(p.now).unwrap();
+        let mut out = vec![0u8; 64];
+        let n = p.client.poll_transmit(p.now, &mut out).unwrap().unwrap();
+        assert_eq!(p.client.poll_transmit(p.now, &mut out), Ok(None));
+        assert!(p.client.is_closed());
+        let mut input = BytesMut::from(&out[..n]);
+        assert_eq!(p.server.handle_input(p.now, &mut input), Ok(()));
+        assert!(matches!(
+            p.server.poll_event(),
+            Some(Event::Disconnected {
+                reason: ReasonCode::Success,
+                by_peer: true,
+                ..
+            })
+        ));
+        assert_eq!(p.server.poll_transmit(p.now, &mut out), Ok(None));
+        assert!(p.server.is_closed());
+        // Still known why it ended, for a broker's close reason.
+        assert_eq!(
+            p.server.error(),
+            Some(Error::Disconnected(ReasonCode::Success))
+        );
+    }
+    // The server closes with Normal disconnection (5.0): the client reads it as the end,
+    // not as an error; one with an error code stays an error.
+    for (code, clean) in [
+        (ReasonCode::Success, true),
+        (ReasonCode::ServerShuttingDown, false),
+    ] {
+        let mut p = Pair::v(V5);
+        p.drive();
+        while p.client.poll_event().is_some() {}
+        p.server.disconnect(p.now, code);
+        let mut out = vec![0u8; 64];
+        let n = p.server.poll_transmit(p.now, &mut out).unwrap().unwrap();
+        assert_eq!(p.server.poll_transmit(p.now, &mut out), Ok(None));
+        assert!(p.server.is_closed());
+        let mut input = BytesMut::from(&out[..n]);
+        let r = p.client.handle_input(p.now, &mut input);
+        if clean {
+            assert_eq!(r, Ok(()));
+            assert_eq!(p.client.poll_transmit(p.now, &mut out), Ok(None));
+        } else {
+            assert_eq!(r, Err(Error::Disconnected(code)));
+            assert_eq!(
+                p.client.poll_transmit(p.now, &mut out),
+                Err(Error::Disconnected(code))
+            );
+        }
+        assert!(p.client.is_closed());
+        assert!(matches!(
+            p.client.poll_event(),
+            Some(Event::Disconnected { reason, by_peer: true, .. }) if reason == code
+        ));
+        // Reconnecting is the way on.
+        p.client.handle_close(p.now);
+        assert!(!p.client.is_closed());
+        p.client.connect(p.now).unwrap();
+    }
 }
 
 #[test]
@@ -1307,6 +1395,7 @@ fn mqtt_4_12_0_2_enhanced_authentication_exchange() {
     // [MQTT-4.12.0-2] the server's challenge carries Continue authentication.
     p.server
         .auth(
+            p.now,
             ReasonCode::ContinueAuthentication,
             Some(bytes::Bytes::from_static(b"server-first")),
         )
@@ -1328,6 +1417,7 @@ fn mqtt_4_12_0_2_enhanced_authentication_exchange() {
     // [MQTT-4.12.0-3] the client answers with Continue authentication.
     p.client
         .auth(
+            p.now,
             ReasonCode::ContinueAuthentication,
             Some(bytes::Bytes::from_static(b"client-final")),
         )
@@ -1346,7 +1436,9 @@ fn mqtt_4_12_0_2_enhanced_authentication_exchange() {
     assert_eq!(p.client_sent, [PacketType::Connect, PacketType::Auth]);
     assert_eq!(p.server_sent, [PacketType::Auth, PacketType::ConnAck]);
     // [MQTT-4.12.1-1] re-authentication after CONNACK with the same method.
-    p.client.auth(ReasonCode::ReAuthenticate, None).unwrap();
+    p.client
+        .auth(p.now, ReasonCode::ReAuthenticate, None)
+        .unwrap();
     p.drive();
     assert!(p.server_events.iter().any(|e| matches!(
         e,
@@ -1361,10 +1453,13 @@ fn mqtt_4_12_0_2_enhanced_authentication_exchange() {
 fn mqtt_4_12_0_7_no_auth_without_a_method() {
     let mut p = Pair::v(V5);
     p.drive();
-    assert!(p.client.auth(ReasonCode::ReAuthenticate, None).is_err());
+    assert!(p
+        .client
+        .auth(p.now, ReasonCode::ReAuthenticate, None)
+        .is_err());
     assert!(p
         .server
-        .auth(ReasonCode::ContinueAuthentication, None)
+        .auth(p.now, ReasonCode::ContinueAuthentication, None)
         .is_err());
     // A peer that sends one anyway breaks the protocol.
     let auth = Packet::Auth(mqtt_codec::Auth {
@@ -1795,7 +1890,7 @@ fn mqtt_3_3_4_10_servers_quota_does_not_hold_back_other_packets() {
     );
     // The SUBACK still comes back while the quota is used up.
     p.client
-        .subscribe(&[("s", SubscriptionOptions::default())], None)
+        .subscribe(p.now, &[("s", SubscriptionOptions::default())], None)
         .unwrap();
     p.drive();
     assert_eq!(p.server_sent.last(), Some(&PacketType::SubAck));
@@ -1873,7 +1968,9 @@ fn mqtt_3_1_4_5_a_rejected_connection_reads_nothing_more() {
     );
     input.extend_from_slice(&publish_bytes(V4, 1, QoS::AtLeastOnce, false));
     server.handle_input(Instant::ZERO, &mut input).unwrap();
-    server.reject(ReasonCode::NotAuthorized).unwrap();
+    server
+        .reject(Instant::ZERO, ReasonCode::NotAuthorized)
+        .unwrap();
     let _ = server.handle_input(Instant::ZERO, &mut input);
     assert_eq!(messages(&mut server), 0);
     let mut out = vec![0u8; 64];
@@ -1984,7 +2081,7 @@ fn mqtt_3_1_2_24_3_1_1_server_drops_a_silent_client_after_one_and_a_half_keep_al
 fn an_unencodable_message_is_refused_at_publish_and_the_connection_goes_on() {
     let (mut client, _input, mut out) = connected_client(V5);
     let mut m = msg("t", "x", QoS::AtLeastOnce);
-    m.properties.response_topic = Some("replies/+".into());
+    m.properties_mut().response_topic = Some("replies/+".into());
     assert!(matches!(
         client.publish(Instant::ZERO, m),
         Err(Error::Codec(mqtt_codec::Error::InvalidTopicName(_)))
@@ -2012,10 +2109,18 @@ fn an_ack_for_a_request_not_sent_is_ignored() {
     // it never made: neither may complete it early nor upset the machine.
     let (mut client, mut input, mut out) = connected_client(V4);
     let first = client
-        .subscribe(&[("a", SubscriptionOptions::default())], None)
+        .subscribe(
+            Instant::ZERO,
+            &[("a", SubscriptionOptions::default())],
+            None,
+        )
         .unwrap();
     let second = client
-        .subscribe(&[("b", SubscriptionOptions::default())], None)
+        .subscribe(
+            Instant::ZERO,
+            &[("b", SubscriptionOptions::default())],
+            None,
+        )
         .unwrap();
     let n = client
         .poll_transmit(Instant::ZERO, &mut out)
@@ -2057,14 +2162,14 @@ fn mqtt_3_14_2_1_disconnect_reasons_come_from_the_disconnect_table() {
     let (mut client, _input, mut out) = connected_client(V5);
     // 0x91 (Packet identifier in use) is not a DISCONNECT code: refused, nothing changes.
     assert!(matches!(
-        client.disconnect(ReasonCode::PacketIdentifierInUse),
+        client.disconnect(Instant::ZERO, ReasonCode::PacketIdentifierInUse),
         Err(Error::Codec(mqtt_codec::Error::InvalidReasonCode { .. }))
     ));
     assert!(client.is_connected());
     // A server told to disconnect with such a code says Unspecified error on the wire.
     let (mut server, _) = accepted_server(V5);
     while let Ok(Some(_)) = server.poll_transmit(Instant::ZERO, &mut out) {}
-    server.disconnect(ReasonCode::GrantedQoS1);
+    server.disconnect(Instant::ZERO, ReasonCode::GrantedQoS1);
     let n = server
         .poll_transmit(Instant::ZERO, &mut out)
         .unwrap()
@@ -2183,9 +2288,9 @@ fn mqtt_2_3_1_3_a_client_resend_keeps_its_id_which_only_the_ack_frees() {
     );
     // A SUBSCRIBE and an UNSUBSCRIBE waiting for their acks hold identifiers too.
     let sub = client
-        .subscribe(&[("s", SubscriptionOptions::default())], None)
+        .subscribe(now, &[("s", SubscriptionOptions::default())], None)
         .unwrap();
-    let unsub = client.unsubscribe(&["s"]).unwrap();
+    let unsub = client.unsubscribe(now, &["s"]).unwrap();
     while let Ok(Some(_)) = client.poll_transmit(now, &mut out) {}
     let held = [one.get(), two.get(), sub.get(), unsub.get()];
     // A walk all the way round the identifier space never hands out one still held, the
@@ -2369,11 +2474,11 @@ fn mqtt_3_1_2_30_an_authenticating_client_sends_only_auth_until_connack() {
         .publish(now, msg("t", "1", QoS::AtLeastOnce))
         .unwrap();
     client
-        .subscribe(&[("s", SubscriptionOptions::default())], None)
+        .subscribe(now, &[("s", SubscriptionOptions::default())], None)
         .unwrap();
-    client.unsubscribe(&["u"]).unwrap();
+    client.unsubscribe(now, &["u"]).unwrap();
     client
-        .auth(ReasonCode::ContinueAuthentication, None)
+        .auth(now, ReasonCode::ContinueAuthentication, None)
         .unwrap();
     let before = frames(|out| client.poll_transmit(now, out));
     assert_eq!(types(&before.concat(), V5), [PacketType::Auth]);
@@ -2416,7 +2521,7 @@ fn mqtt_4_3_3_7_a_sent_qos_2_message_does_not_expire() {
     let mut ids = Vec::new();
     for payload in ["a", "b"] {
         let mut m = msg("t", payload, QoS::ExactlyOnce);
-        m.properties.message_expiry_interval = Some(5);
+        m.properties_mut().message_expiry_interval = Some(5);
         ids.push(client.publish(t0, m).unwrap().unwrap());
     }
     let (a, b) = (ids[0], ids[1]);
@@ -2478,12 +2583,12 @@ fn mqtt_4_3_3_13_a_qos_2_receiver_finishes_an_expired_message() {
     );
     p.drive();
     let mut m = msg("t", "x", QoS::ExactlyOnce);
-    m.properties.message_expiry_interval = Some(1);
+    m.properties_mut().message_expiry_interval = Some(1);
     let id = p.server.deliver(p.now, m, &[]).unwrap().unwrap();
     p.drive();
     assert_eq!(p.client_messages(), [b"x".to_vec()]);
     p.advance(10_000);
-    assert!(p.client.ack(id));
+    assert!(p.client.ack(p.now, id));
     p.drive();
     let client_acks: Vec<_> = decoded(&p.client_frames, V5)
         .into_iter()
@@ -2552,7 +2657,7 @@ fn mqtt_4_3_3_9_after_a_failed_pubrec_the_id_is_a_new_message() {
     server.handle_input(now, &mut input).unwrap();
     assert_eq!(messages(&mut server), 1);
     // The application refuses it: PUBREC 0x87.
-    assert!(server.ack(id, ReasonCode::NotAuthorized));
+    assert!(server.ack(now, id, ReasonCode::NotAuthorized));
     let n = server.poll_transmit(now, &mut out).unwrap().unwrap();
     assert_eq!(out[..n], [0x50, 0x03, 0x00, 0x05, 0x87]);
     // For the client the message is done ([MQTT-4.4.0-2]); it sends a new one with the
@@ -2560,7 +2665,7 @@ fn mqtt_4_3_3_9_after_a_failed_pubrec_the_id_is_a_new_message() {
     input.extend_from_slice(&publish_bytes(V5, 5, QoS::ExactlyOnce, false));
     server.handle_input(now, &mut input).unwrap();
     assert_eq!(messages(&mut server), 1, "the new message is delivered");
-    assert!(server.ack(id, ReasonCode::Success));
+    assert!(server.ack(now, id, ReasonCode::Success));
     let n = server.poll_transmit(now, &mut out).unwrap().unwrap();
     assert_eq!(out[..n], [0x50, 0x02, 0x00, 0x05]);
 }
@@ -2584,7 +2689,7 @@ fn mqtt_3_1_2_29_no_problem_information_on_other_packets_when_not_requested() {
     server.handle_input(now, &mut input).unwrap();
     let mut sent = Vec::new();
     server
-        .auth(ReasonCode::ContinueAuthentication, None)
+        .auth(now, ReasonCode::ContinueAuthentication, None)
         .unwrap();
     sent.extend(frames(|out| server.poll_transmit(now, out)));
     let auth = Packet::Auth(mqtt_codec::Auth {
@@ -2632,14 +2737,18 @@ fn mqtt_3_1_2_29_no_problem_information_on_other_packets_when_not_requested() {
         .unwrap(),
     );
     server.handle_input(now, &mut input).unwrap();
-    assert!(server.ack(pid(1), ReasonCode::NotAuthorized));
-    assert!(server.ack(pid(2), ReasonCode::QuotaExceeded));
-    assert!(server.ack(pid(3), ReasonCode::Success));
+    assert!(server.ack(now, pid(1), ReasonCode::NotAuthorized));
+    assert!(server.ack(now, pid(2), ReasonCode::QuotaExceeded));
+    assert!(server.ack(now, pid(3), ReasonCode::Success));
     server
-        .suback(pid(4), vec![ReasonCode::Success, ReasonCode::NotAuthorized])
+        .suback(
+            now,
+            pid(4),
+            vec![ReasonCode::Success, ReasonCode::NotAuthorized],
+        )
         .unwrap();
     server
-        .unsuback(pid(5), vec![ReasonCode::NoSubscriptionExisted])
+        .unsuback(now, pid(5), vec![ReasonCode::NoSubscriptionExisted])
         .unwrap();
     let out_id = server
         .deliver(now, msg("t", "x", QoS::ExactlyOnce), &[])
@@ -2721,7 +2830,7 @@ fn mqtt_3_3_4_4_deliver_keeps_every_subscription_identifier() {
         .iter()
         .filter_map(|e| match e {
             Event::Message { message, .. } => {
-                Some(message.properties.subscription_identifiers.to_vec())
+                Some(message.properties().subscription_identifiers.to_vec())
             }
             _ => None,
         })
@@ -2825,7 +2934,7 @@ fn answered_with(
         }
         PacketType::Auth => {
             server
-                .auth_with(ReasonCode::ContinueAuthentication, None, diagnostics)
+                .auth_with(now, ReasonCode::ContinueAuthentication, None, diagnostics)
                 .unwrap();
             return frames(|out| server.poll_transmit(now, out));
         }
@@ -2847,13 +2956,13 @@ fn answered_with(
             let p = mqtt_codec::Publish::new(Topic::new("t").unwrap(), b"x", qos);
             feed(&mut server, Packet::Publish(p));
             let code = ReasonCode::NoMatchingSubscribers;
-            assert!(server.ack_with(id, code, diagnostics).unwrap());
+            assert!(server.ack_with(now, id, code, diagnostics).unwrap());
         }
         PacketType::PubComp => {
             let qos = mqtt_codec::QosPid::ExactlyOnce(id);
             let p = mqtt_codec::Publish::new(Topic::new("t").unwrap(), b"x", qos);
             feed(&mut server, Packet::Publish(p));
-            assert!(server.ack(id, ReasonCode::Success));
+            assert!(server.ack(now, id, ReasonCode::Success));
             frames(|out| server.poll_transmit(now, out));
             server
                 .attach_diagnostics(PacketType::PubComp, id, diagnostics)
@@ -2879,7 +2988,7 @@ fn answered_with(
                 Packet::Subscribe(Subscribe::new(id, List::new(&filters))),
             );
             server
-                .suback_with(id, vec![ReasonCode::Success], diagnostics)
+                .suback_with(now, id, vec![ReasonCode::Success], diagnostics)
                 .unwrap();
         }
         PacketType::UnsubAck => {
@@ -2889,12 +2998,17 @@ fn answered_with(
                 Packet::Unsubscribe(Unsubscribe::new(id, List::new(&filters))),
             );
             server
-                .unsuback_with(id, vec![ReasonCode::NoSubscriptionExisted], diagnostics)
+                .unsuback_with(
+                    now,
+                    id,
+                    vec![ReasonCode::NoSubscriptionExisted],
+                    diagnostics,
+                )
                 .unwrap();
         }
         PacketType::Disconnect => {
             server
-                .disconnect_with(ReasonCode::ServerShuttingDown, diagnostics)
+                .disconnect_with(now, ReasonCode::ServerShuttingDown, diagnostics)
                 .unwrap();
         }
         other => panic!("{other:?}"),
@@ -3069,10 +3183,215 @@ fn diagnostics_are_left_out_before_5_0() {
     p.drive();
     p.server
         .reject_with(
+            p.now,
             ReasonCode::NotAuthorized,
             Diagnostics::new().with_reason_string("no").unwrap(),
         )
         .unwrap();
     let sent = frames(|out| p.server.poll_transmit(p.now, out));
     assert_eq!(sent, [vec![0x20, 0x02, 0x00, 0x05]]);
+}
+
+/// The packet types in `bytes`, which must be whole packets from a client at `v`.
+fn client_packet_types(v: ProtocolVersion, mut bytes: &[u8]) -> Vec<PacketType> {
+    let opts = DecodeOptions::new(v).sender(mqtt_codec::Sender::Client);
+    let mut types = Vec::new();
+    while !bytes.is_empty() {
+        match decode(bytes, &opts).unwrap() {
+            Status::Complete { packet, consumed } => {
+                types.push(packet.packet_type());
+                bytes = &bytes[consumed..];
+            }
+            Status::Incomplete { .. } => panic!("a partial packet"),
+        }
+    }
+    types
+}
+
+#[test]
+fn a_subscribe_queued_by_an_event_handler_goes_out_in_the_same_drain() {
+    // The trap: drain transmit, then events, then wait. The handler of `Connected`
+    // subscribes, the SUBSCRIBE waits in the machine, and the program waits on a socket
+    // that will never speak (the broker waits for the SUBSCRIBE): a silent hang.
+    let mut client = Client::new(ClientConfig::new(V5, "c"));
+    let now = Instant::ZERO;
+    client.connect(now).unwrap();
+    let mut out = vec![0u8; 256];
+    let mut wire = Vec::new();
+    while let Some(n) = client.poll_transmit(now, &mut out).unwrap() {
+        wire.extend_from_slice(&out[..n]);
+    }
+    assert_eq!(client_packet_types(V5, &wire), [PacketType::Connect]);
+    let connack = Packet::ConnAck(mqtt_codec::ConnAck::new(false, ReasonCode::Success));
+    let mut input = BytesMut::from(&connack.encode_to_vec(V5).unwrap()[..]);
+    client.handle_input(now, &mut input).unwrap();
+
+    // The wrong order, reproduced: transmit first (nothing), then the events.
+    assert_eq!(client.poll_transmit(now, &mut out), Ok(None));
+    while let Some(e) = client.poll_event() {
+        if let Event::Connected(_) = e {
+            client
+                .subscribe(now, &[("a/#", SubscriptionOptions::default())], None)
+                .unwrap();
+        }
+    }
+    // The machine does not lose it: the next poll_transmit, whatever queued it, hands it
+    // out. The mistake is only waiting before asking.
+    let n = client.poll_transmit(now, &mut out).unwrap().unwrap();
+    assert_eq!(client_packet_types(V5, &out[..n]), [PacketType::Subscribe]);
+
+    // The one-step drain cannot end with it pending: events come before bytes, and the
+    // loop ends only when neither is left.
+    let (mut client, _input, _) = connected_client(V5);
+    client
+        .publish(now, msg("t", "early", QoS::AtMostOnce))
+        .unwrap();
+    let mut wire = Vec::new();
+    let mut events = 0;
+    while let Some(o) = client.poll_output(now, &mut out).unwrap() {
+        match o {
+            Output::Event(Event::Connected(_)) => {
+                events += 1;
+                client
+                    .subscribe(now, &[("a/#", SubscriptionOptions::default())], None)
+                    .unwrap();
+            }
+            Output::Event(_) => events += 1,
+            Output::Transmit(n) => wire.extend_from_slice(&out[..n]),
+        }
+    }
+    assert_eq!(events, 1);
+    assert_eq!(
+        client_packet_types(V5, &wire),
+        [PacketType::Subscribe, PacketType::Publish]
+    );
+    assert!(!client.has_events());
+    assert_eq!(client.poll_transmit(now, &mut out), Ok(None));
+}
+
+#[test]
+fn poll_transmit_batch_fills_the_buffer_with_whole_packets() {
+    let now = Instant::ZERO;
+    let (mut client, _input, _) = connected_client(V4);
+    for i in 0..10 {
+        client
+            .publish(
+                now,
+                msg("t", if i % 2 == 0 { "x" } else { "yy" }, QoS::AtLeastOnce),
+            )
+            .unwrap();
+    }
+    // One PUBLISH here is 2 + 3 + 2 + payload bytes: 8 or 9.
+    let mut big = vec![0u8; 4096];
+    let n = client.poll_transmit_batch(now, &mut big).unwrap().unwrap();
+    assert_eq!(
+        client_packet_types(V4, &big[..n]),
+        [PacketType::Publish; 10]
+    );
+    assert_eq!(n, 5 * 8 + 5 * 9);
+    assert_eq!(client.poll_transmit_batch(now, &mut big), Ok(None));
+
+    // A small buffer takes what fits whole; the rest waits, nothing is split or lost.
+    let (mut client, _input, _) = connected_client(V4);
+    for _ in 0..5 {
+        client
+            .publish(now, msg("t", "x", QoS::AtLeastOnce))
+            .unwrap();
+    }
+    let mut small = vec![0u8; 20];
+    let mut types = Vec::new();
+    while let Some(n) = client.poll_transmit_batch(now, &mut small).unwrap() {
+        assert_eq!(n, 16, "two 8-byte packets fit in 20 bytes, not three");
+        types.extend(client_packet_types(V4, &small[..n]));
+        if types.len() == 4 {
+            break;
+        }
+    }
+    let n = client
+        .poll_transmit_batch(now, &mut small)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 8);
+    assert_eq!(types.len() + 1, 5);
+
+    // A first packet larger than the whole buffer is the caller's to fix, and stays queued.
+    client
+        .publish(now, msg("t", "a payload beyond 20 bytes", QoS::AtMostOnce))
+        .unwrap();
+    assert!(matches!(
+        client.poll_transmit_batch(now, &mut small),
+        Err(Error::Codec(mqtt_codec::Error::BufferTooSmall { .. }))
+    ));
+    assert!(client.poll_transmit_batch(now, &mut big).unwrap().is_some());
+}
+
+#[test]
+fn public_types_stay_small() {
+    // Rare fields (a will, 5.0 properties, which most messages lack) live behind a box:
+    // an `Event` was 416 bytes and a `Message` 240 while they sat inline, and every
+    // queued delivery, message in flight and event carried that.
+    use core::mem::size_of;
+    assert!(
+        size_of::<Message>() <= 80,
+        "Message: {}",
+        size_of::<Message>()
+    );
+    assert!(size_of::<Event>() <= 112, "Event: {}", size_of::<Event>());
+    assert!(
+        size_of::<Output>() <= 112,
+        "Output: {}",
+        size_of::<Output>()
+    );
+    assert!(
+        size_of::<Outgoing>() <= 120,
+        "Outgoing: {}",
+        size_of::<Outgoing>()
+    );
+    assert!(
+        size_of::<Inflight>() <= 128,
+        "Inflight: {}",
+        size_of::<Inflight>()
+    );
+}
+
+#[test]
+fn properties_take_memory_only_when_a_message_has_some() {
+    let mut m = msg("t", "x", QoS::AtLeastOnce);
+    assert!(m.properties().is_empty());
+    // Setting empty properties keeps the message as it was, and equal to one without.
+    m.set_properties(MessageProperties::new());
+    assert_eq!(m, msg("t", "x", QoS::AtLeastOnce));
+    m.properties_mut().message_expiry_interval = Some(5);
+    assert_eq!(m.properties().message_expiry_interval, Some(5));
+    assert_ne!(m, msg("t", "x", QoS::AtLeastOnce));
+    // Emptied again, it compares by value.
+    m.properties_mut().message_expiry_interval = None;
+    assert_eq!(m, msg("t", "x", QoS::AtLeastOnce));
+}
+
+#[test]
+fn an_unencodable_suback_or_unsuback_is_refused_not_queued() {
+    // Found by the session fuzzer: an UNSUBACK without codes at 5.0 was queued, failed
+    // every poll_transmit with a non-sticky error, and wedged the connection.
+    let now = Instant::ZERO;
+    let (mut server, _input) = accepted_server(V5);
+    let mut out = vec![0u8; 256];
+    while server.poll_transmit(now, &mut out).unwrap().is_some() {}
+    let id = mqtt_codec::PacketId::new(1).unwrap();
+    // [MQTT-3.11.3-1] one code per filter: none is no UNSUBACK.
+    assert!(matches!(
+        server.unsuback(now, id, vec![]),
+        Err(Error::Codec(mqtt_codec::Error::EmptyPayload { .. }))
+    ));
+    // [MQTT-3.9.3-2] a code SUBACK does not have.
+    assert!(server
+        .suback(now, id, vec![ReasonCode::DisconnectWithWill])
+        .is_err());
+    assert!(server.suback(now, id, vec![]).is_err());
+    // Nothing was queued, and the connection goes on.
+    assert_eq!(server.poll_transmit(now, &mut out), Ok(None));
+    server
+        .suback(now, id, vec![ReasonCode::GrantedQoS1])
+        .unwrap();
+    assert!(server.poll_transmit(now, &mut out).unwrap().is_some());
 }

@@ -183,7 +183,7 @@ fn a_failed_server_does_not_answer_the_connect() {
         let answer = if case % 2 == 0 {
             server.accept(now, Accept::default())
         } else {
-            server.reject(mqtt_codec::ReasonCode::NotAuthorized)
+            server.reject(now, mqtt_codec::ReasonCode::NotAuthorized)
         };
         assert_eq!(answer, Err(err));
         let mut out = [0u8; 64];
@@ -207,8 +207,8 @@ fn back_to_back_subscribes_each_go_out_once() {
             Accept::default(),
         );
         let opts = SubscriptionOptions::qos(QoS::AtLeastOnce);
-        let a = c.subscribe(&[("a", opts)], None).unwrap();
-        let b = c.subscribe(&[("b", opts)], None).unwrap();
+        let a = c.subscribe(now, &[("a", opts)], None).unwrap();
+        let b = c.subscribe(now, &[("b", opts)], None).unwrap();
         assert_ne!(a, b);
         let out = sim::drain_client(&mut c, now);
         let mut rest = &out[..];
@@ -256,7 +256,7 @@ fn reject_with_a_success_code_still_refuses() {
         } else {
             ReasonCode::Success
         };
-        server.reject(reason).unwrap();
+        server.reject(now, reason).unwrap();
         let mut out = [0u8; 64];
         let n = server.poll_transmit(now, &mut out).unwrap().unwrap();
         let Ok(Status::Complete {
@@ -290,8 +290,8 @@ fn a_subscribe_lost_with_the_connection_frees_its_packet_id() {
         cc.session_expiry_interval = 60;
         let (mut c, _s) = sim::connect(cc, ServerConfig::default(), Accept::default());
         let opts = SubscriptionOptions::qos(QoS::AtLeastOnce);
-        c.subscribe(&[("a", opts)], None).unwrap();
-        c.subscribe(&[("b", opts)], None).unwrap();
+        c.subscribe(now, &[("a", opts)], None).unwrap();
+        c.subscribe(now, &[("b", opts)], None).unwrap();
         // One SUBSCRIBE goes out, then the connection drops before any SUBACK.
         let mut out = [0u8; 256];
         c.poll_transmit(now, &mut out).unwrap().unwrap();
@@ -339,8 +339,10 @@ fn properties_are_dropped_for_a_3_1_1_peer() {
     ));
     server.accept(now, Accept::default()).unwrap();
     let mut m = Message::new(TopicBuf::from_static("t").unwrap(), "x", QoS::AtLeastOnce);
-    m.properties.content_type = Some("text/plain".into());
-    m.properties.set_user_properties(&[("k", "v")]).unwrap();
+    m.properties_mut().content_type = Some("text/plain".into());
+    m.properties_mut()
+        .set_user_properties(&[("k", "v")])
+        .unwrap();
     server.deliver(now, m, &[]).unwrap();
     let mut out = [0u8; 256];
     let _connack = server.poll_transmit(now, &mut out).unwrap().unwrap();

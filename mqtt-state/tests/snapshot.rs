@@ -128,9 +128,11 @@ fn a_session_restored_from_json_completes_its_messages() {
         "one",
         QoS::AtLeastOnce,
     );
-    q1.properties.message_expiry_interval = Some(600);
-    q1.properties.content_type = Some("text/plain".into());
-    q1.properties.set_user_properties(&[("k", "v")]).unwrap();
+    q1.properties_mut().message_expiry_interval = Some(600);
+    q1.properties_mut().content_type = Some("text/plain".into());
+    q1.properties_mut()
+        .set_user_properties(&[("k", "v")])
+        .unwrap();
     let mut q2a = Message::new(
         TopicBuf::from_static("up/q2a").unwrap(),
         Bytes::from_static(b"two"),
@@ -202,7 +204,7 @@ fn a_session_restored_from_json_completes_its_messages() {
         restored.inflight[0]
             .outgoing
             .message
-            .properties
+            .properties()
             .user_properties()
             .iter()
             .collect::<Vec<_>>(),

@@ -1179,7 +1179,7 @@ impl Sim {
                 let c = &mut self.clients[i];
                 let opts = SubscriptionOptions::qos(c.sub_qos);
                 for _ in 0..1 + self.rng.range(0, 1) {
-                    if let Err(e) = c.machine.subscribe(&[(c.filter, opts)], None) {
+                    if let Err(e) = c.machine.subscribe(now, &[(c.filter, opts)], None) {
                         self.fail(format!("c{i}: subscribe failed: {e}"));
                         break;
                     }
@@ -1239,7 +1239,7 @@ impl Sim {
         let n = self.clients[i].unacked.len();
         if n > 0 && self.rng.chance(50) {
             let id = self.clients[i].unacked.swap_remove(self.rng.index(n));
-            if !self.clients[i].machine.ack(id) {
+            if !self.clients[i].machine.ack(now, id) {
                 self.fail(format!("c{i}: ack({}) refused", id.get()));
             }
             progress = true;
@@ -1257,7 +1257,17 @@ impl Sim {
                         self.send(link, true, Item::Data(out[..n].to_vec()));
                         progress = true;
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // A clean close (ours, or the broker's Normal disconnection) is no
+                        // error: the machine is done all the same.
+                        if self.clients[i].machine.is_closed() {
+                            self.trace(|| format!("c{i} closes link {link} cleanly"));
+                            self.send(link, true, Item::Fin);
+                            self.client_closed(i);
+                            progress = true;
+                        }
+                        break;
+                    }
                     Err(e) => {
                         self.check_error(&format!("c{i} poll_transmit"), e);
                         self.trace(|| format!("c{i} closes link {link} after {e}"));
@@ -1303,7 +1313,11 @@ impl Sim {
                 if !self.clients[i].subscribed {
                     let opts = SubscriptionOptions::qos(self.clients[i].sub_qos);
                     let filter = self.clients[i].filter;
-                    if let Err(e) = self.clients[i].machine.subscribe(&[(filter, opts)], None) {
+                    if let Err(e) =
+                        self.clients[i]
+                            .machine
+                            .subscribe(self.now, &[(filter, opts)], None)
+                    {
                         self.fail(format!("c{i}: subscribe failed: {e}"));
                     }
                 }
@@ -1324,7 +1338,11 @@ impl Sim {
                     self.stat("subscriptions refused");
                     let opts = SubscriptionOptions::qos(self.clients[i].sub_qos);
                     let filter = self.clients[i].filter;
-                    if let Err(e) = self.clients[i].machine.subscribe(&[(filter, opts)], None) {
+                    if let Err(e) =
+                        self.clients[i]
+                            .machine
+                            .subscribe(self.now, &[(filter, opts)], None)
+                    {
                         self.fail(format!("c{i}: subscribe failed: {e}"));
                     }
                     return;
@@ -1591,7 +1609,7 @@ impl Sim {
                 if self.clients[i].machine.is_connected() {
                     self.trace(|| format!("FAULT: c{i} disconnects"));
                     self.stat("fault disconnect");
-                    if let Err(e) = self.clients[i].machine.disconnect(ReasonCode::Success) {
+                    if let Err(e) = self.clients[i].machine.disconnect(now, ReasonCode::Success) {
                         self.fail(format!("c{i}: disconnect failed: {e}"));
                     }
                 }

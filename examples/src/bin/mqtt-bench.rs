@@ -251,6 +251,7 @@ impl Conn {
     async fn subscribe_own(mut self) -> Result<Self, BoxError> {
         let filter = format!("push/{}", self.client.config().client_id);
         self.client.subscribe(
+            self.now(),
             &[(filter.as_str(), SubscriptionOptions::qos(QoS::AtLeastOnce))],
             None,
         )?;
@@ -459,8 +460,11 @@ async fn load(args: Args) -> Result<(), BoxError> {
         let config = client_config(&args, format!("bench-{run}-s{s}"), 60);
         let mut conn = Conn::open(&addr, config, start, LOAD_READ).await?;
         let filter = format!("bench/{run}/+");
-        conn.client
-            .subscribe(&[(filter.as_str(), SubscriptionOptions::qos(qos))], None)?;
+        conn.client.subscribe(
+            conn.now(),
+            &[(filter.as_str(), SubscriptionOptions::qos(qos))],
+            None,
+        )?;
         conn.flush().await?;
         'suback: loop {
             conn.read().await?;
@@ -725,7 +729,9 @@ async fn publisher(
     shared.sent[job.index].store(sent, Ordering::Relaxed);
     shared.acked[job.index].store(acked, Ordering::Relaxed);
     shared.refused.fetch_add(refused, Ordering::Relaxed);
-    let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
+    let _ = conn
+        .client
+        .disconnect(conn.now(), mqtt_codec::ReasonCode::Success);
     let _ = conn.flush().await;
     Ok((sent, written_off))
 }
@@ -839,7 +845,9 @@ async fn open_publisher(
     }
     shared.acked[job.index].store(acked, Ordering::Relaxed);
     shared.refused.fetch_add(refused, Ordering::Relaxed);
-    let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
+    let _ = conn
+        .client
+        .disconnect(conn.now(), mqtt_codec::ReasonCode::Success);
     let _ = conn.flush().await;
     Ok((sent, 0))
 }
@@ -928,7 +936,9 @@ async fn subscriber(
         conn.tick();
         conn.flush().await?;
     }
-    let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
+    let _ = conn
+        .client
+        .disconnect(conn.now(), mqtt_codec::ReasonCode::Success);
     let _ = conn.flush().await;
     Ok(Received {
         latencies,
@@ -991,7 +1001,9 @@ async fn idle(args: Args) -> Result<(), BoxError> {
                     return;
                 }
             }
-            let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
+            let _ = conn
+                .client
+                .disconnect(conn.now(), mqtt_codec::ReasonCode::Success);
             let _ = conn.flush().await;
         });
     }
@@ -1075,7 +1087,9 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
             };
             drop(done_tx);
             let _ = stop.changed().await;
-            let _ = conn.client.disconnect(mqtt_codec::ReasonCode::Success);
+            let _ = conn
+                .client
+                .disconnect(conn.now(), mqtt_codec::ReasonCode::Success);
             let _ = conn.flush().await;
         }));
     }

@@ -244,12 +244,14 @@ impl Props {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let p = &mut m.properties;
+        let mut p = m.properties().clone();
         p.set_user_properties(&pairs)
             .map_err(|e| format!("user properties: {e}"))?;
         p.message_expiry_interval = self.expiry;
         p.content_type = self.content_type.clone().map(Into::into);
         p.response_topic = self.response_topic.clone().map(Into::into);
+        // Boxed only when there is any.
+        m.set_properties(p);
         Ok(())
     }
 }
@@ -639,6 +641,15 @@ impl Runner {
                     break;
                 }
             }
+            if self.client.is_closed() {
+                // The broker closed cleanly (DISCONNECT with Normal disconnection): no
+                // error, only the event said so; what it said is the same as before.
+                t.close().await;
+                return End::Lost(format!(
+                    "disconnected by the broker: {}",
+                    reason_words(ReasonCode::Success)
+                ));
+            }
             if let Some(end) = self.check_done() {
                 if let Err(end) = self.flush(t).await {
                     return end;
@@ -782,13 +793,14 @@ impl Runner {
 
     fn disconnect(&mut self) -> End {
         self.disconnecting = true;
-        match self.client.disconnect(ReasonCode::Success) {
+        match self.client.disconnect(self.now(), ReasonCode::Success) {
             Ok(()) => End::Done,
             Err(e) => End::Fatal(format!("disconnect: {e}")),
         }
     }
 
     fn on_event(&mut self, ev: Event) -> Option<End> {
+        let now = self.now();
         match ev {
             Event::Connected(info) => {
                 self.connections += 1;
@@ -809,7 +821,7 @@ impl Runner {
                             let opts = SubscriptionOptions::qos(*qos);
                             let fs: Vec<(&str, SubscriptionOptions)> =
                                 filters.iter().map(|f| (f.as_str(), opts)).collect();
-                            if let Err(e) = self.client.subscribe(&fs, None) {
+                            if let Err(e) = self.client.subscribe(now, &fs, None) {
                                 return Some(End::Fatal(format!("subscribe: {e}")));
                             }
                         }
@@ -903,13 +915,13 @@ fn print_message(m: &Message, verbose: bool, format: Option<&str>) {
                     Some('q') => line.extend_from_slice((m.qos as u8).to_string().as_bytes()),
                     Some('r') => line.push(if m.retain { b'1' } else { b'0' }),
                     Some('E') => {
-                        if let Some(e) = m.properties.message_expiry_interval {
+                        if let Some(e) = m.properties().message_expiry_interval {
                             line.extend_from_slice(e.to_string().as_bytes());
                         }
                     }
                     Some('P') => {
                         let props: Vec<String> = m
-                            .properties
+                            .properties()
                             .user_properties()
                             .iter()
                             .map(|(k, v)| format!("{k}:{v}"))

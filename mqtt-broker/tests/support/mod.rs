@@ -206,7 +206,7 @@ impl<H: Hooks> Net<H> {
     pub fn subscribe(&mut self, i: usize, filter: &str, options: SubscriptionOptions) {
         self.peers[i]
             .client
-            .subscribe(&[(filter, options)], None)
+            .subscribe(self.now, &[(filter, options)], None)
             .unwrap();
         self.drive();
     }
@@ -318,7 +318,7 @@ pub fn drain_acking<H: Hooks>(net: &mut Net<H>, i: usize) -> Vec<(String, QoS, b
         }
         for (id, dup, m) in got {
             if let Some(id) = id {
-                net.peers[i].client.ack(id);
+                net.peers[i].client.ack(net.now, id);
             }
             all.push((text(&m), m.qos, m.retain, dup));
         }
