@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use mqtt_state::codec::{PacketId, QoS, ReasonCode, SubscriptionOptions};
 use mqtt_state::{Message, TopicBuf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::Driver;
 use crate::{Error, Options};
@@ -38,6 +38,19 @@ pub(crate) enum Request {
 #[derive(Debug, Clone)]
 pub struct AsyncClient {
     tx: mpsc::Sender<Request>,
+    status: watch::Receiver<Status>,
+}
+
+/// Where the connection stands, as last reported by the client task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Status {
+    /// A connection is up (CONNACK accepted it and it has not ended).
+    pub connected: bool,
+    /// Connections accepted so far, the first included: above 1 after a reconnect.
+    pub connections: u64,
+    /// Whether the broker resumed the session on the latest connection
+    /// ([MQTT-3.2.2-2]).
+    pub session_present: bool,
 }
 
 /// Received messages, in the order they arrived; also a [`futures_core::Stream`].
@@ -89,9 +102,22 @@ impl AsyncClient {
         let (tx, requests) = mpsc::channel(options.request_capacity.max(1));
         let (incoming, rx) = mpsc::channel(options.incoming_capacity.max(1));
         let (first_tx, first_rx) = oneshot::channel();
-        tokio::spawn(Driver::new(options, requests, incoming).run(first_tx));
+        let (status_tx, status) = watch::channel(Status::default());
+        tokio::spawn(Driver::new(options, requests, incoming, status_tx).run(first_tx));
         first_rx.await.unwrap_or(Err(Error::Closed))?;
-        Ok((AsyncClient { tx }, Incoming { rx }))
+        Ok((AsyncClient { tx, status }, Incoming { rx }))
+    }
+
+    /// Where the connection stands now.
+    pub fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// Waits until the status changes (a connection made or lost); `Err(Error::Closed)`
+    /// once the client has stopped.
+    pub async fn status_changed(&mut self) -> Result<Status, Error> {
+        self.status.changed().await.map_err(|_| Error::Closed)?;
+        Ok(self.status())
     }
 
     async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, Error> {

@@ -10,9 +10,9 @@ use std::collections::{HashMap, VecDeque};
 use bytes::BytesMut;
 use mqtt_state::codec::{ReasonCode, SubscriptionOptions};
 use mqtt_state::{Client, Event, Message};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::client::{Ack, Reply, Request};
+use crate::client::{Ack, Reply, Request, Status};
 use crate::transport::Transport;
 use crate::{Clock, Error, Options};
 
@@ -63,6 +63,7 @@ pub(crate) struct Driver {
     /// not resumed, `Event::SessionLost` lists their messages in this order.
     inflight_at_connect: Vec<u16>,
     disconnect: Option<Reply<()>>,
+    status: watch::Sender<Status>,
     /// This connection reached CONNACK.
     connected: bool,
     out: Vec<u8>,
@@ -74,6 +75,7 @@ impl Driver {
         options: Options,
         requests: mpsc::Receiver<Request>,
         incoming: mpsc::Sender<Message>,
+        status: watch::Sender<Status>,
     ) -> Self {
         Self {
             client: Client::new(options.config.clone()),
@@ -90,6 +92,7 @@ impl Driver {
             subscriptions: Vec::new(),
             inflight_at_connect: Vec::new(),
             disconnect: None,
+            status,
             connected: false,
             out: vec![0; OUT],
             input: BytesMut::new(),
@@ -109,6 +112,7 @@ impl Driver {
             let end = match Transport::open(&self.options).await {
                 Ok(mut t) => {
                     let end = self.connection(&mut t, &mut first).await;
+                    self.status.send_modify(|s| s.connected = false);
                     // The DISCONNECT, ours or the machine's, is written: close.
                     t.close().await;
                     end
@@ -413,6 +417,11 @@ impl Driver {
         match ev {
             Event::Connected(info) => {
                 self.connected = true;
+                self.status.send_modify(|s| {
+                    s.connected = true;
+                    s.connections += 1;
+                    s.session_present = info.session_present;
+                });
                 if let Some(f) = first.take() {
                     let _ = f.send(Ok(()));
                 }

@@ -9,7 +9,7 @@ mod options;
 mod time;
 mod transport;
 
-pub use client::{Ack, AckFuture, AsyncClient, Incoming};
+pub use client::{Ack, AckFuture, AsyncClient, Incoming, Status};
 pub use error::Error;
 pub use options::{tls_config, Options};
 pub use time::Clock;
