@@ -23,7 +23,8 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 /// A request from a handle to the client task.
 pub(crate) enum Request {
-    Publish(Message, Reply<Ack>),
+    /// Boxed: a `Message` is large and most queue slots are small requests' worth.
+    Publish(Box<Message>, Reply<Ack>),
     Subscribe(Vec<(String, SubscriptionOptions)>, Reply<Vec<ReasonCode>>),
     Unsubscribe(Vec<String>, Reply<Vec<ReasonCode>>),
     Disconnect(Reply<()>),
@@ -151,7 +152,7 @@ impl AsyncClient {
     pub async fn enqueue(&self, message: Message) -> Result<AckFuture, Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Publish(message, reply))
+            .send(Request::Publish(Box::new(message), reply))
             .await
             .map_err(|_| Error::Closed)?;
         Ok(AckFuture { rx })

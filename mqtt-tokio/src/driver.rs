@@ -38,6 +38,8 @@ enum Wake {
 }
 
 type Filters = Vec<(String, SubscriptionOptions)>;
+/// A SUBSCRIBE awaiting SUBACK: its filters and who waits (nobody for a resubscribe).
+type PendingSubscribe = (Filters, Option<Reply<Vec<ReasonCode>>>);
 
 pub(crate) struct Driver {
     client: Client,
@@ -52,7 +54,7 @@ pub(crate) struct Driver {
     /// Publish acknowledgements awaited, by packet identifier.
     publishes: HashMap<u16, Reply<Ack>>,
     /// SUBSCRIBE/UNSUBSCRIBE sent, by packet identifier; `None` reply for a resubscribe.
-    subscribes: HashMap<u16, (Filters, Option<Reply<Vec<ReasonCode>>>)>,
+    subscribes: HashMap<u16, PendingSubscribe>,
     unsubscribes: HashMap<u16, (Vec<String>, Reply<Vec<ReasonCode>>)>,
     /// SUBSCRIBE/UNSUBSCRIBE requests waiting for a connection (the machine forgets those
     /// of a lost connection: their SUBACK may never come).
@@ -362,7 +364,7 @@ impl Driver {
     fn submit(&mut self, r: Request) {
         let now = self.clock.now();
         match r {
-            Request::Publish(m, reply) => match self.client.publish(now, m) {
+            Request::Publish(m, reply) => match self.client.publish(now, *m) {
                 Ok(Some(id)) => {
                     self.publishes.insert(id.get(), reply);
                 }
