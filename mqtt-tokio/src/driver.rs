@@ -549,14 +549,16 @@ impl Driver {
             }
         }
         if let Some(reply) = self.disconnect.take() {
-            let r = match end {
-                Ok(()) if unfinished.is_empty() => Ok(()),
-                _ if !unfinished.is_empty() => Err(Error::Unfinished {
+            // The application asked to stop: that is clean whenever nothing is lost, even
+            // if the connection was down at the time.
+            let r = if unfinished.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Unfinished {
                     messages: unfinished,
-                }),
-                Ok(()) => Ok(()),
-                Err(e) => Err(e),
+                })
             };
+            drop(end);
             let _ = reply.send(r);
         }
     }

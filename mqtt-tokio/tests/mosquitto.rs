@@ -337,3 +337,16 @@ async fn a_wildcard_topic_is_refused_before_sending() {
     ));
     client.disconnect().await.unwrap();
 }
+
+/// Stopping while the broker is away loses nothing when nothing is pending: `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_while_the_broker_is_down_with_nothing_pending_is_ok() {
+    let mut m = Mosquitto::start();
+    let (mut client, _incoming) = AsyncClient::connect(local(m.port, "idle")).await.unwrap();
+    tokio::task::block_in_place(|| m.stop());
+    // Wait until the client has noticed.
+    while client.status().connected {
+        client.status_changed().await.unwrap();
+    }
+    client.disconnect().await.expect("nothing was lost");
+}
