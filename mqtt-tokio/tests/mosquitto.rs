@@ -350,3 +350,52 @@ async fn disconnect_while_the_broker_is_down_with_nothing_pending_is_ok() {
     }
     client.disconnect().await.expect("nothing was lost");
 }
+
+/// QoS 2 across a broker restart with a persistent session: every message arrives, none
+/// twice (the machine re-sends PUBLISH with DUP or PUBREL as the stage requires, and
+/// suppresses a repeated incoming PUBLISH, [MQTT-4.3.3-10]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_keeps_qos2_exactly_once() {
+    let mut m = Mosquitto::start();
+    let n = 1000u32;
+    let options = local(m.port, "restart2").persistent_session(3600);
+    let (client, mut incoming) = AsyncClient::connect(options).await.unwrap();
+    client.subscribe("r2/#", QoS::ExactlyOnce).await.unwrap();
+    let publisher = client.clone();
+    let sender = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..n {
+            let m = mqtt_tokio::Message::new(
+                mqtt_tokio::TopicBuf::from_static("r2/1").unwrap(),
+                payload(i),
+                QoS::ExactlyOnce,
+            );
+            acks.push(publisher.enqueue(m).await.unwrap());
+        }
+        for a in acks {
+            a.await
+                .expect("every message completes, across the restart");
+        }
+        publisher
+            .publish("r2/end", QoS::ExactlyOnce, Vec::new())
+            .await
+            .unwrap();
+    });
+    let mut seen = HashSet::new();
+    let mut restarted = false;
+    loop {
+        let msg = next(&mut incoming).await;
+        if msg.topic.as_str() == "r2/end" {
+            break;
+        }
+        assert!(seen.insert(index(&msg.payload)), "delivered twice");
+        if !restarted && seen.len() >= 100 {
+            restarted = true;
+            tokio::task::block_in_place(|| m.restart());
+        }
+    }
+    sender.await.unwrap();
+    assert_eq!(seen.len(), n as usize);
+    assert!(client.status().connections >= 2);
+    client.disconnect().await.unwrap();
+}
