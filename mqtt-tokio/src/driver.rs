@@ -19,6 +19,9 @@ use crate::{Clock, Error, Options};
 /// The write buffer's starting size; it grows to the largest packet sent.
 const OUT: usize = 64 * 1024;
 
+/// Requests taken per wake-up before the machine is drained.
+const BATCH: usize = 256;
+
 /// How a connection ended.
 enum End {
     /// Our DISCONNECT went out.
@@ -280,7 +283,20 @@ impl Driver {
                     return End::Lost(Error::Mqtt(mqtt_state::Error::ConnectionClosed))
                 }
                 Wake::Read(Err(e)) => return End::Lost(e.into()),
-                Wake::Request(Some(r)) => self.submit(r),
+                Wake::Request(Some(r)) => {
+                    self.submit(r);
+                    // Take what else is waiting, so that one drain writes all of it in one
+                    // call rather than one write per request.
+                    for _ in 0..BATCH {
+                        if self.disconnect.is_some() || !self.has_room() {
+                            break;
+                        }
+                        match self.requests.try_recv() {
+                            Ok(r) => self.submit(r),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Wake::Request(None) => self.requests_closed = true,
                 Wake::Timer => self.client.handle_timeout(now),
                 Wake::Other => {}

@@ -53,6 +53,8 @@ pub(crate) struct Listeners {
     pub(crate) tls: bool,
     /// The TLS listeners require a client certificate signed by the CA.
     pub(crate) client_cert: bool,
+    /// Log errors and warnings only (benchmarks: logging every packet costs the broker).
+    pub(crate) quiet: bool,
 }
 
 fn free_port() -> u16 {
@@ -92,10 +94,11 @@ impl Mosquitto {
              persistence true\n\
              persistence_location {}/\n\
              log_dest stderr\n\
-             log_type all\n\
+             log_type {}\n\
              listener {port} 127.0.0.1\n",
             auth == Auth::Anonymous,
             dir.display(),
+            if listeners.quiet { "warning" } else { "all" },
         );
         if let Some(ws) = ws_port {
             conf.push_str(&format!("listener {ws} 127.0.0.1\nprotocol websockets\n"));
