@@ -1,0 +1,401 @@
+//! mqtt-tokio's client against a real mosquitto on a free loopback port, over TCP, TLS and
+//! WebSocket, across a broker restart, and at shutdown. Fails (does not skip) without
+//! mosquitto.
+
+mod support;
+
+use std::collections::HashSet;
+
+use mqtt_tokio::{tls_config, AsyncClient, Error, Options, QoS};
+use support::mosquitto::{Auth, Listeners, Mosquitto};
+
+fn payload(i: u32) -> Vec<u8> {
+    i.to_be_bytes().to_vec()
+}
+
+fn index(p: &[u8]) -> u32 {
+    u32::from_be_bytes(p.try_into().expect("4-byte payload"))
+}
+
+/// Subscribes, publishes `n` QoS 1 messages from another task and receives all of them;
+/// returns once every index arrived (duplicates allowed for QoS 1) and the client
+/// disconnected cleanly.
+async fn round_trip(options: Options, n: u32) {
+    let (client, mut incoming) = AsyncClient::connect(options).await.expect("connect");
+    client
+        .subscribe("t/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let publisher = client.clone();
+    let sent = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..n {
+            let m = mqtt_tokio::Message::new(
+                mqtt_tokio::TopicBuf::from_static("t/1").unwrap(),
+                payload(i),
+                QoS::AtLeastOnce,
+            );
+            acks.push(publisher.enqueue(m).await.expect("enqueue"));
+        }
+        for a in acks {
+            a.await.expect("PUBACK");
+        }
+    });
+    let mut seen = HashSet::new();
+    while seen.len() < n as usize {
+        let m = next(&mut incoming).await;
+        assert_eq!(m.topic.as_str(), "t/1");
+        seen.insert(index(&m.payload));
+    }
+    sent.await.expect("publisher task");
+    client.disconnect().await.expect("clean disconnect");
+}
+
+/// The next message. A generous guard turns a lost message into a failure instead of a
+/// hang; it measures nothing.
+async fn next(incoming: &mut mqtt_tokio::Incoming) -> mqtt_tokio::Message {
+    tokio::time::timeout(std::time::Duration::from_secs(60), incoming.recv())
+        .await
+        .expect("no message for 60 s: one was lost")
+        .expect("the client is running")
+}
+
+fn local(broker_port: u16, id: &str) -> Options {
+    Options::new(id, "127.0.0.1", broker_port)
+}
+
+#[tokio::test]
+async fn qos1_thousand_messages_round_trip() {
+    let m = Mosquitto::start();
+    round_trip(local(m.port, "qos1"), 1000).await;
+}
+
+/// The README's example, line for line.
+#[tokio::test]
+async fn readme_example() -> Result<(), Error> {
+    let m = Mosquitto::start();
+    let port = m.port;
+    // -- README begins
+    let options = Options::new("readme", "127.0.0.1", port);
+    let (client, mut incoming) = AsyncClient::connect(options).await?;
+    client.subscribe("demo/#", QoS::AtLeastOnce).await?;
+    let publisher = client.clone();
+    tokio::spawn(async move {
+        for i in 0..1000u32 {
+            publisher
+                .publish("demo/n", QoS::AtLeastOnce, i.to_string())
+                .await?;
+        }
+        Ok::<_, mqtt_tokio::Error>(())
+    });
+    for _ in 0..1000 {
+        let message = incoming.recv().await.expect("the client is running");
+        println!("{}: {:?}", message.topic, message.payload);
+    }
+    client.disconnect().await?;
+    // -- README ends
+    Ok(())
+}
+
+#[tokio::test]
+async fn qos2_exactly_once() {
+    let m = Mosquitto::start();
+    let (client, mut incoming) = AsyncClient::connect(local(m.port, "qos2")).await.unwrap();
+    let granted = client.subscribe("q2/#", QoS::ExactlyOnce).await.unwrap();
+    assert_eq!(granted as u8, 2, "granted QoS 2");
+    let n = 300;
+    let publisher = client.clone();
+    let sender = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..n {
+            let m = mqtt_tokio::Message::new(
+                mqtt_tokio::TopicBuf::from_static("q2/a").unwrap(),
+                payload(i),
+                QoS::ExactlyOnce,
+            );
+            acks.push(publisher.enqueue(m).await.unwrap());
+        }
+        for a in acks {
+            let ack = a.await.expect("PUBCOMP");
+            assert!(ack.packet_id.is_some());
+        }
+        // A sentinel after every PUBCOMP: everything before it has been routed.
+        publisher
+            .publish("q2/end", QoS::ExactlyOnce, Vec::new())
+            .await
+            .unwrap();
+    });
+    let mut seen = HashSet::new();
+    loop {
+        let m = next(&mut incoming).await;
+        if m.topic.as_str() == "q2/end" {
+            break;
+        }
+        assert_eq!(m.qos, QoS::ExactlyOnce);
+        assert!(seen.insert(index(&m.payload)), "delivered twice");
+    }
+    sender.await.unwrap();
+    assert_eq!(seen.len(), n as usize);
+    client.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn over_tls_with_the_given_ca() {
+    let m = Mosquitto::with(
+        Auth::Anonymous,
+        Listeners {
+            tls: true,
+            ..Default::default()
+        },
+    );
+    let tls = tls_config(Some(&m.ca_pem()), None).unwrap();
+    let options = Options::new("tls", "localhost", m.tls_port.unwrap()).tls(tls);
+    round_trip(options, 200).await;
+}
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate() {
+    let m = Mosquitto::with(
+        Auth::Anonymous,
+        Listeners {
+            tls: true,
+            client_cert: true,
+            ..Default::default()
+        },
+    );
+    let ca = m.ca_pem();
+    // Without a certificate the broker ends the handshake.
+    let tls = tls_config(Some(&ca), None).unwrap();
+    let options = Options::new("no-cert", "localhost", m.tls_port.unwrap()).tls(tls);
+    assert!(AsyncClient::connect(options).await.is_err());
+    let (cert, key) = m.client_cert();
+    let tls = tls_config(Some(&ca), Some((&cert, &key))).unwrap();
+    let options = Options::new("cert", "localhost", m.tls_port.unwrap()).tls(tls);
+    round_trip(options, 200).await;
+}
+
+#[tokio::test]
+async fn tls_refuses_a_certificate_from_an_unknown_ca() {
+    let m = Mosquitto::with(
+        Auth::Anonymous,
+        Listeners {
+            tls: true,
+            ..Default::default()
+        },
+    );
+    // The Mozilla roots do not include the test CA.
+    let tls = tls_config(None, None).unwrap();
+    let options = Options::new("tls", "localhost", m.tls_port.unwrap()).tls(tls);
+    assert!(matches!(
+        AsyncClient::connect(options).await,
+        Err(Error::Io(_))
+    ));
+}
+
+#[tokio::test]
+async fn over_websocket() {
+    let m = Mosquitto::with(
+        Auth::Anonymous,
+        Listeners {
+            websocket: true,
+            ..Default::default()
+        },
+    );
+    let options = Options::new("ws", "127.0.0.1", m.ws_port.unwrap()).websocket("/mqtt");
+    round_trip(options, 500).await;
+}
+
+#[tokio::test]
+async fn over_secure_websocket() {
+    let m = Mosquitto::with(
+        Auth::Anonymous,
+        Listeners {
+            websocket: true,
+            tls: true,
+            ..Default::default()
+        },
+    );
+    let tls = tls_config(Some(&m.ca_pem()), None).unwrap();
+    let options = Options::new("wss", "localhost", m.wss_port.unwrap())
+        .tls(tls)
+        .websocket("/mqtt");
+    round_trip(options, 500).await;
+}
+
+#[tokio::test]
+async fn refused_connection_is_an_error() {
+    let m = Mosquitto::with(Auth::Nobody, Listeners::default());
+    match AsyncClient::connect(local(m.port, "x")).await {
+        Err(Error::Refused(code)) => assert!(code.is_error()),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// mosquitto stops (writing its persistence file) and starts again while QoS 1 messages
+/// are in flight both ways: with a persistent session every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_no_qos1_message() {
+    let mut m = Mosquitto::start();
+    let n = 2000u32;
+    let options = local(m.port, "restart").persistent_session(3600);
+    let (client, mut incoming) = AsyncClient::connect(options).await.unwrap();
+    client.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    let publisher = client.clone();
+    let sender = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..n {
+            let m = mqtt_tokio::Message::new(
+                mqtt_tokio::TopicBuf::from_static("r/1").unwrap(),
+                payload(i),
+                QoS::AtLeastOnce,
+            );
+            acks.push(publisher.enqueue(m).await.unwrap());
+        }
+        for a in acks {
+            a.await
+                .expect("every message is acknowledged, across the restart");
+        }
+    });
+    let mut seen = HashSet::new();
+    let mut restarted = false;
+    while seen.len() < n as usize {
+        let msg = next(&mut incoming).await;
+        seen.insert(index(&msg.payload));
+        if !restarted && seen.len() >= 200 {
+            restarted = true;
+            tokio::task::block_in_place(|| m.restart());
+        }
+    }
+    assert!(restarted);
+    sender.await.unwrap();
+    let status = client.status();
+    assert!(status.connections >= 2, "reconnected: {status:?}");
+    assert!(status.session_present, "the session was resumed");
+    client.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn clean_disconnect_is_ok() {
+    let m = Mosquitto::start();
+    let (client, _incoming) = AsyncClient::connect(local(m.port, "bye")).await.unwrap();
+    let mut acks = Vec::new();
+    for i in 0..50 {
+        let msg = mqtt_tokio::Message::new(
+            mqtt_tokio::TopicBuf::from_static("bye").unwrap(),
+            payload(i),
+            QoS::AtLeastOnce,
+        );
+        acks.push(client.enqueue(msg).await.unwrap());
+    }
+    // The disconnect waits for every message queued before it.
+    client
+        .disconnect()
+        .await
+        .expect("a clean close is not an error");
+    for a in acks {
+        a.await.expect("acknowledged before the DISCONNECT");
+    }
+    assert!(matches!(
+        client.publish("bye", QoS::AtMostOnce, "late").await,
+        Err(Error::Closed)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_what_is_in_flight() {
+    let mut m = Mosquitto::start();
+    let (client, _incoming) = AsyncClient::connect(local(m.port, "gone")).await.unwrap();
+    tokio::task::block_in_place(|| m.stop());
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        let msg = mqtt_tokio::Message::new(
+            mqtt_tokio::TopicBuf::from_static("gone").unwrap(),
+            payload(i),
+            QoS::AtLeastOnce,
+        );
+        acks.push(client.enqueue(msg).await.unwrap());
+    }
+    match client.disconnect().await {
+        Err(Error::Unfinished { messages }) => {
+            let got: Vec<u32> = messages.iter().map(|m| index(&m.payload)).collect();
+            assert_eq!(got, [0, 1, 2, 3, 4]);
+        }
+        other => panic!("expected the unfinished messages, got {other:?}"),
+    }
+    for a in acks {
+        assert!(matches!(a.await, Err(Error::Closed)));
+    }
+}
+
+#[tokio::test]
+async fn a_wildcard_topic_is_refused_before_sending() {
+    let m = Mosquitto::start();
+    let (client, _incoming) = AsyncClient::connect(local(m.port, "wild")).await.unwrap();
+    assert!(matches!(
+        client.publish("a/+", QoS::AtLeastOnce, "x").await,
+        Err(Error::Mqtt(_))
+    ));
+    client.disconnect().await.unwrap();
+}
+
+/// Stopping while the broker is away loses nothing when nothing is pending: `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_while_the_broker_is_down_with_nothing_pending_is_ok() {
+    let mut m = Mosquitto::start();
+    let (mut client, _incoming) = AsyncClient::connect(local(m.port, "idle")).await.unwrap();
+    tokio::task::block_in_place(|| m.stop());
+    // Wait until the client has noticed.
+    while client.status().connected {
+        client.status_changed().await.unwrap();
+    }
+    client.disconnect().await.expect("nothing was lost");
+}
+
+/// QoS 2 across a broker restart with a persistent session: every message arrives, none
+/// twice (the machine re-sends PUBLISH with DUP or PUBREL as the stage requires, and
+/// suppresses a repeated incoming PUBLISH, [MQTT-4.3.3-10]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_keeps_qos2_exactly_once() {
+    let mut m = Mosquitto::start();
+    let n = 1000u32;
+    let options = local(m.port, "restart2").persistent_session(3600);
+    let (client, mut incoming) = AsyncClient::connect(options).await.unwrap();
+    client.subscribe("r2/#", QoS::ExactlyOnce).await.unwrap();
+    let publisher = client.clone();
+    let sender = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..n {
+            let m = mqtt_tokio::Message::new(
+                mqtt_tokio::TopicBuf::from_static("r2/1").unwrap(),
+                payload(i),
+                QoS::ExactlyOnce,
+            );
+            acks.push(publisher.enqueue(m).await.unwrap());
+        }
+        for a in acks {
+            a.await
+                .expect("every message completes, across the restart");
+        }
+        publisher
+            .publish("r2/end", QoS::ExactlyOnce, Vec::new())
+            .await
+            .unwrap();
+    });
+    let mut seen = HashSet::new();
+    let mut restarted = false;
+    loop {
+        let msg = next(&mut incoming).await;
+        if msg.topic.as_str() == "r2/end" {
+            break;
+        }
+        assert!(seen.insert(index(&msg.payload)), "delivered twice");
+        if !restarted && seen.len() >= 100 {
+            restarted = true;
+            tokio::task::block_in_place(|| m.restart());
+        }
+    }
+    sender.await.unwrap();
+    assert_eq!(seen.len(), n as usize);
+    assert!(client.status().connections >= 2);
+    client.disconnect().await.unwrap();
+}
