@@ -137,10 +137,17 @@ impl Driver {
                     if self.connected {
                         backoff = min;
                     }
+                    // A ping the heartbeat timed out: the path (a NAT mapping) failed,
+                    // not the server, so a new connection goes at once.
+                    let path_lost = matches!(e, Error::Mqtt(mqtt_state::Error::KeepAliveTimeout))
+                        && self.options.config.heartbeat.is_some();
+                    if path_lost {
+                        backoff = std::time::Duration::ZERO;
+                    }
                     if !self.pause(backoff).await {
                         break Err(e);
                     }
-                    backoff = (backoff * 2).min(max);
+                    backoff = (backoff * 2).max(min).min(max);
                 }
             }
         };
@@ -227,9 +234,22 @@ impl Driver {
                 }
             }
             self.deliver();
+            if self.client.is_closed() {
+                // A clean close: ours (the DISCONNECT is written) or the server's (a
+                // DISCONNECT with a non-error code), after which the next connection
+                // takes over.
+                return if self.disconnect.is_some() {
+                    End::Done
+                } else {
+                    End::Lost(Error::Mqtt(mqtt_state::Error::ConnectionClosed))
+                };
+            }
             if self.disconnect.is_some() && self.client.is_connected() && self.drained() {
                 // Everything queued before the disconnect is acknowledged.
-                if let Err(e) = self.client.disconnect(ReasonCode::Success) {
+                if let Err(e) = self
+                    .client
+                    .disconnect(self.clock.now(), ReasonCode::Success)
+                {
                     return End::Fatal(e.into());
                 }
                 return match self.flush(t).await {
@@ -239,7 +259,9 @@ impl Driver {
             }
             if self.requests_closed && self.incoming.is_closed() {
                 // Nobody can ask for anything or read anything: leave cleanly.
-                let _ = self.client.disconnect(ReasonCode::Success);
+                let _ = self
+                    .client
+                    .disconnect(self.clock.now(), ReasonCode::Success);
                 let _ = self.flush(t).await;
                 t.close().await;
                 return End::Fatal(Error::Closed);
@@ -401,7 +423,7 @@ impl Driver {
                 }
                 let fs: Vec<(&str, SubscriptionOptions)> =
                     filters.iter().map(|(f, o)| (f.as_str(), *o)).collect();
-                match self.client.subscribe(&fs, None) {
+                match self.client.subscribe(now, &fs, None) {
                     Ok(id) => {
                         self.subscribes.insert(id.get(), (filters, Some(reply)));
                     }
@@ -416,7 +438,7 @@ impl Driver {
                     return;
                 }
                 let fs: Vec<&str> = filters.iter().map(String::as_str).collect();
-                match self.client.unsubscribe(&fs) {
+                match self.client.unsubscribe(now, &fs) {
                     Ok(id) => {
                         self.unsubscribes.insert(id.get(), (filters, reply));
                     }
@@ -449,7 +471,7 @@ impl Driver {
                     if !subs.is_empty() {
                         let fs: Vec<(&str, SubscriptionOptions)> =
                             subs.iter().map(|(f, o)| (f.as_str(), *o)).collect();
-                        if let Ok(id) = self.client.subscribe(&fs, None) {
+                        if let Ok(id) = self.client.subscribe(self.clock.now(), &fs, None) {
                             self.subscribes.insert(id.get(), (subs, None));
                         }
                     }
