@@ -966,6 +966,25 @@ mod scenario {
         offline: Vec<(u64, u64)>,
     }
 
+    impl Peer {
+        /// What is left of the session once the broker releases the connection at
+        /// `released` (see `session_until`).
+        fn session_after_close(&self, released: Instant) -> Option<Option<Instant>> {
+            let expiry = if self.version.is_v5() {
+                self.expiry
+            } else if self.client.config().clean_start {
+                0
+            } else {
+                u32::MAX
+            };
+            match expiry {
+                0 => None,
+                u32::MAX if !self.version.is_v5() => Some(None),
+                e => Some(Some(released + Duration::from_secs(u64::from(e)))),
+            }
+        }
+    }
+
     struct World {
         core: Core,
         now: Instant,
@@ -1064,18 +1083,7 @@ mod scenario {
             p.conn = None;
             p.client.handle_close(now);
             if p.connack {
-                let expiry = if p.version.is_v5() {
-                    p.expiry
-                } else if p.client.config().clean_start {
-                    0
-                } else {
-                    u32::MAX
-                };
-                p.session_until = match expiry {
-                    0 => None,
-                    u32::MAX if !p.version.is_v5() => Some(None),
-                    e => Some(Some(released + Duration::from_secs(u64::from(e)))),
-                };
+                p.session_until = p.session_after_close(released);
             } else {
                 // The broker may have accepted a CONNECT whose answer never arrived: the
                 // client cannot know what session the broker holds.
@@ -1131,7 +1139,11 @@ mod scenario {
                                 p.readable = true;
                                 progress = true;
                             }
-                            Ok(None) => break,
+                            // A clean close (its DISCONNECT is out) is not an error.
+                            Ok(None) => {
+                                gone = p.client.is_closed();
+                                break;
+                            }
                             Err(_) => {
                                 gone = true;
                                 break;
@@ -1456,7 +1468,14 @@ mod scenario {
                             w.orphans.push(old);
                             w.peers[i].conn = None;
                             w.peers[i].client.handle_close(w.now);
-                            // The session lives on the old connection: no end recorded.
+                            // The session lives on the old connection: no end recorded,
+                            // unless that connection stalled: then the broker may have
+                            // closed it already (its keep alive ran out unread) and
+                            // released the session, the close waiting for the socket.
+                            if let Some(since) = w.peers[i].stalled_since {
+                                let p = &mut w.peers[i];
+                                p.session_until = p.session_after_close(since);
+                            }
                             w.connect(i, clean);
                         }
                     }
