@@ -1,31 +1,4 @@
-//! An adaptive ping interval for clients behind NAT gateways and mobile networks.
-//!
-//! A gateway drops the mapping of a connection that stays idle for longer than its own
-//! timeout, often well below the MQTT keep alive (mobile carriers: anywhere from 30 s to
-//! 30 min, and it changes with the cell and the network). After that, nothing the client
-//! sends arrives and nothing tells it so: a client that pings once per keep alive learns
-//! of the loss only a keep alive later, and a push service that pings every 30 s to be
-//! safe wakes the radio (and drains the battery) far more often than the path needs.
-//!
-//! [`Heartbeat`] learns the longest idle interval the path tolerates, below the keep
-//! alive. Each ping is a probe of the interval the connection was idle before it: an
-//! answer proves that interval, a ping left unanswered within
-//! [`HeartbeatConfig::pong_timeout`] (or a connection that dies while the ping waits)
-//! disproves it. Between the longest proven and the shortest disproven interval it
-//! searches by halving, so it brackets the gateway's timeout to within
-//! [`HeartbeatConfig::precision`] in a number of probes logarithmic in
-//! `keep alive / precision`, and then pings at the longest proven interval. After
-//! [`HeartbeatConfig::recheck_after`] answered pings it probes above that again, in case
-//! the path got more tolerant (a probe that fails doubles the wait before the next one,
-//! so a stable path costs few reconnections). A ping lost at an interval already proven
-//! means the path got less tolerant: the proven interval is halved (backing off
-//! quickly, since each loss costs a reconnection) and the search starts again below it.
-//!
-//! It never pings less often than the keep alive requires ([MQTT-3.1.2-20]): every
-//! interval is capped by the negotiated keep alive. A [`crate::Client`] configured with
-//! [`crate::ClientConfig::heartbeat`] drives it by itself; after a loss the client fails
-//! with [`crate::Error::KeepAliveTimeout`] and the adapter should reconnect at once (the
-//! link, not the server, failed).
+//! The adaptive heartbeat: see [`Heartbeat`].
 
 use crate::Duration;
 
@@ -60,7 +33,34 @@ impl Default for HeartbeatConfig {
     }
 }
 
-/// The learned state: see the [module docs](self).
+/// An adaptive ping interval for clients behind NAT gateways and mobile networks.
+///
+/// A gateway drops the mapping of a connection that stays idle for longer than its own
+/// timeout, often well below the MQTT keep alive (mobile carriers: anywhere from 30 s to
+/// 30 min, and it changes with the cell and the network). After that, nothing the client
+/// sends arrives and nothing tells it so: a client that pings once per keep alive learns
+/// of the loss only a keep alive later, and a push service that pings every 30 s to be
+/// safe wakes the radio (and drains the battery) far more often than the path needs.
+///
+/// [`Heartbeat`] learns the longest idle interval the path tolerates, below the keep
+/// alive. Each ping is a probe of the interval the connection was idle before it: an
+/// answer proves that interval, a ping left unanswered within
+/// [`HeartbeatConfig::pong_timeout`] (or a connection that dies while the ping waits)
+/// disproves it. Between the longest proven and the shortest disproven interval it
+/// searches by halving, so it brackets the gateway's timeout to within
+/// [`HeartbeatConfig::precision`] in a number of probes logarithmic in
+/// `keep alive / precision`, and then pings at the longest proven interval. After
+/// [`HeartbeatConfig::recheck_after`] answered pings it probes above that again, in case
+/// the path got more tolerant (a probe that fails doubles the wait before the next one,
+/// so a stable path costs few reconnections). A ping lost at an interval already proven
+/// means the path got less tolerant: the proven interval is halved (backing off
+/// quickly, since each loss costs a reconnection) and the search starts again below it.
+///
+/// It never pings less often than the keep alive requires ([MQTT-3.1.2-20]): every
+/// interval is capped by the negotiated keep alive. A [`crate::Client`] configured with
+/// [`crate::ClientConfig::heartbeat`] drives it by itself; after a loss the client fails
+/// with [`crate::Error::KeepAliveTimeout`] and the adapter should reconnect at once (the
+/// link, not the server, failed).
 ///
 /// ```
 /// use mqtt_state::{Duration, Heartbeat, HeartbeatConfig};
