@@ -290,6 +290,18 @@ impl<H: Hooks> Broker<H> {
         }
         rec.conn = None;
         let expiry = rec.expiry;
+        if expiry == 0 {
+            // [MQTT-3.1.2-23] only a session expiry keeps the session beyond the connection;
+            // [MQTT-3.1.2-8] a delayed will goes out when the session ends, if sooner: now.
+            // No offline record, no timer: a clean session's end costs no allocation.
+            drop(session);
+            if let Some((will, delay)) = will {
+                let publisher = (delay == 0).then_some(owner);
+                self.route(now, publisher, None, will);
+            }
+            self.end_session(owner);
+            return;
+        }
         let offline = rec.offline.insert(Box::new(Offline {
             state: session,
             expires_at: (expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(expiry))),
@@ -304,18 +316,6 @@ impl<H: Hooks> Broker<H> {
             }
         }
         self.rearm_session(owner);
-        if expiry == 0 {
-            // [MQTT-3.1.2-23] only a session expiry keeps the session beyond the connection.
-            if let Some(o) = self.sessions[owner]
-                .as_mut()
-                .and_then(|r| r.offline.as_deref_mut())
-            {
-                if let Some((will, _)) = o.pending_will.take() {
-                    self.route(now, None, None, will);
-                }
-            }
-            self.end_session(owner);
-        }
     }
 
     /// Detaches `id` from its session, keeping the count of connected clients.
