@@ -75,9 +75,7 @@ impl<H: Hooks> Broker<H> {
             None => self.sessions.push(Some(rec)),
         };
         let id = self.sessions[s].as_ref().map_or("", |r| &r.client_id);
-        // Disjoint fields: the index reads the records it rehashes.
-        let (index, sessions) = (&mut self.by_client_id, &self.sessions);
-        index.insert(sessions, id, s as u32);
+        self.by_client_id.insert(id, s as u32);
         s
     }
 
