@@ -336,7 +336,8 @@ impl<H: Hooks> Broker<H> {
     }
 
     /// Runs whatever is due at `now`: keep alive and connect timeouts, delayed wills,
-    /// session expiry, `$SYS` statistics. Costs a logarithm per due deadline, nothing per
+    /// session expiry, `$SYS` statistics. Costs a few steps per due deadline (each moves
+    /// down the timer wheel's levels at most once per level before it is due), nothing per
     /// connection that has none.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((at, key)) = self.timers.pop_due(now) {
@@ -346,7 +347,7 @@ impl<H: Hooks> Broker<H> {
             }
         }
         // Stale entries (deadlines that moved earlier) are rare; should they pile up, drop
-        // them, so the heap stays proportional to what it times.
+        // them, so the wheel stays proportional to what it times.
         if self.timers.len() > 2 * (self.open_conns + self.by_client_id.len()) + 1024 {
             let conns = &self.conns;
             let sessions = &self.sessions;
@@ -406,7 +407,7 @@ impl<H: Hooks> Broker<H> {
         self.rearm(id);
     }
 
-    /// Puts `id`'s machine deadline in the timer heap unless an entry at or before it is
+    /// Puts `id`'s machine deadline in the timer wheel unless an entry at or before it is
     /// there already: called after every input, output and timeout of the connection.
     pub(crate) fn rearm(&mut self, id: ConnectionId) {
         let Some(c) = self.conn_mut(id) else { return };

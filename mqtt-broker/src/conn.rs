@@ -18,7 +18,7 @@ pub(crate) struct Conn {
     pub(crate) owner: u32,
     /// [`Conn::CLOSING`], [`Conn::TRANSMIT_QUEUED`].
     flags: u8,
-    /// The deadline this connection has in the timer heap ([`NOT_ARMED`] for none).
+    /// The deadline this connection has in the timer wheel ([`NOT_ARMED`] for none).
     pub(crate) armed: Instant,
     pub(crate) session: ServerSession,
     /// Boxed, all in one: many connections have none of it, and every connection would

@@ -36,8 +36,8 @@
 //! flowing. Unanswered for [`BrokerConfig::decision_timeout`], the connection is closed
 //! ([`CloseReason::DecisionTimeout`]).
 //!
-//! Then it waits for input or for [`Broker::poll_timeout`]. Deadlines sit in a heap: the
-//! cost of a call does not grow with the number of connections it does not concern.
+//! Then it waits for input or for [`Broker::poll_timeout`]. Deadlines sit in a timer wheel:
+//! the cost of a call does not grow with the number of connections it does not concern.
 //!
 //! ```
 //! use bytes::BytesMut;

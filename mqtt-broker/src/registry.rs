@@ -33,7 +33,7 @@ pub(crate) struct Offline {
     pub(crate) expires_at: Option<Instant>,
     /// A will waiting for its delay: message and due time.
     pub(crate) pending_will: Option<(Message, Instant)>,
-    /// The deadline this session has in the timer heap.
+    /// The deadline this session has in the timer wheel.
     pub(crate) armed: Instant,
 }
 
@@ -100,7 +100,7 @@ impl<H: Hooks> Broker<H> {
         self.free_sessions.push(s as u32);
     }
 
-    /// Puts the offline session `s`'s next deadline in the timer heap, unless an entry at
+    /// Puts the offline session `s`'s next deadline in the timer wheel, unless an entry at
     /// or before it is there already.
     pub(crate) fn rearm_session(&mut self, s: usize) {
         let Some(o) = self
