@@ -211,7 +211,13 @@ impl TimerQueue {
             let mut entries = core::mem::take(&mut slot.entries);
             self.empty_slot(l, s, None);
             for e in entries.drain(..) {
-                self.insert(e);
+                // Never in the wheel's past (the slot starts at or after it); kept safe
+                // anyway, as a past entry re-inserted here could land in this slot again.
+                if e.at < self.elapsed {
+                    self.overdue.push(Reverse(e));
+                } else {
+                    self.insert(e);
+                }
             }
             self.empty_slot(l, s, Some(entries));
         }

@@ -428,8 +428,13 @@ impl Client {
     /// The transport closed. The session stays for the next [`Client::connect`], and the
     /// client is idle again: messages published now wait in the queue for that connection.
     pub fn handle_close(&mut self, _now: Instant) {
-        // A connection that died while its ping waited: the path did not hold.
-        self.heartbeat_lost();
+        // A connection that died while its ping waited: the path did not hold (a clean
+        // close, ours or the server's, says nothing about the path).
+        if self.is_closed() {
+            self.probe = None;
+        } else {
+            self.heartbeat_lost();
+        }
         if self.conn.error().is_none() && self.conn.phase != Phase::Idle {
             self.conn.phase = Phase::Connected;
             self.conn.fail(Error::ConnectionClosed);

@@ -273,3 +273,49 @@ fn the_client_finds_each_gateway_timeout_and_follows_it_as_it_changes() {
         );
     }
 }
+
+/// A ping that waits when the client itself closes cleanly proves nothing about the path:
+/// not counted as lost.
+#[test]
+fn a_clean_disconnect_while_a_ping_waits_is_not_a_loss() {
+    let mut cc = ClientConfig::new(ProtocolVersion::V3_1_1, "c");
+    cc.keep_alive = 60;
+    cc.heartbeat = Some(HeartbeatConfig::default());
+    let mut client = Client::new(cc);
+    let mut now = Instant::from_millis(0);
+    let mut out = [0u8; 256];
+    client.connect(now).unwrap();
+    while client.poll_transmit(now, &mut out).unwrap().is_some() {}
+    let mut connack = BytesMut::from(&[0x20u8, 0x02, 0x00, 0x00][..]);
+    client.handle_input(now, &mut connack).unwrap();
+    // The first probe: the heartbeat doubles its 15 s floor.
+    now = client.poll_timeout().unwrap();
+    assert_eq!(now, Instant::from_millis(30_000));
+    client.handle_timeout(now);
+    assert_eq!(
+        client.poll_transmit(now, &mut out).unwrap(),
+        Some(2),
+        "PINGREQ"
+    );
+    client
+        .disconnect(now, mqtt_broker::codec::ReasonCode::Success)
+        .unwrap();
+    while client.poll_transmit(now, &mut out).unwrap().is_some() {}
+    assert!(client.is_closed());
+    client.handle_close(now);
+    assert_eq!(client.heartbeat().unwrap().losses(), 0);
+    // Whereas a connection that dies under a waiting ping is one.
+    client.connect(now).unwrap();
+    while client.poll_transmit(now, &mut out).unwrap().is_some() {}
+    let mut connack = BytesMut::from(&[0x20u8, 0x02, 0x00, 0x00][..]);
+    client.handle_input(now, &mut connack).unwrap();
+    now = client.poll_timeout().unwrap();
+    client.handle_timeout(now);
+    assert_eq!(
+        client.poll_transmit(now, &mut out).unwrap(),
+        Some(2),
+        "PINGREQ"
+    );
+    client.handle_close(now);
+    assert_eq!(client.heartbeat().unwrap().losses(), 1);
+}
