@@ -73,7 +73,7 @@ impl Mosquitto {
     pub(crate) fn with(auth: Auth, listeners: Listeners) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "mqtt-tokio-test-{}-{}",
+            "mqtt-test-mosquitto-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
@@ -196,6 +196,16 @@ impl Mosquitto {
         self.spawn();
     }
 
+    /// The CA that signed the TLS listener's certificate (and the client's): its file.
+    pub(crate) fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The plain TCP port, as command-line tools take it.
+    pub(crate) fn port(&self) -> String {
+        self.port.to_string()
+    }
+
     /// The CA that signed the TLS listener's certificate (and the client's), PEM.
     pub(crate) fn ca_pem(&self) -> Vec<u8> {
         std::fs::read(self.dir.join("ca.pem")).expect("read ca.pem")
@@ -233,7 +243,7 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
-        .push(DnType::CommonName, "mqtt-tokio test CA");
+        .push(DnType::CommonName, "mqtt test CA");
     let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate().expect("server key");
@@ -252,7 +262,7 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf) {
     let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
     client
         .distinguished_name
-        .push(DnType::CommonName, "mqtt-tokio test client");
+        .push(DnType::CommonName, "mqtt test client");
     let client_cert = client
         .signed_by(&client_key, &issuer)
         .expect("client certificate");
