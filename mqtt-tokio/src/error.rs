@@ -38,6 +38,13 @@ pub enum Error {
     /// The client stopped (disconnected, or a fatal error) before the request completed.
     #[error("the client is closed")]
     Closed,
+    /// The server stopped before the call completed.
+    #[error("the server has stopped")]
+    Stopped,
+    /// The broker core refused a call from a [`crate::server::ServerHandle`].
+    #[cfg(feature = "server")]
+    #[error(transparent)]
+    Broker(mqtt_broker::Error),
     /// The client stopped with these messages sent but not acknowledged or not sent yet;
     /// nothing is dropped silently. They are in their original order.
     #[error("closed with {} message(s) not acknowledged", messages.len())]

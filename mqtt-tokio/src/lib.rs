@@ -93,6 +93,9 @@ mod client;
 mod driver;
 mod error;
 mod options;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 mod time;
 mod transport;
 
@@ -101,6 +104,9 @@ pub use error::Error;
 pub use options::{tls_config, Options};
 pub use time::Clock;
 
+/// The broker core the [`server`] serves.
+#[cfg(feature = "server")]
+pub use mqtt_broker as broker;
 pub use mqtt_state;
 pub use mqtt_state::codec::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 pub use mqtt_state::{ClientConfig, Message, TopicBuf};
