@@ -30,10 +30,13 @@
 //!   (tokio keeps a task and a socket registration per connection, 512 bytes between them,
 //!   before the connection holds anything); this way an idle connection costs the core's
 //!   state and a few dozen bytes.
-//! - TLS and WebSocket (`--tls-bind`, `--ws-bind`, `--wss-bind`) keep one tokio task per
-//!   connection on a runtime on a second thread, where rustls and tungstenite fit as they
-//!   are. Those tasks send what arrives to the event loop over a channel (waking it), and
-//!   the loop leaves their output in the connection's outbox (waking the task).
+//! - TLS and WebSocket (`--tls-bind`, `--ws-bind`, `--wss-bind`) are mqtt-tokio's server
+//!   side ([`mqtt_tokio::server`]): one tokio task per connection on a runtime on a second
+//!   thread, where rustls and tungstenite fit as they are. Those tasks send what arrives
+//!   to the event loop through a [`Hub`] (waking the loop), and the hub leaves their
+//!   output in the connection's outbox (waking the task). `mqtt_tokio::server::Server`
+//!   serves plain TCP the same way, at about 1 KB more per idle connection than this
+//!   loop (README.md, "Memory per idle connection"), which is why plain TCP stays here.
 //!
 //! A client that does not read fast enough to keep its output below `--write-queue`
 //! chunks is closed rather than buffered for without bound.
@@ -53,21 +56,16 @@
 #[path = "../access.rs"]
 mod access;
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::Future;
 use std::io::{ErrorKind, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use clap::{Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt};
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Token};
 use mqtt_broker::{
@@ -76,15 +74,10 @@ use mqtt_broker::{
 };
 use mqtt_codec::{QoS, ReasonCode};
 use mqtt_state::{ConnectRequest, Duration, Instant, ServerConfig};
+use mqtt_tokio::server::{Hub, HubConfig, Transport};
 use mqtt_topic::{TopicFilter, TopicName};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, warn};
 
 use access::{Access, Acl, Passwords};
@@ -194,251 +187,14 @@ enum Command {
     },
 }
 
-/// What a listener on the tokio side speaks on top of TCP.
-#[derive(Clone)]
-struct Listener {
-    websocket: bool,
-    tls: Option<TlsAcceptor>,
-}
-
-/// From a connection task to the core.
-enum ToCore {
-    /// A connection was accepted; the core answers with its id.
-    Open {
-        tx: Arc<Outbox>,
-        reply: oneshot::Sender<ConnectionId>,
-    },
-    /// Bytes arrived.
-    Input(ConnectionId, Bytes),
-    /// The transport is gone (peer closed, error, or after a `Close`).
-    Closed(ConnectionId),
-}
-
-/// How the tokio side reaches the event loop.
-struct Wake {
-    waker: mio::Waker,
-    /// Set once `ToCore` messages may be waiting, so that a burst of them wakes the loop
-    /// once; the loop clears it before it takes them.
-    pending: AtomicBool,
-    /// Ctrl-C was pressed.
-    shutdown: AtomicBool,
-    /// TLS and WebSocket connections whose task took its output after the loop held back
-    /// (the loop pulls their next output from the core).
-    writable: std::sync::Mutex<Vec<ConnectionId>>,
-}
-
-impl Wake {
-    fn notify(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            let _ = self.waker.wake();
-        }
-    }
-}
-
-/// A TLS or WebSocket connection's way to the core: a bounded channel (a core that falls
-/// behind slows the readers down) and the loop's waker.
-#[derive(Clone)]
-struct CoreTx {
-    tx: mpsc::Sender<ToCore>,
-    wake: Arc<Wake>,
-}
-
-impl CoreTx {
-    /// Sends `msg`, waiting for room; `Err` when the core is gone.
-    async fn send(&self, msg: ToCore) -> Result<(), ()> {
-        self.tx.send(msg).await.map_err(drop)?;
-        self.wake.notify();
-        Ok(())
-    }
-
-    /// Sends `msg` if there is room at once.
-    fn try_send(&self, msg: ToCore) -> Result<(), ToCore> {
-        self.tx.try_send(msg).map_err(|e| e.into_inner())?;
-        self.wake.notify();
-        Ok(())
-    }
-}
-
-/// Output from the core to one TLS or WebSocket connection: the bytes its task has not yet
-/// taken, behind a lock the event loop and the task share. An idle connection's outbox holds no buffer: the
-/// task takes the bytes whole and lets go of them once written.
-#[derive(Default)]
-struct Outbox(std::sync::Mutex<Pending>);
-
-#[derive(Default)]
-struct Pending {
-    bytes: BytesMut,
-    /// Chunks in `bytes`, which `--write-queue` bounds.
-    chunks: usize,
-    /// Write what is queued, then close.
-    closing: bool,
-    /// Close at once, without writing even what the task has taken.
-    discard: bool,
-    /// Closed for not reading: for the task to log, as it knows the peer's address.
-    slow: bool,
-    /// The connection's task, waiting for output.
-    waker: Option<Waker>,
-    /// The core paused this connection: its task stops reading.
-    read_paused: bool,
-    /// The task that reads, waiting for the pause to end.
-    read_waker: Option<Waker>,
-    /// The loop left output in the core because the task had not taken the last: the task
-    /// tells the loop (`ready`) when it takes it.
-    starved: bool,
-    /// The connection's id and the loop's waker, set once the core opened it.
-    ready: Option<(ConnectionId, Arc<Wake>)>,
-}
-
-/// Why a chunk could not be queued.
-enum Refused {
-    /// The client has not read what came before.
-    Full,
-    /// The connection's task is gone; its `Closed` is on its way.
-    Gone,
-}
-
-impl Outbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues `chunk` unless `limit` chunks are already waiting or the task is gone.
-    fn push(self: &Arc<Self>, chunk: &[u8], limit: usize) -> Result<(), Refused> {
-        if Arc::strong_count(self) < 2 {
-            return Err(Refused::Gone);
-        }
-        let mut p = self.lock();
-        if p.chunks >= limit {
-            p.slow = true;
-            return Err(Refused::Full);
-        }
-        p.bytes.extend_from_slice(chunk);
-        p.chunks += 1;
-        wake(p);
-        Ok(())
-    }
-
-    /// Whether the loop should leave output in the core for now: the task has not taken
-    /// what was queued before, so the client (or its socket) is behind. The messages then
-    /// wait in the core, whose queue limit pauses their publishers; the task tells the loop
-    /// when it takes the bytes (see `poll_take`).
-    fn hold_back(&self) -> bool {
-        let mut p = self.lock();
-        if p.chunks > 0 && !p.closing {
-            p.starved = true;
-            return true;
-        }
-        false
-    }
-
-    /// Tells the task to stop after what is queued, or, with `discard`, at once: a client
-    /// that stopped reading is not waited for.
-    fn close(&self, discard: bool) {
-        let mut p = self.lock();
-        if discard {
-            p.bytes = BytesMut::new();
-            p.discard = true;
-        }
-        p.closing = true;
-        wake(p);
-    }
-
-    /// All the bytes queued, if the task has written what it took before (`idle`); `None`
-    /// when the connection is to close: once everything is written, or at once if
-    /// discarding.
-    fn poll_take(&self, cx: &mut Context<'_>, idle: bool) -> Poll<Option<BytesMut>> {
-        let mut p = self.lock();
-        if p.discard {
-            return Poll::Ready(None);
-        }
-        if idle && !p.bytes.is_empty() {
-            p.chunks = 0;
-            let bytes = std::mem::take(&mut p.bytes);
-            if std::mem::take(&mut p.starved) {
-                if let Some((id, wake)) = p.ready.clone() {
-                    drop(p);
-                    wake.writable
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(id);
-                    wake.notify();
-                }
-            }
-            return Poll::Ready(Some(bytes));
-        }
-        if idle && p.closing {
-            return Poll::Ready(None);
-        }
-        if !p.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            p.waker = Some(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-
-    /// Pauses or resumes reading ([`BrokerEvent::Pause`], [`BrokerEvent::Resume`]).
-    fn set_read_paused(&self, paused: bool) {
-        let mut p = self.lock();
-        p.read_paused = paused;
-        if !paused {
-            let waker = p.read_waker.take();
-            drop(p);
-            if let Some(w) = waker {
-                w.wake();
-            }
-        }
-    }
-
-    /// Ready when the connection may be read (or is to close).
-    fn poll_read_allowed(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut p = self.lock();
-        if !p.read_paused || p.closing {
-            return Poll::Ready(());
-        }
-        if !p
-            .read_waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            p.read_waker = Some(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-
-    async fn take(&self) -> Option<BytesMut> {
-        std::future::poll_fn(|cx| self.poll_take(cx, true)).await
-    }
-
-    /// Logs why the connection ended, if it is worth a warning.
-    fn log_end(&self, peer: SocketAddr) {
-        if self.lock().slow {
-            warn!(%peer, "client not reading; disconnecting");
-        }
-    }
-}
-
-/// Wakes the connection's task, after letting go of the lock.
-fn wake(mut p: std::sync::MutexGuard<'_, Pending>) {
-    let waker = p.waker.take();
-    drop(p);
-    if let Some(waker) = waker {
-        waker.wake();
-    }
-}
-
 /// The most a connection reads at once.
 const MAX_READ: usize = 64 * 1024;
 
-thread_local! {
-    /// What every TLS connection reads into (the runtime has one thread):
-    /// what was read is copied out at its size, so an idle connection holds no buffer.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ].into_boxed_slice());
-}
-
-/// What the event loop keeps per TLS or WebSocket connection.
-struct Link {
-    tx: Arc<Outbox>,
-    /// Received bytes not yet forming a complete packet.
-    input: BytesMut,
+/// How the password checker thread, the connection tasks and Ctrl-C reach the event loop.
+struct Wake {
+    waker: mio::Waker,
+    /// Ctrl-C was pressed.
+    shutdown: AtomicBool,
 }
 
 fn main() -> std::io::Result<()> {
@@ -513,28 +269,16 @@ fn pregrow_fd_table() {
 
 /// The TLS acceptor for `--cert`/`--key`.
 fn tls_acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let invalid = |what: &Path, e: &dyn std::fmt::Display| {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+    };
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    mqtt_tokio::server::tls_acceptor(&cert_pem, &key_pem, None).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{}: {e}", what.display()),
+            format!("{} / {}: {e}", cert.display(), key.display()),
         )
-    };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| invalid(cert, &e))?;
-    if certs.is_empty() {
-        return Err(invalid(cert, &"no certificate found"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(key, &e))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key_der))
-    .map_err(|e| invalid(cert, &e))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    })
 }
 
 fn run(args: Args) -> std::io::Result<()> {
@@ -589,29 +333,22 @@ fn run(args: Args) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let plain = |websocket| Listener {
-        websocket,
-        tls: None,
-    };
-    let secure = |websocket| Listener {
-        websocket,
-        tls: tls.clone(),
-    };
     let bind = |addr| rt.block_on(TcpListener::bind(addr));
     let mut listeners = Vec::new();
     if !args.no_ws {
-        listeners.push(("ws", bind(args.ws_bind)?, plain(true)));
+        listeners.push((bind(args.ws_bind)?, Transport::Ws));
     }
-    if let Some(addr) = args.tls_bind {
-        listeners.push(("tls", bind(addr)?, secure(false)));
+    if let (Some(addr), Some(tls)) = (args.tls_bind, &tls) {
+        listeners.push((bind(addr)?, Transport::Tls(tls.clone())));
     }
-    if let Some(addr) = args.wss_bind {
-        listeners.push(("wss", bind(addr)?, secure(true)));
+    if let (Some(addr), Some(tls)) = (args.wss_bind, &tls) {
+        listeners.push((bind(addr)?, Transport::Wss(tls.clone())));
     }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on tcp {}", tcp.local_addr()?)?;
-        for (name, listener, _) in &listeners {
+        for (listener, transport) in &listeners {
+            let name = transport.name();
             writeln!(out, "listening on {name} {}", listener.local_addr()?)?;
         }
         out.flush()?;
@@ -619,33 +356,38 @@ fn run(args: Args) -> std::io::Result<()> {
 
     let wake = Arc::new(Wake {
         waker: mio::Waker::new(poll.registry(), WAKER)?,
-        pending: AtomicBool::new(false),
         shutdown: AtomicBool::new(false),
-        writable: std::sync::Mutex::new(Vec::new()),
     });
-    let (tx, rx) = mpsc::channel(1024);
-    let core_tx = CoreTx {
-        tx,
-        wake: wake.clone(),
+    // TLS and WebSocket connections are tokio tasks (mqtt-tokio's server side), which the
+    // event loop serves through a hub. `open`, not `open_with`: see `EventLoop::accept`.
+    let (hub, acceptor) = {
+        let wake = wake.clone();
+        let mut config = HubConfig::default();
+        config.write_queue = args.write_queue.max(1);
+        config.conn_info = false;
+        Hub::new(move || drop(wake.waker.wake()), config)
     };
     // The tokio side: TLS and WebSocket connections, and Ctrl-C.
-    std::thread::Builder::new()
-        .name("tls-ws".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                for (_, listener, kind) in listeners {
-                    tokio::spawn(accept_loop(listener, kind, core_tx.clone()));
-                }
-                if let Err(e) = tokio::signal::ctrl_c().await {
-                    warn!("cannot catch Ctrl-C: {e}");
+    {
+        let wake = wake.clone();
+        std::thread::Builder::new()
+            .name("tls-ws".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    for (listener, transport) in listeners {
+                        tokio::spawn(acceptor.clone().listen(listener, transport));
+                    }
+                    if let Err(e) = tokio::signal::ctrl_c().await {
+                        warn!("cannot catch Ctrl-C: {e}");
+                        std::future::pending::<()>().await;
+                    }
+                    wake.shutdown.store(true, Ordering::Release);
+                    let _ = wake.waker.wake();
+                    // Serve on until the process ends.
                     std::future::pending::<()>().await;
-                }
-                core_tx.wake.shutdown.store(true, Ordering::Release);
-                let _ = core_tx.wake.waker.wake();
-                // Serve on until the process ends.
-                std::future::pending::<()>().await;
-            })
-        })?;
+                })
+            })?;
+    }
 
     // Password hashes (Argon2: tens of ms each) are checked on their own thread, so that a
     // burst of logins does not stall every connection on the event loop.
@@ -663,7 +405,7 @@ fn run(args: Args) -> std::io::Result<()> {
                     if checked_tx.send((id, result)).is_err() {
                         return;
                     }
-                    wake.notify();
+                    let _ = wake.waker.wake();
                 }
             })?;
     }
@@ -681,8 +423,7 @@ fn run(args: Args) -> std::io::Result<()> {
         conns: Vec::new(),
         free: Vec::new(),
         tcp: HashMap::new(),
-        remote: HashMap::new(),
-        rx,
+        hub,
         wake,
         tasks_ready: false,
         scratch: vec![0; MAX_READ].into_boxed_slice(),
@@ -694,274 +435,6 @@ fn run(args: Args) -> std::io::Result<()> {
         write_queue: args.write_queue.max(1),
     }
     .run()
-}
-
-/// Accepts TLS or WebSocket connections, a task each.
-async fn accept_loop(listener: TcpListener, kind: Listener, core_tx: CoreTx) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!("accept: {e}");
-                tokio::time::sleep(StdDuration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let core_tx = core_tx.clone();
-        match &kind.tls {
-            None => tokio::spawn(serve_ws(stream, peer, core_tx)),
-            Some(tls) => tokio::spawn(serve_tls(
-                tls.clone(),
-                stream,
-                kind.websocket,
-                peer,
-                core_tx,
-            )),
-        };
-    }
-}
-
-/// A TLS connection: the handshake, then MQTT over TCP or WebSocket inside it.
-async fn serve_tls(
-    tls: TlsAcceptor,
-    stream: tokio::net::TcpStream,
-    websocket: bool,
-    peer: SocketAddr,
-    core_tx: CoreTx,
-) {
-    let handshake = tls.accept(stream);
-    let stream = match tokio::time::timeout(StdDuration::from_secs(10), handshake).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(%peer, "tls handshake: {e}");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "tls handshake timed out");
-            return;
-        }
-    };
-    if websocket {
-        serve_ws(stream, peer, core_tx).await
-    } else {
-        serve(stream, peer, core_tx).await
-    }
-}
-
-/// Registers a connection with the core; `None` when the core is gone.
-async fn open(core_tx: CoreTx, peer: SocketAddr) -> Option<(ConnectionId, Arc<Outbox>)> {
-    let outbox = Arc::new(Outbox::default());
-    let (reply, id) = oneshot::channel();
-    core_tx
-        .send(ToCore::Open {
-            tx: outbox.clone(),
-            reply,
-        })
-        .await
-        .ok()?;
-    let id = id.await.ok()?;
-    debug!(%peer, ?id, "open");
-    Some((id, outbox))
-}
-
-/// What a connection's task does next.
-enum Step {
-    /// Forward these bytes to the core.
-    Input(Bytes),
-    /// The peer closed, the transport failed, or the core closed the connection.
-    Done,
-}
-
-/// Runs MQTT over a TLS stream in one task: writes what the core queues and reads whatever
-/// arrives meanwhile, so a client that writes without reading cannot stall its own output.
-///
-/// The task lives as long as the connection, and a task is as large as the most it holds
-/// across any one `.await`: so what it awaits only now and then (the registration with the
-/// core, room in the core's channel, the closing) is boxed.
-fn serve<S>(mut stream: S, peer: SocketAddr, core_tx: CoreTx) -> impl Future<Output = ()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let opening = Box::pin(open(core_tx.clone(), peer));
-    async move {
-        let Some((id, outbox)) = opening.await else {
-            return;
-        };
-        let mut unwritten = BytesMut::new();
-        loop {
-            let step = std::future::poll_fn(|cx| {
-                if poll_write_out(&mut stream, cx, &outbox, &mut unwritten).is_ready() {
-                    return Poll::Ready(Step::Done);
-                }
-                // Paused by the core: the client's bytes wait in the socket.
-                if outbox.poll_read_allowed(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                poll_read_in(&mut stream, cx)
-            });
-            let bytes = match step.await {
-                Step::Input(bytes) => bytes,
-                Step::Done => break,
-            };
-            let Err(msg) = core_tx.try_send(ToCore::Input(id, bytes)) else {
-                continue;
-            };
-            if Box::pin(core_tx.send(msg)).await.is_err() {
-                break;
-            }
-        }
-        outbox.log_end(peer);
-        // The core sees a dropped outbox as gone and stops queueing.
-        drop(outbox);
-        Box::pin(linger(&mut stream)).await;
-        let _ = Box::pin(core_tx.send(ToCore::Closed(id))).await;
-    }
-}
-
-/// Writes what the core queued until the socket is full or the queue empty; ready when the
-/// connection is to close.
-fn poll_write_out<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    cx: &mut Context<'_>,
-    outbox: &Outbox,
-    unwritten: &mut BytesMut,
-) -> Poll<()> {
-    loop {
-        // Asked also while a write is pending, so that a client that stopped reading is
-        // let go at once.
-        match outbox.poll_take(cx, unwritten.is_empty()) {
-            Poll::Ready(Some(bytes)) => *unwritten = bytes,
-            Poll::Ready(None) => return Poll::Ready(()),
-            Poll::Pending if unwritten.is_empty() => {
-                // Let go of the written buffer: an idle connection keeps none.
-                *unwritten = BytesMut::new();
-                // TLS may hold back the last record of a write until flushed.
-                return match Pin::new(stream).poll_flush(cx) {
-                    Poll::Ready(Err(_)) => Poll::Ready(()),
-                    _ => Poll::Pending,
-                };
-            }
-            Poll::Pending => {}
-        }
-        match Pin::new(&mut *stream).poll_write(cx, unwritten) {
-            Poll::Ready(Ok(n)) if n > 0 => unwritten.advance(n),
-            Poll::Ready(_) => return Poll::Ready(()),
-            Poll::Pending => return Poll::Pending,
-        }
-    }
-}
-
-/// Reads whatever has arrived, copied out of the shared scratch buffer at its size.
-fn poll_read_in<S: AsyncRead + Unpin>(stream: &mut S, cx: &mut Context<'_>) -> Poll<Step> {
-    SCRATCH.with_borrow_mut(|scratch| {
-        let mut buf = ReadBuf::new(scratch);
-        match Pin::new(stream).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                Poll::Ready(Step::Input(Bytes::copy_from_slice(buf.filled())))
-            }
-            Poll::Ready(_) => Poll::Ready(Step::Done),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-}
-
-/// Closes our side, then keeps reading and discarding for a moment, so the kernel does not
-/// reset the connection over unread input before the peer has read the last CONNACK or
-/// DISCONNECT.
-async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-    let discard = async {
-        while let Step::Input(_) = std::future::poll_fn(|cx| poll_read_in(stream, cx)).await {}
-    };
-    let _ = tokio::time::timeout(StdDuration::from_secs(2), discard).await;
-}
-
-/// Runs a WebSocket connection (over TCP or TLS): the handshake, then binary frames both
-/// ways.
-async fn serve_ws<S>(stream: S, peer: SocketAddr, core_tx: CoreTx)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, ws_handshake);
-    let ws = match tokio::time::timeout(StdDuration::from_secs(10), handshake).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            debug!(%peer, "websocket handshake: {e}");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "websocket handshake timed out");
-            return;
-        }
-    };
-    let Some((id, outbox)) = open(core_tx.clone(), peer).await else {
-        return;
-    };
-    let (mut sink, mut stream) = ws.split();
-    let reader_tx = core_tx.clone();
-    let reader_outbox = outbox.clone();
-    let mut reader = tokio::spawn(async move {
-        loop {
-            // Paused by the core: the client's frames wait in the socket.
-            std::future::poll_fn(|cx| reader_outbox.poll_read_allowed(cx)).await;
-            let Some(Ok(msg)) = stream.next().await else {
-                break;
-            };
-            match msg {
-                WsMessage::Binary(b) => {
-                    if reader_tx.send(ToCore::Input(id, b)).await.is_err() {
-                        break;
-                    }
-                }
-                // [MQTT-6.0.0-1] MQTT goes in binary frames; anything else closes.
-                WsMessage::Text(_) | WsMessage::Close(_) => break,
-                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
-            }
-        }
-        drop(reader_outbox);
-        let _ = reader_tx.send(ToCore::Closed(id)).await;
-    });
-    while let Some(b) = outbox.take().await {
-        if sink.send(WsMessage::Binary(b.freeze())).await.is_err() {
-            break;
-        }
-    }
-    outbox.log_end(peer);
-    drop(outbox);
-    let _ = sink.close().await;
-    if tokio::time::timeout(StdDuration::from_secs(2), &mut reader)
-        .await
-        .is_err()
-    {
-        reader.abort();
-    }
-    let _ = core_tx.send(ToCore::Closed(id)).await;
-}
-
-/// Accepts the WebSocket upgrade on `/mqtt` only, answering with the `mqtt` subprotocol.
-#[allow(clippy::result_large_err)] // the signature tungstenite's `Callback` takes
-fn ws_handshake(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
-    if req.uri().path() != "/mqtt" {
-        let mut e = ErrorResponse::new(Some("not found".into()));
-        *e.status_mut() = StatusCode::NOT_FOUND;
-        return Err(e);
-    }
-    // [MQTT-6.0.0-3] [MQTT-6.0.0-4] the subprotocol is "mqtt".
-    let offered = req
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == "mqtt");
-    if offered {
-        resp.headers_mut()
-            .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
-    }
-    Ok(resp)
 }
 
 /// A password check for the checker thread: request, user name, password.
@@ -1096,8 +569,7 @@ struct EventLoop {
     /// The slot in `conns` of each plain TCP connection the core knows.
     tcp: HashMap<ConnectionId, u32>,
     /// TLS and WebSocket connections.
-    remote: HashMap<ConnectionId, Link>,
-    rx: mpsc::Receiver<ToCore>,
+    hub: Hub,
     wake: Arc<Wake>,
     /// Messages from the tokio side may be waiting beyond what the last turn took.
     tasks_ready: bool,
@@ -1341,8 +813,12 @@ impl EventLoop {
             }
         }
         while let Some(event) = self.broker.poll_event() {
-            let (id, close, slow_consumer) = match event {
-                BrokerEvent::Transmit(id) => (id, false, false),
+            // TLS and WebSocket connections are the hub's.
+            if self.hub.handle_event(&mut self.broker, now, &event) {
+                continue;
+            }
+            let (id, close) = match event {
+                BrokerEvent::Transmit(id) => (id, false),
                 BrokerEvent::Close { id, reason } => {
                     let slow = reason == CloseReason::SlowConsumer;
                     if slow {
@@ -1350,7 +826,7 @@ impl EventLoop {
                     } else {
                         debug!(?id, ?reason, "closing");
                     }
-                    (id, true, slow)
+                    (id, true)
                 }
                 BrokerEvent::Pause(id) => {
                     self.pause(id, true, now);
@@ -1362,49 +838,18 @@ impl EventLoop {
                 }
                 _ => continue,
             };
-            let tcp = self.tcp.get(&id).map(|&i| i as usize);
-            if let Some(i) = tcp {
-                // A TCP connection whose socket takes no more output is not pulled from: the
-                // messages stay queued in the core, whose watermark pauses their publishers;
-                // `flush` pulls once the socket drains.
-                let blocked = self.conns[i].as_ref().is_some_and(|c| c.blocked);
-                if !blocked || close {
-                    self.pull(now, id);
-                }
+            let Some(i) = self.tcp.get(&id).map(|&i| i as usize) else {
+                continue;
+            };
+            // A TCP connection whose socket takes no more output is not pulled from: the
+            // messages stay queued in the core, whose watermark pauses their publishers;
+            // `flush` pulls once the socket drains.
+            let blocked = self.conns[i].as_ref().is_some_and(|c| c.blocked);
+            if !blocked || close {
+                self.pull(now, id);
             }
-            if let Some(i) = tcp {
-                self.deliver(i, close, now);
-                self.batch.clear();
-            } else {
-                let discard = close && slow_consumer;
-                self.send_remote(now, id, close, discard);
-            }
-        }
-    }
-
-    /// Hands TLS or WebSocket connection `id` its output (pulled into `batch` unless
-    /// `pulled`), and closes it if asked to (`discard`: without writing what is queued).
-    fn send_remote(&mut self, now: Instant, id: ConnectionId, close: bool, discard: bool) {
-        let Some(link) = self.remote.get(&id) else {
+            self.deliver(i, close, now);
             self.batch.clear();
-            return;
-        };
-        // Its task has not taken the last output: leave this in the core (pushing back on
-        // its publishers) until the task says it took it.
-        if close || !link.tx.hold_back() {
-            self.pull(now, id);
-        }
-        let Some(link) = self.remote.get(&id) else {
-            self.batch.clear();
-            return;
-        };
-        let ok = self.batch.is_empty() || link.tx.push(&self.batch, self.write_queue).is_ok();
-        self.batch.clear();
-        if close || !ok {
-            link.tx.close(discard || !ok);
-            self.remote.remove(&id);
-            debug!(?id, "closed by broker");
-            self.broker.handle_close(now, id);
         }
     }
 
@@ -1441,14 +886,6 @@ impl EventLoop {
                     conn.tidy();
                 }
                 self.again.push(i as usize);
-            }
-        } else if let Some(link) = self.remote.get_mut(&id) {
-            link.tx.set_read_paused(paused);
-            if !paused && !link.input.is_empty() {
-                self.broker.handle_input(now, id, &mut link.input);
-                if link.input.is_empty() {
-                    link.input = BytesMut::new();
-                }
             }
         }
     }
@@ -1601,63 +1038,14 @@ impl EventLoop {
         next
     }
 
-    /// Takes what the TLS and WebSocket tasks sent.
+    /// Takes what the TLS and WebSocket tasks sent, and the password checker's answers.
     fn take_task_messages(&mut self) {
-        // Cleared before the channel is emptied: a message sent after this wakes us again.
-        self.wake.pending.swap(false, Ordering::AcqRel);
         self.take_checked();
-        let writable =
-            std::mem::take(&mut *self.wake.writable.lock().unwrap_or_else(|e| e.into_inner()));
-        if !writable.is_empty() {
-            let now = self.now();
-            for id in writable {
-                self.send_remote(now, id, false, false);
-            }
-            self.drain(now);
-        }
         for _ in 0..TASK_MESSAGES_PER_TURN {
-            let Ok(msg) = self.rx.try_recv() else {
+            let now = self.now();
+            if !self.hub.poll(&mut self.broker, now) {
                 self.tasks_ready = false;
                 return;
-            };
-            let now = self.now();
-            match msg {
-                ToCore::Open { tx, reply } => {
-                    let id = self.broker.open(now);
-                    tx.lock().ready = Some((id, self.wake.clone()));
-                    if reply.send(id).is_err() {
-                        self.broker.handle_close(now, id);
-                    } else {
-                        self.remote.insert(
-                            id,
-                            Link {
-                                tx,
-                                input: BytesMut::new(),
-                            },
-                        );
-                    }
-                }
-                ToCore::Input(id, bytes) => {
-                    if let Some(link) = self.remote.get_mut(&id) {
-                        if link.input.is_empty() {
-                            link.input = bytes.into();
-                        } else {
-                            link.input.extend_from_slice(&bytes);
-                        }
-                        self.broker.handle_input(now, id, &mut link.input);
-                        if link.input.is_empty() {
-                            link.input = BytesMut::new();
-                        }
-                    }
-                }
-                ToCore::Closed(id) => {
-                    if let Some(link) = self.remote.remove(&id) {
-                        debug!(?id, "closed by peer");
-                        // The task waits on its outbox, not on our handle: tell it.
-                        link.tx.close(true);
-                        self.broker.handle_close(now, id);
-                    }
-                }
             }
             self.drain(now);
         }
