@@ -1,5 +1,8 @@
-//! An async MQTT client for tokio: the sans-IO [`mqtt_state::Client`] machine driven over
-//! TCP, TLS (rustls) or WebSocket, behind a cloneable handle.
+//! MQTT for tokio: an async client — the sans-IO [`mqtt_state::Client`] machine driven over
+//! TCP, TLS (rustls) or WebSocket, behind a cloneable handle — and, with the `server`
+//! feature (on by default), a server runner ([`server`]) that serves an
+//! [`mqtt_broker::Broker`] core over TCP, TLS, WebSocket and secure WebSocket and answers
+//! its deferred decisions with async functions.
 //!
 //! ```no_run
 //! use mqtt_tokio::{AsyncClient, Options, QoS};
