@@ -115,6 +115,12 @@ impl Hub {
         self.links.is_empty()
     }
 
+    /// Connection tasks still running, those the core has closed included (they write
+    /// their last output and linger before they end).
+    pub fn tasks(&self) -> usize {
+        self.shared.tasks.load(Ordering::Acquire)
+    }
+
     /// Whether connection `id` is one of the hub's.
     pub fn contains(&self, id: ConnectionId) -> bool {
         self.links.contains_key(&id)

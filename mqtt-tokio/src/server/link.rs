@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration as StdDuration;
@@ -91,6 +91,28 @@ pub(crate) struct Shared {
     /// Connections whose task took its output after the owner held back: the owner pulls
     /// their next output from the core.
     pub(crate) writable: Mutex<Vec<ConnectionId>>,
+    /// Connection tasks alive, handshakes and lingering included: a server that stops
+    /// waits for them to write their last bytes.
+    pub(crate) tasks: AtomicUsize,
+}
+
+/// Counts a connection task as alive while it exists.
+struct Alive(Arc<Shared>);
+
+impl Alive {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.tasks.fetch_add(1, Ordering::AcqRel);
+        Alive(shared.clone())
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if self.0.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last one: a stopping server waits for this.
+            (self.0.notify)();
+        }
+    }
 }
 
 impl Shared {
@@ -99,6 +121,7 @@ impl Shared {
             notify,
             pending: AtomicBool::new(false),
             writable: Mutex::new(Vec::new()),
+            tasks: AtomicUsize::new(0),
         }
     }
 
@@ -158,18 +181,34 @@ impl Acceptor {
     /// Serves one accepted TCP connection speaking `transport` on a task of its own.
     pub fn spawn(&self, stream: tokio::net::TcpStream, peer: SocketAddr, transport: &Transport) {
         let this = self.clone();
+        let alive = Alive::new(&self.shared);
         match transport {
             Transport::Tcp => {
-                tokio::spawn(this.serve(stream, peer, None));
+                let serve = this.serve(stream, peer, None);
+                tokio::spawn(async move {
+                    serve.await;
+                    drop(alive);
+                });
             }
             Transport::Ws => {
-                tokio::spawn(this.serve_ws(stream, peer, None));
+                tokio::spawn(async move {
+                    this.serve_ws(stream, peer, None).await;
+                    drop(alive);
+                });
             }
             Transport::Tls(tls) => {
-                tokio::spawn(this.serve_tls(tls.clone(), stream, false, peer));
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    this.serve_tls(tls, stream, false, peer).await;
+                    drop(alive);
+                });
             }
             Transport::Wss(tls) => {
-                tokio::spawn(this.serve_tls(tls.clone(), stream, true, peer));
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    this.serve_tls(tls, stream, true, peer).await;
+                    drop(alive);
+                });
             }
         }
     }

@@ -242,17 +242,20 @@ impl<H: Hooks + 'static> Server<H> {
         self.clock
     }
 
-    /// Serves until `shutdown` completes, then shuts the core down (5.0 clients get a
-    /// DISCONNECT with Server shutting down, wills of connected clients go out as the
-    /// standard says) and returns once the connections have taken their last output, or
-    /// after a grace of 2 s.
+    /// Serves until `shutdown` completes, then stops accepting, shuts the core down (5.0
+    /// clients get a DISCONNECT with Server shutting down, wills of connected clients go
+    /// out as the standard says) and returns once every connection task has written its
+    /// last output and ended, or after a grace of 2 s.
     ///
     /// Runs on the calling task; the connection and decision tasks are spawned on the
     /// current runtime.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        for (listener, transport) in std::mem::take(&mut self.listeners) {
-            tokio::spawn(self.acceptor.clone().listen(listener, transport));
-        }
+        let listening: Vec<_> = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .map(|(listener, transport)| {
+                tokio::spawn(self.acceptor.clone().listen(listener, transport))
+            })
+            .collect();
         let mut shutdown = pin!(shutdown);
         let mut stopping: Option<tokio::time::Instant> = None;
         loop {
@@ -284,7 +287,8 @@ impl<H: Hooks + 'static> Server<H> {
                 self.drain(now);
             }
             if let Some(until) = stopping {
-                if self.hub.is_empty() || tokio::time::Instant::now() >= until {
+                let done = self.hub.is_empty() && self.hub.tasks() == 0;
+                if done || tokio::time::Instant::now() >= until {
                     return Ok(());
                 }
             }
@@ -299,6 +303,9 @@ impl<H: Hooks + 'static> Server<H> {
                 _ = sleep_until(stopping), if stopping.is_some() => {}
                 _ = &mut shutdown, if stopping.is_none() => {
                     tracing::info!("shutting down");
+                    for l in &listening {
+                        l.abort();
+                    }
                     self.broker.shutdown(self.clock.now());
                     stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
                 }
