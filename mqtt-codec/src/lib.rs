@@ -65,7 +65,8 @@
 //!
 //! # Features
 //!
-//! - `std` (default): implements `std::error::Error`; implies `alloc`.
+//! - `std` (default): implies `alloc`. ([`Error`] implements `core::error::Error`, which is
+//!   `std::error::Error`, with or without it.)
 //! - `alloc`: [`Packet::encode_to_vec`].
 //! - `bytes`: [`Packet::encode_to`] for any `BufMut`, and [`OwnedPacket`], a decoded packet
 //!   that keeps its frame as `bytes::Bytes` for queues and retransmission, copying nothing.
@@ -73,6 +74,8 @@
 //!
 //! Without features the crate is `#![no_std]` and needs no allocator.
 #![no_std]
+// docs.rs (`--cfg docsrs`, nightly): mark feature-gated items with the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // `deny`, not `forbid`: one audited exception in reader.rs (`str_from_ascii`).
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
