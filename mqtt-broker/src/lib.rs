@@ -130,3 +130,8 @@ pub use stats::Stats;
 pub use mqtt_codec as codec;
 pub use mqtt_state as state;
 pub use mqtt_topic as topic;
+
+// README.md's example is compiled and run with the crate's doctests, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

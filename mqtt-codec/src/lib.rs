@@ -142,3 +142,8 @@ pub use unsubscribe::Unsubscribe;
 
 #[cfg(feature = "bytes")]
 pub use owned::OwnedPacket;
+
+// README.md's example is compiled and run with the crate's doctests, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -207,3 +207,8 @@ pub use mqtt_codec as codec;
 /// The topic crate ([`TopicBuf`], filter matching), re-exported for the same reason.
 pub use mqtt_topic;
 pub use mqtt_topic::TopicBuf;
+
+// README.md's example is compiled and run with the crate's doctests, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

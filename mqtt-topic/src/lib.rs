@@ -131,3 +131,8 @@ pub use tree::{Match, SharedGroup, SubscriptionTree};
 pub use validate::{is_ascii_name, validate_filter, validate_name, TopicFilter, TopicName};
 #[cfg(feature = "alloc")]
 pub use validate::{OwnedTopicFilter, OwnedTopicName};
+
+// README.md's example is compiled and run with the crate's doctests, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
