@@ -73,6 +73,13 @@
 //! - `arbitrary`: the [`fuzzing`] module's packet generator, for fuzzers and property tests.
 //!
 //! Without features the crate is `#![no_std]` and needs no allocator.
+//!
+// Links to feature-gated items resolve to the feature list when those items are compiled out,
+// so the docs build warning-free with any feature set.
+#![cfg_attr(not(feature = "alloc"), doc = "[`Packet::encode_to_vec`]: #features")]
+#![cfg_attr(not(feature = "bytes"), doc = "[`Packet::encode_to`]: #features")]
+#![cfg_attr(not(feature = "bytes"), doc = "[`OwnedPacket`]: #features")]
+#![cfg_attr(not(feature = "arbitrary"), doc = "[`fuzzing`]: #features")]
 #![no_std]
 // docs.rs (`--cfg docsrs`, nightly): mark feature-gated items with the feature they need.
 #![cfg_attr(docsrs, feature(doc_cfg))]
