@@ -81,7 +81,19 @@
 //! assert!(broker.poll_event().is_none());
 //! assert_eq!(broker.poll_timeout(), Some(Instant::from_millis(90_000)));
 //! ```
+//!
+//! # Features
+//!
+//! - `std` (default): [`BrokerConfig::default`] takes [`BrokerConfig::hash_seed`] from
+//!   `std`'s `RandomState`, a new random key per broker; `std` in `mqtt-state`,
+//!   `mqtt-codec`, `mqtt-topic` and `bytes`.
+//!
+//! Without `std` the crate is `#![no_std]`; it needs an allocator, and the default
+//! `hash_seed` is a fixed value: a broker that serves untrusted clients should set it from a
+//! random source (hash flooding).
 #![no_std]
+// docs.rs (`--cfg docsrs`, nightly): mark feature-gated items with the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -118,3 +130,8 @@ pub use stats::Stats;
 pub use mqtt_codec as codec;
 pub use mqtt_state as state;
 pub use mqtt_topic as topic;
+
+// README.md's example is compiled and run with the crate's doctests, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

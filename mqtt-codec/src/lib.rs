@@ -65,14 +65,24 @@
 //!
 //! # Features
 //!
-//! - `std` (default): implements `std::error::Error`; implies `alloc`.
+//! - `std` (default): implies `alloc`. ([`Error`] implements `core::error::Error`, which is
+//!   `std::error::Error`, with or without it.)
 //! - `alloc`: [`Packet::encode_to_vec`].
 //! - `bytes`: [`Packet::encode_to`] for any `BufMut`, and [`OwnedPacket`], a decoded packet
 //!   that keeps its frame as `bytes::Bytes` for queues and retransmission, copying nothing.
 //! - `arbitrary`: the [`fuzzing`] module's packet generator, for fuzzers and property tests.
 //!
 //! Without features the crate is `#![no_std]` and needs no allocator.
+//!
+// Links to feature-gated items resolve to the feature list when those items are compiled out,
+// so the docs build warning-free with any feature set.
+#![cfg_attr(not(feature = "alloc"), doc = "[`Packet::encode_to_vec`]: #features")]
+#![cfg_attr(not(feature = "bytes"), doc = "[`Packet::encode_to`]: #features")]
+#![cfg_attr(not(feature = "bytes"), doc = "[`OwnedPacket`]: #features")]
+#![cfg_attr(not(feature = "arbitrary"), doc = "[`fuzzing`]: #features")]
 #![no_std]
+// docs.rs (`--cfg docsrs`, nightly): mark feature-gated items with the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // `deny`, not `forbid`: one audited exception in reader.rs (`str_from_ascii`).
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -139,3 +149,8 @@ pub use unsubscribe::Unsubscribe;
 
 #[cfg(feature = "bytes")]
 pub use owned::OwnedPacket;
+
+// README.md's example is compiled and run with the crate's doctests, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -154,7 +154,19 @@
 //! `bytes::Bytes` shared with the receive buffer or the application, so a QoS 1 or 2
 //! publish/ack cycle allocates nothing once warm (`tests/alloc.rs`). The packet identifier
 //! allocator costs a few bytes per message in flight rather than a bitmap per connection.
+//!
+//! # Features
+//!
+//! - `std` (default): conversions between [`Duration`] and `std::time::Duration`; `std` in
+//!   `mqtt-codec`, `bytes` and `thiserror`.
+//! - `serde`: `Serialize` and `Deserialize` for [`SessionState`] and what it holds
+//!   ([`Outgoing`], [`Inflight`], [`Stage`], [`Message`], [`MessageProperties`],
+//!   [`Instant`], [`Duration`]), to keep a session across a restart of the program.
+//!
+//! Without `std` the crate is `#![no_std]`; it needs an allocator.
 #![no_std]
+// docs.rs (`--cfg docsrs`, nightly): mark feature-gated items with the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -195,3 +207,8 @@ pub use mqtt_codec as codec;
 /// The topic crate ([`TopicBuf`], filter matching), re-exported for the same reason.
 pub use mqtt_topic;
 pub use mqtt_topic::TopicBuf;
+
+// README.md's example is compiled and run with the crate's doctests, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

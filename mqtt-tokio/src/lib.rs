@@ -89,6 +89,12 @@
 //! `webpki-roots`, feature `webpki-roots`, on by default) and an optional client
 //! certificate; pass it to [`Options::tls`]. [`Options::websocket`] selects MQTT over
 //! WebSocket (`ws://`, or `wss://` with TLS) with the subprotocol `mqtt` ([MQTT-6.0.0-3]).
+//!
+//! # Features
+//!
+//! - `webpki-roots` (default): [`tls_config`] with no CA trusts the Mozilla root set
+//!   compiled into the `webpki-roots` crate. Without it, a CA must be given (the platform's
+//!   certificate store is never read).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -91,6 +91,8 @@
 #![cfg_attr(not(feature = "alloc"), doc = "[`OwnedTopicFilter`]: #features")]
 #![cfg_attr(not(feature = "bytes"), doc = "[`TopicBuf`]: #features")]
 #![no_std]
+// docs.rs (`--cfg docsrs`, nightly): mark feature-gated items with the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Forbidden but for two audited exceptions: `TopicName::from_ascii` and `TopicBuf::as_str`.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -129,3 +131,8 @@ pub use tree::{Match, SharedGroup, SubscriptionTree};
 pub use validate::{is_ascii_name, validate_filter, validate_name, TopicFilter, TopicName};
 #[cfg(feature = "alloc")]
 pub use validate::{OwnedTopicFilter, OwnedTopicName};
+
+// README.md's example is compiled and run with the crate's doctests, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

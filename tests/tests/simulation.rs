@@ -897,7 +897,7 @@ impl Sim {
         // TCP segments: a packet may arrive in two reads, the second a little later.
         let split = self.rng.next_u64();
         match item {
-            Item::Data(mut bytes) if bytes.len() > 1 && split % 4 == 0 => {
+            Item::Data(mut bytes) if bytes.len() > 1 && split.is_multiple_of(4) => {
                 let tail = bytes.split_off(1 + (split >> 8) as usize % (bytes.len() - 1));
                 let later = at + Duration::from_millis((split >> 32) % (self.max_delay / 4 + 1));
                 q.push_back((at, Item::Data(bytes)));

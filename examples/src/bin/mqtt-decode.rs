@@ -87,7 +87,7 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
         .filter(|c| !c.is_whitespace() && *c != ',' && *c != ':')
         .collect();
     let digits = digits.trim_start_matches("0x");
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..digits.len())
