@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use mqtt_state::codec::{PacketId, QoS, ReasonCode, SubscriptionOptions};
-use mqtt_state::{Message, TopicBuf};
+use mqtt_state::{Event, Message, TopicBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::Driver;
@@ -28,6 +28,58 @@ pub(crate) enum Request {
     Subscribe(Vec<(String, SubscriptionOptions)>, Reply<Vec<ReasonCode>>),
     Unsubscribe(Vec<String>, Reply<Vec<ReasonCode>>),
     Disconnect(Reply<()>),
+    /// Manual acks: the application is done with this message.
+    Ack(AckToken),
+}
+
+/// A step of the protocol, as [`crate::Options::on_progress`] reports it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Progress<'a> {
+    /// The transport is open and CONNECT is queued, the first or a reconnect.
+    Connecting,
+    /// The machine reported this, before the client acts on it: CONNACK
+    /// ([`Event::Connected`]), SUBACK, PUBACK/PUBCOMP, a message, a session that was not
+    /// resumed, a message dropped, DISCONNECT.
+    Event(&'a Event),
+    /// An established connection (or an attempt to reconnect) failed; the next attempt
+    /// comes after `retry_in`.
+    Reconnecting {
+        /// Why the connection ended.
+        error: &'a Error,
+        /// The wait before the next attempt.
+        retry_in: std::time::Duration,
+    },
+    /// The client stopped: `None` after [`AsyncClient::disconnect`], else why (a refused
+    /// reconnect, a protocol error, the first connection failing). The request futures
+    /// and [`Incoming`] only see [`Error::Closed`]; this is where the cause is.
+    Stopped {
+        /// The cause.
+        error: Option<&'a Error>,
+    },
+}
+
+/// What acknowledges a received QoS 1/2 message with manual acks
+/// ([`crate::Options::manual_acks`]): pass it to [`AsyncClient::ack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    /// The connection it arrived on ([`Status::connections`]): a token of an earlier
+    /// connection is stale, the broker sends its message again.
+    pub(crate) connection: u64,
+    pub(crate) packet_id: PacketId,
+}
+
+/// A received message with what the client needs to acknowledge it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// The broker marked it as sent before ([MQTT-3.3.1-1]); a QoS 1 message may be a
+    /// duplicate.
+    pub dup: bool,
+    /// With manual acks, the token for [`AsyncClient::ack`]; `None` for QoS 0 or when the
+    /// client acknowledges by itself.
+    pub ack: Option<AckToken>,
 }
 
 /// A handle to a client connection: cheap to clone, `Send`, usable from any task.
@@ -61,12 +113,19 @@ pub struct Status {
 /// and so stops seeing acknowledgements too.
 #[derive(Debug)]
 pub struct Incoming {
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Delivery>,
 }
 
 impl Incoming {
     /// The next message; `None` once the client has stopped.
+    ///
+    /// With manual acks this drops the token: use [`Incoming::recv_delivery`].
     pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await.map(|d| d.message)
+    }
+
+    /// The next message with its DUP flag and, with manual acks, its [`AckToken`].
+    pub async fn recv_delivery(&mut self) -> Option<Delivery> {
         self.rx.recv().await
     }
 }
@@ -74,7 +133,7 @@ impl Incoming {
 impl futures_core::Stream for Incoming {
     type Item = Message;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|d| d.map(|d| d.message))
     }
 }
 
@@ -107,6 +166,17 @@ impl AsyncClient {
         tokio::spawn(Driver::new(options, requests, incoming, status_tx).run(first_tx));
         first_rx.await.unwrap_or(Err(Error::Closed))?;
         Ok((AsyncClient { tx, status }, Incoming { rx }))
+    }
+
+    /// Acknowledges a message received with manual acks ([`crate::Options::manual_acks`]):
+    /// PUBACK for QoS 1, PUBREC for QoS 2, once every message that arrived before it is
+    /// acknowledged too ([MQTT-4.6.0-2]). Waits only for room in the request queue. A
+    /// token of a connection since lost is ignored: the broker sends that message again.
+    pub async fn ack(&self, token: AckToken) -> Result<(), Error> {
+        self.tx
+            .send(Request::Ack(token))
+            .await
+            .map_err(|_| Error::Closed)
     }
 
     /// Where the connection stands now.

@@ -12,7 +12,7 @@ use mqtt_state::codec::{ReasonCode, SubscriptionOptions};
 use mqtt_state::{Client, Event, Message};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::client::{Ack, Reply, Request, Status};
+use crate::client::{Ack, AckToken, Delivery, Progress, Reply, Request, Status};
 use crate::transport::Transport;
 use crate::{Clock, Error, Options};
 
@@ -51,9 +51,11 @@ pub(crate) struct Driver {
     requests: mpsc::Receiver<Request>,
     /// Every handle is gone: no request can come.
     requests_closed: bool,
-    incoming: mpsc::Sender<Message>,
+    incoming: mpsc::Sender<Delivery>,
     /// Received, not yet taken by `Incoming` (at most `incoming_capacity`).
-    undelivered: VecDeque<Message>,
+    undelivered: VecDeque<Delivery>,
+    /// Connections accepted so far: the current one's number, for [`AckToken`]s.
+    generation: u64,
     /// Publish acknowledgements awaited, by packet identifier.
     publishes: HashMap<u16, Reply<Ack>>,
     /// SUBSCRIBE/UNSUBSCRIBE sent, by packet identifier; `None` reply for a resubscribe.
@@ -79,7 +81,7 @@ impl Driver {
     pub(crate) fn new(
         options: Options,
         requests: mpsc::Receiver<Request>,
-        incoming: mpsc::Sender<Message>,
+        incoming: mpsc::Sender<Delivery>,
         status: watch::Sender<Status>,
     ) -> Self {
         Self {
@@ -90,6 +92,7 @@ impl Driver {
             requests_closed: false,
             incoming,
             undelivered: VecDeque::new(),
+            generation: 0,
             publishes: HashMap::new(),
             subscribes: HashMap::new(),
             unsubscribes: HashMap::new(),
@@ -144,6 +147,10 @@ impl Driver {
                     if path_lost {
                         backoff = std::time::Duration::ZERO;
                     }
+                    self.progress(Progress::Reconnecting {
+                        error: &e,
+                        retry_in: backoff,
+                    });
                     if !self.pause(backoff).await {
                         break Err(e);
                     }
@@ -152,6 +159,13 @@ impl Driver {
             }
         };
         self.finish(end, first);
+    }
+
+    /// Tells the application's hook, if any.
+    fn progress(&self, p: Progress<'_>) {
+        if let Some(hook) = &self.options.hook {
+            (hook.0)(&p);
+        }
     }
 
     /// Waits `wait` before reconnecting, taking requests meanwhile. `false` to stop.
@@ -217,6 +231,7 @@ impl Driver {
         if let Err(e) = self.client.connect(now) {
             return End::Fatal(e.into());
         }
+        self.progress(Progress::Connecting);
         self.input.clear();
         loop {
             // Drain everything: packets out (one write), then events, until both are idle.
@@ -450,13 +465,22 @@ impl Driver {
             Request::Disconnect(reply) => {
                 self.disconnect = Some(reply);
             }
+            Request::Ack(token) => {
+                // A token of a lost connection: the machine forgot what it owed then, and
+                // the broker sends the message again.
+                if token.connection == self.generation && self.connected {
+                    self.client.ack(now, token.packet_id);
+                }
+            }
         }
     }
 
     fn on_event(&mut self, ev: Event, first: &mut Option<oneshot::Sender<Result<(), Error>>>) {
+        self.progress(Progress::Event(&ev));
         match ev {
             Event::Connected(info) => {
                 self.connected = true;
+                self.generation += 1;
                 self.status.send_modify(|s| {
                     s.connected = true;
                     s.connections += 1;
@@ -480,7 +504,19 @@ impl Driver {
                     self.submit(r);
                 }
             }
-            Event::Message { message, .. } => self.undelivered.push_back(message),
+            Event::Message {
+                message,
+                packet_id,
+                dup,
+            } => {
+                let ack = packet_id
+                    .filter(|_| self.options.config.manual_acks)
+                    .map(|packet_id| AckToken {
+                        connection: self.generation,
+                        packet_id,
+                    });
+                self.undelivered.push_back(Delivery { message, dup, ack });
+            }
             Event::Acknowledged {
                 packet_id,
                 reason,
@@ -552,6 +588,9 @@ impl Driver {
     /// The client stops: every request still waiting gets an answer, and what was not
     /// acknowledged is reported, not dropped silently.
     fn finish(mut self, end: Result<(), Error>, first: Option<oneshot::Sender<Result<(), Error>>>) {
+        self.progress(Progress::Stopped {
+            error: end.as_ref().err(),
+        });
         if let Some(f) = first {
             let _ = f.send(end.clone().and(Err(Error::Closed)));
         }
@@ -584,6 +623,7 @@ impl Driver {
                     drop(reply.send(Err(Error::Closed)))
                 }
                 Request::Disconnect(reply) => drop(reply.send(Ok(()))),
+                Request::Ack(_) => {}
             }
         }
         if let Some(reply) = self.disconnect.take() {

@@ -96,9 +96,9 @@ mod options;
 mod time;
 mod transport;
 
-pub use client::{Ack, AckFuture, AsyncClient, Incoming, Status};
+pub use client::{Ack, AckFuture, AckToken, AsyncClient, Delivery, Incoming, Progress, Status};
 pub use error::Error;
-pub use options::{tls_config, Options};
+pub use options::{tls_config, Hook, Options};
 pub use time::Clock;
 
 pub use mqtt_state;
