@@ -23,8 +23,9 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 /// A request from a handle to the client task.
 pub(crate) enum Request {
-    /// Boxed: a `Message` is large and most queue slots are small requests' worth.
-    Publish(Box<Message>, Reply<Ack>),
+    /// Boxed: a `Message` is large and most queue slots are small requests' worth. No
+    /// reply for [`AsyncClient::enqueue_untracked`].
+    Publish(Box<Message>, Option<Reply<Ack>>),
     Subscribe(Vec<(String, SubscriptionOptions)>, Reply<Vec<ReasonCode>>),
     Unsubscribe(Vec<String>, Reply<Vec<ReasonCode>>),
     Disconnect(Reply<()>),
@@ -49,6 +50,12 @@ pub enum Progress<'a> {
         error: &'a Error,
         /// The wait before the next attempt.
         retry_in: std::time::Duration,
+    },
+    /// A message queued with [`AsyncClient::enqueue_untracked`] was refused before it was
+    /// sent (a wildcard in its topic, a QoS above the server's maximum, a full queue).
+    Refused {
+        /// Why.
+        error: &'a Error,
     },
     /// The client stopped: `None` after [`AsyncClient::disconnect`], else why (a refused
     /// reconnect, a protocol error, the first connection failing). The request futures
@@ -122,6 +129,12 @@ impl Incoming {
     /// With manual acks this drops the token: use [`Incoming::recv_delivery`].
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await.map(|d| d.message)
+    }
+
+    /// A message that has already arrived, without waiting; `None` if there is none now.
+    /// For reading a burst in one go after [`Incoming::recv`].
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok().map(|d| d.message)
     }
 
     /// The next message with its DUP flag and, with manual acks, its [`AckToken`].
@@ -222,10 +235,22 @@ impl AsyncClient {
     pub async fn enqueue(&self, message: Message) -> Result<AckFuture, Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Publish(Box::new(message), reply))
+            .send(Request::Publish(Box::new(message), Some(reply)))
             .await
             .map_err(|_| Error::Closed)?;
         Ok(AckFuture { rx })
+    }
+
+    /// Queues a message like [`AsyncClient::enqueue`] but keeps no acknowledgement for
+    /// it: no future, no reply to route. For a load generator or a firehose that counts
+    /// acknowledgements in the [`crate::Options::on_progress`] hook
+    /// ([`Progress::Event`] with `Event::Acknowledged`) rather than per message; a message
+    /// the machine refuses is reported there as [`Progress::Refused`].
+    pub async fn enqueue_untracked(&self, message: Message) -> Result<(), Error> {
+        self.tx
+            .send(Request::Publish(Box::new(message), None))
+            .await
+            .map_err(|_| Error::Closed)
     }
 
     /// Subscribes to `filter` at `qos` and waits for SUBACK; returns the granted code

@@ -16,7 +16,12 @@ use crate::client::{Ack, AckToken, Delivery, Progress, Reply, Request, Status};
 use crate::transport::Transport;
 use crate::{Clock, Error, Options};
 
-/// The write buffer's starting size; it grows to the largest packet sent.
+/// The write buffer's starting size: small, so that thousands of idle clients in one
+/// process hold little; it grows by doubling while a drain has more to send.
+const OUT_START: usize = 2 * 1024;
+
+/// Up to this size the write buffer grows to gather a drain into one write; beyond, it
+/// grows only to fit one packet larger than all before.
 const OUT: usize = 64 * 1024;
 
 /// Requests taken per wake-up before the machine is drained.
@@ -102,7 +107,7 @@ impl Driver {
             disconnect: None,
             status,
             connected: false,
-            out: vec![0; OUT],
+            out: vec![0; OUT_START],
             input: BytesMut::new(),
         }
     }
@@ -321,7 +326,7 @@ impl Driver {
                 }
                 Wake::Read(Err(e)) => return End::Lost(e.into()),
                 Wake::Request(Some(r)) => {
-                    self.submit(r);
+                    self.submit_at(now, r);
                     // Take what else is waiting, so that one drain writes all of it in one
                     // call rather than one write per request.
                     for _ in 0..BATCH {
@@ -329,7 +334,7 @@ impl Driver {
                             break;
                         }
                         match self.requests.try_recv() {
-                            Ok(r) => self.submit(r),
+                            Ok(r) => self.submit_at(now, r),
                             Err(_) => break,
                         }
                     }
@@ -383,6 +388,12 @@ impl Driver {
                 Err(mqtt_state::Error::Codec(mqtt_state::codec::Error::BufferTooSmall {
                     required,
                 })) => {
+                    if self.out.len() < OUT {
+                        // Gather more into the one write.
+                        let grown = (self.out.len() * 2).max(len + required).min(OUT);
+                        self.out.resize(grown.max(len + required), 0);
+                        continue;
+                    }
                     if len > 0 {
                         t.write(&self.out[..len]).await?;
                         len = 0;
@@ -416,20 +427,27 @@ impl Driver {
     /// Hands a request to the machine (or keeps it for the next connection).
     fn submit(&mut self, r: Request) {
         let now = self.clock.now();
+        self.submit_at(now, r);
+    }
+
+    /// [`Driver::submit`] at `now`: one clock read for a batch of requests.
+    fn submit_at(&mut self, now: mqtt_state::Instant, r: Request) {
         match r {
-            Request::Publish(m, reply) => match self.client.publish(now, *m) {
-                Ok(Some(id)) => {
+            Request::Publish(m, reply) => match (self.client.publish(now, *m), reply) {
+                (Ok(Some(id)), Some(reply)) => {
                     self.publishes.insert(id.get(), reply);
                 }
-                Ok(None) => {
+                (Ok(None), Some(reply)) => {
                     let _ = reply.send(Ok(Ack {
                         packet_id: None,
                         reason: ReasonCode::Success,
                     }));
                 }
-                Err(e) => {
+                (Ok(_), None) => {}
+                (Err(e), Some(reply)) => {
                     let _ = reply.send(Err(e.into()));
                 }
+                (Err(e), None) => self.progress(Progress::Refused { error: &e.into() }),
             },
             Request::Subscribe(filters, reply) => {
                 if !self.client.is_connected() {
@@ -618,7 +636,8 @@ impl Driver {
         }
         for r in self.waiting.drain(..) {
             match r {
-                Request::Publish(_, reply) => drop(reply.send(Err(Error::Closed))),
+                Request::Publish(_, Some(reply)) => drop(reply.send(Err(Error::Closed))),
+                Request::Publish(_, None) => {}
                 Request::Subscribe(_, reply) | Request::Unsubscribe(_, reply) => {
                     drop(reply.send(Err(Error::Closed)))
                 }

@@ -530,3 +530,120 @@ async fn next_delivery(incoming: &mut mqtt_tokio::Incoming) -> mqtt_tokio::Deliv
         .expect("no message for 60 s: one was lost")
         .expect("the client is running")
 }
+
+/// `enqueue_untracked` keeps no reply: the hook counts the acknowledgements, every
+/// message arrives, in order ([MQTT-4.6.0-6]); `try_recv` takes what has arrived without
+/// waiting. A message the machine refuses is reported through the hook.
+#[tokio::test]
+async fn untracked_publishes_are_acknowledged_through_the_hook() {
+    use mqtt_tokio::mqtt_state::Event;
+    use mqtt_tokio::Progress;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let m = Mosquitto::start();
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let (a, r) = (Arc::clone(&acked), Arc::clone(&refused));
+    let options = local(m.port, "untracked").on_progress(move |p| match p {
+        Progress::Event(Event::Acknowledged { .. }) => drop(a.fetch_add(1, Ordering::SeqCst)),
+        Progress::Refused { .. } => drop(r.fetch_add(1, Ordering::SeqCst)),
+        _ => {}
+    });
+    let (client, mut incoming) = AsyncClient::connect(options).await.unwrap();
+    client.subscribe("u/#", QoS::AtLeastOnce).await.unwrap();
+    let n = 500u32;
+    let mut bad = mqtt_tokio::Message::new(
+        mqtt_tokio::TopicBuf::from_static("u/1").unwrap(),
+        Vec::new(),
+        QoS::AtLeastOnce,
+    );
+    for i in 0..n {
+        let msg = mqtt_tokio::Message::new(
+            mqtt_tokio::TopicBuf::from_static("u/1").unwrap(),
+            payload(i),
+            QoS::AtLeastOnce,
+        );
+        client.enqueue_untracked(msg).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < n as usize {
+        got.push(index(&next(&mut incoming).await.payload));
+        while let Some(m) = incoming.try_recv() {
+            got.push(index(&m.payload));
+        }
+    }
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+    // The disconnect waits for every acknowledgement.
+    client.disconnect().await.unwrap();
+    assert_eq!(acked.load(Ordering::SeqCst), u64::from(n));
+    assert_eq!(refused.load(Ordering::SeqCst), 0);
+
+    // A message the protocol cannot carry (U+0000 in a 5.0 string, [MQTT-1.5.4-2]): the
+    // machine refuses it before sending, and only the hook can say so.
+    let (a, r) = (Arc::clone(&acked), Arc::clone(&refused));
+    let options = local(m.port, "untracked-bad").on_progress(move |p| match p {
+        Progress::Event(Event::Acknowledged { .. }) => drop(a.fetch_add(1, Ordering::SeqCst)),
+        Progress::Refused { .. } => drop(r.fetch_add(1, Ordering::SeqCst)),
+        _ => {}
+    });
+    let (client, _incoming) = AsyncClient::connect(options).await.unwrap();
+    let mut properties = bad.properties().clone();
+    properties.content_type = Some(String::from("a\0b").into());
+    bad.set_properties(properties);
+    client.enqueue_untracked(bad).await.unwrap();
+    // Requests are taken in order: by the time the disconnect is done, so is the refusal.
+    client.disconnect().await.unwrap();
+    assert_eq!(refused.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        acked.load(Ordering::SeqCst),
+        u64::from(n),
+        "nothing more was sent"
+    );
+}
+
+/// A drain larger than the write buffer's start, and a packet larger than its most: the
+/// buffer grows and everything arrives whole.
+#[tokio::test]
+async fn bursts_and_large_packets_go_out_whole() {
+    let m = Mosquitto::start();
+    let (client, mut incoming) = AsyncClient::connect(local(m.port, "big")).await.unwrap();
+    client.subscribe("b/#", QoS::AtLeastOnce).await.unwrap();
+    let big = vec![7u8; 300 * 1024];
+    client
+        .publish("b/big", QoS::AtLeastOnce, big.clone())
+        .await
+        .unwrap();
+    let got = next(&mut incoming).await;
+    assert_eq!(got.payload.len(), big.len());
+    assert!(got.payload.iter().all(|b| *b == 7));
+    round_trip_on(&client, &mut incoming, "b/burst", 2000).await;
+    client.disconnect().await.unwrap();
+}
+
+/// `n` QoS 1 messages of 100 bytes queued at once on `topic`, received in order.
+async fn round_trip_on(
+    client: &AsyncClient,
+    incoming: &mut mqtt_tokio::Incoming,
+    topic: &str,
+    n: u32,
+) {
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let mut p = payload(i);
+        p.resize(100, 0);
+        let msg = mqtt_tokio::Message::new(
+            mqtt_tokio::TopicBuf::try_from(topic.to_string()).unwrap(),
+            p,
+            QoS::AtLeastOnce,
+        );
+        acks.push(client.enqueue(msg).await.unwrap());
+    }
+    for i in 0..n {
+        let m = next(incoming).await;
+        assert_eq!(index(&m.payload[..4]), i);
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
