@@ -1,5 +1,4 @@
-//! A load generator for MQTT brokers: many `mqtt-tokio` clients (each the sans-IO
-//! [`mqtt_state::Client`] driven by its own task) on one thread.
+//! A load generator for MQTT brokers: a thin tokio driver of many [`Client`] machines.
 //!
 //! ```text
 //! mqtt-bench --port 1883 --scenario fan-in  --pubs 10 --qos 1 --payload 64 --duration 5
@@ -59,14 +58,15 @@
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
-use mqtt_codec::{ProtocolVersion, QoS};
-use mqtt_state::{ClientConfig, Event, Message, TopicBuf};
-use mqtt_tokio::{AsyncClient, Incoming, Options, Progress};
+use mqtt_codec::{ProtocolVersion, QoS, SubscriptionOptions};
+use mqtt_state::{Client, ClientConfig, Event, Instant, Message, TopicBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, Semaphore};
 
 /// Load generator: publish/subscribe throughput and latency, or idle connections.
@@ -176,12 +176,8 @@ impl Scenario {
     }
 }
 
-/// Requests (messages) a publisher may have waiting for its client task: the client
-/// takes them all in one wake-up and writes them in one call.
-const REQUESTS: usize = 1024;
-
-/// Messages a loaded subscriber's client holds for it: a burst read in one go.
-const LOAD_INCOMING: usize = 4096;
+/// Bytes reserved per read on a loaded connection: many messages per system call.
+const LOAD_READ: usize = 64 * 1024;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -200,86 +196,131 @@ fn main() -> Result<(), BoxError> {
         })
 }
 
-/// A publisher's acknowledgements, counted by the client's progress hook as they arrive.
-#[derive(Default)]
-struct Acks {
-    ok: AtomicU64,
-    /// A 5.0 broker refused the message in its acknowledgement (reason 0x80 or above,
-    /// such as 0x97 Quota exceeded): not taken, so not owed to the subscribers (counted as
-    /// `refused`, never as `lost`).
-    refused: AtomicU64,
-    /// Woken at every acknowledgement.
-    notify: Notify,
-}
-
-impl Acks {
-    fn total(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed) + self.refused.load(Ordering::Relaxed)
-    }
-}
-
-/// One mqtt-tokio client. A lost connection is an error of the run, not something to
-/// recover from: no reconnecting.
+/// One TCP connection driven by a [`Client`].
 struct Conn {
-    client: AsyncClient,
-    incoming: Incoming,
-    /// When the transport was up and CONNECT queued (the progress hook's `Connecting`).
+    client: Client,
+    stream: TcpStream,
+    input: BytesMut,
+    scratch: Vec<u8>,
+    output: Vec<u8>,
+    start: std::time::Instant,
+    /// Bytes reserved per read.
+    read_size: usize,
+    /// When the TCP connection was up (before CONNECT was written).
     tcp_connected: std::time::Instant,
 }
 
 impl Conn {
-    /// Connects and waits for CONNACK; `acks`, if given, counts this client's
-    /// acknowledgements.
+    /// Connects and waits for CONNACK.
     async fn open(
-        args: &Args,
+        addr: &str,
         config: ClientConfig,
-        incoming_capacity: usize,
-        acks: Option<Arc<Acks>>,
+        start: std::time::Instant,
+        read_size: usize,
     ) -> Result<Self, BoxError> {
-        let mut options = Options::new("", args.host.clone(), args.port);
-        options.config = config;
-        options.reconnect = None;
-        options.resubscribe = false;
-        options.incoming_capacity = incoming_capacity;
-        // Many messages per wake of the client task, and so per write.
-        options.request_capacity = REQUESTS;
-        let connected = Arc::new(OnceLock::new());
-        let c = Arc::clone(&connected);
-        options = options.on_progress(move |p| match p {
-            Progress::Connecting => {
-                let _ = c.set(std::time::Instant::now());
-            }
-            Progress::Event(Event::Acknowledged { reason, .. }) => {
-                if let Some(acks) = &acks {
-                    if reason.is_error() {
-                        acks.refused.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        acks.ok.fetch_add(1, Ordering::Relaxed);
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let tcp_connected = std::time::Instant::now();
+        let mut conn = Conn {
+            client: Client::new(config),
+            stream,
+            input: BytesMut::new(),
+            scratch: vec![0; 4096],
+            output: Vec::new(),
+            start,
+            read_size,
+            tcp_connected,
+        };
+        conn.client.connect(conn.now())?;
+        conn.flush().await?;
+        loop {
+            conn.read().await?;
+            while let Some(event) = conn.client.poll_event() {
+                match event {
+                    Event::Connected(_) => return Ok(conn),
+                    Event::Disconnected { reason, .. } => {
+                        return Err(format!("refused: {reason:?}").into())
                     }
-                    acks.notify.notify_one();
+                    _ => {}
                 }
             }
-            _ => {}
-        });
-        let (client, incoming) = AsyncClient::connect(options).await.map_err(|e| match e {
-            mqtt_tokio::Error::Refused(reason) => format!("refused: {reason:?}").into(),
-            e => BoxError::from(e),
-        })?;
-        let tcp_connected = connected
-            .get()
-            .copied()
-            .unwrap_or_else(std::time::Instant::now);
-        Ok(Conn {
-            client,
-            incoming,
-            tcp_connected,
-        })
+        }
     }
 
-    /// Sends DISCONNECT once what is queued is acknowledged, or gives up after a while
-    /// (a broker that dropped QoS 1/2 messages never acknowledges them).
-    async fn close(self) {
-        let _ = tokio::time::timeout(StdDuration::from_secs(2), self.client.disconnect()).await;
+    /// Subscribes at QoS 1 to `push/<client id>` and waits for the SUBACK.
+    async fn subscribe_own(mut self) -> Result<Self, BoxError> {
+        let filter = format!("push/{}", self.client.config().client_id);
+        self.client.subscribe(
+            self.now(),
+            &[(filter.as_str(), SubscriptionOptions::qos(QoS::AtLeastOnce))],
+            None,
+        )?;
+        self.flush().await?;
+        loop {
+            self.read().await?;
+            while let Some(event) = self.client.poll_event() {
+                if let Event::Subscribed { .. } = event {
+                    return Ok(self);
+                }
+            }
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    /// Writes everything the machine has to send.
+    async fn flush(&mut self) -> Result<(), BoxError> {
+        let now = self.now();
+        while let Some(n) = self.client.poll_transmit(now, &mut self.scratch)? {
+            self.output.extend_from_slice(&self.scratch[..n]);
+        }
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output).await?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+
+    /// Moves what the machine has to send into `output`, without writing.
+    fn stage(&mut self) -> Result<(), BoxError> {
+        let now = self.now();
+        while let Some(n) = self.client.poll_transmit(now, &mut self.scratch)? {
+            self.output.extend_from_slice(&self.scratch[..n]);
+        }
+        Ok(())
+    }
+
+    /// One read from the socket into the machine (cancel safe).
+    async fn read(&mut self) -> Result<(), BoxError> {
+        self.input.reserve(self.read_size);
+        if self.stream.read_buf(&mut self.input).await? == 0 {
+            return Err("connection closed by the broker".into());
+        }
+        let now = self.now();
+        self.client.handle_input(now, &mut self.input)?;
+        Ok(())
+    }
+
+    /// Keep alive: lets the machine act on its timers.
+    fn tick(&mut self) {
+        if let Some(t) = self.client.poll_timeout() {
+            let now = self.now();
+            if t <= now {
+                self.client.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Time until the machine's next timer.
+    fn until_timeout(&self) -> StdDuration {
+        match self.client.poll_timeout() {
+            Some(t) => {
+                StdDuration::from_millis(t.as_millis().saturating_sub(self.now().as_millis()))
+            }
+            None => StdDuration::from_secs(3600),
+        }
     }
 }
 
@@ -309,6 +350,9 @@ fn client_config(args: &Args, id: String, keep_alive: u16) -> ClientConfig {
 /// Open loop, QoS 1/2: most unacknowledged messages per publisher, under the 65,535
 /// packet identifiers.
 const OPEN_MAX_UNACKED: u64 = 65_000;
+
+/// Open loop: bytes a publisher stages before waiting for its socket.
+const OPEN_STAGED: usize = 64 * 1024;
 
 impl Args {
     fn is_open_loop(&self) -> bool {
@@ -387,6 +431,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
     }
     let qos = args.qos();
     let payload = args.payload.max(12);
+    let addr = format!("{}:{}", args.host, args.port);
     let start = std::time::Instant::now();
     let run = format!(
         "{:x}{:x}",
@@ -413,9 +458,22 @@ async fn load(args: Args) -> Result<(), BoxError> {
     let mut sub_tasks = Vec::new();
     for s in 0..subs {
         let config = client_config(&args, format!("bench-{run}-s{s}"), 60);
-        let conn = Conn::open(&args, config, LOAD_INCOMING, None).await?;
+        let mut conn = Conn::open(&addr, config, start, LOAD_READ).await?;
         let filter = format!("bench/{run}/+");
-        conn.client.subscribe(&filter, qos).await?;
+        conn.client.subscribe(
+            conn.now(),
+            &[(filter.as_str(), SubscriptionOptions::qos(qos))],
+            None,
+        )?;
+        conn.flush().await?;
+        'suback: loop {
+            conn.read().await?;
+            while let Some(event) = conn.client.poll_event() {
+                if let Event::Subscribed { .. } = event {
+                    break 'suback;
+                }
+            }
+        }
         sub_tasks.push(tokio::spawn(subscriber(
             conn,
             shared.clone(),
@@ -425,15 +483,13 @@ async fn load(args: Args) -> Result<(), BoxError> {
     let mut pub_conns = Vec::new();
     for p in 0..pubs {
         let config = client_config(&args, format!("bench-{run}-p{p}"), 60);
-        let acks = Arc::new(Acks::default());
-        let conn = Conn::open(&args, config, 1, Some(Arc::clone(&acks))).await?;
-        pub_conns.push((conn, acks));
+        pub_conns.push(Conn::open(&addr, config, start, LOAD_READ).await?);
     }
 
     let began = start.elapsed();
     let deadline = began + StdDuration::from_secs_f64(args.duration);
     let mut pub_tasks = Vec::new();
-    for (p, (conn, acks)) in pub_conns.into_iter().enumerate() {
+    for (p, conn) in pub_conns.into_iter().enumerate() {
         let topic = TopicBuf::try_from(format!("bench/{run}/{p}"))
             .map_err(|e| format!("bench topic: {e}"))?;
         let job = Publisher {
@@ -452,13 +508,12 @@ async fn load(args: Args) -> Result<(), BoxError> {
             let rate = args.rate.map(|r| r / pubs as f64);
             pub_tasks.push(tokio::spawn(open_publisher(
                 conn,
-                acks,
                 job,
                 shared.clone(),
                 rate,
             )));
         } else {
-            pub_tasks.push(tokio::spawn(publisher(conn, acks, job, shared.clone())));
+            pub_tasks.push(tokio::spawn(publisher(conn, job, shared.clone())));
         }
     }
     let mut sent = 0u64;
@@ -599,27 +654,15 @@ struct Publisher {
     inflight: u64,
 }
 
-/// QoS 1/2: waits (at most `limit`) for the last acknowledgements.
-async fn await_acks(acks: &Acks, sent: u64, limit: StdDuration) {
-    let until = tokio::time::Instant::now() + limit;
-    while acks.total() < sent {
-        if tokio::time::timeout_at(until, acks.notify.notified())
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-}
-
 /// Publishes until the deadline or the budget; returns (sent, written off as lost).
 async fn publisher(
-    conn: Conn,
-    acks: Arc<Acks>,
+    mut conn: Conn,
     job: Publisher,
     shared: Arc<Shared>,
 ) -> Result<(u64, u64), BoxError> {
     let mut sent = 0u64;
+    let mut acked = 0u64;
+    let mut refused = 0u64;
     let mut written_off = 0u64;
     let mut last_progress = (std::time::Instant::now(), 0u64);
     let index = u32::try_from(job.index).unwrap_or(u32::MAX);
@@ -633,7 +676,6 @@ async fn publisher(
             last_progress = (std::time::Instant::now(), done);
         }
         // A refused message never reaches a subscriber: it holds no room in the window.
-        let refused = acks.refused.load(Ordering::Relaxed);
         let mut outstanding = sent.saturating_sub(done + written_off + refused);
         if outstanding >= job.window && last_progress.0.elapsed() >= job.stall {
             // Dropped somewhere (QoS 0 under overload): stop waiting for them.
@@ -641,51 +683,77 @@ async fn publisher(
             outstanding = 0;
             last_progress.0 = std::time::Instant::now();
         }
+        let mn = conn.now();
         while outstanding < job.window && sent < job.budget {
             let p = make_payload(shared.start, index, sent, job.payload);
-            // The acknowledgement is counted by the hook.
             conn.client
-                .enqueue_untracked(Message::new(job.topic.clone(), p, job.qos))
-                .await?;
+                .publish(mn, Message::new(job.topic.clone(), p, job.qos))?;
             sent += 1;
             outstanding += 1;
         }
-        let wait = job
-            .stall
+        conn.tick();
+        conn.flush().await?;
+        let wait = conn
+            .until_timeout()
+            .min(job.stall)
             .min(job.deadline.saturating_sub(shared.start.elapsed()));
         tokio::select! {
+            r = conn.read() => {
+                r?;
+                let (ok, no) = count_acks(&mut conn.client);
+                acked += ok;
+                refused += no;
+            }
             () = shared.wake[job.index].notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }
-    // QoS 1: wait (a little) for the last acknowledgements.
+    // QoS 1: wait (a little) for the last acknowledgements, or DISCONNECT would drop
+    // what is still queued in the client.
     if job.qos != QoS::AtMostOnce {
-        await_acks(&acks, sent, StdDuration::from_secs(2)).await;
+        let until = std::time::Instant::now() + StdDuration::from_secs(2);
+        while acked + refused < sent {
+            let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
+                break;
+            };
+            match tokio::time::timeout(left, conn.read()).await {
+                Ok(r) => r?,
+                Err(_) => break,
+            }
+            let (ok, no) = count_acks(&mut conn.client);
+            acked += ok;
+            refused += no;
+            conn.flush().await?;
+        }
     }
     shared.sent[job.index].store(sent, Ordering::Relaxed);
-    shared.acked[job.index].store(acks.ok.load(Ordering::Relaxed), Ordering::Relaxed);
-    shared
-        .refused
-        .fetch_add(acks.refused.load(Ordering::Relaxed), Ordering::Relaxed);
-    conn.close().await;
+    shared.acked[job.index].store(acked, Ordering::Relaxed);
+    shared.refused.fetch_add(refused, Ordering::Relaxed);
+    let _ = conn
+        .client
+        .disconnect(conn.now(), mqtt_codec::ReasonCode::Success);
+    let _ = conn.flush().await;
     Ok((sent, written_off))
 }
 
-/// Open loop, messages handed to the client per turn before the publisher checks the time.
-const OPEN_BATCH: u64 = 256;
+/// What one turn of the open-loop publisher did.
+enum Step {
+    Wrote(usize),
+    Read(usize),
+    Slept,
+}
 
 /// Open loop: publishes without a window (or on `rate`'s schedule, messages per second)
-/// until the deadline or the budget; returns (sent, 0). QoS 0 goes as fast as the client
-/// takes messages (its request queue waits for the socket); QoS 1/2 keeps at most
-/// `inflight` unacknowledged.
+/// until the deadline or the budget; returns (sent, 0).
 async fn open_publisher(
-    conn: Conn,
-    acks: Arc<Acks>,
+    mut conn: Conn,
     job: Publisher,
     shared: Arc<Shared>,
     rate: Option<f64>,
 ) -> Result<(u64, u64), BoxError> {
     let mut sent = 0u64;
+    let mut acked = 0u64;
+    let mut refused = 0u64;
     let index = u32::try_from(job.index).unwrap_or(u32::MAX);
     let began = shared.start.elapsed();
     loop {
@@ -699,44 +767,107 @@ async fn open_publisher(
             None => u64::MAX,
         }
         .min(job.budget);
-        let room = |sent: u64| job.qos == QoS::AtMostOnce || sent - acks.total() < job.inflight;
-        let mut n = 0;
-        while n < OPEN_BATCH && sent < due && room(sent) {
+        let mn = conn.now();
+        while sent < due
+            && conn.output.len() < OPEN_STAGED
+            && (job.qos == QoS::AtMostOnce || sent - acked - refused < job.inflight)
+        {
             let p = make_payload(shared.start, index, sent, job.payload);
             conn.client
-                .enqueue_untracked(Message::new(job.topic.clone(), p, job.qos))
-                .await?;
+                .publish(mn, Message::new(job.topic.clone(), p, job.qos))?;
             sent += 1;
-            n += 1;
+            conn.stage()?;
         }
         shared.sent[job.index].store(sent, Ordering::Relaxed);
-        if n > 0 {
-            // One thread runs every client: let the others go on.
-            tokio::task::yield_now().await;
-            continue;
-        }
-        // Nothing to send now: wait for an acknowledgement, the next slot or the end.
-        let mut wait = job.deadline.saturating_sub(shared.start.elapsed());
+        conn.tick();
+        conn.stage()?;
+        let mut wait = conn
+            .until_timeout()
+            .min(job.deadline.saturating_sub(shared.start.elapsed()));
         if let (Some(r), true) = (rate, sent < job.budget) {
             let next = began + StdDuration::from_secs_f64(sent as f64 / r);
             wait = wait.min(next.saturating_sub(shared.start.elapsed()));
         }
-        tokio::select! {
-            () = acks.notify.notified(), if !room(sent) => {}
-            () = tokio::time::sleep(wait) => {}
+        let writing = !conn.output.is_empty();
+        // Reads and writes at once: a publisher that only wrote would never see the
+        // acknowledgements that let it go on.
+        let step = {
+            let Conn {
+                stream,
+                output,
+                input,
+                read_size,
+                ..
+            } = &mut conn;
+            input.reserve(*read_size);
+            let (mut rd, mut wr) = stream.split();
+            tokio::select! {
+                r = wr.write(output), if writing => Step::Wrote(r?),
+                r = rd.read_buf(input) => Step::Read(r?),
+                () = tokio::time::sleep(wait), if !writing || rate.is_some() => Step::Slept,
+            }
+        };
+        match step {
+            Step::Wrote(n) => {
+                conn.output.drain(..n);
+            }
+            Step::Read(0) => return Err("connection closed by the broker".into()),
+            Step::Read(_) => {
+                let now = conn.now();
+                conn.client.handle_input(now, &mut conn.input)?;
+                let (ok, no) = count_acks(&mut conn.client);
+                acked += ok;
+                refused += no;
+            }
+            Step::Slept => {}
         }
+        // One thread runs every publisher and subscriber: let the others read.
+        tokio::task::yield_now().await;
     }
     shared.sent[job.index].store(sent, Ordering::Relaxed);
+    conn.flush().await?;
     // QoS 1/2: wait (a little) for the last acknowledgements.
     if job.qos != QoS::AtMostOnce {
-        await_acks(&acks, sent, StdDuration::from_secs(5)).await;
+        let until = std::time::Instant::now() + StdDuration::from_secs(5);
+        while acked + refused < sent {
+            let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
+                break;
+            };
+            match tokio::time::timeout(left, conn.read()).await {
+                Ok(r) => r?,
+                Err(_) => break,
+            }
+            let (ok, no) = count_acks(&mut conn.client);
+            acked += ok;
+            refused += no;
+            conn.flush().await?;
+        }
     }
-    shared.acked[job.index].store(acks.ok.load(Ordering::Relaxed), Ordering::Relaxed);
-    shared
-        .refused
-        .fetch_add(acks.refused.load(Ordering::Relaxed), Ordering::Relaxed);
-    conn.close().await;
+    shared.acked[job.index].store(acked, Ordering::Relaxed);
+    shared.refused.fetch_add(refused, Ordering::Relaxed);
+    let _ = conn
+        .client
+        .disconnect(conn.now(), mqtt_codec::ReasonCode::Success);
+    let _ = conn.flush().await;
     Ok((sent, 0))
+}
+
+/// Drains the client's events, counting acknowledged publications: (accepted, refused).
+/// A 5.0 broker may refuse a message in its acknowledgement (PUBACK or PUBREC with a
+/// reason code of 0x80 or above, such as 0x97 Quota exceeded): that message was not
+/// taken, so it is not owed to the subscribers (counted as `refused`, never as `lost`).
+fn count_acks(client: &mut Client) -> (u64, u64) {
+    let (mut ok, mut refused) = (0, 0);
+    while let Some(event) = client.poll_event() {
+        if let Event::Acknowledged { reason, .. } = event {
+            if reason.is_error() {
+                refused += 1;
+            } else {
+                ok += 1;
+            }
+        }
+    }
+    (ok, refused)
 }
 
 /// Receives until told to stop; returns the latency of each delivery in microseconds.
@@ -752,60 +883,63 @@ async fn subscriber(
     let mut unique = vec![0u64; shared.delivered.len()];
     let mut duplicates = 0u64;
     loop {
-        let first = tokio::select! {
-            m = conn.incoming.recv() => match m {
-                Some(m) => m,
-                None => return Err("connection closed by the broker".into()),
-            },
+        let wait = conn.until_timeout();
+        tokio::select! {
+            r = conn.read() => {
+                r?;
+                let now = shared.start.elapsed().as_nanos() as u64;
+                while let Some(event) = conn.client.poll_event() {
+                    let Event::Message { message, .. } = event else { continue };
+                    let p: &Bytes = &message.payload;
+                    if p.len() < 12 {
+                        continue;
+                    }
+                    let sent_at = u64::from_be_bytes(p[..8].try_into()?);
+                    let index = u32::from_be_bytes(p[8..12].try_into()?) as usize;
+                    latencies.push(u32::try_from(now.saturating_sub(sent_at) / 1000).unwrap_or(u32::MAX));
+                    if shared.numbered && p.len() >= 20 && index < seen.len() {
+                        let seq = u64::from_be_bytes(p[12..20].try_into()?);
+                        // Our own publishers count from 0; anything absurd is not ours.
+                        if seq < 1 << 32 {
+                            let (word, bit) = ((seq / 64) as usize, seq % 64);
+                            let bits = &mut seen[index];
+                            if bits.len() <= word {
+                                bits.resize(word + 1, 0);
+                            }
+                            if bits[word] & (1 << bit) != 0 {
+                                duplicates += 1;
+                            } else {
+                                bits[word] |= 1 << bit;
+                                unique[index] += 1;
+                            }
+                        }
+                    }
+                    if let Some(d) = shared.delivered.get(index) {
+                        d.fetch_add(1, Ordering::Relaxed);
+                        woken[index] = true;
+                    }
+                }
+                shared.last_delivery.fetch_max(now, Ordering::Relaxed);
+                for (i, w) in woken.iter_mut().enumerate() {
+                    if std::mem::take(w) {
+                        shared.wake[i].notify_one();
+                    }
+                }
+            }
             r = stop.changed() => {
                 if r.is_err() || *stop.borrow() {
                     break;
                 }
-                continue;
             }
-        };
-        let now = shared.start.elapsed().as_nanos() as u64;
-        // Everything that has arrived, then the counters and wake-ups once.
-        let mut next = Some(first);
-        while let Some(message) = next {
-            let p: &Bytes = &message.payload;
-            if p.len() >= 12 {
-                let sent_at = u64::from_be_bytes(p[..8].try_into()?);
-                let index = u32::from_be_bytes(p[8..12].try_into()?) as usize;
-                latencies
-                    .push(u32::try_from(now.saturating_sub(sent_at) / 1000).unwrap_or(u32::MAX));
-                if shared.numbered && p.len() >= 20 && index < seen.len() {
-                    let seq = u64::from_be_bytes(p[12..20].try_into()?);
-                    // Our own publishers count from 0; anything absurd is not ours.
-                    if seq < 1 << 32 {
-                        let (word, bit) = ((seq / 64) as usize, seq % 64);
-                        let bits = &mut seen[index];
-                        if bits.len() <= word {
-                            bits.resize(word + 1, 0);
-                        }
-                        if bits[word] & (1 << bit) != 0 {
-                            duplicates += 1;
-                        } else {
-                            bits[word] |= 1 << bit;
-                            unique[index] += 1;
-                        }
-                    }
-                }
-                if let Some(d) = shared.delivered.get(index) {
-                    d.fetch_add(1, Ordering::Relaxed);
-                    woken[index] = true;
-                }
-            }
-            next = conn.incoming.try_recv();
+            () = tokio::time::sleep(wait) => {}
         }
-        shared.last_delivery.fetch_max(now, Ordering::Relaxed);
-        for (i, w) in woken.iter_mut().enumerate() {
-            if std::mem::take(w) {
-                shared.wake[i].notify_one();
-            }
-        }
+        conn.tick();
+        conn.flush().await?;
     }
-    conn.close().await;
+    let _ = conn
+        .client
+        .disconnect(conn.now(), mqtt_codec::ReasonCode::Success);
+    let _ = conn.flush().await;
     Ok(Received {
         latencies,
         unique,
@@ -815,33 +949,30 @@ async fn subscriber(
 
 /// Opens the idle connections, reports, holds them, exits.
 async fn idle(args: Args) -> Result<(), BoxError> {
+    let addr = format!("{}:{}", args.host, args.port);
     let start = std::time::Instant::now();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let args = Arc::new(args);
     for i in 0..args.connections {
-        let id = format!("idle-{}-{i}", std::process::id());
-        let config = client_config(&args, id.clone(), args.keep_alive);
-        let args = Arc::clone(&args);
+        let config = client_config(
+            &args,
+            format!("idle-{}-{i}", std::process::id()),
+            args.keep_alive,
+        );
+        let addr = addr.clone();
         let gate = gate.clone();
         let ready_tx = ready_tx.clone();
         let mut stop = stop_rx.clone();
+        let subscribe = args.subscribe;
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            // Little room for messages: an idle connection gets none.
-            let conn = match Conn::open(&args, config, 1, None).await {
-                Ok(c) if args.subscribe => {
-                    let filter = format!("push/{id}");
-                    match c.client.subscribe(&filter, QoS::AtLeastOnce).await {
-                        Ok(_) => Ok(c),
-                        Err(e) => Err(e.into()),
-                    }
-                }
+            let conn = match Conn::open(&addr, config, start, 256).await {
+                Ok(c) if subscribe => c.subscribe_own().await,
                 r => r,
             };
             drop(permit);
-            let conn = match conn {
+            let mut conn = match conn {
                 Ok(c) => {
                     let _ = ready_tx.send(Ok(())).await;
                     c
@@ -852,9 +983,28 @@ async fn idle(args: Args) -> Result<(), BoxError> {
                 }
             };
             drop(ready_tx);
-            // The client keeps alive by itself until told to stop.
-            let _ = stop.changed().await;
-            conn.close().await;
+            // Keep alive until told to stop.
+            loop {
+                let wait = conn.until_timeout();
+                tokio::select! {
+                    r = conn.read() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        while conn.client.poll_event().is_some() {}
+                    }
+                    _ = stop.changed() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                conn.tick();
+                if conn.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = conn
+                .client
+                .disconnect(conn.now(), mqtt_codec::ReasonCode::Success);
+            let _ = conn.flush().await;
         });
     }
     drop(ready_tx);
@@ -896,6 +1046,7 @@ async fn idle(args: Args) -> Result<(), BoxError> {
 /// Times CONNECT to CONNACK over `--connections` connections, `--connect-concurrency` at a
 /// time; all stay open until the last has connected, then disconnect.
 async fn connect_latency(args: Args) -> Result<(), BoxError> {
+    let addr = format!("{}:{}", args.host, args.port);
     let start = std::time::Instant::now();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     // (total µs, CONNECT→CONNACK µs, µs since the run began when this connection began).
@@ -903,24 +1054,23 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Timing>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::with_capacity(args.connections);
-    let args = Arc::new(args);
     for i in 0..args.connections {
         let config = client_config(
             &args,
             format!("conn-{}-{i}", std::process::id()),
             args.keep_alive,
         );
-        let args = Arc::clone(&args);
+        let addr = addr.clone();
         let gate = gate.clone();
         let done_tx = done_tx.clone();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             let t0 = std::time::Instant::now();
-            let conn = Conn::open(&args, config, 1, None).await;
+            let conn = Conn::open(&addr, config, start, 256).await;
             let us = |d: StdDuration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
             drop(permit);
-            let conn = match conn {
+            let mut conn = match conn {
                 Ok(c) => {
                     let timing = (
                         us(t0.elapsed()),
@@ -937,7 +1087,10 @@ async fn connect_latency(args: Args) -> Result<(), BoxError> {
             };
             drop(done_tx);
             let _ = stop.changed().await;
-            conn.close().await;
+            let _ = conn
+                .client
+                .disconnect(conn.now(), mqtt_codec::ReasonCode::Success);
+            let _ = conn.flush().await;
         }));
     }
     drop(done_tx);
