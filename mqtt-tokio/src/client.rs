@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use mqtt_state::codec::{PacketId, QoS, ReasonCode, SubscriptionOptions};
-use mqtt_state::{Message, TopicBuf};
+use mqtt_state::{Event, Message, TopicBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::Driver;
@@ -23,11 +23,70 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 /// A request from a handle to the client task.
 pub(crate) enum Request {
-    /// Boxed: a `Message` is large and most queue slots are small requests' worth.
-    Publish(Box<Message>, Reply<Ack>),
+    /// Boxed: a `Message` is large and most queue slots are small requests' worth. No
+    /// reply for [`AsyncClient::enqueue_untracked`].
+    Publish(Box<Message>, Option<Reply<Ack>>),
     Subscribe(Vec<(String, SubscriptionOptions)>, Reply<Vec<ReasonCode>>),
     Unsubscribe(Vec<String>, Reply<Vec<ReasonCode>>),
     Disconnect(Reply<()>),
+    /// Manual acks: the application is done with this message.
+    Ack(AckToken),
+}
+
+/// A step of the protocol, as [`crate::Options::on_progress`] reports it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Progress<'a> {
+    /// The transport is open and CONNECT is queued, the first or a reconnect.
+    Connecting,
+    /// The machine reported this, before the client acts on it: CONNACK
+    /// ([`Event::Connected`]), SUBACK, PUBACK/PUBCOMP, a message, a session that was not
+    /// resumed, a message dropped, DISCONNECT.
+    Event(&'a Event),
+    /// An established connection (or an attempt to reconnect) failed; the next attempt
+    /// comes after `retry_in`.
+    Reconnecting {
+        /// Why the connection ended.
+        error: &'a Error,
+        /// The wait before the next attempt.
+        retry_in: std::time::Duration,
+    },
+    /// A message queued with [`AsyncClient::enqueue_untracked`] was refused before it was
+    /// sent (a wildcard in its topic, a QoS above the server's maximum, a full queue).
+    Refused {
+        /// Why.
+        error: &'a Error,
+    },
+    /// The client stopped: `None` after [`AsyncClient::disconnect`], else why (a refused
+    /// reconnect, a protocol error, the first connection failing). The request futures
+    /// and [`Incoming`] only see [`Error::Closed`]; this is where the cause is.
+    Stopped {
+        /// The cause.
+        error: Option<&'a Error>,
+    },
+}
+
+/// What acknowledges a received QoS 1/2 message with manual acks
+/// ([`crate::Options::manual_acks`]): pass it to [`AsyncClient::ack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    /// The connection it arrived on ([`Status::connections`]): a token of an earlier
+    /// connection is stale, the broker sends its message again.
+    pub(crate) connection: u64,
+    pub(crate) packet_id: PacketId,
+}
+
+/// A received message with what the client needs to acknowledge it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// The broker marked it as sent before ([MQTT-3.3.1-1]); a QoS 1 message may be a
+    /// duplicate.
+    pub dup: bool,
+    /// With manual acks, the token for [`AsyncClient::ack`]; `None` for QoS 0 or when the
+    /// client acknowledges by itself.
+    pub ack: Option<AckToken>,
 }
 
 /// A handle to a client connection: cheap to clone, `Send`, usable from any task.
@@ -61,12 +120,25 @@ pub struct Status {
 /// and so stops seeing acknowledgements too.
 #[derive(Debug)]
 pub struct Incoming {
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Delivery>,
 }
 
 impl Incoming {
     /// The next message; `None` once the client has stopped.
+    ///
+    /// With manual acks this drops the token: use [`Incoming::recv_delivery`].
     pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await.map(|d| d.message)
+    }
+
+    /// A message that has already arrived, without waiting; `None` if there is none now.
+    /// For reading a burst in one go after [`Incoming::recv`].
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok().map(|d| d.message)
+    }
+
+    /// The next message with its DUP flag and, with manual acks, its [`AckToken`].
+    pub async fn recv_delivery(&mut self) -> Option<Delivery> {
         self.rx.recv().await
     }
 }
@@ -74,7 +146,7 @@ impl Incoming {
 impl futures_core::Stream for Incoming {
     type Item = Message;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|d| d.map(|d| d.message))
     }
 }
 
@@ -107,6 +179,17 @@ impl AsyncClient {
         tokio::spawn(Driver::new(options, requests, incoming, status_tx).run(first_tx));
         first_rx.await.unwrap_or(Err(Error::Closed))?;
         Ok((AsyncClient { tx, status }, Incoming { rx }))
+    }
+
+    /// Acknowledges a message received with manual acks ([`crate::Options::manual_acks`]):
+    /// PUBACK for QoS 1, PUBREC for QoS 2, once every message that arrived before it is
+    /// acknowledged too ([MQTT-4.6.0-2]). Waits only for room in the request queue. A
+    /// token of a connection since lost is ignored: the broker sends that message again.
+    pub async fn ack(&self, token: AckToken) -> Result<(), Error> {
+        self.tx
+            .send(Request::Ack(token))
+            .await
+            .map_err(|_| Error::Closed)
     }
 
     /// Where the connection stands now.
@@ -152,10 +235,22 @@ impl AsyncClient {
     pub async fn enqueue(&self, message: Message) -> Result<AckFuture, Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Publish(Box::new(message), reply))
+            .send(Request::Publish(Box::new(message), Some(reply)))
             .await
             .map_err(|_| Error::Closed)?;
         Ok(AckFuture { rx })
+    }
+
+    /// Queues a message like [`AsyncClient::enqueue`] but keeps no acknowledgement for
+    /// it: no future, no reply to route. For a load generator or a firehose that counts
+    /// acknowledgements in the [`crate::Options::on_progress`] hook
+    /// ([`Progress::Event`] with `Event::Acknowledged`) rather than per message; a message
+    /// the machine refuses is reported there as [`Progress::Refused`].
+    pub async fn enqueue_untracked(&self, message: Message) -> Result<(), Error> {
+        self.tx
+            .send(Request::Publish(Box::new(message), None))
+            .await
+            .map_err(|_| Error::Closed)
     }
 
     /// Subscribes to `filter` at `qos` and waits for SUBACK; returns the granted code

@@ -12,11 +12,16 @@ use mqtt_state::codec::{ReasonCode, SubscriptionOptions};
 use mqtt_state::{Client, Event, Message};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::client::{Ack, Reply, Request, Status};
+use crate::client::{Ack, AckToken, Delivery, Progress, Reply, Request, Status};
 use crate::transport::Transport;
 use crate::{Clock, Error, Options};
 
-/// The write buffer's starting size; it grows to the largest packet sent.
+/// The write buffer's starting size: small, so that thousands of idle clients in one
+/// process hold little; it grows by doubling while a drain has more to send.
+const OUT_START: usize = 2 * 1024;
+
+/// Up to this size the write buffer grows to gather a drain into one write; beyond, it
+/// grows only to fit one packet larger than all before.
 const OUT: usize = 64 * 1024;
 
 /// Requests taken per wake-up before the machine is drained.
@@ -51,9 +56,11 @@ pub(crate) struct Driver {
     requests: mpsc::Receiver<Request>,
     /// Every handle is gone: no request can come.
     requests_closed: bool,
-    incoming: mpsc::Sender<Message>,
+    incoming: mpsc::Sender<Delivery>,
     /// Received, not yet taken by `Incoming` (at most `incoming_capacity`).
-    undelivered: VecDeque<Message>,
+    undelivered: VecDeque<Delivery>,
+    /// Connections accepted so far: the current one's number, for [`AckToken`]s.
+    generation: u64,
     /// Publish acknowledgements awaited, by packet identifier.
     publishes: HashMap<u16, Reply<Ack>>,
     /// SUBSCRIBE/UNSUBSCRIBE sent, by packet identifier; `None` reply for a resubscribe.
@@ -79,7 +86,7 @@ impl Driver {
     pub(crate) fn new(
         options: Options,
         requests: mpsc::Receiver<Request>,
-        incoming: mpsc::Sender<Message>,
+        incoming: mpsc::Sender<Delivery>,
         status: watch::Sender<Status>,
     ) -> Self {
         Self {
@@ -90,6 +97,7 @@ impl Driver {
             requests_closed: false,
             incoming,
             undelivered: VecDeque::new(),
+            generation: 0,
             publishes: HashMap::new(),
             subscribes: HashMap::new(),
             unsubscribes: HashMap::new(),
@@ -99,7 +107,7 @@ impl Driver {
             disconnect: None,
             status,
             connected: false,
-            out: vec![0; OUT],
+            out: vec![0; OUT_START],
             input: BytesMut::new(),
         }
     }
@@ -144,6 +152,10 @@ impl Driver {
                     if path_lost {
                         backoff = std::time::Duration::ZERO;
                     }
+                    self.progress(Progress::Reconnecting {
+                        error: &e,
+                        retry_in: backoff,
+                    });
                     if !self.pause(backoff).await {
                         break Err(e);
                     }
@@ -152,6 +164,13 @@ impl Driver {
             }
         };
         self.finish(end, first);
+    }
+
+    /// Tells the application's hook, if any.
+    fn progress(&self, p: Progress<'_>) {
+        if let Some(hook) = &self.options.hook {
+            (hook.0)(&p);
+        }
     }
 
     /// Waits `wait` before reconnecting, taking requests meanwhile. `false` to stop.
@@ -217,6 +236,7 @@ impl Driver {
         if let Err(e) = self.client.connect(now) {
             return End::Fatal(e.into());
         }
+        self.progress(Progress::Connecting);
         self.input.clear();
         loop {
             // Drain everything: packets out (one write), then events, until both are idle.
@@ -306,7 +326,7 @@ impl Driver {
                 }
                 Wake::Read(Err(e)) => return End::Lost(e.into()),
                 Wake::Request(Some(r)) => {
-                    self.submit(r);
+                    self.submit_at(now, r);
                     // Take what else is waiting, so that one drain writes all of it in one
                     // call rather than one write per request.
                     for _ in 0..BATCH {
@@ -314,7 +334,7 @@ impl Driver {
                             break;
                         }
                         match self.requests.try_recv() {
-                            Ok(r) => self.submit(r),
+                            Ok(r) => self.submit_at(now, r),
                             Err(_) => break,
                         }
                     }
@@ -368,6 +388,12 @@ impl Driver {
                 Err(mqtt_state::Error::Codec(mqtt_state::codec::Error::BufferTooSmall {
                     required,
                 })) => {
+                    if self.out.len() < OUT {
+                        // Gather more into the one write.
+                        let grown = (self.out.len() * 2).max(len + required).min(OUT);
+                        self.out.resize(grown.max(len + required), 0);
+                        continue;
+                    }
                     if len > 0 {
                         t.write(&self.out[..len]).await?;
                         len = 0;
@@ -401,20 +427,27 @@ impl Driver {
     /// Hands a request to the machine (or keeps it for the next connection).
     fn submit(&mut self, r: Request) {
         let now = self.clock.now();
+        self.submit_at(now, r);
+    }
+
+    /// [`Driver::submit`] at `now`: one clock read for a batch of requests.
+    fn submit_at(&mut self, now: mqtt_state::Instant, r: Request) {
         match r {
-            Request::Publish(m, reply) => match self.client.publish(now, *m) {
-                Ok(Some(id)) => {
+            Request::Publish(m, reply) => match (self.client.publish(now, *m), reply) {
+                (Ok(Some(id)), Some(reply)) => {
                     self.publishes.insert(id.get(), reply);
                 }
-                Ok(None) => {
+                (Ok(None), Some(reply)) => {
                     let _ = reply.send(Ok(Ack {
                         packet_id: None,
                         reason: ReasonCode::Success,
                     }));
                 }
-                Err(e) => {
+                (Ok(_), None) => {}
+                (Err(e), Some(reply)) => {
                     let _ = reply.send(Err(e.into()));
                 }
+                (Err(e), None) => self.progress(Progress::Refused { error: &e.into() }),
             },
             Request::Subscribe(filters, reply) => {
                 if !self.client.is_connected() {
@@ -450,13 +483,22 @@ impl Driver {
             Request::Disconnect(reply) => {
                 self.disconnect = Some(reply);
             }
+            Request::Ack(token) => {
+                // A token of a lost connection: the machine forgot what it owed then, and
+                // the broker sends the message again.
+                if token.connection == self.generation && self.connected {
+                    self.client.ack(now, token.packet_id);
+                }
+            }
         }
     }
 
     fn on_event(&mut self, ev: Event, first: &mut Option<oneshot::Sender<Result<(), Error>>>) {
+        self.progress(Progress::Event(&ev));
         match ev {
             Event::Connected(info) => {
                 self.connected = true;
+                self.generation += 1;
                 self.status.send_modify(|s| {
                     s.connected = true;
                     s.connections += 1;
@@ -480,7 +522,19 @@ impl Driver {
                     self.submit(r);
                 }
             }
-            Event::Message { message, .. } => self.undelivered.push_back(message),
+            Event::Message {
+                message,
+                packet_id,
+                dup,
+            } => {
+                let ack = packet_id
+                    .filter(|_| self.options.config.manual_acks)
+                    .map(|packet_id| AckToken {
+                        connection: self.generation,
+                        packet_id,
+                    });
+                self.undelivered.push_back(Delivery { message, dup, ack });
+            }
             Event::Acknowledged {
                 packet_id,
                 reason,
@@ -552,6 +606,9 @@ impl Driver {
     /// The client stops: every request still waiting gets an answer, and what was not
     /// acknowledged is reported, not dropped silently.
     fn finish(mut self, end: Result<(), Error>, first: Option<oneshot::Sender<Result<(), Error>>>) {
+        self.progress(Progress::Stopped {
+            error: end.as_ref().err(),
+        });
         if let Some(f) = first {
             let _ = f.send(end.clone().and(Err(Error::Closed)));
         }
@@ -579,11 +636,13 @@ impl Driver {
         }
         for r in self.waiting.drain(..) {
             match r {
-                Request::Publish(_, reply) => drop(reply.send(Err(Error::Closed))),
+                Request::Publish(_, Some(reply)) => drop(reply.send(Err(Error::Closed))),
+                Request::Publish(_, None) => {}
                 Request::Subscribe(_, reply) | Request::Unsubscribe(_, reply) => {
                     drop(reply.send(Err(Error::Closed)))
                 }
                 Request::Disconnect(reply) => drop(reply.send(Ok(()))),
+                Request::Ack(_) => {}
             }
         }
         if let Some(reply) = self.disconnect.take() {

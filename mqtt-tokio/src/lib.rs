@@ -108,9 +108,9 @@ pub mod server;
 mod time;
 mod transport;
 
-pub use client::{Ack, AckFuture, AsyncClient, Incoming, Status};
+pub use client::{Ack, AckFuture, AckToken, AsyncClient, Delivery, Incoming, Progress, Status};
 pub use error::Error;
-pub use options::{tls_config, Options};
+pub use options::{tls_config, Hook, Options};
 pub use time::Clock;
 
 /// The broker core the [`server`] serves.

@@ -1,11 +1,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use mqtt_state::codec::ProtocolVersion;
-use mqtt_state::ClientConfig;
+use mqtt_state::{ClientConfig, Message};
 use tokio_rustls::rustls;
 
-use crate::Error;
+use crate::{Error, Progress};
+
+/// A function the client task calls at every step of the protocol ([`Progress`]): for
+/// logs, a `-d` trace, metrics. It runs on the client task, in order, before the step's
+/// effects (the reply, the delivered message) are visible to the application; keep it
+/// short and do not block in it.
+#[derive(Clone)]
+pub struct Hook(pub(crate) Arc<dyn Fn(&Progress<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook(..)")
+    }
+}
 
 /// Where and how to connect, and how the client behaves between connections.
 ///
@@ -40,6 +54,8 @@ pub struct Options {
     pub incoming_capacity: usize,
     /// How long opening the transport (TCP, TLS, WebSocket handshakes) may take.
     pub open_timeout: Duration,
+    /// Called at every step of the protocol ([`Options::on_progress`]).
+    pub hook: Option<Hook>,
 }
 
 impl Options {
@@ -58,7 +74,50 @@ impl Options {
             request_capacity: 64,
             incoming_capacity: 1024,
             open_timeout: Duration::from_secs(10),
+            hook: None,
         }
+    }
+
+    /// Calls `f` at every step of the protocol: the transport opened and CONNECT queued,
+    /// every event of the machine (CONNACK, SUBACK, PUBACK, messages, ...), a lost
+    /// connection and the wait before the next, and the end of the client with its error.
+    /// See [`Hook`] for where it runs.
+    pub fn on_progress(mut self, f: impl Fn(&Progress<'_>) + Send + Sync + 'static) -> Self {
+        self.hook = Some(Hook(Arc::new(f)));
+        self
+    }
+
+    /// Acknowledges received QoS 1/2 messages only when the application says so, with
+    /// [`crate::AsyncClient::ack`] and the token of [`crate::Incoming::recv_delivery`],
+    /// typically after processing them: a message that was not processed (the process
+    /// died) is not acknowledged, so a resumed session gets it again ([MQTT-4.3.2-4]).
+    ///
+    /// Acknowledgements still leave in arrival order ([MQTT-4.6.0-2], [MQTT-4.6.0-3]): one
+    /// message never acknowledged holds back those after it, and once the client's
+    /// Receive Maximum of messages is unacknowledged the broker sends no more QoS 1/2
+    /// ([MQTT-3.3.4-9]). Tokens of a connection that was lost are ignored: the broker
+    /// sends those messages again on the next ([MQTT-4.4.0-1]).
+    pub fn manual_acks(mut self, on: bool) -> Self {
+        self.config.manual_acks = on;
+        self
+    }
+
+    /// Sets the user name and password of CONNECT ([MQTT-3.1.3-11], [MQTT-3.1.3-12]).
+    pub fn credentials(
+        mut self,
+        username: impl Into<String>,
+        password: Option<impl Into<Bytes>>,
+    ) -> Self {
+        self.config.username = Some(username.into().into());
+        self.config.password = password.map(Into::into);
+        self
+    }
+
+    /// Sets the will: the broker publishes `message` if the connection ends without a
+    /// DISCONNECT ([MQTT-3.1.2-8]), `delay_secs` later in 5.0 (Will Delay Interval).
+    pub fn will(mut self, message: Message, delay_secs: u32) -> Self {
+        self.config.will = Some((message, delay_secs));
+        self
     }
 
     /// Uses TLS with `config` (see [`tls_config`]).

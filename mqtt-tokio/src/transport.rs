@@ -29,12 +29,19 @@ fn timed_out(what: String) -> Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, what).into()
 }
 
+/// `e` with what was being done, so that "connection refused" says to where and a
+/// certificate error says it was TLS; the kind is kept.
+fn context(e: std::io::Error, what: std::fmt::Arguments<'_>) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
 impl Transport {
     pub(crate) async fn open(o: &Options) -> Result<Self, Error> {
         let addr = format!("{}:{}", o.host, o.port);
         let tcp = tokio::time::timeout(o.open_timeout, TcpStream::connect(&addr))
             .await
-            .map_err(|_| timed_out(format!("connecting to {addr}")))??;
+            .map_err(|_| timed_out(format!("connecting to {addr}")))?
+            .map_err(|e| context(e, format_args!("connecting to {addr}")))?;
         // Every packet is written in one call with all that is pending, so Nagle's delay
         // only costs latency.
         tcp.set_nodelay(true)?;
@@ -46,7 +53,8 @@ impl Transport {
                 let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
                 let tls = tokio::time::timeout(o.open_timeout, connector.connect(name, tcp))
                     .await
-                    .map_err(|_| timed_out(format!("{addr}: TLS handshake")))??;
+                    .map_err(|_| timed_out(format!("{addr}: TLS handshake")))?
+                    .map_err(|e| context(e, format_args!("{addr}: TLS")))?;
                 Box::new(tls)
             }
             None => Box::new(tcp),
@@ -67,7 +75,7 @@ impl Transport {
         let (ws, _) = tokio::time::timeout(o.open_timeout, handshake)
             .await
             .map_err(|_| timed_out(format!("{url}: WebSocket handshake")))?
-            .map_err(std::io::Error::other)?;
+            .map_err(|e| std::io::Error::other(format!("{url}: {e}")))?;
         Ok(Self::Ws(Box::new(ws)))
     }
 

@@ -399,3 +399,251 @@ async fn broker_restart_keeps_qos2_exactly_once() {
     assert!(client.status().connections >= 2);
     client.disconnect().await.unwrap();
 }
+
+/// With manual acks a message the application did not acknowledge is not acknowledged to
+/// the broker: a resumed session gets it again, marked DUP ([MQTT-4.4.0-1],
+/// [MQTT-3.3.1-1]); once acknowledged, it does not come back.
+#[tokio::test]
+async fn manual_ack_leaves_a_message_unacknowledged_until_the_application_acks() {
+    let m = Mosquitto::start();
+    let subscriber = || {
+        local(m.port, "manual")
+            .persistent_session(3600)
+            .manual_acks(true)
+    };
+    let (client, mut incoming) = AsyncClient::connect(subscriber()).await.unwrap();
+    client.subscribe("ma/#", QoS::AtLeastOnce).await.unwrap();
+    let (publisher, _in) = AsyncClient::connect(local(m.port, "manual-pub"))
+        .await
+        .unwrap();
+    publisher
+        .publish("ma/1", QoS::AtLeastOnce, "kept")
+        .await
+        .unwrap();
+    let first = next_delivery(&mut incoming).await;
+    assert_eq!(&first.message.payload[..], b"kept");
+    assert!(first.ack.is_some(), "QoS 1 with manual acks has a token");
+    // Not acknowledged: gone with the connection.
+    client.disconnect().await.unwrap();
+
+    let (client, mut incoming) = AsyncClient::connect(subscriber()).await.unwrap();
+    assert!(client.status().session_present);
+    let again = next_delivery(&mut incoming).await;
+    assert_eq!(&again.message.payload[..], b"kept", "re-sent");
+    assert!(again.dup, "[MQTT-3.3.1-1] a re-delivery is marked DUP");
+    client.ack(again.ack.expect("token")).await.unwrap();
+    // The acknowledgement goes out before the DISCONNECT (both in arrival order of the
+    // requests), so the third connection gets only what is new.
+    client.disconnect().await.unwrap();
+
+    let (client, mut incoming) = AsyncClient::connect(subscriber()).await.unwrap();
+    publisher
+        .publish("ma/2", QoS::AtLeastOnce, "new")
+        .await
+        .unwrap();
+    let d = next_delivery(&mut incoming).await;
+    assert_eq!(
+        &d.message.payload[..],
+        b"new",
+        "the acknowledged one stayed away"
+    );
+    client.ack(d.ack.expect("token")).await.unwrap();
+    client.disconnect().await.unwrap();
+    publisher.disconnect().await.unwrap();
+}
+
+/// Without manual acks there is no token: the client acknowledged by itself.
+#[tokio::test]
+async fn automatic_acks_hand_out_no_token() {
+    let m = Mosquitto::start();
+    let (client, mut incoming) = AsyncClient::connect(local(m.port, "auto")).await.unwrap();
+    client.subscribe("aa", QoS::AtLeastOnce).await.unwrap();
+    client.publish("aa", QoS::AtLeastOnce, "x").await.unwrap();
+    let d = next_delivery(&mut incoming).await;
+    assert_eq!(d.ack, None);
+    client.disconnect().await.unwrap();
+}
+
+/// The progress hook sees every step in order, with the packet identifiers, and the
+/// cause when the client stops.
+#[tokio::test]
+async fn progress_hook_reports_each_step_and_the_end() {
+    use mqtt_tokio::mqtt_state::Event;
+    use mqtt_tokio::Progress;
+    use std::sync::{Arc, Mutex};
+
+    let m = Mosquitto::start();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l = Arc::clone(&log);
+    let options = local(m.port, "hooked").on_progress(move |p| {
+        let line = match p {
+            Progress::Connecting => "connecting".to_string(),
+            Progress::Event(Event::Connected(i)) => format!("connack {}", i.session_present),
+            Progress::Event(Event::Subscribed { packet_id, reasons }) => {
+                format!("suback {} {:?}", packet_id.get(), reasons)
+            }
+            Progress::Event(Event::Acknowledged { packet_id, .. }) => {
+                format!("puback {}", packet_id.get())
+            }
+            Progress::Event(Event::Message { message, .. }) => {
+                format!("message {}", message.topic.as_str())
+            }
+            Progress::Stopped { error } => format!("stopped {}", error.is_some()),
+            _ => return,
+        };
+        l.lock().unwrap().push(line);
+    });
+    let (client, mut incoming) = AsyncClient::connect(options).await.unwrap();
+    client.subscribe("h", QoS::AtLeastOnce).await.unwrap();
+    let ack = client.publish("h", QoS::AtLeastOnce, "x").await.unwrap();
+    next(&mut incoming).await;
+    client.disconnect().await.unwrap();
+    let pid = ack.packet_id.expect("QoS 1").get();
+    let got = log.lock().unwrap().clone();
+    // The message and the PUBACK may come in either order.
+    let mut middle = got[3..5].to_vec();
+    middle.sort();
+    assert_eq!(
+        got[..3],
+        ["connecting", "connack false", "suback 1 [GrantedQoS1]"]
+    );
+    assert_eq!(middle, ["message h".to_string(), format!("puback {pid}")]);
+    assert_eq!(got[5..], ["stopped false"]);
+
+    // A refusal: the hook has the cause.
+    let refusing = Mosquitto::with(Auth::Nobody, Listeners::default());
+    let cause = Arc::new(Mutex::new(None));
+    let c = Arc::clone(&cause);
+    let options = local(refusing.port, "refused").on_progress(move |p| {
+        if let Progress::Stopped { error } = p {
+            *c.lock().unwrap() = error.map(|e| e.to_string());
+        }
+    });
+    assert!(AsyncClient::connect(options).await.is_err());
+    let cause = cause.lock().unwrap().clone().expect("a cause");
+    assert!(cause.contains("refused"), "{cause}");
+}
+
+async fn next_delivery(incoming: &mut mqtt_tokio::Incoming) -> mqtt_tokio::Delivery {
+    tokio::time::timeout(std::time::Duration::from_secs(60), incoming.recv_delivery())
+        .await
+        .expect("no message for 60 s: one was lost")
+        .expect("the client is running")
+}
+
+/// `enqueue_untracked` keeps no reply: the hook counts the acknowledgements, every
+/// message arrives, in order ([MQTT-4.6.0-6]); `try_recv` takes what has arrived without
+/// waiting. A message the machine refuses is reported through the hook.
+#[tokio::test]
+async fn untracked_publishes_are_acknowledged_through_the_hook() {
+    use mqtt_tokio::mqtt_state::Event;
+    use mqtt_tokio::Progress;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let m = Mosquitto::start();
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let (a, r) = (Arc::clone(&acked), Arc::clone(&refused));
+    let options = local(m.port, "untracked").on_progress(move |p| match p {
+        Progress::Event(Event::Acknowledged { .. }) => drop(a.fetch_add(1, Ordering::SeqCst)),
+        Progress::Refused { .. } => drop(r.fetch_add(1, Ordering::SeqCst)),
+        _ => {}
+    });
+    let (client, mut incoming) = AsyncClient::connect(options).await.unwrap();
+    client.subscribe("u/#", QoS::AtLeastOnce).await.unwrap();
+    let n = 500u32;
+    let mut bad = mqtt_tokio::Message::new(
+        mqtt_tokio::TopicBuf::from_static("u/1").unwrap(),
+        Vec::new(),
+        QoS::AtLeastOnce,
+    );
+    for i in 0..n {
+        let msg = mqtt_tokio::Message::new(
+            mqtt_tokio::TopicBuf::from_static("u/1").unwrap(),
+            payload(i),
+            QoS::AtLeastOnce,
+        );
+        client.enqueue_untracked(msg).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < n as usize {
+        got.push(index(&next(&mut incoming).await.payload));
+        while let Some(m) = incoming.try_recv() {
+            got.push(index(&m.payload));
+        }
+    }
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+    // The disconnect waits for every acknowledgement.
+    client.disconnect().await.unwrap();
+    assert_eq!(acked.load(Ordering::SeqCst), u64::from(n));
+    assert_eq!(refused.load(Ordering::SeqCst), 0);
+
+    // A message the protocol cannot carry (U+0000 in a 5.0 string, [MQTT-1.5.4-2]): the
+    // machine refuses it before sending, and only the hook can say so.
+    let (a, r) = (Arc::clone(&acked), Arc::clone(&refused));
+    let options = local(m.port, "untracked-bad").on_progress(move |p| match p {
+        Progress::Event(Event::Acknowledged { .. }) => drop(a.fetch_add(1, Ordering::SeqCst)),
+        Progress::Refused { .. } => drop(r.fetch_add(1, Ordering::SeqCst)),
+        _ => {}
+    });
+    let (client, _incoming) = AsyncClient::connect(options).await.unwrap();
+    let mut properties = bad.properties().clone();
+    properties.content_type = Some(String::from("a\0b").into());
+    bad.set_properties(properties);
+    client.enqueue_untracked(bad).await.unwrap();
+    // Requests are taken in order: by the time the disconnect is done, so is the refusal.
+    client.disconnect().await.unwrap();
+    assert_eq!(refused.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        acked.load(Ordering::SeqCst),
+        u64::from(n),
+        "nothing more was sent"
+    );
+}
+
+/// A drain larger than the write buffer's start, and a packet larger than its most: the
+/// buffer grows and everything arrives whole.
+#[tokio::test]
+async fn bursts_and_large_packets_go_out_whole() {
+    let m = Mosquitto::start();
+    let (client, mut incoming) = AsyncClient::connect(local(m.port, "big")).await.unwrap();
+    client.subscribe("b/#", QoS::AtLeastOnce).await.unwrap();
+    let big = vec![7u8; 300 * 1024];
+    client
+        .publish("b/big", QoS::AtLeastOnce, big.clone())
+        .await
+        .unwrap();
+    let got = next(&mut incoming).await;
+    assert_eq!(got.payload.len(), big.len());
+    assert!(got.payload.iter().all(|b| *b == 7));
+    round_trip_on(&client, &mut incoming, "b/burst", 2000).await;
+    client.disconnect().await.unwrap();
+}
+
+/// `n` QoS 1 messages of 100 bytes queued at once on `topic`, received in order.
+async fn round_trip_on(
+    client: &AsyncClient,
+    incoming: &mut mqtt_tokio::Incoming,
+    topic: &str,
+    n: u32,
+) {
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let mut p = payload(i);
+        p.resize(100, 0);
+        let msg = mqtt_tokio::Message::new(
+            mqtt_tokio::TopicBuf::try_from(topic.to_string()).unwrap(),
+            p,
+            QoS::AtLeastOnce,
+        );
+        acks.push(client.enqueue(msg).await.unwrap());
+    }
+    for i in 0..n {
+        let m = next(incoming).await;
+        assert_eq!(index(&m.payload[..4]), i);
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}

@@ -1,6 +1,6 @@
-//! An MQTT 3.1/3.1.1/5.0 command line client over TCP and WebSocket: a thin tokio adapter
-//! around the sans-IO [`mqtt_state::Client`], with flags after `mosquitto_pub` and
-//! `mosquitto_sub`.
+//! An MQTT 3.1/3.1.1/5.0 command line client over TCP, TLS and WebSocket: a thin main over
+//! the `mqtt-tokio` client (which drives the sans-IO [`mqtt_state::Client`]), with flags
+//! after `mosquitto_pub` and `mosquitto_sub`.
 //!
 //! ```text
 //! mqtt-client sub -h 127.0.0.1 -p 1883 -t 'sensors/#' -q 1 -v
@@ -11,12 +11,14 @@
 //!
 //! `-h` is the host, as in mosquitto; help is `--help`.
 //!
-//! The adapter only moves bytes and time and turns flags into a [`ClientConfig`] and
-//! messages; every protocol decision is the machine's. After a lost connection it
-//! reconnects with backoff and keeps the machine's session, so messages in flight complete
-//! on the next connection when the server resumes the session (`-c`). `sub` subscribes on
-//! its first connection and again after a reconnect only if the server has no session.
-//! `pub` exits once every QoS 1/2 message is acknowledged and DISCONNECT is written.
+//! This file only turns flags into a [`ClientConfig`], [`mqtt_tokio::Options`] and messages,
+//! and prints; the run loop, the transports and reconnecting are mqtt-tokio's, every
+//! protocol decision the machine's. After a lost connection it reconnects with backoff and
+//! keeps the machine's session, so messages in flight complete on the next connection when
+//! the server resumes the session (`-c`). `sub` subscribes on its first connection and again
+//! after a reconnect only if the server has no session; it acknowledges a QoS 1/2 message
+//! once it has printed it (mqtt-tokio's manual acks). `pub` exits once every QoS 1/2
+//! message is acknowledged and DISCONNECT is written.
 //!
 //! Exit status: 0 on success, 1 on errors (a refused connection prints the CONNACK reason,
 //! e.g. `connection refused: Bad user name or password (0x86)`), 2 on bad arguments.
@@ -26,24 +28,18 @@
 //! only that CA, as mosquitto's clients do; `--insecure` skips the host name check (the
 //! chain is still verified).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration as StdDuration;
+use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::{ArgAction, Args, Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt};
 use mqtt_state::codec::{ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
-use mqtt_state::{Client, ClientConfig, Error, Event, Instant, Message, TopicBuf};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use mqtt_state::{ClientConfig, Error, Event, Message, TopicBuf};
+use mqtt_tokio::rustls;
+use mqtt_tokio::{AsyncClient, Options, Progress};
 use tokio::sync::mpsc;
-use tokio_rustls::rustls;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -341,16 +337,6 @@ fn config(c: &Common, props: &Properties) -> Result<ClientConfig, String> {
     Ok(cfg)
 }
 
-/// A byte stream: TCP, or TLS over TCP.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// An open connection to the broker.
-enum Transport {
-    Stream(Box<dyn Io>),
-    Ws(Box<WebSocketStream<Box<dyn Io>>>),
-}
-
 /// The TLS settings for `--cafile` (and `--insecure`).
 fn tls_config(
     cafile: &std::path::Path,
@@ -433,408 +419,76 @@ impl rustls::client::danger::ServerCertVerifier for AnyName {
     }
 }
 
-impl Transport {
-    async fn open(c: &Common, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Self, String> {
-        let addr = format!("{}:{}", c.host, c.port);
-        let tcp = tokio::time::timeout(StdDuration::from_secs(10), TcpStream::connect(&addr))
-            .await
-            .map_err(|_| format!("connecting to {addr}: timed out"))?
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let stream: Box<dyn Io> = match tls {
-            Some(config) => {
-                let name = rustls::pki_types::ServerName::try_from(c.host.clone())
-                    .map_err(|e| format!("{}: {e}", c.host))?;
-                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-                let tls =
-                    tokio::time::timeout(StdDuration::from_secs(10), connector.connect(name, tcp))
-                        .await
-                        .map_err(|_| format!("{addr}: TLS handshake timed out"))?
-                        .map_err(|e| format!("{addr}: TLS: {e}"))?;
-                Box::new(tls)
-            }
-            None => Box::new(tcp),
-        };
-        if !c.ws {
-            return Ok(Self::Stream(stream));
-        }
-        let scheme = if tls.is_some() { "wss" } else { "ws" };
-        let url = format!("{scheme}://{addr}/mqtt");
-        let mut req = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| format!("{url}: {e}"))?;
-        // [MQTT-6.0.0-3] the subprotocol is "mqtt".
-        req.headers_mut()
-            .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
-        let handshake = tokio_tungstenite::client_async(req, stream);
-        let (ws, _) = tokio::time::timeout(StdDuration::from_secs(10), handshake)
-            .await
-            .map_err(|_| format!("{url}: handshake timed out"))?
-            .map_err(|e| format!("{url}: {e}"))?;
-        Ok(Self::Ws(Box::new(ws)))
-    }
-
-    /// Appends what arrives to `buf`; `Ok(false)` at end of stream.
-    async fn read(&mut self, buf: &mut BytesMut) -> std::io::Result<bool> {
-        match self {
-            Self::Stream(s) => {
-                buf.reserve(4096);
-                Ok(s.read_buf(buf).await? > 0)
-            }
-            Self::Ws(ws) => loop {
-                match ws.next().await {
-                    Some(Ok(WsMessage::Binary(b))) => {
-                        buf.extend_from_slice(&b);
-                        return Ok(true);
-                    }
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
-                    Some(Ok(WsMessage::Close(_) | WsMessage::Text(_))) | None => return Ok(false),
-                    Some(Err(e)) => return Err(std::io::Error::other(e)),
-                }
-            },
-        }
-    }
-
-    async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Self::Stream(s) => s.write_all(data).await,
-            Self::Ws(ws) => ws
-                .send(WsMessage::Binary(Bytes::copy_from_slice(data)))
-                .await
-                .map_err(std::io::Error::other),
-        }
-    }
-
-    async fn close(&mut self) {
-        let _ = match self {
-            Self::Stream(s) => s.shutdown().await,
-            Self::Ws(ws) => SinkExt::close(&mut **ws)
-                .await
-                .map_err(std::io::Error::other),
-        };
-    }
-}
-
-/// What the application does with the machine's events.
-enum App {
+/// What the command does once connected.
+enum Job {
+    /// Publish these messages, or (`-l`) one per stdin line made from the template.
     Pub {
-        /// What each stdin line becomes (`-l`).
-        template: Message,
-        /// Messages to publish once connected.
-        pending: Vec<Message>,
+        messages: Vec<Message>,
+        lines: Option<(Message, mpsc::Receiver<Bytes>)>,
     },
+    /// Subscribe and print.
     Sub {
         filters: Vec<String>,
         qos: QoS,
         verbose: bool,
         format: Option<String>,
         count: Option<u64>,
-        received: u64,
     },
 }
 
-/// How a connection ended.
-enum End {
-    /// The job is done; DISCONNECT was written.
-    Done,
-    /// The connection was lost; reconnect.
-    Lost(String),
-    /// Fatal (refused, protocol error): exit with this message.
-    Fatal(String),
+/// Why the client stopped, as the progress hook heard it: the request futures only say
+/// "closed".
+type Cause = Arc<Mutex<Option<String>>>;
+
+/// An error of the client in the words the command line used before it ran over
+/// mqtt-tokio.
+fn describe(e: &mqtt_tokio::Error) -> String {
+    use mqtt_tokio::Error as E;
+    match e {
+        E::Refused(code) => refused(*code),
+        E::Io(e) => e.to_string(),
+        E::Mqtt(Error::Disconnected(code)) => {
+            format!("disconnected by the broker: {}", reason_words(*code))
+        }
+        E::Mqtt(Error::ConnectionClosed) => "closed by the broker".into(),
+        e => e.to_string(),
+    }
 }
 
-struct Runner {
-    client: Client,
-    app: App,
+/// Prints a `-d` line.
+fn debug_line(line: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+/// The progress hook: `-d` lines on stdout, what went wrong on stderr, as mosquitto's
+/// clients print them; and the cause when the client stops.
+fn progress_hook(
     debug: bool,
-    start: tokio::time::Instant,
-    /// Connections that reached CONNACK so far.
-    connections: u32,
-    out: Vec<u8>,
-    /// We called `disconnect`: the job is done.
-    disconnecting: bool,
-    /// Stdin lines still to come (`pub -l`); `None` once the input is exhausted.
-    lines: Option<mpsc::Receiver<Bytes>>,
-}
-
-/// What woke the connection loop.
-enum Wake {
-    Read(std::io::Result<bool>),
-    Line(Option<Bytes>),
-    Timer,
-}
-
-impl Runner {
-    fn now(&self) -> Instant {
-        Instant::from_millis(self.start.elapsed().as_millis() as u64)
-    }
-
-    fn debug(&self, line: std::fmt::Arguments<'_>) {
-        if self.debug {
-            let mut o = std::io::stdout().lock();
-            let _ = writeln!(o, "{line}");
-            let _ = o.flush();
+    publisher: bool,
+    client_id: mqtt_state::Utf8Bytes,
+    cause: Cause,
+) -> impl Fn(&Progress<'_>) + Send + Sync + 'static {
+    move |p| match p {
+        Progress::Connecting if debug => {
+            debug_line(format_args!("Client {client_id:?} sending CONNECT"));
         }
-    }
-
-    /// Connects, runs one connection, and reconnects with backoff after losing one that
-    /// had been established.
-    async fn run(&mut self, common: &Common) -> Result<(), String> {
-        let tls = match &common.cafile {
-            Some(ca) => Some(tls_config(ca, common.insecure)?),
-            None => None,
-        };
-        let mut backoff = StdDuration::from_millis(250);
-        loop {
-            let end = match Transport::open(common, tls.as_ref()).await {
-                Ok(mut t) => self.connection(&mut t).await,
-                Err(e) => End::Lost(e),
-            };
-            match end {
-                End::Done => return Ok(()),
-                End::Fatal(e) => return Err(e),
-                End::Lost(e) if self.connections == 0 => return Err(e),
-                End::Lost(e) => {
-                    self.client.handle_close(self.now());
-                    eprintln!("connection lost: {e}; reconnecting in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(StdDuration::from_secs(10));
-                }
-            }
-        }
-    }
-
-    /// Runs one connection until it ends.
-    async fn connection(&mut self, t: &mut Transport) -> End {
-        let now = self.now();
-        if let Err(e) = self.client.connect(now) {
-            return End::Fatal(format!("connect: {e}"));
-        }
-        self.debug(format_args!(
-            "Client {:?} sending CONNECT",
-            self.client.config().client_id
-        ));
-        let mut input = BytesMut::new();
-        loop {
-            // Drain: bytes out, then events, until both are idle.
-            loop {
-                match self.flush(t).await {
-                    Ok(()) => {}
-                    Err(end) => return end,
-                }
-                let mut any = false;
-                while let Some(ev) = self.client.poll_event() {
-                    any = true;
-                    if let Some(end) = self.on_event(ev) {
-                        if let End::Done = end {
-                            // The DISCONNECT is queued; write it and close.
-                            if let Err(end) = self.flush(t).await {
-                                return end;
-                            }
-                            t.close().await;
-                        }
-                        return end;
-                    }
-                }
-                if !any {
-                    break;
-                }
-            }
-            if self.client.is_closed() {
-                // The broker closed cleanly (DISCONNECT with Normal disconnection): no
-                // error, only the event said so; what it said is the same as before.
-                t.close().await;
-                return End::Lost(format!(
-                    "disconnected by the broker: {}",
-                    reason_words(ReasonCode::Success)
-                ));
-            }
-            if let Some(end) = self.check_done() {
-                if let Err(end) = self.flush(t).await {
-                    return end;
-                }
-                t.close().await;
-                return end;
-            }
-            let deadline = self
-                .client
-                .poll_timeout()
-                .map(|d| self.start + StdDuration::from_millis(d.as_millis()));
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let lines = &mut self.lines;
-            let line = async {
-                match lines {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let wake = tokio::select! {
-                r = t.read(&mut input) => Wake::Read(r),
-                l = line => Wake::Line(l),
-                () = sleep => Wake::Timer,
-            };
-            let now = self.now();
-            match wake {
-                Wake::Read(Ok(true)) => {
-                    if let Err(e) = self.client.handle_input(now, &mut input) {
-                        if let Some(end) = self.on_error(t, e).await {
-                            return end;
-                        }
-                    }
-                }
-                Wake::Read(Ok(false)) => return End::Lost("closed by the broker".into()),
-                Wake::Read(Err(e)) => return End::Lost(e.to_string()),
-                Wake::Line(l) => {
-                    if let App::Pub {
-                        template, pending, ..
-                    } = &mut self.app
-                    {
-                        match l {
-                            Some(payload) => {
-                                let mut m = template.clone();
-                                m.payload = payload;
-                                pending.push(m);
-                            }
-                            None => self.lines = None,
-                        }
-                    }
-                    if self.client.is_connected() {
-                        if let Err(e) = self.publish_pending() {
-                            return End::Fatal(e);
-                        }
-                    }
-                }
-                Wake::Timer => self.client.handle_timeout(now),
-            }
-        }
-    }
-
-    /// Writes everything the machine has to send.
-    async fn flush(&mut self, t: &mut Transport) -> Result<(), End> {
-        loop {
-            let now = self.now();
-            match self.client.poll_transmit(now, &mut self.out) {
-                Ok(Some(n)) => {
-                    if let Err(e) = t.write(&self.out[..n]).await {
-                        return Err(End::Lost(e.to_string()));
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    return Err(match self.on_error(t, e).await {
-                        Some(end) => end,
-                        None => End::Done,
-                    })
-                }
-            }
-        }
-    }
-
-    /// A failure from the machine. Lost connections are retried; a refusal or protocol
-    /// error is fatal.
-    async fn on_error(&mut self, t: &mut Transport, e: Error) -> Option<End> {
-        // Write what the machine queued (a DISCONNECT with the reason).
-        let now = self.now();
-        while let Ok(Some(n)) = self.client.poll_transmit(now, &mut self.out) {
-            if t.write(&self.out[..n]).await.is_err() {
-                break;
-            }
-        }
-        Some(match e {
-            Error::ConnectionRefused(code) => End::Fatal(refused(code)),
-            // Our own DISCONNECT went out.
-            Error::Disconnected(_) if self.disconnecting => End::Done,
-            Error::Disconnected(code) => End::Lost(format!(
-                "disconnected by the broker: {}",
-                reason_words(code)
+        Progress::Event(ev) => match ev {
+            Event::Connected(info) if debug => debug_line(format_args!(
+                "Client received CONNACK (session present: {})",
+                u8::from(info.session_present)
             )),
-            Error::KeepAliveTimeout | Error::ConnectionClosed | Error::ConnectTimeout => {
-                End::Lost(e.to_string())
-            }
-            e => End::Fatal(e.to_string()),
-        })
-    }
-
-    /// Publishes what waits for a connection.
-    fn publish_pending(&mut self) -> Result<(), String> {
-        let now = self.now();
-        if let App::Pub { pending, .. } = &mut self.app {
-            for m in pending.drain(..) {
-                self.client
-                    .publish(now, m)
-                    .map_err(|e| format!("publish: {e}"))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// For `pub`: everything published and acknowledged, so disconnect.
-    fn check_done(&mut self) -> Option<End> {
-        let App::Pub { pending, .. } = &self.app else {
-            return None;
-        };
-        let s = self.client.session();
-        if self.client.is_connected()
-            && self.lines.is_none()
-            && pending.is_empty()
-            && s.inflight.is_empty()
-            && s.queue.is_empty()
-        {
-            return Some(self.disconnect());
-        }
-        None
-    }
-
-    fn disconnect(&mut self) -> End {
-        self.disconnecting = true;
-        match self.client.disconnect(self.now(), ReasonCode::Success) {
-            Ok(()) => End::Done,
-            Err(e) => End::Fatal(format!("disconnect: {e}")),
-        }
-    }
-
-    fn on_event(&mut self, ev: Event) -> Option<End> {
-        let now = self.now();
-        match ev {
-            Event::Connected(info) => {
-                self.connections += 1;
-                self.debug(format_args!(
-                    "Client received CONNACK (session present: {})",
-                    u8::from(info.session_present)
-                ));
-                let first = self.connections == 1;
-                match &mut self.app {
-                    App::Pub { .. } => {
-                        if let Err(e) = self.publish_pending() {
-                            return Some(End::Fatal(e));
-                        }
-                    }
-                    App::Sub { filters, qos, .. } => {
-                        // A resumed session keeps its subscriptions.
-                        if first || !info.session_present {
-                            let opts = SubscriptionOptions::qos(*qos);
-                            let fs: Vec<(&str, SubscriptionOptions)> =
-                                filters.iter().map(|f| (f.as_str(), opts)).collect();
-                            if let Err(e) = self.client.subscribe(now, &fs, None) {
-                                return Some(End::Fatal(format!("subscribe: {e}")));
-                            }
-                        }
-                    }
-                }
-            }
             Event::Subscribed { packet_id, reasons } => {
-                let granted: Vec<String> = reasons.iter().map(|r| (*r as u8).to_string()).collect();
-                self.debug(format_args!(
-                    "Subscribed (mid: {}): {}",
-                    packet_id.get(),
-                    granted.join(", ")
-                ));
+                if debug {
+                    let granted: Vec<String> =
+                        reasons.iter().map(|r| (*r as u8).to_string()).collect();
+                    debug_line(format_args!(
+                        "Subscribed (mid: {}): {}",
+                        packet_id.get(),
+                        granted.join(", ")
+                    ));
+                }
                 if let Some(r) = reasons.iter().find(|r| r.is_error()) {
                     eprintln!(
                         "subscription refused: {} (0x{:02x})",
@@ -843,59 +497,161 @@ impl Runner {
                     );
                 }
             }
-            Event::Message { message, .. } => {
-                if let App::Sub {
-                    verbose,
-                    format,
-                    count,
-                    received,
-                    ..
-                } = &mut self.app
-                {
-                    print_message(&message, *verbose, format.as_deref());
-                    *received += 1;
-                    if count.is_some_and(|c| *received >= c) {
-                        return Some(self.disconnect());
-                    }
-                }
-            }
             Event::Acknowledged {
                 packet_id, reason, ..
             } => {
-                self.debug(format_args!(
-                    "Client received acknowledgement (mid: {}, reason: {})",
-                    packet_id.get(),
-                    reason_words(reason)
-                ));
+                if debug {
+                    debug_line(format_args!(
+                        "Client received acknowledgement (mid: {}, reason: {})",
+                        packet_id.get(),
+                        reason_words(*reason)
+                    ));
+                }
                 if reason.is_error() {
                     eprintln!(
                         "publish refused: {} (0x{:02x})",
-                        reason_words(reason),
-                        reason as u8
+                        reason_words(*reason),
+                        *reason as u8
                     );
                 }
             }
-            Event::SessionLost { messages } => {
-                // The broker has no session: send again what it never acknowledged.
-                if let App::Pub { pending, .. } = &mut self.app {
-                    eprintln!(
-                        "session not resumed; publishing {} message(s) again",
-                        messages.len()
-                    );
-                    pending.extend(messages);
-                    if let Err(e) = self.publish_pending() {
-                        return Some(End::Fatal(e));
-                    }
-                }
-            }
+            // mqtt-tokio publishes them again.
+            Event::SessionLost { messages } if publisher => eprintln!(
+                "session not resumed; publishing {} message(s) again",
+                messages.len()
+            ),
             Event::Dropped { message, error, .. } => {
                 eprintln!("message to {} dropped: {error}", message.topic);
             }
-            Event::Disconnected { .. } => {}
             _ => {}
+        },
+        Progress::Reconnecting { error, retry_in } => {
+            eprintln!(
+                "connection lost: {}; reconnecting in {retry_in:?}",
+                describe(error)
+            );
         }
-        None
+        Progress::Stopped { error: Some(e) } => {
+            *cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(describe(e));
+        }
+        _ => {}
     }
+}
+
+/// What a request that found the client stopped reports: why it stopped.
+fn stopped(cause: &Cause) -> String {
+    cause
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_else(|| "the client stopped".into())
+}
+
+/// The mqtt-tokio options for the flags: the machine's configuration, the transport, the
+/// hook. `sub` acknowledges a message once it is printed (manual acks).
+fn options(c: &Common, config: ClientConfig, job: &Job, cause: &Cause) -> Result<Options, String> {
+    let publisher = matches!(job, Job::Pub { .. });
+    let hook = progress_hook(
+        c.debug,
+        publisher,
+        config.client_id.clone(),
+        Arc::clone(cause),
+    );
+    let mut o = Options::new("", c.host.clone(), c.port).on_progress(hook);
+    o.config = config;
+    o = o.manual_acks(!publisher);
+    if let Some(ca) = &c.cafile {
+        o = o.tls(tls_config(ca, c.insecure)?);
+    }
+    if c.ws {
+        o = o.websocket("/mqtt");
+    }
+    Ok(o)
+}
+
+/// Connects, does the job, disconnects. After a lost connection mqtt-tokio reconnects
+/// with backoff; a publisher waits for every acknowledgement (across reconnects) before it
+/// disconnects.
+async fn run(options: Options, job: Job, cause: Cause) -> Result<(), String> {
+    let (client, mut incoming) = AsyncClient::connect(options)
+        .await
+        .map_err(|e| describe(&e))?;
+    let closed = |e: mqtt_tokio::Error| match e {
+        mqtt_tokio::Error::Closed => stopped(&cause),
+        e => describe(&e),
+    };
+    match job {
+        Job::Pub { messages, lines } => {
+            let mut acks = VecDeque::new();
+            for m in messages {
+                acks.push_back(client.enqueue(m).await.map_err(closed)?);
+            }
+            let mut lines = lines;
+            loop {
+                let (reading, waiting) = (lines.is_some(), !acks.is_empty());
+                let line = async {
+                    match &mut lines {
+                        Some((_, rx)) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let ack = async {
+                    match acks.front_mut() {
+                        Some(a) => a.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    l = line, if reading => match (l, &lines) {
+                        (Some(payload), Some((template, _))) => {
+                            let mut m = template.clone();
+                            m.payload = payload;
+                            acks.push_back(client.enqueue(m).await.map_err(closed)?);
+                        }
+                        _ => lines = None,
+                    },
+                    r = ack, if waiting => {
+                        acks.pop_front();
+                        match r {
+                            // A 5.0 refusal: the hook said so; the rest goes on.
+                            Ok(_) | Err(mqtt_tokio::Error::Rejected { .. }) => {}
+                            Err(mqtt_tokio::Error::Closed) => return Err(stopped(&cause)),
+                            Err(e) => return Err(format!("publish: {}", describe(&e))),
+                        }
+                    }
+                    else => break,
+                }
+            }
+        }
+        Job::Sub {
+            filters,
+            qos,
+            verbose,
+            format,
+            count,
+        } => {
+            let opts = SubscriptionOptions::qos(qos);
+            let fs: Vec<(&str, SubscriptionOptions)> =
+                filters.iter().map(|f| (f.as_str(), opts)).collect();
+            // A refusal is printed by the hook; the subscriber stays, as mosquitto_sub.
+            client.subscribe_many(&fs).await.map_err(|e| match e {
+                mqtt_tokio::Error::Closed => stopped(&cause),
+                e => format!("subscribe: {}", describe(&e)),
+            })?;
+            let mut received = 0u64;
+            while count.is_none_or(|c| received < c) {
+                let Some(d) = incoming.recv_delivery().await else {
+                    return Err(stopped(&cause));
+                };
+                print_message(&d.message, verbose, format.as_deref());
+                if let Some(token) = d.ack {
+                    client.ack(token).await.map_err(closed)?;
+                }
+                received += 1;
+            }
+        }
+    }
+    client.disconnect().await.map_err(closed)
 }
 
 fn print_message(m: &Message, verbose: bool, format: Option<&str>) {
@@ -979,8 +735,8 @@ fn stdin_lines() -> mpsc::Receiver<Bytes> {
     rx
 }
 
-fn setup(cmd: Cmd) -> Result<(Common, Runner), String> {
-    let (common, app, props, lines) = match cmd {
+fn setup(cmd: Cmd) -> Result<(Common, ClientConfig, Job), String> {
+    let (common, job, props) = match cmd {
         Cmd::Pub(a) => {
             let v5 = a.common.version.is_v5();
             let mut props = parse_properties(&a.common.property, v5)?;
@@ -996,8 +752,11 @@ fn setup(cmd: Cmd) -> Result<(Common, Runner), String> {
             let mut template = Message::new(topic_name(&a.topic)?, Bytes::new(), qos(a.common.qos));
             template.retain = a.retain;
             props.publish.apply(&mut template)?;
-            let (lines, pending) = if a.lines {
-                (Some(stdin_lines()), Vec::new())
+            let job = if a.lines {
+                Job::Pub {
+                    messages: Vec::new(),
+                    lines: Some((template, stdin_lines())),
+                }
             } else {
                 let payload = match (&a.message, &a.file) {
                     (Some(m), _) => Bytes::from(m.clone()),
@@ -1007,44 +766,34 @@ fn setup(cmd: Cmd) -> Result<(Common, Runner), String> {
                     (None, None) if a.null => Bytes::new(),
                     (None, None) => return Err("pub needs one of -m, -f, -l, -n".into()),
                 };
-                let mut m = template.clone();
+                let mut m = template;
                 m.payload = payload;
-                (None, vec![m])
+                Job::Pub {
+                    messages: vec![m],
+                    lines: None,
+                }
             };
-            let app = App::Pub { template, pending };
-            (a.common, app, props, lines)
+            (a.common, job, props)
         }
         Cmd::Sub(a) => {
             let props = parse_properties(&a.common.property, a.common.version.is_v5())?;
-            let app = App::Sub {
+            let job = Job::Sub {
                 filters: a.topic,
                 qos: qos(a.common.qos),
                 verbose: a.verbose,
                 format: a.format,
                 count: a.count,
-                received: 0,
             };
-            (a.common, app, props, None)
+            (a.common, job, props)
         }
     };
     let cfg = config(&common, &props)?;
-    let out = vec![0; cfg.maximum_packet_size as usize + 4096];
-    let runner = Runner {
-        client: Client::new(cfg),
-        app,
-        debug: common.debug,
-        start: tokio::time::Instant::now(),
-        connections: 0,
-        out,
-        lines,
-        disconnecting: false,
-    };
-    Ok((common, runner))
+    Ok((common, cfg, job))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (common, mut runner) = match setup(cli.cmd) {
+    let (common, config, job) = match setup(cli.cmd) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -1061,9 +810,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let cause = Cause::default();
     let result = rt.block_on(async {
+        let options = options(&common, config, &job, &cause)?;
         tokio::select! {
-            r = runner.run(&common) => r,
+            r = run(options, job, Arc::clone(&cause)) => r,
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     });
