@@ -21,6 +21,10 @@
 //!   QoS 0 by the client's own "sent": mqtt-tokio's resolved publish future, rumqttc's
 //!   `Outgoing::Publish` event). Messages per second until the last acknowledgement, and
 //!   p50/p99 from calling publish to its acknowledgement.
+//! - **closed loop, ack-only peer**: the same, against a peer in this process that only
+//!   answers (CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK, PINGRESP; 3.1.1 by hand, one
+//!   thread per connection, acknowledgements batched per read): mosquitto is
+//!   single-threaded and saturates one core first, so only this shows the clients' own cost.
 //! - **open loop**: the application publishes `MQTT_BENCH_N` messages as fast as the API
 //!   takes them, without waiting for any acknowledgement; a raw-socket subscriber on the
 //!   broker (the same for both clients, on its own thread) counts what arrives: received
@@ -37,7 +41,8 @@
 //!   in `tests/mosquitto.rs` (`readme_example`) and `tests/rumqttc_same_task.rs`.
 //!
 //! `MQTT_BENCH_N` (default 50,000), `MQTT_BENCH_WINDOW` (64), `MQTT_BENCH_RATE` (2,000),
-//! `MQTT_BENCH_SECS` (5), `MQTT_BENCH_CLIENTS` (1,000).
+//! `MQTT_BENCH_SECS` (5), `MQTT_BENCH_CLIENTS` (1,000). `MQTT_BENCH_PROFILE=ours` (or
+//! `theirs`) runs only one library's QoS 1 closed loop, for `perf record`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -308,6 +313,64 @@ impl RawSubscriber {
         self.done.store(true, Ordering::Relaxed);
         self.thread.join().expect("subscriber thread")
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A peer that only acknowledges: MQTT 3.1.1 by hand, one thread per connection. It
+// answers every packet at once and in batches, so the client is the bottleneck.
+
+/// Listens on a free port; answers CONNECT, PUBLISH (QoS 1/2), PUBREL, SUBSCRIBE and
+/// PINGREQ until the bench ends.
+fn start_acker() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind acker");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                let mut out = Vec::new();
+                loop {
+                    let k = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => k,
+                    };
+                    buf.extend_from_slice(&chunk[..k]);
+                    let mut at = 0;
+                    while let Some((first, body)) = frame(&buf[at..]) {
+                        let b = &buf[at + body.start..at + body.end];
+                        match first >> 4 {
+                            1 => out.extend_from_slice(&[0x20, 2, 0, 0]),
+                            3 => {
+                                let q = (first >> 1) & 3;
+                                let tl = usize::from(u16::from_be_bytes([b[0], b[1]]));
+                                if q > 0 {
+                                    let kind = if q == 1 { 0x40 } else { 0x50 };
+                                    out.extend_from_slice(&[kind, 2, b[2 + tl], b[3 + tl]]);
+                                }
+                            }
+                            6 => out.extend_from_slice(&[0x70, 2, b[0], b[1]]),
+                            8 => out.extend_from_slice(&[0x90, 3, b[0], b[1], 1]),
+                            12 => out.extend_from_slice(&[0xd0, 0]),
+                            14 => return,
+                            _ => {}
+                        }
+                        at += body.end;
+                    }
+                    buf.drain(..at);
+                    if !out.is_empty() {
+                        if s.write_all(&out).is_err() {
+                            return;
+                        }
+                        out.clear();
+                    }
+                }
+            });
+        }
+    });
+    port
 }
 
 // ---------------------------------------------------------------------------------------
@@ -795,6 +858,23 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Ok(lib) = std::env::var("MQTT_BENCH_PROFILE") {
+        // Only QoS 1 closed loop of one library, for `perf record`; against the ack-only
+        // peer with `MQTT_BENCH_ACKER=1`.
+        let port = if std::env::var_os("MQTT_BENCH_ACKER").is_some() {
+            start_acker()
+        } else {
+            port
+        };
+        let r = rt.block_on(async {
+            match lib.as_str() {
+                "ours" => ours::closed(port, 1, n, window).await,
+                _ => theirs::closed(port, 1, n, window).await,
+            }
+        });
+        println!("{lib}: QoS 1 closed {:.0} msg/s", r.rate);
+        return;
+    }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "mqtt-tokio vs rumqttc 0.25 | {} | MQTT 3.1.1, {PAYLOAD}-byte payloads, N={n}, \
@@ -842,6 +922,27 @@ fn main() {
                     None,
                 );
             }
+        }
+        // The same closed loop against a peer that only acknowledges: what each client
+        // can do when the broker is not the bottleneck.
+        let acker = start_acker();
+        for q in 0..=2u8 {
+            eprintln!("closed loop against the ack-only peer, QoS {q}: mqtt-tokio");
+            let a = ours::closed(acker, q, n, window).await;
+            eprintln!("closed loop against the ack-only peer, QoS {q}: rumqttc");
+            let b = theirs::closed(acker, q, n, window).await;
+            row(
+                &format!("QoS {q} closed, ack-only peer msg/s"),
+                format!("{:.0}", a.rate),
+                format!("{:.0}", b.rate),
+                Some(a.rate / b.rate),
+            );
+            row(
+                &format!("QoS {q} closed, ack-only p50/p99 ms"),
+                format!("{}/{}", ms(a.p50), ms(a.p99)),
+                format!("{}/{}", ms(b.p50), ms(b.p99)),
+                None,
+            );
         }
         for q in 0..=2u8 {
             eprintln!("open loop, QoS {q}: mqtt-tokio");
