@@ -28,8 +28,9 @@
 //! - **open loop**: the application publishes `MQTT_BENCH_N` messages as fast as the API
 //!   takes them, without waiting for any acknowledgement; a raw-socket subscriber on the
 //!   broker (the same for both clients, on its own thread) counts what arrives: received
-//!   messages per second from the first publish to the last arrival, and every message lost
-//!   (never arrived) or duplicated.
+//!   messages per second from the first publish to the last arrival, p50/p99 from the
+//!   publish call to the arrival (mostly the time spent queued: nothing paces the
+//!   publisher), and every message lost (never arrived) or duplicated.
 //! - **latency**: the client subscribes to its own topic and publishes QoS 1 on a fixed
 //!   schedule (`MQTT_BENCH_RATE` per second for `MQTT_BENCH_SECS`), never waiting for an
 //!   acknowledgement; latency is arrival minus the *scheduled* send time, so a stall in the
@@ -42,7 +43,9 @@
 //!
 //! `MQTT_BENCH_N` (default 50,000), `MQTT_BENCH_WINDOW` (64), `MQTT_BENCH_RATE` (2,000),
 //! `MQTT_BENCH_SECS` (5), `MQTT_BENCH_CLIENTS` (1,000). `MQTT_BENCH_PROFILE=ours` (or
-//! `theirs`) runs only one library's QoS 1 closed loop, for `perf record`.
+//! `theirs`) runs only one library's QoS 1 closed loop, for `perf record`;
+//! `MQTT_BENCH_LATENCY_ONLY=1` only the latency, twice for each library.
+//! `MQTT_BENCH_OURS_QUEUE` sets mqtt-tokio's `config.max_queued` (default 1,024).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -158,6 +161,8 @@ struct Received {
     unique: u64,
     duplicates: u64,
     last: Option<Instant>,
+    /// When each index first arrived.
+    arrived: Vec<Option<Instant>>,
 }
 
 struct RawSubscriber {
@@ -243,6 +248,7 @@ impl RawSubscriber {
                 unique: 0,
                 duplicates: 0,
                 last: None,
+                arrived: vec![None; n as usize],
             };
             let mut quiet_since = Instant::now();
             let mut out = Vec::new();
@@ -285,6 +291,7 @@ impl RawSubscriber {
                                 } else {
                                     r.unique += 1;
                                     r.last = Some(now);
+                                    r.arrived[i as usize] = Some(now);
                                 }
                             }
                         }
@@ -389,6 +396,9 @@ struct Open {
     rate: f64,
     lost: u64,
     duplicates: u64,
+    /// From the publish call to the subscriber, of the messages that arrived.
+    p50: Duration,
+    p99: Duration,
 }
 
 #[derive(Default, Clone)]
@@ -424,12 +434,20 @@ fn closed_figures(
     }
 }
 
-fn open_figures(n: u64, start: Instant, r: &Received) -> Open {
+fn open_figures(n: u64, start: Instant, sent: &[Instant], r: &Received) -> Open {
     let end = r.last.unwrap_or(start);
+    let mut lat: Vec<Duration> = sent
+        .iter()
+        .zip(&r.arrived)
+        .filter_map(|(s, a)| a.map(|a| a.saturating_duration_since(*s)))
+        .collect();
+    lat.sort();
     Open {
         rate: r.unique as f64 / (end - start).as_secs_f64().max(1e-9),
         lost: n - r.unique,
         duplicates: r.duplicates,
+        p50: percentile(&lat, 50),
+        p99: percentile(&lat, 99),
     }
 }
 
@@ -457,6 +475,11 @@ mod ours {
     pub(super) async fn connect(port: u16, id: &str, window: u16) -> (AsyncClient, Incoming) {
         let mut options = Options::new(id, "127.0.0.1", port).version(ProtocolVersion::V3_1_1);
         options.config.max_inflight = window;
+        // The machine's queue behind the window (default 1,024): in an open loop its
+        // depth is the latency (Little's law).
+        if let Ok(q) = std::env::var("MQTT_BENCH_OURS_QUEUE") {
+            options.config.max_queued = q.parse().expect("MQTT_BENCH_OURS_QUEUE: a number");
+        }
         AsyncClient::connect(options)
             .await
             .expect("mqtt-tokio connect")
@@ -505,14 +528,16 @@ mod ours {
         let (client, _incoming) = connect(port, "ours-open", window).await;
         let topic = TopicBuf::try_from(name).unwrap();
         let mut acks = Vec::with_capacity(n as usize);
+        let mut sent = Vec::with_capacity(n as usize);
         let start = Instant::now();
         for i in 0..n {
+            sent.push(Instant::now());
             acks.push(client.enqueue(message(&topic, q, i)).await.unwrap());
         }
         let received = tokio::task::spawn_blocking(move || sub.finish())
             .await
             .unwrap();
-        let figures = open_figures(n, start, &received);
+        let figures = open_figures(n, start, &sent, &received);
         drop(acks);
         let _ = client.disconnect().await;
         figures
@@ -664,8 +689,10 @@ mod theirs {
             }
             eventloop
         });
+        let mut sent = Vec::with_capacity(n as usize);
         let start = Instant::now();
         for i in 0..n {
+            sent.push(Instant::now());
             client
                 .publish(topic.as_str(), qos(q), false, payload(i))
                 .await
@@ -674,7 +701,7 @@ mod theirs {
         let received = tokio::task::spawn_blocking(move || sub.finish())
             .await
             .unwrap();
-        let figures = open_figures(n, start, &received);
+        let figures = open_figures(n, start, &sent, &received);
         stop.store(true, Ordering::Relaxed);
         let eventloop = poller.await.unwrap();
         disconnect(client, eventloop).await;
@@ -858,6 +885,20 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var_os("MQTT_BENCH_LATENCY_ONLY").is_some() {
+        // Only the fixed-rate latency, both libraries, alternating.
+        rt.block_on(async {
+            for _ in 0..2 {
+                let a = ours::latency(port, rate, secs, window as u16).await;
+                let b = theirs::latency(port, rate, secs, window as u16).await;
+                println!(
+                    "latency QoS 1 {rate}/s p50/p99/max/lost ms: mqtt-tokio {}/{}/{}/{} rumqttc {}/{}/{}/{}",
+                    ms(a.p50), ms(a.p99), ms(a.max), a.lost, ms(b.p50), ms(b.p99), ms(b.max), b.lost
+                );
+            }
+        });
+        return;
+    }
     if let Ok(lib) = std::env::var("MQTT_BENCH_PROFILE") {
         // Only QoS 1 closed loop of one library, for `perf record`; against the ack-only
         // peer with `MQTT_BENCH_ACKER=1`.
@@ -954,6 +995,12 @@ fn main() {
                 format!("{:.0}", a.rate),
                 format!("{:.0}", b.rate),
                 Some(a.rate / b.rate),
+            );
+            row(
+                &format!("QoS {q} open p50/p99 ms"),
+                format!("{}/{}", ms(a.p50), ms(a.p99)),
+                format!("{}/{}", ms(b.p50), ms(b.p99)),
+                None,
             );
             row(
                 &format!("QoS {q} open lost/duplicated"),
