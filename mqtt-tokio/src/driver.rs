@@ -74,6 +74,10 @@ pub(crate) struct Driver {
     /// Packet identifiers in flight when CONNECT went out, in order: if the session is
     /// not resumed, `Event::SessionLost` lists their messages in this order.
     inflight_at_connect: Vec<u16>,
+    /// Messages of a session the broker did not resume, with who waits for them: they go
+    /// into the machine again, oldest first, as its queue has room (it may be full), and
+    /// only after `Event::Connected` queued the resubscribe.
+    session_lost: VecDeque<(Message, Option<Reply<Ack>>)>,
     disconnect: Option<Reply<()>>,
     status: watch::Sender<Status>,
     /// This connection reached CONNACK.
@@ -104,6 +108,7 @@ impl Driver {
             waiting: Vec::new(),
             subscriptions: Vec::new(),
             inflight_at_connect: Vec::new(),
+            session_lost: VecDeque::new(),
             disconnect: None,
             status,
             connected: false,
@@ -239,6 +244,13 @@ impl Driver {
         self.progress(Progress::Connecting);
         self.input.clear();
         loop {
+            // Events before packets: after a CONNACK without a session, the resubscribe
+            // that `Event::Connected` queues must go out before the messages waiting in
+            // the machine, or the new session routes them before the subscription exists.
+            while let Some(ev) = self.client.poll_event() {
+                self.on_event(ev, first);
+            }
+            self.republish();
             // Drain everything: packets out (one write), then events, until both are idle.
             loop {
                 if let Err(e) = self.flush(t).await {
@@ -296,6 +308,7 @@ impl Driver {
             let take_requests = !self.requests_closed
                 && self.disconnect.is_none()
                 && self.client.is_connected()
+                && self.session_lost.is_empty()
                 && self.has_room();
             let read_room = self.undelivered.len() < self.options.incoming_capacity.max(1);
             let wake = tokio::select! {
@@ -521,6 +534,7 @@ impl Driver {
                 for r in std::mem::take(&mut self.waiting) {
                     self.submit(r);
                 }
+                self.republish();
             }
             Event::Message {
                 message,
@@ -576,20 +590,12 @@ impl Driver {
             }
             Event::SessionLost { messages } => {
                 // [MQTT-3.2.2-5] the broker has no session: publish again what it never
-                // acknowledged (at least once still holds; QoS 2 may now arrive twice).
+                // acknowledged (at least once still holds; QoS 2 may now arrive twice),
+                // once the resubscribe is queued (`republish`).
                 let ids = std::mem::take(&mut self.inflight_at_connect);
-                let now = self.clock.now();
                 for (id, m) in ids.into_iter().zip(messages) {
                     let reply = self.publishes.remove(&id);
-                    match (self.client.publish(now, m), reply) {
-                        (Ok(Some(new)), Some(reply)) => {
-                            self.publishes.insert(new.get(), reply);
-                        }
-                        (Err(e), Some(reply)) => {
-                            let _ = reply.send(Err(e.into()));
-                        }
-                        _ => {}
-                    }
+                    self.session_lost.push_back((m, reply));
                 }
             }
             Event::Dropped {
@@ -600,6 +606,28 @@ impl Driver {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Hands the messages of a lost session to the machine while its queue has room.
+    fn republish(&mut self) {
+        if !self.client.is_connected() {
+            return;
+        }
+        let now = self.clock.now();
+        while self.has_room() {
+            let Some((m, reply)) = self.session_lost.pop_front() else {
+                return;
+            };
+            match (self.client.publish(now, m), reply) {
+                (Ok(Some(new)), Some(reply)) => {
+                    self.publishes.insert(new.get(), reply);
+                }
+                (Err(e), Some(reply)) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+                _ => {}
+            }
         }
     }
 
@@ -616,13 +644,20 @@ impl Driver {
         while let Ok(r) = self.requests.try_recv() {
             self.waiting.push(r);
         }
+        let lost = std::mem::take(&mut self.session_lost);
         let s = self.client.session();
         let unfinished: Vec<Message> = s
             .inflight
             .iter()
             .map(|f| f.outgoing.message.clone())
+            .chain(lost.iter().map(|(m, _)| m.clone()))
             .chain(s.queue.iter().map(|o| o.message.clone()))
             .collect();
+        for (_, reply) in lost {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(Error::Closed));
+            }
+        }
         for (_, reply) in self.publishes.drain() {
             let _ = reply.send(Err(Error::Closed));
         }
