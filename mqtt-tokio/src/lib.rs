@@ -51,11 +51,12 @@
 //! After every input — bytes read, a request, a timer — the task drains the machine
 //! completely before it waits again:
 //!
-//! 1. gather every packet `poll_transmit` has into one buffer and write it in one call
+//! 1. hand out every `poll_event` (replies, messages), which may queue packets: events
+//!    come first, so that after a reconnect that found no session the resubscribe that
+//!    `Event::Connected` queues goes out before the messages published again;
+//! 2. gather every packet `poll_transmit` has into one buffer and write it in one call
 //!    (one TCP segment train, one WebSocket frame; TCP_NODELAY is set, so a lone PINGREQ
-//!    is not delayed by Nagle);
-//! 2. hand out every `poll_event` (replies, messages), which may queue more packets (a
-//!    resubscribe after a reconnect), so go back to 1 until both are idle;
+//!    is not delayed by Nagle), and go back to 1 until both are idle;
 //! 3. wait for the socket, the request queue, room in [`Incoming`], or `poll_timeout`
 //!    (converted with [`Clock`]).
 //!
