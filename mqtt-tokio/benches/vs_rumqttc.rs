@@ -45,7 +45,7 @@
 //! `MQTT_BENCH_SECS` (5), `MQTT_BENCH_CLIENTS` (1,000). `MQTT_BENCH_PROFILE=ours` (or
 //! `theirs`) runs only one library's QoS 1 closed loop, for `perf record`;
 //! `MQTT_BENCH_LATENCY_ONLY=1` only the latency, twice for each library.
-//! `MQTT_BENCH_OURS_QUEUE` sets mqtt-tokio's `config.max_queued` (default 1,024).
+//! `MQTT_BENCH_OURS_QUEUE` sets mqtt-tokio's `config.max_queued` (default 64).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -475,7 +475,7 @@ mod ours {
     pub(super) async fn connect(port: u16, id: &str, window: u16) -> (AsyncClient, Incoming) {
         let mut options = Options::new(id, "127.0.0.1", port).version(ProtocolVersion::V3_1_1);
         options.config.max_inflight = window;
-        // The machine's queue behind the window (default 1,024): in an open loop its
+        // The machine's queue behind the window (default 64): in an open loop its
         // depth is the latency (Little's law).
         if let Ok(q) = std::env::var("MQTT_BENCH_OURS_QUEUE") {
             options.config.max_queued = q.parse().expect("MQTT_BENCH_OURS_QUEUE: a number");
