@@ -14,7 +14,9 @@ async fn main() -> Result<(), mqtt_tokio::Error> {
     let publisher = client.clone();
     tokio::spawn(async move {
         for i in 0..1000u32 {
-            publisher.publish("demo/n", QoS::AtLeastOnce, i.to_string()).await?;
+            publisher
+                .publish("demo/n", QoS::AtLeastOnce, i.to_string())
+                .await?;
         }
         Ok::<_, mqtt_tokio::Error>(())
     });
