@@ -360,6 +360,17 @@ async fn across_a_restart(qos: QoS, n: u32, restart_after: usize) -> (Vec<u32>, 
     (count, client)
 }
 
+/// Fails, naming the first few, if any message index never arrived.
+fn assert_none_lost(count: &[u32]) {
+    let lost: Vec<usize> = (0..count.len()).filter(|i| count[*i] == 0).collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
 /// The restarted broker has no session: the client subscribes again and publishes again
 /// what was not acknowledged, so every QoS 1 message comes back at least once. (It lost
 /// the 64 messages in flight while the client wrote queued PUBLISHes before the
@@ -368,13 +379,7 @@ async fn across_a_restart(qos: QoS, n: u32, restart_after: usize) -> (Vec<u32>, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_no_qos1_message() {
     let (count, client) = across_a_restart(QoS::AtLeastOnce, 2000, 200).await;
-    let lost: Vec<usize> = (0..count.len()).filter(|i| count[*i] == 0).collect();
-    assert!(
-        lost.is_empty(),
-        "{} lost, first {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
+    assert_none_lost(&count);
     client.disconnect().await.unwrap();
 }
 
@@ -385,13 +390,7 @@ async fn broker_restart_loses_no_qos1_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_keeps_qos2_at_least_once_and_duplicates_bounded() {
     let (count, client) = across_a_restart(QoS::ExactlyOnce, 1000, 100).await;
-    let lost: Vec<usize> = (0..count.len()).filter(|i| count[*i] == 0).collect();
-    assert!(
-        lost.is_empty(),
-        "{} lost, first {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
+    assert_none_lost(&count);
     let twice = count.iter().filter(|c| **c > 1).count();
     eprintln!("QoS 2 across a session-losing restart: {twice} of 1000 delivered twice");
     assert!(count.iter().all(|c| *c <= 2), "none more than twice");

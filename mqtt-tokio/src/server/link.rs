@@ -3,6 +3,7 @@
 //! and the core's owner over a bounded channel and an outbox.
 
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -235,17 +236,8 @@ impl Acceptor {
         websocket: bool,
         peer: SocketAddr,
     ) {
-        let handshake = tls.accept(stream);
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "tls handshake: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "tls handshake timed out");
-                return;
-            }
+        let Some(stream) = handshake(peer, "tls", tls.accept(stream)).await else {
+            return;
         };
         let identity = if self.conn_info {
             stream
@@ -348,17 +340,9 @@ impl Acceptor {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let handshake = tokio_tungstenite::accept_hdr_async(stream, ws_handshake);
-        let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "websocket handshake: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "websocket handshake timed out");
-                return;
-            }
+        let accept = tokio_tungstenite::accept_hdr_async(stream, ws_handshake);
+        let Some(ws) = handshake(peer, "websocket", accept).await else {
+            return;
         };
         let Some((id, outbox)) = self.clone().open(peer, identity).await else {
             return;
@@ -402,6 +386,26 @@ impl Acceptor {
     }
 }
 
+/// A TLS or WebSocket handshake within [`HANDSHAKE_TIMEOUT`]; `None` (logged) when it
+/// fails or takes longer.
+async fn handshake<T, E: std::fmt::Display>(
+    peer: SocketAddr,
+    what: &str,
+    handshake: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "{what} handshake: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "{what} handshake timed out");
+            None
+        }
+    }
+}
+
 /// A client certificate's identity for [`ConnInfo::tls_identity`]: `sha256:` and the hex
 /// SHA-256 of its DER, the fingerprint that certificate pinning and ACLs by fingerprint
 /// use (this crate parses no X.509, so no subject).
@@ -410,7 +414,7 @@ fn tls_identity(der: &[u8]) -> String {
     let mut s = String::with_capacity(7 + 64);
     s.push_str("sha256:");
     for b in digest.as_ref() {
-        s.push_str(&format!("{b:02x}"));
+        let _ = write!(s, "{b:02x}");
     }
     s
 }
