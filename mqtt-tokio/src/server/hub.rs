@@ -69,8 +69,6 @@ pub struct Hub {
     /// What the core has for one connection, gathered before it is handed over.
     batch: BytesMut,
     write_queue: usize,
-    /// Taking messages: the pending flag was cleared and the writable list handled.
-    active: bool,
 }
 
 impl std::fmt::Debug for Hub {
@@ -95,7 +93,6 @@ impl Hub {
             out: vec![0; 4096],
             batch: BytesMut::new(),
             write_queue: config.write_queue.max(1),
-            active: false,
         };
         let acceptor = Acceptor {
             tx,
@@ -130,26 +127,23 @@ impl Hub {
     /// close) to `broker`; `false` once there is nothing left, after which `notify` fires
     /// again when there is. Drain the core after each call that returns `true`.
     pub fn poll<H: Hooks>(&mut self, broker: &mut Broker<H>, now: Instant) -> bool {
-        if !self.active {
-            self.active = true;
-            // Cleared before the channel is emptied: a message sent after this notifies.
-            self.shared.pending.swap(false, Ordering::AcqRel);
-            let writable = std::mem::take(
-                &mut *self
-                    .shared
-                    .writable
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-            );
-            if !writable.is_empty() {
-                for id in writable {
-                    self.send(broker, now, id, false, false);
-                }
-                return true;
+        // Cleared before the channel and the writable list are looked at: whatever is
+        // sent or made writable after this notifies again.
+        self.shared.pending.swap(false, Ordering::AcqRel);
+        let writable = std::mem::take(
+            &mut *self
+                .shared
+                .writable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if !writable.is_empty() {
+            for id in writable {
+                self.send(broker, now, id, false, false);
             }
+            return true;
         }
         let Ok(msg) = self.rx.try_recv() else {
-            self.active = false;
             return false;
         };
         match msg {
