@@ -64,6 +64,8 @@ pub struct Broker<H: Hooks = AllowAll> {
     pub(crate) blockers: Vec<ConnectionId>,
     /// Deferred decisions: handed out and waiting for their answers.
     pub(crate) decisions: Decisions,
+    /// Durability: operations to store, output held for them.
+    pub(crate) store: crate::persist::StoreState,
 }
 
 impl Broker<AllowAll> {
@@ -107,6 +109,7 @@ impl<H: Hooks> Broker<H> {
             route_mark: Vec::new(),
             blockers: Vec::new(),
             decisions: Decisions::default(),
+            store: crate::persist::StoreState::default(),
         }
     }
 
@@ -257,6 +260,10 @@ impl<H: Hooks> Broker<H> {
         out: &mut [u8],
     ) -> Result<Option<usize>, Error> {
         let stall_timeout = self.config.stall_timeout;
+        if self.holding() {
+            // What is queued may promise what is not stored yet (see `Persistence::Sync`).
+            return Ok(None);
+        }
         let Some(c) = self.conn_mut(id) else {
             return Ok(None);
         };
@@ -310,7 +317,14 @@ impl<H: Hooks> Broker<H> {
 
     /// What the program must do next.
     pub fn poll_event(&mut self) -> Option<BrokerEvent> {
-        let event = self.events.pop_front()?;
+        let mut event = self.events.pop_front()?;
+        if self.holding() {
+            // Output waits for the store; it comes out again with `handle_durable`.
+            while matches!(event, BrokerEvent::Transmit(_) | BrokerEvent::Close { .. }) {
+                self.store.held.push(event);
+                event = self.events.pop_front()?;
+            }
+        }
         if let BrokerEvent::Transmit(id) = event {
             if let Some(c) = self.conn_mut(id) {
                 c.clear_transmit_queued();

@@ -53,6 +53,8 @@ pub struct BrokerConfig {
     /// value, and a broker that serves untrusted clients should set this from a random
     /// source.
     pub hash_seed: u64,
+    /// What must be stored before it is acknowledged (see [`crate::Persistence`]).
+    pub persistence: crate::Persistence,
 }
 
 impl Default for BrokerConfig {
@@ -70,6 +72,7 @@ impl Default for BrokerConfig {
             stall_timeout: Some(Duration::from_secs(5)),
             decision_timeout: Duration::from_secs(10),
             hash_seed: default_hash_seed(),
+            persistence: crate::Persistence::Off,
         }
     }
 }

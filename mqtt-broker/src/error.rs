@@ -29,6 +29,15 @@ pub enum Error {
     /// A reason string no packet could carry (U+0000, longer than 65,535 bytes).
     #[error("invalid reason string")]
     InvalidReasonString,
+    /// A stored entry [`crate::Broker::restore`] cannot read: damaged, truncated, or
+    /// written by a newer version of this crate.
+    #[error("stored {table:?} entry unreadable: {reason}")]
+    Corrupt {
+        /// Its table.
+        table: crate::Table,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 impl Error {
@@ -40,7 +49,8 @@ impl Error {
             | Error::UnknownSession
             | Error::UnknownRequest
             | Error::NotAnAuthRequest
-            | Error::InvalidReasonString => ReasonCode::UnspecifiedError,
+            | Error::InvalidReasonString
+            | Error::Corrupt { .. } => ReasonCode::UnspecifiedError,
         }
     }
 }

@@ -111,6 +111,7 @@ mod error;
 mod event;
 mod hooks;
 mod index;
+mod persist;
 mod registry;
 mod routing;
 mod slots;
@@ -125,6 +126,7 @@ pub use decide::{ConnInfo, Context, Request, RequestId, RequestKind};
 pub use error::Error;
 pub use event::{BrokerEvent, CloseReason, ConnectionId};
 pub use hooks::{AllowAll, AuthStep, DeferAll, Hooks, Verdict};
+pub use persist::{Batch, Persistence, StoreOp, Table};
 pub use stats::Stats;
 
 pub use mqtt_codec as codec;
