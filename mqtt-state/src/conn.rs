@@ -971,6 +971,12 @@ impl Conn {
         let known = self
             .flows_if_any()
             .is_some_and(|f| f.session.release_qos2(ack.packet_id));
+        if known && self.role == Role::Server {
+            // A durable broker forgets the stored identifier; others ignore the event.
+            self.events.push_back(Event::IncomingReleased {
+                packet_id: ack.packet_id,
+            });
+        }
         // 3.1.1 has no reason codes: PUBCOMP is the same either way.
         let code = if known || !self.version.is_v5() {
             ReasonCode::Success
@@ -992,7 +998,7 @@ impl Conn {
         message: Message,
         subscription_ids: heapless::Vec<SubscriptionId, 4>,
     ) -> Result<Option<PacketId>, Error> {
-        self.enqueue_with_ids(now, message, subscription_ids.iter().copied().collect())
+        self.enqueue_with_ids(now, message, subscription_ids.iter().copied().collect(), 0)
     }
 
     /// [`Conn::enqueue`] with any number of subscription identifiers (a server's delivery).
@@ -1001,6 +1007,7 @@ impl Conn {
         now: Instant,
         message: Message,
         subscription_ids: crate::SubscriptionIdList,
+        tag: u64,
     ) -> Result<Option<PacketId>, Error> {
         if self.flows().session.queue.len() >= self.max_queued as usize {
             return Err(Error::QueueFull);
@@ -1032,6 +1039,7 @@ impl Conn {
             queued_at: now,
             subscription_ids,
             packet_id,
+            tag,
         });
         Ok(packet_id)
     }
@@ -1049,6 +1057,11 @@ impl Conn {
         let flows = self.flows_mut();
         if let Some(f) = flows.session.inflight.remove(idx) {
             flows.ids.release(f.packet_id);
+            if f.outgoing.tag != 0 {
+                self.events.push_back(Event::Finished {
+                    tag: f.outgoing.tag,
+                });
+            }
             self.events.push_back(Event::Acknowledged {
                 packet_id: f.packet_id,
                 reason: ack.reason_code,
@@ -1087,6 +1100,10 @@ impl Conn {
         // again after this.
         f.stage = Stage::Released;
         f.sent = false;
+        if f.outgoing.tag != 0 {
+            let (tag, packet_id) = (f.outgoing.tag, f.packet_id);
+            self.events.push_back(Event::Released { tag, packet_id });
+        }
     }
 
     pub(crate) fn on_pubcomp(&mut self, ack: PubAck<'_>) {
@@ -1156,8 +1173,13 @@ impl Conn {
         while let Some(front) = self.flows().session.queue.front() {
             if front.remaining_expiry(now).is_err() {
                 let flows = self.flows_mut();
-                if let Some(id) = flows.session.queue.pop_front().and_then(|o| o.packet_id) {
-                    flows.ids.release(id);
+                if let Some(o) = flows.session.queue.pop_front() {
+                    if let Some(id) = o.packet_id {
+                        flows.ids.release(id);
+                    }
+                    if o.tag != 0 {
+                        self.events.push_back(Event::Finished { tag: o.tag });
+                    }
                 }
                 continue;
             }
@@ -1376,7 +1398,10 @@ impl Conn {
                 if a.qos == QoS::ExactlyOnce && a.code.is_error() && n.is_ok() {
                     // [MQTT-4.3.3-9] a PUBREC with an error ends the exchange: no PUBREL
                     // follows, and a PUBLISH reusing the id is a new message.
-                    flows.session.release_qos2(a.id);
+                    if flows.session.release_qos2(a.id) && self.role == Role::Server {
+                        self.events
+                            .push_back(Event::IncomingReleased { packet_id: a.id });
+                    }
                 }
                 n.ok()
             }
@@ -1453,6 +1478,9 @@ impl Conn {
                         if let Some(id) = id {
                             self.flows_mut().ids.release(id);
                         }
+                        if q.tag != 0 {
+                            self.events.push_back(Event::Finished { tag: q.tag });
+                        }
                         self.report_too_large(id, q.message, size);
                         None
                     }
@@ -1471,6 +1499,11 @@ impl Conn {
         let flows = self.flows_mut();
         if let Some(f) = flows.session.inflight.remove(i) {
             flows.ids.release(f.packet_id);
+            if f.outgoing.tag != 0 {
+                self.events.push_back(Event::Finished {
+                    tag: f.outgoing.tag,
+                });
+            }
             self.report_too_large(Some(f.packet_id), f.outgoing.message, size);
         }
     }
