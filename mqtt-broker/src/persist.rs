@@ -798,6 +798,7 @@ impl<H: Hooks> Broker<H> {
             packet_id: pid,
             tag,
         };
+        let window = usize::from(self.config.server.max_inflight);
         let o = self.offline_mut(s);
         match (stage, pid) {
             // [MQTT-4.3.3-6] PUBREC was received: PUBREL is what goes again.
@@ -806,8 +807,18 @@ impl<H: Hooks> Broker<H> {
                     .inflight
                     .push_back(Inflight::resumed(pid, outgoing, Stage::Released))
             }
-            // Sent or not, it goes again under its identifier: a QoS 2 receiver that
-            // has it knows it by that identifier ([MQTT-4.3.3-10]).
+            // A session sends in order, at most its window at a time: of the messages
+            // with an identifier, only the first `max_inflight` can have been sent. They
+            // go again with DUP ([MQTT-3.3.1-1]: it may be a re-delivery) under their
+            // identifier, which a QoS 2 receiver knows them by ([MQTT-4.3.3-10]), within
+            // the client's quota ([MQTT-4.9.0-2]); the rest go as the first time.
+            (Stage::Published, Some(pid))
+                if o.state.inflight.len() < window && o.state.queue.is_empty() =>
+            {
+                o.state
+                    .inflight
+                    .push_back(Inflight::resumed(pid, outgoing, Stage::Published))
+            }
             _ => o.state.queue.push_back(outgoing),
         }
         Ok(())

@@ -179,6 +179,37 @@ fn a_released_qos2_message_is_not_published_again() {
 }
 
 #[test]
+fn unacknowledged_deliveries_go_again_with_dup_and_their_identifiers() {
+    let mut net = Net::durable();
+    let s = net.join(ClientConfig {
+        manual_acks: true,
+        ..persistent(V5, "s")
+    });
+    net.subscribe(s, "t", q(QoS::AtLeastOnce));
+    let p = net.join(ClientConfig::new(V5, "p"));
+    for m in ["a", "b", "c"] {
+        net.publish(p, "t", m, QoS::AtLeastOnce, false);
+    }
+    let first = net.deliveries(s);
+    assert_eq!(first.len(), 3);
+    // Never acknowledged; the broker dies.
+    net.crash_and_restore(10);
+    net.reconnect(s);
+    let again = net.deliveries(s);
+    let view = |d: &[(Option<mqtt_codec::PacketId>, bool, Message)]| {
+        d.iter()
+            .map(|(id, dup, m)| (*id, *dup, text(m)))
+            .collect::<Vec<_>>()
+    };
+    // [MQTT-3.3.1-1] DUP on the re-delivery; the same identifiers, in order.
+    let want: Vec<_> = view(&first)
+        .into_iter()
+        .map(|(id, _, m)| (id, true, m))
+        .collect();
+    assert_eq!(view(&again), want);
+}
+
+#[test]
 fn retained_messages_and_subscriptions_survive() {
     let mut net = Net::durable();
     let s = net.join(persistent(V5, "s"));

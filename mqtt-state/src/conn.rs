@@ -515,7 +515,14 @@ impl Conn {
     /// peak is what an idle connection costs.
     pub(crate) fn pop_event(&mut self) -> Option<Event> {
         let e = self.events.pop_front()?;
-        if !matches!(e, Event::Message { .. } | Event::Acknowledged { .. }) {
+        if !matches!(
+            e,
+            Event::Message { .. }
+                | Event::Acknowledged { .. }
+                | Event::Released { .. }
+                | Event::Finished { .. }
+                | Event::IncomingReleased { .. }
+        ) {
             self.events.release_if_empty();
         }
         Some(e)
@@ -1138,6 +1145,20 @@ impl Conn {
 
     // ---- Transmit ------------------------------------------------------------------------
 
+    /// Whether a PUBLISH in flight may be sent again: fewer than the quota of them are
+    /// outstanding on this connection (sent, or past PUBREC). Counted only when more are
+    /// in flight than the quota, which only a resumed session can be.
+    fn resend_quota_left(&self) -> bool {
+        let limit = usize::from(self.peer.receive_maximum.min(self.max_inflight));
+        let inflight = &self.flows().session.inflight;
+        inflight.len() <= limit
+            || inflight
+                .iter()
+                .filter(|f| f.sent || f.stage == Stage::Released)
+                .count()
+                < limit
+    }
+
     fn send_quota_left(&self) -> bool {
         let limit = self.peer.receive_maximum.min(self.max_inflight);
         // [MQTT-4.9.0-2] each QoS>0 PUBLISH in flight takes one unit of the quota.
@@ -1167,7 +1188,11 @@ impl Conn {
             return Some(Next::Ack);
         }
         if let Some(i) = flows.session.inflight.iter().position(|f| !f.sent) {
-            return Some(Next::Inflight(i));
+            // PUBREL takes no quota; a PUBLISH sent again does ([MQTT-4.9.0-2]): a
+            // resumed session may hold more in flight than the peer now takes.
+            if flows.session.inflight[i].stage == Stage::Released || self.resend_quota_left() {
+                return Some(Next::Inflight(i));
+            }
         }
         // Drop expired queued messages before they take a packet id.
         while let Some(front) = self.flows().session.queue.front() {
