@@ -587,8 +587,22 @@ impl<H: Hooks> Broker<H> {
         } else {
             ReasonCode::Success
         };
-        if let (Some(pid), Some(c)) = (packet_id, self.conn_mut(id)) {
-            c.session.ack(now, pid, reason);
+        if let Some(pid) = packet_id {
+            // Acknowledged once what routing it changed is stored.
+            let after = self.after_store();
+            let promise = crate::persist::Promise::Ack {
+                conn: id,
+                packet_id: pid,
+                reason,
+            };
+            match after {
+                Some(_) => self.promise(now, after, promise),
+                None => {
+                    if let Some(c) = self.conn_mut(id) {
+                        c.session.ack(now, pid, reason);
+                    }
+                }
+            }
         }
     }
 

@@ -1,13 +1,22 @@
 //! Durability: what the core must have stored before it keeps a promise.
 //!
-//! A QoS 1/2 acknowledgement, a SUBACK and a CONNACK that says "session present" are
-//! promises. With [`Persistence::Sync`] the core keeps them only once what they promise
-//! is on disk: every state change that must survive a crash comes out of
-//! [`Broker::poll_store`] as [`StoreOp`]s, grouped in a batch, and no connection's output
-//! (and no close) leaves [`Broker::poll_transmit`] / [`Broker::poll_event`] until the
-//! adapter has written the batch and said so with [`Broker::handle_durable`]. One batch
-//! holds everything one turn of the event loop changed: one write (one `fsync`) per turn,
-//! however many messages it carried — group commit.
+//! A QoS 1/2 acknowledgement, a SUBACK and an UNSUBACK are promises. With
+//! [`Persistence::Sync`] the core keeps them only once what they promise is on disk:
+//! every state change that must survive a crash comes out of [`Broker::poll_store`] as
+//! [`StoreOp`]s, grouped in a batch, and each PUBACK, PUBREC, SUBACK and UNSUBACK waits
+//! for the batch that holds what it promises, until the adapter has written it and said
+//! so with [`Broker::handle_durable`]. One batch holds everything the event loop changed
+//! since the last one: one write (one `fsync`) however many messages it carried — group
+//! commit. The adapter may go on feeding input while a batch is being written.
+//!
+//! Deliveries at QoS 0 and 1 do not wait: a crash can only make a QoS 1 message come
+//! again, which QoS 1 allows, and a message delivered and acknowledged before its batch
+//! is written is put and deleted in the same batch, which a store applies as nothing.
+//! What a QoS 2 exchange depends on does wait, and with it all output, until stored: the
+//! publisher's packet identifier (or after a crash it would send the PUBLISH again to a
+//! broker that no longer knows it, and a subscriber could get it twice), the PUBREC a
+//! subscriber sent (or a restart would publish again what it completed), a PUBREL
+//! received (or its PUBCOMP could free an identifier the store still holds).
 //!
 //! The operations are key/value writes into a few [`Table`]s; the core encodes keys and
 //! values itself (a versioned binary format, messages as MQTT 5.0 PUBLISH packets), so a
@@ -43,19 +52,32 @@
 //! [`Instant`]: mqtt_state::Instant
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
 use bytes::Bytes;
-use mqtt_codec::{PacketId, ProtocolVersion, QoS, SubscriptionId};
-use mqtt_state::{Duration, Inflight, Instant, Message, Outgoing, Stage, SubscriptionIdList};
+use mqtt_codec::{PacketId, ProtocolVersion, QoS, ReasonCode, SubscriptionId};
+use mqtt_state::{
+    Diagnostics, Duration, Inflight, Instant, Message, Outgoing, Stage, SubscriptionIdList,
+};
 
 use crate::registry::Offline;
 use crate::routing::SubOpts;
 use crate::subscriptions::parse_subscription;
-use crate::{Broker, BrokerEvent, Error, Hooks};
+use crate::{Broker, BrokerEvent, ConnectionId, Error, Hooks};
 
 /// How much the core asks of storage.
+///
+/// With `Sync`, each PUBACK, PUBREC, SUBACK and UNSUBACK waits for the batch of
+/// [`StoreOp`]s that holds what it promises. Deliveries at QoS 0 and 1 do not wait: a
+/// crash can only make a QoS 1 message come again, which QoS 1 allows, and a message
+/// delivered and acknowledged before its batch is written is put and deleted in the same
+/// batch, which a store applies as nothing. What a QoS 2 exchange depends on does wait,
+/// and with it all output, until stored: the publisher's packet identifier (or after a
+/// crash it would send the PUBLISH again to a broker that no longer knows it, and a
+/// subscriber could get it twice), the PUBREC a subscriber sent (or a restart would
+/// publish again what it completed), a PUBREL received (or its PUBCOMP could free an
+/// identifier the store still holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Persistence {
@@ -66,10 +88,10 @@ pub enum Persistence {
     /// the adapter writes batches when it likes (say every 100 ms), and a crash loses
     /// what was acknowledged since the last write. Faster; a promise kept within a bound.
     Eventual,
-    /// Every change comes out of [`crate::Broker::poll_store`], and output that depends
-    /// on it (acknowledgements, SUBACK, CONNACK, and messages routed to subscribers, which
-    /// a publisher could otherwise send again after a crash and a QoS 2 subscriber receive
-    /// twice) waits for [`crate::Broker::handle_durable`]: acknowledged means stored.
+    /// Every change comes out of [`crate::Broker::poll_store`], and what promises it
+    /// (PUBACK, PUBREC, SUBACK, UNSUBACK, and the steps of QoS 2 exchanges, see
+    /// [`Persistence`]) waits for [`crate::Broker::handle_durable`]:
+    /// acknowledged means stored.
     Sync,
 }
 
@@ -155,15 +177,31 @@ impl<H: Hooks> Broker<H> {
         }
         ops.append(&mut self.store.ops);
         self.store.batch += 1;
+        if core::mem::take(&mut self.store.hazard) {
+            self.store.hazard_batch = self.store.batch;
+        }
         Some(self.store.batch)
     }
 
     /// Batch `batch` (and every batch before it) is durable: with [`Persistence::Sync`],
-    /// the output held for it goes out ([`BrokerEvent::Transmit`], [`BrokerEvent::Close`]
-    /// come out of [`Broker::poll_event`] again).
-    pub fn handle_durable(&mut self, _now: Instant, batch: Batch) {
+    /// the acknowledgements that waited for it go out, and output held for a QoS 2
+    /// exchange ([`BrokerEvent::Transmit`], [`BrokerEvent::Close`] come out of
+    /// [`Broker::poll_event`] again).
+    pub fn handle_durable(&mut self, now: Instant, batch: Batch) {
         if batch > self.store.durable {
             self.store.durable = batch.min(self.store.batch);
+        }
+        // The promises whose operations are now stored are kept, in the order made.
+        while self
+            .store
+            .deferred
+            .front()
+            .is_some_and(|(b, _)| *b <= self.store.durable)
+        {
+            let Some((_, d)) = self.store.deferred.pop_front() else {
+                break;
+            };
+            self.keep(now, d);
         }
         if !self.holding() && !self.store.held.is_empty() {
             let held = core::mem::take(&mut self.store.held);
@@ -197,10 +235,95 @@ impl<H: Hooks> Broker<H> {
 
     /// Whether output waits for the store: [`Persistence::Sync`] with changes not yet
     /// durable.
+    ///
+    /// Acknowledgements wait one by one ([`Broker::after_store`]); the whole output waits
+    /// only for what a QoS 2 exchange depends on, where a packet sent before its state is
+    /// stored could make a restart deliver a message twice.
     pub(crate) fn holding(&self) -> bool {
         self.config.persistence == Persistence::Sync
-            && (!self.store.ops.is_empty() || self.store.durable < self.store.batch)
+            && (self.store.hazard || self.store.durable < self.store.hazard_batch)
     }
+
+    /// The batch a promise made now depends on, when it must wait for one: with
+    /// [`Persistence::Sync`], the batch the operations not yet handed out will be.
+    pub(crate) fn after_store(&self) -> Option<Batch> {
+        (self.config.persistence == Persistence::Sync && !self.store.ops.is_empty())
+            .then_some(self.store.batch + 1)
+    }
+
+    /// Keeps `promise` now, or once batch `after` is durable.
+    pub(crate) fn promise(&mut self, now: Instant, after: Option<Batch>, promise: Promise) {
+        match after {
+            Some(batch) => self.store.deferred.push_back((batch, promise)),
+            None => self.keep(now, promise),
+        }
+    }
+
+    fn keep(&mut self, now: Instant, promise: Promise) {
+        let id = match promise {
+            Promise::Ack {
+                conn,
+                packet_id,
+                reason,
+            } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.session.ack(now, packet_id, reason);
+                }
+                conn
+            }
+            Promise::SubAck {
+                conn,
+                packet_id,
+                reasons,
+                diagnostics,
+            } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    if diagnostics.is_empty() {
+                        let _ = c.session.suback(now, packet_id, reasons);
+                    } else {
+                        let _ = c.session.suback_with(now, packet_id, reasons, diagnostics);
+                    }
+                }
+                conn
+            }
+            Promise::UnsubAck {
+                conn,
+                packet_id,
+                reasons,
+            } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    let _ = c.session.unsuback(now, packet_id, reasons);
+                }
+                conn
+            }
+        };
+        self.wake(id);
+        self.rearm(id);
+    }
+}
+
+/// An answer that promises what must be stored first.
+#[derive(Debug)]
+pub(crate) enum Promise {
+    /// PUBACK / PUBREC: the message is the broker's.
+    Ack {
+        conn: ConnectionId,
+        packet_id: PacketId,
+        reason: ReasonCode,
+    },
+    /// SUBACK: the subscriptions hold.
+    SubAck {
+        conn: ConnectionId,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+        diagnostics: Diagnostics,
+    },
+    /// UNSUBACK: the subscriptions are gone.
+    UnsubAck {
+        conn: ConnectionId,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+    },
 }
 
 /// The core's side of durability.
@@ -216,6 +339,12 @@ pub(crate) struct StoreState {
     pub(crate) held: Vec<BrokerEvent>,
     /// The last message sequence number given (0 is "not stored").
     pub(crate) last_tag: u64,
+    /// The operations not yet handed out include one a QoS 2 exchange depends on.
+    pub(crate) hazard: bool,
+    /// The last batch that did.
+    pub(crate) hazard_batch: Batch,
+    /// Answers waiting for their batch, in the order they were made.
+    pub(crate) deferred: VecDeque<(Batch, Promise)>,
     /// While restoring: what is read before the messages it belongs to, and the sessions
     /// whose client was connected when the broker stopped.
     pub(crate) restoring: Option<Box<Restoring>>,
@@ -530,6 +659,7 @@ impl<H: Hooks> Broker<H> {
         let client_id = &rec.client_id;
         match event {
             StoredEvent::Released { tag, packet_id } => {
+                self.store.hazard = true;
                 let key = message_key(client_id, tag);
                 let v = [&[FORMAT][..], &packet_id.get().to_be_bytes(), &[1]].concat();
                 self.put(Table::Progress, key, v);
@@ -540,10 +670,12 @@ impl<H: Hooks> Broker<H> {
                 self.delete(Table::Messages, key);
             }
             StoredEvent::Received { packet_id } => {
+                self.store.hazard = true;
                 let key = incoming_key(client_id, packet_id);
                 self.put(Table::Incoming, key, alloc::vec![FORMAT]);
             }
             StoredEvent::IncomingReleased { packet_id } => {
+                self.store.hazard = true;
                 let key = incoming_key(client_id, packet_id);
                 self.delete(Table::Incoming, key);
             }
@@ -561,6 +693,7 @@ impl<H: Hooks> Broker<H> {
             return;
         };
         let mut ops = Vec::new();
+        let mut hazard = false;
         for (q, _) in c
             .session
             .session()
@@ -570,6 +703,8 @@ impl<H: Hooks> Broker<H> {
             .filter(|(_, lacked)| **lacked)
         {
             if let (Some(pid), true) = (q.packet_id, q.tag != 0) {
+                // A QoS 2 message must not go out under an identifier a restart forgets.
+                hazard |= q.message.qos == QoS::ExactlyOnce;
                 let v = [&[FORMAT][..], &pid.get().to_be_bytes(), &[0]].concat();
                 ops.push(StoreOp::Put {
                     table: Table::Progress,
@@ -579,6 +714,7 @@ impl<H: Hooks> Broker<H> {
             }
         }
         self.store.ops.append(&mut ops);
+        self.store.hazard |= hazard;
     }
 
     /// A retained message set (`Some`) or cleared on `topic`.
