@@ -55,7 +55,9 @@
 //!    yields to the runtime), the answers and the calls;
 //! 3. after each, drains the core: requests go to the decision function, events to the
 //!    hub ([`Hub::handle_event`]), which hands output to the connections' outboxes;
-//! 4. waits for the next wake-up or [`mqtt_broker::Broker::poll_timeout`].
+//! 4. with a store (`Server::store`, feature `store`), commits what the turn changed
+//!    (with `Persistence::Sync` before any output that depends on it goes out);
+//! 5. waits for the next wake-up or [`mqtt_broker::Broker::poll_timeout`].
 //!
 //! # Memory per connection
 //!
