@@ -5,13 +5,15 @@
 //! per [`Table`] that applies a batch atomically and reads everything back after a
 //! restart. Two are here:
 //!
-//! - [`RedbStore`]: one file on disk, [redb](https://docs.rs/redb) (pure Rust, ACID,
-//!   crash-safe, no server). Every [`Store::commit`] is one write transaction with
-//!   `Durability::Immediate` (an `fsync` before it returns), so one batch — everything one
-//!   turn of the event loop changed — costs one `fsync`: group commit. The file carries a
-//!   format version; a file from a newer version, or a damaged or truncated one, is an
-//!   error ([`Error::StoreVersion`], [`Error::StoreDamaged`]), never a panic and never a
-//!   partial state.
+//! - [`RedbStore`]: one file on disk, [redb](https://docs.rs/redb) 2 (pure Rust, ACID,
+//!   crash-safe, no server; redb 3 needs Rust 1.89, this workspace supports 1.88). Every
+//!   [`Store::commit`] is one write transaction with `Durability::Immediate` and
+//!   two-phase commit (two `fsync`s before it returns: the data, then the header that
+//!   points to it), so one batch — everything one turn of the event loop changed — costs
+//!   one commit however many messages it holds: group commit. The file carries a format
+//!   version; a file from a newer version, or a damaged or truncated one, is an error
+//!   ([`Error::StoreVersion`], [`Error::StoreDamaged`]), never a panic and never a
+//!   partial state (the whole file is checked against its checksums at open).
 //! - [`MemoryStore`]: a map behind a cloneable handle, for tests: drop a broker, restore
 //!   another one from the same store.
 //!
@@ -263,8 +265,8 @@ fn data(table: Table) -> Data {
     redb::TableDefinition::new(table.name())
 }
 
-/// A store in one redb file: atomic, crash-safe batches with an `fsync` per commit. See
-/// the [module docs](self).
+/// A store in one redb file: atomic, crash-safe batches, durable when
+/// [`Store::commit`] returns. See the [module docs](self).
 pub struct RedbStore {
     db: redb::Database,
     path: PathBuf,
