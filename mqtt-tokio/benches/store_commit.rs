@@ -1,9 +1,9 @@
 //! What a durable broker pays for its store: [`RedbStore::commit`] of batches of 1, 64 and
-//! 1,024 message-sized Puts (a 20-byte key, session and sequence number as the core lays
-//! them out, and a 200-byte value), each commit one redb write transaction with
-//! `Durability::Immediate` and two-phase commit (two `fsync`s); and the bytes on disk per stored message once 100,000 are
-//! stored (keys of 100 sessions interleaved, as queues fill: leaves split half full).
-//! Prints a table; asserts nothing.
+//! 1,024 message-sized Puts (a 20-byte key: a session and a sequence number; a 200-byte
+//! value), each commit one redb write transaction with `Durability::Immediate` and
+//! two-phase commit (two `fsync`s); and the bytes on disk per stored message once 100,000
+//! are stored (keys of 100 sessions interleaved, as queues fill). Prints a table; asserts
+//! nothing.
 //!
 //! ```text
 //! cargo bench -p mqtt-tokio --features store --bench store_commit
