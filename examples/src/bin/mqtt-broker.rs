@@ -42,15 +42,16 @@
 //! # Durability
 //!
 //! What the broker acknowledged survives a crash: sessions, subscriptions, retained
-//! messages and the QoS 1/2 messages queued for persistent sessions are kept in a redb file,
-//! `broker.redb` in `--data-dir` (default `mqtt-broker-data` in the working directory),
-//! and restored at start. `--durability always` (the default) sends no acknowledgement
-//! before what it acknowledges is on disk, with one commit (one `fsync`) per turn of the
-//! event loop for everything that turn changed; `--durability 100ms` commits at most
-//! 100 ms apart and does not hold acknowledgements (a crash loses up to that much);
-//! `--in-memory` keeps nothing. A store that cannot be used (damaged, written by a newer
-//! version, in use by another broker) is reported on stderr and the broker exits with
-//! status 1 without serving anything; so does a store error while serving.
+//! messages and the QoS 1/2 messages queued for persistent sessions are kept in a redb
+//! file, `broker.redb` in `--data-dir` (default `mqtt-broker-data` in the working
+//! directory), and restored at start. `--durability always` (the default) sends no
+//! acknowledgement before what it acknowledges is on disk, with one commit (one redb
+//! transaction, two `fsync`s) per turn of the event loop for everything that turn
+//! changed; `--durability 100ms` commits at most 100 ms apart and does not hold
+//! acknowledgements (a crash loses up to that much); `--in-memory` keeps nothing. A store
+//! that cannot be used (damaged, written by a newer version, in use by another broker) is
+//! reported on stderr and the broker exits with status 1 without serving anything; so
+//! does a store error while serving. SIGTERM, like Ctrl-C, commits what is left and exits.
 //!
 //! A client that does not read fast enough to keep its output below `--write-queue`
 //! chunks is closed rather than buffered for without bound.
@@ -190,9 +191,9 @@ struct Args {
     #[arg(long, conflicts_with = "data_dir")]
     in_memory: bool,
     /// `always`: no acknowledgement goes out before what it acknowledges is on disk (one
-    /// commit, one fsync, per turn of the event loop for everything it changed). `<N>ms`
-    /// (say `100ms`): a commit at most N ms apart, acknowledgements not held; a crash loses
-    /// what was acknowledged in the last N ms.
+    /// commit per turn of the event loop for everything it changed). `<N>ms` (say
+    /// `100ms`): a commit at most N ms apart, acknowledgements not held; a crash loses what
+    /// was acknowledged in the last N ms.
     #[arg(long, default_value = "always", value_parser = parse_durability)]
     durability: Durability,
 }
@@ -763,6 +764,8 @@ impl EventLoop {
                     self.accept();
                 }
             }
+            // Before the writes: dropping a connection past its deadline can make output.
+            let closing_at = self.expire_closing();
             // Feeding the core is over for this turn: what it changed goes to the store
             // (group commit), and with `--durability always` its output waits for that.
             // Pulling output can change more (a message handed to a connection): again
@@ -784,7 +787,7 @@ impl EventLoop {
                 .durable
                 .as_ref()
                 .and_then(|d| Some(d.last + d.every?).filter(|_| d.batch.is_some()));
-            for t in [self.accept_paused, self.expire_closing(), commit_at] {
+            for t in [self.accept_paused, closing_at, commit_at] {
                 wake_at = match (wake_at, t) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
