@@ -324,7 +324,7 @@ impl<H: Hooks + 'static> Server<H> {
         #[cfg(feature = "store")]
         if result.is_ok() {
             // What the last turns changed (the shutdown's wills, say).
-            self.commit(true).await.map_err(io::Error::other)?;
+            while self.commit(true).await.map_err(io::Error::other)? {}
         }
         result
     }
@@ -366,13 +366,22 @@ impl<H: Hooks + 'static> Server<H> {
                 call(&mut self.broker, now);
                 self.drain(now);
             }
+            // Handing out the output a commit released can change more (a message handed
+            // to a connection), which `Persistence::Sync` holds output for again: until
+            // nothing is left.
             #[cfg(feature = "store")]
-            if let Err(e) = self.commit(false).await {
-                tracing::error!("store: {e}; stopping");
-                for l in &listening {
-                    l.abort();
+            loop {
+                match self.commit(false).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::error!("store: {e}; stopping");
+                        for l in &listening {
+                            l.abort();
+                        }
+                        return Err(io::Error::other(e));
+                    }
                 }
-                return Err(io::Error::other(e));
             }
             if let Some(until) = stopping {
                 let done = self.hub.is_empty() && self.hub.tasks() == 0;
@@ -429,21 +438,21 @@ impl<H: Hooks + 'static> Server<H> {
     /// Takes what the core has for the store and commits it if it is time: every turn
     /// with `Persistence::Sync`, every [`Server::commit_interval`] with `Eventual`, and
     /// whatever is left when `all` (at the end); then hands out the output that waited
-    /// for it.
+    /// for it. Whether it committed.
     #[cfg(feature = "store")]
-    async fn commit(&mut self, all: bool) -> Result<(), Error> {
+    async fn commit(&mut self, all: bool) -> Result<bool, Error> {
         let Some(d) = self.durable.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         if let Some(batch) = self.broker.poll_store(&mut d.ops) {
             d.batch = Some(batch);
         }
         let Some(batch) = d.batch else {
-            return Ok(());
+            return Ok(false);
         };
         let sync = self.broker.config().persistence == mqtt_broker::Persistence::Sync;
         if !(all || sync || tokio::time::Instant::now() >= d.last + d.every) {
-            return Ok(());
+            return Ok(false);
         }
         let now = self.clock.now();
         let (Some(mut store), mut ops) = (d.store.take(), std::mem::take(&mut d.ops)) else {
@@ -466,7 +475,7 @@ impl<H: Hooks + 'static> Server<H> {
         let now = self.clock.now();
         self.broker.handle_durable(now, batch);
         self.drain(now);
-        Ok(())
+        Ok(true)
     }
 
     /// Carries out what the core asks for until it has nothing more.
