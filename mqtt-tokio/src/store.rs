@@ -232,7 +232,15 @@ impl Store for MemoryStore {
                 }
                 StoreOp::DeletePrefix { table, prefix } => {
                     let map = &mut inner.tables[index(*table)];
-                    map.retain(|k, _| !k.starts_with(prefix));
+                    let doomed: Vec<Vec<u8>> = map
+                        .range(prefix.clone()..)
+                        .map(|(k, _)| k)
+                        .take_while(|k| k.starts_with(prefix))
+                        .cloned()
+                        .collect();
+                    for k in doomed {
+                        map.remove(&k);
+                    }
                 }
             }
         }
