@@ -14,6 +14,7 @@ use mqtt_state::{Diagnostics, Event, Instant, Message, ServerConfig, ServerSessi
 use crate::conn::Conn;
 use crate::decide::Decisions;
 use crate::index::ClientIndex;
+use crate::persist::StoredEvent;
 use crate::registry::SessionRecord;
 use crate::routing::SubOpts;
 use crate::slots::Slots;
@@ -444,12 +445,35 @@ impl<H: Hooks> Broker<H> {
             let Some(event) = c.session.poll_event() else {
                 break;
             };
+            let owner = c.owner();
             match event {
                 Event::ConnectRequest(req) => self.on_connect(now, id, *req),
                 Event::Auth { method, data, .. } => self.on_auth(now, id, method, data),
                 Event::Message {
                     packet_id, message, ..
-                } => self.on_message(now, id, packet_id, message),
+                } => {
+                    if let (Some(s), Some(pid), QoS::ExactlyOnce) = (owner, packet_id, message.qos)
+                    {
+                        // Held until PUBREL: a resend after a restart is not delivered twice.
+                        self.on_stored_event(s, StoredEvent::Received { packet_id: pid });
+                    }
+                    self.on_message(now, id, packet_id, message)
+                }
+                Event::Released { tag, packet_id } => {
+                    if let Some(s) = owner {
+                        self.on_stored_event(s, StoredEvent::Released { tag, packet_id });
+                    }
+                }
+                Event::Finished { tag } => {
+                    if let Some(s) = owner {
+                        self.on_stored_event(s, StoredEvent::Finished { tag });
+                    }
+                }
+                Event::IncomingReleased { packet_id } => {
+                    if let Some(s) = owner {
+                        self.on_stored_event(s, StoredEvent::IncomingReleased { packet_id });
+                    }
+                }
                 Event::SubscribeRequest {
                     packet_id,
                     filters,

@@ -188,6 +188,10 @@ impl<H: Hooks> Broker<H> {
                 QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
             });
         }
+        if reasons.iter().any(|r| !r.is_error()) {
+            // Stored before the SUBACK leaves (held with `Persistence::Sync`).
+            self.store_session(owner);
+        }
         // [MQTT-3.8.4-1] every SUBSCRIBE gets its SUBACK, codes in order ([MQTT-3.9.3-1]);
         // an embedder's Reason String goes with it ([MQTT-3.9.2-1]: not beyond the
         // client's Maximum Packet Size).
@@ -245,6 +249,9 @@ impl<H: Hooks> Broker<H> {
             } else {
                 ReasonCode::NoSubscriptionExisted
             });
+        }
+        if reasons.contains(&ReasonCode::Success) {
+            self.store_session(owner);
         }
         // [MQTT-3.10.4-4] [MQTT-3.10.4-5] an UNSUBACK even when nothing was removed.
         if let Some(c) = self.conn_mut(id) {

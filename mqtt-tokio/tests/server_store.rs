@@ -124,7 +124,6 @@ async fn unreadable_store_stops_run_before_serving() {
 /// A persistent session with a subscription, queued messages while it was away, and a
 /// retained message, across a restart from the same store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the core's store operations and restore (#13, in progress in mqtt-broker)"]
 async fn persistent_session_survives_a_restart() {
     let store = MemoryStore::new();
     let (addr, stop, done) = start(store.clone(), Persistence::Sync).await;

@@ -354,28 +354,53 @@ fn redb_foreign_file() {
     assert_damaged(&file);
 }
 
-/// A broker restored from a store it committed to: the helpers' order of calls.
+/// A broker restored from a store another one committed to, through the helpers; an
+/// entry the core cannot read stops the restore.
 #[test]
 fn restore_and_flush() {
     use mqtt_broker::{BrokerConfig, Persistence};
-    let mut store = MemoryStore::new();
-    store
-        .commit(&[put(Table::Retained, b"x", b"y")], Instant::from_millis(7))
-        .unwrap();
-    let config = BrokerConfig {
+    let config = || BrokerConfig {
         persistence: Persistence::Sync,
         ..BrokerConfig::default()
     };
-    let mut broker = Broker::new(config, Instant::ZERO);
-    let loaded = restore(&mut broker, &mut store).unwrap();
-    assert!(loaded.resume_at >= Instant::from_millis(7));
-    assert_eq!(loaded.entries, 1);
+    let mut store = MemoryStore::new();
+    let mut first = Broker::new(config(), Instant::ZERO);
     let mut ops = Vec::new();
     // Nothing changed: nothing written.
-    let before = store.commits();
     assert_eq!(
-        flush(&mut broker, &mut store, loaded.resume_at, &mut ops).unwrap(),
+        flush(&mut first, &mut store, Instant::ZERO, &mut ops).unwrap(),
         None
     );
-    assert_eq!(store.commits(), before);
+    assert_eq!(store.commits(), 0);
+    let topic = mqtt_state::TopicBuf::try_from("kept/1".to_owned()).unwrap();
+    let mut m = mqtt_state::Message::new(topic, b"v".to_vec(), mqtt_state::codec::QoS::AtLeastOnce);
+    m.retain = true;
+    first.publish(Instant::from_millis(7), m);
+    assert!(
+        flush(&mut first, &mut store, Instant::from_millis(7), &mut ops)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.commits(), 1);
+    assert_eq!(store.entries(Table::Retained).len(), 1);
+    drop(first);
+
+    let mut second = Broker::new(config(), Instant::ZERO);
+    let loaded = restore(&mut second, &mut store).unwrap();
+    assert!(loaded.resume_at >= Instant::from_millis(7));
+    assert_eq!(loaded.entries, 1);
+    assert_eq!(second.stats().retained, 1);
+
+    // Bytes the core cannot read.
+    store
+        .commit(
+            &[put(Table::Retained, b"x", b"not an entry")],
+            Instant::from_millis(8),
+        )
+        .unwrap();
+    let mut third = Broker::new(config(), Instant::ZERO);
+    match restore(&mut third, &mut store) {
+        Err(Error::StoreDamaged(_)) => {}
+        other => panic!("expected StoreDamaged, got {other:?}"),
+    }
 }
