@@ -448,27 +448,23 @@ impl Store for RedbStore {
             ] {
                 tables.push(tx.open_table(data(t)).map_err(|e| self.err(e))?);
             }
-            for op in ops {
-                match op {
-                    StoreOp::Put { table, key, value } => {
-                        tables[index(*table)]
-                            .insert(key.as_slice(), value.as_slice())
-                            .map_err(|e| self.err(e))?;
-                    }
-                    StoreOp::Delete { table, key } => {
-                        tables[index(*table)]
-                            .remove(key.as_slice())
-                            .map_err(|e| self.err(e))?;
-                    }
-                    StoreOp::DeletePrefix { table, prefix } => {
-                        let t = &mut tables[index(*table)];
-                        let start = prefix.as_slice();
-                        let result = match prefix_end(prefix) {
-                            Some(end) => t.retain_in(start..end.as_slice(), |_, _| false),
-                            None => t.retain_in(start.., |_, _| false),
-                        };
-                        result.map_err(|e| self.err(e))?;
-                    }
+            // The batch's net effect: a message queued and acknowledged within one batch
+            // (common with `Persistence::Eventual`, whose batches span many turns) never
+            // touches the file, and the rest is written in key order.
+            let net = Net::of(ops);
+            for (table, prefix) in net.prefixes {
+                let t = &mut tables[table];
+                let result = match prefix_end(prefix) {
+                    Some(end) => t.retain_in(prefix..end.as_slice(), |_, _| false),
+                    None => t.retain_in(prefix.., |_, _| false),
+                };
+                result.map_err(|e| self.err(e))?;
+            }
+            for ((table, key), value) in net.keys {
+                let t = &mut tables[table];
+                match value {
+                    Some(value) => drop(t.insert(key, value).map_err(|e| self.err(e))?),
+                    None => drop(t.remove(key).map_err(|e| self.err(e))?),
                 }
             }
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
@@ -497,6 +493,49 @@ fn quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
     drop(std::panic::take_hook());
     std::panic::set_hook(Box::new(move |info| previous(info)));
     result
+}
+
+/// The net effect of a batch: prefix deletions first, in order, then the last write of
+/// each key written after the last deletion of a prefix covering it, in key order.
+/// Applying it leaves the same state as applying the batch in order.
+struct Net<'a> {
+    prefixes: Vec<(usize, &'a [u8])>,
+    /// By (table, key): `Some(value)` a put, `None` a delete.
+    keys: BTreeMap<(usize, &'a [u8]), Option<&'a [u8]>>,
+}
+
+impl<'a> Net<'a> {
+    fn of(ops: &'a [StoreOp]) -> Self {
+        let mut net = Net {
+            prefixes: Vec::new(),
+            keys: BTreeMap::new(),
+        };
+        for op in ops {
+            match op {
+                StoreOp::Put { table, key, value } => {
+                    net.keys.insert((index(*table), key), Some(value));
+                }
+                StoreOp::Delete { table, key } => {
+                    net.keys.insert((index(*table), key), None);
+                }
+                StoreOp::DeletePrefix { table, prefix } => {
+                    let t = index(*table);
+                    // Earlier writes under the prefix: the deletion covers them.
+                    let covered: Vec<_> = net
+                        .keys
+                        .range((t, prefix.as_slice())..)
+                        .map(|(k, _)| *k)
+                        .take_while(|(kt, k)| *kt == t && k.starts_with(prefix))
+                        .collect();
+                    for k in covered {
+                        net.keys.remove(&k);
+                    }
+                    net.prefixes.push((t, prefix));
+                }
+            }
+        }
+        net
+    }
 }
 
 /// A redb error as the crate's, with the file it concerns.

@@ -404,3 +404,47 @@ fn restore_and_flush() {
         other => panic!("expected StoreDamaged, got {other:?}"),
     }
 }
+
+/// RedbStore writes a batch's net effect; it must leave what applying the batch in order
+/// leaves (MemoryStore does that): random batches of puts, deletes and prefix deletions
+/// over a few short keys, so that they overlap.
+#[test]
+fn redb_net_effect_matches_in_order() {
+    let dir = TempDir::new("net");
+    let mut redb = RedbStore::open(&dir.0).unwrap();
+    let mut memory = MemoryStore::new();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for batch in 0..60 {
+        let mut ops = Vec::new();
+        for _ in 0..(1 + next(25)) {
+            let table = [Table::Messages, Table::Progress][next(2) as usize];
+            let len = next(4) as usize;
+            let key: Vec<u8> = (0..len)
+                .map(|_| [b'a', b'b', 0xFF][next(3) as usize])
+                .collect();
+            ops.push(match next(5) {
+                0 | 1 => StoreOp::Put {
+                    table,
+                    key,
+                    value: vec![batch as u8, next(256) as u8],
+                },
+                2 | 3 => StoreOp::Delete { table, key },
+                _ => StoreOp::DeletePrefix { table, prefix: key },
+            });
+        }
+        let now = Instant::from_millis(batch);
+        redb.commit(&ops, now).unwrap();
+        memory.commit(&ops, now).unwrap();
+        assert_eq!(
+            dump(&mut redb).0,
+            dump(&mut memory).0,
+            "after batch {batch}: {ops:?}"
+        );
+    }
+}
