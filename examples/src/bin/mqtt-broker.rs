@@ -532,17 +532,44 @@ fn run(args: Args) -> std::io::Result<()> {
             })?;
     }
 
+    // Commits (an fsync or two each) run on a thread of their own, so that the event loop
+    // goes on reading while one is on its way to the disk; what it reads meanwhile is the
+    // next commit (group commit).
+    let durable = match store {
+        None => None,
+        Some((mut store, _)) => {
+            let (to_committer, commits) = std::sync::mpsc::channel::<(Vec<StoreOp>, Instant)>();
+            let (committed_tx, committed) = std::sync::mpsc::channel();
+            let wake = wake.clone();
+            let thread = std::thread::Builder::new()
+                .name("store".into())
+                .spawn(move || {
+                    for (mut ops, now) in commits {
+                        let result = store.commit(&ops, now);
+                        ops.clear();
+                        if committed_tx.send((result, ops)).is_err() {
+                            return;
+                        }
+                        let _ = wake.waker.wake();
+                    }
+                })?;
+            Some(Durable {
+                thread,
+                to_committer,
+                committed,
+                ops: Vec::new(),
+                spare: Vec::new(),
+                batch: None,
+                in_flight: None,
+                every: match args.durability {
+                    Durability::Always => None,
+                    Durability::Every(d) => Some(d),
+                },
+                last: StdInstant::now(),
+            })
+        }
+    };
     let start = StdInstant::now();
-    let durable = store.map(|(store, _)| Durable {
-        store,
-        ops: Vec::new(),
-        batch: None,
-        every: match args.durability {
-            Durability::Always => None,
-            Durability::Every(d) => Some(d),
-        },
-        last: StdInstant::now(),
-    });
     EventLoop {
         poll,
         listener: tcp,
@@ -641,15 +668,24 @@ const LINGER: StdDuration = StdDuration::from_secs(2);
 /// How long accepting pauses after an error such as EMFILE, instead of spinning.
 const ACCEPT_BACKOFF: StdDuration = StdDuration::from_millis(100);
 
-/// The store and what the core gave it that is not committed yet.
+/// The link to the store's thread, and what the core gave the store that is not
+/// committed yet.
 struct Durable {
-    store: RedbStore,
+    /// The store's thread: it closes the store when `to_committer` closes.
+    thread: std::thread::JoinHandle<()>,
+    /// Batches to commit, with the broker's clock.
+    to_committer: std::sync::mpsc::Sender<(Vec<StoreOp>, Instant)>,
+    /// Each commit's result (and its emptied buffer); the thread wakes the loop after each.
+    committed: std::sync::mpsc::Receiver<(Result<(), mqtt_tokio::Error>, Vec<StoreOp>)>,
+    /// Operations not sent to the thread yet, and the last batch among them.
     ops: Vec<StoreOp>,
-    /// The last batch in `ops`.
+    spare: Vec<StoreOp>,
     batch: Option<Batch>,
-    /// `--durability <N>ms`: commits at most this far apart; `None`: every turn.
+    /// The last batch of the commit on its way (one at a time).
+    in_flight: Option<Batch>,
+    /// `--durability <N>ms`: commits at most this far apart; `None`: one after another.
     every: Option<StdDuration>,
-    /// The last commit.
+    /// When the last commit was sent.
     last: StdInstant,
 }
 
@@ -747,7 +783,7 @@ impl EventLoop {
             if self.wake.shutdown.load(Ordering::Acquire) {
                 info!("interrupted, shutting down");
                 // What the last turns changed, `--durability <N>ms` or not.
-                self.commit(true);
+                self.commit_rest();
                 return Ok(());
             }
             let now = self.now();
@@ -771,8 +807,9 @@ impl EventLoop {
             // Pulling output can change more (a message handed to a connection): again
             // until nothing is left.
             loop {
-                let committed = self.commit(false);
-                if self.dirty.is_empty() && !committed {
+                self.take_committed(false);
+                self.commit();
+                if self.dirty.is_empty() {
                     break;
                 }
                 // A failed write can close a connection, and what the core then sends (a
@@ -783,10 +820,12 @@ impl EventLoop {
                 // Pulling output from the core drains queues, which resumes publishers.
                 self.drain(self.now());
             }
-            let commit_at = self
-                .durable
-                .as_ref()
-                .and_then(|d| Some(d.last + d.every?).filter(|_| d.batch.is_some()));
+            // The store's thread wakes the loop when a commit is done; with `<N>ms`, the next
+            // one is due then.
+            let commit_at = self.durable.as_ref().and_then(|d| {
+                let due = d.batch.is_some() && d.in_flight.is_none();
+                Some(d.last + d.every?).filter(|_| due)
+            });
             for t in [self.accept_paused, closing_at, commit_at] {
                 wake_at = match (wake_at, t) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -835,33 +874,86 @@ impl EventLoop {
         self.start + StdDuration::from_millis(t.as_millis().saturating_sub(self.base))
     }
 
-    /// Takes what the core has for the store and, with `--durability always`, when `all`,
-    /// or when `--durability <N>ms` is up, commits it and hands out the output that waited
-    /// for it; whether it committed. A store error ends the process: what the broker
-    /// acknowledged could no longer be kept.
-    fn commit(&mut self, all: bool) -> bool {
+    /// Takes what the core has for the store and sends it to the store's thread, unless a
+    /// commit is on its way (what comes meanwhile goes with the next) or, with
+    /// `--durability <N>ms`, the last one was sent less than N ms ago.
+    fn commit(&mut self) {
         let now = self.now();
         let Some(d) = self.durable.as_mut() else {
-            return false;
+            return;
         };
         if let Some(batch) = self.broker.poll_store(&mut d.ops) {
             d.batch = Some(batch);
         }
-        let Some(batch) = d.batch else {
-            return false;
-        };
-        if !all && d.every.is_some_and(|every| d.last.elapsed() < every) {
-            return false;
+        if d.in_flight.is_some() || d.batch.is_none() {
+            return;
         }
-        if let Err(e) = d.store.commit(&d.ops, now) {
+        if d.every.is_some_and(|every| d.last.elapsed() < every) {
+            return;
+        }
+        let ops = std::mem::replace(&mut d.ops, std::mem::take(&mut d.spare));
+        if d.to_committer.send((ops, now)).is_err() {
+            store_failed(&mqtt_tokio::Error::Store(
+                "the store's thread is gone".into(),
+            ));
+        }
+        d.in_flight = d.batch.take();
+        d.last = StdInstant::now();
+    }
+
+    /// Takes the result of the commit on its way, if it is done (`wait`: waits for it),
+    /// and hands out the output that waited for it. A store error ends the process: what
+    /// the broker acknowledged could no longer be kept.
+    fn take_committed(&mut self, wait: bool) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        let Some(batch) = d.in_flight else {
+            return;
+        };
+        let done = if wait {
+            d.committed.recv().ok()
+        } else {
+            match d.committed.try_recv() {
+                Ok(done) => Some(done),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        let Some((result, spare)) = done else {
+            store_failed(&mqtt_tokio::Error::Store(
+                "the store's thread is gone".into(),
+            ));
+        };
+        if let Err(e) = result {
             store_failed(&e);
         }
-        d.ops.clear();
-        d.batch = None;
-        d.last = StdInstant::now();
+        d.spare = spare;
+        d.in_flight = None;
+        let now = self.now();
         self.broker.handle_durable(now, batch);
         self.drain(now);
-        true
+    }
+
+    /// At shutdown: commits everything, waiting for each commit.
+    fn commit_rest(&mut self) {
+        loop {
+            self.take_committed(true);
+            let Some(d) = self.durable.as_mut() else {
+                return;
+            };
+            // Whatever the interval: now.
+            d.every = None;
+            self.commit();
+            if self.durable.as_ref().is_none_or(|d| d.in_flight.is_none()) {
+                break;
+            }
+        }
+        // Closed cleanly: the next start need not check for a torn commit.
+        if let Some(d) = self.durable.take() {
+            drop(d.to_committer);
+            let _ = d.thread.join();
+        }
     }
 
     /// Accepts plain TCP connections until there are no more.
