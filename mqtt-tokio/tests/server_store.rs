@@ -51,22 +51,29 @@ async fn next(incoming: &mut mqtt_tokio::Incoming) -> Message {
         .expect("the client is running")
 }
 
-/// QoS 1 and 2 through a server whose output waits for each commit (or not), in order.
+/// QoS 1 and 2 to a persistent session (stored, message by message) through a server
+/// whose output waits for each commit (or not): every message once, in order.
 async fn flows(persistence: Persistence) {
     let store = MemoryStore::new();
     let (addr, stop, done) = start(store.clone(), persistence).await;
     let options = |id: &str| Options::new(id, "127.0.0.1", addr.port());
-    let (sub, mut incoming) = AsyncClient::connect(options("sub")).await.expect("sub");
+    let (sub, mut incoming) = AsyncClient::connect(options("sub").persistent_session(600))
+        .await
+        .expect("sub");
     sub.subscribe("t/#", QoS::ExactlyOnce)
         .await
         .expect("subscribe");
     let (publisher, _) = AsyncClient::connect(options("pub")).await.expect("pub");
     for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
-        for i in 0..200u32 {
+        let mut acks = Vec::new();
+        for i in 0..500u32 {
             let m = Message::new(topic("t/1"), i.to_be_bytes().to_vec(), qos);
-            publisher.publish_message(m).await.expect("acknowledged");
+            acks.push(publisher.enqueue(m).await.expect("enqueue"));
         }
-        for i in 0..200u32 {
+        for a in acks {
+            a.await.expect("acknowledged");
+        }
+        for i in 0..500u32 {
             let m = next(&mut incoming).await;
             assert_eq!(m.payload.as_ref(), i.to_be_bytes(), "message {i}");
         }
@@ -75,6 +82,10 @@ async fn flows(persistence: Persistence) {
     sub.disconnect().await.expect("disconnect");
     let _ = stop.send(());
     done.await.expect("server task").expect("server run");
+    assert!(store.commits() > 0, "nothing was stored");
+    // The subscriber's session outlives it (the last QoS 2 exchange may still be open: a
+    // client that disconnects right after its last message leaves it to the session).
+    assert_eq!(store.entries(Table::Sessions).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,4 +183,50 @@ async fn persistent_session_survives_a_restart() {
     let _ = stop.send(());
     done.await.expect("server task").expect("server run");
     assert!(!store.entries(Table::Sessions).is_empty());
+}
+
+/// The same on a redb file: every commit an fsync on the blocking pool, output held for
+/// it; the session is in the file afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_flows_with_sync_on_redb() {
+    let dir = std::env::temp_dir().join(format!("mqtt-tokio-server-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = mqtt_tokio::store::RedbStore::open(&dir).expect("open");
+    let (addr, stop, done) = start(store, Persistence::Sync).await;
+    let options = |id: &str| Options::new(id, "127.0.0.1", addr.port());
+    let (sub, mut incoming) = AsyncClient::connect(options("sub").persistent_session(600))
+        .await
+        .expect("sub");
+    sub.subscribe("t/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (publisher, _) = AsyncClient::connect(options("pub")).await.expect("pub");
+    let mut acks = Vec::new();
+    for i in 0..300u32 {
+        let m = Message::new(topic("t/1"), i.to_be_bytes().to_vec(), QoS::AtLeastOnce);
+        acks.push(publisher.enqueue(m).await.expect("enqueue"));
+    }
+    for a in acks {
+        a.await.expect("acknowledged");
+    }
+    for i in 0..300u32 {
+        let m = next(&mut incoming).await;
+        assert_eq!(m.payload.as_ref(), i.to_be_bytes(), "message {i}");
+    }
+    publisher.disconnect().await.expect("disconnect");
+    sub.disconnect().await.expect("disconnect");
+    let _ = stop.send(());
+    done.await.expect("server task").expect("server run");
+    let mut store = mqtt_tokio::store::RedbStore::open(&dir).expect("reopen");
+    let mut sessions = 0;
+    store
+        .load(&mut |_, t, _, _| {
+            sessions += usize::from(t == Table::Sessions);
+            Ok(())
+        })
+        .expect("load");
+    assert_eq!(sessions, 1);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
 }

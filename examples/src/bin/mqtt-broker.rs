@@ -45,9 +45,10 @@
 //! messages and the QoS 1/2 messages queued for persistent sessions are kept in a redb
 //! file, `broker.redb` in `--data-dir` (default `mqtt-broker-data` in the working
 //! directory), and restored at start. `--durability always` (the default) sends no
-//! acknowledgement before what it acknowledges is on disk, with one commit (one redb
-//! transaction, two `fsync`s) per turn of the event loop for everything that turn
-//! changed; `--durability 100ms` commits at most 100 ms apart and does not hold
+//! acknowledgement before what it acknowledges is on disk. Commits (one redb transaction,
+//! two `fsync`s, each) are written by a thread of their own, one at a time, while the loop
+//! goes on reading: everything the loop took in meanwhile goes into the next one (group
+//! commit). `--durability 100ms` commits at most 100 ms apart and does not hold
 //! acknowledgements (a crash loses up to that much); `--in-memory` keeps nothing. A store
 //! that cannot be used (damaged, written by a newer version, in use by another broker) is
 //! reported on stderr and the broker exits with status 1 without serving anything; so

@@ -160,12 +160,24 @@ struct Durable {
     store: Option<Box<dyn crate::store::Store>>,
     /// Operations taken from the core and not written yet, and the last batch among them.
     ops: Vec<mqtt_broker::StoreOp>,
+    spare: Vec<mqtt_broker::StoreOp>,
     batch: Option<mqtt_broker::Batch>,
+    /// The commit on its way (one at a time): its last batch, and where its result comes.
+    in_flight: Option<(mqtt_broker::Batch, oneshot::Receiver<Committed>)>,
     /// With [`mqtt_broker::Persistence::Eventual`]: how far apart commits are at most,
     /// and when the last one was.
     every: std::time::Duration,
     last: tokio::time::Instant,
 }
+
+/// What a commit on the blocking pool gives back: the store, the emptied buffer, the
+/// result.
+#[cfg(feature = "store")]
+type Committed = (
+    Box<dyn crate::store::Store>,
+    Vec<mqtt_broker::StoreOp>,
+    Result<(), Error>,
+);
 
 impl<H: Hooks> std::fmt::Debug for Server<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -224,8 +236,8 @@ impl<H: Hooks + 'static> Server<H> {
     /// - [`mqtt_broker::Persistence::Off`]: restored at start, never written.
     ///
     /// Commits run on tokio's blocking pool (`spawn_blocking`, so a current-thread runtime
-    /// works too); the core task waits for each, while the connection tasks go on reading,
-    /// so that the next turn's batch takes whatever came meanwhile. A store error stops
+    /// works too), one at a time, while the core task goes on serving: what it takes in
+    /// meanwhile goes into the next commit (group commit). A store error stops
     /// the server with that error: promises could no longer be kept. On shutdown, what
     /// remains is committed before `run` returns.
     #[cfg(feature = "store")]
@@ -234,7 +246,9 @@ impl<H: Hooks + 'static> Server<H> {
         self.durable = Some(Durable {
             store: Some(Box::new(store)),
             ops: Vec::new(),
+            spare: Vec::new(),
             batch: None,
+            in_flight: None,
             every: std::time::Duration::from_millis(100),
             last: tokio::time::Instant::now(),
         });
@@ -324,7 +338,7 @@ impl<H: Hooks + 'static> Server<H> {
         #[cfg(feature = "store")]
         if result.is_ok() {
             // What the last turns changed (the shutdown's wills, say).
-            while self.commit(true).await.map_err(io::Error::other)? {}
+            self.commit_rest().await.map_err(io::Error::other)?;
         }
         result
     }
@@ -366,22 +380,16 @@ impl<H: Hooks + 'static> Server<H> {
                 call(&mut self.broker, now);
                 self.drain(now);
             }
-            // Handing out the output a commit released can change more (a message handed
-            // to a connection), which `Persistence::Sync` holds output for again: until
-            // nothing is left.
+            // A commit done hands out the output that waited for it; then what the core
+            // changed since goes to the store, unless a commit is on its way (its end
+            // notifies).
             #[cfg(feature = "store")]
-            loop {
-                match self.commit(false).await {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => {
-                        tracing::error!("store: {e}; stopping");
-                        for l in &listening {
-                            l.abort();
-                        }
-                        return Err(io::Error::other(e));
-                    }
+            if let Err(e) = self.take_committed().and_then(|()| self.commit(false)) {
+                tracing::error!("store: {e}; stopping");
+                for l in &listening {
+                    l.abort();
                 }
+                return Err(io::Error::other(e));
             }
             if let Some(until) = stopping {
                 let done = self.hub.is_empty() && self.hub.tasks() == 0;
@@ -396,8 +404,8 @@ impl<H: Hooks + 'static> Server<H> {
             let deadline = self.broker.poll_timeout().map(|t| self.clock.to_tokio(t));
             #[cfg(feature = "store")]
             let commit_at = self.durable.as_ref().and_then(|d| {
-                let pending = d.batch.is_some();
-                pending.then_some(d.last + d.every)
+                let due = d.batch.is_some() && d.in_flight.is_none();
+                due.then_some(d.last + d.every)
             });
             #[cfg(not(feature = "store"))]
             let commit_at: Option<tokio::time::Instant> = None;
@@ -435,47 +443,97 @@ impl<H: Hooks + 'static> Server<H> {
         Ok(())
     }
 
-    /// Takes what the core has for the store and commits it if it is time: every turn
-    /// with `Persistence::Sync`, every [`Server::commit_interval`] with `Eventual`, and
-    /// whatever is left when `all` (at the end); then hands out the output that waited
-    /// for it. Whether it committed.
+    /// Takes what the core has for the store and, if no commit is on its way, starts one
+    /// if it is time: every turn with `Persistence::Sync`, every
+    /// [`Server::commit_interval`] with `Eventual`, at once when `all` (at the end).
     #[cfg(feature = "store")]
-    async fn commit(&mut self, all: bool) -> Result<bool, Error> {
+    fn commit(&mut self, all: bool) -> Result<(), Error> {
         let Some(d) = self.durable.as_mut() else {
-            return Ok(false);
+            return Ok(());
         };
         if let Some(batch) = self.broker.poll_store(&mut d.ops) {
             d.batch = Some(batch);
         }
+        if d.in_flight.is_some() {
+            return Ok(());
+        }
         let Some(batch) = d.batch else {
-            return Ok(false);
+            return Ok(());
         };
         let sync = self.broker.config().persistence == mqtt_broker::Persistence::Sync;
         if !(all || sync || tokio::time::Instant::now() >= d.last + d.every) {
-            return Ok(false);
+            return Ok(());
         }
-        let now = self.clock.now();
-        let (Some(mut store), mut ops) = (d.store.take(), std::mem::take(&mut d.ops)) else {
+        let Some(mut store) = d.store.take() else {
             return Err(Error::Store("the store failed before".into()));
         };
+        let mut ops = std::mem::replace(&mut d.ops, std::mem::take(&mut d.spare));
+        let now = self.clock.now();
+        let (tx, rx) = oneshot::channel();
+        let notify = self.notify.clone();
         // fsync takes milliseconds: on the blocking pool, not on a runtime thread (and
-        // `block_in_place` would panic on a current-thread runtime).
-        let done = tokio::task::spawn_blocking(move || {
+        // `block_in_place` would panic on a current-thread runtime). The result is sent
+        // before the core task is woken, so that it finds it.
+        tokio::task::spawn_blocking(move || {
             let result = store.commit(&ops, now);
             ops.clear();
-            (store, ops, result)
-        })
-        .await;
-        let (store, ops, result) = done.map_err(|e| Error::Store(format!("commit: {e}")))?;
-        d.store = Some(store);
-        d.ops = ops;
-        result?;
+            let _ = tx.send((store, ops, result));
+            notify.notify_one();
+        });
+        d.in_flight = Some((batch, rx));
         d.batch = None;
         d.last = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// If the commit on its way is done, hands out the output that waited for it.
+    #[cfg(feature = "store")]
+    fn take_committed(&mut self) -> Result<(), Error> {
+        let Some((batch, rx)) = self.durable.as_mut().and_then(|d| d.in_flight.as_mut()) else {
+            return Ok(());
+        };
+        let batch = *batch;
+        let done = match rx.try_recv() {
+            Ok(done) => done,
+            Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
+            Err(oneshot::error::TryRecvError::Closed) => {
+                return Err(Error::Store("the commit failed (panicked)".into()))
+            }
+        };
+        self.committed(batch, done)
+    }
+
+    #[cfg(feature = "store")]
+    fn committed(&mut self, batch: mqtt_broker::Batch, done: Committed) -> Result<(), Error> {
+        let (store, spare, result) = done;
+        if let Some(d) = self.durable.as_mut() {
+            d.in_flight = None;
+            d.store = Some(store);
+            d.spare = spare;
+        }
+        result?;
         let now = self.clock.now();
         self.broker.handle_durable(now, batch);
         self.drain(now);
-        Ok(true)
+        Ok(())
+    }
+
+    /// At the end: commits everything, waiting for each commit.
+    #[cfg(feature = "store")]
+    async fn commit_rest(&mut self) -> Result<(), Error> {
+        loop {
+            if let Some((batch, rx)) = self.durable.as_mut().and_then(|d| d.in_flight.as_mut()) {
+                let batch = *batch;
+                let done = rx
+                    .await
+                    .map_err(|_| Error::Store("the commit failed (panicked)".into()))?;
+                self.committed(batch, done)?;
+            }
+            self.commit(true)?;
+            if self.durable.as_ref().is_none_or(|d| d.in_flight.is_none()) {
+                return Ok(());
+            }
+        }
     }
 
     /// Carries out what the core asks for until it has nothing more.
