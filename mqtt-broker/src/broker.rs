@@ -263,6 +263,13 @@ impl<H: Hooks> Broker<H> {
         let stall_timeout = self.config.stall_timeout;
         if self.holding() {
             // What is queued may promise what is not stored yet (see `Persistence::Sync`).
+            // The program was told to transmit and will not be told again: a Transmit
+            // comes out with `handle_durable`.
+            if let Some(c) = self.conn_mut(id) {
+                if c.set_transmit_queued() {
+                    self.store.held.push(BrokerEvent::Transmit(id));
+                }
+            }
             return Ok(None);
         }
         let Some(c) = self.conn_mut(id) else {
@@ -451,14 +458,7 @@ impl<H: Hooks> Broker<H> {
                 Event::Auth { method, data, .. } => self.on_auth(now, id, method, data),
                 Event::Message {
                     packet_id, message, ..
-                } => {
-                    if let (Some(s), Some(pid), QoS::ExactlyOnce) = (owner, packet_id, message.qos)
-                    {
-                        // Held until PUBREL: a resend after a restart is not delivered twice.
-                        self.on_stored_event(s, StoredEvent::Received { packet_id: pid });
-                    }
-                    self.on_message(now, id, packet_id, message)
-                }
+                } => self.on_message(now, id, packet_id, message),
                 Event::Released { tag, packet_id } => {
                     if let Some(s) = owner {
                         self.on_stored_event(s, StoredEvent::Released { tag, packet_id });

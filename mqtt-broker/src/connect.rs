@@ -157,13 +157,17 @@ impl<H: Hooks> Broker<H> {
             // [MQTT-3.1.4-3] a second connection with this id takes the session over.
             let old = self.sessions[s].as_ref().and_then(|r| r.conn);
             if let Some(old) = old {
-                let state = self.take_over(now, old);
+                let (state, will) = self.take_over(now, old);
                 let rec = self.sessions[s].as_mut().expect("indexed");
                 rec.offline = Some(Box::new(Offline {
                     state,
                     ..Offline::default()
                 }));
                 rec.conn = None;
+                // Routed once the session is parked: it may match the session itself.
+                if let Some(w) = will {
+                    self.route(now, None, None, w);
+                }
             }
             let rec = self.sessions[s].as_mut().expect("indexed");
             // [MQTT-3.1.3-9] reconnecting in time cancels a delayed will (dropped with the
@@ -242,11 +246,15 @@ impl<H: Hooks> Broker<H> {
     }
 
     /// Ends `old` with Session taken over, returning the session state it held.
-    pub(crate) fn take_over(&mut self, now: Instant, old: ConnectionId) -> SessionState {
+    pub(crate) fn take_over(
+        &mut self,
+        now: Instant,
+        old: ConnectionId,
+    ) -> (SessionState, Option<mqtt_state::Message>) {
         // What it waited for is moot; its undecided messages were not taken.
         self.drop_requests(old);
         let Some(c) = self.conn_mut(old) else {
-            return SessionState::default();
+            return (SessionState::default(), None);
         };
         let state = c.take_session_state();
         // The old connection's will is not published by a takeover in 3.1.1 practice;
@@ -254,16 +262,13 @@ impl<H: Hooks> Broker<H> {
         let v5 = c.session.version().is_v5();
         let will = c.take_will().filter(|_| v5);
         self.take_owner(old);
-        if let Some((w, _)) = will {
-            self.route(now, None, None, w);
-        }
         self.end_connection(
             now,
             old,
             ReasonCode::SessionTakenOver,
             CloseReason::SessionTakenOver,
         );
-        state
+        (state, will.map(|(w, _)| w))
     }
 
     pub(crate) fn on_disconnected(

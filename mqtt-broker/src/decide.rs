@@ -581,6 +581,14 @@ impl<H: Hooks> Broker<H> {
         let Some(owner) = self.conn(id).and_then(Conn::owner) else {
             return;
         };
+        if let (Some(pid), QoS::ExactlyOnce) = (packet_id, message.qos) {
+            // Held until PUBREL, stored with the routing (same batch): a resend after a
+            // restart is not delivered twice, and one never routed is routed.
+            self.on_stored_event(
+                owner,
+                crate::persist::StoredEvent::Received { packet_id: pid },
+            );
+        }
         let matched = self.route(now, Some(owner), Some(id), message);
         let reason = if matched == 0 {
             ReasonCode::NoMatchingSubscribers
