@@ -76,7 +76,7 @@ use std::fmt::Write as _;
 
 use bytes::BytesMut;
 use mqtt_broker::{
-    Batch, Broker, BrokerConfig, BrokerEvent, ConnectionId, Context, Hooks, Persistence,
+    Batch, Broker, BrokerConfig, BrokerEvent, CloseReason, ConnectionId, Context, Hooks, Persistence,
     RequestId, RequestKind, StoreOp, Table, Verdict,
 };
 use mqtt_codec::SubscriptionOptions;
@@ -186,6 +186,8 @@ struct Link {
     server_open: bool,
     /// When the client last wrote to it (dead link detection is measured from there).
     client_last_tx: Instant,
+    /// When the broker last read a byte from it (its keep alive is measured from there).
+    server_last_read: Instant,
     /// The client stopped reading it at some point (a keep alive timeout is then right).
     stalled: bool,
     /// Packets the broker received and sent on it, as the will checks need them.
@@ -202,6 +204,9 @@ struct Link {
     /// The broker crashed before that batch was written: the DISCONNECT is as if never
     /// read, and the will may come.
     disconnect_lost: bool,
+    /// The broker closed it as taken over by a newer connection of its client, which may
+    /// not have had its CONNACK yet (held for the store), or ever.
+    taken_over: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -777,8 +782,10 @@ impl Sim {
             return;
         };
         buf.extend_from_slice(bytes);
+        let before = buf.len();
         let dropped = b.broker.stats().messages_dropped;
         b.broker.handle_input(now, id, buf);
+        let read = buf.len() < before;
         b.calls += 1;
         let dropped = b.broker.stats().messages_dropped - dropped;
         // Memory: what a paused connection holds is bounded by what its client may send.
@@ -790,6 +797,9 @@ impl Sim {
         if let Some(l) = self.links.get_mut(&link) {
             if l.disconnect_seen && l.disconnect_read.is_none() && !unread {
                 l.disconnect_read = Some(batch);
+            }
+            if read {
+                l.server_last_read = now;
             }
         }
         if dropped > 0 {
@@ -852,6 +862,12 @@ impl Sim {
                 }
                 BrokerEvent::Close { id, reason } => {
                     self.trace(|| format!("broker closes {id:?}: {reason:?}"));
+                    if reason == CloseReason::SessionTakenOver {
+                        let link = self.broker.link_of_conn.get(&id);
+                        if let Some(l) = link.and_then(|link| self.links.get_mut(link)) {
+                            l.taken_over = true;
+                        }
+                    }
                     closing.push(id);
                 }
                 // The broker leaves a paused connection's bytes in its input buffer; a
@@ -1334,6 +1350,7 @@ impl Sim {
                 client_open: true,
                 server_open: true,
                 client_last_tx: self.now,
+                server_last_read: self.now,
                 stalled: false,
                 c2s_frames: Framer::default(),
                 s2c_frames: Framer::default(),
@@ -1343,6 +1360,7 @@ impl Sim {
                 conn_no,
                 disconnect_read: None,
                 disconnect_lost: false,
+                taken_over: false,
             },
         );
         id
@@ -1451,6 +1469,7 @@ impl Sim {
         let (client, conn_no) = (l.client, l.conn_no);
         let owed = l.connack_sent
             && !l.disconnect_seen
+            && !l.taken_over
             && self.clients[client].will
             && self.last_connect_link.get(&client) == Some(&link);
         if owed {
@@ -1941,7 +1960,11 @@ impl Sim {
         let mut late = Vec::new();
         for (id, l) in &self.links {
             let Some(dead) = l.dead_at else { continue };
-            if l.server_open && now > dead.as_millis() + ka * 3 / 2 + slack {
+            // Measured from the last packet the broker read: a paused connection's bytes
+            // wait in its buffer (the socket's), and reading them late is hearing from the
+            // client late.
+            let from = dead.max(l.server_last_read).as_millis();
+            if l.server_open && now > from + ka * 3 / 2 + slack {
                 late.push(format!(
                     "server[{id}] did not notice its link died at {dead:?}"
                 ));
@@ -2039,8 +2062,11 @@ impl Sim {
                     self.stat("fault slow reader");
                     self.clients[i].stalled_until = Some(now + Duration::from_millis(ms));
                     // Long enough for the broker to close it as a slow consumer, should
-                    // publishers wait on it (`BrokerConfig::stall_timeout`, 5 s).
-                    self.clients[i].long_stall |= ms >= 5_000;
+                    // publishers wait on it (`BrokerConfig::stall_timeout`, 5 s): the broker
+                    // writes to it again only once its acknowledgements have crossed the
+                    // network and what they changed is stored.
+                    let lag = 2 * self.max_delay + WRITE_MS;
+                    self.clients[i].long_stall |= ms + lag >= 5_000;
                     if let Some(l) = self.links.get_mut(&link) {
                         l.stalled = true;
                     }
@@ -2082,7 +2108,7 @@ impl Sim {
             // A crash due comes while things move: in the middle of a turn, before its
             // operations are polled, or while a batch is being written.
             let busy = progress || self.broker.writing.is_some();
-            if self.crash_due() && busy && self.broker.store_rng.chance(30) {
+            if self.crash_due() && busy && self.broker.store_rng.chance(50) {
                 self.broker_crash();
                 continue;
             }
