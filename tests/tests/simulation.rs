@@ -76,8 +76,8 @@ use std::fmt::Write as _;
 
 use bytes::BytesMut;
 use mqtt_broker::{
-    Batch, Broker, BrokerConfig, BrokerEvent, CloseReason, ConnectionId, Context, Hooks, Persistence,
-    RequestId, RequestKind, StoreOp, Table, Verdict,
+    Batch, Broker, BrokerConfig, BrokerEvent, CloseReason, ConnectionId, Context, Hooks,
+    Persistence, RequestId, RequestKind, StoreOp, Table, Verdict,
 };
 use mqtt_codec::SubscriptionOptions;
 use mqtt_codec::{decode, DecodeOptions, ProtocolVersion, QoS, ReasonCode, Status};
@@ -349,6 +349,10 @@ struct BrokerSide {
     final_crash: bool,
     /// Down (crashed) until then: every connection is refused.
     down_until: Option<Instant>,
+    /// The (client, connection number) of connections the adapter closed, for a `Close`
+    /// the broker held (for the store) and lets out after the adapter saw the connection
+    /// end.
+    closed_conns: BTreeMap<ConnectionId, (usize, u32)>,
 }
 
 /// Stored entries by table and key: an ordered map with atomic batches is all a store is.
@@ -669,6 +673,7 @@ impl Sim {
                 n_crashes,
                 final_crash,
                 down_until: None,
+                closed_conns: BTreeMap::new(),
             },
             published: Vec::new(),
             received: vec![Vec::new(); n],
@@ -769,6 +774,7 @@ impl Sim {
             return;
         }
         let id = self.broker.broker.open(self.now);
+        self.trace(|| format!("server[{link}] is {id:?}"));
         self.broker.calls += 1;
         self.broker.conn_of_link.insert(link, id);
         self.broker.link_of_conn.insert(id, link);
@@ -829,6 +835,9 @@ impl Sim {
             self.stat("disconnect unread at close");
         }
         self.broker.link_of_conn.remove(&id);
+        if let Some(l) = self.links.get(&link) {
+            self.broker.closed_conns.insert(id, (l.client, l.conn_no));
+        }
         self.broker.inbuf.remove(&link);
         self.broker.blocked.remove(&id);
         self.broker.broker.handle_close(self.now, id);
@@ -863,10 +872,7 @@ impl Sim {
                 BrokerEvent::Close { id, reason } => {
                     self.trace(|| format!("broker closes {id:?}: {reason:?}"));
                     if reason == CloseReason::SessionTakenOver {
-                        let link = self.broker.link_of_conn.get(&id);
-                        if let Some(l) = link.and_then(|link| self.links.get_mut(link)) {
-                            l.taken_over = true;
-                        }
+                        self.taken_over(id);
                     }
                     closing.push(id);
                 }
@@ -912,6 +918,22 @@ impl Sim {
             progress = true;
         }
         progress
+    }
+
+    /// The broker closed `id` as taken over by a newer connection of its client: it took
+    /// the session when the broker read the newer CONNECT, whose CONNACK may have waited
+    /// for the store (or never gone out), and the old connection may have ended meanwhile.
+    /// Its will is not owed: a takeover is no abnormal close before 5.0, and in 5.0 the
+    /// will may come.
+    fn taken_over(&mut self, id: ConnectionId) {
+        if let Some(&link) = self.broker.link_of_conn.get(&id) {
+            if let Some(l) = self.links.get_mut(&link) {
+                l.taken_over = true;
+            }
+        } else if let Some(conn) = self.broker.closed_conns.get(&id) {
+            // Closed already, and counted as an abnormal close.
+            self.wills_owed.retain(|(c, _)| c != conn);
+        }
     }
 
     /// Polls `id`'s bytes onto its link while it has room (always when `flush`); leaves it
@@ -1065,8 +1087,7 @@ impl Sim {
             count(Table::Retained),
         );
         let n = self.clients.len();
-        let per_session =
-            self.broker.config.max_offline_queue + self.server_config.max_queued + 16;
+        let per_session = self.broker.config.max_offline_queue + self.server_config.max_queued + 16;
         if sessions > n
             || retained > self.retained_model.len() + 32
             || incoming > n * 8
@@ -1101,9 +1122,8 @@ impl Sim {
                         format!("{}={}", show(k), show(v))
                     })
                     .collect();
-                (!entries.is_empty()).then(|| {
-                    format!("{} in {} [{}]", entries.len(), t.name(), entries.join(" "))
-                })
+                (!entries.is_empty())
+                    .then(|| format!("{} in {} [{}]", entries.len(), t.name(), entries.join(" ")))
             })
             .collect();
         if !left.is_empty() {
@@ -1201,7 +1221,10 @@ impl Sim {
         }
         // A DISCONNECT read but not stored is as if never read.
         for l in self.links.values_mut() {
-            if l.disconnect_read.take().is_some_and(|batch| batch > durable) {
+            if l.disconnect_read
+                .take()
+                .is_some_and(|batch| batch > durable)
+            {
                 l.disconnect_lost = true;
             }
         }
@@ -1245,6 +1268,8 @@ impl Sim {
         b.inbuf.clear();
         b.blocked.clear();
         b.answers.clear();
+        // A new broker numbers its connections anew.
+        b.closed_conns.clear();
         b.down_until = Some(now + Duration::from_millis(downtime));
     }
 
@@ -2119,9 +2144,11 @@ impl Sim {
                     continue;
                 }
                 // (Or, if nothing moved for a while, at last while all is quiet.)
-                let overdue = self.broker.crashes.front().is_some_and(|t| {
-                    *t + Duration::from_millis(CRASH_WAIT_MS) <= self.now
-                });
+                let overdue = self
+                    .broker
+                    .crashes
+                    .front()
+                    .is_some_and(|t| *t + Duration::from_millis(CRASH_WAIT_MS) <= self.now);
                 if self.crash_due() && overdue {
                     self.broker_crash();
                     continue;
