@@ -1246,7 +1246,11 @@ impl Sim {
                 }
             }
             // An abnormal close: the will is owed as for any ([MQTT-3.1.2-8]).
+            let owed = self.wills_owed.len();
             self.server_link_closed(link);
+            if self.wills_owed.len() > owed {
+                self.stat("wills owed by a crash");
+            }
         }
         let up: Vec<u64> = self
             .links
