@@ -11,7 +11,9 @@
 //!   that clears it), subscribe to `t/+`, `t/#` or `#`, and some carry a will on
 //!   `will/<id>`;
 //! - 0-2 *transient* subscribers: 3.1.1 clean sessions, or 5.0 clients with clean start
-//!   and a session expiry of 0-5 s, so their sessions end and begin again.
+//!   and a session expiry of 0-5 s, so their sessions end and begin again. One that
+//!   resumes its sessions starts clean after a CONNECT whose CONNACK it never saw: it
+//!   cannot tell which session "session present" would be.
 //!
 //! It runs a healthy setup, a chaos phase with faults, then a quiet period with a healthy
 //! network until every queue has drained, and finally subscribes a probe client to `r/#`
@@ -251,6 +253,9 @@ struct ClientSlot {
     session_no: u32,
     /// A CONNECT is out whose CONNACK the client has not seen yet.
     connack_pending: bool,
+    /// Its current connection started clean although its sessions resume (see
+    /// `client_connect`).
+    started_clean: bool,
     /// A CONNECT whose CONNACK it never saw may have started a new session at the broker
     /// (its old one having expired), which the next connection then resumed with session
     /// present: the client cannot tell, so neither can the model.
@@ -593,6 +598,7 @@ impl Sim {
                 owed_from: None,
                 session_no: 0,
                 connack_pending: false,
+                started_clean: false,
                 session_uncertain: false,
                 stalled_until: None,
                 long_stall: false,
@@ -1220,13 +1226,18 @@ impl Sim {
             self.stat("crashes losing operations");
         }
         // A DISCONNECT read but not stored is as if never read.
+        let mut lost = 0;
         for l in self.links.values_mut() {
             if l.disconnect_read
                 .take()
                 .is_some_and(|batch| batch > durable)
             {
                 l.disconnect_lost = true;
+                lost += 1;
             }
+        }
+        if lost > 0 {
+            self.stat("crashes losing a DISCONNECT");
         }
         let open: Vec<u64> = self
             .links
@@ -1557,20 +1568,30 @@ impl Sim {
         c.reconnect_at = None;
         c.long_stall = false;
         c.conn_no += 1;
+        // A transient client that never saw the CONNACK of its last CONNECT cannot tell
+        // which session "session present" would resume: its own, or one that CONNECT began
+        // after its own expired (a crash counts the downtime against the expiry). State
+        // kept from its own (a QoS 2 identifier awaiting a PUBREL that will never come)
+        // would then be stale for good and take up the receive maximum: it starts clean.
         c.session_uncertain |= c.connack_pending;
+        let clean = c.role == Role::Transient && !c.config.clean_start && c.session_uncertain;
         c.connack_pending = true;
         let conn_no = c.conn_no;
-        if c.will {
-            // [MQTT-3.1.2-7] a will per connection; its payload names the connection.
+        if c.will || clean || c.started_clean {
             let mut config = c.config.clone();
-            config.will = Some((
-                Message::new(
-                    TopicBuf::try_from(format!("will/{i}")).expect("a valid name"),
-                    format!("will:{i}:{conn_no}").into_bytes(),
-                    QoS::AtLeastOnce,
-                ),
-                0,
-            ));
+            if c.will {
+                // [MQTT-3.1.2-7] a will per connection; its payload names the connection.
+                config.will = Some((
+                    Message::new(
+                        TopicBuf::try_from(format!("will/{i}")).expect("a valid name"),
+                        format!("will:{i}:{conn_no}").into_bytes(),
+                        QoS::AtLeastOnce,
+                    ),
+                    0,
+                ));
+            }
+            config.clean_start |= clean;
+            c.started_clean = clean;
             let old = std::mem::replace(&mut c.machine, Client::new(config.clone()));
             c.machine = Client::with_session(config, old.into_session());
         }
@@ -2337,6 +2358,7 @@ impl Sim {
             owed_from: None,
             session_no: 0,
             connack_pending: false,
+            started_clean: false,
             session_uncertain: false,
             stalled_until: None,
             long_stall: false,
