@@ -171,13 +171,21 @@ pub type Batch = u64;
 
 impl<H: Hooks> Broker<H> {
     /// Moves the store operations of everything since the last call into `ops` (appended)
-    /// and returns their batch number; `None` when nothing changed. Write the batch
+    /// and returns their batch number; `None` when nothing changed. A batch may hold no
+    /// operation at all (its messages were put and acknowledged before it left, so the core
+    /// dropped both): it needs no write, but goes through the store in order like the
+    /// others, since what waits for it must not be released before the batches ahead. Write the batch
     /// atomically, then call [`Broker::handle_durable`] with its number. Only with
     /// [`Persistence::Eventual`] or [`Persistence::Sync`]; always `None` with `Off`.
     pub fn poll_store(&mut self, ops: &mut Vec<StoreOp>) -> Option<Batch> {
         if self.store.ops.is_empty() {
             return None;
         }
+        if self.store.dead > 0 {
+            self.store.ops.retain(|op| !is_tombstone(op));
+            self.store.dead = 0;
+        }
+        self.store.fresh.clear();
         ops.append(&mut self.store.ops);
         self.store.batch += 1;
         if core::mem::take(&mut self.store.hazard) {
@@ -348,6 +356,12 @@ pub(crate) struct StoreState {
     pub(crate) hazard_batch: Batch,
     /// Answers waiting for their batch, in the order they were made.
     pub(crate) deferred: VecDeque<(Batch, Promise)>,
+    /// Messages put in the operations not yet handed out, by tag: where their put (and
+    /// the put of their progress, if any) is, so that a message finished before its batch
+    /// leaves costs the batch nothing.
+    pub(crate) fresh: BTreeMap<u64, (usize, usize)>,
+    /// Operations made void since the last batch.
+    pub(crate) dead: usize,
     /// While restoring: what is read before the messages it belongs to, and the sessions
     /// whose client was connected when the broker stopped.
     pub(crate) restoring: Option<Box<Restoring>>,
@@ -487,6 +501,22 @@ fn put_message(out: &mut Vec<u8>, message: &Message) {
     let _ = message.to_stored(out);
     let len = (out.len() - at - 4) as u32;
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// No operation in `fresh`.
+const NO_OP: usize = usize::MAX;
+
+/// What a void operation becomes until the batch leaves: a delete of the empty key, which
+/// no entry has, so that even one that leaked would change nothing.
+fn tombstone() -> StoreOp {
+    StoreOp::Delete {
+        table: Table::Messages,
+        key: Vec::new(),
+    }
+}
+
+fn is_tombstone(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Delete { table: Table::Messages, key } if key.is_empty())
 }
 
 fn instant_ms(at: Instant) -> u64 {
@@ -651,6 +681,8 @@ impl<H: Hooks> Broker<H> {
         }
         put_message(&mut v, message);
         self.put(Table::Messages, key, v);
+        let at = self.store.ops.len() - 1;
+        self.store.fresh.insert(tag, (at, NO_OP));
     }
 
     /// What a connection's machine reported about stored state (`owner` its session).
@@ -671,8 +703,22 @@ impl<H: Hooks> Broker<H> {
                 let key = message_key(client_id, tag);
                 let v = [&[FORMAT][..], &packet_id.get().to_be_bytes(), &[1]].concat();
                 self.put(Table::Progress, key, v);
+                let at = self.store.ops.len() - 1;
+                if let Some(f) = self.store.fresh.get_mut(&tag) {
+                    f.1 = at;
+                }
             }
             StoredEvent::Finished { tag } => {
+                if let Some((put, progress)) = self.store.fresh.remove(&tag) {
+                    // Put in the batch still open: it never reaches the store.
+                    for at in [put, progress] {
+                        if let Some(op) = self.store.ops.get_mut(at) {
+                            *op = tombstone();
+                            self.store.dead += 1;
+                        }
+                    }
+                    return;
+                }
                 let key = message_key(client_id, tag);
                 self.delete(Table::Progress, key.clone());
                 self.delete(Table::Messages, key);
