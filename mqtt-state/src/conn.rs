@@ -1138,9 +1138,15 @@ impl Conn {
         }
     }
 
-    pub(crate) fn on_pubcomp(&mut self, ack: PubAck<'_>) {
+    pub(crate) fn on_pubcomp(&mut self, mut ack: PubAck<'_>) {
         if let Some(i) = self.inflight_index(ack.packet_id) {
             if self.flows().session.inflight[i].stage == Stage::Released {
+                // The receiver took the message with its PUBREC Success ([MQTT-4.3.3]);
+                // PUBCOMP 0x92 only says it no longer holds the identifier (it completed
+                // before a reconnect, or restarted): delivered all the same, no failure.
+                if ack.reason_code == ReasonCode::PacketIdentifierNotFound {
+                    ack.reason_code = ReasonCode::Success;
+                }
                 self.complete(i, &ack);
             }
         }

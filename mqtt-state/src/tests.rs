@@ -550,6 +550,36 @@ fn mqtt_4_9_0_1_the_receive_quota_starts_again_with_each_connection() {
 }
 
 #[test]
+fn a_pubcomp_identifier_not_found_after_pubrec_is_a_delivery() {
+    // The broker restarted between PUBREC and PUBREL: it has forgotten the identifier
+    // (the message was routed at PUBREC) and answers PUBCOMP 0x92. PUBREC Success was the
+    // promise; the publish succeeded.
+    let (mut client, mut input, mut out) = connected_client(ProtocolVersion::V5);
+    let id = client
+        .publish(Instant::ZERO, msg("t", "x", QoS::ExactlyOnce))
+        .unwrap()
+        .unwrap();
+    while let Ok(Some(_)) = client.poll_transmit(Instant::ZERO, &mut out) {}
+    input.extend_from_slice(&ack_frame(0x50, id));
+    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    while let Ok(Some(_)) = client.poll_transmit(Instant::ZERO, &mut out) {}
+    let pubcomp = Packet::PubComp(mqtt_codec::PubAck {
+        packet_id: id,
+        reason_code: ReasonCode::PacketIdentifierNotFound,
+        properties: Default::default(),
+    });
+    input.extend_from_slice(&pubcomp.encode_to_vec(ProtocolVersion::V5).unwrap());
+    client.handle_input(Instant::ZERO, &mut input).unwrap();
+    let acks: Vec<ReasonCode> = core::iter::from_fn(|| client.poll_event())
+        .filter_map(|e| match e {
+            Event::Acknowledged { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, [ReasonCode::Success]);
+}
+
+#[test]
 fn mqtt_3_3_4_9_receive_maximum_exceeded_strict_is_a_protocol_error() {
     // [MQTT-3.3.4-9] strictly: a peer that ignores our Receive Maximum of 1 sends a second
     // QoS 1 PUBLISH before it can have seen the PUBACK of the first (queued, not yet sent).

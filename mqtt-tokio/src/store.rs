@@ -303,6 +303,15 @@ impl RedbStore {
             path.push(FILE_NAME);
         }
         let at = |e: redb::Error| redb_error(&path, e);
+        // An existing file of no bytes is a store truncated to nothing, not a new one
+        // (`Database::create` would take it for one, and serve an empty state). A new
+        // store is never empty once created: its header is written and synced first.
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            return Err(Error::StoreDamaged(format!(
+                "{}: empty file (truncated to nothing); remove it to start with an empty store",
+                path.display()
+            )));
+        }
         // redb answers most damage with an error, but asserts on some (a truncated file):
         // that is a damaged file too, not a crash of the caller, and not a panic message.
         let opened = quietly(|| -> Result<redb::Database, Error> {

@@ -282,6 +282,24 @@ fn redb_truncated() {
 }
 
 #[test]
+fn redb_truncated_to_nothing() {
+    // Not taken for a new store: that would serve an empty state as if whole.
+    let dir = TempDir::new("emptied");
+    let file = filled(&dir);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert_damaged(&file);
+    // A new store in the same directory, once the file is gone, is empty and fine.
+    std::fs::remove_file(&file).unwrap();
+    let mut s = RedbStore::open(&file).unwrap();
+    assert_eq!(s.load(&mut |_, _, _, _| Ok(())).unwrap().entries, 0);
+}
+
+#[test]
 fn redb_overwritten_in_the_middle() {
     let dir = TempDir::new("overwritten");
     let file = filled(&dir);
