@@ -31,6 +31,8 @@
 //! - `CRASH_SEED`: the seed of test 2's kill schedule (default: from the clock; printed).
 //! - `CRASH_BROKER_ARGS`: more options for our broker, split at spaces (for example
 //!   `--durability 10ms`).
+//! - `CRASH_QUIET_SECS`: how long test 2 waits for the subscriber once nothing arrives (10).
+//! - `CRASH_DEBUG`: test 2 prints the subscriber's connections and its progress.
 //! - `CRASH_TARGET=mosquitto`: run tests 1 to 3 against mosquitto instead (to check the
 //!   harness itself); with `CRASH_MOSQUITTO_STOP=term` mosquitto is stopped with SIGTERM,
 //!   so that it saves, instead of killed.
@@ -791,7 +793,6 @@ async fn kills_under_load_on(t: &mut dyn Target, rounds: u64, seed: u64, v311: b
     )
     .await;
     stop_tx.send(true).expect("publishers listening");
-    println!("  stopped: {} acknowledged", total.load(Ordering::Relaxed));
     let mut tally = Tally::default();
     let mut acked: [BTreeSet<u64>; 2] = Default::default();
     // Every publish queued resolves (acknowledged, or refused) within the guard.
@@ -816,7 +817,6 @@ async fn kills_under_load_on(t: &mut dyn Target, rounds: u64, seed: u64, v311: b
     // arrived for the guard.
     let all_in =
         |r: &[HashMap<u64, u64>; 2]| (0..2).all(|k| acked[k].iter().all(|i| r[k].contains_key(i)));
-    println!("  publishers done: {tally:?}");
     let mut last = (
         deliveries.load(Ordering::Relaxed),
         tokio::time::Instant::now(),
@@ -892,34 +892,48 @@ async fn kills_under_load() {
     );
 }
 
-/// Test 2 against mosquitto (`persistence true`, default autosave) and then against ours:
-/// the acknowledged messages each loses. Not a CI check: mosquitto is expected to lose.
-/// `examples/bench/crash_compare.sh` runs it.
+/// Tests 2 and 1 against mosquitto (`persistence true`, default autosave) and then
+/// against ours, counting the acknowledged messages each loses. Not a CI check: mosquitto
+/// is expected to lose. `examples/bench/crash_compare.sh` runs it; `CRASH_COMPARE_OURS=0`
+/// leaves ours out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a comparison, run by examples/bench/crash_compare.sh"]
 async fn compare_with_mosquitto() {
+    broker::require_mosquitto();
     let rounds = env_u64("CRASH_ROUNDS", 5);
+    let n = env_u64("CRASH_MESSAGES", 10_000);
     let seed = seed();
-    let mut figures = Vec::new();
-    let mut m = blocking(Mosq::new);
-    let a = kills_under_load_on(&mut m, rounds, seed, true).await;
-    figures.push((m.label(), a));
-    drop(m);
+    let mut targets: Vec<Box<dyn Target>> = vec![Box::new(blocking(Mosq::new))];
     if std::env::var("CRASH_COMPARE_OURS").map_or(true, |v| v != "0") {
         let mut s = Server::new("compare", &["--max-queued", "1000000"]);
         blocking(|| s.start());
-        let b = kills_under_load_on(&mut s, rounds, seed, true).await;
-        figures.push((s.label(), b));
+        targets.push(Box::new(s));
     }
-    println!("CRASH_SEED={seed}, {rounds} kills:");
-    for (label, t) in &figures {
+    let mut figures = Vec::new();
+    for t in &mut targets {
+        let load = kills_under_load_on(&mut **t, rounds, seed, true).await;
+        let queued = queued_session_on(&mut **t, n, Duration::from_secs(20)).await;
+        figures.push((t.label(), load, queued));
+    }
+    println!(
+        "\nCRASH_SEED={seed}, {rounds} kills under load; {n} + {n} queued for an absent session:"
+    );
+    for (label, load, queued) in &figures {
         println!(
-            "{label}: acknowledged {}, lost {} (QoS 1 {}, QoS 2 {}), QoS 2 duplicated {}",
-            t.acknowledged[0] + t.acknowledged[1],
-            t.lost[0] + t.lost[1],
-            t.lost[0],
-            t.lost[1],
-            t.duplicated[1]
+            "{label}: under load: acknowledged {}, lost {} (QoS 1 {}, QoS 2 {}), QoS 2 duplicated {}",
+            load.acknowledged[0] + load.acknowledged[1],
+            load.lost[0] + load.lost[1],
+            load.lost[0],
+            load.lost[1],
+            load.duplicated[1]
+        );
+        let dup2 = queued.delivered[1].len() as u64 - (n - queued.lost[1]);
+        println!(
+            "{label}: queued for an absent session: acknowledged {}, lost {} (QoS 1 {}, QoS 2 {}), QoS 2 duplicated {dup2}",
+            queued.acknowledged[0] + queued.acknowledged[1],
+            queued.lost[0] + queued.lost[1],
+            queued.lost[0],
+            queued.lost[1],
         );
     }
 }
