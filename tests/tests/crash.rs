@@ -824,7 +824,7 @@ async fn kills_under_load_on(t: &mut dyn Target, rounds: u64, seed: u64, v311: b
         tally.acknowledged[k] = acked[k].len() as u64;
         tally.sent[k] = p.sent.load(Ordering::Relaxed);
         tally.unresolved[k] = tally.sent[k] - p.resolved.load(Ordering::Relaxed);
-        let errors = p.errors.lock().unwrap();
+        let errors = p.errors.lock().unwrap().clone();
         if !errors.is_empty() {
             println!("  publisher {}: not acknowledged: {errors:?}", k + 1);
         }
