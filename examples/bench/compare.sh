@@ -39,6 +39,10 @@
 #   (1), latency p50/p99 on an idle broker, then again while RATE_IDLE_CONNS (15000) idle
 #   connections are held (needs `ulimit -n 20000`; lowered to fit the limit otherwise).
 # Every run is bounded (`timeout`): DURATION seconds of load plus a few seconds of drain.
+#
+# Our broker runs with --in-memory (as mosquitto does by default) unless OURS_DURABILITY is
+# set: `always` or `<N>ms` (its --durability), each start with a fresh --data-dir in the
+# work directory (removed at the end).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -133,7 +137,11 @@ start_ours() {
     # Created before the broker starts: polled below, and under `set -e` a read of a
     # file the child has not yet opened would end the script.
     : >"$out"
-    "$BIN/mqtt-broker" --bind 127.0.0.1:0 --no-ws "${limits[@]}" >"$out" 2>>"$WORK/ours.log" &
+    local store=(--in-memory)
+    if [ -n "${OURS_DURABILITY:-}" ]; then
+        store=(--data-dir "$WORK/data.$RANDOM$RANDOM" --durability "$OURS_DURABILITY")
+    fi
+    "$BIN/mqtt-broker" --bind 127.0.0.1:0 --no-ws "${store[@]}" "${limits[@]}" >"$out" 2>>"$WORK/ours.log" &
     OURS_PID=$!
     PIDS+=("$OURS_PID")
     local i

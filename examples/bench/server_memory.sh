@@ -72,6 +72,6 @@ measure() {
 echo "| server | connections | VmRSS before kB | VmRSS after kB | bytes per connection |"
 echo "|---|---:|---:|---:|---:|"
 measure "example broker, plain TCP (mio loop)" tcp -- \
-    "$BIN/mqtt-broker" --bind 127.0.0.1:0 --ws-bind 127.0.0.1:0
+    "$BIN/mqtt-broker" --bind 127.0.0.1:0 --ws-bind 127.0.0.1:0 --in-memory
 measure "mqtt-tokio Server, plain TCP (a task each)" tcp -- \
     "$BIN/examples/broker" 127.0.0.1:0

@@ -14,6 +14,7 @@ use mqtt_state::{Diagnostics, Event, Instant, Message, ServerConfig, ServerSessi
 use crate::conn::Conn;
 use crate::decide::Decisions;
 use crate::index::ClientIndex;
+use crate::persist::StoredEvent;
 use crate::registry::SessionRecord;
 use crate::routing::SubOpts;
 use crate::slots::Slots;
@@ -262,6 +263,13 @@ impl<H: Hooks> Broker<H> {
         let stall_timeout = self.config.stall_timeout;
         if self.holding() {
             // What is queued may promise what is not stored yet (see `Persistence::Sync`).
+            // The program was told to transmit and will not be told again: a Transmit
+            // comes out with `handle_durable`.
+            if let Some(c) = self.conn_mut(id) {
+                if c.set_transmit_queued() {
+                    self.store.held.push(BrokerEvent::Transmit(id));
+                }
+            }
             return Ok(None);
         }
         let Some(c) = self.conn_mut(id) else {
@@ -444,12 +452,28 @@ impl<H: Hooks> Broker<H> {
             let Some(event) = c.session.poll_event() else {
                 break;
             };
+            let owner = c.owner();
             match event {
                 Event::ConnectRequest(req) => self.on_connect(now, id, *req),
                 Event::Auth { method, data, .. } => self.on_auth(now, id, method, data),
                 Event::Message {
                     packet_id, message, ..
                 } => self.on_message(now, id, packet_id, message),
+                Event::Released { tag, packet_id } => {
+                    if let Some(s) = owner {
+                        self.on_stored_event(s, StoredEvent::Released { tag, packet_id });
+                    }
+                }
+                Event::Finished { tag } => {
+                    if let Some(s) = owner {
+                        self.on_stored_event(s, StoredEvent::Finished { tag });
+                    }
+                }
+                Event::IncomingReleased { packet_id } => {
+                    if let Some(s) = owner {
+                        self.on_stored_event(s, StoredEvent::IncomingReleased { packet_id });
+                    }
+                }
                 Event::SubscribeRequest {
                     packet_id,
                     filters,

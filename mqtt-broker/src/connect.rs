@@ -157,13 +157,17 @@ impl<H: Hooks> Broker<H> {
             // [MQTT-3.1.4-3] a second connection with this id takes the session over.
             let old = self.sessions[s].as_ref().and_then(|r| r.conn);
             if let Some(old) = old {
-                let state = self.take_over(now, old);
+                let (state, will) = self.take_over(now, old);
                 let rec = self.sessions[s].as_mut().expect("indexed");
                 rec.offline = Some(Box::new(Offline {
                     state,
                     ..Offline::default()
                 }));
                 rec.conn = None;
+                // Routed once the session is parked: it may match the session itself.
+                if let Some(w) = will {
+                    self.route(now, None, None, w);
+                }
             }
             let rec = self.sessions[s].as_mut().expect("indexed");
             // [MQTT-3.1.3-9] reconnecting in time cancels a delayed will (dropped with the
@@ -187,6 +191,16 @@ impl<H: Hooks> Broker<H> {
         rec.conn = Some(id);
         rec.expiry = expiry;
         rec.offline = None;
+        // Which queued messages take their packet identifier in `accept`: stored then.
+        let lacked: alloc::vec::Vec<bool> = if self.persisting() && present {
+            session
+                .queue
+                .iter()
+                .map(|q| q.packet_id.is_none())
+                .collect()
+        } else {
+            alloc::vec::Vec::new()
+        };
         let accept = Accept {
             session,
             session_present: present,
@@ -218,14 +232,29 @@ impl<H: Hooks> Broker<H> {
         // On error (the connection failed meanwhile) the machine keeps the session, and
         // the Disconnected event it reported parks it again.
         let _ = c.session.accept(now, accept);
+        if self.persisting() {
+            if present && !self.session_is_stored(s) {
+                // Resumed without an expiry now: it no longer outlives the connection.
+                let id = req.client_id.as_str();
+                self.forget_session(id);
+            }
+            self.store_session(s);
+            if lacked.contains(&true) {
+                self.store_assigned_ids(s, &lacked);
+            }
+        }
     }
 
     /// Ends `old` with Session taken over, returning the session state it held.
-    pub(crate) fn take_over(&mut self, now: Instant, old: ConnectionId) -> SessionState {
+    pub(crate) fn take_over(
+        &mut self,
+        now: Instant,
+        old: ConnectionId,
+    ) -> (SessionState, Option<mqtt_state::Message>) {
         // What it waited for is moot; its undecided messages were not taken.
         self.drop_requests(old);
         let Some(c) = self.conn_mut(old) else {
-            return SessionState::default();
+            return (SessionState::default(), None);
         };
         let state = c.take_session_state();
         // The old connection's will is not published by a takeover in 3.1.1 practice;
@@ -233,16 +262,13 @@ impl<H: Hooks> Broker<H> {
         let v5 = c.session.version().is_v5();
         let will = c.take_will().filter(|_| v5);
         self.take_owner(old);
-        if let Some((w, _)) = will {
-            self.route(now, None, None, w);
-        }
         self.end_connection(
             now,
             old,
             ReasonCode::SessionTakenOver,
             CloseReason::SessionTakenOver,
         );
-        state
+        (state, will.map(|(w, _)| w))
     }
 
     pub(crate) fn on_disconnected(
@@ -253,18 +279,30 @@ impl<H: Hooks> Broker<H> {
         by_peer: bool,
     ) {
         let max_expiry = self.config.max_session_expiry;
+        let persisting = self.persisting();
         let Some(c) = self.conn_mut(id) else { return };
         // The client's own DISCONNECT arrives as `by_peer` with its reason; a dropped
         // transport reports Unspecified error. [MQTT-3.14.4-3] [MQTT-3.1.2-10] a normal
         // DISCONNECT removes the will unpublished; 0x04 (with will) keeps it.
-        if by_peer && reason == ReasonCode::Success {
-            c.take_will();
-        }
+        let will_dropped = by_peer && reason == ReasonCode::Success && c.take_will().is_some();
         let expiry = c.session.disconnect_session_expiry();
         let owner = c.owner();
+        if let (true, true, Some(s)) = (persisting, will_dropped, owner) {
+            // A session stored for its will alone is stored no more.
+            if let Some(rec) = self.sessions[s].as_ref().filter(|r| r.expiry == 0) {
+                let id = rec.client_id.clone();
+                self.forget_session(&id);
+            }
+        }
         if let (Some(expiry), Some(s)) = (expiry, owner) {
             if let Some(rec) = self.sessions[s].as_mut() {
+                let was = rec.expiry;
                 rec.expiry = expiry.min(max_expiry);
+                if persisting && was > 0 && rec.expiry == 0 {
+                    // Stored until now; it ends with this connection.
+                    let id = rec.client_id.clone();
+                    self.forget_session(&id);
+                }
             }
         }
         self.release(now, id);
@@ -295,11 +333,13 @@ impl<H: Hooks> Broker<H> {
             // [MQTT-3.1.2-8] a delayed will goes out when the session ends, if sooner: now.
             // No offline record, no timer: a clean session's end costs no allocation.
             drop(session);
+            // Stored only for its will, if it had one.
+            let stored = will.is_some();
             if let Some((will, delay)) = will {
                 let publisher = (delay == 0).then_some(owner);
                 self.route(now, publisher, None, will);
             }
-            self.end_session(owner);
+            self.end_session_stored(owner, stored);
             return;
         }
         let offline = rec.offline.insert(Box::new(Offline {
@@ -315,6 +355,7 @@ impl<H: Hooks> Broker<H> {
                 offline.pending_will = Some((will, now + Duration::from_secs(u64::from(delay))));
             }
         }
+        self.store_session(owner);
         self.rearm_session(owner);
     }
 

@@ -581,14 +581,36 @@ impl<H: Hooks> Broker<H> {
         let Some(owner) = self.conn(id).and_then(Conn::owner) else {
             return;
         };
+        if let (Some(pid), QoS::ExactlyOnce) = (packet_id, message.qos) {
+            // Held until PUBREL, stored with the routing (same batch): a resend after a
+            // restart is not delivered twice, and one never routed is routed.
+            self.on_stored_event(
+                owner,
+                crate::persist::StoredEvent::Received { packet_id: pid },
+            );
+        }
         let matched = self.route(now, Some(owner), Some(id), message);
         let reason = if matched == 0 {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success
         };
-        if let (Some(pid), Some(c)) = (packet_id, self.conn_mut(id)) {
-            c.session.ack(now, pid, reason);
+        if let Some(pid) = packet_id {
+            // Acknowledged once what routing it changed is stored.
+            let after = self.after_store();
+            let promise = crate::persist::Promise::Ack {
+                conn: id,
+                packet_id: pid,
+                reason,
+            };
+            match after {
+                Some(_) => self.promise(now, after, promise),
+                None => {
+                    if let Some(c) = self.conn_mut(id) {
+                        c.session.ack(now, pid, reason);
+                    }
+                }
+            }
         }
     }
 

@@ -36,6 +36,14 @@
 //! flowing. Unanswered for [`BrokerConfig::decision_timeout`], the connection is closed
 //! ([`CloseReason::DecisionTimeout`]).
 //!
+//! Durability: with [`BrokerConfig::persistence`] set, every change that must survive a
+//! crash (sessions, subscriptions, wills, queued and in-flight QoS 1/2 messages, QoS 2
+//! state, retained messages) comes out of [`Broker::poll_store`] as a batch of
+//! [`StoreOp`]s after each turn; the program writes the batch to its store and calls
+//! [`Broker::handle_durable`]. With [`Persistence::Sync`] no PUBACK, PUBREC, SUBACK or
+//! UNSUBACK leaves before that: what was acknowledged is on disk. After a restart,
+//! [`Broker::restore`] takes the stored entries back. See [`Persistence`].
+//!
 //! Then it waits for input or for [`Broker::poll_timeout`]. Deadlines sit in a timer wheel:
 //! the cost of a call does not grow with the number of connections it does not concern.
 //!

@@ -1,13 +1,22 @@
 //! Durability: what the core must have stored before it keeps a promise.
 //!
-//! A QoS 1/2 acknowledgement, a SUBACK and a CONNACK that says "session present" are
-//! promises. With [`Persistence::Sync`] the core keeps them only once what they promise
-//! is on disk: every state change that must survive a crash comes out of
-//! [`Broker::poll_store`] as [`StoreOp`]s, grouped in a batch, and no connection's output
-//! (and no close) leaves [`Broker::poll_transmit`] / [`Broker::poll_event`] until the
-//! adapter has written the batch and said so with [`Broker::handle_durable`]. One batch
-//! holds everything one turn of the event loop changed: one write (one `fsync`) per turn,
-//! however many messages it carried — group commit.
+//! A QoS 1/2 acknowledgement, a SUBACK and an UNSUBACK are promises. With
+//! [`Persistence::Sync`] the core keeps them only once what they promise is on disk:
+//! every state change that must survive a crash comes out of [`Broker::poll_store`] as
+//! [`StoreOp`]s, grouped in a batch, and each PUBACK, PUBREC, SUBACK and UNSUBACK waits
+//! for the batch that holds what it promises, until the adapter has written it and said
+//! so with [`Broker::handle_durable`]. One batch holds everything the event loop changed
+//! since the last one: one write (one `fsync`) however many messages it carried — group
+//! commit. The adapter may go on feeding input while a batch is being written.
+//!
+//! Deliveries at QoS 0 and 1 do not wait: a crash can only make a QoS 1 message come
+//! again, which QoS 1 allows, and a message delivered and acknowledged before its batch
+//! is written is put and deleted in the same batch, which a store applies as nothing.
+//! What a QoS 2 exchange depends on does wait, and with it all output, until stored: the
+//! publisher's packet identifier (or after a crash it would send the PUBLISH again to a
+//! broker that no longer knows it, and a subscriber could get it twice), the PUBREC a
+//! subscriber sent (or a restart would publish again what it completed), a PUBREL
+//! received (or its PUBCOMP could free an identifier the store still holds).
 //!
 //! The operations are key/value writes into a few [`Table`]s; the core encodes keys and
 //! values itself (a versioned binary format, messages as MQTT 5.0 PUBLISH packets), so a
@@ -42,13 +51,33 @@
 //! [`Broker::finish_restore`]: crate::Broker::finish_restore
 //! [`Instant`]: mqtt_state::Instant
 
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-use mqtt_state::Instant;
+use bytes::Bytes;
+use mqtt_codec::{PacketId, ProtocolVersion, QoS, ReasonCode, SubscriptionId};
+use mqtt_state::{
+    Diagnostics, Duration, Inflight, Instant, Message, Outgoing, Stage, SubscriptionIdList,
+};
 
-use crate::{Broker, BrokerEvent, Error, Hooks};
+use crate::registry::Offline;
+use crate::routing::SubOpts;
+use crate::subscriptions::parse_subscription;
+use crate::{Broker, BrokerEvent, ConnectionId, Error, Hooks};
 
 /// How much the core asks of storage.
+///
+/// With `Sync`, each PUBACK, PUBREC, SUBACK and UNSUBACK waits for the batch of
+/// [`StoreOp`]s that holds what it promises. Deliveries at QoS 0 and 1 do not wait: a
+/// crash can only make a QoS 1 message come again, which QoS 1 allows, and a message
+/// delivered and acknowledged before its batch is written is put and deleted in the same
+/// batch, which a store applies as nothing. What a QoS 2 exchange depends on does wait,
+/// and with it all output, until stored: the publisher's packet identifier (or after a
+/// crash it would send the PUBLISH again to a broker that no longer knows it, and a
+/// subscriber could get it twice), the PUBREC a subscriber sent (or a restart would
+/// publish again what it completed), a PUBREL received (or its PUBCOMP could free an
+/// identifier the store still holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Persistence {
@@ -59,10 +88,10 @@ pub enum Persistence {
     /// the adapter writes batches when it likes (say every 100 ms), and a crash loses
     /// what was acknowledged since the last write. Faster; a promise kept within a bound.
     Eventual,
-    /// Every change comes out of [`crate::Broker::poll_store`], and output that depends
-    /// on it (acknowledgements, SUBACK, CONNACK, and messages routed to subscribers, which
-    /// a publisher could otherwise send again after a crash and a QoS 2 subscriber receive
-    /// twice) waits for [`crate::Broker::handle_durable`]: acknowledged means stored.
+    /// Every change comes out of [`crate::Broker::poll_store`], and what promises it
+    /// (PUBACK, PUBREC, SUBACK, UNSUBACK, and the steps of QoS 2 exchanges, see
+    /// [`Persistence`]) waits for [`crate::Broker::handle_durable`]:
+    /// acknowledged means stored.
     Sync,
 }
 
@@ -148,15 +177,31 @@ impl<H: Hooks> Broker<H> {
         }
         ops.append(&mut self.store.ops);
         self.store.batch += 1;
+        if core::mem::take(&mut self.store.hazard) {
+            self.store.hazard_batch = self.store.batch;
+        }
         Some(self.store.batch)
     }
 
     /// Batch `batch` (and every batch before it) is durable: with [`Persistence::Sync`],
-    /// the output held for it goes out ([`BrokerEvent::Transmit`], [`BrokerEvent::Close`]
-    /// come out of [`Broker::poll_event`] again).
-    pub fn handle_durable(&mut self, _now: Instant, batch: Batch) {
+    /// the acknowledgements that waited for it go out, and output held for a QoS 2
+    /// exchange ([`BrokerEvent::Transmit`], [`BrokerEvent::Close`] come out of
+    /// [`Broker::poll_event`] again).
+    pub fn handle_durable(&mut self, now: Instant, batch: Batch) {
         if batch > self.store.durable {
             self.store.durable = batch.min(self.store.batch);
+        }
+        // The promises whose operations are now stored are kept, in the order made.
+        while self
+            .store
+            .deferred
+            .front()
+            .is_some_and(|(b, _)| *b <= self.store.durable)
+        {
+            let Some((_, d)) = self.store.deferred.pop_front() else {
+                break;
+            };
+            self.keep(now, d);
         }
         if !self.holding() && !self.store.held.is_empty() {
             let held = core::mem::take(&mut self.store.held);
@@ -190,10 +235,95 @@ impl<H: Hooks> Broker<H> {
 
     /// Whether output waits for the store: [`Persistence::Sync`] with changes not yet
     /// durable.
+    ///
+    /// Acknowledgements wait one by one ([`Broker::after_store`]); the whole output waits
+    /// only for what a QoS 2 exchange depends on, where a packet sent before its state is
+    /// stored could make a restart deliver a message twice.
     pub(crate) fn holding(&self) -> bool {
         self.config.persistence == Persistence::Sync
-            && (!self.store.ops.is_empty() || self.store.durable < self.store.batch)
+            && (self.store.hazard || self.store.durable < self.store.hazard_batch)
     }
+
+    /// The batch a promise made now depends on, when it must wait for one: with
+    /// [`Persistence::Sync`], the batch the operations not yet handed out will be.
+    pub(crate) fn after_store(&self) -> Option<Batch> {
+        (self.config.persistence == Persistence::Sync && !self.store.ops.is_empty())
+            .then_some(self.store.batch + 1)
+    }
+
+    /// Keeps `promise` now, or once batch `after` is durable.
+    pub(crate) fn promise(&mut self, now: Instant, after: Option<Batch>, promise: Promise) {
+        match after {
+            Some(batch) => self.store.deferred.push_back((batch, promise)),
+            None => self.keep(now, promise),
+        }
+    }
+
+    fn keep(&mut self, now: Instant, promise: Promise) {
+        let id = match promise {
+            Promise::Ack {
+                conn,
+                packet_id,
+                reason,
+            } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.session.ack(now, packet_id, reason);
+                }
+                conn
+            }
+            Promise::SubAck {
+                conn,
+                packet_id,
+                reasons,
+                diagnostics,
+            } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    if diagnostics.is_empty() {
+                        let _ = c.session.suback(now, packet_id, reasons);
+                    } else {
+                        let _ = c.session.suback_with(now, packet_id, reasons, diagnostics);
+                    }
+                }
+                conn
+            }
+            Promise::UnsubAck {
+                conn,
+                packet_id,
+                reasons,
+            } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    let _ = c.session.unsuback(now, packet_id, reasons);
+                }
+                conn
+            }
+        };
+        self.wake(id);
+        self.rearm(id);
+    }
+}
+
+/// An answer that promises what must be stored first.
+#[derive(Debug)]
+pub(crate) enum Promise {
+    /// PUBACK / PUBREC: the message is the broker's.
+    Ack {
+        conn: ConnectionId,
+        packet_id: PacketId,
+        reason: ReasonCode,
+    },
+    /// SUBACK: the subscriptions hold.
+    SubAck {
+        conn: ConnectionId,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+        diagnostics: Diagnostics,
+    },
+    /// UNSUBACK: the subscriptions are gone.
+    UnsubAck {
+        conn: ConnectionId,
+        packet_id: PacketId,
+        reasons: Vec<ReasonCode>,
+    },
 }
 
 /// The core's side of durability.
@@ -207,20 +337,665 @@ pub(crate) struct StoreState {
     pub(crate) durable: Batch,
     /// Transmit and Close events held until the store catches up, in order.
     pub(crate) held: Vec<BrokerEvent>,
-    /// The next message sequence number (0 is "not stored").
-    pub(crate) next_tag: u64,
+    /// The last message sequence number given (0 is "not stored").
+    pub(crate) last_tag: u64,
+    /// The operations not yet handed out include one a QoS 2 exchange depends on.
+    pub(crate) hazard: bool,
+    /// The last batch that did.
+    pub(crate) hazard_batch: Batch,
+    /// Answers waiting for their batch, in the order they were made.
+    pub(crate) deferred: VecDeque<(Batch, Promise)>,
+    /// While restoring: what is read before the messages it belongs to, and the sessions
+    /// whose client was connected when the broker stopped.
+    pub(crate) restoring: Option<Box<Restoring>>,
 }
+
+#[derive(Debug, Default)]
+pub(crate) struct Restoring {
+    /// Progress entries by message key: packet identifier and stage.
+    progress: BTreeMap<Vec<u8>, (PacketId, Stage)>,
+    /// Sessions that had a connection, with the will it would leave (and its delay).
+    connected: Vec<(usize, Option<(Message, u32)>)>,
+}
+
+/// The first byte of every stored value: the format it is in. A reader refuses a value of
+/// a newer format rather than misread it.
+const FORMAT: u8 = 1;
+
+const CONNECTED: u8 = 1;
+const HAS_WILL: u8 = 1 << 1;
+/// `expires_at` of a session that never expires.
+const NEVER: u64 = u64::MAX;
+
+/// A session's key prefix in `Messages`, `Progress` and `Incoming`: the client identifier,
+/// length first, so that no identifier's prefix is another's.
+fn session_prefix(client_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + client_id.len() + 8);
+    // Client identifiers are UTF-8 strings of at most 65,535 bytes.
+    k.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+/// A stored message's key: its session, then its sequence number, so that a session's
+/// messages read back in the order they were queued ([MQTT-4.6.0-1]).
+fn message_key(client_id: &str, tag: u64) -> Vec<u8> {
+    let mut k = session_prefix(client_id);
+    k.extend_from_slice(&tag.to_be_bytes());
+    k
+}
+
+fn incoming_key(client_id: &str, packet_id: PacketId) -> Vec<u8> {
+    let mut k = session_prefix(client_id);
+    k.extend_from_slice(&packet_id.get().to_be_bytes());
+    k
+}
+
+/// The client identifier and what follows it in a key made by [`session_prefix`].
+fn split_key(table: Table, key: &[u8]) -> Result<(&str, &[u8]), Error> {
+    let corrupt = |reason| Error::Corrupt { table, reason };
+    let (len, rest) = key
+        .split_first_chunk::<2>()
+        .ok_or(corrupt("key too short"))?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    if rest.len() < len {
+        return Err(corrupt("key too short"));
+    }
+    let (id, rest) = rest.split_at(len);
+    let id = core::str::from_utf8(id).map_err(|_| corrupt("client identifier not UTF-8"))?;
+    Ok((id, rest))
+}
+
+/// Reads a stored value, every read checked: a damaged value is an error, not a panic.
+struct Reader<'a> {
+    buf: &'a [u8],
+    table: Table,
+}
+
+impl<'a> Reader<'a> {
+    /// A value of `table`, after its format byte.
+    fn new(table: Table, buf: &'a [u8]) -> Result<Self, Error> {
+        let mut r = Self { buf, table };
+        match r.u8()? {
+            FORMAT => Ok(r),
+            0 => Err(r.corrupt("format 0")),
+            _ => Err(r.corrupt("written by a newer version")),
+        }
+    }
+
+    fn corrupt(&self, reason: &'static str) -> Error {
+        Error::Corrupt {
+            table: self.table,
+            reason,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if self.buf.len() < n {
+            return Err(self.corrupt("truncated"));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, Error> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, Error> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, Error> {
+        let mut a = [0; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    fn message(&mut self) -> Result<Message, Error> {
+        let len = self.u32()? as usize;
+        let bytes = Bytes::copy_from_slice(self.take(len)?);
+        Message::from_stored(&bytes).map_err(|_| self.corrupt("damaged message"))
+    }
+
+    fn end(&self) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(self.corrupt("bytes after the value"))
+        }
+    }
+}
+
+/// Appends `message` length first.
+fn put_message(out: &mut Vec<u8>, message: &Message) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    // A message the broker accepted always encodes (it was decoded or built checked);
+    // should one not, it is stored empty and refused as damaged on restore rather than
+    // stop the broker now.
+    let _ = message.to_stored(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn instant_ms(at: Instant) -> u64 {
+    at.as_millis()
+}
+
+// ---- What the core stores, as it happens ------------------------------------------------
+
+impl<H: Hooks> Broker<H> {
+    /// Whether changes are stored at all.
+    #[inline]
+    pub(crate) fn persisting(&self) -> bool {
+        self.config.persistence != Persistence::Off
+    }
+
+    fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.store.ops.push(StoreOp::Put { table, key, value });
+    }
+
+    fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.store.ops.push(StoreOp::Delete { table, key });
+    }
+
+    /// Whether session `s` is kept in the store: it outlives its connection, or its client
+    /// left a will that a crash must publish.
+    pub(crate) fn session_is_stored(&self, s: usize) -> bool {
+        let Some(rec) = self.sessions.get(s).and_then(Option::as_ref) else {
+            return false;
+        };
+        if rec.expiry > 0 {
+            return true;
+        }
+        match rec.conn {
+            Some(id) => self
+                .conn(id)
+                .and_then(|c| c.extra.as_ref())
+                .is_some_and(|e| e.will.is_some()),
+            None => rec
+                .offline
+                .as_ref()
+                .is_some_and(|o| o.pending_will.is_some()),
+        }
+    }
+
+    /// Writes session `s`'s record (expiry, subscriptions, will, whether connected) if it
+    /// is one the store keeps.
+    pub(crate) fn store_session(&mut self, s: usize) {
+        if !self.persisting() || !self.session_is_stored(s) {
+            return;
+        }
+        let Some(rec) = self.sessions.get(s).and_then(Option::as_ref) else {
+            return;
+        };
+        let mut v = Vec::with_capacity(64);
+        v.push(FORMAT);
+        let mut flags = 0;
+        let mut will: Option<(&Message, u64)> = None;
+        let mut expires_at = NEVER;
+        match rec.conn {
+            Some(id) => {
+                flags |= CONNECTED;
+                if let Some(w) = self
+                    .conn(id)
+                    .and_then(|c| c.extra.as_ref())
+                    .and_then(|e| e.will.as_deref())
+                {
+                    // Connected: the delay, counted from the (abnormal) close.
+                    will = Some((&w.0, u64::from(w.1)));
+                }
+            }
+            None => {
+                if let Some(o) = rec.offline.as_deref() {
+                    expires_at = o.expires_at.map_or(NEVER, instant_ms);
+                    // Offline: when it is due.
+                    will = o.pending_will.as_ref().map(|(m, at)| (m, instant_ms(*at)));
+                }
+            }
+        }
+        if will.is_some() {
+            flags |= HAS_WILL;
+        }
+        v.push(flags);
+        v.extend_from_slice(&rec.expiry.to_be_bytes());
+        v.extend_from_slice(&expires_at.to_be_bytes());
+        if let Some((m, at)) = will {
+            v.extend_from_slice(&at.to_be_bytes());
+            put_message(&mut v, m);
+        }
+        v.extend_from_slice(&(rec.filters.len() as u32).to_be_bytes());
+        for (filter, version) in &rec.filters {
+            let opts = parse_subscription(filter, *version)
+                .and_then(|sub| self.tree.get(sub, &(s as u32)));
+            let Some(o) = opts else { continue };
+            v.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+            v.extend_from_slice(filter.as_bytes());
+            v.push(*version as u8);
+            v.push(o.qos as u8 | u8::from(o.no_local) << 2 | u8::from(o.retain_as_published) << 3);
+            v.extend_from_slice(&o.id.map_or(0, SubscriptionId::get).to_be_bytes());
+        }
+        let key = rec.client_id.as_bytes().to_vec();
+        self.put(Table::Sessions, key, v);
+    }
+
+    /// Removes everything stored for the session of `client_id`.
+    pub(crate) fn forget_session(&mut self, client_id: &str) {
+        if !self.persisting() {
+            return;
+        }
+        self.delete(Table::Sessions, client_id.as_bytes().to_vec());
+        let prefix = session_prefix(client_id);
+        for table in [Table::Messages, Table::Progress, Table::Incoming] {
+            self.store.ops.push(StoreOp::DeletePrefix {
+                table,
+                prefix: prefix.clone(),
+            });
+        }
+    }
+
+    /// The tag a QoS 1/2 message for session `s` is queued with: a new one when the
+    /// session's messages are stored, else 0.
+    pub(crate) fn message_tag(&mut self, s: usize, message: &Message) -> u64 {
+        let stored = self.persisting()
+            && message.qos != QoS::AtMostOnce
+            && self
+                .sessions
+                .get(s)
+                .and_then(Option::as_ref)
+                .is_some_and(|r| r.expiry > 0);
+        if !stored {
+            return 0;
+        }
+        self.store.last_tag += 1;
+        self.store.last_tag
+    }
+
+    /// Stores a message queued for session `s` with `tag`.
+    pub(crate) fn store_message(
+        &mut self,
+        now: Instant,
+        s: usize,
+        tag: u64,
+        packet_id: Option<PacketId>,
+        message: &Message,
+        ids: &[SubscriptionId],
+    ) {
+        let Some(rec) = self.sessions.get(s).and_then(Option::as_ref) else {
+            return;
+        };
+        let key = message_key(&rec.client_id, tag);
+        let mut v = Vec::with_capacity(32 + message.topic.as_str().len() + message.payload.len());
+        v.push(FORMAT);
+        v.extend_from_slice(&instant_ms(now).to_be_bytes());
+        v.extend_from_slice(&packet_id.map_or(0, PacketId::get).to_be_bytes());
+        v.push(ids.len().min(255) as u8);
+        for id in ids.iter().take(255) {
+            v.extend_from_slice(&id.get().to_be_bytes());
+        }
+        put_message(&mut v, message);
+        self.put(Table::Messages, key, v);
+    }
+
+    /// What a connection's machine reported about stored state (`owner` its session).
+    pub(crate) fn on_stored_event(&mut self, owner: usize, event: StoredEvent) {
+        if !self.persisting() {
+            return;
+        }
+        let Some(rec) = self.sessions.get(owner).and_then(Option::as_ref) else {
+            return;
+        };
+        if rec.expiry == 0 {
+            return;
+        }
+        let client_id = &rec.client_id;
+        match event {
+            StoredEvent::Released { tag, packet_id } => {
+                self.store.hazard = true;
+                let key = message_key(client_id, tag);
+                let v = [&[FORMAT][..], &packet_id.get().to_be_bytes(), &[1]].concat();
+                self.put(Table::Progress, key, v);
+            }
+            StoredEvent::Finished { tag } => {
+                let key = message_key(client_id, tag);
+                self.delete(Table::Progress, key.clone());
+                self.delete(Table::Messages, key);
+            }
+            StoredEvent::Received { packet_id } => {
+                self.store.hazard = true;
+                let key = incoming_key(client_id, packet_id);
+                self.put(Table::Incoming, key, alloc::vec![FORMAT]);
+            }
+            StoredEvent::IncomingReleased { packet_id } => {
+                self.store.hazard = true;
+                let key = incoming_key(client_id, packet_id);
+                self.delete(Table::Incoming, key);
+            }
+        }
+    }
+
+    /// A resumed session's queued messages took packet identifiers (`lacked[i]`: the
+    /// `i`th had none before): stored, so that a restart resends them under the same
+    /// identifiers.
+    pub(crate) fn store_assigned_ids(&mut self, s: usize, lacked: &[bool]) {
+        let Some(rec) = self.sessions.get(s).and_then(Option::as_ref) else {
+            return;
+        };
+        let Some(c) = rec.conn.and_then(|id| self.conn(id)) else {
+            return;
+        };
+        let mut ops = Vec::new();
+        let mut hazard = false;
+        for (q, _) in c
+            .session
+            .session()
+            .queue
+            .iter()
+            .zip(lacked)
+            .filter(|(_, lacked)| **lacked)
+        {
+            if let (Some(pid), true) = (q.packet_id, q.tag != 0) {
+                // A QoS 2 message must not go out under an identifier a restart forgets.
+                hazard |= q.message.qos == QoS::ExactlyOnce;
+                let v = [&[FORMAT][..], &pid.get().to_be_bytes(), &[0]].concat();
+                ops.push(StoreOp::Put {
+                    table: Table::Progress,
+                    key: message_key(&rec.client_id, q.tag),
+                    value: v,
+                });
+            }
+        }
+        self.store.ops.append(&mut ops);
+        self.store.hazard |= hazard;
+    }
+
+    /// A retained message set (`Some`) or cleared on `topic`.
+    pub(crate) fn store_retained(&mut self, now: Instant, topic: &str, message: Option<&Message>) {
+        if !self.persisting() {
+            return;
+        }
+        let key = topic.as_bytes().to_vec();
+        match message {
+            Some(m) => {
+                let mut v = Vec::with_capacity(16 + topic.len() + m.payload.len());
+                v.push(FORMAT);
+                v.extend_from_slice(&instant_ms(now).to_be_bytes());
+                put_message(&mut v, m);
+                self.put(Table::Retained, key, v);
+            }
+            None => self.delete(Table::Retained, key),
+        }
+    }
+}
+
+/// What a machine reported that changes stored state.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StoredEvent {
+    Released { tag: u64, packet_id: PacketId },
+    Finished { tag: u64 },
+    Received { packet_id: PacketId },
+    IncomingReleased { packet_id: PacketId },
+}
+
+// ---- Restore ------------------------------------------------------------------------------
 
 impl<H: Hooks> Broker<H> {
     fn restore_entry(
         &mut self,
-        _now: Instant,
-        _table: Table,
-        _key: &[u8],
-        _value: &[u8],
+        now: Instant,
+        table: Table,
+        key: &[u8],
+        value: &[u8],
     ) -> Result<(), Error> {
+        let restoring = self.store.restoring.get_or_insert_with(Box::default);
+        let _ = restoring;
+        match table {
+            Table::Sessions => self.restore_session(now, key, value),
+            Table::Progress => {
+                let mut r = Reader::new(table, value)?;
+                let pid = PacketId::new(r.u16()?).ok_or(r.corrupt("packet identifier 0"))?;
+                let stage = match r.u8()? {
+                    0 => Stage::Published,
+                    1 => Stage::Released,
+                    _ => return Err(r.corrupt("unknown stage")),
+                };
+                r.end()?;
+                split_key(table, key)?;
+                if let Some(rs) = self.store.restoring.as_mut() {
+                    rs.progress.insert(key.to_vec(), (pid, stage));
+                }
+                Ok(())
+            }
+            Table::Messages => self.restore_message(key, value),
+            Table::Incoming => {
+                let (client_id, rest) = split_key(table, key)?;
+                let corrupt = |reason| Error::Corrupt { table, reason };
+                let pid = <[u8; 2]>::try_from(rest)
+                    .ok()
+                    .and_then(|b| PacketId::new(u16::from_be_bytes(b)))
+                    .ok_or(corrupt("bad packet identifier"))?;
+                Reader::new(table, value)?.end()?;
+                let s = self
+                    .session_of(client_id)
+                    .ok_or(corrupt("for a session not stored"))?;
+                let o = self.offline_mut(s);
+                if let Err(at) = o.state.incoming_qos2.binary_search(&pid.get()) {
+                    o.state.incoming_qos2.insert(at, pid.get());
+                }
+                Ok(())
+            }
+            Table::Retained => {
+                let corrupt = |reason| Error::Corrupt { table, reason };
+                let topic = core::str::from_utf8(key).map_err(|_| corrupt("topic not UTF-8"))?;
+                let mut r = Reader::new(table, value)?;
+                let stored = Instant::from_millis(r.u64()?);
+                let m = r.message()?;
+                r.end()?;
+                if m.topic.as_str() != topic || !m.retain {
+                    return Err(corrupt("key and message disagree"));
+                }
+                let expired = m.properties().message_expiry_interval.is_some_and(|e| {
+                    now.saturating_since(stored) >= Duration::from_secs(u64::from(e))
+                });
+                if expired {
+                    self.delete(Table::Retained, key.to_vec());
+                } else {
+                    let name = m.topic.clone();
+                    self.retained.insert(name.as_topic_name(), (m, stored));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The offline record of session `s`, made if it has none.
+    fn offline_mut(&mut self, s: usize) -> &mut Offline {
+        let rec = self.sessions[s].as_mut().expect("restored session");
+        rec.offline.get_or_insert_with(Box::default)
+    }
+
+    fn restore_session(&mut self, _now: Instant, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        let table = Table::Sessions;
+        let corrupt = |reason| Error::Corrupt { table, reason };
+        let client_id =
+            core::str::from_utf8(key).map_err(|_| corrupt("client identifier not UTF-8"))?;
+        if self.session_of(client_id).is_some() {
+            return Err(corrupt("session stored twice"));
+        }
+        let mut r = Reader::new(table, value)?;
+        let flags = r.u8()?;
+        let expiry = r.u32()?;
+        let expires_at = r.u64()?;
+        let will = if flags & HAS_WILL != 0 {
+            let at = r.u64()?;
+            Some((r.message()?, at))
+        } else {
+            None
+        };
+        let n = r.u32()?;
+        let mut filters = Vec::new();
+        for _ in 0..n {
+            let len = usize::from(r.u16()?);
+            let filter =
+                core::str::from_utf8(r.take(len)?).map_err(|_| corrupt("filter not UTF-8"))?;
+            let version = ProtocolVersion::try_from(r.u8()?)
+                .map_err(|_| corrupt("unknown protocol level"))?;
+            let o = r.u8()?;
+            let qos = QoS::try_from(o & 3).map_err(|_| corrupt("bad QoS"))?;
+            let id = SubscriptionId::new(r.u32()?);
+            let opts = SubOpts {
+                qos,
+                no_local: o & 4 != 0,
+                retain_as_published: o & 8 != 0,
+                id,
+            };
+            if parse_subscription(filter, version).is_none() {
+                return Err(corrupt("invalid filter"));
+            }
+            filters.push((Box::<str>::from(filter), version, opts));
+        }
+        r.end()?;
+        let s = self.new_session(client_id.into());
+        for (filter, version, opts) in filters {
+            if let Some(sub) = parse_subscription(&filter, version) {
+                self.tree.insert(sub, s as u32, opts);
+            }
+            if let Some(rec) = self.sessions[s].as_mut() {
+                rec.filters.push((filter, version));
+            }
+        }
+        let connected = flags & CONNECTED != 0;
+        if let Some(rec) = self.sessions[s].as_mut() {
+            rec.expiry = expiry;
+        }
+        let o = self.offline_mut(s);
+        if connected {
+            // Its client was connected when the broker stopped: handled as an abnormal
+            // close when the restore ends, the will with its delay.
+            let will = will.map(|(m, delay)| (m, u32::try_from(delay).unwrap_or(u32::MAX)));
+            if let Some(rs) = self.store.restoring.as_mut() {
+                rs.connected.push((s, will));
+            }
+        } else {
+            o.expires_at = (expires_at != NEVER).then(|| Instant::from_millis(expires_at));
+            o.pending_will = will.map(|(m, at)| (m, Instant::from_millis(at)));
+        }
         Ok(())
     }
 
-    fn restore_finish(&mut self, _now: Instant) {}
+    fn restore_message(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        let table = Table::Messages;
+        let corrupt = |reason| Error::Corrupt { table, reason };
+        let (client_id, rest) = split_key(table, key)?;
+        let tag = <[u8; 8]>::try_from(rest)
+            .map(u64::from_be_bytes)
+            .map_err(|_| corrupt("bad sequence number"))?;
+        if tag == 0 {
+            return Err(corrupt("sequence number 0"));
+        }
+        let mut r = Reader::new(table, value)?;
+        let queued_at = Instant::from_millis(r.u64()?);
+        let pid = PacketId::new(r.u16()?);
+        let n = r.u8()?;
+        let mut ids = SubscriptionIdList::new();
+        for _ in 0..n {
+            ids.push(SubscriptionId::new(r.u32()?).ok_or(corrupt("subscription identifier 0"))?);
+        }
+        let message = r.message()?;
+        r.end()?;
+        if message.qos == QoS::AtMostOnce {
+            return Err(corrupt("a stored message is QoS 1 or 2"));
+        }
+        let s = self
+            .session_of(client_id)
+            .ok_or(corrupt("for a session not stored"))?;
+        let progress = self
+            .store
+            .restoring
+            .as_mut()
+            .and_then(|rs| rs.progress.remove(key));
+        self.store.last_tag = self.store.last_tag.max(tag);
+        let (pid, stage) = match progress {
+            Some((pid, stage)) => (Some(pid), stage),
+            None => (pid, Stage::Published),
+        };
+        let outgoing = Outgoing {
+            message,
+            queued_at,
+            subscription_ids: ids,
+            packet_id: pid,
+            tag,
+        };
+        let window = usize::from(self.config.server.max_inflight);
+        let o = self.offline_mut(s);
+        match (stage, pid) {
+            // [MQTT-4.3.3-6] PUBREC was received: PUBREL is what goes again.
+            (Stage::Released, Some(pid)) => {
+                o.state
+                    .inflight
+                    .push_back(Inflight::resumed(pid, outgoing, Stage::Released))
+            }
+            // A session sends in order, at most its window at a time: of the messages
+            // with an identifier, only the first `max_inflight` can have been sent. They
+            // go again with DUP ([MQTT-3.3.1-1]: it may be a re-delivery) under their
+            // identifier, which a QoS 2 receiver knows them by ([MQTT-4.3.3-10]), within
+            // the client's quota ([MQTT-4.9.0-2]); the rest go as the first time.
+            (Stage::Published, Some(pid))
+                if o.state.inflight.len() < window && o.state.queue.is_empty() =>
+            {
+                o.state
+                    .inflight
+                    .push_back(Inflight::resumed(pid, outgoing, Stage::Published))
+            }
+            _ => o.state.queue.push_back(outgoing),
+        }
+        Ok(())
+    }
+
+    fn restore_finish(&mut self, now: Instant) {
+        let Some(rs) = self.store.restoring.take() else {
+            return;
+        };
+        // Progress without its message: the message finished in the same batch.
+        for key in rs.progress.into_keys() {
+            self.delete(Table::Progress, key);
+        }
+        for (s, will) in rs.connected {
+            let expiry = self.sessions[s].as_ref().map_or(0, |r| r.expiry);
+            // [MQTT-3.1.2-8] the broker stopping is an abnormal close: the will goes,
+            // after its delay, or now with a session that ends now.
+            let mut pending = None;
+            if let Some((w, delay)) = will {
+                if delay == 0 || expiry == 0 {
+                    self.route(now, Some(s), None, w);
+                } else {
+                    pending = Some((w, now + Duration::from_secs(u64::from(delay))));
+                }
+            }
+            if expiry == 0 {
+                self.end_session(s);
+                continue;
+            }
+            let o = self.offline_mut(s);
+            o.expires_at =
+                (expiry != u32::MAX).then(|| now + Duration::from_secs(u64::from(expiry)));
+            o.pending_will = pending;
+            self.store_session(s);
+        }
+        // Deadlines passed while the broker was down come up at once.
+        for s in 0..self.sessions.len() {
+            if self.sessions[s].is_some() {
+                self.rearm_session(s);
+            }
+        }
+        self.handle_timeout(now);
+    }
 }

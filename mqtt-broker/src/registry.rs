@@ -86,11 +86,19 @@ impl<H: Hooks> Broker<H> {
             .map(|s| s as usize)
     }
 
-    /// Removes a session and its subscriptions.
+    /// Removes a session and its subscriptions, from the store too.
     pub(crate) fn end_session(&mut self, s: usize) {
+        self.end_session_stored(s, true);
+    }
+
+    /// Removes a session; `stored`: it may have been stored, so the store forgets it.
+    pub(crate) fn end_session_stored(&mut self, s: usize, stored: bool) {
         let Some(rec) = self.sessions[s].take() else {
             return;
         };
+        if stored {
+            self.forget_session(&rec.client_id);
+        }
         self.by_client_id.remove(&rec.client_id, s as u32);
         for (filter, version) in &rec.filters {
             if let Some(sub) = parse_subscription(filter, *version) {
@@ -137,15 +145,20 @@ impl<H: Hooks> Broker<H> {
         // [MQTT-3.1.2-8] a delayed will goes out when its delay ends, or with the session.
         let will_due = o.pending_will.as_ref().is_some_and(|w| w.1 <= now);
         let expired = o.expires_at.is_some_and(|t| t <= now);
+        let mut will_sent = false;
         if will_due || expired {
             if let Some((will, _)) = o.pending_will.take() {
                 self.route(now, None, None, will);
+                will_sent = true;
             }
         }
         if expired {
             // [MQTT-4.1.0-2] the session ends with its expiry.
             self.end_session(s);
         } else {
+            if will_sent {
+                self.store_session(s);
+            }
             self.rearm_session(s);
         }
     }

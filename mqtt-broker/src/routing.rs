@@ -82,12 +82,15 @@ impl<H: Hooks> Broker<H> {
         if message.retain {
             if message.payload.is_empty() {
                 // [MQTT-3.3.1-6] [MQTT-3.3.1-7] an empty retained message clears the topic.
-                self.retained.remove(topic);
+                if self.retained.remove(topic).is_some() {
+                    self.store_retained(now, topic.as_str(), None);
+                }
             } else {
                 // [MQTT-3.3.1-5] replaces the topic's retained message.
                 // Kept indefinitely: copied, so it does not hold the publisher's whole
                 // receive buffer alive through a view.
                 self.retained.insert(topic, (message.detached(), now));
+                self.store_retained(now, topic.as_str(), Some(&message));
             }
         }
         // Subscription identifiers are per delivery, never forwarded from the publisher.
@@ -161,6 +164,7 @@ impl<H: Hooks> Broker<H> {
         message: Message,
         ids: &[SubscriptionId],
     ) {
+        let tag = self.message_tag(s, &message);
         let Some(rec) = self.sessions.get_mut(s).and_then(Option::as_mut) else {
             return;
         };
@@ -186,12 +190,23 @@ impl<H: Hooks> Broker<H> {
                 // The machine has no queue bound of its own (the watermark is the core's):
                 // what fails here could never be sent (a packet the client's version
                 // cannot carry) or found every packet identifier in use.
-                match c.session.deliver(now, message, ids) {
-                    Ok(_) => self.stats.messages_sent += 1,
-                    Err(_) => self.stats.messages_dropped += 1,
-                }
-                if c.set_transmit_queued() {
-                    self.events.push_back(BrokerEvent::Transmit(id));
+                let stored = (tag != 0).then(|| message.clone());
+                match c.session.deliver_tagged(now, message, ids, tag) {
+                    Ok(pid) => {
+                        self.stats.messages_sent += 1;
+                        if c.set_transmit_queued() {
+                            self.events.push_back(BrokerEvent::Transmit(id));
+                        }
+                        if let Some(m) = stored {
+                            self.store_message(now, s, tag, pid, &m, ids);
+                        }
+                    }
+                    Err(_) => {
+                        self.stats.messages_dropped += 1;
+                        if c.set_transmit_queued() {
+                            self.events.push_back(BrokerEvent::Transmit(id));
+                        }
+                    }
                 }
             }
             None => {
@@ -200,11 +215,19 @@ impl<H: Hooks> Broker<H> {
                     self.stats.messages_dropped += 1;
                     return;
                 }
+                if tag != 0 {
+                    self.store_message(now, s, tag, None, &message, ids);
+                }
+                let Some(rec) = self.sessions.get_mut(s).and_then(Option::as_mut) else {
+                    return;
+                };
+                let queue = &mut rec.offline.get_or_insert_with(Default::default).state.queue;
                 queue.push_back(Outgoing {
                     message,
                     queued_at: now,
                     subscription_ids: SubscriptionIdList::from(ids),
                     packet_id: None,
+                    tag,
                 });
                 self.stats.messages_sent += 1;
             }

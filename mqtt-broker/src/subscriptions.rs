@@ -188,10 +188,25 @@ impl<H: Hooks> Broker<H> {
                 QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
             });
         }
+        if reasons.iter().any(|r| !r.is_error()) {
+            // Stored before the SUBACK leaves (held with `Persistence::Sync`).
+            self.store_session(owner);
+        }
         // [MQTT-3.8.4-1] every SUBSCRIBE gets its SUBACK, codes in order ([MQTT-3.9.3-1]);
         // an embedder's Reason String goes with it ([MQTT-3.9.2-1]: not beyond the
         // client's Maximum Packet Size).
-        if let Some(c) = self.conn_mut(id) {
+        let after = self.after_store();
+        if after.is_some() {
+            // Once the subscriptions are stored. Retained messages may go before it
+            // (3.1.1 §3.8.4: PUBLISH packets may precede the SUBACK).
+            let promise = crate::persist::Promise::SubAck {
+                conn: id,
+                packet_id: pending.packet_id,
+                reasons,
+                diagnostics: pending.diagnostics,
+            };
+            self.promise(now, after, promise);
+        } else if let Some(c) = self.conn_mut(id) {
             if pending.diagnostics.is_empty() {
                 let _ = c.session.suback(now, pending.packet_id, reasons);
             } else {
@@ -246,8 +261,19 @@ impl<H: Hooks> Broker<H> {
                 ReasonCode::NoSubscriptionExisted
             });
         }
+        if reasons.contains(&ReasonCode::Success) {
+            self.store_session(owner);
+        }
         // [MQTT-3.10.4-4] [MQTT-3.10.4-5] an UNSUBACK even when nothing was removed.
-        if let Some(c) = self.conn_mut(id) {
+        let after = self.after_store();
+        if after.is_some() {
+            let promise = crate::persist::Promise::UnsubAck {
+                conn: id,
+                packet_id,
+                reasons,
+            };
+            self.promise(now, after, promise);
+        } else if let Some(c) = self.conn_mut(id) {
             let _ = c.session.unsuback(now, packet_id, reasons);
         }
     }

@@ -515,7 +515,14 @@ impl Conn {
     /// peak is what an idle connection costs.
     pub(crate) fn pop_event(&mut self) -> Option<Event> {
         let e = self.events.pop_front()?;
-        if !matches!(e, Event::Message { .. } | Event::Acknowledged { .. }) {
+        if !matches!(
+            e,
+            Event::Message { .. }
+                | Event::Acknowledged { .. }
+                | Event::Released { .. }
+                | Event::Finished { .. }
+                | Event::IncomingReleased { .. }
+        ) {
             self.events.release_if_empty();
         }
         Some(e)
@@ -971,6 +978,12 @@ impl Conn {
         let known = self
             .flows_if_any()
             .is_some_and(|f| f.session.release_qos2(ack.packet_id));
+        if known && self.role == Role::Server {
+            // A durable broker forgets the stored identifier; others ignore the event.
+            self.events.push_back(Event::IncomingReleased {
+                packet_id: ack.packet_id,
+            });
+        }
         // 3.1.1 has no reason codes: PUBCOMP is the same either way.
         let code = if known || !self.version.is_v5() {
             ReasonCode::Success
@@ -992,7 +1005,7 @@ impl Conn {
         message: Message,
         subscription_ids: heapless::Vec<SubscriptionId, 4>,
     ) -> Result<Option<PacketId>, Error> {
-        self.enqueue_with_ids(now, message, subscription_ids.iter().copied().collect())
+        self.enqueue_with_ids(now, message, subscription_ids.iter().copied().collect(), 0)
     }
 
     /// [`Conn::enqueue`] with any number of subscription identifiers (a server's delivery).
@@ -1001,6 +1014,7 @@ impl Conn {
         now: Instant,
         message: Message,
         subscription_ids: crate::SubscriptionIdList,
+        tag: u64,
     ) -> Result<Option<PacketId>, Error> {
         if self.flows().session.queue.len() >= self.max_queued as usize {
             return Err(Error::QueueFull);
@@ -1032,6 +1046,7 @@ impl Conn {
             queued_at: now,
             subscription_ids,
             packet_id,
+            tag,
         });
         Ok(packet_id)
     }
@@ -1049,6 +1064,11 @@ impl Conn {
         let flows = self.flows_mut();
         if let Some(f) = flows.session.inflight.remove(idx) {
             flows.ids.release(f.packet_id);
+            if f.outgoing.tag != 0 {
+                self.events.push_back(Event::Finished {
+                    tag: f.outgoing.tag,
+                });
+            }
             self.events.push_back(Event::Acknowledged {
                 packet_id: f.packet_id,
                 reason: ack.reason_code,
@@ -1087,6 +1107,10 @@ impl Conn {
         // again after this.
         f.stage = Stage::Released;
         f.sent = false;
+        if f.outgoing.tag != 0 {
+            let (tag, packet_id) = (f.outgoing.tag, f.packet_id);
+            self.events.push_back(Event::Released { tag, packet_id });
+        }
     }
 
     pub(crate) fn on_pubcomp(&mut self, ack: PubAck<'_>) {
@@ -1121,6 +1145,20 @@ impl Conn {
 
     // ---- Transmit ------------------------------------------------------------------------
 
+    /// Whether a PUBLISH in flight may be sent again: fewer than the quota of them are
+    /// outstanding on this connection (sent, or past PUBREC). Counted only when more are
+    /// in flight than the quota, which only a resumed session can be.
+    fn resend_quota_left(&self) -> bool {
+        let limit = usize::from(self.peer.receive_maximum.min(self.max_inflight));
+        let inflight = &self.flows().session.inflight;
+        inflight.len() <= limit
+            || inflight
+                .iter()
+                .filter(|f| f.sent || f.stage == Stage::Released)
+                .count()
+                < limit
+    }
+
     fn send_quota_left(&self) -> bool {
         let limit = self.peer.receive_maximum.min(self.max_inflight);
         // [MQTT-4.9.0-2] each QoS>0 PUBLISH in flight takes one unit of the quota.
@@ -1150,14 +1188,23 @@ impl Conn {
             return Some(Next::Ack);
         }
         if let Some(i) = flows.session.inflight.iter().position(|f| !f.sent) {
-            return Some(Next::Inflight(i));
+            // PUBREL takes no quota; a PUBLISH sent again does ([MQTT-4.9.0-2]): a
+            // resumed session may hold more in flight than the peer now takes.
+            if flows.session.inflight[i].stage == Stage::Released || self.resend_quota_left() {
+                return Some(Next::Inflight(i));
+            }
         }
         // Drop expired queued messages before they take a packet id.
         while let Some(front) = self.flows().session.queue.front() {
             if front.remaining_expiry(now).is_err() {
                 let flows = self.flows_mut();
-                if let Some(id) = flows.session.queue.pop_front().and_then(|o| o.packet_id) {
-                    flows.ids.release(id);
+                if let Some(o) = flows.session.queue.pop_front() {
+                    if let Some(id) = o.packet_id {
+                        flows.ids.release(id);
+                    }
+                    if o.tag != 0 {
+                        self.events.push_back(Event::Finished { tag: o.tag });
+                    }
                 }
                 continue;
             }
@@ -1376,7 +1423,10 @@ impl Conn {
                 if a.qos == QoS::ExactlyOnce && a.code.is_error() && n.is_ok() {
                     // [MQTT-4.3.3-9] a PUBREC with an error ends the exchange: no PUBREL
                     // follows, and a PUBLISH reusing the id is a new message.
-                    flows.session.release_qos2(a.id);
+                    if flows.session.release_qos2(a.id) && self.role == Role::Server {
+                        self.events
+                            .push_back(Event::IncomingReleased { packet_id: a.id });
+                    }
                 }
                 n.ok()
             }
@@ -1453,6 +1503,9 @@ impl Conn {
                         if let Some(id) = id {
                             self.flows_mut().ids.release(id);
                         }
+                        if q.tag != 0 {
+                            self.events.push_back(Event::Finished { tag: q.tag });
+                        }
                         self.report_too_large(id, q.message, size);
                         None
                     }
@@ -1471,6 +1524,11 @@ impl Conn {
         let flows = self.flows_mut();
         if let Some(f) = flows.session.inflight.remove(i) {
             flows.ids.release(f.packet_id);
+            if f.outgoing.tag != 0 {
+                self.events.push_back(Event::Finished {
+                    tag: f.outgoing.tag,
+                });
+            }
             self.report_too_large(Some(f.packet_id), f.outgoing.message, size);
         }
     }

@@ -34,6 +34,27 @@ pub enum Event {
         /// The peer's Reason String (5.0), if it sent one.
         reason_string: Option<Utf8Bytes>,
     },
+    /// Server: a message queued with a tag ([`crate::ServerSession::deliver_tagged`]) got
+    /// its PUBREC; PUBREL is due, and after a restart it is PUBREL, not the PUBLISH, that
+    /// must be sent again ([MQTT-4.3.3-6]).
+    Released {
+        /// The tag it was queued with.
+        tag: u64,
+        /// Its packet identifier.
+        packet_id: PacketId,
+    },
+    /// Server: a message queued with a tag is done with: acknowledged (PUBACK, PUBCOMP,
+    /// or a PUBREC that refused it), expired in the queue, or too large ever to send.
+    Finished {
+        /// The tag it was queued with.
+        tag: u64,
+    },
+    /// Server: PUBREL released an incoming QoS 2 packet identifier; a PUBLISH that uses it
+    /// again is a new message ([MQTT-4.3.3-10]).
+    IncomingReleased {
+        /// The identifier.
+        packet_id: PacketId,
+    },
     /// Client: SUBACK.
     Subscribed {
         /// The SUBSCRIBE's identifier.

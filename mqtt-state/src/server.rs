@@ -870,6 +870,19 @@ impl ServerSession {
         message: Message,
         subscription_ids: &[SubscriptionId],
     ) -> Result<Option<PacketId>, Error> {
+        self.deliver_tagged(now, message, subscription_ids, 0)
+    }
+
+    /// [`ServerSession::deliver`] with a `tag` (not 0) that the message carries while it is
+    /// queued and in flight: [`Event::Released`] and [`Event::Finished`] name it, so a
+    /// durable broker knows which stored message moved on.
+    pub fn deliver_tagged(
+        &mut self,
+        now: Instant,
+        message: Message,
+        subscription_ids: &[SubscriptionId],
+        tag: u64,
+    ) -> Result<Option<PacketId>, Error> {
         self.conn.check()?;
         // [MQTT-3.3.4-4] [MQTT-3.3.4-5] every identifier the broker found, however many;
         // 3.1.1 has none.
@@ -878,7 +891,7 @@ impl ServerSession {
         } else {
             SubscriptionIdList::new()
         };
-        self.conn.enqueue_with_ids(now, message, ids)
+        self.conn.enqueue_with_ids(now, message, ids, tag)
     }
 
     /// Answers a SUBSCRIBE, one code per filter ([MQTT-3.8.4-2]: with its identifier).

@@ -24,6 +24,12 @@ pub struct Outgoing {
     /// The identifier taken when it was queued (QoS 1/2), so `publish` can return it.
     #[cfg_attr(feature = "serde", serde(with = "crate::serde_impls::opt_packet_id"))]
     pub packet_id: Option<PacketId>,
+    /// The embedder's name for this message, carried and never read: a durable broker's
+    /// storage key ([`crate::ServerSession::deliver_tagged`]), so that
+    /// [`crate::Event::Released`] and [`crate::Event::Finished`] can say which stored
+    /// message moved on. 0 for none.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub tag: u64,
 }
 
 /// Where an outgoing QoS 1/2 PUBLISH stands.
@@ -53,6 +59,21 @@ pub struct Inflight {
     pub(crate) sent: bool,
     /// Whether the PUBLISH was ever sent, on any connection: a re-send carries DUP.
     pub ever_sent: bool,
+}
+
+impl Inflight {
+    /// An in-flight message read back from storage after a restart: its packet for
+    /// `stage` goes out again on the next connection, PUBLISH with DUP
+    /// ([MQTT-4.4.0-1] [MQTT-3.3.1-1]).
+    pub fn resumed(packet_id: PacketId, outgoing: Outgoing, stage: Stage) -> Self {
+        Self {
+            packet_id,
+            outgoing,
+            stage,
+            sent: false,
+            ever_sent: true,
+        }
+    }
 }
 
 /// Everything that must survive a reconnect or a process restart.

@@ -45,6 +45,31 @@ pub enum Error {
     #[cfg(feature = "server")]
     #[error(transparent)]
     Broker(mqtt_broker::Error),
+    /// The store failed: the file cannot be created, read or written. While a server
+    /// runs, this stops it: what it acknowledged could no longer be kept.
+    #[cfg(feature = "store")]
+    #[error("store: {0}")]
+    Store(String),
+    /// The store was written by a newer version (a format this one cannot read).
+    #[cfg(feature = "store")]
+    #[error("store {path}: format version {found}, this version reads {supported}")]
+    StoreVersion {
+        /// The file.
+        path: String,
+        /// The version in the file.
+        found: u64,
+        /// The version this build reads and writes.
+        supported: u64,
+    },
+    /// The store is damaged or truncated, is not a store, or holds an entry the core
+    /// cannot read: nothing is served from it.
+    #[cfg(feature = "store")]
+    #[error("store damaged: {0}")]
+    StoreDamaged(String),
+    /// Another process (another broker) has the store open.
+    #[cfg(feature = "store")]
+    #[error("store {0} is in use by another process")]
+    StoreInUse(String),
     /// The client stopped with these messages sent but not acknowledged or not sent yet;
     /// nothing is dropped silently. They are in their original order.
     #[error("closed with {} message(s) not acknowledged", messages.len())]

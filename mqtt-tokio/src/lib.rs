@@ -96,6 +96,10 @@
 //! - `webpki-roots` (default): [`tls_config`] with no CA trusts the Mozilla root set
 //!   compiled into the `webpki-roots` crate. Without it, a CA must be given (the platform's
 //!   certificate store is never read).
+//! - `server` (default): the [`server`] runner.
+//! - `store`: durable storage for the server's core ([`store`]): a redb file on disk
+//!   ([`store::RedbStore`]) or memory ([`store::MemoryStore`]), restored at start
+//!   ([`server::Server::store`]): what the broker acknowledged survives a crash.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -106,6 +110,9 @@ mod options;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
+#[cfg(feature = "store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+pub mod store;
 mod time;
 mod transport;
 

@@ -8,6 +8,9 @@
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     origin: tokio::time::Instant,
+    /// The machine's time at `origin`, in milliseconds: not 0 for a clock that resumes
+    /// where a stored broker's stopped ([`Clock::resuming_at`]).
+    base: u64,
 }
 
 impl Clock {
@@ -18,7 +21,16 @@ impl Clock {
 
     /// A clock whose origin is `origin`.
     pub fn with_origin(origin: tokio::time::Instant) -> Self {
-        Self { origin }
+        Self { origin, base: 0 }
+    }
+
+    /// A clock that reads `at` now: for a broker restored from a store, whose clock goes
+    /// on where the stored one stopped (plus the time it was down).
+    pub fn resuming_at(at: mqtt_state::Instant) -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+            base: at.as_millis(),
+        }
     }
 
     /// The current time on the machine's scale.
@@ -29,7 +41,8 @@ impl Clock {
     /// `t` on the machine's scale; a time before the origin is the origin.
     pub fn to_state(&self, t: tokio::time::Instant) -> mqtt_state::Instant {
         let ms = t.saturating_duration_since(self.origin).as_millis();
-        mqtt_state::Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+        mqtt_state::Instant::from_millis(self.base.saturating_add(ms))
     }
 
     /// `t` (a std instant) on the machine's scale.
@@ -39,7 +52,7 @@ impl Clock {
 
     /// A machine deadline as a tokio instant, for `sleep_until`.
     pub fn to_tokio(&self, t: mqtt_state::Instant) -> tokio::time::Instant {
-        self.origin + std::time::Duration::from_millis(t.as_millis())
+        self.origin + std::time::Duration::from_millis(t.as_millis().saturating_sub(self.base))
     }
 
     /// A machine deadline as a std instant.
@@ -70,5 +83,15 @@ mod tests {
             mqtt_state::Instant::ZERO
         );
         assert_eq!(c.from_std(later.into_std()).as_millis(), 1234);
+    }
+
+    #[test]
+    fn resumed() {
+        let c = Clock::resuming_at(mqtt_state::Instant::from_millis(10_000));
+        let later = c.origin + std::time::Duration::from_millis(1234);
+        assert_eq!(c.to_state(later).as_millis(), 11_234);
+        assert_eq!(c.to_tokio(c.to_state(later)), later);
+        // Before the resume point: the origin.
+        assert_eq!(c.to_tokio(mqtt_state::Instant::from_millis(5)), c.origin);
     }
 }

@@ -11,35 +11,65 @@
 //!   that clears it), subscribe to `t/+`, `t/#` or `#`, and some carry a will on
 //!   `will/<id>`;
 //! - 0-2 *transient* subscribers: 3.1.1 clean sessions, or 5.0 clients with clean start
-//!   and a session expiry of 0-5 s, so their sessions end and begin again.
+//!   and a session expiry of 0-5 s, so their sessions end and begin again. One that
+//!   resumes its sessions starts clean after a CONNECT whose CONNACK it never saw: it
+//!   cannot tell which session "session present" would be.
 //!
 //! It runs a healthy setup, a chaos phase with faults, then a quiet period with a healthy
 //! network until every queue has drained, and finally subscribes a probe client to `r/#`
 //! to read the broker's retained messages back.
 //!
+//! # The durable broker and its crashes
+//!
+//! Four seeds in five run the broker with `Persistence::Sync` over an in-memory store (the
+//! fifth keeps the memory-only default covered). The adapter polls the store operations at
+//! seeded moments: after every step, or only now and then, so that several inputs go into
+//! one batch (always before the broker would sit idle with operations pending); writing
+//! a batch takes a seeded 0-[`WRITE_MS`] ms during which the adapter's loop is blocked in
+//! the write, as an `fsync` blocks it. Half of the durable seeds have 1-3 broker *crashes*
+//! during the chaos phase (and, in half of those, one more after everything drained, before
+//! the probe reads the retained messages back): at a seeded moment, in the middle of a turn
+//! of the loop as well as between turns, the process dies. Operations not yet polled and a
+//! write in flight are lost; every connection ends without DISCONNECT, either as a killed
+//! process's kernel closes them (bytes already written still arrive, then FIN) or as a
+//! dead host's do (silence, found by keep alive). After a seeded downtime (connections
+//! meanwhile refused) a new broker is restored from the store (`Broker::restore` table by
+//! table, then `finish_restore`) with the clock running on; clients reconnect as after a
+//! cut, and persistent ones resume their sessions.
+//!
 //! # Invariants
 //!
 //! - No QoS 1 or QoS 2 message lost for a subscriber whose session lasts: persistent
 //!   sessions from their first SUBACK, transient ones from the SUBACK of the session they
-//!   end the run with.
+//!   end the run with. Persistent sessions last across crashes (their CONNACK and SUBACK
+//!   waited for the store), and persistent publishers send again whatever they did not see
+//!   acknowledged, so every message is owed, crash or not; a transient session may end at a
+//!   crash, and is then a new one.
 //! - No QoS 2 message delivered twice; first deliveries in publish order per (publisher,
 //!   subscriber, QoS); every delivery at the lower of the published and granted QoS.
 //! - Wills: never for a connection whose DISCONNECT reached the broker [MQTT-3.1.2-10],
 //!   always (to a persistent QoS 1 `#` subscriber) for one that dropped after its CONNACK
-//!   without one, unless a newer connection of the same client took it over.
+//!   without one, unless a newer connection of the same client took it over. A crash is
+//!   an abnormal close [MQTT-3.1.2-8]: every connection up at the crash whose CONNACK was
+//!   sent (so its session's record, will included, was stored) is owed its will, published
+//!   by the restored broker. A DISCONNECT the broker read but had not stored when it
+//!   crashed is as if never read: that will may come.
 //! - Retained messages equal a model of the last retained publish per topic
-//!   [MQTT-3.3.1-5] [MQTT-3.3.1-6].
+//!   [MQTT-3.3.1-5] [MQTT-3.3.1-6], also after a crash.
 //! - No protocol error against a conforming peer; keep alive holds healthy links up and
 //!   detects dead ones; every timer handled; clients within their bounds.
 //! - Memory: what the broker reports holding (`Broker::stats`) stays within what the
 //!   model allows, and what the adapter buffers per connection is bounded (a socket's
-//!   worth, see [`SOCKET_BUF`]).
+//!   worth, see [`SOCKET_BUF`]). The store holds one session per client, one retained
+//!   message per topic, and once everything has drained, no message, progress or QoS 2
+//!   entry at all (nothing left behind).
 //!
 //! # Replay
 //!
 //! `SIM_SEEDS=<n>` runs seeds `0..n` (default [`DEFAULT_SEEDS`]); `SIM_SEED=<n>` (or
-//! `SEED=<n>`) replays one seed with a trace of every packet, fault and broker call. A
-//! failing seed prints the command that replays it.
+//! `SEED=<n>`) replays one seed with a trace of every packet, fault, store batch, crash,
+//! restore and broker call. A failing seed prints the command that replays it.
+//! `SIM_CRASHES=0` turns the crashes off (the store stays).
 
 mod support;
 
@@ -48,8 +78,8 @@ use std::fmt::Write as _;
 
 use bytes::BytesMut;
 use mqtt_broker::{
-    Broker, BrokerConfig, BrokerEvent, ConnectionId, Context, Hooks, RequestId, RequestKind,
-    Verdict,
+    Batch, Broker, BrokerConfig, BrokerEvent, CloseReason, ConnectionId, Context, Hooks,
+    Persistence, RequestId, RequestKind, StoreOp, Table, Verdict,
 };
 use mqtt_codec::SubscriptionOptions;
 use mqtt_codec::{decode, DecodeOptions, ProtocolVersion, QoS, ReasonCode, Status};
@@ -84,6 +114,18 @@ const SERVER_QUEUE: (u64, u64) = (256, 1024);
 /// checks.
 const SMALL_QUEUES: bool = false;
 const SMALL_SERVER_QUEUE: (u64, u64) = (4, 32);
+/// Percent of seeds whose broker stores its state (`Persistence::Sync`); the others run
+/// the memory-only default.
+const DURABLE_PCT: u64 = 80;
+/// Percent of the durable seeds whose broker crashes (1-3 times in the chaos phase).
+const CRASH_PCT: u64 = 50;
+/// How long a crashed broker stays down, at most (ms).
+const DOWNTIME_MS: u64 = 5000;
+/// How long writing a batch may take, at most (ms): the adapter's loop waits for it.
+const WRITE_MS: u64 = 20;
+/// A crash due waits for the broker to be busy (a turn under way, a write) this long at
+/// most (ms), then comes while all is quiet.
+const CRASH_WAIT_MS: u64 = 3000;
 
 #[derive(Debug, Clone)]
 enum Item {
@@ -146,6 +188,8 @@ struct Link {
     server_open: bool,
     /// When the client last wrote to it (dead link detection is measured from there).
     client_last_tx: Instant,
+    /// When the broker last read a byte from it (its keep alive is measured from there).
+    server_last_read: Instant,
     /// The client stopped reading it at some point (a keep alive timeout is then right).
     stalled: bool,
     /// Packets the broker received and sent on it, as the will checks need them.
@@ -156,6 +200,15 @@ struct Link {
     disconnect_seen: bool,
     /// The client's connection number on this link (its will's payload names it).
     conn_no: u32,
+    /// The broker read the DISCONNECT (it left the input buffer); its effects are in this
+    /// store batch, of the broker then running.
+    disconnect_read: Option<Batch>,
+    /// The broker crashed before that batch was written: the DISCONNECT is as if never
+    /// read, and the will may come.
+    disconnect_lost: bool,
+    /// The broker closed it as taken over by a newer connection of its client, which may
+    /// not have had its CONNACK yet (held for the store), or ever.
+    taken_over: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +253,9 @@ struct ClientSlot {
     session_no: u32,
     /// A CONNECT is out whose CONNACK the client has not seen yet.
     connack_pending: bool,
+    /// Its current connection started clean although its sessions resume (see
+    /// `client_connect`).
+    started_clean: bool,
     /// A CONNECT whose CONNACK it never saw may have started a new session at the broker
     /// (its old one having expired), which the next connection then resumed with session
     /// present: the client cannot tell, so neither can the model.
@@ -273,6 +329,63 @@ struct BrokerSide {
     blocked: BTreeSet<ConnectionId>,
     /// Calls into the broker, for the statistics.
     calls: u64,
+    /// How to rebuild the broker after a crash.
+    config: BrokerConfig,
+    defer_pct: u64,
+    /// The store: what was written, all of it durable.
+    store: MemStore,
+    /// A batch being written, done at that instant; meanwhile the loop waits (calls
+    /// nothing in the broker, reads no socket).
+    writing: Option<(Instant, Batch, Vec<StoreOp>)>,
+    /// The last batch polled and the last written, of the broker now running.
+    polled: Batch,
+    durable: Batch,
+    /// Percent of the loop's steps after which the adapter polls the store (else only
+    /// when nothing else moves).
+    poll_pct: u64,
+    /// How long writing a batch takes, at most (ms).
+    write_ms: u64,
+    /// Draws for the store and the crashes, apart from the simulation's own stream.
+    store_rng: Rng,
+    /// When the broker crashes, in order (drawn when the chaos phase begins).
+    crashes: VecDeque<Instant>,
+    /// Crashes this seed has during chaos, and whether one more after the drain.
+    n_crashes: u32,
+    final_crash: bool,
+    /// Down (crashed) until then: every connection is refused.
+    down_until: Option<Instant>,
+    /// The (client, connection number) of connections the adapter closed, for a `Close`
+    /// the broker held (for the store) and lets out after the adapter saw the connection
+    /// end.
+    closed_conns: BTreeMap<ConnectionId, (usize, u32)>,
+}
+
+/// Stored entries by table and key: an ordered map with atomic batches is all a store is.
+type MemStore = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
+/// Applies a batch as a store does, in order.
+fn apply(store: &mut MemStore, ops: &[StoreOp]) {
+    for op in ops {
+        match op {
+            StoreOp::Put { table, key, value } => {
+                store.insert((*table, key.clone()), value.clone());
+            }
+            StoreOp::Delete { table, key } => {
+                store.remove(&(*table, key.clone()));
+            }
+            StoreOp::DeletePrefix { table, prefix } => {
+                store.retain(|(t, k), _| !(t == table && k.starts_with(prefix)));
+            }
+        }
+    }
+}
+
+/// The entries of `table` in `store`.
+fn table_entries(store: &MemStore, table: Table) -> impl Iterator<Item = (&Vec<u8>, &Vec<u8>)> {
+    store
+        .range((table, Vec::new())..)
+        .take_while(move |((t, _), _)| *t == table)
+        .map(|((_, k), v)| (k, v))
 }
 
 struct Sim {
@@ -485,17 +598,36 @@ impl Sim {
                 owed_from: None,
                 session_no: 0,
                 connack_pending: false,
+                started_clean: false,
                 session_uncertain: false,
                 stalled_until: None,
                 long_stall: false,
             });
         }
+        // The store and the crashes draw from their own stream: the rest of a seed's
+        // configuration is as it was before the broker could crash.
+        let mut store_rng = Rng::new(seed ^ 0x5707_e0c2_a5be_d000);
+        let durable = store_rng.chance(DURABLE_PCT);
+        let crashes_on = env_u64("SIM_CRASHES").is_none_or(|v| v != 0);
+        let n_crashes = if durable && crashes_on && store_rng.chance(CRASH_PCT) {
+            store_rng.range(1, 3) as u32
+        } else {
+            0
+        };
+        let final_crash = n_crashes > 0 && store_rng.chance(50);
+        let poll_pct = [100, 50, 10][store_rng.index(3)];
+        let write_ms = [0, 2, WRITE_MS][store_rng.index(3)];
         let broker_config = BrokerConfig {
             server: server_config.clone(),
             max_offline_queue: 1000,
             sys_interval: rng
                 .chance(50)
                 .then(|| Duration::from_secs(rng.range(1, 20))),
+            persistence: if durable {
+                Persistence::Sync
+            } else {
+                Persistence::Off
+            },
             ..BrokerConfig::default()
         };
         let n = clients.len();
@@ -525,7 +657,7 @@ impl Sim {
             links: BTreeMap::new(),
             next_link: 0,
             broker: BrokerSide {
-                broker: Broker::with_hooks(broker_config, hooks, Instant::ZERO),
+                broker: Broker::with_hooks(broker_config.clone(), hooks, Instant::ZERO),
                 answers: Vec::new(),
                 decide_rng,
                 refuse_pct,
@@ -534,6 +666,20 @@ impl Sim {
                 inbuf: BTreeMap::new(),
                 blocked: BTreeSet::new(),
                 calls: 0,
+                config: broker_config,
+                defer_pct,
+                store: MemStore::new(),
+                writing: None,
+                polled: 0,
+                durable: 0,
+                poll_pct,
+                write_ms,
+                store_rng,
+                crashes: VecDeque::new(),
+                n_crashes,
+                final_crash,
+                down_until: None,
+                closed_conns: BTreeMap::new(),
             },
             published: Vec::new(),
             received: vec![Vec::new(); n],
@@ -620,7 +766,21 @@ impl Sim {
     //   treats like a connection that never got its CONNACK / a refused subscription).
 
     fn broker_open(&mut self, link: u64) {
+        if self.broker.down_until.is_some() {
+            // Nothing listens: the connection is refused, and the broker never saw its
+            // CONNECT.
+            self.trace(|| format!("server[{link}]: refused, the broker is down"));
+            self.stat("connections refused (broker down)");
+            if let Some(l) = self.links.get_mut(&link) {
+                l.server_open = false;
+                let client = l.client;
+                self.clients[client].connack_pending = false;
+            }
+            self.send(link, false, Item::Fin);
+            return;
+        }
         let id = self.broker.broker.open(self.now);
+        self.trace(|| format!("server[{link}] is {id:?}"));
         self.broker.calls += 1;
         self.broker.conn_of_link.insert(link, id);
         self.broker.link_of_conn.insert(id, link);
@@ -634,12 +794,26 @@ impl Sim {
             return;
         };
         buf.extend_from_slice(bytes);
+        let before = buf.len();
         let dropped = b.broker.stats().messages_dropped;
         b.broker.handle_input(now, id, buf);
+        let read = buf.len() < before;
         b.calls += 1;
         let dropped = b.broker.stats().messages_dropped - dropped;
         // Memory: what a paused connection holds is bounded by what its client may send.
         let held = buf.len();
+        // A DISCONNECT that left the input buffer was read: what it changed goes into the
+        // next batch.
+        let unread = holds_disconnect(buf);
+        let batch = b.polled + 1;
+        if let Some(l) = self.links.get_mut(&link) {
+            if l.disconnect_seen && l.disconnect_read.is_none() && !unread {
+                l.disconnect_read = Some(batch);
+            }
+            if read {
+                l.server_last_read = now;
+            }
+        }
         if dropped > 0 {
             self.trace(|| format!("server[{link}]: the broker dropped {dropped} messages"));
         }
@@ -667,6 +841,9 @@ impl Sim {
             self.stat("disconnect unread at close");
         }
         self.broker.link_of_conn.remove(&id);
+        if let Some(l) = self.links.get(&link) {
+            self.broker.closed_conns.insert(id, (l.client, l.conn_no));
+        }
         self.broker.inbuf.remove(&link);
         self.broker.blocked.remove(&id);
         self.broker.broker.handle_close(self.now, id);
@@ -677,6 +854,9 @@ impl Sim {
     /// Moves the broker's output to the links until it has no more events; whether
     /// anything happened.
     fn broker_pump(&mut self) -> bool {
+        if self.broker_waits() {
+            return false;
+        }
         let mut progress = false;
         while self.broker_pump_once() {
             progress = true;
@@ -697,6 +877,9 @@ impl Sim {
                 }
                 BrokerEvent::Close { id, reason } => {
                     self.trace(|| format!("broker closes {id:?}: {reason:?}"));
+                    if reason == CloseReason::SessionTakenOver {
+                        self.taken_over(id);
+                    }
                     closing.push(id);
                 }
                 // The broker leaves a paused connection's bytes in its input buffer; a
@@ -743,6 +926,22 @@ impl Sim {
         progress
     }
 
+    /// The broker closed `id` as taken over by a newer connection of its client: it took
+    /// the session when the broker read the newer CONNECT, whose CONNACK may have waited
+    /// for the store (or never gone out), and the old connection may have ended meanwhile.
+    /// Its will is not owed: a takeover is no abnormal close before 5.0, and in 5.0 the
+    /// will may come.
+    fn taken_over(&mut self, id: ConnectionId) {
+        if let Some(&link) = self.broker.link_of_conn.get(&id) {
+            if let Some(l) = self.links.get_mut(&link) {
+                l.taken_over = true;
+            }
+        } else if let Some(conn) = self.broker.closed_conns.get(&id) {
+            // Closed already, and counted as an abnormal close.
+            self.wills_owed.retain(|(c, _)| c != conn);
+        }
+    }
+
     /// Polls `id`'s bytes onto its link while it has room (always when `flush`); leaves it
     /// in `blocked` when it has not. Whether anything was sent.
     fn broker_transmit(&mut self, id: ConnectionId, flush: bool) -> bool {
@@ -784,6 +983,9 @@ impl Sim {
     }
 
     fn broker_timers(&mut self) -> bool {
+        if self.broker_waits() {
+            return false;
+        }
         let now = self.now;
         if self.broker.broker.poll_timeout().is_none_or(|t| t > now) {
             return false;
@@ -797,15 +999,36 @@ impl Sim {
     }
 
     fn broker_deadline(&self) -> Option<Instant> {
-        let answer = self.broker.answers.iter().map(|a| a.0).min();
-        match (self.broker.broker.poll_timeout(), answer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        // Down, or blocked in a write: nothing happens at the broker before that ends.
+        if let Some(t) = self.broker.down_until {
+            return Some(t);
         }
+        if let Some((t, _, _)) = &self.broker.writing {
+            return Some(*t);
+        }
+        let crash = self
+            .broker
+            .crashes
+            .front()
+            .map(|t| *t + Duration::from_millis(CRASH_WAIT_MS));
+        let answer = self.broker.answers.iter().map(|a| a.0).min();
+        [self.broker.broker.poll_timeout(), answer, crash]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether the adapter's loop calls nothing in the broker now: it is down, or blocked
+    /// writing a batch.
+    fn broker_waits(&self) -> bool {
+        self.broker.down_until.is_some() || self.broker.writing.is_some()
     }
 
     /// Answers the deferred decisions that are due; whether any was.
     fn broker_decide(&mut self) -> bool {
+        if self.broker_waits() {
+            return false;
+        }
         let now = self.now;
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.broker.answers)
             .into_iter()
@@ -840,6 +1063,10 @@ impl Sim {
 
     /// What the broker says it holds must fit the model.
     fn broker_check_bounds(&mut self) {
+        if self.broker.down_until.is_some() {
+            return;
+        }
+        self.store_check_bounds();
         let s = self.broker.broker.stats();
         let live = self.broker.conn_of_link.len();
         // One filter per client (a probe included); never one per re-subscription.
@@ -851,6 +1078,248 @@ impl Sim {
                 "broker holds more than the model allows: {s:?} with {live} connections, \
                  at most {max_subs} subscriptions, {max_retained} retained"
             ));
+        }
+    }
+
+    /// The store never holds more than the model allows: a session per client, a retained
+    /// message per topic (and a few `$SYS` ones), a window of QoS 2 identifiers per
+    /// publisher, bounded queues.
+    fn store_check_bounds(&mut self) {
+        let count = |t| table_entries(&self.broker.store, t).count();
+        let (sessions, messages, incoming, retained) = (
+            count(Table::Sessions),
+            count(Table::Messages),
+            count(Table::Incoming),
+            count(Table::Retained),
+        );
+        let n = self.clients.len();
+        let per_session = self.broker.config.max_offline_queue + self.server_config.max_queued + 16;
+        if sessions > n
+            || retained > self.retained_model.len() + 32
+            || incoming > n * 8
+            || messages > n * per_session
+        {
+            self.fail(format!(
+                "the store holds more than the model allows: {sessions} sessions, \
+                 {messages} messages, {incoming} QoS 2 identifiers, {retained} retained"
+            ));
+        }
+    }
+
+    /// Once everything drained, the store holds no message, progress or QoS 2 entry: the
+    /// broker removed what it no longer needs.
+    fn check_store_drained(&mut self) {
+        let left: Vec<String> = [Table::Messages, Table::Progress, Table::Incoming]
+            .into_iter()
+            .filter_map(|t| {
+                let entries: Vec<String> = table_entries(&self.broker.store, t)
+                    .map(|(k, v)| {
+                        let show = |b: &[u8]| {
+                            b.iter()
+                                .map(|&c| {
+                                    if c.is_ascii_graphic() {
+                                        char::from(c)
+                                    } else {
+                                        '.'
+                                    }
+                                })
+                                .collect::<String>()
+                        };
+                        format!("{}={}", show(k), show(v))
+                    })
+                    .collect();
+                (!entries.is_empty())
+                    .then(|| format!("{} in {} [{}]", entries.len(), t.name(), entries.join(" ")))
+            })
+            .collect();
+        if !left.is_empty() {
+            self.fail(format!(
+                "everything drained, yet the store keeps entries: {}",
+                left.join(", ")
+            ));
+        }
+    }
+
+    /// The adapter's side of the store: finishes a write that is due, or (at a seeded
+    /// moment, always when `force`) polls the next batch and starts writing it. Whether
+    /// anything happened.
+    fn broker_store(&mut self, force: bool) -> bool {
+        if self.broker.down_until.is_some() {
+            return false;
+        }
+        if let Some((at, _, _)) = &self.broker.writing {
+            if *at > self.now {
+                return false;
+            }
+            self.finish_write();
+            return true;
+        }
+        if !force && !self.broker.store_rng.chance(self.broker.poll_pct) {
+            return false;
+        }
+        let mut ops = Vec::new();
+        let Some(batch) = self.broker.broker.poll_store(&mut ops) else {
+            return false;
+        };
+        self.broker.calls += 1;
+        if batch != self.broker.polled + 1 || ops.is_empty() {
+            self.fail(format!(
+                "store: batch {batch} of {} operations after batch {}",
+                ops.len(),
+                self.broker.polled
+            ));
+        }
+        self.broker.polled = batch;
+        let ms = self.broker.store_rng.range(0, self.broker.write_ms);
+        self.trace(|| format!("store: batch {batch} of {} operations, {ms} ms", ops.len()));
+        self.stat("store batches");
+        self.broker.writing = Some((self.now + Duration::from_millis(ms), batch, ops));
+        if ms == 0 {
+            self.finish_write();
+        }
+        true
+    }
+
+    /// The batch being written is on disk: the broker may let out what waited for it.
+    fn finish_write(&mut self) {
+        let Some((_, batch, ops)) = self.broker.writing.take() else {
+            return;
+        };
+        apply(&mut self.broker.store, &ops);
+        self.broker.durable = batch;
+        self.broker.broker.handle_durable(self.now, batch);
+        self.broker.calls += 1;
+        self.trace(|| format!("store: batch {batch} durable"));
+    }
+
+    /// Whether the broker is due to crash now.
+    fn crash_due(&self) -> bool {
+        self.broker.down_until.is_none()
+            && self.broker.crashes.front().is_some_and(|t| *t <= self.now)
+    }
+
+    /// The broker's process dies: what was not written is lost, every connection ends
+    /// without DISCONNECT, nothing listens until the restore.
+    fn broker_crash(&mut self) {
+        let now = self.now;
+        let b = &mut self.broker;
+        b.crashes.pop_front();
+        let downtime = b.store_rng.range(0, DOWNTIME_MS);
+        // The host dies (its connections fall silent) or only the process (its kernel
+        // closes them behind what was written).
+        let host = b.store_rng.chance(30);
+        let mut unpolled = Vec::new();
+        b.broker.poll_store(&mut unpolled);
+        let writing = b.writing.take().map(|(_, batch, ops)| (batch, ops.len()));
+        let durable = b.durable;
+        self.trace(|| {
+            format!(
+                "FAULT: broker crashes ({}), down for {downtime} ms: batch {durable} written, \
+                 lost: {} in the write, {} operations not polled",
+                if host { "host" } else { "process" },
+                writing.map_or("nothing".into(), |(b, n)| format!("batch {b} of {n}")),
+                unpolled.len()
+            )
+        });
+        self.stat("fault broker crash");
+        if writing.is_some() || !unpolled.is_empty() {
+            self.stat("crashes losing operations");
+        }
+        // A DISCONNECT read but not stored is as if never read.
+        let mut lost = 0;
+        for l in self.links.values_mut() {
+            if l.disconnect_read
+                .take()
+                .is_some_and(|batch| batch > durable)
+            {
+                l.disconnect_lost = true;
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            self.stat("crashes losing a DISCONNECT");
+        }
+        let open: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.server_open)
+            .map(|(id, _)| *id)
+            .collect();
+        for link in open {
+            if self
+                .broker
+                .inbuf
+                .get(&link)
+                .is_some_and(|b| holds_disconnect(b))
+            {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.disconnect_seen = false;
+                }
+            }
+            // An abnormal close: the will is owed as for any ([MQTT-3.1.2-8]).
+            let owed = self.wills_owed.len();
+            self.server_link_closed(link);
+            if self.wills_owed.len() > owed {
+                self.stat("wills owed by a crash");
+            }
+        }
+        let up: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.client_open && l.dead_at.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for link in up {
+            if host {
+                self.clear_link(link);
+                self.links.get_mut(&link).expect("up").dead_at = Some(now);
+            } else {
+                self.send(link, false, Item::Fin);
+            }
+        }
+        let b = &mut self.broker;
+        b.conn_of_link.clear();
+        b.link_of_conn.clear();
+        b.inbuf.clear();
+        b.blocked.clear();
+        b.answers.clear();
+        // A new broker numbers its connections anew.
+        b.closed_conns.clear();
+        b.down_until = Some(now + Duration::from_millis(downtime));
+    }
+
+    /// A new broker, rebuilt from the store, with the clock running on.
+    fn broker_restore(&mut self) {
+        let now = self.now;
+        let b = &mut self.broker;
+        let hooks = SimHooks {
+            rng: b.broker.hooks_mut().rng.clone(),
+            defer_pct: b.defer_pct,
+        };
+        let mut broker = Broker::with_hooks(b.config.clone(), hooks, now);
+        let mut errors = Vec::new();
+        let mut counts = Vec::new();
+        for table in Table::ALL {
+            let mut n = 0;
+            for (k, v) in table_entries(&b.store, table) {
+                n += 1;
+                if let Err(e) = broker.restore(now, table, k, v) {
+                    errors.push(format!("restore {}: {e}", table.name()));
+                }
+            }
+            counts.push(format!("{n} {}", table.name()));
+            b.calls += n;
+        }
+        broker.finish_restore(now);
+        b.calls += 1;
+        b.broker = broker;
+        b.down_until = None;
+        b.polled = 0;
+        b.durable = 0;
+        self.trace(|| format!("broker restored: {}", counts.join(", ")));
+        self.stat("broker restores");
+        for e in errors.into_iter().take(5) {
+            self.fail(e);
         }
     }
 
@@ -921,6 +1390,7 @@ impl Sim {
                 client_open: true,
                 server_open: true,
                 client_last_tx: self.now,
+                server_last_read: self.now,
                 stalled: false,
                 c2s_frames: Framer::default(),
                 s2c_frames: Framer::default(),
@@ -928,6 +1398,9 @@ impl Sim {
                 connack_sent: false,
                 disconnect_seen: false,
                 conn_no,
+                disconnect_read: None,
+                disconnect_lost: false,
+                taken_over: false,
             },
         );
         id
@@ -949,6 +1422,8 @@ impl Sim {
     /// Delivers every item due now; whether anything was.
     fn deliver_due(&mut self) -> bool {
         let mut progress = false;
+        // A loop blocked in a write reads no socket: what clients send waits in the network.
+        let reading_server = self.broker.writing.is_none();
         let ids: Vec<u64> = self.links.keys().copied().collect();
         for id in ids {
             loop {
@@ -959,7 +1434,7 @@ impl Sim {
                 let client = link.client;
                 let reading = self.clients[client].stalled_until.is_none_or(|t| t <= now);
                 let to_server = match (link.c2s.front(), link.s2c.front()) {
-                    (Some((t, _)), _) if *t <= now => true,
+                    (Some((t, _)), _) if *t <= now && reading_server => true,
                     (_, Some((t, _))) if *t <= now && reading => false,
                     _ => break,
                 };
@@ -1034,6 +1509,7 @@ impl Sim {
         let (client, conn_no) = (l.client, l.conn_no);
         let owed = l.connack_sent
             && !l.disconnect_seen
+            && !l.taken_over
             && self.clients[client].will
             && self.last_connect_link.get(&client) == Some(&link);
         if owed {
@@ -1092,20 +1568,30 @@ impl Sim {
         c.reconnect_at = None;
         c.long_stall = false;
         c.conn_no += 1;
+        // A transient client that never saw the CONNACK of its last CONNECT cannot tell
+        // which session "session present" would resume: its own, or one that CONNECT began
+        // after its own expired (a crash counts the downtime against the expiry). State
+        // kept from its own (a QoS 2 identifier awaiting a PUBREL that will never come)
+        // would then be stale for good and take up the receive maximum: it starts clean.
         c.session_uncertain |= c.connack_pending;
+        let clean = c.role == Role::Transient && !c.config.clean_start && c.session_uncertain;
         c.connack_pending = true;
         let conn_no = c.conn_no;
-        if c.will {
-            // [MQTT-3.1.2-7] a will per connection; its payload names the connection.
+        if c.will || clean || c.started_clean {
             let mut config = c.config.clone();
-            config.will = Some((
-                Message::new(
-                    TopicBuf::try_from(format!("will/{i}")).expect("a valid name"),
-                    format!("will:{i}:{conn_no}").into_bytes(),
-                    QoS::AtLeastOnce,
-                ),
-                0,
-            ));
+            if c.will {
+                // [MQTT-3.1.2-7] a will per connection; its payload names the connection.
+                config.will = Some((
+                    Message::new(
+                        TopicBuf::try_from(format!("will/{i}")).expect("a valid name"),
+                        format!("will:{i}:{conn_no}").into_bytes(),
+                        QoS::AtLeastOnce,
+                    ),
+                    0,
+                ));
+            }
+            config.clean_start |= clean;
+            c.started_clean = clean;
             let old = std::mem::replace(&mut c.machine, Client::new(config.clone()));
             c.machine = Client::with_session(config, old.into_session());
         }
@@ -1462,7 +1948,7 @@ impl Sim {
             // (The broker may publish it before the adapter has closed the socket: a
             // keep alive timeout comes out as a will first, then `Close`.)
             let healthy = l.server_open && l.client_open && l.dead_at.is_none() && !l.stalled;
-            if healthy || l.disconnect_seen {
+            if healthy || l.disconnect_seen && !l.disconnect_lost {
                 self.fail(format!(
                     "c{i}: will of c{client} connection {conn_no}, which {}",
                     if healthy {
@@ -1524,7 +2010,11 @@ impl Sim {
         let mut late = Vec::new();
         for (id, l) in &self.links {
             let Some(dead) = l.dead_at else { continue };
-            if l.server_open && now > dead.as_millis() + ka * 3 / 2 + slack {
+            // Measured from the last packet the broker read: a paused connection's bytes
+            // wait in its buffer (the socket's), and reading them late is hearing from the
+            // client late.
+            let from = dead.max(l.server_last_read).as_millis();
+            if l.server_open && now > from + ka * 3 / 2 + slack {
                 late.push(format!(
                     "server[{id}] did not notice its link died at {dead:?}"
                 ));
@@ -1622,8 +2112,11 @@ impl Sim {
                     self.stat("fault slow reader");
                     self.clients[i].stalled_until = Some(now + Duration::from_millis(ms));
                     // Long enough for the broker to close it as a slow consumer, should
-                    // publishers wait on it (`BrokerConfig::stall_timeout`, 5 s).
-                    self.clients[i].long_stall |= ms >= 5_000;
+                    // publishers wait on it (`BrokerConfig::stall_timeout`, 5 s): the broker
+                    // writes to it again only once its acknowledgements have crossed the
+                    // network and what they changed is stored.
+                    let lag = 2 * self.max_delay + WRITE_MS;
+                    self.clients[i].long_stall |= ms + lag >= 5_000;
                     if let Some(l) = self.links.get_mut(&link) {
                         l.stalled = true;
                     }
@@ -1652,6 +2145,9 @@ impl Sim {
     /// Runs everything due at `now` until nothing changes.
     fn drive(&mut self) {
         for _ in 0..MAX_STEPS_PER_INSTANT {
+            if self.broker.down_until.is_some_and(|t| t <= self.now) {
+                self.broker_restore();
+            }
             let mut progress = self.deliver_due();
             for i in 0..self.clients.len() {
                 progress |= self.pump_client(i);
@@ -1659,7 +2155,29 @@ impl Sim {
             progress |= self.broker_timers();
             progress |= self.broker_decide();
             progress |= self.broker_pump();
+            // A crash due comes while things move: in the middle of a turn, before its
+            // operations are polled, or while a batch is being written.
+            let busy = progress || self.broker.writing.is_some();
+            if self.crash_due() && busy && self.broker.store_rng.chance(50) {
+                self.broker_crash();
+                continue;
+            }
+            progress |= self.broker_store(false);
             if !progress {
+                // Idle: what changed goes to the store now, and a crash due comes now.
+                if self.broker_store(true) {
+                    continue;
+                }
+                // (Or, if nothing moved for a while, at last while all is quiet.)
+                let overdue = self
+                    .broker
+                    .crashes
+                    .front()
+                    .is_some_and(|t| *t + Duration::from_millis(CRASH_WAIT_MS) <= self.now);
+                if self.crash_due() && overdue {
+                    self.broker_crash();
+                    continue;
+                }
                 self.gc_links();
                 self.broker_check_bounds();
                 return;
@@ -1677,7 +2195,7 @@ impl Sim {
             }
         };
         for l in self.links.values() {
-            if l.server_open {
+            if l.server_open && self.broker.writing.is_none() {
                 consider(l.c2s.front().map(|(t, _)| *t));
             }
             if l.client_open {
@@ -1738,6 +2256,8 @@ impl Sim {
                 && c.machine.session().is_empty()
                 && c.machine.session().pending_acks.is_empty()
         }) && self.broker.blocked.is_empty()
+            && !self.broker_waits()
+            && self.broker.crashes.is_empty()
             && self
                 .links
                 .values()
@@ -1758,7 +2278,14 @@ impl Sim {
         for c in &mut self.clients {
             c.next_publish_at = self.now;
         }
-        let chaos_end = self.now + Duration::from_millis(self.rng.range(CHAOS_MS.0, CHAOS_MS.1));
+        let chaos_ms = self.rng.range(CHAOS_MS.0, CHAOS_MS.1);
+        let chaos_end = self.now + Duration::from_millis(chaos_ms);
+        let b = &mut self.broker;
+        let mut crashes: Vec<Instant> = (0..b.n_crashes)
+            .map(|_| self.now + Duration::from_millis(b.store_rng.range(0, chaos_ms)))
+            .collect();
+        crashes.sort();
+        b.crashes = crashes.into();
         self.run_until(chaos_end, |_| false);
         if !self.failures.is_empty() {
             return;
@@ -1782,6 +2309,22 @@ impl Sim {
         self.run_until(settled, |_| false);
         if self.stats.get("client disconnected").copied() != before {
             self.fail("a connection dropped on a healthy, idle network".into());
+        }
+        if self.broker.final_crash {
+            // Everything was acknowledged, so everything is stored: a crash now loses
+            // nothing, and the probe reads the retained messages from the restored broker.
+            self.trace(|| "---- final crash ----".into());
+            self.broker.crashes.push_back(self.now);
+            let end = self.now + Duration::from_millis(QUIET_LIMIT_MS);
+            if !self.run_until(end, Self::drained) {
+                if self.failures.is_empty() {
+                    self.fail(format!("did not drain after the crash:\n{}", self.dump()));
+                }
+                return;
+            }
+        }
+        if self.broker.config.persistence == Persistence::Sync {
+            self.check_store_drained();
         }
         self.check_deliveries();
         self.check_wills();
@@ -1815,6 +2358,7 @@ impl Sim {
             owed_from: None,
             session_no: 0,
             connack_pending: false,
+            started_clean: false,
             session_uncertain: false,
             stalled_until: None,
             long_stall: false,

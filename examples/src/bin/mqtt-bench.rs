@@ -148,6 +148,11 @@ struct Args {
     /// limit, as any client has one; at most 65,000).
     #[arg(long, default_value_t = 1000)]
     open_inflight: u64,
+    /// Load: subscribers keep persistent sessions (3.1.1 clean session 0, 5.0 a session
+    /// expiry of an hour), so that a durable broker stores what it queues for them. The
+    /// sessions stay on the broker after the run (use a fresh broker per run).
+    #[arg(long)]
+    persistent: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +167,8 @@ enum Scenario {
     Blast,
     /// CONNECT to CONNACK latency of `--connections` connections.
     Connect,
+    /// Publisher `i` to subscriber `i` alone, 10 pairs (unless `--pubs` or `--subs`).
+    Pairs,
 }
 
 impl Scenario {
@@ -172,6 +179,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Blast => "blast",
             Scenario::Connect => "connect",
+            Scenario::Pairs => "pairs",
         }
     }
 }
@@ -424,8 +432,15 @@ async fn load(args: Args) -> Result<(), BoxError> {
     let (pubs, subs) = match args.scenario {
         Scenario::FanIn => (args.pubs.unwrap_or(10), args.subs.unwrap_or(1)),
         Scenario::Blast => (args.pubs.unwrap_or(8), args.subs.unwrap_or(1)),
+        Scenario::Pairs => {
+            let n = args.pubs.or(args.subs).unwrap_or(10);
+            (n, n)
+        }
         _ => (args.pubs.unwrap_or(1), args.subs.unwrap_or(10)),
     };
+    let pairs = args.scenario == Scenario::Pairs;
+    // Subscribers each publisher's messages go to.
+    let fan = if pairs { 1 } else { subs };
     if pubs == 0 || subs == 0 {
         return Err("need at least one publisher and one subscriber".into());
     }
@@ -457,9 +472,17 @@ async fn load(args: Args) -> Result<(), BoxError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut sub_tasks = Vec::new();
     for s in 0..subs {
-        let config = client_config(&args, format!("bench-{run}-s{s}"), 60);
+        let mut config = client_config(&args, format!("bench-{run}-s{s}"), 60);
+        if args.persistent {
+            config.clean_start = false;
+            config.session_expiry_interval = 3600;
+        }
         let mut conn = Conn::open(&addr, config, start, LOAD_READ).await?;
-        let filter = format!("bench/{run}/+");
+        let filter = if pairs {
+            format!("bench/{run}/{s}")
+        } else {
+            format!("bench/{run}/+")
+        };
         conn.client.subscribe(
             conn.now(),
             &[(filter.as_str(), SubscriptionOptions::qos(qos))],
@@ -497,7 +520,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
             topic,
             qos,
             payload,
-            subs: subs as u64,
+            subs: fan as u64,
             window: args.window.max(1),
             budget: args.messages.unwrap_or(u64::MAX),
             deadline,
@@ -531,7 +554,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
     let published_until = start.elapsed();
     shared.publishing.store(false, Ordering::Relaxed);
     // Refused messages (5.0) were never taken: not expected anywhere.
-    let expected = sent.saturating_sub(shared.refused.load(Ordering::Relaxed)) * subs as u64;
+    let expected = sent.saturating_sub(shared.refused.load(Ordering::Relaxed)) * fan as u64;
     // What each subscriber must get from each publisher: QoS 0 everything sent, QoS 1/2
     // everything acknowledged.
     let owed: Vec<u64> = (0..pubs)
@@ -565,7 +588,7 @@ async fn load(args: Args) -> Result<(), BoxError> {
     let mut unique = 0u64;
     let mut duplicates = 0u64;
     let mut lost_by_seq = 0u64;
-    for t in sub_tasks {
+    for (s, t) in sub_tasks.into_iter().enumerate() {
         match t.await? {
             Ok(r) => {
                 latencies.extend(r.latencies);
@@ -574,7 +597,10 @@ async fn load(args: Args) -> Result<(), BoxError> {
                 lost_by_seq += owed
                     .iter()
                     .zip(&r.unique)
-                    .map(|(o, u)| o.saturating_sub(*u))
+                    .enumerate()
+                    // In pairs a subscriber is owed its own publisher's messages alone.
+                    .filter(|(p, _)| !pairs || *p == s)
+                    .map(|(_, (o, u))| o.saturating_sub(*u))
                     .sum::<u64>();
             }
             Err(e) => errors.push(e.to_string()),

@@ -39,13 +39,30 @@
 //!   loop (1,668 against 387 bytes with 10,000 connections, measured by
 //!   `examples/bench/server_memory.sh`), which is why plain TCP stays here.
 //!
+//! # Durability
+//!
+//! What the broker acknowledged survives a crash: sessions, subscriptions, retained
+//! messages and the QoS 1/2 messages queued for persistent sessions are kept in a redb
+//! file, `broker.redb` in `--data-dir` (default `mqtt-broker-data` in the working
+//! directory), and restored at start. `--durability always` (the default) sends no
+//! acknowledgement before what it acknowledges is on disk. Commits (one redb transaction,
+//! two `fsync`s, each) are written by a thread of their own, one at a time, while the loop
+//! goes on reading: everything the loop took in meanwhile goes into the next one (group
+//! commit). `--durability 100ms` commits at most 100 ms apart and does not hold
+//! acknowledgements (a crash loses up to that much); `--in-memory` keeps nothing. A store
+//! that cannot be used (damaged, written by a newer version, in use by another broker) is
+//! reported on stderr and the broker exits with status 1 without serving anything; so
+//! does a store error while serving. SIGTERM, like Ctrl-C, commits what is left and exits.
+//!
 //! A client that does not read fast enough to keep its output below `--write-queue`
 //! chunks is closed rather than buffered for without bound.
 //!
-//! On startup it prints one line per listener with the address actually bound (so
-//! `--bind 127.0.0.1:0` can be used and the port learnt from stdout):
+//! On startup it prints where its data is (or `store in memory`), then one line per
+//! listener with the address actually bound (so `--bind 127.0.0.1:0` can be used and the
+//! port learnt from stdout):
 //!
 //! ```text
+//! store /home/me/mqtt-broker-data/broker.redb (0 entries restored, durability always)
 //! listening on tcp 127.0.0.1:1883
 //! listening on ws 127.0.0.1:8080
 //! listening on tls 127.0.0.1:8883
@@ -70,12 +87,13 @@ use clap::{Parser, Subcommand};
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Token};
 use mqtt_broker::{
-    Broker, BrokerConfig, BrokerEvent, CloseReason, ConnectionId, Error as BrokerError, Hooks,
-    QoS0Overflow, RequestId, RequestKind, Verdict,
+    Batch, Broker, BrokerConfig, BrokerEvent, CloseReason, ConnectionId, Error as BrokerError,
+    Hooks, Persistence, QoS0Overflow, RequestId, RequestKind, StoreOp, Verdict,
 };
 use mqtt_codec::{QoS, ReasonCode};
 use mqtt_state::{ConnectRequest, Duration, Instant, ServerConfig};
 use mqtt_tokio::server::{Hub, HubConfig, Transport};
+use mqtt_tokio::store::{RedbStore, Store};
 use mqtt_topic::{TopicFilter, TopicName};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -166,6 +184,53 @@ struct Args {
     /// Chunks of output buffered per connection before a slow reader is disconnected.
     #[arg(long, default_value_t = 4096)]
     write_queue: usize,
+    /// Where sessions, subscriptions, retained and queued messages are kept across
+    /// restarts: the file `broker.redb` in this directory (created if missing).
+    #[arg(long, default_value = "mqtt-broker-data")]
+    data_dir: PathBuf,
+    /// Keep nothing on disk: a restart loses every session and retained message.
+    #[arg(long, conflicts_with = "data_dir")]
+    in_memory: bool,
+    /// `always`: no acknowledgement goes out before what it acknowledges is on disk (one
+    /// commit per turn of the event loop for everything it changed). `<N>ms` (say
+    /// `100ms`): a commit at most N ms apart, acknowledgements not held; a crash loses what
+    /// was acknowledged in the last N ms.
+    #[arg(long, default_value = "always", value_parser = parse_durability)]
+    durability: Durability,
+}
+
+/// `--durability`.
+#[derive(Debug, Clone, Copy)]
+enum Durability {
+    Always,
+    Every(StdDuration),
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Always => f.write_str("always"),
+            Durability::Every(d) => write!(f, "{}ms", d.as_millis()),
+        }
+    }
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    if s == "always" {
+        return Ok(Durability::Always);
+    }
+    s.strip_suffix("ms")
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .map(|n| Durability::Every(StdDuration::from_millis(n)))
+        .ok_or_else(|| format!("`{s}`: expected `always` or a number of milliseconds like `100ms`"))
+}
+
+/// Reports a store that cannot be used and exits with status 1: nothing is served from a
+/// store that could not be read, or once what the broker promised can no longer be kept.
+fn store_failed(e: &mqtt_tokio::Error) -> ! {
+    eprintln!("mqtt-broker: {e}");
+    std::process::exit(1)
 }
 
 /// `--qos0-overflow`.
@@ -194,7 +259,7 @@ const MAX_READ: usize = 64 * 1024;
 /// How the password checker thread, the connection tasks and Ctrl-C reach the event loop.
 struct Wake {
     waker: mio::Waker,
-    /// Ctrl-C was pressed.
+    /// Ctrl-C was pressed, or SIGTERM came.
     shutdown: AtomicBool,
 }
 
@@ -324,7 +389,39 @@ fn run(args: Args) -> std::io::Result<()> {
             Qos0Overflow::PushBack => QoS0Overflow::PushBack,
             Qos0Overflow::Drop => QoS0Overflow::Drop,
         },
+        persistence: match (args.in_memory, args.durability) {
+            (true, _) => Persistence::Off,
+            (false, Durability::Always) => Persistence::Sync,
+            (false, Durability::Every(_)) => Persistence::Eventual,
+        },
         ..BrokerConfig::default()
+    };
+
+    // The store, and the state restored from it, before anything listens: a store that
+    // cannot be read ends the process before a client could see a partial state.
+    let access = Arc::new(access);
+    let policy = Policy {
+        access: access.clone(),
+    };
+    let mut broker = Broker::with_hooks(config, policy, Instant::ZERO);
+    let mut resume_at = Instant::ZERO;
+    let store = if args.in_memory {
+        None
+    } else {
+        if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
+            eprintln!(
+                "mqtt-broker: cannot create {}: {e}",
+                args.data_dir.display()
+            );
+            std::process::exit(1);
+        }
+        let dir = std::fs::canonicalize(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone());
+        let mut store = RedbStore::open(&dir).unwrap_or_else(|e| store_failed(&e));
+        let loaded = mqtt_tokio::store::restore(&mut broker, &mut store)
+            .unwrap_or_else(|e| store_failed(&e));
+        resume_at = loaded.resume_at;
+        info!(entries = loaded.entries, path = %store.path().display(), "restored");
+        Some((store, loaded.entries))
     };
 
     let poll = mio::Poll::new()?;
@@ -347,6 +444,15 @@ fn run(args: Args) -> std::io::Result<()> {
     }
     {
         let mut out = std::io::stdout().lock();
+        match &store {
+            Some((store, entries)) => writeln!(
+                out,
+                "store {} ({entries} entries restored, durability {})",
+                store.path().display(),
+                args.durability
+            )?,
+            None => writeln!(out, "store in memory (--in-memory)")?,
+        }
         writeln!(out, "listening on tcp {}", tcp.local_addr()?)?;
         for (listener, transport) in &listeners {
             let name = transport.name();
@@ -378,9 +484,26 @@ fn run(args: Args) -> std::io::Result<()> {
                     for (listener, transport) in listeners {
                         tokio::spawn(acceptor.clone().listen(listener, transport));
                     }
-                    if let Err(e) = tokio::signal::ctrl_c().await {
-                        warn!("cannot catch Ctrl-C: {e}");
-                        std::future::pending::<()>().await;
+                    // Ctrl-C (SIGINT) or SIGTERM: what is not committed yet goes to the
+                    // store before the process ends.
+                    let term = async {
+                        use tokio::signal::unix::{signal, SignalKind};
+                        match signal(SignalKind::terminate()) {
+                            Ok(mut s) => drop(s.recv().await),
+                            Err(e) => {
+                                warn!("cannot catch SIGTERM: {e}");
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        r = tokio::signal::ctrl_c() => {
+                            if let Err(e) = r {
+                                warn!("cannot catch Ctrl-C: {e}");
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        _ = term => {}
                     }
                     wake.shutdown.store(true, Ordering::Release);
                     let _ = wake.waker.wake();
@@ -392,7 +515,6 @@ fn run(args: Args) -> std::io::Result<()> {
 
     // Password hashes (Argon2: tens of ms each) are checked on their own thread, so that a
     // burst of logins does not stall every connection on the event loop.
-    let access = Arc::new(access);
     let (checks, check_rx) = std::sync::mpsc::channel::<Check>();
     let (checked_tx, checked) = std::sync::mpsc::channel();
     {
@@ -411,8 +533,44 @@ fn run(args: Args) -> std::io::Result<()> {
             })?;
     }
 
+    // Commits (an fsync or two each) run on a thread of their own, so that the event loop
+    // goes on reading while one is on its way to the disk; what it reads meanwhile is the
+    // next commit (group commit).
+    let durable = match store {
+        None => None,
+        Some((mut store, _)) => {
+            let (to_committer, commits) = std::sync::mpsc::channel::<(Vec<StoreOp>, Instant)>();
+            let (committed_tx, committed) = std::sync::mpsc::channel();
+            let wake = wake.clone();
+            let thread = std::thread::Builder::new()
+                .name("store".into())
+                .spawn(move || {
+                    for (mut ops, now) in commits {
+                        let result = store.commit(&ops, now);
+                        ops.clear();
+                        if committed_tx.send((result, ops)).is_err() {
+                            return;
+                        }
+                        let _ = wake.waker.wake();
+                    }
+                })?;
+            Some(Durable {
+                thread,
+                to_committer,
+                committed,
+                ops: Vec::new(),
+                spare: Vec::new(),
+                batch: None,
+                in_flight: None,
+                every: match args.durability {
+                    Durability::Always => None,
+                    Durability::Every(d) => Some(d),
+                },
+                last: StdInstant::now(),
+            })
+        }
+    };
     let start = StdInstant::now();
-    let broker = Broker::with_hooks(config, Policy { access }, Instant::ZERO);
     EventLoop {
         poll,
         listener: tcp,
@@ -421,6 +579,8 @@ fn run(args: Args) -> std::io::Result<()> {
         checks,
         checked,
         start,
+        base: resume_at.as_millis(),
+        durable,
         conns: Vec::new(),
         free: Vec::new(),
         tcp: HashMap::new(),
@@ -509,6 +669,27 @@ const LINGER: StdDuration = StdDuration::from_secs(2);
 /// How long accepting pauses after an error such as EMFILE, instead of spinning.
 const ACCEPT_BACKOFF: StdDuration = StdDuration::from_millis(100);
 
+/// The link to the store's thread, and what the core gave the store that is not
+/// committed yet.
+struct Durable {
+    /// The store's thread: it closes the store when `to_committer` closes.
+    thread: std::thread::JoinHandle<()>,
+    /// Batches to commit, with the broker's clock.
+    to_committer: std::sync::mpsc::Sender<(Vec<StoreOp>, Instant)>,
+    /// Each commit's result (and its emptied buffer); the thread wakes the loop after each.
+    committed: std::sync::mpsc::Receiver<(Result<(), mqtt_tokio::Error>, Vec<StoreOp>)>,
+    /// Operations not sent to the thread yet, and the last batch among them.
+    ops: Vec<StoreOp>,
+    spare: Vec<StoreOp>,
+    batch: Option<Batch>,
+    /// The last batch of the commit on its way (one at a time).
+    in_flight: Option<Batch>,
+    /// `--durability <N>ms`: commits at most this far apart; `None`: one after another.
+    every: Option<StdDuration>,
+    /// When the last commit was sent.
+    last: StdInstant,
+}
+
 /// A plain TCP connection. An idle one is this and nothing else (24 bytes on 64-bit
 /// targets, besides its entry in [`EventLoop::tcp`]).
 struct Conn {
@@ -562,8 +743,12 @@ struct EventLoop {
     checks: std::sync::mpsc::Sender<Check>,
     /// Its answers; it wakes the loop through [`Wake`] after each.
     checked: std::sync::mpsc::Receiver<(RequestId, Result<(), ReasonCode>)>,
-    /// The broker's clock starts here.
+    /// The broker's clock reads `base` milliseconds here (more than 0 when restored: the
+    /// stored clock's last reading plus the downtime).
     start: StdInstant,
+    base: u64,
+    /// The store, unless `--in-memory`.
+    durable: Option<Durable>,
     /// Plain TCP connections by token; `free` lists the empty slots.
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
@@ -598,6 +783,8 @@ impl EventLoop {
         loop {
             if self.wake.shutdown.load(Ordering::Acquire) {
                 info!("interrupted, shutting down");
+                // What the last turns changed, `--durability <N>ms` or not.
+                self.commit_rest();
                 return Ok(());
             }
             let now = self.now();
@@ -607,28 +794,44 @@ impl EventLoop {
                 self.drain(now);
                 deadline = self.broker.poll_timeout();
             }
-            let mut wake_at =
-                deadline.map(|t| self.start + StdDuration::from_millis(t.as_millis()));
+            let mut wake_at = deadline.map(|t| self.to_std(t));
             if let Some(t) = self.accept_paused {
                 if t <= StdInstant::now() {
                     self.accept_paused = None;
                     self.accept();
                 }
             }
-            for t in [self.accept_paused, self.expire_closing()] {
-                wake_at = match (wake_at, t) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
-            // A failed write can close a connection, and what the core then sends (a will, say)
-            // makes more output: written before waiting too.
-            while !self.dirty.is_empty() {
+            // Before the writes: dropping a connection past its deadline can make output.
+            let closing_at = self.expire_closing();
+            // Feeding the core is over for this turn: what it changed goes to the store
+            // (group commit), and with `--durability always` its output waits for that.
+            // Pulling output can change more (a message handed to a connection): again
+            // until nothing is left.
+            loop {
+                self.take_committed(false);
+                self.commit();
+                if self.dirty.is_empty() {
+                    break;
+                }
+                // A failed write can close a connection, and what the core then sends (a
+                // will, say) makes more output: written before waiting too.
                 for i in std::mem::take(&mut self.dirty) {
                     self.flush(i);
                 }
                 // Pulling output from the core drains queues, which resumes publishers.
                 self.drain(self.now());
+            }
+            // The store's thread wakes the loop when a commit is done; with `<N>ms`, the next
+            // one is due then.
+            let commit_at = self.durable.as_ref().and_then(|d| {
+                let due = d.batch.is_some() && d.in_flight.is_none();
+                Some(d.last + d.every?).filter(|_| due)
+            });
+            for t in [self.accept_paused, closing_at, commit_at] {
+                wake_at = match (wake_at, t) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
             let timeout = if self.tasks_ready || !self.again.is_empty() {
                 Some(StdDuration::ZERO)
@@ -664,7 +867,94 @@ impl EventLoop {
     }
 
     fn now(&self) -> Instant {
-        Instant::from_millis(self.start.elapsed().as_millis() as u64)
+        Instant::from_millis(self.base + self.start.elapsed().as_millis() as u64)
+    }
+
+    /// A broker instant on std's clock.
+    fn to_std(&self, t: Instant) -> StdInstant {
+        self.start + StdDuration::from_millis(t.as_millis().saturating_sub(self.base))
+    }
+
+    /// Takes what the core has for the store and sends it to the store's thread, unless a
+    /// commit is on its way (what comes meanwhile goes with the next) or, with
+    /// `--durability <N>ms`, the last one was sent less than N ms ago.
+    fn commit(&mut self) {
+        let now = self.now();
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        if let Some(batch) = self.broker.poll_store(&mut d.ops) {
+            d.batch = Some(batch);
+        }
+        if d.in_flight.is_some() || d.batch.is_none() {
+            return;
+        }
+        if d.every.is_some_and(|every| d.last.elapsed() < every) {
+            return;
+        }
+        let ops = std::mem::replace(&mut d.ops, std::mem::take(&mut d.spare));
+        if d.to_committer.send((ops, now)).is_err() {
+            store_failed(&mqtt_tokio::Error::Store(
+                "the store's thread is gone".into(),
+            ));
+        }
+        d.in_flight = d.batch.take();
+        d.last = StdInstant::now();
+    }
+
+    /// Takes the result of the commit on its way, if it is done (`wait`: waits for it),
+    /// and hands out the output that waited for it. A store error ends the process: what
+    /// the broker acknowledged could no longer be kept.
+    fn take_committed(&mut self, wait: bool) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        let Some(batch) = d.in_flight else {
+            return;
+        };
+        let done = if wait {
+            d.committed.recv().ok()
+        } else {
+            match d.committed.try_recv() {
+                Ok(done) => Some(done),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        let Some((result, spare)) = done else {
+            store_failed(&mqtt_tokio::Error::Store(
+                "the store's thread is gone".into(),
+            ));
+        };
+        if let Err(e) = result {
+            store_failed(&e);
+        }
+        d.spare = spare;
+        d.in_flight = None;
+        let now = self.now();
+        self.broker.handle_durable(now, batch);
+        self.drain(now);
+    }
+
+    /// At shutdown: commits everything, waiting for each commit.
+    fn commit_rest(&mut self) {
+        loop {
+            self.take_committed(true);
+            let Some(d) = self.durable.as_mut() else {
+                return;
+            };
+            // Whatever the interval: now.
+            d.every = None;
+            self.commit();
+            if self.durable.as_ref().is_none_or(|d| d.in_flight.is_none()) {
+                break;
+            }
+        }
+        // Closed cleanly: the next start need not check for a torn commit.
+        if let Some(d) = self.durable.take() {
+            drop(d.to_committer);
+            let _ = d.thread.join();
+        }
     }
 
     /// Accepts plain TCP connections until there are no more.

@@ -33,9 +33,75 @@ pub struct Net<H: Hooks> {
     /// Connections the test keeps from reading what the broker sends (a stalled
     /// subscriber): their Transmit events are ignored.
     pub stalled: Vec<ConnectionId>,
+    /// A durable broker's store: what `poll_store` handed out and `commit` applied.
+    pub store: Option<MemStore>,
+    /// Whether `drive` commits each batch as soon as there is one (else the test calls
+    /// `commit`).
+    pub auto_commit: bool,
+}
+
+/// Stored entries by table and key.
+pub type MemStore = std::collections::BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
+/// Applies a batch as a store does.
+pub fn apply(store: &mut MemStore, ops: &[StoreOp]) {
+    for op in ops {
+        match op {
+            StoreOp::Put { table, key, value } => {
+                store.insert((*table, key.clone()), value.clone());
+            }
+            StoreOp::Delete { table, key } => {
+                store.remove(&(*table, key.clone()));
+            }
+            StoreOp::DeletePrefix { table, prefix } => {
+                store.retain(|(t, k), _| !(t == table && k.starts_with(prefix)));
+            }
+        }
+    }
+}
+
+/// A broker restored from `store` at `now`.
+pub fn restored(
+    config: BrokerConfig,
+    store: &MemStore,
+    now: Instant,
+) -> Result<Broker<AllowAll>, mqtt_broker::Error> {
+    let mut b = Broker::new(config, now);
+    for table in Table::ALL {
+        for ((t, k), v) in store.iter().filter(|((t, _), _)| *t == table) {
+            b.restore(now, *t, k, v)?;
+        }
+    }
+    b.finish_restore(now);
+    Ok(b)
 }
 
 impl Net<AllowAll> {
+    /// A broker with `Persistence::Sync` and an empty store.
+    pub fn durable() -> Self {
+        let mut net = Self::with(Broker::new(durable_config(), Instant::ZERO));
+        net.store = Some(MemStore::new());
+        net
+    }
+
+    /// The broker "crashes" (whatever was not committed is lost, every transport drops)
+    /// and a new one is restored from the store `ms` milliseconds later.
+    pub fn crash_and_restore(&mut self, ms: u64) {
+        self.now = self.now + Duration::from_millis(ms);
+        for p in &mut self.peers {
+            p.id = None;
+            p.to_broker.clear();
+            p.from_broker.clear();
+            p.client.handle_close(self.now);
+            while let Some(e) = p.client.poll_event() {
+                p.events.push(e);
+            }
+        }
+        let config = self.broker.config().clone();
+        self.broker = restored(config, self.store.as_ref().unwrap(), self.now).unwrap();
+        self.drive();
+    }
+
     pub fn new() -> Self {
         Self::with(Broker::new(
             BrokerConfig {
@@ -56,7 +122,24 @@ impl<H: Hooks> Net<H> {
             closes: Vec::new(),
             pauses: Vec::new(),
             stalled: Vec::new(),
+            store: None,
+            auto_commit: true,
         }
+    }
+
+    /// Writes the broker's pending batch into the store and reports it durable; whether
+    /// there was one.
+    pub fn commit(&mut self) -> bool {
+        let Some(store) = self.store.as_mut() else {
+            return false;
+        };
+        let mut ops = Vec::new();
+        let Some(batch) = self.broker.poll_store(&mut ops) else {
+            return false;
+        };
+        apply(store, &ops);
+        self.broker.handle_durable(self.now, batch);
+        true
     }
 
     /// Adds and connects a client; returns its index.
@@ -104,6 +187,14 @@ impl<H: Hooks> Net<H> {
                 }
                 if !p.to_broker.is_empty() {
                     self.broker.handle_input(self.now, id, &mut p.to_broker);
+                }
+            }
+            if let (true, Some(store)) = (self.auto_commit, self.store.as_mut()) {
+                let mut ops = Vec::new();
+                if let Some(batch) = self.broker.poll_store(&mut ops) {
+                    apply(store, &ops);
+                    self.broker.handle_durable(self.now, batch);
+                    progress = true;
                 }
             }
             while let Some(e) = self.broker.poll_event() {
@@ -269,6 +360,15 @@ impl<H: Hooks> Net<H> {
         let bytes = packet.encode_to_vec(version).unwrap();
         self.peers[i].to_broker.extend_from_slice(&bytes);
         self.drive();
+    }
+}
+
+pub fn durable_config() -> BrokerConfig {
+    BrokerConfig {
+        sys_interval: None,
+        persistence: Persistence::Sync,
+        max_offline_queue: 100_000,
+        ..BrokerConfig::default()
     }
 }
 

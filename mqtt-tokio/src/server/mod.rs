@@ -55,7 +55,9 @@
 //!    yields to the runtime), the answers and the calls;
 //! 3. after each, drains the core: requests go to the decision function, events to the
 //!    hub ([`Hub::handle_event`]), which hands output to the connections' outboxes;
-//! 4. waits for the next wake-up or [`mqtt_broker::Broker::poll_timeout`].
+//! 4. with a store (`Server::store`, feature `store`), commits what the turn changed
+//!    (with `Persistence::Sync` before any output that depends on it goes out);
+//! 5. waits for the next wake-up or [`mqtt_broker::Broker::poll_timeout`].
 //!
 //! # Memory per connection
 //!
@@ -147,7 +149,35 @@ pub struct Server<H: Hooks = AllowAll> {
     calls_tx: mpsc::Sender<Call<H>>,
     calls: mpsc::Receiver<Call<H>>,
     listeners: Vec<(TcpListener, Transport)>,
+    #[cfg(feature = "store")]
+    durable: Option<Durable>,
 }
+
+/// The server's store and what it has not written yet.
+#[cfg(feature = "store")]
+struct Durable {
+    /// `None` only while a commit runs on the blocking pool.
+    store: Option<Box<dyn crate::store::Store>>,
+    /// Operations taken from the core and not written yet, and the last batch among them.
+    ops: Vec<mqtt_broker::StoreOp>,
+    spare: Vec<mqtt_broker::StoreOp>,
+    batch: Option<mqtt_broker::Batch>,
+    /// The commit on its way (one at a time): its last batch, and where its result comes.
+    in_flight: Option<(mqtt_broker::Batch, oneshot::Receiver<Committed>)>,
+    /// With [`mqtt_broker::Persistence::Eventual`]: how far apart commits are at most,
+    /// and when the last one was.
+    every: std::time::Duration,
+    last: tokio::time::Instant,
+}
+
+/// What a commit on the blocking pool gives back: the store, the emptied buffer, the
+/// result.
+#[cfg(feature = "store")]
+type Committed = (
+    Box<dyn crate::store::Store>,
+    Vec<mqtt_broker::StoreOp>,
+    Result<(), Error>,
+);
 
 impl<H: Hooks> std::fmt::Debug for Server<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -186,6 +216,51 @@ impl<H: Hooks + 'static> Server<H> {
             calls_tx,
             calls,
             listeners: Vec::new(),
+            #[cfg(feature = "store")]
+            durable: None,
+        }
+    }
+
+    /// Makes the core durable on `store` (feature `store`): [`Server::run`] first restores
+    /// the core from it ([`crate::store::restore`]; the clock resumes where the stored
+    /// one stopped, plus the downtime) and then writes what the core asks to store, as
+    /// [`BrokerConfig::persistence`] says:
+    ///
+    /// - [`mqtt_broker::Persistence::Sync`]: after every turn of the loop, one commit of
+    ///   everything the turn changed (group commit), and only then does the output that
+    ///   depends on it (acknowledgements, SUBACK, deliveries) go out: acknowledged means
+    ///   on disk.
+    /// - [`mqtt_broker::Persistence::Eventual`]: a commit at most
+    ///   [`Server::commit_interval`] (100 ms by default) after a change; output is not
+    ///   held, so a crash loses what was acknowledged since the last commit.
+    /// - [`mqtt_broker::Persistence::Off`]: restored at start, never written.
+    ///
+    /// Commits run on tokio's blocking pool (`spawn_blocking`, so a current-thread runtime
+    /// works too), one at a time, while the core task goes on serving: what it takes in
+    /// meanwhile goes into the next commit (group commit). A store error stops
+    /// the server with that error: promises could no longer be kept. On shutdown, what
+    /// remains is committed before `run` returns.
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    pub fn store(&mut self, store: impl crate::store::Store) {
+        self.durable = Some(Durable {
+            store: Some(Box::new(store)),
+            ops: Vec::new(),
+            spare: Vec::new(),
+            batch: None,
+            in_flight: None,
+            every: std::time::Duration::from_millis(100),
+            last: tokio::time::Instant::now(),
+        });
+    }
+
+    /// With [`mqtt_broker::Persistence::Eventual`], the longest time between a change
+    /// and its commit (after [`Server::store`]).
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    pub fn commit_interval(&mut self, every: std::time::Duration) {
+        if let Some(d) = &mut self.durable {
+            d.every = every;
         }
     }
 
@@ -237,7 +312,9 @@ impl<H: Hooks + 'static> Server<H> {
         &mut self.broker
     }
 
-    /// The clock that converts between tokio's time and the core's.
+    /// The clock that converts between tokio's time and the core's. With a store
+    /// ([`Server::store`]), [`Server::run`] starts another one, resumed where the stored
+    /// clock stopped.
     pub fn clock(&self) -> Clock {
         self.clock
     }
@@ -249,7 +326,24 @@ impl<H: Hooks + 'static> Server<H> {
     ///
     /// Runs on the calling task; the connection and decision tasks are spawned on the
     /// current runtime.
+    ///
+    /// With a store ([`Server::store`]), a store that cannot be read (damaged, from a
+    /// newer version, in use) is an error before anything is served, and a store error
+    /// while serving stops the server with it: an [`io::Error`] of kind `Other` whose
+    /// inner error is the [`Error`].
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        #[cfg(feature = "store")]
+        self.restore().map_err(io::Error::other)?;
+        let result = self.serve(shutdown).await;
+        #[cfg(feature = "store")]
+        if result.is_ok() {
+            // What the last turns changed (the shutdown's wills, say).
+            self.commit_rest().await.map_err(io::Error::other)?;
+        }
+        result
+    }
+
+    async fn serve(&mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let listening: Vec<_> = std::mem::take(&mut self.listeners)
             .into_iter()
             .map(|(listener, transport)| {
@@ -286,6 +380,17 @@ impl<H: Hooks + 'static> Server<H> {
                 call(&mut self.broker, now);
                 self.drain(now);
             }
+            // A commit done hands out the output that waited for it; then what the core
+            // changed since goes to the store, unless a commit is on its way (its end
+            // notifies).
+            #[cfg(feature = "store")]
+            if let Err(e) = self.take_committed().and_then(|()| self.commit(false)) {
+                tracing::error!("store: {e}; stopping");
+                for l in &listening {
+                    l.abort();
+                }
+                return Err(io::Error::other(e));
+            }
             if let Some(until) = stopping {
                 let done = self.hub.is_empty() && self.hub.tasks() == 0;
                 if done || tokio::time::Instant::now() >= until {
@@ -297,7 +402,15 @@ impl<H: Hooks + 'static> Server<H> {
                 continue;
             }
             let deadline = self.broker.poll_timeout().map(|t| self.clock.to_tokio(t));
+            #[cfg(feature = "store")]
+            let commit_at = self.durable.as_ref().and_then(|d| {
+                let due = d.batch.is_some() && d.in_flight.is_none();
+                due.then_some(d.last + d.every)
+            });
+            #[cfg(not(feature = "store"))]
+            let commit_at: Option<tokio::time::Instant> = None;
             tokio::select! {
+                _ = sleep_until(commit_at), if commit_at.is_some() => {}
                 _ = self.notify.notified() => {}
                 _ = sleep_until(deadline), if deadline.is_some() => {}
                 _ = sleep_until(stopping), if stopping.is_some() => {}
@@ -309,6 +422,116 @@ impl<H: Hooks + 'static> Server<H> {
                     self.broker.shutdown(self.clock.now());
                     stopping = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
                 }
+            }
+        }
+    }
+
+    /// Restores the core from the store, if there is one, and starts the clock where the
+    /// stored one stopped.
+    #[cfg(feature = "store")]
+    fn restore(&mut self) -> Result<(), Error> {
+        let Some(store) = self.durable.as_mut().and_then(|d| d.store.as_mut()) else {
+            return Ok(());
+        };
+        if self.broker.config().persistence == mqtt_broker::Persistence::Off {
+            tracing::warn!("a store and Persistence::Off: restored, never written");
+        }
+        // Blocking, on this task: nothing is served before it is done.
+        let loaded = crate::store::restore(&mut self.broker, &mut **store)?;
+        tracing::info!(entries = loaded.entries, "restored");
+        self.clock = Clock::resuming_at(loaded.resume_at);
+        Ok(())
+    }
+
+    /// Takes what the core has for the store and, if no commit is on its way, starts one
+    /// if it is time: every turn with `Persistence::Sync`, every
+    /// [`Server::commit_interval`] with `Eventual`, at once when `all` (at the end).
+    #[cfg(feature = "store")]
+    fn commit(&mut self, all: bool) -> Result<(), Error> {
+        let Some(d) = self.durable.as_mut() else {
+            return Ok(());
+        };
+        if let Some(batch) = self.broker.poll_store(&mut d.ops) {
+            d.batch = Some(batch);
+        }
+        if d.in_flight.is_some() {
+            return Ok(());
+        }
+        let Some(batch) = d.batch else {
+            return Ok(());
+        };
+        let sync = self.broker.config().persistence == mqtt_broker::Persistence::Sync;
+        if !(all || sync || tokio::time::Instant::now() >= d.last + d.every) {
+            return Ok(());
+        }
+        let Some(mut store) = d.store.take() else {
+            return Err(Error::Store("the store failed before".into()));
+        };
+        let mut ops = std::mem::replace(&mut d.ops, std::mem::take(&mut d.spare));
+        let now = self.clock.now();
+        let (tx, rx) = oneshot::channel();
+        let notify = self.notify.clone();
+        // fsync takes milliseconds: on the blocking pool, not on a runtime thread (and
+        // `block_in_place` would panic on a current-thread runtime). The result is sent
+        // before the core task is woken, so that it finds it.
+        tokio::task::spawn_blocking(move || {
+            let result = store.commit(&ops, now);
+            ops.clear();
+            let _ = tx.send((store, ops, result));
+            notify.notify_one();
+        });
+        d.in_flight = Some((batch, rx));
+        d.batch = None;
+        d.last = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// If the commit on its way is done, hands out the output that waited for it.
+    #[cfg(feature = "store")]
+    fn take_committed(&mut self) -> Result<(), Error> {
+        let Some((batch, rx)) = self.durable.as_mut().and_then(|d| d.in_flight.as_mut()) else {
+            return Ok(());
+        };
+        let batch = *batch;
+        let done = match rx.try_recv() {
+            Ok(done) => done,
+            Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
+            Err(oneshot::error::TryRecvError::Closed) => {
+                return Err(Error::Store("the commit failed (panicked)".into()))
+            }
+        };
+        self.committed(batch, done)
+    }
+
+    #[cfg(feature = "store")]
+    fn committed(&mut self, batch: mqtt_broker::Batch, done: Committed) -> Result<(), Error> {
+        let (store, spare, result) = done;
+        if let Some(d) = self.durable.as_mut() {
+            d.in_flight = None;
+            d.store = Some(store);
+            d.spare = spare;
+        }
+        result?;
+        let now = self.clock.now();
+        self.broker.handle_durable(now, batch);
+        self.drain(now);
+        Ok(())
+    }
+
+    /// At the end: commits everything, waiting for each commit.
+    #[cfg(feature = "store")]
+    async fn commit_rest(&mut self) -> Result<(), Error> {
+        loop {
+            if let Some((batch, rx)) = self.durable.as_mut().and_then(|d| d.in_flight.as_mut()) {
+                let batch = *batch;
+                let done = rx
+                    .await
+                    .map_err(|_| Error::Store("the commit failed (panicked)".into()))?;
+                self.committed(batch, done)?;
+            }
+            self.commit(true)?;
+            if self.durable.as_ref().is_none_or(|d| d.in_flight.is_none()) {
+                return Ok(());
             }
         }
     }

@@ -25,6 +25,15 @@
 //! so CI cannot pass without them (`.ci/run` installs both). The access-control tests also
 //! need `mosquitto_passwd` (Debian `mosquitto`).
 //!
+//! # Data directories
+//!
+//! The broker is durable by default and keeps its store in `--data-dir` (default
+//! `mqtt-broker-data` in the working directory, which one broker at a time can hold). Tests
+//! run many brokers at once, so [`Broker::start`] gives each a directory of its own under
+//! the system's temporary directory (unless the test passes `--data-dir` or
+//! `--in-memory`) and removes it when the broker is dropped; [`Broker::start_in`] uses a
+//! given directory and leaves it, for a test that restarts a broker on the same store.
+//!
 //! # No hangs
 //!
 //! Every wait is bounded: processes are killed at their deadline (and on drop), socket
@@ -162,11 +171,46 @@ pub(crate) struct Broker {
     /// The WebSocket-over-TLS listener, when `extra` has `--wss-bind`.
     pub(crate) wss: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The store's directory when the harness made it (removed on drop).
+    own_data_dir: Option<PathBuf>,
+}
+
+/// A directory of its own for a broker's store.
+fn fresh_data_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("mqtt-interop-store-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl Broker {
-    /// Starts a broker on free loopback ports with `extra` options.
+    /// Starts a broker on free loopback ports with `extra` options, with a store of its own
+    /// (see the module docs) unless `extra` says `--data-dir` or `--in-memory`.
     pub(crate) fn start(extra: &[&str]) -> Self {
+        let chosen = extra
+            .iter()
+            .any(|a| *a == "--in-memory" || *a == "--data-dir" || a.starts_with("--data-dir="));
+        if chosen {
+            return Self::spawn(extra, None);
+        }
+        let dir = fresh_data_dir();
+        let mut args = extra.to_vec();
+        let d = dir.to_str().expect("a UTF-8 temporary directory");
+        args.extend(["--data-dir", d]);
+        Self::spawn(&args, Some(dir.clone()))
+    }
+
+    /// Starts a broker whose store is in `dir`, left there when it is dropped (or
+    /// killed): start another with the same `dir` to restart it on the same store.
+    pub(crate) fn start_in(dir: &Path, extra: &[&str]) -> Self {
+        let mut args = extra.to_vec();
+        let d = dir.to_str().expect("a UTF-8 directory");
+        args.extend(["--data-dir", d]);
+        Self::spawn(&args, None)
+    }
+
+    fn spawn(extra: &[&str], own_data_dir: Option<PathBuf>) -> Self {
         let mut child = Command::new(broker_bin())
             .args(["--bind", "127.0.0.1:0", "--ws-bind", "127.0.0.1:0"])
             .args(extra)
@@ -224,7 +268,14 @@ impl Broker {
             tls,
             wss,
             log,
+            own_data_dir,
         }
+    }
+
+    /// Kills the broker with SIGKILL (a crash) and waits for it to end.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The TCP port, as a string for command lines.
@@ -247,6 +298,9 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.own_data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         if thread::panicking() {
             let log = self.log.lock().unwrap();
             let tail = log.len().saturating_sub(200);

@@ -14,6 +14,8 @@
 //!   files (mosquitto's `$7$` and Argon2) and mosquitto-format ACLs.
 //! - [`bad_peers`]: garbage, protocol violations, oversize packets and unfinished CONNECTs
 //!   over raw TCP, while a well-behaved client keeps working.
+//! - [`store`]: the broker's data directory, and a damaged or busy store refused with a
+//!   message and exit status 1.
 //!
 //! Each test starts its own broker on free loopback ports ([`broker::Broker`]). Missing
 //! peers fail the tests; see [`broker`] for how the binary is found and the peers checked.
@@ -25,3 +27,4 @@ mod mosquitto;
 mod mqttjs;
 mod paho;
 mod rumqttc_peer;
+mod store;
