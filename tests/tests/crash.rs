@@ -31,6 +31,7 @@
 //! - `CRASH_SEED`: the seed of test 2's kill schedule (default: from the clock; printed).
 //! - `CRASH_BROKER_ARGS`: more options for our broker, split at spaces (for example
 //!   `--durability 10ms`).
+//! - `CRASH_SUBSCRIBER=3.1.1`: test 2's subscriber speaks 3.1.1 instead of 5.0.
 //! - `CRASH_QUIET_SECS`: how long test 2 waits for the subscriber once nothing arrives (10).
 //! - `CRASH_DEBUG`: test 2 prints the subscriber's connections and its progress.
 //! - `CRASH_TARGET=mosquitto`: run tests 1 to 3 against mosquitto instead (to check the
@@ -887,7 +888,13 @@ async fn kills_under_load() {
     let rounds = env_u64("CRASH_ROUNDS", 5);
     let seed = seed();
     let mut t = blocking(|| target("load", &["--max-queued", "1000000"]));
-    let tally = kills_under_load_on(&mut *t, rounds, seed, false).await;
+    let tally = kills_under_load_on(
+        &mut *t,
+        rounds,
+        seed,
+        std::env::var("CRASH_SUBSCRIBER").is_ok_and(|v| v == "3.1.1"),
+    )
+    .await;
     assert!(
         tally.acknowledged.iter().all(|a| *a > 0),
         "both publishers got acknowledgements"
