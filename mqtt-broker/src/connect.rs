@@ -238,6 +238,11 @@ impl<H: Hooks> Broker<H> {
                 let id = req.client_id.as_str();
                 self.forget_session(id);
             }
+            if self.session_is_stored(s) {
+                // CONNACK waits for the record: the will is the session's from then on
+                // ([MQTT-3.1.2-7]), and a crash must publish it.
+                self.store.hazard = true;
+            }
             self.store_session(s);
             if lacked.contains(&true) {
                 self.store_assigned_ids(s, &lacked);

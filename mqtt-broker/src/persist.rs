@@ -75,9 +75,12 @@ use crate::{Broker, BrokerEvent, ConnectionId, Error, Hooks};
 /// batch, which a store applies as nothing. What a QoS 2 exchange depends on does wait,
 /// and with it all output, until stored: the publisher's packet identifier (or after a
 /// crash it would send the PUBLISH again to a broker that no longer knows it, and a
-/// subscriber could get it twice), the PUBREC a subscriber sent (or a restart would
-/// publish again what it completed), a PUBREL received (or its PUBCOMP could free an
-/// identifier the store still holds).
+/// subscriber could get it twice), the packet identifier of a QoS 2 message to a
+/// subscriber (which would hold it, and take the next message a restarted broker sends
+/// under it for a repeat), the PUBREC a subscriber sent (or a restart would publish again
+/// what it completed), a PUBREL received (or its PUBCOMP could free an identifier the
+/// store still holds). CONNACK waits for a session that is stored: its will is the
+/// session's from then on, and a crash must publish it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Persistence {
@@ -633,6 +636,11 @@ impl<H: Hooks> Broker<H> {
             return;
         };
         let key = message_key(&rec.client_id, tag);
+        if message.qos == QoS::ExactlyOnce && packet_id.is_some() {
+            // A QoS 2 PUBLISH must not leave under an identifier a restart forgets: the
+            // receiver would hold it, and take the next message under it for a repeat.
+            self.store.hazard = true;
+        }
         let mut v = Vec::with_capacity(32 + message.topic.as_str().len() + message.payload.len());
         v.push(FORMAT);
         v.extend_from_slice(&instant_ms(now).to_be_bytes());

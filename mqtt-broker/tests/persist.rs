@@ -34,6 +34,10 @@ fn acknowledgements_wait_until_stored() {
     let mut net = Net::durable();
     net.auto_commit = false;
     let s = net.join(persistent(V4, "s"));
+    // CONNACK waits for the session's record (its will would be the session's).
+    assert!(net.peers[s].events.is_empty());
+    assert!(net.commit());
+    net.drive();
     assert!(!session_present(&mut net, s));
     net.subscribe(s, "t", q(QoS::AtLeastOnce));
     assert!(

@@ -864,6 +864,7 @@ fn on_connack(
         // [MQTT-3.2.2-5] the server has no session: drop ours and say what is lost.
         let flows = conn.flows_mut();
         let (inflight, pending) = flows.session.take_shared();
+        flows.carried.clear();
         for id in pending.into_iter().filter_map(PacketId::new) {
             flows.ids.release(id);
         }

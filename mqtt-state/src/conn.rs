@@ -324,6 +324,11 @@ pub(crate) struct Flows {
     pub(crate) session: SessionState,
     pub(crate) acks: VecDeque<OwedAck>,
     pub(crate) ids: PacketIdAllocator,
+    /// Incoming QoS 2 identifiers held from an earlier connection that the peer has not
+    /// repeated on this one (sorted): they take none of this connection's receive quota,
+    /// which starts again with each connection ([MQTT-4.9.0-1] 4.9: "re-initialized with
+    /// each new Network Connection").
+    pub(crate) carried: Vec<u16>,
 }
 
 /// What a connection without flows reads.
@@ -336,6 +341,7 @@ static NO_FLOWS: Flows = Flows {
     },
     acks: VecDeque::new(),
     ids: PacketIdAllocator::EMPTY,
+    carried: Vec::new(),
 };
 
 impl Flows {
@@ -410,6 +416,7 @@ impl Conn {
                 session: SessionState::default(),
                 acks: VecDeque::new(),
                 ids,
+                carried: Vec::new(),
             })
         })
     }
@@ -430,7 +437,13 @@ impl Conn {
         let acks = self.flows.take().map(|f| f.acks).unwrap_or_default();
         self.next_packet_id = 1;
         let ids = session.allocator(usize::from(self.max_inflight) + 8);
-        let flows = Flows { session, acks, ids };
+        let carried = session.incoming_qos2.clone();
+        let flows = Flows {
+            session,
+            acks,
+            ids,
+            carried,
+        };
         if !flows.holds_nothing() {
             self.flows = Some(Box::new(flows));
         }
@@ -439,7 +452,10 @@ impl Conn {
     /// Takes the session out, leaving an empty one.
     pub(crate) fn take_session(&mut self) -> SessionState {
         self.flows_if_any()
-            .map(|f| core::mem::take(&mut f.session))
+            .map(|f| {
+                f.carried.clear();
+                core::mem::take(&mut f.session)
+            })
             .unwrap_or_default()
     }
 
@@ -832,6 +848,8 @@ impl Conn {
                     return Ok(());
                 }
                 let flows = self.flows_mut();
+                // Repeated on this connection: it counts against this one's quota now.
+                uncarry(&mut flows.carried, id);
                 if !flows.session.receive_qos2(id) {
                     // [MQTT-4.3.3-10] a repeat before PUBREL: PUBREC again, deliver nothing.
                     if !flows.acks.iter().any(|a| a.id == id) {
@@ -875,7 +893,13 @@ impl Conn {
             .iter()
             .filter(|a| a.qos == QoS::AtLeastOnce && !(lenient && a.ready))
             .count()
-            + flows.session.incoming_qos2.len()
+            // `carried` is a subset of `incoming_qos2`; saturating all the same, so that no
+            // path that forgets to update it can underflow.
+            + flows
+                .session
+                .incoming_qos2
+                .len()
+                .saturating_sub(flows.carried.len())
     }
 
     /// Whether a QoS 1/2 PUBLISH arriving now is beyond our Receive Maximum: `Err` when
@@ -975,9 +999,10 @@ impl Conn {
 
     /// PUBREL: the QoS 2 message is released; answer PUBCOMP ([MQTT-4.3.3-11]).
     pub(crate) fn on_pubrel(&mut self, ack: PubAck<'_>) {
-        let known = self
-            .flows_if_any()
-            .is_some_and(|f| f.session.release_qos2(ack.packet_id));
+        let known = self.flows_if_any().is_some_and(|f| {
+            uncarry(&mut f.carried, ack.packet_id);
+            f.session.release_qos2(ack.packet_id)
+        });
         if known && self.role == Role::Server {
             // A durable broker forgets the stored identifier; others ignore the event.
             self.events.push_back(Event::IncomingReleased {
@@ -1131,6 +1156,7 @@ impl Conn {
             // QoS 1 acks not sent yet: the peer re-sends those PUBLISH, so delivering them
             // again is QoS 1's at-least-once. QoS 2 ids stay in the session.
             flows.acks.clear();
+            flows.carried.clone_from(&flows.session.incoming_qos2);
         }
         self.clear_control();
         // [MQTT-3.3.2-7] topic aliases belong to one connection.
@@ -1423,6 +1449,7 @@ impl Conn {
                 if a.qos == QoS::ExactlyOnce && a.code.is_error() && n.is_ok() {
                     // [MQTT-4.3.3-9] a PUBREC with an error ends the exchange: no PUBREL
                     // follows, and a PUBLISH reusing the id is a new message.
+                    uncarry(&mut flows.carried, a.id);
                     if flows.session.release_qos2(a.id) && self.role == Role::Server {
                         self.events
                             .push_back(Event::IncomingReleased { packet_id: a.id });
@@ -1638,4 +1665,11 @@ pub(crate) fn transmit_batch(
 /// Checks that a packet type may arrive at this role at all.
 pub(crate) fn unexpected(t: PacketType) -> Error {
     Error::Protocol(Violation::UnexpectedPacket(t))
+}
+
+/// `id` no longer carried from an earlier connection.
+fn uncarry(carried: &mut Vec<u16>, id: PacketId) {
+    if let Ok(at) = carried.binary_search(&id.get()) {
+        carried.remove(at);
+    }
 }

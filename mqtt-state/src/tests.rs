@@ -507,6 +507,49 @@ fn server_acks(server: &mut ServerSession) -> Vec<(PacketType, u16, ReasonCode)>
 }
 
 #[test]
+fn mqtt_4_9_0_1_the_receive_quota_starts_again_with_each_connection() {
+    // A QoS 2 identifier held from the last connection (PUBLISH received, the server never
+    // saw PUBREC) takes none of the new connection's quota: the server may send
+    // Receive Maximum new PUBLISH packets on it before repeating the old one.
+    let v = ProtocolVersion::V5;
+    let now = Instant::ZERO;
+    let config = ClientConfig {
+        clean_start: false,
+        session_expiry_interval: 60,
+        receive_maximum: 1,
+        ..ClientConfig::new(v, "c")
+    };
+    let mut client = Client::new(config);
+    let mut out = vec![0u8; 256];
+    let connack = |present| {
+        let c = mqtt_codec::ConnAck::new(present, ReasonCode::Success);
+        BytesMut::from(&Packet::ConnAck(c).encode_to_vec(v).unwrap()[..])
+    };
+    client.connect(now).unwrap();
+    while let Ok(Some(_)) = client.poll_transmit(now, &mut out) {}
+    client.handle_input(now, &mut connack(false)).unwrap();
+    let mut input = BytesMut::from(&publish_bytes(v, 5, QoS::ExactlyOnce, false)[..]);
+    client.handle_input(now, &mut input).unwrap();
+    // The connection drops before the PUBREC goes.
+    client.handle_close(now);
+    client.connect(now).unwrap();
+    while let Ok(Some(_)) = client.poll_transmit(now, &mut out) {}
+    client.handle_input(now, &mut connack(true)).unwrap();
+    let mut input = BytesMut::from(&publish_bytes(v, 6, QoS::AtLeastOnce, false)[..]);
+    client.handle_input(now, &mut input).unwrap();
+    // Repeated on this connection, the old one counts again: acknowledged first, the
+    // QoS 1 message leaves room for it.
+    while let Ok(Some(_)) = client.poll_transmit(now, &mut out) {}
+    let mut input = BytesMut::from(&publish_bytes(v, 5, QoS::ExactlyOnce, true)[..]);
+    client.handle_input(now, &mut input).unwrap();
+    let mut input = BytesMut::from(&publish_bytes(v, 7, QoS::AtLeastOnce, false)[..]);
+    assert!(
+        client.handle_input(now, &mut input).is_err(),
+        "beyond the quota"
+    );
+}
+
+#[test]
 fn mqtt_3_3_4_9_receive_maximum_exceeded_strict_is_a_protocol_error() {
     // [MQTT-3.3.4-9] strictly: a peer that ignores our Receive Maximum of 1 sends a second
     // QoS 1 PUBLISH before it can have seen the PUBACK of the first (queued, not yet sent).
