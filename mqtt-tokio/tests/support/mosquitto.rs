@@ -104,6 +104,12 @@ impl Mosquitto {
     }
 
     pub(crate) fn with(auth: Auth, listeners: Listeners) -> Self {
+        Self::with_config(auth, listeners, "")
+    }
+
+    /// [`Mosquitto::with`], with `extra` appended to the generated configuration (whole
+    /// lines, each ending in a newline).
+    pub(crate) fn with_config(auth: Auth, listeners: Listeners, extra: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "mqtt-test-mosquitto-{}-{}",
@@ -154,6 +160,7 @@ impl Mosquitto {
                 }
             }
         }
+        conf.push_str(extra);
         std::fs::write(dir.join("mosquitto.conf"), conf).expect("write mosquitto.conf");
         let mut m = Self {
             child: None,
@@ -218,6 +225,17 @@ impl Mosquitto {
                 }
             }
         }
+    }
+
+    /// Kills mosquitto with SIGKILL (no chance to write its persistence file, as in a
+    /// crash) and starts it again on the same port `down` later.
+    pub(crate) fn crash(&mut self, down: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        thread::sleep(down);
+        self.spawn();
     }
 
     /// Stops and starts again on the same port, keeping its persistence file.

@@ -313,7 +313,7 @@ impl Drop for Broker {
 }
 
 /// Reads `r` line by line on a thread: into the returned buffer, and to `tx` if given.
-fn collect_lines(
+pub(crate) fn collect_lines(
     r: impl Read + Send + 'static,
     tx: Option<mpsc::Sender<String>>,
 ) -> Arc<Mutex<Vec<String>>> {
