@@ -194,6 +194,15 @@ impl<H: Hooks> Broker<H> {
         Some(self.store.batch)
     }
 
+    /// Whether [`Broker::poll_store`] has operations to hand out. An adapter that writes
+    /// one batch at a time polls only when the last one is written: operations stay in the
+    /// core meanwhile, where a message put and acknowledged before the batch leaves is
+    /// dropped from it (it never reaches the store), across as many turns as the write
+    /// takes.
+    pub fn has_store_ops(&self) -> bool {
+        !self.store.ops.is_empty()
+    }
+
     /// Batch `batch` (and every batch before it) is durable: with [`Persistence::Sync`],
     /// the acknowledgements that waited for it go out, and output held for a QoS 2
     /// exchange ([`BrokerEvent::Transmit`], [`BrokerEvent::Close`] come out of
@@ -636,7 +645,9 @@ impl<H: Hooks> Broker<H> {
     }
 
     /// The tag a QoS 1/2 message for session `s` is queued with: a new one when the
-    /// session's messages are stored, else 0.
+    /// session's messages are stored, else 0. A sequence number with the QoS in its low
+    /// bit (1 for QoS 2): only a QoS 2 message ever has a progress entry to delete, and a
+    /// session's tags still sort in the order its messages were queued.
     pub(crate) fn message_tag(&mut self, s: usize, message: &Message) -> u64 {
         let stored = self.persisting()
             && message.qos != QoS::AtMostOnce
@@ -649,7 +660,7 @@ impl<H: Hooks> Broker<H> {
             return 0;
         }
         self.store.last_tag += 1;
-        self.store.last_tag
+        self.store.last_tag << 1 | u64::from(message.qos == QoS::ExactlyOnce)
     }
 
     /// Stores a message queued for session `s` with `tag`.
@@ -720,7 +731,10 @@ impl<H: Hooks> Broker<H> {
                     return;
                 }
                 let key = message_key(client_id, tag);
-                self.delete(Table::Progress, key.clone());
+                if tag & 1 == 1 {
+                    // QoS 2: it may have a progress entry.
+                    self.delete(Table::Progress, key.clone());
+                }
                 self.delete(Table::Messages, key);
             }
             StoredEvent::Received { packet_id } => {
@@ -756,9 +770,15 @@ impl<H: Hooks> Broker<H> {
             .zip(lacked)
             .filter(|(_, lacked)| **lacked)
         {
+            // QoS 2 only: a QoS 1 message may go again under another identifier (a
+            // receiver does not tell QoS 1 repeats by it), and its progress entry would
+            // cost every message a delete.
+            if q.message.qos != QoS::ExactlyOnce {
+                continue;
+            }
             if let (Some(pid), true) = (q.packet_id, q.tag != 0) {
                 // A QoS 2 message must not go out under an identifier a restart forgets.
-                hazard |= q.message.qos == QoS::ExactlyOnce;
+                hazard = true;
                 let v = [&[FORMAT][..], &pid.get().to_be_bytes(), &[0]].concat();
                 ops.push(StoreOp::Put {
                     table: Table::Progress,
@@ -976,7 +996,7 @@ impl<H: Hooks> Broker<H> {
             .restoring
             .as_mut()
             .and_then(|rs| rs.progress.remove(key));
-        self.store.last_tag = self.store.last_tag.max(tag);
+        self.store.last_tag = self.store.last_tag.max(tag >> 1);
         let (pid, stage) = match progress {
             Some((pid, stage)) => (Some(pid), stage),
             None => (pid, Stage::Published),

@@ -823,8 +823,9 @@ impl EventLoop {
             }
             // The store's thread wakes the loop when a commit is done; with `<N>ms`, the next
             // one is due then.
+            let pending = self.broker.has_store_ops();
             let commit_at = self.durable.as_ref().and_then(|d| {
-                let due = d.batch.is_some() && d.in_flight.is_none();
+                let due = pending && d.in_flight.is_none();
                 Some(d.last + d.every?).filter(|_| due)
             });
             for t in [self.accept_paused, closing_at, commit_at] {
@@ -883,15 +884,18 @@ impl EventLoop {
         let Some(d) = self.durable.as_mut() else {
             return;
         };
-        if let Some(batch) = self.broker.poll_store(&mut d.ops) {
-            d.batch = Some(batch);
-        }
-        if d.in_flight.is_some() || d.batch.is_none() {
+        // Polled only when it can be sent: until then the operations stay in the core,
+        // which drops a message put and acknowledged meanwhile from the batch.
+        if d.in_flight.is_some() {
             return;
         }
         if d.every.is_some_and(|every| d.last.elapsed() < every) {
             return;
         }
+        let Some(batch) = self.broker.poll_store(&mut d.ops) else {
+            return;
+        };
+        d.batch = Some(batch);
         let ops = std::mem::replace(&mut d.ops, std::mem::take(&mut d.spare));
         if d.to_committer.send((ops, now)).is_err() {
             store_failed(&mqtt_tokio::Error::Store(

@@ -403,10 +403,13 @@ impl<H: Hooks + 'static> Server<H> {
             }
             let deadline = self.broker.poll_timeout().map(|t| self.clock.to_tokio(t));
             #[cfg(feature = "store")]
-            let commit_at = self.durable.as_ref().and_then(|d| {
-                let due = d.batch.is_some() && d.in_flight.is_none();
-                due.then_some(d.last + d.every)
-            });
+            let commit_at = {
+                let pending = self.broker.has_store_ops();
+                self.durable.as_ref().and_then(|d| {
+                    let due = (pending || d.batch.is_some()) && d.in_flight.is_none();
+                    due.then_some(d.last + d.every)
+                })
+            };
             #[cfg(not(feature = "store"))]
             let commit_at: Option<tokio::time::Instant> = None;
             tokio::select! {
@@ -451,19 +454,21 @@ impl<H: Hooks + 'static> Server<H> {
         let Some(d) = self.durable.as_mut() else {
             return Ok(());
         };
-        if let Some(batch) = self.broker.poll_store(&mut d.ops) {
-            d.batch = Some(batch);
-        }
+        // Polled only when it can be sent: until then the operations stay in the core,
+        // which drops a message put and acknowledged meanwhile from the batch.
         if d.in_flight.is_some() {
             return Ok(());
         }
-        let Some(batch) = d.batch else {
-            return Ok(());
-        };
         let sync = self.broker.config().persistence == mqtt_broker::Persistence::Sync;
         if !(all || sync || tokio::time::Instant::now() >= d.last + d.every) {
             return Ok(());
         }
+        if let Some(batch) = self.broker.poll_store(&mut d.ops) {
+            d.batch = Some(batch);
+        }
+        let Some(batch) = d.batch else {
+            return Ok(());
+        };
         let Some(mut store) = d.store.take() else {
             return Err(Error::Store("the store failed before".into()));
         };
