@@ -192,7 +192,7 @@ struct Args {
     #[arg(long, conflicts_with = "data_dir")]
     in_memory: bool,
     /// `always`: no acknowledgement goes out before what it acknowledges is on disk (one
-    /// commit per turn of the event loop for everything it changed). `<N>ms` (say
+    /// commit at a time, for everything changed since the last). `<N>ms` (say
     /// `100ms`): a commit at most N ms apart, acknowledgements not held; a crash loses what
     /// was acknowledged in the last N ms.
     #[arg(long, default_value = "always", value_parser = parse_durability)]
