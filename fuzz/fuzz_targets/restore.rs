@@ -34,17 +34,7 @@ fn config() -> BrokerConfig {
 
 fn apply(store: &mut Store, ops: &[StoreOp]) {
     for op in ops {
-        match op {
-            StoreOp::Put { table, key, value } => {
-                store.insert((*table, key.clone()), value.clone());
-            }
-            StoreOp::Delete { table, key } => {
-                store.remove(&(*table, key.clone()));
-            }
-            StoreOp::DeletePrefix { table, prefix } => {
-                store.retain(|(t, k), _| !(t == table && k.starts_with(prefix)));
-            }
-        }
+        op.apply(store);
     }
 }
 

@@ -74,18 +74,7 @@ impl Durable {
     fn commit(&mut self) {
         if let Some(batch) = self.broker.poll_store(&mut self.ops) {
             for op in self.ops.drain(..) {
-                match op {
-                    StoreOp::Put { table, key, value } => {
-                        self.store.insert((table, key), value);
-                    }
-                    StoreOp::Delete { table, key } => {
-                        self.store.remove(&(table, key));
-                    }
-                    StoreOp::DeletePrefix { table, prefix } => {
-                        self.store
-                            .retain(|(t, k), _| !(*t == table && k.starts_with(&prefix)));
-                    }
-                }
+                op.apply(&mut self.store);
             }
             self.broker.handle_durable(self.now, batch);
         }

@@ -165,6 +165,47 @@ pub enum StoreOp {
     },
 }
 
+impl StoreOp {
+    /// Applies the operation to `map` (keys by table, then bytes), as a store applies it:
+    /// the whole of a store for tests, tools and simulations.
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use mqtt_broker::{StoreOp, Table};
+    /// let mut map = BTreeMap::new();
+    /// for op in [
+    ///     StoreOp::Put { table: Table::Messages, key: b"\0\x01a1".to_vec(), value: vec![1] },
+    ///     StoreOp::Put { table: Table::Messages, key: b"\0\x01b1".to_vec(), value: vec![2] },
+    ///     StoreOp::DeletePrefix { table: Table::Messages, prefix: b"\0\x01a".to_vec() },
+    /// ] {
+    ///     op.apply(&mut map);
+    /// }
+    /// assert_eq!(map.len(), 1);
+    /// ```
+    pub fn apply(&self, map: &mut BTreeMap<(Table, Vec<u8>), Vec<u8>>) {
+        match self {
+            StoreOp::Put { table, key, value } => {
+                map.insert((*table, key.clone()), value.clone());
+            }
+            StoreOp::Delete { table, key } => {
+                map.remove(&(*table, key.clone()));
+            }
+            StoreOp::DeletePrefix { table, prefix } => {
+                // The prefix's range only, not the whole map.
+                let covered: Vec<(Table, Vec<u8>)> = map
+                    .range((*table, prefix.clone())..)
+                    .map(|(k, _)| k)
+                    .take_while(|(t, k)| t == table && k.starts_with(prefix))
+                    .cloned()
+                    .collect();
+                for k in covered {
+                    map.remove(&k);
+                }
+            }
+        }
+    }
+}
+
 /// The number of a batch of [`StoreOp`]s, as [`crate::Broker::poll_store`] hands it out;
 /// batches are numbered 1, 2, 3, ... in order.
 pub type Batch = u64;

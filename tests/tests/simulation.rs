@@ -366,17 +366,7 @@ type MemStore = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 /// Applies a batch as a store does, in order.
 fn apply(store: &mut MemStore, ops: &[StoreOp]) {
     for op in ops {
-        match op {
-            StoreOp::Put { table, key, value } => {
-                store.insert((*table, key.clone()), value.clone());
-            }
-            StoreOp::Delete { table, key } => {
-                store.remove(&(*table, key.clone()));
-            }
-            StoreOp::DeletePrefix { table, prefix } => {
-                store.retain(|(t, k), _| !(t == table && k.starts_with(prefix)));
-            }
-        }
+        op.apply(store);
     }
 }
 
