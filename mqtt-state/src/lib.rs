@@ -108,8 +108,13 @@
 //!                 input.extend_from_slice(&chunk[..n]);
 //!                 client.handle_input(clock(), &mut input)?;
 //!             }
-//!             // The deadline: the next turn's `handle_timeout` acts on it.
-//!             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+//!             // The deadline: the next turn's `handle_timeout` acts on it. A read with a
+//!             // timeout that a signal interrupted is not restarted by the kernel.
+//!             Err(e)
+//!                 if matches!(
+//!                     e.kind(),
+//!                     ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+//!                 ) => {}
 //!             Err(e) => return Err(e.into()),
 //!         }
 //!     }

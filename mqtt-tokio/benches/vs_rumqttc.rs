@@ -259,7 +259,9 @@ impl RawSubscriber {
                     Err(e)
                         if matches!(
                             e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::Interrupted
                         ) =>
                     {
                         if stop.load(Ordering::Relaxed) && quiet_since.elapsed() > IDLE {

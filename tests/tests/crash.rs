@@ -1150,8 +1150,7 @@ fn probe(port: u16, stop: Arc<AtomicBool>) -> thread::JoinHandle<bool> {
             if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
                 let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut b = [0u8; 1];
-                if s.write_all(&CONNECT).is_ok() && matches!(s.read(&mut b), Ok(1)) && b[0] == 0x20
-                {
+                if s.write_all(&CONNECT).is_ok() && s.read_exact(&mut b).is_ok() && b[0] == 0x20 {
                     return true;
                 }
             }

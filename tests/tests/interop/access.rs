@@ -175,6 +175,8 @@ impl Raw {
                 Ok(0) => panic!("closed by the broker"),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => panic!("reset by the broker"),
+                // A read with a timeout is not restarted after a signal (signal(7)).
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => panic!("no packet within {READ_TIMEOUT:?}: {e}"),
             }
         }
