@@ -73,6 +73,8 @@
 
 #[path = "../access.rs"]
 mod access;
+#[path = "../conf.rs"]
+mod conf;
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, IsTerminal, Read, Write};
@@ -83,7 +85,8 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Token};
 use mqtt_broker::{
@@ -102,7 +105,7 @@ use tracing::{debug, info, warn};
 use access::{Access, Acl, Passwords};
 
 /// Command line options.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(
     name = "mqtt-broker",
     about = "An MQTT broker over the sans-IO mqtt-state core"
@@ -110,9 +113,18 @@ use access::{Access, Acl, Passwords};
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// A configuration file in mosquitto's `mosquitto.conf` syntax (the options
+    /// `docs/config.md` lists; any other is an error). Flags given on the command line
+    /// override it.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// TCP listen address.
-    #[arg(long, default_value = "127.0.0.1:1883")]
+    #[arg(long, default_value = "127.0.0.1:1883", conflicts_with = "no_tcp")]
     bind: SocketAddr,
+    /// Do not listen for plain TCP connections (what a configuration file whose listeners
+    /// are all TLS or WebSocket asks for).
+    #[arg(long)]
+    no_tcp: bool,
     /// WebSocket listen address (path `/mqtt`, subprotocol `mqtt`).
     #[arg(long, default_value = "127.0.0.1:8080", conflicts_with = "no_ws")]
     ws_bind: SocketAddr,
@@ -197,6 +209,11 @@ struct Args {
     /// was acknowledged in the last N ms.
     #[arg(long, default_value = "always", value_parser = parse_durability)]
     durability: Durability,
+    /// Not a flag: a configuration file said `allow_anonymous false` (or left it at
+    /// mosquitto 2's default while declaring listeners) and named no password file, which
+    /// in mosquitto 2 lets no client in. So here: every CONNECT is refused.
+    #[arg(skip)]
+    refuse_everyone: bool,
 }
 
 /// `--durability`.
@@ -264,9 +281,24 @@ struct Wake {
 }
 
 fn main() -> std::io::Result<()> {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(Command::HashPassword { user, password }) = &args.command {
         return hash_password(user, password.clone());
+    }
+    if let Some(path) = args.config.clone() {
+        let on_command_line = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        match load_config(&path)
+            .and_then(|config| apply_config(&mut args, &on_command_line, config, &path))
+        {
+            Ok(notes) => notes
+                .iter()
+                .for_each(|n| eprintln!("mqtt-broker: warning: {n}")),
+            Err(e) => {
+                eprintln!("mqtt-broker: {e}");
+                std::process::exit(1);
+            }
+        }
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -277,6 +309,141 @@ fn main() -> std::io::Result<()> {
         )
         .init();
     run(args)
+}
+
+/// Reads and parses `-c FILE`.
+fn load_config(path: &Path) -> Result<conf::Config, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    conf::parse(&text, path).map_err(|e| e.to_string())
+}
+
+/// Merges a configuration file into `args` under the flags given on the command line
+/// (`given(id)`: the flag with that clap id was), and returns warnings for stderr.
+///
+/// With listeners in the file, only those listen: a kind of listener the file does not
+/// declare is turned off (no WebSocket unless declared), as in mosquitto, unless its flag
+/// is on the command line. A file that declares none leaves the listeners to the flags.
+fn apply_config(
+    args: &mut Args,
+    given: &dyn Fn(&str) -> bool,
+    config: conf::Config,
+    path: &Path,
+) -> Result<Vec<String>, String> {
+    use conf::ListenerKind;
+    let file = path.display();
+    if let Some(b) = config.bridges.first() {
+        // Parsed in full (`conf::Bridge`), but the broker core has no bridges yet: starting
+        // without the bridge would silently not move the messages it is there to move.
+        return Err(format!(
+            "{file}:{}: bridges ('connection {}') are not built into this binary yet",
+            b.line, b.name
+        ));
+    }
+    let mut notes = Vec::new();
+    let addr = |kind| -> Result<Option<SocketAddr>, String> {
+        config
+            .listener(kind)
+            .map(|l| {
+                l.socket_addr()
+                    .map_err(|e| format!("{file}:{}: {e}", l.line))
+            })
+            .transpose()
+    };
+    if !config.listeners.is_empty() {
+        if !given("bind") {
+            match addr(ListenerKind::Tcp)? {
+                Some(a) => args.bind = a,
+                None => args.no_tcp = true,
+            }
+        }
+        if !given("ws_bind") && !given("no_ws") {
+            match addr(ListenerKind::Ws)? {
+                Some(a) => args.ws_bind = a,
+                None => args.no_ws = true,
+            }
+        }
+        if !given("tls_bind") {
+            args.tls_bind = addr(ListenerKind::Tls)?;
+        }
+        if !given("wss_bind") {
+            args.wss_bind = addr(ListenerKind::Wss)?;
+        }
+        // `conf::parse` saw to it that the TLS listeners share one certificate and key.
+        let tls = config
+            .listener(ListenerKind::Tls)
+            .or(config.listener(ListenerKind::Wss));
+        if let Some(l) = tls {
+            if !given("cert") {
+                args.cert.clone_from(&l.certfile);
+            }
+            if !given("key") {
+                args.key.clone_from(&l.keyfile);
+            }
+        }
+        if (args.tls_bind.is_some() || args.wss_bind.is_some())
+            && (args.cert.is_none() || args.key.is_none())
+        {
+            return Err(format!(
+                "{file}: a TLS listener needs a certificate and key (certfile/keyfile, or \
+                 --cert/--key)"
+            ));
+        }
+    }
+    if !given("password_file") && config.password_file.is_some() {
+        args.password_file = config.password_file;
+    }
+    if !given("acl_file") && config.acl_file.is_some() {
+        args.acl_file = config.acl_file;
+    }
+    // mosquitto 2: `allow_anonymous` is false unless set, when the file declares listeners.
+    let allow_anonymous = config
+        .allow_anonymous
+        .or((!config.listeners.is_empty()).then_some(false));
+    match allow_anonymous {
+        _ if given("allow_anonymous") => {}
+        Some(true) => args.allow_anonymous = true,
+        Some(false) => {
+            args.allow_anonymous = false;
+            if args.password_file.is_none() {
+                args.refuse_everyone = true;
+                notes.push(format!(
+                    "{file}: allow_anonymous is false{} and there is no password_file: every \
+                     client is refused, as mosquitto 2 does",
+                    if config.allow_anonymous.is_none() {
+                        " (mosquitto 2's default with listeners)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        None => {}
+    }
+    if let (false, Some(v)) = (given("max_keep_alive"), config.max_keepalive) {
+        args.max_keep_alive = v;
+    }
+    if let (false, Some(v)) = (given("max_queued"), config.max_queued_messages) {
+        args.max_queued = v;
+    }
+    if let (false, Some(v)) = (given("max_connections"), config.max_connections) {
+        args.max_connections = v;
+    }
+    if let (false, Some(v)) = (given("max_packet_size"), config.max_packet_size) {
+        args.max_packet_size = v;
+    }
+    if let (false, Some(v)) = (given("max_inflight"), config.max_inflight_messages) {
+        args.max_inflight = v;
+    }
+    let storage_given = given("in_memory") || given("data_dir");
+    match config.persistence {
+        Some(false) if !storage_given => args.in_memory = true,
+        Some(true) if !given("in_memory") => args.in_memory = false,
+        _ => {}
+    }
+    if let (false, Some(dir)) = (given("data_dir"), config.persistence_location) {
+        args.data_dir = dir;
+    }
+    Ok(notes)
 }
 
 /// The `hash-password` subcommand.
@@ -353,6 +520,8 @@ fn run(args: Args) -> std::io::Result<()> {
     let access = Access {
         passwords: match &args.password_file {
             Some(p) => Some(access::load(p, Passwords::parse)?),
+            // No user in the file and no anonymous access: nobody gets in.
+            None if args.refuse_everyone => Some(Passwords::default()),
             None => None,
         },
         allow_anonymous: args.allow_anonymous,
@@ -424,10 +593,21 @@ fn run(args: Args) -> std::io::Result<()> {
         Some((store, loaded.entries))
     };
 
+    if args.no_tcp && args.no_ws && args.tls_bind.is_none() && args.wss_bind.is_none() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "no listener: --no-tcp and --no-ws, and neither --tls-bind nor --wss-bind",
+        ));
+    }
     let poll = mio::Poll::new()?;
-    let mut tcp = mio::net::TcpListener::bind(args.bind)?;
-    poll.registry()
-        .register(&mut tcp, LISTENER, Interest::READABLE)?;
+    let mut tcp = match args.no_tcp {
+        true => None,
+        false => Some(mio::net::TcpListener::bind(args.bind)?),
+    };
+    if let Some(tcp) = &mut tcp {
+        poll.registry()
+            .register(tcp, LISTENER, Interest::READABLE)?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -453,7 +633,9 @@ fn run(args: Args) -> std::io::Result<()> {
             )?,
             None => writeln!(out, "store in memory (--in-memory)")?,
         }
-        writeln!(out, "listening on tcp {}", tcp.local_addr()?)?;
+        if let Some(tcp) = &tcp {
+            writeln!(out, "listening on tcp {}", tcp.local_addr()?)?;
+        }
         for (listener, transport) in &listeners {
             let name = transport.name();
             writeln!(out, "listening on {name} {}", listener.local_addr()?)?;
@@ -735,7 +917,8 @@ struct Buffers {
 /// the TLS and WebSocket tasks.
 struct EventLoop {
     poll: mio::Poll,
-    listener: mio::net::TcpListener,
+    /// The plain TCP listener, unless `--no-tcp`.
+    listener: Option<mio::net::TcpListener>,
     /// Accepting is paused until then after an error.
     accept_paused: Option<StdInstant>,
     broker: Broker<Policy>,
@@ -964,7 +1147,10 @@ impl EventLoop {
     /// Accepts plain TCP connections until there are no more.
     fn accept(&mut self) {
         loop {
-            let (mut stream, peer) = match self.listener.accept() {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (mut stream, peer) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e)
@@ -1360,5 +1546,220 @@ impl Conn {
         {
             self.bufs = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `mqtt-broker ARGV -c broker.conf` with `text` in the file: the merged arguments and
+    /// the warnings, or the error as printed.
+    fn merged(argv: &[&str], text: &str) -> Result<(Args, Vec<String>), String> {
+        let matches = Args::command()
+            .try_get_matches_from(std::iter::once("mqtt-broker").chain(argv.iter().copied()))
+            .expect("valid flags");
+        let mut args = Args::from_arg_matches(&matches).expect("args");
+        let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        let path = Path::new("broker.conf");
+        let config = conf::parse(text, path).map_err(|e| e.to_string())?;
+        let notes = apply_config(&mut args, &given, config, path)?;
+        Ok((args, notes))
+    }
+
+    fn ok(argv: &[&str], text: &str) -> Args {
+        merged(argv, text).unwrap_or_else(|e| panic!("{e}")).0
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_file_without_listeners_leaves_them_to_the_flags() {
+        let a = ok(&[], "max_keepalive 30\n");
+        assert_eq!(a.bind, addr("127.0.0.1:1883"));
+        assert_eq!(a.ws_bind, addr("127.0.0.1:8080"));
+        assert!(!a.no_tcp && !a.no_ws && a.tls_bind.is_none() && a.wss_bind.is_none());
+        assert!(!a.refuse_everyone);
+    }
+
+    #[test]
+    fn declared_listeners_are_the_only_ones() {
+        let a = ok(&[], "listener 1884 127.0.0.1\nallow_anonymous true");
+        assert_eq!(a.bind, addr("127.0.0.1:1884"));
+        // No WebSocket unless declared, as in mosquitto.
+        assert!(a.no_ws && !a.no_tcp && a.tls_bind.is_none() && a.wss_bind.is_none());
+
+        let a = ok(
+            &[],
+            "listener 9001 127.0.0.1\nprotocol websockets\nallow_anonymous true",
+        );
+        assert!(a.no_tcp && !a.no_ws);
+        assert_eq!(a.ws_bind, addr("127.0.0.1:9001"));
+
+        let text = "listener 8883 127.0.0.1\ncertfile s.pem\nkeyfile s.key\n\
+                    listener 8443 127.0.0.1\nprotocol websockets\ncertfile s.pem\nkeyfile s.key\n\
+                    allow_anonymous true";
+        let a = ok(&[], text);
+        assert!(a.no_tcp && a.no_ws);
+        assert_eq!(a.tls_bind, Some(addr("127.0.0.1:8883")));
+        assert_eq!(a.wss_bind, Some(addr("127.0.0.1:8443")));
+        assert_eq!(a.cert, Some(PathBuf::from("s.pem")));
+        assert_eq!(a.key, Some(PathBuf::from("s.key")));
+        // Without an address: every IPv4 interface.
+        assert_eq!(
+            ok(&[], "port 1885\nallow_anonymous true").bind,
+            addr("0.0.0.0:1885")
+        );
+    }
+
+    #[test]
+    fn listener_flags_override_the_file() {
+        let file = "listener 1884 127.0.0.1\n\
+                    listener 9001 127.0.0.1\nprotocol websockets\n\
+                    listener 8883 127.0.0.1\ncertfile s.pem\nkeyfile s.key\n\
+                    allow_anonymous true";
+        let a = ok(
+            &["--bind", "127.0.0.1:0", "--no-ws", "--cert", "other.pem"],
+            file,
+        );
+        assert_eq!(a.bind, addr("127.0.0.1:0"));
+        assert!(a.no_ws);
+        assert_eq!(a.tls_bind, Some(addr("127.0.0.1:8883")));
+        assert_eq!(a.cert, Some(PathBuf::from("other.pem")));
+        assert_eq!(a.key, Some(PathBuf::from("s.key")));
+        // A flag for a kind the file does not declare turns it on.
+        let a = ok(
+            &["--ws-bind", "127.0.0.1:8081"],
+            "listener 1884\nallow_anonymous true",
+        );
+        assert!(!a.no_ws);
+        assert_eq!(a.ws_bind, addr("127.0.0.1:8081"));
+        let a = ok(
+            &["--bind", "127.0.0.1:1999"],
+            "listener 9001\nprotocol websockets\nallow_anonymous true",
+        );
+        assert!(!a.no_tcp);
+        assert_eq!(a.bind, addr("127.0.0.1:1999"));
+    }
+
+    #[test]
+    fn limits_from_the_file_unless_flagged() {
+        let file = "max_keepalive 30\nmax_queued_messages 50\nmax_connections 7\n\
+                    max_packet_size 4096\nmax_inflight_messages 5\n";
+        let a = ok(&[], file);
+        assert_eq!(
+            (
+                a.max_keep_alive,
+                a.max_queued,
+                a.max_connections,
+                a.max_packet_size,
+                a.max_inflight
+            ),
+            (30, 50, 7, 4096, 5)
+        );
+        let a = ok(
+            &[
+                "--max-keep-alive",
+                "60",
+                "--max-queued",
+                "60",
+                "--max-connections",
+                "60",
+                "--max-packet-size",
+                "6000",
+                "--max-inflight",
+                "6",
+            ],
+            file,
+        );
+        assert_eq!(
+            (
+                a.max_keep_alive,
+                a.max_queued,
+                a.max_connections,
+                a.max_packet_size,
+                a.max_inflight
+            ),
+            (60, 60, 60, 6000, 6)
+        );
+        // A flag given with its default value still wins over the file.
+        assert_eq!(ok(&["--max-keep-alive", "0"], file).max_keep_alive, 0);
+    }
+
+    #[test]
+    fn persistence() {
+        assert!(ok(&[], "persistence false").in_memory);
+        assert!(!ok(&[], "persistence true").in_memory);
+        assert!(!ok(&["--data-dir", "d"], "persistence false").in_memory);
+        assert!(ok(&["--in-memory"], "persistence true").in_memory);
+        let a = ok(&[], "persistence true\npersistence_location /var/lib/mqtt");
+        assert_eq!(a.data_dir, PathBuf::from("/var/lib/mqtt"));
+        let a = ok(&["--data-dir", "d"], "persistence_location /var/lib/mqtt");
+        assert_eq!(a.data_dir, PathBuf::from("d"));
+        // Unset: this broker's default, durable (mosquitto's is not).
+        assert!(!ok(&[], "").in_memory);
+    }
+
+    #[test]
+    fn access_files() {
+        let a = ok(&[], "password_file p\nacl_file a");
+        assert_eq!(
+            (a.password_file, a.acl_file),
+            (Some("p".into()), Some("a".into()))
+        );
+        let a = ok(
+            &["--password-file", "p2", "--acl-file", "a2"],
+            "password_file p\nacl_file a",
+        );
+        assert_eq!(
+            (a.password_file, a.acl_file),
+            (Some("p2".into()), Some("a2".into()))
+        );
+    }
+
+    #[test]
+    fn allow_anonymous() {
+        let (a, notes) = merged(&[], "allow_anonymous true").unwrap();
+        assert!(a.allow_anonymous && !a.refuse_everyone && notes.is_empty());
+        // With a password file, false is this broker's own behaviour.
+        let (a, notes) = merged(&[], "allow_anonymous false\npassword_file p").unwrap();
+        assert!(!a.allow_anonymous && !a.refuse_everyone && notes.is_empty());
+        // Without one, mosquitto 2 refuses everyone: so do we, and say so.
+        let (a, notes) = merged(&[], "allow_anonymous false").unwrap();
+        assert!(a.refuse_everyone);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("every client is refused"), "{notes:?}");
+        // mosquitto 2's default with listeners declared is false, too.
+        let (a, notes) = merged(&[], "listener 1883").unwrap();
+        assert!(a.refuse_everyone);
+        assert!(notes[0].contains("default with listeners"), "{notes:?}");
+        assert!(!ok(&[], "listener 1883\npassword_file p").refuse_everyone);
+        // Neither: the flags' behaviour (no password file, anyone gets in).
+        assert!(!ok(&[], "max_keepalive 5").refuse_everyone);
+        // The flag beats the file; a password file on the command line too.
+        let a = ok(&["--allow-anonymous"], "allow_anonymous false");
+        assert!(a.allow_anonymous && !a.refuse_everyone);
+        assert!(!ok(&["--password-file", "p"], "allow_anonymous false").refuse_everyone);
+    }
+
+    #[test]
+    fn bridges_are_refused_until_built() {
+        let e = merged(
+            &[],
+            "allow_anonymous true\n\nconnection cloud\naddress h\ntopic #",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "broker.conf:3: bridges ('connection cloud') are not built into this binary yet"
+        );
+    }
+
+    #[test]
+    fn a_config_error_names_file_and_line() {
+        let e = merged(&[], "allow_anonymous true\nlog_dest stdout").unwrap_err();
+        assert_eq!(e, "broker.conf:2: unsupported option 'log_dest'");
     }
 }
