@@ -515,6 +515,10 @@ fn tls_acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
 }
 
 fn run(args: Args) -> std::io::Result<()> {
+    if args.no_tcp && args.no_ws && args.tls_bind.is_none() && args.wss_bind.is_none() {
+        eprintln!("mqtt-broker: no listener (--no-tcp and --no-ws, no --tls-bind or --wss-bind)");
+        std::process::exit(1);
+    }
     // First, while this is the only thread.
     pregrow_fd_table();
     let access = Access {
@@ -593,12 +597,6 @@ fn run(args: Args) -> std::io::Result<()> {
         Some((store, loaded.entries))
     };
 
-    if args.no_tcp && args.no_ws && args.tls_bind.is_none() && args.wss_bind.is_none() {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidInput,
-            "no listener: --no-tcp and --no-ws, and neither --tls-bind nor --wss-bind",
-        ));
-    }
     let poll = mio::Poll::new()?;
     let mut tcp = match args.no_tcp {
         true => None,

@@ -14,6 +14,8 @@
 //!   files (mosquitto's `$7$` and Argon2) and mosquitto-format ACLs.
 //! - [`bad_peers`]: garbage, protocol violations, oversize packets and unfinished CONNECTs
 //!   over raw TCP, while a well-behaved client keeps working.
+//! - [`conf`]: `-c FILE` in mosquitto.conf syntax: a listener, a password file and
+//!   `allow_anonymous false`; unsupported options and bridges refused with the line.
 //! - [`store`]: the broker's data directory, and a damaged or busy store refused with a
 //!   message and exit status 1.
 //!
@@ -23,6 +25,7 @@
 mod access;
 mod bad_peers;
 mod broker;
+mod conf;
 mod mosquitto;
 mod mqttjs;
 mod paho;
