@@ -18,6 +18,12 @@
 //! `hash-password`, or mosquitto's `$7$` (so a `mosquitto_passwd` file works as is). The ACL
 //! file is in mosquitto's `acl_file` format. See `examples/src/access.rs` for both.
 //!
+//! `-c FILE` reads the same settings from a file in mosquitto's `mosquitto.conf` syntax
+//! (listeners, access, limits, persistence; bridge sections are parsed but refused until
+//! the core has bridges); flags given on the command line override it, and an option it
+//! does not support is an error naming the line. See `examples/src/conf.rs` and
+//! `docs/config.md`.
+//!
 //! The adapter only moves bytes and time; every protocol decision is the core's. It has
 //! two halves:
 //!
