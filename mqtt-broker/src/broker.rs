@@ -67,6 +67,11 @@ pub struct Broker<H: Hooks = AllowAll> {
     pub(crate) decisions: Decisions,
     /// Durability: operations to store, output held for them.
     pub(crate) store: crate::persist::StoreState,
+    /// Bridges to remote brokers.
+    pub(crate) bridges: crate::bridge::Bridges,
+    /// The latest time the program gave: for the work [`Broker::poll_event`] does inside
+    /// the core (a bridge's local leg), which takes no time argument.
+    pub(crate) now: Instant,
 }
 
 impl Broker<AllowAll> {
@@ -111,6 +116,8 @@ impl<H: Hooks> Broker<H> {
             blockers: Vec::new(),
             decisions: Decisions::default(),
             store: crate::persist::StoreState::default(),
+            bridges: crate::bridge::Bridges::default(),
+            now,
         }
     }
 
@@ -146,6 +153,7 @@ impl<H: Hooks> Broker<H> {
     /// A new connection opened. Beyond `max_connections` it is still registered, so that
     /// the refusal (CONNACK Server busy) can be sent, then closed.
     pub fn open(&mut self, now: Instant) -> ConnectionId {
+        self.now = self.now.max(now);
         let mut session = ServerSession::new(self.session_config.clone(), now);
         // The session record keeps the client identifier; the machine need not copy it too.
         session.forget_client_id();
@@ -184,6 +192,13 @@ impl<H: Hooks> Broker<H> {
     /// to go out); what is left stays in `buf`, and a [`BrokerEvent::Resume`] says when to
     /// call again with it.
     pub fn handle_input(&mut self, now: Instant, id: ConnectionId, buf: &mut BytesMut) {
+        self.now = self.now.max(now);
+        if let Some(i) = crate::bridge::remote_index(id) {
+            if self.bridge_conn_is(i, id) {
+                self.remote_input(now, i, buf);
+            }
+            return;
+        }
         loop {
             let Some(c) = self.conn_mut(id) else { return };
             if buf.is_empty() || !c.readable() {
@@ -225,6 +240,13 @@ impl<H: Hooks> Broker<H> {
     /// The connection closed (by the peer, by the network, or after a `Close` event). Its
     /// identifier is not used again until reassigned by [`Broker::open`].
     pub fn handle_close(&mut self, now: Instant, id: ConnectionId) {
+        self.now = self.now.max(now);
+        if let Some(i) = crate::bridge::remote_index(id) {
+            if self.bridge_conn_is(i, id) {
+                self.remote_closed(now, i);
+            }
+            return;
+        }
         // Its decisions are moot: answering them is `UnknownRequest` from now on.
         self.drop_requests(id);
         let Some(c) = self.conn_mut(id) else { return };
@@ -260,6 +282,15 @@ impl<H: Hooks> Broker<H> {
         id: ConnectionId,
         out: &mut [u8],
     ) -> Result<Option<usize>, Error> {
+        self.now = self.now.max(now);
+        if let Some(i) = crate::bridge::remote_index(id) {
+            // Nothing the remote leg sends promises what is not stored: its
+            // acknowledgements follow the core's own to the local leg, which wait.
+            if !self.bridge_conn_is(i, id) {
+                return Ok(None);
+            }
+            return self.remote_transmit(now, i, out);
+        }
         let stall_timeout = self.config.stall_timeout;
         if self.holding() {
             // What is queued may promise what is not stored yet (see `Persistence::Sync`).
@@ -325,25 +356,34 @@ impl<H: Hooks> Broker<H> {
 
     /// What the program must do next.
     pub fn poll_event(&mut self) -> Option<BrokerEvent> {
-        let mut event = self.events.pop_front()?;
-        if self.holding() {
-            // Output waits for the store; it comes out again with `handle_durable`.
-            while matches!(event, BrokerEvent::Transmit(_) | BrokerEvent::Close { .. }) {
-                self.store.held.push(event);
-                event = self.events.pop_front()?;
+        loop {
+            let mut event = self.events.pop_front()?;
+            if self.holding() {
+                // Output waits for the store; it comes out again with `handle_durable`.
+                while matches!(event, BrokerEvent::Transmit(_) | BrokerEvent::Close { .. }) {
+                    self.store.held.push(event);
+                    event = self.events.pop_front()?;
+                }
             }
-        }
-        if let BrokerEvent::Transmit(id) = event {
-            if let Some(c) = self.conn_mut(id) {
-                c.clear_transmit_queued();
+            if let BrokerEvent::Transmit(id) = event {
+                if let Some(c) = self.conn_mut(id) {
+                    c.clear_transmit_queued();
+                }
             }
+            // A bridge's local leg is served here, inside the core.
+            if !self.bridges.locals.is_empty() && self.local_event(&event) {
+                continue;
+            }
+            return Some(event);
         }
-        Some(event)
     }
 
     /// Whether `id` may be read: `false` while it is paused ([`BrokerEvent::Pause`]), for
     /// backpressure or while it waits for a deferred decision.
     pub fn wants_input(&self, id: ConnectionId) -> bool {
+        if let Some(i) = crate::bridge::remote_index(id) {
+            return self.bridge_conn_is(i, id);
+        }
         self.conn(id).is_some_and(Conn::readable)
     }
 
@@ -362,10 +402,12 @@ impl<H: Hooks> Broker<H> {
     /// down the timer wheel's levels at most once per level before it is due), nothing per
     /// connection that has none.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         while let Some((at, key)) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Conn(id) => self.conn_timer(now, at, id),
                 TimerKey::Session(s) => self.session_timer(now, at, s as usize),
+                TimerKey::Bridge(b) => self.bridge_timer(now, at, b as usize),
             }
         }
         // Stale entries (deadlines that moved earlier) are rare; should they pile up, drop
@@ -383,6 +425,8 @@ impl<H: Hooks> Broker<H> {
                     .and_then(Option::as_ref)
                     .and_then(|r| r.offline.as_deref())
                     .is_some_and(|o| o.armed == at),
+                // A handful at most.
+                TimerKey::Bridge(_) => true,
             });
         }
         if self.next_sys.is_some_and(|t| t <= now) {

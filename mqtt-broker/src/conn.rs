@@ -64,6 +64,16 @@ impl Conn {
     /// Its machine left a complete packet unread (its inbound quota is used up until the
     /// acknowledgements go out): the next transmit asks for input again.
     const INPUT_WAITING: u8 = 1 << 2;
+    /// A bridge's local leg: a client inside the core, which the hooks do not judge.
+    const INTERNAL: u8 = 1 << 3;
+
+    pub(crate) fn set_internal(&mut self) {
+        self.flags |= Self::INTERNAL;
+    }
+
+    pub(crate) fn is_internal(&self) -> bool {
+        self.flags & Self::INTERNAL != 0
+    }
 
     pub(crate) fn new(generation: u32, session: ServerSession) -> Self {
         Self {

@@ -23,13 +23,27 @@ impl<H: Hooks> Broker<H> {
             let Some(c) = crate::broker::conn_ref(&self.conns, id) else {
                 return;
             };
-            let ctx = Context {
-                client_id: req.client_id.as_str(),
-                username: req.username.as_ref().map(Utf8Bytes::as_str),
-                protocol: req.protocol,
-                info: c.info().unwrap_or(&ConnInfo::EMPTY),
-            };
-            self.hooks.authenticate(&ctx, &req)
+            let internal = c.is_internal();
+            if internal {
+                // A bridge's local leg: the broker's own client.
+                Verdict::Allow
+            } else if req
+                .client_id
+                .as_str()
+                .starts_with(crate::bridge::LOCAL_PREFIX)
+            {
+                // [MQTT-3.1.3-9] refused with Client Identifier not valid: the bridges'
+                // local sessions are not for clients to take over.
+                Verdict::Deny(ReasonCode::ClientIdentifierNotValid)
+            } else {
+                let ctx = Context {
+                    client_id: req.client_id.as_str(),
+                    username: req.username.as_ref().map(Utf8Bytes::as_str),
+                    protocol: req.protocol,
+                    info: c.info().unwrap_or(&ConnInfo::EMPTY),
+                };
+                self.hooks.authenticate(&ctx, &req)
+            }
         };
         match verdict {
             Verdict::Allow => self.continue_connect(now, id, req),

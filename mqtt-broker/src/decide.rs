@@ -562,6 +562,9 @@ impl<H: Hooks> Broker<H> {
     pub(crate) fn publish_verdict(&mut self, id: ConnectionId, message: &Message) -> Verdict {
         // Checked when the PUBLISH was read: not scanned again.
         let topic = message.topic.as_topic_name();
+        if self.conn(id).is_some_and(Conn::is_internal) {
+            return Verdict::Allow;
+        }
         let Some(ctx) = context_in(&self.conns, &self.sessions, id) else {
             return Verdict::Deny(ReasonCode::UnspecifiedError);
         };

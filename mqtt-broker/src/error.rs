@@ -29,6 +29,9 @@ pub enum Error {
     /// A reason string no packet could carry (U+0000, longer than 65,535 bytes).
     #[error("invalid reason string")]
     InvalidReasonString,
+    /// A bridge [`crate::Broker::add_bridge`] refused, and why.
+    #[error("invalid bridge: {0}")]
+    InvalidBridge(&'static str),
     /// A stored entry [`crate::Broker::restore`] cannot read: damaged, truncated, or
     /// written by a newer version of this crate.
     #[error("stored {table:?} entry unreadable: {reason}")]
@@ -50,6 +53,7 @@ impl Error {
             | Error::UnknownRequest
             | Error::NotAnAuthRequest
             | Error::InvalidReasonString
+            | Error::InvalidBridge(_)
             | Error::Corrupt { .. } => ReasonCode::UnspecifiedError,
         }
     }

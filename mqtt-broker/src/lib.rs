@@ -110,6 +110,7 @@ extern crate alloc;
 extern crate std;
 
 mod admin;
+mod bridge;
 mod broker;
 mod config;
 mod conn;
@@ -128,6 +129,7 @@ mod subscriptions;
 mod timers;
 
 pub use admin::{SessionInfo, SubscriptionInfo};
+pub use bridge::{BridgeConfig, BridgeId, BridgeState, BridgeTopic, Dial, Direction};
 pub use broker::Broker;
 pub use config::{BrokerConfig, QoS0Overflow};
 pub use decide::{ConnInfo, Context, Request, RequestId, RequestKind};

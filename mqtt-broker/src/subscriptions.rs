@@ -27,6 +27,7 @@ impl<H: Hooks> Broker<H> {
             return;
         }
         let version = c.session.version();
+        let internal = c.is_internal();
         let mut states = Vec::with_capacity(filters.len());
         let mut deferred = Vec::new();
         // [MQTT-3.8.4-5] each filter as its own SUBSCRIBE, one SUBACK for all.
@@ -37,7 +38,12 @@ impl<H: Hooks> Broker<H> {
                     let Some(ctx) = context_in(&self.conns, &self.sessions, id) else {
                         return;
                     };
-                    match self.hooks.authorize_subscribe(&ctx, checked, options.qos) {
+                    let verdict = if internal {
+                        Verdict::Allow
+                    } else {
+                        self.hooks.authorize_subscribe(&ctx, checked, options.qos)
+                    };
+                    match verdict {
                         Verdict::Allow => FilterState::Allowed,
                         Verdict::Deny(code) => FilterState::Done(subscribe_refusal(code, version)),
                         Verdict::Defer => {

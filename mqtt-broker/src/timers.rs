@@ -41,6 +41,8 @@ pub(crate) enum TimerKey {
     Conn(ConnectionId),
     /// An offline session: its expiry or its delayed will.
     Session(u32),
+    /// A bridge: its next dial, its remote leg's keep alive.
+    Bridge(u32),
 }
 
 /// 16 bytes: deadline, then the owner (the top bit of `index` says session).
@@ -52,6 +54,8 @@ struct Entry {
 }
 
 const SESSION_BIT: u32 = 1 << 31;
+/// With `SESSION_BIT`: a bridge (session numbers stay below it).
+const BRIDGE_TIMER_BIT: u32 = 1 << 30;
 
 /// Bits of time per level: 64 slots, one `u64` of occupancy.
 const BITS: u32 = 6;
@@ -87,7 +91,9 @@ pub(crate) struct TimerQueue {
 
 impl Entry {
     fn key(&self) -> TimerKey {
-        if self.index & SESSION_BIT != 0 {
+        if self.index & (SESSION_BIT | BRIDGE_TIMER_BIT) == SESSION_BIT | BRIDGE_TIMER_BIT {
+            TimerKey::Bridge(self.index & !(SESSION_BIT | BRIDGE_TIMER_BIT))
+        } else if self.index & SESSION_BIT != 0 {
             TimerKey::Session(self.index & !SESSION_BIT)
         } else {
             TimerKey::Conn(ConnectionId {
@@ -126,6 +132,7 @@ impl TimerQueue {
         let (index, generation) = match key {
             TimerKey::Conn(id) => (id.index, id.generation),
             TimerKey::Session(s) => (s | SESSION_BIT, 0),
+            TimerKey::Bridge(b) => (b | SESSION_BIT | BRIDGE_TIMER_BIT, 0),
         };
         let e = Entry {
             at: at.as_millis(),

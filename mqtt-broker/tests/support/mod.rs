@@ -38,6 +38,16 @@ pub struct Net<H: Hooks> {
     /// Whether `drive` commits each batch as soon as there is one (else the test calls
     /// `commit`).
     pub auto_commit: bool,
+    /// Connections whose bytes the test moves itself (a bridge's remote leg and the
+    /// connection it reaches): what the broker sent on each, and whether it was closed.
+    pub raw: Vec<Raw>,
+}
+
+/// A connection the test moves bytes for itself.
+pub struct Raw {
+    pub id: ConnectionId,
+    pub out: BytesMut,
+    pub closed: bool,
 }
 
 /// Stored entries by table and key.
@@ -114,6 +124,7 @@ impl<H: Hooks> Net<H> {
             stalled: Vec::new(),
             store: None,
             auto_commit: true,
+            raw: Vec::new(),
         }
     }
 
@@ -206,6 +217,16 @@ impl<H: Hooks> Net<H> {
                     _ => continue,
                 };
                 if !close && self.stalled.contains(&id) {
+                    continue;
+                }
+                if let Some(r) = self.raw.iter_mut().find(|r| r.id == id && !r.closed) {
+                    while let Ok(Some(n)) = self.broker.poll_transmit(self.now, id, &mut out) {
+                        r.out.extend_from_slice(&out[..n]);
+                    }
+                    if close {
+                        r.closed = true;
+                        self.broker.handle_close(self.now, id);
+                    }
                     continue;
                 }
                 let Some(p) = self.peers.iter_mut().find(|p| p.id == Some(id)) else {

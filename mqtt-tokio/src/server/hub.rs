@@ -10,7 +10,8 @@ use mqtt_broker::{Broker, BrokerEvent, CloseReason, ConnectionId, Error as Broke
 use mqtt_state::Instant;
 use tokio::sync::mpsc;
 
-use super::link::{Acceptor, Outbox, Shared, ToCore};
+use super::link::{Acceptor, Outbox, Remote, Shared, ToCore};
+use mqtt_broker::BridgeId;
 
 /// Settings of a [`Hub`].
 #[derive(Debug, Clone)]
@@ -69,6 +70,10 @@ pub struct Hub {
     /// What the core has for one connection, gathered before it is handed over.
     batch: BytesMut,
     write_queue: usize,
+    /// For the connections the hub dials (bridges).
+    acceptor: Acceptor,
+    /// How each bridge reaches its remote; plain TCP when not given.
+    remotes: HashMap<BridgeId, Remote>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -86,18 +91,20 @@ impl Hub {
     pub fn new(notify: impl Fn() + Send + Sync + 'static, config: HubConfig) -> (Hub, Acceptor) {
         let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
         let shared = Arc::new(Shared::new(Box::new(notify)));
+        let acceptor = Acceptor {
+            tx,
+            shared: shared.clone(),
+            conn_info: config.conn_info,
+        };
         let hub = Hub {
             rx,
-            shared: shared.clone(),
+            shared,
             links: HashMap::new(),
             out: vec![0; 4096],
             batch: BytesMut::new(),
             write_queue: config.write_queue.max(1),
-        };
-        let acceptor = Acceptor {
-            tx,
-            shared,
-            conn_info: config.conn_info,
+            acceptor: acceptor.clone(),
+            remotes: HashMap::new(),
         };
         (hub, acceptor)
     }
@@ -116,6 +123,21 @@ impl Hub {
     /// their last output and linger before they end).
     pub fn tasks(&self) -> usize {
         self.shared.tasks.load(Ordering::Acquire)
+    }
+
+    /// How bridge `bridge` reaches its remote broker (TLS settings); plain TCP otherwise.
+    pub fn remote(&mut self, bridge: BridgeId, remote: Remote) {
+        self.remotes.insert(bridge, remote);
+    }
+
+    /// Opens, on `runtime`, the connections the core asks for
+    /// ([`mqtt_broker::Broker::poll_dial`]): its bridges' remote legs, served by the hub
+    /// once connected. Call it where the core is drained, after the events.
+    pub fn dial<H: Hooks>(&mut self, broker: &mut Broker<H>, runtime: &tokio::runtime::Handle) {
+        while let Some(dial) = broker.poll_dial() {
+            let remote = self.remotes.get(&dial.bridge).cloned().unwrap_or_default();
+            self.acceptor.dial(runtime, dial, remote);
+        }
     }
 
     /// Whether connection `id` is one of the hub's.
@@ -147,10 +169,21 @@ impl Hub {
             return false;
         };
         match msg {
-            ToCore::Open { tx, info, reply } => {
-                let id = match info {
-                    Some(info) => broker.open_with(now, *info),
-                    None => broker.open(now),
+            ToCore::DialFailed(bridge) => broker.dial_failed(now, bridge),
+            ToCore::Open {
+                tx,
+                info,
+                reply,
+                bridge,
+            } => {
+                let id = match (bridge, info) {
+                    (Some(bridge), _) => match broker.connect_bridge(now, bridge) {
+                        Some(id) => id,
+                        // Not dialling any more: the task finds its reply gone.
+                        None => return true,
+                    },
+                    (None, Some(info)) => broker.open_with(now, *info),
+                    (None, None) => broker.open(now),
                 };
                 tx.lock().ready = Some((id, self.shared.clone()));
                 if reply.send(id).is_err() {

@@ -14,7 +14,7 @@ use std::time::Duration as StdDuration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use mqtt_broker::{ConnInfo, ConnectionId};
+use mqtt_broker::{BridgeId, ConnInfo, ConnectionId, Dial};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -75,7 +75,11 @@ pub(crate) enum ToCore {
         tx: Arc<Outbox>,
         info: Option<Box<ConnInfo>>,
         reply: oneshot::Sender<ConnectionId>,
+        /// The bridge whose remote leg this is, for a connection the server dialled.
+        bridge: Option<BridgeId>,
     },
+    /// A dial for a bridge failed: the core tries again later.
+    DialFailed(BridgeId),
     /// Bytes arrived.
     Input(ConnectionId, Bytes),
     /// The transport is gone (peer closed, error, or after a close).
@@ -214,6 +218,28 @@ impl Acceptor {
         }
     }
 
+    /// Dials a bridge's remote broker for the core ([`mqtt_broker::Broker::poll_dial`]) on a
+    /// task of its own, then serves the connection like an accepted one; a failure goes
+    /// back to the core, which dials again later.
+    pub(crate) fn dial(&self, runtime: &tokio::runtime::Handle, dial: Dial, remote: Remote) {
+        let this = self.clone();
+        let alive = Alive::new(&self.shared);
+        runtime.spawn(async move {
+            let bridge = dial.bridge;
+            match connect(&dial.address, &remote).await {
+                Ok((stream, peer)) => {
+                    tracing::info!(%peer, address = %dial.address, "bridge connected");
+                    this.serve_as(stream, peer, None, Some(bridge)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(address = %dial.address, "bridge: {e}");
+                    let _ = this.send(ToCore::DialFailed(bridge)).await;
+                }
+            }
+            drop(alive);
+        });
+    }
+
     /// Sends `msg`, waiting for room; `Err` when the hub is gone.
     async fn send(&self, msg: ToCore) -> Result<(), ()> {
         self.tx.send(msg).await.map_err(drop)?;
@@ -261,6 +287,7 @@ impl Acceptor {
         self,
         peer: SocketAddr,
         identity: Option<String>,
+        bridge: Option<BridgeId>,
     ) -> Option<(ConnectionId, Arc<Outbox>)> {
         let outbox = Arc::new(Outbox::default());
         let (reply, id) = oneshot::channel();
@@ -274,6 +301,7 @@ impl Acceptor {
             tx: outbox.clone(),
             info,
             reply,
+            bridge,
         })
         .await
         .ok()?;
@@ -291,14 +319,29 @@ impl Acceptor {
     /// with the core, room in the channel, the closing) is boxed.
     fn serve<S>(
         self,
-        mut stream: S,
+        stream: S,
         peer: SocketAddr,
         identity: Option<String>,
     ) -> impl Future<Output = ()>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let opening = Box::pin(self.clone().open(peer, identity));
+        self.serve_as(stream, peer, identity, None)
+    }
+
+    /// [`Acceptor::serve`] for a connection accepted (`bridge: None`) or dialled for a
+    /// bridge.
+    fn serve_as<S>(
+        self,
+        mut stream: S,
+        peer: SocketAddr,
+        identity: Option<String>,
+        bridge: Option<BridgeId>,
+    ) -> impl Future<Output = ()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let opening = Box::pin(self.clone().open(peer, identity, bridge));
         async move {
             let Some((id, outbox)) = opening.await else {
                 return;
@@ -344,7 +387,7 @@ impl Acceptor {
         let Some(ws) = handshake(peer, "websocket", accept).await else {
             return;
         };
-        let Some((id, outbox)) = self.clone().open(peer, identity).await else {
+        let Some((id, outbox)) = self.clone().open(peer, identity, None).await else {
             return;
         };
         let (mut sink, mut stream) = ws.split();
@@ -384,6 +427,64 @@ impl Acceptor {
         }
         let _ = self.send(ToCore::Closed(id)).await;
     }
+}
+
+/// How the server reaches a bridge's remote broker ([`super::Server::bridge`],
+/// [`super::Hub::remote`]).
+#[derive(Clone, Default)]
+pub struct Remote {
+    /// TLS with this configuration (see [`crate::tls_config`]); `None`: plain TCP.
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// The name the remote's certificate must carry; `None`: the host of the address.
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("tls", &self.tls.is_some())
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// A byte stream to a remote broker: TCP, or TLS over it.
+trait RemoteIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> RemoteIo for T {}
+
+/// Opens a connection to `address` (`host:port`) as `remote` says, within
+/// [`HANDSHAKE_TIMEOUT`] for each step.
+async fn connect(
+    address: &str,
+    remote: &Remote,
+) -> std::io::Result<(Box<dyn RemoteIo>, SocketAddr)> {
+    use std::io::{Error, ErrorKind};
+    let timed_out = |what: &str| Error::new(ErrorKind::TimedOut, format!("{address}: {what}"));
+    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| timed_out("connect timed out"))?
+        .map_err(|e| Error::new(e.kind(), format!("connecting to {address}: {e}")))?;
+    tcp.set_nodelay(true)?;
+    let peer = tcp.peer_addr()?;
+    let Some(config) = &remote.tls else {
+        return Ok((Box::new(tcp), peer));
+    };
+    let host = match &remote.server_name {
+        Some(n) => n.clone(),
+        None => address
+            .rsplit_once(':')
+            .map_or(address, |(h, _)| h)
+            .trim_matches(['[', ']'])
+            .to_owned(),
+    };
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host)
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{address}: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| timed_out("TLS handshake timed out"))?
+        .map_err(|e| Error::new(e.kind(), format!("{address}: TLS: {e}")))?;
+    Ok((Box::new(tls), peer))
 }
 
 /// A TLS or WebSocket handshake within [`HANDSHAKE_TIMEOUT`]; `None` (logged) when it

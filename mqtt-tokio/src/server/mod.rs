@@ -89,7 +89,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::{Clock, Error};
 
 pub use hub::{Hub, HubConfig};
-pub use link::{Acceptor, Transport};
+pub use link::{Acceptor, Remote, Transport};
 
 /// Messages from the connection tasks taken before the core task yields to the runtime.
 const MESSAGES_PER_TURN: usize = 1024;
@@ -299,6 +299,43 @@ impl<H: Hooks + 'static> Server<H> {
             calls: self.calls_tx.clone(),
             notify: self.notify.clone(),
         }
+    }
+
+    /// Adds a bridge to a remote broker ([`mqtt_broker::BridgeConfig`]), reached as
+    /// `remote` says (TLS or plain TCP): the server dials it once it runs, and again after
+    /// each failure or close, with a growing delay.
+    ///
+    /// ```no_run
+    /// use mqtt_tokio::broker::{BridgeConfig, BridgeTopic, Direction, BrokerConfig, AllowAll};
+    /// use mqtt_tokio::server::{Remote, Server};
+    /// use mqtt_tokio::{ProtocolVersion, QoS};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut server = Server::new(BrokerConfig::default(), AllowAll);
+    /// server.bind("127.0.0.1:1883", mqtt_tokio::server::Transport::Tcp).await?;
+    /// // Local `sensors/#` goes to the cloud broker as `site1/sensors/#`; its
+    /// // `site1/cmd/#` comes back as `cmd/#`.
+    /// let bridge = BridgeConfig::new("cloud", "cloud.example:1883", ProtocolVersion::V5)
+    ///     .topic(BridgeTopic::new("sensors/#", Direction::Out, QoS::AtLeastOnce)
+    ///         .with_prefixes("", "site1/"))
+    ///     .topic(BridgeTopic::new("cmd/#", Direction::In, QoS::AtLeastOnce)
+    ///         .with_prefixes("", "site1/"));
+    /// server.bridge(bridge, Remote::default())?;
+    /// server.run(std::future::pending()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn bridge(
+        &mut self,
+        config: mqtt_broker::BridgeConfig,
+        remote: Remote,
+    ) -> Result<mqtt_broker::BridgeId, Error> {
+        let now = self.clock.now();
+        let id = self
+            .broker
+            .add_bridge(now, config)
+            .map_err(|e| Error::Options(e.to_string()))?;
+        self.hub.remote(id, remote);
+        Ok(id)
     }
 
     /// The acceptor of the server's connections, for sockets accepted elsewhere
@@ -564,6 +601,8 @@ impl<H: Hooks + 'static> Server<H> {
         while let Some(event) = self.broker.poll_event() {
             self.hub.handle_event(&mut self.broker, now, &event);
         }
+        self.hub
+            .dial(&mut self.broker, &tokio::runtime::Handle::current());
     }
 
     fn decision(&self, request: Request) -> Decision {

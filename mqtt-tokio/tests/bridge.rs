@@ -1,0 +1,259 @@
+//! mqtt-tokio's server with a bridge to a real mosquitto: topics out, in and both ways at
+//! QoS 0, 1 and 2 over 3.1.1 and 5.0, no loop on a topic bridged both ways, and mosquitto
+//! restarted while a publisher keeps sending at QoS 1 without a message lost.
+
+#[path = "support/mosquitto.rs"]
+mod mosquitto;
+
+use std::time::Duration;
+
+use mosquitto::Mosquitto;
+use mqtt_tokio::broker::{
+    AllowAll, BridgeConfig, BridgeId, BridgeState, BridgeTopic, BrokerConfig, Direction,
+};
+use mqtt_tokio::server::{Remote, Server, ServerHandle, Transport};
+use mqtt_tokio::{AsyncClient, Incoming, Message, Options, ProtocolVersion, QoS};
+use tokio::sync::oneshot;
+
+struct Ours {
+    port: u16,
+    handle: ServerHandle<AllowAll>,
+    bridge: BridgeId,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Our server on a free port, bridged to `remote_port` with `topics`.
+async fn ours(remote_port: u16, version: ProtocolVersion, topics: Vec<BridgeTopic>) -> Ours {
+    let mut server = Server::new(
+        BrokerConfig {
+            sys_interval: None,
+            ..BrokerConfig::default()
+        },
+        AllowAll,
+    );
+    let addr = server
+        .bind("127.0.0.1:0", Transport::Tcp)
+        .await
+        .expect("bind");
+    let mut config = BridgeConfig::new("b", format!("127.0.0.1:{remote_port}"), version);
+    config.topics = topics;
+    config.remote.clean_start = false;
+    config.remote.session_expiry_interval = 3600;
+    config.reconnect_delay = mqtt_tokio::mqtt_state::Duration::from_millis(100);
+    config.max_reconnect_delay = mqtt_tokio::mqtt_state::Duration::from_millis(500);
+    let bridge = server.bridge(config, Remote::default()).expect("bridge");
+    let handle = server.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let o = Ours {
+        port: addr.port(),
+        handle,
+        bridge,
+        _stop: stop,
+    };
+    o.wait_up().await;
+    o
+}
+
+impl Ours {
+    async fn state(&self) -> Option<BridgeState> {
+        let b = self.bridge;
+        self.handle
+            .call(move |broker, _| broker.bridge_state(b))
+            .await
+            .expect("server running")
+    }
+
+    async fn wait_up(&self) {
+        for _ in 0..500 {
+            if self.state().await == Some(BridgeState::Up) {
+                // The SUBSCRIBEs on both legs follow the CONNACKs.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the bridge is not up after 10 s");
+    }
+}
+
+async fn client(id: &str, port: u16) -> (AsyncClient, Incoming) {
+    let o = Options::new(id, "127.0.0.1", port).version(ProtocolVersion::V5);
+    AsyncClient::connect(o).await.expect("connect")
+}
+
+async fn persistent(id: &str, port: u16) -> (AsyncClient, Incoming) {
+    let o = Options::new(id, "127.0.0.1", port)
+        .version(ProtocolVersion::V5)
+        .persistent_session(3600);
+    AsyncClient::connect(o).await.expect("connect")
+}
+
+/// Messages arriving within `quiet` of each other: (topic, payload).
+async fn drain(incoming: &mut Incoming, quiet: Duration) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(quiet, incoming.recv()).await {
+        v.push((
+            m.topic.to_string(),
+            String::from_utf8_lossy(&m.payload).into_owned(),
+        ));
+    }
+    v
+}
+
+fn qos_all() -> [QoS; 3] {
+    [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_both_ways_at_every_qos() {
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let m = Mosquitto::start();
+        let o = ours(
+            m.port,
+            version,
+            vec![
+                BridgeTopic::new("up/#", Direction::Out, QoS::ExactlyOnce)
+                    .with_prefixes("", "site/"),
+                BridgeTopic::new("down/#", Direction::In, QoS::ExactlyOnce)
+                    .with_prefixes("from-cloud/", ""),
+            ],
+        )
+        .await;
+        let (there, mut there_in) = client("there", m.port).await;
+        there.subscribe("site/#", QoS::ExactlyOnce).await.unwrap();
+        let (here, mut here_in) = client("here", o.port).await;
+        here.subscribe("from-cloud/#", QoS::ExactlyOnce)
+            .await
+            .unwrap();
+        for qos in qos_all() {
+            here.publish("up/x", qos, format!("{qos:?}")).await.unwrap();
+            there
+                .publish("down/y", qos, format!("{qos:?}"))
+                .await
+                .unwrap();
+        }
+        let want = |t: &str| -> Vec<(String, String)> {
+            qos_all()
+                .iter()
+                .map(|q| (t.to_owned(), format!("{q:?}")))
+                .collect()
+        };
+        let got_there = drain(&mut there_in, Duration::from_secs(2)).await;
+        let got_here = drain(&mut here_in, Duration::from_secs(1)).await;
+        assert_eq!(got_there, want("site/up/x"), "{version:?} out");
+        assert_eq!(got_here, want("from-cloud/down/y"), "{version:?} in");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_bridged_both_ways_does_not_loop() {
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let m = Mosquitto::start();
+        let o = ours(
+            m.port,
+            version,
+            vec![BridgeTopic::new(
+                "chat/#",
+                Direction::Both,
+                QoS::AtLeastOnce,
+            )],
+        )
+        .await;
+        let (there, mut there_in) = client("there", m.port).await;
+        there.subscribe("chat/#", QoS::AtLeastOnce).await.unwrap();
+        let (here, mut here_in) = client("here", o.port).await;
+        here.subscribe("chat/#", QoS::AtLeastOnce).await.unwrap();
+        here.publish("chat/1", QoS::AtLeastOnce, "from here")
+            .await
+            .unwrap();
+        there
+            .publish("chat/2", QoS::AtLeastOnce, "from there")
+            .await
+            .unwrap();
+        let mut got_there = drain(&mut there_in, Duration::from_secs(2)).await;
+        let mut got_here = drain(&mut here_in, Duration::from_secs(1)).await;
+        got_there.sort();
+        got_here.sort();
+        let both = vec![
+            ("chat/1".to_owned(), "from here".to_owned()),
+            ("chat/2".to_owned(), "from there".to_owned()),
+        ];
+        assert_eq!(got_there, both, "{version:?}: once each at mosquitto");
+        if version == ProtocolVersion::V5 {
+            assert_eq!(got_here, both, "{version:?}: once each here");
+        } else {
+            // 3.1.1 without the bridge flag: mosquitto sends our own message back once,
+            // and the local leg's No Local ends it there.
+            assert!(
+                got_here.len() <= 3 && got_here.contains(&both[0]) && got_here.contains(&both[1]),
+                "{version:?}: {got_here:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_restarted_mid_stream_loses_no_qos1_message() {
+    // mosquitto keeps 1,000 messages for an offline session by default, and drops the
+    // rest: room for the whole stream.
+    let mut m = Mosquitto::with_config(
+        mosquitto::Auth::Anonymous,
+        mosquitto::Listeners::default(),
+        "max_queued_messages 100000\n",
+    );
+    let o = ours(
+        m.port,
+        ProtocolVersion::V5,
+        vec![BridgeTopic::new("stream", Direction::Out, QoS::AtLeastOnce)],
+    )
+    .await;
+    // A persistent subscriber at mosquitto, which keeps its session through the restart.
+    let (there, _) = persistent("there", m.port).await;
+    there.subscribe("stream", QoS::AtLeastOnce).await.unwrap();
+    there.disconnect().await.unwrap();
+    let (here, _) = client("here", o.port).await;
+    const N: u32 = 2000;
+    let publisher = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..N {
+            let m = Message::new(
+                "stream".to_owned().try_into().unwrap(),
+                i.to_string(),
+                QoS::AtLeastOnce,
+            );
+            acks.push(here.enqueue(m).await.expect("enqueue"));
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        for a in acks {
+            a.await.expect("acknowledged by our broker");
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!publisher.is_finished(), "mosquitto restarts mid-stream");
+    let m = tokio::task::spawn_blocking(move || {
+        m.restart();
+        m
+    })
+    .await
+    .unwrap();
+    publisher.await.unwrap();
+    o.wait_up().await;
+    let (_there, mut there_in) = persistent("there", m.port).await;
+    let got = drain(&mut there_in, Duration::from_secs(3)).await;
+    let mut seen = vec![false; N as usize];
+    for (_, p) in &got {
+        seen[p.parse::<usize>().unwrap()] = true;
+    }
+    let lost: Vec<usize> = (0..N as usize).filter(|&i| !seen[i]).collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
