@@ -90,7 +90,8 @@ impl Direction {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeTopic {
-    /// A topic filter, wildcards allowed.
+    /// A topic filter, wildcards allowed. Empty (mosquitto's `""`): the rule maps the one
+    /// topic `local_prefix` here to the one topic `remote_prefix` there.
     pub pattern: String,
     /// Which way.
     pub direction: Direction,
@@ -140,6 +141,9 @@ impl BridgeTopic {
         } else {
             (&self.remote_prefix, &self.local_prefix)
         };
+        if self.pattern.is_empty() {
+            return (topic == from.as_str()).then(|| to.clone());
+        }
         let rest = topic.strip_prefix(from.as_str())?;
         let filter = TopicFilter::new(&self.pattern).ok()?;
         let name = TopicName::new(rest).ok()?;
@@ -167,6 +171,9 @@ pub struct BridgeConfig {
     pub reconnect_delay: Duration,
     /// The longest wait between two dials.
     pub max_reconnect_delay: Duration,
+    /// Publish the bridge's state here, retained: `1` when it is up, `0` when it is not,
+    /// on `$SYS/broker/connection/NAME/state` (mosquitto's `notifications`, local only).
+    pub notifications: bool,
 }
 
 impl BridgeConfig {
@@ -188,6 +195,7 @@ impl BridgeConfig {
             max_inflight: 64,
             reconnect_delay: Duration::from_secs(1),
             max_reconnect_delay: Duration::from_secs(30),
+            notifications: false,
         }
     }
 
@@ -308,6 +316,14 @@ impl<H: Hooks> Broker<H> {
             return Err(Error::InvalidBridge("a bridge of that name exists"));
         }
         for t in &config.topics {
+            if t.pattern.is_empty()
+                && (mqtt_topic::validate_name(&t.local_prefix).is_err()
+                    || mqtt_topic::validate_name(&t.remote_prefix).is_err())
+            {
+                return Err(Error::InvalidBridge(
+                    "a rule without a pattern needs a topic for each prefix",
+                ));
+            }
             if mqtt_topic::validate_filter(&t.local_filter()).is_err()
                 || mqtt_topic::validate_filter(&t.remote_filter()).is_err()
             {
@@ -508,6 +524,10 @@ impl<H: Hooks> Broker<H> {
         // again, or they are lost with its session; either way no ack goes back for them.
         let b = &mut self.bridges.list[i];
         b.inward.clear();
+        if b.state == BridgeState::Up && b.config.notifications {
+            self.bridge_notify(now, i, false);
+        }
+        let b = &mut self.bridges.list[i];
         if let Some(l) = b.local_conn.take() {
             self.bridges.locals.remove(&l);
             self.handle_close(now, l);
@@ -540,6 +560,7 @@ impl<H: Hooks> Broker<H> {
                 Event::Connected(_) => {
                     b.state = BridgeState::Up;
                     b.delay = b.config.reconnect_delay;
+                    let notify = b.config.notifications;
                     let v5 = b.config.remote.version.is_v5();
                     let filters: Vec<(String, SubscriptionOptions)> = b
                         .config
@@ -568,6 +589,9 @@ impl<H: Hooks> Broker<H> {
                         let _ = b.remote.subscribe(now, &refs, None);
                     }
                     self.open_local(now, i);
+                    if notify {
+                        self.bridge_notify(now, i, true);
+                    }
                 }
                 Event::Message {
                     packet_id, message, ..
@@ -875,6 +899,17 @@ impl<H: Hooks> Broker<H> {
 }
 
 impl<H: Hooks> Broker<H> {
+    /// Publishes bridge `i`'s state, retained, on `$SYS/broker/connection/NAME/state`.
+    fn bridge_notify(&mut self, now: Instant, i: usize, up: bool) {
+        let name = &self.bridges.list[i].config.name;
+        let Ok(topic) = TopicBuf::try_from(format!("$SYS/broker/connection/{name}/state")) else {
+            return;
+        };
+        let mut m = Message::new(topic, if up { "1" } else { "0" }, QoS::AtMostOnce);
+        m.retain = true;
+        self.route(now, None, None, m);
+    }
+
     /// Whether `id` is bridge `i`'s open remote leg.
     pub(crate) fn bridge_conn_is(&self, i: usize, id: ConnectionId) -> bool {
         self.bridges

@@ -388,3 +388,55 @@ fn queued_messages_for_the_remote_survive_a_crash_of_a_durable_broker() {
     assert!(p.up());
     assert_eq!(payloads(&mut p.b, s).len(), 10);
 }
+
+#[test]
+fn a_rule_without_a_pattern_maps_one_topic_to_another() {
+    let mut p = Pair::new(bridge_config(
+        &[BridgeTopic::new("", Direction::Out, QoS::AtLeastOnce)
+            .with_prefixes("here/one", "there/other")],
+        V5,
+    ));
+    let s = p.b.join(ClientConfig::new(V5, "s"));
+    p.b.subscribe(s, "#", q(QoS::AtLeastOnce));
+    let pub_ = p.a.join(ClientConfig::new(V5, "pub"));
+    p.a.publish(pub_, "here/one", "x", QoS::AtLeastOnce, false);
+    p.a.publish(pub_, "here/one/deeper", "y", QoS::AtLeastOnce, false);
+    p.drive();
+    assert_eq!(
+        payloads(&mut p.b, s),
+        [got("there/other", "x", QoS::AtLeastOnce, false)]
+    );
+}
+
+#[test]
+fn notifications_say_when_the_bridge_is_up_and_down() {
+    let mut config = bridge_config(
+        &[BridgeTopic::new("t", Direction::Out, QoS::AtLeastOnce)],
+        V5,
+    );
+    config.notifications = true;
+    let mut p = Pair::new(config);
+    let s = p.a.join(ClientConfig::new(V5, "s"));
+    p.a.subscribe(s, "$SYS/broker/connection/#", q(QoS::AtMostOnce));
+    // Retained: a subscriber that comes later learns the state.
+    assert_eq!(
+        payloads(&mut p.a, s),
+        [got(
+            "$SYS/broker/connection/ab/state",
+            "1",
+            QoS::AtMostOnce,
+            true
+        )]
+    );
+    p.reachable = false;
+    p.cut();
+    assert_eq!(
+        payloads(&mut p.a, s),
+        [got(
+            "$SYS/broker/connection/ab/state",
+            "0",
+            QoS::AtMostOnce,
+            false
+        )]
+    );
+}
