@@ -22,7 +22,7 @@
 //! [`crate::Persistence::Sync`]); a message for the remote leaves the local session only
 //! when the remote took it. So the local leg is a persistent session like any client's:
 //! while the remote is unreachable, the local leg is disconnected and messages for the
-//! remote wait in its session, within [`crate::BrokerConfig::max_offline_queue`], stored
+//! remote wait in its session, within [`BridgeConfig::max_queued`], stored
 //! when the broker is durable, and are sent when the bridge is back. No protocol rule is
 //! written here: the two machines keep them.
 //!
@@ -167,6 +167,10 @@ pub struct BridgeConfig {
     pub topics: Vec<BridgeTopic>,
     /// Messages from this broker in flight to the remote at once.
     pub max_inflight: u16,
+    /// Messages kept for the remote while it is unreachable (QoS 1/2; QoS 0 is not kept),
+    /// stored when the broker is durable; beyond it, new ones are dropped and counted.
+    /// Below [`crate::BrokerConfig::max_offline_queue`], that applies instead.
+    pub max_queued: usize,
     /// The first wait before dialling again after a failure; it doubles each time.
     pub reconnect_delay: Duration,
     /// The longest wait between two dials.
@@ -179,7 +183,7 @@ pub struct BridgeConfig {
 impl BridgeConfig {
     /// A bridge named `name` to `address` over `version`; the remote client identifier is
     /// `name`, keep alive 60 s, clean start (mosquitto's defaults), reconnect after 1 s up
-    /// to 30 s, 64 messages in flight.
+    /// to 30 s, 64 messages in flight, 100,000 kept while the remote is unreachable.
     pub fn new(
         name: impl Into<String>,
         address: impl Into<String>,
@@ -193,6 +197,7 @@ impl BridgeConfig {
             remote,
             topics: Vec::new(),
             max_inflight: 64,
+            max_queued: 100_000,
             reconnect_delay: Duration::from_secs(1),
             max_reconnect_delay: Duration::from_secs(30),
             notifications: false,
@@ -285,6 +290,18 @@ pub(crate) struct Bridges {
     dials: VecDeque<Dial>,
     /// Connection ids of local legs, to tell their events from the program's.
     pub(crate) locals: BTreeMap<ConnectionId, u32>,
+}
+
+impl Bridges {
+    /// The most messages `client_id`'s offline session keeps: a bridge's own bound for its
+    /// local leg, 0 (the broker's bound applies) for any other session. Only asked once
+    /// a queue is at the broker's bound.
+    pub(crate) fn queue_limit(&self, client_id: &str) -> usize {
+        client_id
+            .strip_prefix(LOCAL_PREFIX)
+            .and_then(|name| self.list.iter().find(|b| b.config.name == name))
+            .map_or(0, |b| b.config.max_queued)
+    }
 }
 
 /// Whether `id` is a bridge's remote leg, and which bridge.

@@ -211,7 +211,10 @@ impl<H: Hooks> Broker<H> {
             }
             None => {
                 let queue = &mut rec.offline.get_or_insert_with(Default::default).state.queue;
-                if message.qos == QoS::AtMostOnce || queue.len() >= self.config.max_offline_queue {
+                if message.qos == QoS::AtMostOnce
+                    || (queue.len() >= self.config.max_offline_queue
+                        && queue.len() >= self.bridges.queue_limit(&rec.client_id))
+                {
                     self.stats.messages_dropped += 1;
                     return;
                 }

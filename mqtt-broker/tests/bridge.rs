@@ -265,10 +265,22 @@ fn both_ways_on_one_topic_without_a_loop() {
 
 #[test]
 fn messages_wait_while_the_remote_is_unreachable_and_go_when_it_is_back() {
-    let mut p = Pair::new(bridge_config(
-        &[BridgeTopic::new("t/#", Direction::Out, QoS::AtLeastOnce)],
-        V5,
+    // The bridge's own bound, not the broker's (10) for offline sessions.
+    let a = Net::with(Broker::new(
+        BrokerConfig {
+            sys_interval: None,
+            max_offline_queue: 10,
+            ..BrokerConfig::default()
+        },
+        Instant::ZERO,
     ));
+    let mut p = Pair::with(
+        a,
+        bridge_config(
+            &[BridgeTopic::new("t/#", Direction::Out, QoS::AtLeastOnce)],
+            V5,
+        ),
+    );
     let s = p.b.join(ClientConfig::new(V5, "s"));
     p.b.subscribe(s, "t/#", q(QoS::AtLeastOnce));
     p.reachable = false;

@@ -53,6 +53,11 @@ pub struct ClientConfig {
     pub max_queued: usize,
     /// How long to wait for CONNACK.
     pub connect_timeout: Duration,
+    /// Treat QoS 1/2 messages from the server beyond the Receive Maximum announced as the
+    /// Protocol Error they are ([MQTT-3.3.4-9]: DISCONNECT 0x93) rather than taking them:
+    /// off by default, since mosquitto 2.0.11 sends a resumed session's queue past it, and
+    /// a client that disconnects for it gets the same messages again at each reconnect.
+    pub strict_receive_maximum: bool,
     /// Acknowledge incoming QoS 1/2 messages only when the application calls
     /// [`Client::ack`] (acknowledgements still go out in arrival order).
     pub manual_acks: bool,
@@ -84,6 +89,7 @@ impl ClientConfig {
             max_inflight: 64,
             max_queued: 1024,
             connect_timeout: Duration::from_secs(10),
+            strict_receive_maximum: false,
             manual_acks: false,
             authentication: None,
             heartbeat: None,
@@ -152,6 +158,7 @@ impl Client {
         conn.max_inflight = config.max_inflight.max(1);
         conn.max_queued = u32::try_from(config.max_queued).unwrap_or(u32::MAX);
         conn.manual_acks = config.manual_acks;
+        conn.lenient_receive_maximum = !config.strict_receive_maximum;
         conn.max_alias_out = config.outgoing_topic_aliases;
         let heartbeat = config.heartbeat.clone().map(Heartbeat::new);
         Self {

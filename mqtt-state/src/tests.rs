@@ -517,6 +517,7 @@ fn mqtt_4_9_0_1_the_receive_quota_starts_again_with_each_connection() {
         clean_start: false,
         session_expiry_interval: 60,
         receive_maximum: 1,
+        strict_receive_maximum: true,
         ..ClientConfig::new(v, "c")
     };
     let mut client = Client::new(config);
@@ -547,6 +548,39 @@ fn mqtt_4_9_0_1_the_receive_quota_starts_again_with_each_connection() {
         client.handle_input(now, &mut input).is_err(),
         "beyond the quota"
     );
+}
+
+#[test]
+fn a_client_takes_messages_beyond_its_receive_maximum_unless_strict() {
+    // mosquitto 2.0.11 sends a resumed session's queue past the client's Receive Maximum.
+    // A strict client disconnects (0x93) and gets the same messages again at each
+    // reconnect; by default the client takes them, QoS 2 included, as any other.
+    for strict in [false, true] {
+        let v = ProtocolVersion::V5;
+        let now = Instant::ZERO;
+        let config = ClientConfig {
+            receive_maximum: 1,
+            manual_acks: true,
+            strict_receive_maximum: strict,
+            ..ClientConfig::new(v, "c")
+        };
+        let mut client = Client::new(config);
+        let mut out = vec![0u8; 256];
+        client.connect(now).unwrap();
+        while let Ok(Some(_)) = client.poll_transmit(now, &mut out) {}
+        let c = mqtt_codec::ConnAck::new(false, ReasonCode::Success);
+        let mut input = BytesMut::from(&Packet::ConnAck(c).encode_to_vec(v).unwrap()[..]);
+        client.handle_input(now, &mut input).unwrap();
+        let mut input = BytesMut::from(&publish_bytes(v, 1, QoS::AtLeastOnce, false)[..]);
+        client.handle_input(now, &mut input).unwrap();
+        let mut input = BytesMut::from(&publish_bytes(v, 2, QoS::ExactlyOnce, false)[..]);
+        let r = client.handle_input(now, &mut input);
+        assert_eq!(r.is_err(), strict, "strict: {strict}");
+        let delivered = core::iter::from_fn(|| client.poll_event())
+            .filter(|e| matches!(e, Event::Message { .. }))
+            .count();
+        assert_eq!(delivered, if strict { 1 } else { 2 });
+    }
 }
 
 #[test]

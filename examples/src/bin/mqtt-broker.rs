@@ -124,6 +124,9 @@ struct Args {
     /// override it.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Bridges from the configuration file's `connection` sections, checked.
+    #[arg(skip)]
+    bridges: Vec<(mqtt_broker::BridgeConfig, mqtt_tokio::server::Remote)>,
     /// TCP listen address.
     #[arg(long, default_value = "127.0.0.1:1883", conflicts_with = "no_tcp")]
     bind: SocketAddr,
@@ -323,6 +326,103 @@ fn load_config(path: &Path) -> Result<conf::Config, String> {
     conf::parse(&text, path).map_err(|e| e.to_string())
 }
 
+/// A `connection` section as the core's bridge and how the hub reaches its remote; what
+/// it cannot honour is an error, never dropped.
+fn bridge_config(
+    b: &conf::Bridge,
+) -> Result<(mqtt_broker::BridgeConfig, mqtt_tokio::server::Remote), String> {
+    use mqtt_broker::{BridgeConfig, BridgeTopic, Direction};
+    use mqtt_codec::ProtocolVersion;
+    let name = &b.name;
+    let address = match b.addresses.as_slice() {
+        [] => return Err(format!("bridge '{name}' has no address")),
+        [a] => {
+            if a.host.contains(':') && !a.host.starts_with('[') {
+                format!("[{}]:{}", a.host, a.port)
+            } else {
+                format!("{}:{}", a.host, a.port)
+            }
+        }
+        _ => {
+            return Err(format!(
+                "bridge '{name}': one address only (fallback addresses are not supported)"
+            ))
+        }
+    };
+    let version = match b.protocol_version {
+        conf::BridgeProtocol::V31 => ProtocolVersion::V3_1,
+        conf::BridgeProtocol::V311 => ProtocolVersion::V3_1_1,
+        conf::BridgeProtocol::V50 => ProtocolVersion::V5,
+    };
+    let mut c = BridgeConfig::new(name.clone(), address, version);
+    // mosquitto's default client identifier: HOSTNAME.NAME.
+    let client_id = b.remote_clientid.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("{host}.{name}")
+    });
+    c.remote.client_id = client_id.into();
+    c.remote.keep_alive = b.keepalive_interval;
+    c.remote.clean_start = b.clean_session;
+    if !b.clean_session {
+        // 5.0: the remote keeps the session until the bridge is back.
+        c.remote.session_expiry_interval = u32::MAX;
+    }
+    c.remote.username = b.remote_username.clone().map(Into::into);
+    c.remote.password = b
+        .remote_password
+        .clone()
+        .map(|p| Bytes::from(p.into_bytes()));
+    c.notifications = b.notifications;
+    for t in &b.topics {
+        let direction = match t.direction {
+            conf::Direction::In => Direction::In,
+            conf::Direction::Out => Direction::Out,
+            conf::Direction::Both => Direction::Both,
+        };
+        c.topics.push(
+            BridgeTopic::new(t.pattern.clone().unwrap_or_default(), direction, t.qos)
+                .with_prefixes(
+                    t.local_prefix.clone().unwrap_or_default(),
+                    t.remote_prefix.clone().unwrap_or_default(),
+                ),
+        );
+    }
+    let mut remote = mqtt_tokio::server::Remote::default();
+    if b.insecure {
+        return Err(format!(
+            "bridge '{name}': bridge_insecure true is not supported (the remote's name is always checked)"
+        ));
+    }
+    if b.cafile.is_some() || b.certfile.is_some() {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| format!("bridge '{name}': {}: {e}", p.display()))
+        };
+        let ca = b.cafile.as_ref().map(read).transpose()?;
+        let client = match (&b.certfile, &b.keyfile) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (None, None) => None,
+            _ => {
+                return Err(format!(
+                    "bridge '{name}': bridge_certfile and bridge_keyfile go together"
+                ))
+            }
+        };
+        let client = client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+        remote.tls = Some(
+            mqtt_tokio::tls_config(ca.as_deref(), client)
+                .map_err(|e| format!("bridge '{name}': {e}"))?,
+        );
+    }
+    // Checked here, so that a bad rule is an error at start, not at the first dial.
+    let mut probe = mqtt_broker::Broker::new(mqtt_broker::BrokerConfig::default(), Instant::ZERO);
+    probe
+        .add_bridge(Instant::ZERO, c.clone())
+        .map_err(|e| format!("bridge '{name}': {e}"))?;
+    Ok((c, remote))
+}
+
 /// Merges a configuration file into `args` under the flags given on the command line
 /// (`given(id)`: the flag with that clap id was), and returns warnings for stderr.
 ///
@@ -337,13 +437,9 @@ fn apply_config(
 ) -> Result<Vec<String>, String> {
     use conf::ListenerKind;
     let file = path.display();
-    if let Some(b) = config.bridges.first() {
-        // Parsed in full (`conf::Bridge`), but the broker core has no bridges yet: starting
-        // without the bridge would silently not move the messages it is there to move.
-        return Err(format!(
-            "{file}:{}: bridges ('connection {}') are not built into this binary yet",
-            b.line, b.name
-        ));
+    for b in &config.bridges {
+        let bridge = bridge_config(b).map_err(|e| format!("{file}:{}: {e}", b.line))?;
+        args.bridges.push(bridge);
     }
     let mut notes = Vec::new();
     let addr = |kind| -> Result<Option<SocketAddr>, String> {
@@ -520,7 +616,7 @@ fn tls_acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
     })
 }
 
-fn run(args: Args) -> std::io::Result<()> {
+fn run(mut args: Args) -> std::io::Result<()> {
     if args.no_tcp && args.no_ws && args.tls_bind.is_none() && args.wss_bind.is_none() {
         eprintln!("mqtt-broker: no listener (--no-tcp and --no-ws, no --tls-bind or --wss-bind)");
         std::process::exit(1);
@@ -615,6 +711,8 @@ fn run(args: Args) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Bridges dial from the event loop onto the tokio side.
+    let runtime = rt.handle().clone();
     let bind = |addr| rt.block_on(TcpListener::bind(addr));
     let mut listeners = Vec::new();
     if !args.no_ws {
@@ -644,6 +742,9 @@ fn run(args: Args) -> std::io::Result<()> {
             let name = transport.name();
             writeln!(out, "listening on {name} {}", listener.local_addr()?)?;
         }
+        for (bridge, _) in &args.bridges {
+            writeln!(out, "bridge {} to {}", bridge.name, bridge.address)?;
+        }
         out.flush()?;
     }
 
@@ -653,13 +754,20 @@ fn run(args: Args) -> std::io::Result<()> {
     });
     // TLS and WebSocket connections are tokio tasks (mqtt-tokio's server side), which the
     // event loop serves through a hub. `open`, not `open_with`: see `EventLoop::accept`.
-    let (hub, acceptor) = {
+    let (mut hub, acceptor) = {
         let wake = wake.clone();
         let mut config = HubConfig::default();
         config.write_queue = args.write_queue.max(1);
         config.conn_info = false;
         Hub::new(move || drop(wake.waker.wake()), config)
     };
+    // Added after the restore: a bridge's local session comes back with it.
+    for (bridge, remote) in std::mem::take(&mut args.bridges) {
+        let id = broker
+            .add_bridge(resume_at, bridge)
+            .map_err(std::io::Error::other)?;
+        hub.remote(id, remote);
+    }
     // The tokio side: TLS and WebSocket connections, and Ctrl-C.
     {
         let wake = wake.clone();
@@ -771,6 +879,7 @@ fn run(args: Args) -> std::io::Result<()> {
         free: Vec::new(),
         tcp: HashMap::new(),
         hub,
+        runtime,
         wake,
         tasks_ready: false,
         scratch: vec![0; MAX_READ].into_boxed_slice(),
@@ -941,8 +1050,10 @@ struct EventLoop {
     free: Vec<usize>,
     /// The slot in `conns` of each plain TCP connection the core knows.
     tcp: HashMap<ConnectionId, u32>,
-    /// TLS and WebSocket connections.
+    /// TLS and WebSocket connections, and bridges' remote legs.
     hub: Hub,
+    /// The tokio side, where bridges dial.
+    runtime: tokio::runtime::Handle,
     wake: Arc<Wake>,
     /// Messages from the tokio side may be waiting beyond what the last turn took.
     tasks_ready: bool,
@@ -1336,6 +1447,7 @@ impl EventLoop {
             self.deliver(i, close, now);
             self.batch.clear();
         }
+        self.hub.dial(&mut self.broker, &self.runtime);
     }
 
     /// Moves what the core has to send on `id` into `batch`.

@@ -265,7 +265,7 @@ impl Mosquitto {
         (read("client.pem"), read("client.key"))
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 }

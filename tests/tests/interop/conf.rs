@@ -15,10 +15,10 @@ use crate::broker::{
 };
 
 /// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "mqtt-interop-conf-{tag}-{}-{}",
@@ -30,7 +30,7 @@ impl TempDir {
         Self(dir)
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.0
             .join(name)
             .to_str()
@@ -38,7 +38,7 @@ impl TempDir {
             .to_string()
     }
 
-    fn file(&self, name: &str, contents: &str) -> String {
+    pub(crate) fn file(&self, name: &str, contents: &str) -> String {
         std::fs::write(self.0.join(name), contents).expect("write temp file");
         self.path(name)
     }
@@ -51,15 +51,15 @@ impl Drop for TempDir {
 }
 
 /// The broker started with `-c FILE` only; killed on drop.
-struct ConfBroker {
+pub(crate) struct ConfBroker {
     child: Child,
-    stdout: Arc<Mutex<Vec<String>>>,
+    pub(crate) stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl ConfBroker {
-    fn start(conf: &str) -> Self {
+    pub(crate) fn start(conf: &str) -> Self {
         let mut child = Command::new(broker_bin())
             .args(["-c", conf])
             .stdin(Stdio::null())
@@ -216,14 +216,25 @@ fn config_file_unsupported_option_exits_non_zero() {
 }
 
 #[test]
-fn config_file_bridge_exits_non_zero_until_bridges_exist() {
+fn config_file_bridge_it_cannot_honour_exits_non_zero() {
+    // Fallback addresses and bridge_insecure are not supported: refused, naming the
+    // bridge's line, rather than run differently from what the file says.
     let (conf, err) = refused(
         "listener 0 127.0.0.1\nallow_anonymous true\n\
-         connection upstream\naddress 127.0.0.1:1\ntopic # both 1\n",
+         connection upstream\naddresses 127.0.0.1:1 127.0.0.1:2\ntopic # both 1\n",
+    );
+    assert!(
+        err.contains(&format!("{conf}:3: bridge 'upstream': one address only")),
+        "{err}"
+    );
+    let (conf, err) = refused(
+        "listener 0 127.0.0.1\nallow_anonymous true\n\
+         connection upstream\naddress 127.0.0.1:1\ntopic # both 1\n\
+         bridge_cafile /nonexistent/ca.pem\nbridge_insecure true\n",
     );
     assert!(
         err.contains(&format!(
-            "{conf}:3: bridges ('connection upstream') are not built into this binary yet"
+            "{conf}:3: bridge 'upstream': bridge_insecure true is not supported"
         )),
         "{err}"
     );

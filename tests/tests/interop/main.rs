@@ -24,9 +24,12 @@
 
 mod access;
 mod bad_peers;
+mod bridge_out;
 mod broker;
 mod conf;
 mod mosquitto;
+#[path = "../../../mqtt-tokio/tests/support/mosquitto.rs"]
+mod mosquitto_daemon;
 mod mqttjs;
 mod paho;
 mod rumqttc_peer;
