@@ -650,6 +650,7 @@ pattern read users/%u/inbox
             session_expiry_interval: 0,
             authentication_method: None,
             authentication_data: None,
+            bridge: false,
         }
     }
 

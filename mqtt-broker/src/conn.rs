@@ -16,7 +16,8 @@ pub(crate) struct Conn {
     /// which the subscription tree already keeps as `u32`); [`NO_OWNER`] before. A plain
     /// `u32` rather than an `Option`, which would take 8 bytes in every connection.
     pub(crate) owner: u32,
-    /// [`Conn::CLOSING`], [`Conn::TRANSMIT_QUEUED`].
+    /// [`Conn::CLOSING`], [`Conn::TRANSMIT_QUEUED`], [`Conn::INPUT_WAITING`],
+    /// [`Conn::INTERNAL`], [`Conn::BRIDGE`].
     flags: u8,
     /// The deadline this connection has in the timer wheel ([`NOT_ARMED`] for none).
     pub(crate) armed: Instant,
@@ -66,6 +67,10 @@ impl Conn {
     const INPUT_WAITING: u8 = 1 << 2;
     /// A bridge's local leg: a client inside the core, which the hooks do not judge.
     const INTERNAL: u8 = 1 << 3;
+    /// Its CONNECT said it is a broker bridging to this one (mosquitto's extension,
+    /// [`mqtt_codec::Connect::bridge`]): its subscriptions get No Local and Retain As
+    /// Published. A bit here costs ordinary connections nothing.
+    const BRIDGE: u8 = 1 << 4;
 
     pub(crate) fn set_internal(&mut self) {
         self.flags |= Self::INTERNAL;
@@ -114,6 +119,14 @@ impl Conn {
 
     pub(crate) fn input_waiting(&self) -> bool {
         self.flags & Self::INPUT_WAITING != 0
+    }
+
+    pub(crate) fn set_bridge(&mut self) {
+        self.flags |= Self::BRIDGE;
+    }
+
+    pub(crate) fn bridge(&self) -> bool {
+        self.flags & Self::BRIDGE != 0
     }
 
     pub(crate) fn clear_transmit_queued(&mut self) {

@@ -229,6 +229,9 @@ impl<H: Hooks> Broker<H> {
             self.online += 1;
         }
         c.owner = s as u32;
+        if req.bridge {
+            c.set_bridge();
+        }
         // Kept for the whole connection: a copy, so that it does not pin the receive buffer
         // the CONNECT was read into.
         let username = req

@@ -133,6 +133,11 @@ impl<H: Hooks> Broker<H> {
             return;
         };
         let version = c.session.version();
+        // A 3.1 / 3.1.1 bridge (mosquitto's extension: the top bit of its CONNECT level)
+        // cannot ask for No Local and Retain As Published, and needs both: without them
+        // `topic # both` sends its messages back to it, which it forwards back here, and
+        // retained messages reach its side unretained. mosquitto grants them the same way.
+        let bridge = c.bridge();
         let maximum_qos = self.config.server.maximum_qos;
         let subscription_id = pending.subscription_id;
         let mut reasons = Vec::with_capacity(pending.filters.len());
@@ -157,8 +162,8 @@ impl<H: Hooks> Broker<H> {
             let qos = options.qos.min(maximum_qos);
             let opts = SubOpts {
                 qos,
-                no_local: options.no_local,
-                retain_as_published: options.retain_as_published,
+                no_local: options.no_local || bridge,
+                retain_as_published: options.retain_as_published || bridge,
                 id: subscription_id,
             };
             // [MQTT-3.8.4-3] an identical filter replaces the subscription.

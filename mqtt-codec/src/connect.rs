@@ -32,6 +32,16 @@ pub struct Connect<'a> {
     pub password: Option<&'a [u8]>,
     /// 5.0 properties.
     pub properties: ConnectProperties<'a>,
+    /// mosquitto's bridge extension, not in any MQTT standard: a 3.1 / 3.1.1 CONNECT whose
+    /// protocol level has its top bit set (`0x83` / `0x84`) comes from a broker bridging to
+    /// this one. mosquitto bridges send it by default (`try_private true`) so that the
+    /// remote broker neither sends back what the bridge published (a loop with
+    /// `topic # both`) nor clears the retain flag of what it forwards: 3.1.1 has no No Local
+    /// or Retain As Published to ask for that. A server that does not know the extension
+    /// refuses the level ([MQTT-3.1.2-2]), and the bridge then retries without the bit.
+    /// Never set at 5.0 (a mosquitto 5.0 bridge sends level 5 and uses the subscription
+    /// options instead); encoding it there is an error.
+    pub bridge: bool,
 }
 
 /// The will message carried in CONNECT.
@@ -68,6 +78,8 @@ const WILL: u8 = 0x04;
 const WILL_RETAIN: u8 = 0x20;
 const PASSWORD: u8 = 0x40;
 const USERNAME: u8 = 0x80;
+/// The bit mosquitto's bridges set in the protocol level (see [`Connect::bridge`]).
+const BRIDGE_LEVEL: u8 = 0x80;
 
 impl<'a> Connect<'a> {
     /// A clean-start CONNECT with no will, credentials or properties, keep alive 60 s.
@@ -81,6 +93,7 @@ impl<'a> Connect<'a> {
             username: None,
             password: None,
             properties: ConnectProperties::default(),
+            bridge: false,
         }
     }
 
@@ -91,14 +104,15 @@ impl<'a> Connect<'a> {
         let name = r.binary()?;
         let level = r.u8()?;
         // [MQTT-3.1.2-1] the name must match the level's; an unknown level is answered with
-        // CONNACK 0x84 / return code 1 by the session, which sees the error's reason code.
-        let protocol = match (name, level) {
+        // CONNACK 0x84 / return code 1 by the session, which sees the error's reason code
+        // ([MQTT-3.1.2-2]). 0x83 / 0x84 are mosquitto's bridge extension, accepted; 0x85 is
+        // not (mosquitto's own 5.0 bridges send 5), so it stays an unknown level.
+        let bridge = level & BRIDGE_LEVEL != 0;
+        let protocol = match (name, level & !BRIDGE_LEVEL) {
             (b"MQIsdp", 3) => ProtocolVersion::V3_1,
             (b"MQTT", 4) => ProtocolVersion::V3_1_1,
-            (b"MQTT", 5) => ProtocolVersion::V5,
-            (b"MQTT" | b"MQIsdp", level) => {
-                return Err(Error::UnsupportedProtocolVersion { level })
-            }
+            (b"MQTT", 5) if !bridge => ProtocolVersion::V5,
+            (b"MQTT" | b"MQIsdp", _) => return Err(Error::UnsupportedProtocolVersion { level }),
             _ => return Err(Error::InvalidProtocolName),
         };
         let flags = r.u8()?;
@@ -176,6 +190,7 @@ impl<'a> Connect<'a> {
             username,
             password,
             properties,
+            bridge,
         })
     }
 
@@ -186,6 +201,12 @@ impl<'a> Connect<'a> {
             return Err(Error::PasswordWithoutUsername);
         }
         require_v5(v, !self.properties.is_empty(), "CONNECT properties")?;
+        if self.bridge && v.is_v5() {
+            return Err(Error::NotInVersion {
+                field: "bridge flag",
+                version: v,
+            });
+        }
         let mut plan = Plan::default();
         let mut n = 2 + v.protocol_name().len() + 1 + 1 + 2;
         if v.is_v5() {
@@ -237,7 +258,7 @@ impl<'a> Connect<'a> {
     pub(crate) fn write<S: Sink>(&self, plan: &Plan, s: &mut S) {
         let v = self.protocol;
         s.binary(v.protocol_name().as_bytes());
-        s.u8(v as u8);
+        s.u8(v as u8 | if self.bridge { BRIDGE_LEVEL } else { 0 });
         s.u8(self.flags());
         s.u16(self.keep_alive);
         if v.is_v5() {

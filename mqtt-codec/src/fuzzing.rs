@@ -280,6 +280,8 @@ impl PacketSpec {
                     } else {
                         ConnectProperties::default()
                     },
+                    // Now and then at 5.0 too, which the encoder must refuse.
+                    bridge: self.flags[5] && (!v5 || self.nums[1].is_multiple_of(16)),
                 })
             }
             PacketType::ConnAck => Packet::ConnAck(ConnAck {

@@ -609,6 +609,54 @@ fn connect_carries_its_own_level() {
     assert_eq!(c.protocol, V5);
 }
 
+/// mosquitto's bridge extension (not in the standard; [MQTT-3.1.2-2] lets a server refuse
+/// an unknown level, but refusing this one makes every default mosquitto bridge retry).
+#[test]
+fn bridge_bit_in_the_protocol_level() {
+    // The bytes mosquitto 2.0.11 sends for `bridge_protocol_version mqttv311` and
+    // `mqttv31` (captured on a socket): level 0x84 / 0x83.
+    for (name, level, version) in [("MQTT", 0x84, V4), ("MQIsdp", 0x83, V31)] {
+        let body = connect_body(name, level, 0, None, &[&s("bridge")]);
+        let Packet::Connect(c) = dec(V5, frame(0x10, &body)).unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.protocol, c.bridge), (version, true));
+        assert!(!c.clean_start);
+        // Encoded back with the bit, byte for byte.
+        assert_eq!(enc(version, &Packet::Connect(c)), frame(0x10, &body));
+    }
+    let Packet::Connect(c) = dec(
+        V4,
+        frame(0x10, &connect_body("MQTT", 4, 2, None, &[&s("c")])),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert!(!c.bridge);
+    // mosquitto's 5.0 bridges send level 5; 0x85 is no level anyone sends.
+    let e = dec(
+        V4,
+        frame(0x10, &connect_body("MQTT", 0x85, 2, Some(&[]), &[&s("c")])),
+    )
+    .unwrap_err();
+    assert_eq!(e, Error::UnsupportedProtocolVersion { level: 0x85 });
+    assert_eq!(e.reason_code(), ReasonCode::UnsupportedProtocolVersion);
+    // The name must still match the level under the bit.
+    let e = dec(
+        V4,
+        frame(0x10, &connect_body("MQIsdp", 0x84, 2, None, &[&s("c")])),
+    )
+    .unwrap_err();
+    assert_eq!(e, Error::UnsupportedProtocolVersion { level: 0x84 });
+    // A 5.0 CONNECT cannot carry the flag: refused, not silently dropped.
+    let mut c = Connect::new(V5, "c");
+    c.bridge = true;
+    assert!(matches!(
+        Packet::Connect(c).encoded_len(V5),
+        Err(Error::NotInVersion { .. })
+    ));
+}
+
 #[test]
 fn mqtt_3_1_2_3_reserved_connect_flag() {
     let e = dec(
@@ -1345,15 +1393,27 @@ fn generator_covers_every_packet_type_with_encodable_packets() {
     let strategy = spec();
     let mut ok = [[0u32; 16]; 3];
     let mut total = 0;
+    // mosquitto's bridge flag: encodable below 5.0, refused at 5.0.
+    let mut bridge = [0u32; 2];
     for _ in 0..3000 {
         let spec = strategy.new_tree(&mut runner).unwrap().current();
         spec.with_packet(|p| {
             total += 1;
-            if p.encoded_len(spec.version).is_ok() {
+            let encodable = p.encoded_len(spec.version).is_ok();
+            if encodable {
                 ok[spec.version as usize - 3][p.packet_type() as usize] += 1;
+            }
+            if let Packet::Connect(c) = p {
+                if c.bridge {
+                    bridge[usize::from(encodable)] += 1;
+                }
             }
         });
     }
+    assert!(
+        bridge[0] > 0 && bridge[1] > 0,
+        "bridge CONNECTs refused/encodable: {bridge:?}"
+    );
     let encodable: u32 = ok.iter().flatten().sum();
     assert!(
         encodable * 10 >= total * 5,

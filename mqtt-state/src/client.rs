@@ -67,6 +67,14 @@ pub struct ClientConfig {
     /// the keep alive (see [`Heartbeat`]); `None` pings once per keep alive. For clients
     /// behind NAT gateways that drop idle connections early (phones, push services).
     pub heartbeat: Option<HeartbeatConfig>,
+    /// Connect as a broker bridging to the server, by mosquitto's non-standard extension:
+    /// at 3.1 / 3.1.1 the protocol level goes out with its top bit set (`0x83` / `0x84`),
+    /// which tells a mosquitto server (and this workspace's broker) not to send back what
+    /// this client published and to keep the retain flag of what it forwards, as 5.0's
+    /// No Local and Retain As Published would. Ignored at 5.0, where a bridge asks for
+    /// those per subscription instead. A server that does not know the extension refuses
+    /// the level (CONNACK return code 1); retrying without it is the caller's choice.
+    pub bridge: bool,
 }
 
 impl ClientConfig {
@@ -93,6 +101,7 @@ impl ClientConfig {
             manual_acks: false,
             authentication: None,
             heartbeat: None,
+            bridge: false,
         }
     }
 }
@@ -774,6 +783,8 @@ impl Client {
             username: c.username.as_ref().map(Utf8Bytes::as_str),
             password: c.password.as_deref(),
             properties,
+            // The codec refuses the flag at 5.0: ignored there, as documented.
+            bridge: c.bridge && !v5,
         },)
     }
 

@@ -179,4 +179,7 @@ pub struct ConnectRequest {
     pub authentication_method: Option<Utf8Bytes>,
     /// 5.0 authentication data.
     pub authentication_data: Option<Bytes>,
+    /// The client said it is a broker bridging to this one: mosquitto's extension of
+    /// 3.1 / 3.1.1 ([`mqtt_codec::Connect::bridge`]); always false at 5.0.
+    pub bridge: bool,
 }

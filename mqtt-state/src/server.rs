@@ -512,6 +512,7 @@ impl ServerSession {
                             .authentication_method
                             .map(|m| Utf8Bytes::slice_of(frame, m)),
                         authentication_data: p.authentication_data.map(|d| frame.slice_ref(d)),
+                        bridge: c.bridge,
                     })));
                 // Nothing but AUTH is read until the application decides.
                 conn.hold_non_auth = true;

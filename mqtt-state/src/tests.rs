@@ -254,6 +254,39 @@ fn mqtt_3_1_0_1_connect_comes_first_and_connack_answers() {
     }
 }
 
+/// `ClientConfig::bridge` sets mosquitto's bridge bit in the level at 3.1 / 3.1.1 and the
+/// server reports it on the ConnectRequest; at 5.0 it is ignored (no such bit there).
+#[test]
+fn bridge_flag_travels_from_client_config_to_connect_request() {
+    for (v, level, expected) in [
+        (ProtocolVersion::V3_1, 0x83, true),
+        (V4, 0x84, true),
+        (V5, 0x05, false),
+    ] {
+        let config = ClientConfig {
+            bridge: true,
+            ..ClientConfig::new(v, "c1")
+        };
+        let mut p = Pair::new(config, ServerConfig::default());
+        p.drive();
+        assert!(p.client.is_connected(), "{v:?}");
+        // The level byte follows the protocol name's length and bytes.
+        let frame = &p.client_frames[0];
+        let name_len = usize::from(frame[3]);
+        assert_eq!(frame[4 + name_len], level, "{v:?}");
+        let Event::ConnectRequest(req) = &p.server_events[0] else {
+            panic!()
+        };
+        assert_eq!((req.protocol, req.bridge), (v, expected));
+    }
+    let mut p = Pair::v(V4);
+    p.drive();
+    let Event::ConnectRequest(req) = &p.server_events[0] else {
+        panic!()
+    };
+    assert!(!req.bridge);
+}
+
 #[test]
 fn qos_0_1_2_from_client_to_server() {
     for v in [V4, V5] {

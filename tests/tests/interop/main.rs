@@ -14,8 +14,15 @@
 //!   files (mosquitto's `$7$` and Argon2) and mosquitto-format ACLs.
 //! - [`bad_peers`]: garbage, protocol violations, oversize packets and unfinished CONNECTs
 //!   over raw TCP, while a well-behaved client keeps working.
+//! - [`bridge_in`]: a `mosquitto` daemon bridged to the broker (`bridge_protocol_version`
+//!   3.1.1 and 5.0): both ways at each QoS, no loop with `both`, no QoS 1 loss across a
+//!   restart of the broker.
+//! - [`bridge_out`]: the broker bridged to a `mosquitto` daemon by a `connection` section
+//!   of its `-c FILE`: out, in and both ways at each QoS over 3.1.1 and 5.0, no loop, no
+//!   QoS 1 loss across a restart of mosquitto.
 //! - [`conf`]: `-c FILE` in mosquitto.conf syntax: a listener, a password file and
-//!   `allow_anonymous false`; unsupported options and bridges refused with the line.
+//!   `allow_anonymous false`; unsupported options, and bridge settings it cannot honour,
+//!   refused with the line.
 //! - [`store`]: the broker's data directory, and a damaged or busy store refused with a
 //!   message and exit status 1.
 //!
@@ -24,6 +31,7 @@
 
 mod access;
 mod bad_peers;
+mod bridge_in;
 mod bridge_out;
 mod broker;
 mod conf;
