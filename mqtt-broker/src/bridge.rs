@@ -160,7 +160,9 @@ pub struct BridgeConfig {
     /// handed back in [`Dial`].
     pub address: String,
     /// How the remote leg connects: protocol version, client identifier, clean start,
-    /// keep alive, credentials. Manual acks are always on (the bridge acknowledges what
+    /// keep alive, credentials, and (before 5.0) the bridge flag in the protocol level,
+    /// on by default as mosquitto's `try_private`: a remote that refuses that level is
+    /// dialled again without it. Manual acks are always on (the bridge acknowledges what
     /// this broker took).
     pub remote: ClientConfig,
     /// The topic rules.
@@ -190,7 +192,10 @@ impl BridgeConfig {
         version: ProtocolVersion,
     ) -> Self {
         let name = name.into();
-        let remote = ClientConfig::new(version, mqtt_state::Utf8Bytes::copy_of(&name));
+        let mut remote = ClientConfig::new(version, mqtt_state::Utf8Bytes::copy_of(&name));
+        // mosquitto's try_private: before 5.0, say it is a bridge (the remote then does not
+        // send back what the bridge sent it); dropped if the remote refuses the level.
+        remote.bridge = true;
         Self {
             name,
             address: address.into(),
@@ -537,6 +542,19 @@ impl<H: Hooks> Broker<H> {
         b.remote.handle_close(now);
         // What the remote leg reported last (SessionLost comes with the next CONNACK).
         self.remote_process(now, i);
+        let b = &mut self.bridges.list[i];
+        let refused_level = matches!(
+            b.last_close,
+            CloseReason::ClientDisconnect(ReasonCode::UnsupportedProtocolVersion)
+        );
+        if refused_level && b.remote.config().bridge && !b.remote.config().version.is_v5() {
+            // A remote that does not know mosquitto's bridge flag: as mosquitto does, the
+            // next dial goes without it.
+            let mut config = b.remote.config().clone();
+            config.bridge = false;
+            let old = core::mem::replace(&mut b.remote, Client::new(config.clone()));
+            b.remote = Client::with_session(config, old.into_session());
+        }
         // Messages from the remote the core has not acknowledged: the remote sends them
         // again, or they are lost with its session; either way no ack goes back for them.
         let b = &mut self.bridges.list[i];

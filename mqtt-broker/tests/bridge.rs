@@ -223,15 +223,18 @@ fn in_topics_come_from_the_remote_under_the_local_prefix() {
 
 #[test]
 fn both_ways_on_one_topic_without_a_loop() {
-    for version in [V4, V5] {
-        let mut p = Pair::new(bridge_config(
+    // 3.1.1 with and without mosquitto's bridge flag, and 5.0.
+    for (version, flag) in [(V4, true), (V4, false), (V5, true)] {
+        let mut config = bridge_config(
             &[BridgeTopic::new(
                 "chat/#",
                 Direction::Both,
                 QoS::AtLeastOnce,
             )],
             version,
-        ));
+        );
+        config.remote.bridge = flag;
+        let mut p = Pair::new(config);
         let sa = p.a.join(ClientConfig::new(V5, "sa"));
         p.a.subscribe(sa, "chat/#", q(QoS::AtLeastOnce));
         let sb = p.b.join(ClientConfig::new(V5, "sb"));
@@ -248,13 +251,14 @@ fn both_ways_on_one_topic_without_a_loop() {
             got("chat/a", "from a", QoS::AtLeastOnce, false),
             got("chat/b", "from b", QoS::AtLeastOnce, false),
         ];
-        if version == V5 {
-            // 5.0: No Local on both legs, so each message arrives once on each side.
-            assert_eq!(at_a, both, "A");
-            assert_eq!(at_b, both, "B");
+        if flag {
+            // 5.0's No Local, or the bridge flag before 5.0, on both legs: each message
+            // arrives once on each side.
+            assert_eq!(at_a, both, "A {version:?}");
+            assert_eq!(at_b, both, "B {version:?}");
         } else {
-            // 3.1.1 has no No Local: B sends A's message back once; the local leg's No
-            // Local stops it there, so it does not loop.
+            // 3.1.1 without the flag has no No Local: B sends A's message back once; the
+            // local leg's No Local stops it there, so it does not loop.
             let mut echoed = both.clone();
             echoed.insert(0, both[0].clone());
             assert_eq!(at_a, echoed, "A");
@@ -451,4 +455,49 @@ fn notifications_say_when_the_bridge_is_up_and_down() {
             false
         )]
     );
+}
+
+#[test]
+fn a_remote_that_refuses_the_bridge_flag_is_dialled_again_without_it() {
+    let mut b = Broker::new(
+        BrokerConfig {
+            sys_interval: None,
+            ..BrokerConfig::default()
+        },
+        Instant::ZERO,
+    );
+    let config = bridge_config(
+        &[BridgeTopic::new("t", Direction::Out, QoS::AtLeastOnce)],
+        V4,
+    );
+    let bridge = b.add_bridge(Instant::ZERO, config).unwrap();
+    // The protocol level byte of the CONNECT the bridge sends on a new connection.
+    let mut now = Instant::ZERO;
+    let mut level = |b: &mut Broker<AllowAll>, now: Instant| -> (ConnectionId, u8) {
+        let d = b.poll_dial().expect("a dial");
+        assert_eq!(d.bridge, bridge);
+        let id = b.connect_bridge(now, d.bridge).unwrap();
+        let mut out = [0u8; 256];
+        let n = b.poll_transmit(now, id, &mut out).unwrap().unwrap();
+        // Fixed header 2 bytes, name "MQTT" 6 bytes, then the level.
+        (id, out[..n][8])
+    };
+    let (id, first) = level(&mut b, now);
+    assert_eq!(first, 0x84, "mosquitto's try_private");
+    // CONNACK return code 1: unacceptable protocol version.
+    let mut connack = BytesMut::from(&[0x20, 2, 0, 1][..]);
+    b.handle_input(now, id, &mut connack);
+    let mut closed = false;
+    while let Some(e) = b.poll_event() {
+        if let BrokerEvent::Close { id: c, .. } = e {
+            assert_eq!(c, id);
+            closed = true;
+        }
+    }
+    assert!(closed, "the refused connection is closed");
+    b.handle_close(now, id);
+    now = now + Duration::from_millis(1000);
+    b.handle_timeout(now);
+    let (_, second) = level(&mut b, now);
+    assert_eq!(second, 0x04, "plain 3.1.1 the second time");
 }

@@ -364,6 +364,7 @@ fn bridge_config(
     });
     c.remote.client_id = client_id.into();
     c.remote.keep_alive = b.keepalive_interval;
+    c.remote.bridge = b.try_private;
     c.remote.clean_start = b.clean_session;
     if !b.clean_session {
         // 5.0: the remote keeps the session until the bridge is back.

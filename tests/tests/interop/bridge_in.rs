@@ -20,7 +20,6 @@
 //! `mosquitto` (Debian `mosquitto`) must be installed: a missing peer fails the test.
 //! Every wait is bounded; nothing is timed.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::PathBuf;
