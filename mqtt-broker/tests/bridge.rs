@@ -473,7 +473,7 @@ fn a_remote_that_refuses_the_bridge_flag_is_dialled_again_without_it() {
     let bridge = b.add_bridge(Instant::ZERO, config).unwrap();
     // The protocol level byte of the CONNECT the bridge sends on a new connection.
     let mut now = Instant::ZERO;
-    let mut level = |b: &mut Broker<AllowAll>, now: Instant| -> (ConnectionId, u8) {
+    let level = |b: &mut Broker<AllowAll>, now: Instant| -> (ConnectionId, u8) {
         let d = b.poll_dial().expect("a dial");
         assert_eq!(d.bridge, bridge);
         let id = b.connect_bridge(now, d.bridge).unwrap();
