@@ -1862,15 +1862,57 @@ mod tests {
     }
 
     #[test]
-    fn bridges_are_refused_until_built() {
+    fn bridges_from_the_file() {
+        let a = ok(
+            &[],
+            "allow_anonymous true\n\nconnection cloud\naddress h:1884\n\
+             topic up/# out 1 \"\" site/\ntopic cmd/# in 2\n\
+             remote_clientid edge\nremote_username u\nremote_password p\n\
+             bridge_protocol_version mqttv50\ncleansession true\ntry_private false\n\
+             keepalive_interval 30\nnotifications false\n",
+        );
+        let [(b, remote)] = a.bridges.as_slice() else {
+            panic!("one bridge: {:?}", a.bridges);
+        };
+        assert_eq!((b.name.as_str(), b.address.as_str()), ("cloud", "h:1884"));
+        assert_eq!(b.remote.version, mqtt_codec::ProtocolVersion::V5);
+        assert_eq!(b.remote.client_id.as_str(), "edge");
+        assert_eq!(b.remote.username.as_ref().map(|u| u.as_str()), Some("u"));
+        assert_eq!(b.remote.password.as_deref(), Some(&b"p"[..]));
+        assert!(b.remote.clean_start && !b.remote.bridge && !b.notifications);
+        assert_eq!(b.remote.keep_alive, 30);
+        assert!(remote.tls.is_none());
+        let t = &b.topics;
+        assert_eq!(
+            (t[0].local_filter(), t[0].remote_filter()),
+            ("up/#".into(), "site/up/#".into())
+        );
+        assert_eq!(
+            (t[0].direction, t[0].qos),
+            (mqtt_broker::Direction::Out, QoS::AtLeastOnce)
+        );
+        assert_eq!(
+            (t[1].direction, t[1].qos),
+            (mqtt_broker::Direction::In, QoS::ExactlyOnce)
+        );
+        // mosquitto's defaults: HOSTNAME.NAME, try_private, notifications, persistent.
+        let a = ok(
+            &[],
+            "allow_anonymous true\nconnection c2\naddress h\ntopic #\n",
+        );
+        let b = &a.bridges[0].0;
+        assert!(b.remote.client_id.as_str().ends_with(".c2"));
+        assert!(b.remote.bridge && b.notifications && !b.remote.clean_start);
+        assert_eq!(b.address, "h:1883");
+        // What it cannot honour is refused with the line.
         let e = merged(
             &[],
-            "allow_anonymous true\n\nconnection cloud\naddress h\ntopic #",
+            "allow_anonymous true\n\nconnection cloud\naddresses h:1 h:2\ntopic #",
         )
         .unwrap_err();
-        assert_eq!(
-            e,
-            "broker.conf:3: bridges ('connection cloud') are not built into this binary yet"
+        assert!(
+            e.starts_with("broker.conf:3: bridge 'cloud': one address only"),
+            "{e}"
         );
     }
 
