@@ -69,6 +69,8 @@ pub struct Broker<H: Hooks = AllowAll> {
     pub(crate) store: crate::persist::StoreState,
     /// Bridges to remote brokers.
     pub(crate) bridges: crate::bridge::Bridges,
+    /// What goes to and comes from the other nodes of a cluster.
+    pub(crate) cluster: crate::cluster::ClusterState,
     /// The latest time the program gave: for the work [`Broker::poll_event`] does inside
     /// the core (a bridge's local leg), which takes no time argument.
     pub(crate) now: Instant,
@@ -117,6 +119,7 @@ impl<H: Hooks> Broker<H> {
             decisions: Decisions::default(),
             store: crate::persist::StoreState::default(),
             bridges: crate::bridge::Bridges::default(),
+            cluster: crate::cluster::ClusterState::default(),
             now,
         }
     }

@@ -55,6 +55,8 @@ pub struct BrokerConfig {
     pub hash_seed: u64,
     /// What must be stored before it is acknowledged (see [`crate::Persistence`]).
     pub persistence: crate::Persistence,
+    /// This broker is a node of a cluster (see [`crate::ClusterOp`]); `None`: alone.
+    pub cluster: Option<crate::ClusterConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -73,6 +75,7 @@ impl Default for BrokerConfig {
             decision_timeout: Duration::from_secs(10),
             hash_seed: default_hash_seed(),
             persistence: crate::Persistence::Off,
+            cluster: None,
         }
     }
 }

@@ -249,6 +249,11 @@ impl<H: Hooks> Broker<H> {
         // On error (the connection failed meanwhile) the machine keeps the session, and
         // the Disconnected event it reported parks it again.
         let _ = c.session.accept(now, accept);
+        // The cluster's other nodes let go of this client (a bridge's local leg is this
+        // node's own).
+        if !c.is_internal() {
+            self.cluster_claim(req.client_id.as_str());
+        }
         if self.persisting() {
             if present && !self.session_is_stored(s) {
                 // Resumed without an expiry now: it no longer outlives the connection.

@@ -29,6 +29,10 @@ pub enum Error {
     /// A reason string no packet could carry (U+0000, longer than 65,535 bytes).
     #[error("invalid reason string")]
     InvalidReasonString,
+    /// [`crate::Broker::cluster_publish`] or [`crate::Broker::cluster_retained`] got bytes
+    /// that are not one MQTT 5.0 PUBLISH packet.
+    #[error("not a cluster message")]
+    InvalidClusterMessage,
     /// A bridge [`crate::Broker::add_bridge`] refused, and why.
     #[error("invalid bridge: {0}")]
     InvalidBridge(&'static str),
@@ -54,6 +58,7 @@ impl Error {
             | Error::NotAnAuthRequest
             | Error::InvalidReasonString
             | Error::InvalidBridge(_)
+            | Error::InvalidClusterMessage
             | Error::Corrupt { .. } => ReasonCode::UnspecifiedError,
         }
     }

@@ -981,7 +981,7 @@ impl<H: Hooks> Broker<H> {
         let s = self.new_session(client_id.into());
         for (filter, version, opts) in filters {
             if let Some(sub) = parse_subscription(&filter, version) {
-                self.tree.insert(sub, s as u32, opts);
+                self.tree_insert(sub, s as u32, opts);
             }
             if let Some(rec) = self.sessions[s].as_mut() {
                 rec.filters.push((filter, version));

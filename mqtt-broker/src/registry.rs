@@ -102,7 +102,7 @@ impl<H: Hooks> Broker<H> {
         self.by_client_id.remove(&rec.client_id, s as u32);
         for (filter, version) in &rec.filters {
             if let Some(sub) = parse_subscription(filter, *version) {
-                self.tree.remove(sub, &(s as u32));
+                self.tree_remove(sub, s as u32);
             }
         }
         self.free_sessions.push(s as u32);

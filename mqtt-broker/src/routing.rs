@@ -22,6 +22,7 @@ use mqtt_state::{Instant, Message, Outgoing};
 use mqtt_topic::Match;
 
 use crate::broker::Delivery;
+use crate::cluster::{ClusterTarget, RouteMode};
 use crate::decide::Pending;
 use crate::{Broker, BrokerEvent, ConnectionId, Hooks, QoS0Overflow, RequestKind, Verdict};
 use mqtt_state::SubscriptionIdList;
@@ -73,13 +74,41 @@ impl<H: Hooks> Broker<H> {
         now: Instant,
         from: Option<usize>,
         publisher: Option<ConnectionId>,
+        message: Message,
+    ) -> usize {
+        self.route_mode(now, from, publisher, message, RouteMode::Local)
+    }
+
+    /// [`Broker::route`] for a message published here (`RouteMode::Local`) or on another
+    /// node of the cluster.
+    pub(crate) fn route_mode(
+        &mut self,
+        now: Instant,
+        from: Option<usize>,
+        publisher: Option<ConnectionId>,
         mut message: Message,
+        mode: RouteMode<'_>,
     ) -> usize {
         // Checked when the message was made or received; a clone shares the buffer, so
         // the name can be borrowed while the message is changed and copied below.
         let name = message.topic.clone();
         let topic = name.as_topic_name();
-        if message.retain {
+        let clustered = self.config.cluster.is_some();
+        if mode == RouteMode::Local && clustered {
+            self.cluster_out(&message);
+        }
+        // Which subscriptions it goes to here: a cluster picks shared groups' nodes itself.
+        let (plain, shared) = match mode {
+            RouteMode::Local => (true, !clustered),
+            RouteMode::Cluster(ClusterTarget::Plain { .. }) => (true, false),
+            RouteMode::Cluster(ClusterTarget::Shared { .. }) => (false, true),
+        };
+        let only_group = match mode {
+            RouteMode::Cluster(ClusterTarget::Shared { share, filter }) => Some((share, filter)),
+            _ => None,
+        };
+        // A retained message from another node is stored by `cluster_retained`.
+        if message.retain && mode == RouteMode::Local {
             if message.payload.is_empty() {
                 // [MQTT-3.3.1-6] [MQTT-3.3.1-7] an empty retained message clears the topic.
                 if self.retained.remove(topic).is_some() {
@@ -104,10 +133,39 @@ impl<H: Hooks> Broker<H> {
         if mark.len() < self.sessions.len() {
             mark.resize(self.sessions.len(), 0);
         }
+        // The one shared group a cluster's queue picked this node for: a group name may
+        // be under several filters, so its members' filters tell which.
+        let mut wanted_group: Option<usize> = None;
+        if let Some((share, filter)) = only_group {
+            let mut index = 0;
+            let mut candidates = Vec::new();
+            self.tree.for_each_match(topic, |m| {
+                if let Match::Shared(g) = m {
+                    if g.name() == share {
+                        candidates.push((index, g.get(0).map(|(k, _)| *k)));
+                    }
+                    index += 1;
+                }
+            });
+            wanted_group = candidates
+                .into_iter()
+                .find(|(_, k)| k.is_some_and(|k| self.is_shared_subscription(k, share, filter)))
+                .map(|(i, _)| i);
+            if wanted_group.is_none() {
+                // Its subscribers here left since: nothing to deliver.
+                self.scratch = scratch;
+                self.route_mark = mark;
+                return 0;
+            }
+        }
+        let mut group_index = 0;
         let share_cursor = &mut self.share_cursor;
         let sessions = &self.sessions;
         self.tree.for_each_match(topic, |m| match m {
             Match::Plain { key, value } => {
+                if !plain {
+                    return;
+                }
                 // [MQTT-3.8.3-3] No Local: not back to the publisher's own session.
                 if value.no_local && from == Some(*key as usize) {
                     return;
@@ -115,6 +173,11 @@ impl<H: Hooks> Broker<H> {
                 add_delivery(&mut scratch, &mut mark, *key, value, message.retain);
             }
             Match::Shared(group) => {
+                let this = group_index;
+                group_index += 1;
+                if !shared || wanted_group.is_some_and(|w| w != this) {
+                    return;
+                }
                 // One member per message, round robin, preferring connected ones.
                 let cursor = match share_cursor.get_mut(group.name()) {
                     Some(c) => c,

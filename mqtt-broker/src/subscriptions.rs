@@ -167,7 +167,7 @@ impl<H: Hooks> Broker<H> {
                 id: subscription_id,
             };
             // [MQTT-3.8.4-3] an identical filter replaces the subscription.
-            let existed = self.tree.insert(sub, owner as u32, opts).is_some();
+            let existed = self.tree_insert(sub, owner as u32, opts).is_some();
             if let Some(rec) = self.sessions[owner].as_mut() {
                 if !existed {
                     // Many clients subscribe once and idle: room for that one filter
@@ -259,7 +259,7 @@ impl<H: Hooks> Broker<H> {
         for filter in &filters {
             // [MQTT-3.10.4-1] filters compare literally.
             let removed = parse_subscription(filter.as_str(), version)
-                .and_then(|sub| self.tree.remove(sub, &(owner as u32)))
+                .and_then(|sub| self.tree_remove(sub, owner as u32))
                 .is_some();
             if removed {
                 if let Some(rec) = self.sessions[owner].as_mut() {

@@ -1,0 +1,342 @@
+//! A cluster: several broker nodes that behave as one broker, over a message bus the
+//! program provides (NATS in `mqtt-tokio`), sans-IO like the rest of the core.
+//!
+//! # Design
+//!
+//! The core says what leaves the node and takes in what comes from the others, as
+//! [`ClusterOp`]s from [`Broker::poll_cluster`] and calls such as
+//! [`Broker::cluster_publish`]; the program carries them over its bus. It needs from the
+//! bus what NATS gives: subscriptions by subject with wildcards, delivered only where
+//! there is interest, and queue groups that hand each message to one member.
+//!
+//! - **Interest**: each distinct filter subscribed on the node is one
+//!   [`ClusterOp::Subscribe`] (the first subscriber) and one [`ClusterOp::Unsubscribe`]
+//!   (the last one gone), so the bus carries a message only to nodes that want it. A
+//!   program that reconnects to its bus subscribes again to [`Broker::cluster_interest`].
+//! - **Messages**: every message published on the node (a client's, a will, one the
+//!   program publishes) goes to its local subscribers at once and out as
+//!   [`ClusterOp::Publish`]; the other nodes route it to theirs
+//!   ([`Broker::cluster_publish`] with [`ClusterTarget::Plain`]). `$SYS` topics stay on
+//!   their node. The program must not hand a node its own messages back as `Plain`.
+//! - **Shared subscriptions**: cluster-wide, each message goes to one member of a group.
+//!   A node's `$share/GROUP/FILTER` is a queue subscription on the bus (group and filter
+//!   together name the queue); the node the bus picks delivers to one of its local members
+//!   ([`ClusterTarget::Shared`]). So a node never delivers to a shared group on its own,
+//!   its own messages included: those come back through the queue too.
+//! - **Retained messages**: every retained message (or clearing) published on a node is a
+//!   [`ClusterOp::Publish`] with `retain` set; the program also keeps it where every node
+//!   reads it (a stream with the last message per subject), and each node stores what it
+//!   reads with [`Broker::cluster_retained`]: a subscriber on any node gets them.
+//! - **Sessions**: a client admitted on a node is a [`ClusterOp::Claim`]: the program
+//!   records that this node owns the client identifier (a key-value store) and tells the
+//!   node that owned it before ([`Broker::session_taken`]), which disconnects the client
+//!   there with Session taken over ([MQTT-3.1.4-3]) and ends the session there.
+//!
+//! Messages cross at the QoS they were published with; each node downgrades to its
+//! subscribers' QoS as for its own messages ([MQTT-3.8.4-8]).
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use bytes::Bytes;
+use mqtt_codec::ReasonCode;
+use mqtt_state::{Instant, Message};
+use mqtt_topic::Subscription;
+
+use crate::{Broker, CloseReason, Error, Hooks};
+
+/// A node's part in a cluster ([`crate::BrokerConfig::cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster: what the program stamps on the messages it
+    /// sends, so that it can tell its own from the others', and records as a session's
+    /// owner.
+    pub node: String,
+}
+
+/// A filter some subscriber on this node has: the bus should bring its messages here.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterFilter {
+    /// The topic filter (the part after `$share/GROUP/` for a shared subscription).
+    pub filter: String,
+    /// The ShareName of a shared subscription: a queue on the bus, so that one node of
+    /// the cluster gets each message.
+    pub share: Option<String>,
+}
+
+/// What the core asks of the program for the cluster: drain [`Broker::poll_cluster`] after
+/// each call, like [`Broker::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterOp {
+    /// Bring messages matching this filter to this node (its first subscriber).
+    Subscribe(ClusterFilter),
+    /// No subscriber to it is left here.
+    Unsubscribe(ClusterFilter),
+    /// A message published on this node, for the other nodes' subscribers.
+    Publish {
+        /// Its topic.
+        topic: String,
+        /// Whether it is retained (an empty payload clears the topic's retained message):
+        /// the program keeps the last one per topic where every node reads it.
+        retain: bool,
+        /// The message as an MQTT 5.0 PUBLISH packet (what [`Message::to_stored`]
+        /// writes), for [`Broker::cluster_publish`] on the other nodes.
+        frame: Bytes,
+    },
+    /// A client was admitted here: this node now owns its session. The node that owned it
+    /// before must hear of it ([`Broker::session_taken`]).
+    Claim {
+        /// The client identifier.
+        client_id: String,
+    },
+}
+
+/// Which subscribers of a node a message from the cluster goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterTarget<'a> {
+    /// Its plain (not shared) subscribers: the message came through the bus subscription
+    /// for `via` (a [`ClusterOp::Subscribe`] without a share). A bus hands a message to a
+    /// node once per subscription it matches (`a/#` and `a/+` both bring `a/b`); the core
+    /// takes one copy and ignores the others, so pass each copy with the filter it came by.
+    Plain {
+        /// The filter of the bus subscription that brought it.
+        via: &'a str,
+    },
+    /// One member of this shared subscription here: the bus picked this node from the
+    /// group's queue.
+    Shared {
+        /// The ShareName.
+        share: &'a str,
+        /// The topic filter.
+        filter: &'a str,
+    },
+}
+
+/// How [`Broker::route`] treats a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteMode<'a> {
+    /// Published on this node: every local subscriber, and out to the cluster if there
+    /// is one (then shared groups are the cluster's to pick).
+    Local,
+    /// From another node.
+    Cluster(ClusterTarget<'a>),
+}
+
+/// The cluster's state in the core.
+#[derive(Default)]
+pub(crate) struct ClusterState {
+    /// Per distinct filter on this node: its subscriptions, and its number in `plain`.
+    pub(crate) interest: BTreeMap<ClusterFilter, (u32, u32)>,
+    /// The plain filters, by number, to find the one copy of a message to take: that of
+    /// the lowest-numbered filter it matches.
+    plain: mqtt_topic::SubscriptionTree<u32, ()>,
+    next_id: u32,
+    pub(crate) ops: VecDeque<ClusterOp>,
+}
+
+fn cluster_filter(sub: &Subscription<'_>) -> ClusterFilter {
+    ClusterFilter {
+        filter: String::from(sub.filter().as_str()),
+        share: sub.group().map(String::from),
+    }
+}
+
+impl<H: Hooks> Broker<H> {
+    /// The next thing the cluster must carry; `None` when there is none (or no cluster).
+    pub fn poll_cluster(&mut self) -> Option<ClusterOp> {
+        self.cluster.ops.pop_front()
+    }
+
+    /// Every filter this node has subscribers for: what a program that (re)connects to its
+    /// bus subscribes to before it takes [`Broker::poll_cluster`]'s changes.
+    pub fn cluster_interest(&self) -> impl Iterator<Item = &ClusterFilter> + '_ {
+        self.cluster.interest.keys()
+    }
+
+    /// A message another node published ([`ClusterOp::Publish`]'s `frame`), for this
+    /// node's subscribers as `target` says. Not stored as retained here (that is
+    /// [`Broker::cluster_retained`]'s) nor sent on to the cluster. Returns how many
+    /// sessions it went to; a frame that is not a PUBLISH is [`Error::InvalidClusterMessage`].
+    pub fn cluster_publish(
+        &mut self,
+        now: Instant,
+        frame: &Bytes,
+        target: ClusterTarget<'_>,
+    ) -> Result<usize, Error> {
+        self.now = self.now.max(now);
+        let message = Message::from_stored(frame).map_err(|_| Error::InvalidClusterMessage)?;
+        if let ClusterTarget::Plain { via } = target {
+            // One copy per message: the one that came by the lowest-numbered filter.
+            let key = ClusterFilter {
+                filter: String::from(via),
+                share: None,
+            };
+            let Some(&(_, id)) = self.cluster.interest.get(&key) else {
+                // No subscriber here any more.
+                return Ok(0);
+            };
+            let mut lowest = u32::MAX;
+            self.cluster
+                .plain
+                .for_each_match(message.topic.as_topic_name(), |m| {
+                    if let mqtt_topic::Match::Plain { key, .. } = m {
+                        lowest = lowest.min(*key);
+                    }
+                });
+            if lowest != id {
+                return Ok(0);
+            }
+        }
+        self.stats.messages_received += 1;
+        Ok(self.route_mode(now, None, None, message, RouteMode::Cluster(target)))
+    }
+
+    /// A retained message from the cluster (or its clearing, an empty payload): stored
+    /// here as if published here, delivered to no one (its own [`ClusterOp::Publish`]
+    /// does that).
+    pub fn cluster_retained(&mut self, now: Instant, frame: &Bytes) -> Result<(), Error> {
+        self.now = self.now.max(now);
+        let message = Message::from_stored(frame).map_err(|_| Error::InvalidClusterMessage)?;
+        let name = message.topic.clone();
+        let topic = name.as_topic_name();
+        if message.payload.is_empty() {
+            if self.retained.remove(topic).is_some() {
+                self.store_retained(now, topic.as_str(), None);
+            }
+        } else {
+            let mut m = message.detached();
+            m.retain = true;
+            self.store_retained(now, topic.as_str(), Some(&m));
+            self.retained.insert(topic, (m, now));
+        }
+        Ok(())
+    }
+
+    /// Another node admitted `client_id` ([`ClusterOp::Claim`] there): its connection here,
+    /// if any, is closed with Session taken over ([MQTT-3.1.4-3]), and its session here
+    /// ends. Whether there was one.
+    pub fn session_taken(&mut self, now: Instant, client_id: &str) -> bool {
+        self.now = self.now.max(now);
+        let Some(s) = self.session_of(client_id) else {
+            return false;
+        };
+        let conn = self.sessions[s].as_ref().and_then(|r| r.conn);
+        if let Some(id) = conn {
+            // As a takeover on one node: 5.0 counts it as a close without DISCONNECT, so
+            // the will goes out; 3.1.1 practice does not publish it.
+            if let Some(c) = self.conn_mut(id) {
+                if !c.session.version().is_v5() {
+                    let _ = c.take_will();
+                }
+            }
+            self.end_connection(
+                now,
+                id,
+                ReasonCode::SessionTakenOver,
+                CloseReason::SessionTakenOver,
+            );
+            // Detached from its connection, so that the close does not park it again.
+            self.release(now, id);
+        }
+        if self.session_of(client_id) == Some(s) {
+            // A delayed will goes out with the session's end ([MQTT-3.1.2-8]).
+            let will = self.sessions[s]
+                .as_mut()
+                .and_then(|r| r.offline.as_mut())
+                .and_then(|o| o.pending_will.take());
+            if let Some((will, _)) = will {
+                self.route(now, None, None, will);
+            }
+            self.end_session(s);
+        }
+        true
+    }
+
+    /// Inserts a subscription into the tree, telling the cluster of a new filter; the
+    /// options it replaced, if any.
+    pub(crate) fn tree_insert(
+        &mut self,
+        sub: Subscription<'_>,
+        s: u32,
+        opts: crate::routing::SubOpts,
+    ) -> Option<crate::routing::SubOpts> {
+        let old = self.tree.insert(sub, s, opts);
+        if old.is_none() && self.config.cluster.is_some() {
+            let c = &mut self.cluster;
+            let next = c.next_id;
+            let (n, id) = c.interest.entry(cluster_filter(&sub)).or_insert((0, next));
+            *n += 1;
+            if *n == 1 {
+                c.next_id = c.next_id.wrapping_add(1);
+                if let Subscription::Plain(f) = sub {
+                    c.plain.insert(Subscription::Plain(f), *id, ());
+                }
+                c.ops.push_back(ClusterOp::Subscribe(cluster_filter(&sub)));
+            }
+        }
+        old
+    }
+
+    /// Removes a subscription from the tree, telling the cluster of a filter gone.
+    pub(crate) fn tree_remove(
+        &mut self,
+        sub: Subscription<'_>,
+        s: u32,
+    ) -> Option<crate::routing::SubOpts> {
+        let old = self.tree.remove(sub, &s);
+        if old.is_some() && self.config.cluster.is_some() {
+            let key = cluster_filter(&sub);
+            let c = &mut self.cluster;
+            if let Some((n, id)) = c.interest.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    let id = *id;
+                    c.interest.remove(&key);
+                    if let Subscription::Plain(f) = sub {
+                        c.plain.remove(Subscription::Plain(f), &id);
+                    }
+                    c.ops.push_back(ClusterOp::Unsubscribe(key));
+                }
+            }
+        }
+        old
+    }
+
+    /// A message published here goes to the cluster too (not `$SYS`: each node's own).
+    pub(crate) fn cluster_out(&mut self, message: &Message) {
+        if self.config.cluster.is_none() || message.topic.as_ref().starts_with("$SYS") {
+            return;
+        }
+        let mut frame = Vec::new();
+        if message.to_stored(&mut frame).is_err() {
+            return;
+        }
+        self.cluster.ops.push_back(ClusterOp::Publish {
+            topic: String::from(message.topic.as_ref()),
+            retain: message.retain,
+            frame: Bytes::from(frame),
+        });
+    }
+
+    /// A client was admitted here.
+    pub(crate) fn cluster_claim(&mut self, client_id: &str) {
+        if self.config.cluster.is_some() {
+            self.cluster.ops.push_back(ClusterOp::Claim {
+                client_id: String::from(client_id),
+            });
+        }
+    }
+
+    /// Whether shared group `share` (one of `members`' sessions) is the shared
+    /// subscription `$share/{share}/{filter}`.
+    pub(crate) fn is_shared_subscription(&self, member: u32, share: &str, filter: &str) -> bool {
+        let full = format!("$share/{share}/{filter}");
+        self.sessions
+            .get(member as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|r| r.filters.iter().any(|(f, _)| **f == *full))
+    }
+}
