@@ -19,10 +19,10 @@
 //! file is in mosquitto's `acl_file` format. See `examples/src/access.rs` for both.
 //!
 //! `-c FILE` reads the same settings from a file in mosquitto's `mosquitto.conf` syntax
-//! (listeners, access, limits, persistence; bridge sections are parsed but refused until
-//! the core has bridges); flags given on the command line override it, and an option it
-//! does not support is an error naming the line. See `examples/src/conf.rs` and
-//! `docs/config.md`.
+//! (listeners, access, limits, persistence, and bridges to other brokers from
+//! `connection` sections); flags given on the command line override it, and an option it
+//! does not support is an error naming the line. See `examples/src/conf.rs`,
+//! `docs/config.md` and `docs/bridges.md`.
 //!
 //! The adapter only moves bytes and time; every protocol decision is the core's. It has
 //! two halves:
@@ -1862,15 +1862,39 @@ mod tests {
     }
 
     #[test]
-    fn bridges_are_refused_until_built() {
-        let e = merged(
+    fn a_connection_section_becomes_a_bridge_with_mosquitto_s_defaults() {
+        let a = ok(
             &[],
             "allow_anonymous true\n\nconnection cloud\naddress h\ntopic #",
+        );
+        let [(b, remote)] = a.bridges.as_slice() else {
+            panic!("one bridge: {:?}", a.bridges);
+        };
+        assert_eq!((b.name.as_str(), b.address.as_str()), ("cloud", "h:1883"));
+        assert!(
+            b.remote.client_id.as_str().ends_with(".cloud"),
+            "HOSTNAME.NAME"
+        );
+        assert_eq!(b.remote.version, mqtt_codec::ProtocolVersion::V3_1_1);
+        assert!(!b.remote.clean_start, "cleansession false");
+        assert_eq!(b.remote.session_expiry_interval, u32::MAX);
+        assert!(b.remote.bridge, "try_private true");
+        assert_eq!(b.remote.keep_alive, 60);
+        assert!(b.notifications);
+        assert_eq!(b.topics.len(), 1);
+        assert_eq!(b.topics[0].remote_filter(), "#");
+        assert_eq!(b.topics[0].direction, mqtt_broker::Direction::Out);
+        assert_eq!(b.topics[0].qos, QoS::AtMostOnce);
+        assert!(remote.tls.is_none(), "plain TCP without bridge_cafile");
+        // What it cannot honour stops it, naming the section's line.
+        let e = merged(
+            &[],
+            "allow_anonymous true\n\nconnection cloud\naddress h1 h2\ntopic #",
         )
         .unwrap_err();
         assert_eq!(
             e,
-            "broker.conf:3: bridges ('connection cloud') are not built into this binary yet"
+            "broker.conf:3: bridge 'cloud': one address only (fallback addresses are not supported)"
         );
     }
 
