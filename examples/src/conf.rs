@@ -170,13 +170,13 @@ impl Config {
     }
 }
 
-/// A bridge: a `connection NAME` section. Parsed completely so that it can be handed to
-/// the broker core's bridges when they exist; until then the binary refuses to start with
-/// one (a bridge silently not running would lose messages someone expects to move).
+/// A bridge: a `connection NAME` section, parsed completely; the binary's `bridge_config`
+/// hands it to the broker core's bridges, and refuses what it cannot honour (a bridge
+/// running differently from what the file says would lose messages someone expects to
+/// move).
 ///
 /// Defaults are mosquitto's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // read once the broker core has bridges to hand them to
 pub(crate) struct Bridge {
     /// The `connection` line's name.
     pub(crate) name: String,
@@ -219,7 +219,6 @@ pub(crate) struct Bridge {
 
 /// One `address` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // read once the broker core has bridges
 pub(crate) struct BridgeAddress {
     /// A host name or IP address (an IPv6 address may be written in brackets).
     pub(crate) host: String,
@@ -229,7 +228,6 @@ pub(crate) struct BridgeAddress {
 
 /// `bridge_protocol_version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // read once the broker core has bridges
 pub(crate) enum BridgeProtocol {
     /// `mqttv31`.
     V31,
@@ -241,7 +239,6 @@ pub(crate) enum BridgeProtocol {
 
 /// A `topic` line's direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // read once the broker core has bridges
 pub(crate) enum Direction {
     /// Local messages go to the remote (mosquitto's default).
     Out,
@@ -256,7 +253,6 @@ pub(crate) enum Direction {
 /// A pattern of `""` (empty) maps one topic: then both prefixes must be given and are the
 /// topics themselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // read once the broker core has bridges
 pub(crate) struct BridgeTopic {
     /// The `topic` line.
     pub(crate) line: usize,
@@ -272,7 +268,6 @@ pub(crate) struct BridgeTopic {
     pub(crate) remote_prefix: Option<String>,
 }
 
-#[allow(dead_code)] // used once the broker core has bridges
 impl BridgeTopic {
     /// The filter on this broker: local prefix, then pattern.
     pub(crate) fn local_filter(&self) -> String {

@@ -24,7 +24,8 @@
 //! while the remote is unreachable, the local leg is disconnected and messages for the
 //! remote wait in its session, within [`BridgeConfig::max_queued`], stored
 //! when the broker is durable, and are sent when the bridge is back. No protocol rule is
-//! written here: the two machines keep them.
+//! written here: the two machines keep them, so the bridge conforms as a client towards
+//! the remote and as a server towards the local leg ([MQTT-7.0.0-1]).
 //!
 //! The local leg reconnects only together with the remote one; the remote leg is dialled
 //! again after a delay that doubles up to [`BridgeConfig::max_reconnect_delay`].
@@ -184,8 +185,10 @@ pub struct BridgeConfig {
 
 impl BridgeConfig {
     /// A bridge named `name` to `address` over `version`; the remote client identifier is
-    /// `name`, keep alive 60 s, clean start (mosquitto's defaults), reconnect after 1 s up
-    /// to 30 s, 64 messages in flight, 100,000 kept while the remote is unreachable.
+    /// `name`, keep alive 60 s, clean start ([`ClientConfig::new`]'s defaults; mosquitto's
+    /// `cleansession` defaults to false, a persistent session on the remote), the bridge
+    /// flag on before 5.0, reconnect after 1 s up to 30 s, 64 messages in flight, 100,000
+    /// kept while the remote is unreachable, no notifications.
     pub fn new(
         name: impl Into<String>,
         address: impl Into<String>,

@@ -19,10 +19,10 @@
 //! file is in mosquitto's `acl_file` format. See `examples/src/access.rs` for both.
 //!
 //! `-c FILE` reads the same settings from a file in mosquitto's `mosquitto.conf` syntax
-//! (listeners, access, limits, persistence; bridge sections are parsed but refused until
-//! the core has bridges); flags given on the command line override it, and an option it
-//! does not support is an error naming the line. See `examples/src/conf.rs` and
-//! `docs/config.md`.
+//! (listeners, access, limits, persistence, and bridges to other brokers from
+//! `connection` sections); flags given on the command line override it, and an option it
+//! does not support is an error naming the line. See `examples/src/conf.rs`,
+//! `docs/config.md` and `docs/bridges.md`.
 //!
 //! The adapter only moves bytes and time; every protocol decision is the core's. It has
 //! two halves:

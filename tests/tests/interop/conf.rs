@@ -1,8 +1,8 @@
 //! `mqtt-broker -c FILE`: a mosquitto.conf-syntax configuration file. A listener on a free
 //! port with a password file written by the real `mosquitto_passwd` and `allow_anonymous
 //! false` lets `mosquitto_pub` in with the password only, and nothing listens that the
-//! file does not declare; an option the broker does not support, and a bridge section,
-//! make it exit non-zero naming the line.
+//! file does not declare; an option the broker does not support, and a bridge section it
+//! cannot honour, make it exit non-zero naming the line.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
