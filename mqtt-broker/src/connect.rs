@@ -145,7 +145,12 @@ impl<H: Hooks> Broker<H> {
         // [MQTT-3.1.3-6] [MQTT-3.1.3-7] an empty client id gets a unique one.
         let assigned = if req.client_id.as_str().is_empty() {
             loop {
-                let candidate = Utf8Bytes::from(format!("auto-{:016x}", self.next_client_id));
+                // Unique in a cluster too: another node assigns from the same counter, and
+                // the same identifier there would take this session over.
+                let candidate = Utf8Bytes::from(match &self.config.cluster {
+                    Some(c) => format!("auto-{}-{:016x}", c.node, self.next_client_id),
+                    None => format!("auto-{:016x}", self.next_client_id),
+                });
                 self.next_client_id += 1;
                 if self.session_of(candidate.as_str()).is_none() {
                     req.client_id = candidate.clone();

@@ -407,3 +407,28 @@ fn a_frame_that_is_not_a_publish_is_refused() {
         .is_err());
     c.drive();
 }
+
+#[test]
+fn assigned_client_identifiers_differ_between_nodes() {
+    // Two clients without an identifier, one per node: each keeps its session.
+    let mut c = Cluster::new(2);
+    let a = c.join(0, ClientConfig::new(V5, ""));
+    c.subscribe(0, a, "t", QoS::AtLeastOnce);
+    let b = c.join(1, ClientConfig::new(V5, ""));
+    c.subscribe(1, b, "t", QoS::AtLeastOnce);
+    assert_eq!(c.nodes[0].broker.session_count(), 1, "not taken over");
+    assert_eq!(c.nodes[1].broker.session_count(), 1);
+}
+
+#[test]
+fn a_shared_group_on_another_node_only() {
+    let mut c = Cluster::new(2);
+    let m = c.join(1, ClientConfig::new(V5, "m"));
+    c.subscribe(1, m, "$share/g/x/#", QoS::AtLeastOnce);
+    let p = c.join(0, ClientConfig::new(V4, "p"));
+    c.publish(0, p, "x/1", "hello", QoS::AtLeastOnce, false);
+    assert_eq!(
+        c.nodes[1].take(m),
+        [got("x/1", "hello", QoS::AtLeastOnce, false)]
+    );
+}

@@ -104,6 +104,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
+#[cfg(feature = "cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+pub mod cluster;
 mod driver;
 mod error;
 mod options;

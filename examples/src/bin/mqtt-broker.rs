@@ -101,6 +101,7 @@ use mqtt_broker::{
 };
 use mqtt_codec::{QoS, ReasonCode};
 use mqtt_state::{ConnectRequest, Duration, Instant, ServerConfig};
+use mqtt_tokio::cluster::{Cluster, ClusterOptions};
 use mqtt_tokio::server::{Hub, HubConfig, Transport};
 use mqtt_tokio::store::{RedbStore, Store};
 use mqtt_topic::{TopicFilter, TopicName};
@@ -124,6 +125,22 @@ struct Args {
     /// override it.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Join a cluster of brokers over these NATS servers (comma-separated
+    /// `nats://host:port`): messages, retained messages, shared subscriptions and session
+    /// takeovers span every node (see docs/cluster.md).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's name in the cluster, unique among its nodes; default HOSTNAME-PID.
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node: Option<String>,
+    /// JetStream replicas of the cluster's retained messages and session owners (at most
+    /// the number of NATS servers).
+    #[arg(long, default_value_t = 1, requires = "cluster")]
+    cluster_replicas: usize,
+    /// Prefix of the cluster's NATS subjects, stream and bucket: clusters sharing NATS
+    /// servers use different ones.
+    #[arg(long, default_value = "mqtt", requires = "cluster")]
+    cluster_prefix: String,
     /// Bridges from the configuration file's `connection` sections, checked.
     #[arg(skip)]
     bridges: Vec<(mqtt_broker::BridgeConfig, mqtt_tokio::server::Remote)>,
@@ -618,6 +635,13 @@ fn tls_acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
 }
 
 fn run(mut args: Args) -> std::io::Result<()> {
+    // The cluster node's name: given, or HOSTNAME-PID.
+    let node = args.node.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "node".into());
+        format!("{host}-{}", std::process::id())
+    });
     if args.no_tcp && args.no_ws && args.tls_bind.is_none() && args.wss_bind.is_none() {
         eprintln!("mqtt-broker: no listener (--no-tcp and --no-ws, no --tls-bind or --wss-bind)");
         std::process::exit(1);
@@ -670,6 +694,8 @@ fn run(mut args: Args) -> std::io::Result<()> {
             (false, Durability::Always) => Persistence::Sync,
             (false, Durability::Every(_)) => Persistence::Eventual,
         },
+        cluster: (!args.cluster.is_empty())
+            .then(|| mqtt_broker::ClusterConfig { node: node.clone() }),
         ..BrokerConfig::default()
     };
 
@@ -753,6 +779,27 @@ fn run(mut args: Args) -> std::io::Result<()> {
         waker: mio::Waker::new(poll.registry(), WAKER)?,
         shutdown: AtomicBool::new(false),
     });
+    // The cluster's NATS tasks run on the tokio side and wake the event loop.
+    let cluster = if args.cluster.is_empty() {
+        None
+    } else {
+        let wake = wake.clone();
+        let options = ClusterOptions::new(args.cluster.clone(), node.clone())
+            .replicas(args.cluster_replicas)
+            .prefix(args.cluster_prefix.clone());
+        match rt.block_on(Cluster::connect(options, move || drop(wake.waker.wake()))) {
+            Ok(c) => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "cluster node {node} over {}", args.cluster.join(","))?;
+                out.flush()?;
+                Some(c)
+            }
+            Err(e) => {
+                eprintln!("mqtt-broker: cluster: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
     // TLS and WebSocket connections are tokio tasks (mqtt-tokio's server side), which the
     // event loop serves through a hub. `open`, not `open_with`: see `EventLoop::accept`.
     let (mut hub, acceptor) = {
@@ -881,6 +928,7 @@ fn run(mut args: Args) -> std::io::Result<()> {
         tcp: HashMap::new(),
         hub,
         runtime,
+        cluster,
         wake,
         tasks_ready: false,
         scratch: vec![0; MAX_READ].into_boxed_slice(),
@@ -1055,6 +1103,8 @@ struct EventLoop {
     hub: Hub,
     /// The tokio side, where bridges dial.
     runtime: tokio::runtime::Handle,
+    /// The other nodes of the cluster, through NATS (`--cluster`).
+    cluster: Option<Cluster>,
     wake: Arc<Wake>,
     /// Messages from the tokio side may be waiting beyond what the last turn took.
     tasks_ready: bool,
@@ -1449,6 +1499,9 @@ impl EventLoop {
             self.batch.clear();
         }
         self.hub.dial(&mut self.broker, &self.runtime);
+        if let Some(c) = &mut self.cluster {
+            c.flush(&mut self.broker);
+        }
     }
 
     /// Moves what the core has to send on `id` into `batch`.
@@ -1641,11 +1694,21 @@ impl EventLoop {
         self.take_checked();
         for _ in 0..TASK_MESSAGES_PER_TURN {
             let now = self.now();
-            if !self.hub.poll(&mut self.broker, now) {
+            let hub = self.hub.poll(&mut self.broker, now);
+            if hub {
+                self.drain(now);
+            }
+            let cluster = match &mut self.cluster {
+                Some(c) => c.poll(&mut self.broker, now),
+                None => false,
+            };
+            if cluster {
+                self.drain(now);
+            }
+            if !hub && !cluster {
                 self.tasks_ready = false;
                 return;
             }
-            self.drain(now);
         }
         // More may be waiting: the next turn does not wait for readiness.
         self.tasks_ready = true;
