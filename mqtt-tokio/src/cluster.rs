@@ -94,7 +94,26 @@ enum In {
         frame: Bytes,
     },
     Retained(Bytes),
-    Taken(String),
+    /// Another process claimed this client (its bucket key) at this revision.
+    Taken {
+        client_id: String,
+        key: String,
+        revision: u64,
+    },
+}
+
+/// Session claims sent and not yet seen back: an older owner's entry that comes before
+/// ours is not a takeover of ours. `None`: the revision is not known yet.
+type Claims = Arc<std::sync::Mutex<HashMap<String, Option<u64>>>>;
+
+/// Whether an entry of another process at `revision` for `key` is older than a claim of
+/// ours (made or on its way).
+fn superseded(claims: &Claims, key: &str, revision: u64) -> bool {
+    match claims.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+        Some(None) => true,
+        Some(Some(r)) => revision < *r,
+        None => false,
+    }
 }
 
 /// Wakes the core's owner once per burst.
@@ -119,6 +138,9 @@ pub struct Cluster {
     out: mpsc::UnboundedSender<ClusterOp>,
     inbound: mpsc::Receiver<In>,
     wake: Arc<Wake>,
+    claims: Claims,
+    /// This process, as its claims name it.
+    instance: String,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -174,6 +196,7 @@ impl Cluster {
         });
         // Unique per process: a restarted node reads its own retained messages back.
         let instance = format!("{}-{}", options.node, nuid::next());
+        let claims = Claims::default();
         let link = Link {
             client,
             js,
@@ -182,16 +205,30 @@ impl Cluster {
             in_tx,
             wake: wake.clone(),
             subs: HashMap::new(),
-            claims: Arc::default(),
+            claims: claims.clone(),
         };
         link.start(stream, sessions, out_rx).await?;
-        Ok(Cluster { out, inbound, wake })
+        Ok(Cluster {
+            out,
+            inbound,
+            wake,
+            claims,
+            instance: options.node.clone(),
+        })
     }
 
     /// Hands the core's pending [`ClusterOp`]s to the NATS side. Call after each call
     /// into the core (where its events are drained).
     pub fn flush<H: Hooks>(&mut self, broker: &mut Broker<H>) {
         while let Some(op) = broker.poll_cluster() {
+            if let ClusterOp::Claim { client_id } = &op {
+                // Known at once, on this side: an older owner's entry already on its way
+                // to `poll` must not end the session just admitted.
+                self.claims
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(client_id_to_key(client_id), None);
+            }
             if self.out.send(op).is_err() {
                 tracing::error!("cluster link gone");
                 return;
@@ -223,9 +260,22 @@ impl Cluster {
                 broker.cluster_publish(now, &frame, target).map(drop)
             }
             In::Retained(frame) => broker.cluster_retained(now, &frame),
-            In::Taken(client_id) => {
+            In::Taken {
+                client_id,
+                key,
+                revision,
+            } => {
+                if superseded(&self.claims, &key, revision) {
+                    tracing::debug!(node = %self.instance, %client_id, revision, "older claim ignored");
+                    return true;
+                }
+                // Another's now: no claim of ours to keep.
+                self.claims
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
                 if broker.session_taken(now, &client_id) {
-                    tracing::debug!(%client_id, "session taken by another node");
+                    tracing::debug!(node = %self.instance, %client_id, revision, "session taken by another node");
                 }
                 Ok(())
             }
@@ -247,10 +297,8 @@ struct Link {
     wake: Arc<Wake>,
     /// The reader tasks of each filter's subscriptions.
     subs: HashMap<ClusterFilter, Vec<AbortHandle>>,
-    /// Session claims sent and not yet seen back in the bucket's watch: an older owner's
-    /// entry that comes before ours is not a takeover of ours. `None`: the revision is
-    /// not known yet.
-    claims: Arc<std::sync::Mutex<HashMap<String, Option<u64>>>>,
+    /// Session claims sent and not yet seen back (shared with [`Cluster`]).
+    claims: Claims,
 }
 
 impl Link {
@@ -313,27 +361,28 @@ impl Link {
                 let Some(key) = m.subject.as_str().rsplit('.').next().map(str::to_owned) else {
                     continue;
                 };
-                let entry = Claimed { key, revision };
                 let ours = m.payload.as_ref() == me.as_bytes();
-                {
-                    let mut claims = claims.lock().unwrap_or_else(|e| e.into_inner());
-                    if ours {
-                        // Seen back: the watch is in revision order, so nothing older
-                        // can come after it.
-                        claims.remove(&entry.key);
-                        continue;
-                    }
-                    match claims.get(&entry.key) {
-                        // Ours is newer, or on its way.
-                        Some(None) => continue,
-                        Some(Some(r)) if entry.revision < *r => continue,
-                        _ => {}
-                    }
+                if ours {
+                    // Ours, with its revision: what is older is not a takeover of it,
+                    // however late it reaches the core.
+                    claims
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key, Some(revision));
+                    continue;
                 }
-                let Some(client_id) = key_to_client_id(&entry.key) else {
+                if superseded(&claims, &key, revision) {
+                    continue;
+                }
+                let Some(client_id) = key_to_client_id(&key) else {
                     continue;
                 };
-                if tx.send(In::Taken(client_id)).await.is_err() {
+                let taken = In::Taken {
+                    client_id,
+                    key: key,
+                    revision,
+                };
+                if tx.send(taken).await.is_err() {
                     return;
                 }
                 wake.wake();
@@ -474,12 +523,6 @@ impl Link {
             }
         });
     }
-}
-
-/// A session claim read back from the stream.
-struct Claimed {
-    key: String,
-    revision: u64,
 }
 
 /// The header naming the process a message came from.

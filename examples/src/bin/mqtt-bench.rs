@@ -79,6 +79,10 @@ struct Args {
     /// Broker TCP port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// The subscribers' broker TCP port, when not `--port`: another node of a cluster, to
+    /// measure messages that cross between nodes.
+    #[arg(long)]
+    sub_port: Option<u16>,
     /// What to run.
     #[arg(long, value_enum, default_value_t = Scenario::FanIn)]
     scenario: Scenario,
@@ -477,7 +481,8 @@ async fn load(args: Args) -> Result<(), BoxError> {
             config.clean_start = false;
             config.session_expiry_interval = 3600;
         }
-        let mut conn = Conn::open(&addr, config, start, LOAD_READ).await?;
+        let sub_addr = format!("{}:{}", args.host, args.sub_port.unwrap_or(args.port));
+        let mut conn = Conn::open(&sub_addr, config, start, LOAD_READ).await?;
         let filter = if pairs {
             format!("bench/{run}/{s}")
         } else {

@@ -20,6 +20,10 @@
 //! - [`bridge_out`]: the broker bridged to a `mosquitto` daemon by a `connection` section
 //!   of its `-c FILE`: out, in and both ways at each QoS over 3.1.1 and 5.0, no loop, no
 //!   QoS 1 loss across a restart of mosquitto.
+//! - [`cluster`]: three brokers clustered over three `nats-server` processes: publish and
+//!   subscribe across nodes at each QoS, retained messages and a shared subscription
+//!   cluster-wide, a session taken over from another node, a broker node and a NATS
+//!   server killed.
 //! - [`conf`]: `-c FILE` in mosquitto.conf syntax: a listener, a password file and
 //!   `allow_anonymous false`; unsupported options, and bridge settings it cannot honour,
 //!   refused with the line.
@@ -34,11 +38,14 @@ mod bad_peers;
 mod bridge_in;
 mod bridge_out;
 mod broker;
+mod cluster;
 mod conf;
 mod mosquitto;
 #[path = "../../../mqtt-tokio/tests/support/mosquitto.rs"]
 mod mosquitto_daemon;
 mod mqttjs;
+#[path = "../support/nats.rs"]
+mod nats;
 mod paho;
 mod rumqttc_peer;
 mod store;
