@@ -219,7 +219,8 @@ async fn stream_leader(js: &jetstream::Context, name: &str) -> String {
 }
 
 /// Makes server `want` the stream's leader: asks the leader to step down (the replicas
-/// elect another) until `want` wins.
+/// elect another) until `want` wins. The request is repeated if the leader stays (a lost
+/// request, or a step-down refused while a replica catches up).
 async fn make_leader(client: &Client, js: &jetstream::Context, name: &str, want: &str) {
     guard(&format!("{want} to lead stream {name}"), async {
         loop {
@@ -230,8 +231,11 @@ async fn make_leader(client: &Client, js: &jetstream::Context, name: &str, want:
             let _ = client
                 .request(format!("$JS.API.STREAM.LEADER.STEPDOWN.{name}"), "".into())
                 .await;
-            while stream_leader(js, name).await == leader {
+            for _ in 0..40 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                if stream_leader(js, name).await != leader {
+                    break;
+                }
             }
         }
     })
