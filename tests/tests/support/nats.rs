@@ -27,7 +27,14 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Debian puts it, often not on a user's PATH). Panics if there is none.
 pub fn nats_server_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "NATS_SERVER_BIN={} is not a file (apt-get install nats-server puts one in \
+             /usr/sbin)",
+            p.display()
+        );
+        return p;
     }
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
