@@ -8,6 +8,8 @@
 #   messages per publisher in flight), then open loop at OPEN_RATE msg/s in all (a fixed
 #   schedule: what the path cannot take shows as lost messages and latency).
 # - latency: one publisher to one subscriber at RATE msg/s, QoS 1, p50/p99.
+# - connect: CONNECTS connections, 64 at a time, to a clustered node (each CONNECT a
+#   claim written to JetStream) and to a node alone: connections per second, p50/p99.
 # Every line: delivered msg/s, p50/p99 latency (µs), lost, duplicates. A benchmark, not a
 # test: nothing asserts a speed. On a 2-core machine the two brokers, NATS and the load
 # generator share the cores: the cross-node figures include a second broker's and NATS's
@@ -15,7 +17,7 @@
 #
 # Usage: examples/bench/cluster.sh
 # Knobs: DURATION (5 s), PAIRS (10), WINDOW (64), OPEN_RATE (20000), RATE (1000),
-# ROUNDS (1).
+# CONNECTS (5000), ROUNDS (1).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -25,6 +27,7 @@ PAIRS=${PAIRS:-10}
 WINDOW=${WINDOW:-64}
 OPEN_RATE=${OPEN_RATE:-20000}
 RATE=${RATE:-1000}
+CONNECTS=${CONNECTS:-5000}
 ROUNDS=${ROUNDS:-1}
 
 NATS=$(command -v nats-server || true)
@@ -65,17 +68,17 @@ for i in $(seq 100); do
     sleep 0.05
 done
 
-# Starts node $1 of the cluster; prints its port.
+# Starts node $1 of the cluster (`solo`: a broker alone); prints its port.
 node() {
-    local out=$WORK/out.$1
+    local out=$WORK/out.$1 cluster=(--cluster "nats://127.0.0.1:$NATS_PORT" --node "$1")
+    [ "$1" = solo ] && cluster=()
     "$BIN/mqtt-broker" --bind 127.0.0.1:0 --no-ws --sys-interval 0 --in-memory \
-        --max-queued 100000 --cluster "nats://127.0.0.1:$NATS_PORT" --node "$1" \
-        >"$out" 2>>"$WORK/broker.$1.log" &
+        --max-queued 100000 "${cluster[@]}" >"$out" 2>>"$WORK/broker.$1.log" &
     PIDS+=($!)
     local i port
     for i in $(seq 200); do
         port=$(sed -n 's/^listening on tcp .*:\([0-9]*\)$/\1/p' "$out")
-        if [ -n "$port" ] && grep -q '^cluster node' "$out"; then
+        if [ -n "$port" ] && { [ "$1" = solo ] || grep -q '^cluster node' "$out"; }; then
             echo "$port"
             return
         fi
@@ -87,6 +90,7 @@ node() {
 }
 A=$(node a)
 B=$(node b)
+SOLO=$(node solo)
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 
@@ -121,4 +125,19 @@ for round in $(seq "$ROUNDS"); do
     for p in "${order[@]}"; do
         run "$p" "latency $RATE/s" --scenario pairs --pubs 1 --rate "$RATE"
     done
+done
+echo
+echo "| connect ($CONNECTS, 64 at a time) | connections/s | p50 µs | p99 µs | failed |"
+echo "|---|--:|--:|--:|--:|"
+for target in clustered alone; do
+    port=$A
+    [ $target = alone ] && port=$SOLO
+    line=$("$BIN/mqtt-bench" --port "$port" --scenario connect --connections "$CONNECTS" \
+        --connect-concurrency 64 --label "$target" || echo "failed")
+    secs=$(echo "$line" | field secs)
+    ok=$(echo "$line" | field ok)
+    printf '| %-9s | %9s | %7s | %7s | %4s |\n' "$target" \
+        "$(awk -v n="$ok" -v s="$secs" 'BEGIN { if (s > 0) printf "%.0f", n / s }')" \
+        "$(echo "$line" | field p50_us)" "$(echo "$line" | field p99_us)" \
+        "$(echo "$line" | field failed)"
 done

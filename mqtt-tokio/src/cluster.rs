@@ -163,6 +163,17 @@ impl Cluster {
         let client = async_nats::ConnectOptions::new()
             .name(format!("mqtt-broker {}", options.node))
             .retry_on_initial_connect()
+            // Core NATS drops what a subscription cannot take: say so, it is lost.
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::SlowConsumer(sid) => tracing::warn!(
+                        sid,
+                        "NATS slow consumer: messages for this node were dropped"
+                    ),
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    e => tracing::warn!("NATS: {e}"),
+                }
+            })
             .connect(options.servers.clone())
             .await
             .map_err(|e| nats_err("connect", &e))?;
@@ -379,7 +390,7 @@ impl Link {
                 };
                 let taken = In::Taken {
                     client_id,
-                    key: key,
+                    key,
                     revision,
                 };
                 if tx.send(taken).await.is_err() {

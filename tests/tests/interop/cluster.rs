@@ -195,10 +195,11 @@ async fn cluster_over_nats() {
     let port0: u16 = brokers[0].port().parse().unwrap();
     // The client stops with the broker's reason (it does not reconnect here).
     let first = options("mover", port0).on_progress(move |p| {
-        if let mqtt_tokio::Progress::Stopped { error: Some(e) } = p {
-            if let mqtt_tokio::Error::Mqtt(mqtt_tokio::mqtt_state::Error::Disconnected(code)) = e {
-                *seen.lock().unwrap() = Some(*code);
-            }
+        if let mqtt_tokio::Progress::Stopped {
+            error: Some(mqtt_tokio::Error::Mqtt(mqtt_tokio::mqtt_state::Error::Disconnected(code))),
+        } = p
+        {
+            *seen.lock().unwrap() = Some(*code);
         }
     });
     let (_mover, _) = AsyncClient::connect(first).await.expect("connect");
