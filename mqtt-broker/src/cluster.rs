@@ -135,6 +135,12 @@ pub(crate) struct ClusterState {
     plain: mqtt_topic::SubscriptionTree<u32, ()>,
     next_id: u32,
     pub(crate) ops: VecDeque<ClusterOp>,
+    /// `Subscribe` operations handed out, and those the program reported in place.
+    issued: u64,
+    confirmed: u64,
+    /// SUBACKs waiting for their filters to be in place on the bus: the count of
+    /// `Subscribe`s they need confirmed, the store batch they need durable, the promise.
+    held: VecDeque<(u64, Option<crate::persist::Batch>, crate::persist::Promise)>,
 }
 
 fn cluster_filter(sub: &Subscription<'_>) -> ClusterFilter {
@@ -154,6 +160,48 @@ impl<H: Hooks> Broker<H> {
     /// bus subscribes to before it takes [`Broker::poll_cluster`]'s changes.
     pub fn cluster_interest(&self) -> impl Iterator<Item = &ClusterFilter> + '_ {
         self.cluster.interest.keys()
+    }
+
+    /// The program has put the oldest [`ClusterOp::Subscribe`] not yet reported in place on
+    /// its bus (for NATS: the subscription sent and the server's answer to a flush
+    /// received), so that the other nodes' messages for it come here from now on. Call
+    /// once per `Subscribe`, in the order handed out. The SUBACK of a subscription that
+    /// needed it waits for this: a client that gets its SUBACK gets every message
+    /// published after it, on any node ([MQTT-3.8.4-1], [MQTT-3.9.3-1] as on one broker).
+    pub fn cluster_subscribed(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        let c = &mut self.cluster;
+        c.confirmed = (c.confirmed + 1).min(c.issued);
+        while self
+            .cluster
+            .held
+            .front()
+            .is_some_and(|(t, _, _)| *t <= self.cluster.confirmed)
+        {
+            let Some((_, after, promise)) = self.cluster.held.pop_front() else {
+                break;
+            };
+            // Stored already, or still waiting for its batch.
+            let after = after.filter(|b| *b > self.store.durable);
+            self.promise(now, after, promise);
+        }
+    }
+
+    /// A SUBACK about to be sent (`promise`, after store batch `after`): held until the
+    /// filters this SUBSCRIBE added to the node's interest are in place on the bus;
+    /// `None` when it was held, else the promise back.
+    pub(crate) fn hold_for_cluster(
+        &mut self,
+        after: Option<crate::persist::Batch>,
+        promise: crate::persist::Promise,
+    ) -> Option<crate::persist::Promise> {
+        let c = &mut self.cluster;
+        if c.issued > c.confirmed {
+            c.held.push_back((c.issued, after, promise));
+            None
+        } else {
+            Some(promise)
+        }
     }
 
     /// A message another node published ([`ClusterOp::Publish`]'s `frame`), for this
@@ -270,6 +318,7 @@ impl<H: Hooks> Broker<H> {
             let (n, id) = c.interest.entry(cluster_filter(&sub)).or_insert((0, next));
             *n += 1;
             if *n == 1 {
+                c.issued += 1;
                 c.next_id = c.next_id.wrapping_add(1);
                 if let Subscription::Plain(f) = sub {
                     c.plain.insert(Subscription::Plain(f), *id, ());

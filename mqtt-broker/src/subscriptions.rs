@@ -207,16 +207,19 @@ impl<H: Hooks> Broker<H> {
         // an embedder's Reason String goes with it ([MQTT-3.9.2-1]: not beyond the
         // client's Maximum Packet Size).
         let after = self.after_store();
-        if after.is_some() {
-            // Once the subscriptions are stored. Retained messages may go before it
-            // (3.1.1 §3.8.4: PUBLISH packets may precede the SUBACK).
+        if after.is_some() || self.config.cluster.is_some() {
+            // Once the subscriptions are stored, and in a cluster once the other nodes
+            // send their messages here. Retained messages may go before it (3.1.1 §3.8.4:
+            // PUBLISH packets may precede the SUBACK).
             let promise = crate::persist::Promise::SubAck {
                 conn: id,
                 packet_id: pending.packet_id,
                 reasons,
                 diagnostics: pending.diagnostics,
             };
-            self.promise(now, after, promise);
+            if let Some(promise) = self.hold_for_cluster(after, promise) {
+                self.promise(now, after, promise);
+            }
         } else if let Some(c) = self.conn_mut(id) {
             if pending.diagnostics.is_empty() {
                 let _ = c.session.suback(now, pending.packet_id, reasons);

@@ -23,6 +23,10 @@ struct Cluster {
     cursor: BTreeMap<(String, String), usize>,
     /// Every operation each node handed out, for the tests that look at them.
     ops: Vec<Vec<ClusterOp>>,
+    /// Whether the bus reports subscriptions in place at once; else they wait in
+    /// `unconfirmed` until `confirm`.
+    confirm_at_once: bool,
+    unconfirmed: Vec<usize>,
 }
 
 fn matches(filter: &str, topic: &str) -> bool {
@@ -53,7 +57,18 @@ impl Cluster {
             subs: vec![BTreeSet::new(); n],
             cursor: BTreeMap::new(),
             ops: vec![Vec::new(); n],
+            confirm_at_once: true,
+            unconfirmed: vec![0; n],
         }
+    }
+
+    /// Reports node `i`'s subscriptions in place on the bus.
+    fn confirm(&mut self, i: usize) {
+        let now = self.nodes[i].now;
+        for _ in 0..std::mem::take(&mut self.unconfirmed[i]) {
+            self.nodes[i].broker.cluster_subscribed(now);
+        }
+        self.drive();
     }
 
     fn drive(&mut self) {
@@ -79,6 +94,12 @@ impl Cluster {
         match op {
             ClusterOp::Subscribe(f) => {
                 self.subs[from].insert(f);
+                if self.confirm_at_once {
+                    let now = self.nodes[from].now;
+                    self.nodes[from].broker.cluster_subscribed(now);
+                } else {
+                    self.unconfirmed[from] += 1;
+                }
             }
             ClusterOp::Unsubscribe(f) => {
                 self.subs[from].remove(&f);
@@ -431,4 +452,32 @@ fn a_shared_group_on_another_node_only() {
         c.nodes[1].take(m),
         [got("x/1", "hello", QoS::AtLeastOnce, false)]
     );
+}
+
+#[test]
+fn a_suback_waits_until_the_other_nodes_send_here() {
+    // [MQTT-3.8.4-1] once the SUBACK is out, messages published on any node reach the
+    // subscriber: it waits for the bus to report the subscription in place.
+    let mut c = Cluster::new(2);
+    c.confirm_at_once = false;
+    let s = c.join(1, ClientConfig::new(V5, "s"));
+    c.nodes[1].peers[s]
+        .client
+        .subscribe(Instant::ZERO, &[("t/#", q(QoS::AtLeastOnce))], None)
+        .unwrap();
+    c.drive();
+    assert!(
+        c.nodes[1].ack_codes(s).is_empty(),
+        "no SUBACK before the bus has it"
+    );
+    c.confirm(1);
+    assert_eq!(c.nodes[1].ack_codes(s), [vec![ReasonCode::GrantedQoS1]]);
+    // A filter the node already has needs nothing from the bus.
+    let s2 = c.join(1, ClientConfig::new(V5, "s2"));
+    c.nodes[1].peers[s2]
+        .client
+        .subscribe(Instant::ZERO, &[("t/#", q(QoS::AtLeastOnce))], None)
+        .unwrap();
+    c.drive();
+    assert_eq!(c.nodes[1].ack_codes(s2), [vec![ReasonCode::GrantedQoS1]]);
 }

@@ -94,6 +94,8 @@ enum In {
         frame: Bytes,
     },
     Retained(Bytes),
+    /// The oldest `Subscribe` not yet reported is in place on the server.
+    Subscribed,
     /// Another process claimed this client (its bucket key) at this revision.
     Taken {
         client_id: String,
@@ -271,6 +273,10 @@ impl Cluster {
                 broker.cluster_publish(now, &frame, target).map(drop)
             }
             In::Retained(frame) => broker.cluster_retained(now, &frame),
+            In::Subscribed => {
+                broker.cluster_subscribed(now);
+                Ok(())
+            }
             In::Taken {
                 client_id,
                 key,
@@ -407,7 +413,18 @@ impl Link {
     async fn run(mut self, mut ops: mpsc::UnboundedReceiver<ClusterOp>) {
         while let Some(op) = ops.recv().await {
             match op {
-                ClusterOp::Subscribe(f) => self.subscribe(f).await,
+                ClusterOp::Subscribe(f) => {
+                    self.subscribe(f).await;
+                    // The server has the subscription once it answered a flush sent after
+                    // it: the SUBACK the core holds may go.
+                    if let Err(e) = self.client.flush().await {
+                        tracing::warn!("NATS flush: {e}");
+                    }
+                    if self.in_tx.send(In::Subscribed).await.is_err() {
+                        return;
+                    }
+                    self.wake.wake();
+                }
                 ClusterOp::Unsubscribe(f) => {
                     // The reader task owns the subscription: ending it unsubscribes.
                     for h in self.subs.remove(&f).into_iter().flatten() {
