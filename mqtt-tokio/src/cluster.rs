@@ -41,6 +41,10 @@ use crate::Error;
 const ORIGIN: &str = "Mqtt-Origin";
 /// Messages from NATS waiting for the core before the readers wait.
 const INBOUND: usize = 4096;
+/// Messages for the other nodes waiting for NATS (unreachable, or slower than the node)
+/// before new ones are dropped, counted and logged: core NATS would not keep them either,
+/// and the node's memory stays bounded.
+const OUTBOUND_MESSAGES: usize = 65_536;
 
 /// How a node joins its cluster.
 #[derive(Debug, Clone)]
@@ -143,6 +147,10 @@ pub struct Cluster {
     claims: Claims,
     /// This process, as its claims name it.
     instance: String,
+    /// `Publish` operations handed to the NATS side and not sent yet.
+    outbound: Arc<std::sync::atomic::AtomicUsize>,
+    /// Messages dropped because too many were waiting for NATS.
+    dropped: u64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -210,7 +218,9 @@ impl Cluster {
         // Unique per process: a restarted node reads its own retained messages back.
         let instance = format!("{}-{}", options.node, nuid::next());
         let claims = Claims::default();
+        let outbound = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let link = Link {
+            outbound: outbound.clone(),
             client,
             js,
             prefix: options.prefix.clone(),
@@ -227,6 +237,8 @@ impl Cluster {
             wake,
             claims,
             instance: options.node.clone(),
+            outbound,
+            dropped: 0,
         })
     }
 
@@ -241,6 +253,20 @@ impl Cluster {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(client_id_to_key(client_id), None);
+            }
+            if let ClusterOp::Publish { topic, .. } = &op {
+                if self.outbound.load(Ordering::Acquire) >= OUTBOUND_MESSAGES {
+                    self.dropped += 1;
+                    if self.dropped.is_power_of_two() {
+                        tracing::warn!(
+                            %topic,
+                            dropped = self.dropped,
+                            "NATS is not taking this node's messages: dropped"
+                        );
+                    }
+                    continue;
+                }
+                self.outbound.fetch_add(1, Ordering::AcqRel);
             }
             if self.out.send(op).is_err() {
                 tracing::error!("cluster link gone");
@@ -316,6 +342,8 @@ struct Link {
     subs: HashMap<ClusterFilter, Vec<AbortHandle>>,
     /// Session claims sent and not yet seen back (shared with [`Cluster`]).
     claims: Claims,
+    /// `Publish` operations not sent yet (shared with [`Cluster`]).
+    outbound: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Link {
@@ -435,7 +463,10 @@ impl Link {
                     topic,
                     retain,
                     frame,
-                } => self.publish(&topic, retain, frame).await,
+                } => {
+                    self.publish(&topic, retain, frame).await;
+                    self.outbound.fetch_sub(1, Ordering::AcqRel);
+                }
                 ClusterOp::Claim { client_id } => self.claim(&client_id).await,
                 _ => {}
             }
