@@ -24,6 +24,17 @@ struct Ours {
 
 /// Our server on a free port, bridged to `remote_port` with `topics`.
 async fn ours(remote_port: u16, version: ProtocolVersion, topics: Vec<BridgeTopic>) -> Ours {
+    let address = format!("127.0.0.1:{remote_port}");
+    ours_with(address, Remote::default(), version, topics).await
+}
+
+/// Our server on a free port, bridged to `address` as `remote` says.
+async fn ours_with(
+    address: String,
+    remote: Remote,
+    version: ProtocolVersion,
+    topics: Vec<BridgeTopic>,
+) -> Ours {
     let mut server = Server::new(
         BrokerConfig {
             sys_interval: None,
@@ -35,13 +46,13 @@ async fn ours(remote_port: u16, version: ProtocolVersion, topics: Vec<BridgeTopi
         .bind("127.0.0.1:0", Transport::Tcp)
         .await
         .expect("bind");
-    let mut config = BridgeConfig::new("b", format!("127.0.0.1:{remote_port}"), version);
+    let mut config = BridgeConfig::new("b", address, version);
     config.topics = topics;
     config.remote.clean_start = false;
     config.remote.session_expiry_interval = 3600;
     config.reconnect_delay = mqtt_tokio::mqtt_state::Duration::from_millis(100);
     config.max_reconnect_delay = mqtt_tokio::mqtt_state::Duration::from_millis(500);
-    let bridge = server.bridge(config, Remote::default()).expect("bridge");
+    let bridge = server.bridge(config, remote).expect("bridge");
     let handle = server.handle();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run(async {
@@ -259,5 +270,50 @@ async fn restarted_mid_stream(version: ProtocolVersion) {
         got.len() < 2 * N as usize,
         "{version:?}: {} received",
         got.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_client_certificate() {
+    // mosquitto's TLS listener requires a client certificate signed by its CA; the
+    // bridge checks mosquitto's certificate for `localhost` against that CA.
+    let m = Mosquitto::with(
+        mosquitto::Auth::Anonymous,
+        mosquitto::Listeners {
+            tls: true,
+            client_cert: true,
+            ..Default::default()
+        },
+    );
+    let (cert, key) = m.client_cert();
+    let tls = mqtt_tokio::tls_config(Some(&m.ca_pem()), Some((&cert, &key))).expect("tls");
+    let remote = Remote {
+        tls: Some(tls),
+        server_name: None,
+    };
+    let address = format!("localhost:{}", m.tls_port.expect("a TLS listener"));
+    let o = ours_with(
+        address,
+        remote,
+        ProtocolVersion::V5,
+        vec![
+            BridgeTopic::new("up", Direction::Out, QoS::AtLeastOnce),
+            BridgeTopic::new("down", Direction::In, QoS::AtLeastOnce),
+        ],
+    )
+    .await;
+    let (there, mut there_in) = client("there", m.port).await;
+    there.subscribe("up", QoS::AtLeastOnce).await.unwrap();
+    let (here, mut here_in) = client("here", o.port).await;
+    here.subscribe("down", QoS::AtLeastOnce).await.unwrap();
+    here.publish("up", QoS::AtLeastOnce, "1").await.unwrap();
+    there.publish("down", QoS::AtLeastOnce, "2").await.unwrap();
+    assert_eq!(
+        drain(&mut there_in, Duration::from_secs(2)).await,
+        [("up".to_owned(), "1".to_owned())]
+    );
+    assert_eq!(
+        drain(&mut here_in, Duration::from_secs(1)).await,
+        [("down".to_owned(), "2".to_owned())]
     );
 }
