@@ -100,6 +100,9 @@
 //! - `store`: durable storage for the server's core ([`store`]): a redb file on disk
 //!   ([`store::RedbStore`]) or memory ([`store::MemoryStore`]), restored at start
 //!   ([`server::Server::store`]): what the broker acknowledged survives a crash.
+//! - `cluster`: a broker node's link to the other nodes of its cluster over NATS
+//!   ([`cluster::Cluster`], with the official `async-nats` client): messages, retained
+//!   messages, shared subscriptions and session takeovers across nodes.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
