@@ -21,6 +21,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
+# shellcheck source=examples/bench/lib.sh
+. examples/bench/lib.sh
 
 DURATION=${DURATION:-5}
 PAIRS=${PAIRS:-10}
@@ -49,16 +51,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 10000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
 
 NATS_PORT=$(free_port)
 "$NATS" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/js" 2>>"$WORK/nats.log" &

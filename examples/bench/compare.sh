@@ -46,6 +46,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
+# shellcheck source=examples/bench/lib.sh
+. examples/bench/lib.sh
 
 DURATION=${DURATION:-5}
 PUBS=${PUBS:-10}
@@ -117,16 +119,6 @@ cleanup() {
 trap cleanup EXIT
 
 # A loopback port nothing listens on, below the ephemeral range.
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 10000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
 
 # Starts our broker; sets OURS_PID and OURS_PORT.
 # With OURS_DEFAULTS=1, only the address flags (default limits).

@@ -24,6 +24,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
+# shellcheck source=examples/bench/lib.sh
+. examples/bench/lib.sh
 
 DURATION=${DURATION:-5}
 PAIRS=${PAIRS:-10}
@@ -53,16 +55,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 10000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
 
 # Starts broker $1 (ours-mem, ours-always, ours-10ms, mosquitto, mosquitto-persist) on a
 # fresh store; sets PID and PORT.

@@ -298,6 +298,8 @@ pub(crate) struct Bridges {
     dials: VecDeque<Dial>,
     /// Connection ids of local legs, to tell their events from the program's.
     pub(crate) locals: BTreeMap<ConnectionId, u32>,
+    /// What the core's output to a local leg is written into.
+    scratch: Vec<u8>,
 }
 
 impl Bridges {
@@ -783,7 +785,11 @@ impl<H: Hooks> Broker<H> {
 
     /// The core has output for a local leg: into its machine.
     pub(crate) fn local_transmit(&mut self, now: Instant, l: ConnectionId, i: usize) {
-        let mut chunk = alloc::vec![0u8; 4096];
+        // Reused: this runs for every batch of output a bridged message makes.
+        let mut chunk = core::mem::take(&mut self.bridges.scratch);
+        if chunk.len() < 4096 {
+            chunk.resize(4096, 0);
+        }
         loop {
             match self.poll_transmit(now, l, &mut chunk) {
                 Ok(Some(n)) => self.bridges.list[i]
@@ -794,6 +800,7 @@ impl<H: Hooks> Broker<H> {
                 Err(_) => break,
             }
         }
+        self.bridges.scratch = chunk;
         let b = &mut self.bridges.list[i];
         if !b.from_core.is_empty() {
             let mut input = core::mem::take(&mut b.from_core);

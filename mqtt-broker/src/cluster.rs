@@ -36,7 +36,6 @@
 //! subscribers' QoS as for its own messages ([MQTT-3.8.4-8]).
 
 use alloc::collections::{BTreeMap, VecDeque};
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -133,6 +132,9 @@ pub(crate) struct ClusterState {
     /// The plain filters, by number, to find the one copy of a message to take: that of
     /// the lowest-numbered filter it matches.
     plain: mqtt_topic::SubscriptionTree<u32, ()>,
+    /// The plain filters' numbers by filter: found by the `via` of each message without
+    /// building a key.
+    plain_ids: BTreeMap<String, u32>,
     next_id: u32,
     pub(crate) ops: VecDeque<ClusterOp>,
     /// `Subscribe` operations handed out, and those the program reported in place.
@@ -218,11 +220,7 @@ impl<H: Hooks> Broker<H> {
         let message = Message::from_stored(frame).map_err(|_| Error::InvalidClusterMessage)?;
         if let ClusterTarget::Plain { via } = target {
             // One copy per message: the one that came by the lowest-numbered filter.
-            let key = ClusterFilter {
-                filter: String::from(via),
-                share: None,
-            };
-            let Some(&(_, id)) = self.cluster.interest.get(&key) else {
+            let Some(&id) = self.cluster.plain_ids.get(via) else {
                 // No subscriber here any more.
                 return Ok(0);
             };
@@ -322,6 +320,7 @@ impl<H: Hooks> Broker<H> {
                 c.next_id = c.next_id.wrapping_add(1);
                 if let Subscription::Plain(f) = sub {
                     c.plain.insert(Subscription::Plain(f), *id, ());
+                    c.plain_ids.insert(String::from(f.as_str()), *id);
                 }
                 c.ops.push_back(ClusterOp::Subscribe(cluster_filter(&sub)));
             }
@@ -346,6 +345,7 @@ impl<H: Hooks> Broker<H> {
                     c.interest.remove(&key);
                     if let Subscription::Plain(f) = sub {
                         c.plain.remove(Subscription::Plain(f), &id);
+                        c.plain_ids.remove(f.as_str());
                     }
                     c.ops.push_back(ClusterOp::Unsubscribe(key));
                 }
@@ -382,10 +382,15 @@ impl<H: Hooks> Broker<H> {
     /// Whether shared group `share` (one of `members`' sessions) is the shared
     /// subscription `$share/{share}/{filter}`.
     pub(crate) fn is_shared_subscription(&self, member: u32, share: &str, filter: &str) -> bool {
-        let full = format!("$share/{share}/{filter}");
+        let is = |f: &str| {
+            f.strip_prefix("$share/")
+                .and_then(|f| f.strip_prefix(share))
+                .and_then(|f| f.strip_prefix('/'))
+                == Some(filter)
+        };
         self.sessions
             .get(member as usize)
             .and_then(Option::as_ref)
-            .is_some_and(|r| r.filters.iter().any(|(f, _)| **f == *full))
+            .is_some_and(|r| r.filters.iter().any(|(f, _)| is(f)))
     }
 }

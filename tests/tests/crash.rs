@@ -53,7 +53,7 @@ mod support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -66,6 +66,7 @@ use mqtt_tokio::{
 };
 
 use broker::{collect_lines, Proc};
+use mosquitto::net::fixed_port;
 use mosquitto::{Auth, Listeners, Mosquitto};
 use support::Rng;
 
@@ -109,33 +110,6 @@ impl Drop for TempDir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-}
-
-/// A free loopback port below the kernel's ephemeral range. The broker is restarted on the
-/// same port while clients keep trying to reconnect to it; a port in the ephemeral range
-/// could meanwhile be taken by one of those clients' own sockets (a TCP self-connect when
-/// source and destination ports coincide), and the broker would then fail to bind.
-fn fixed_port() -> u16 {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    let (base, span) = if low > 11_000 {
-        (10_000, low - 10_000)
-    } else {
-        (low, 1000)
-    };
-    let mut rng = Rng::new(
-        u64::from(std::process::id()) << 16 | u64::from(N.fetch_add(1, Ordering::Relaxed)),
-    );
-    for _ in 0..1000 {
-        let port = (base + rng.range(0, u64::from(span - 1)) as u32) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below {low}");
 }
 
 // ---------------------------------------------------------------------------------------

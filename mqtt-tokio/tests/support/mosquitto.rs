@@ -2,12 +2,15 @@
 //! A `mosquitto` broker on a free loopback port, with its configuration and persistence in
 //! a temporary directory; killed on drop.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+
+#[path = "net.rs"]
+pub(crate) mod net;
+use net::{free_port, listens};
 
 /// The `mosquitto` executable (Debian puts it in /usr/sbin, often not on PATH); fails the
 /// test if there is none.
@@ -55,46 +58,6 @@ pub(crate) struct Listeners {
     pub(crate) client_cert: bool,
     /// Log errors and warnings only (benchmarks: logging every packet costs the broker).
     pub(crate) quiet: bool,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
-
-/// Whether process `pid` has a socket listening on TCP `port`, from /proc. A successful
-/// connect is no proof: it may reach another process that got the same free port, or the
-/// kernel may connect a socket to itself when its ephemeral port is the one probed (a
-/// TCP self-connect), and then a client started right after is refused.
-fn listens(pid: u32, port: u16) -> bool {
-    let listening: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|t| {
-            t.lines()
-                .skip(1)
-                .filter_map(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    let local_port = f.get(1)?.rsplit(':').next()?;
-                    let listen = f.get(3)? == &"0A";
-                    let inode = f.get(9)?;
-                    (listen && u16::from_str_radix(local_port, 16).ok()? == port)
-                        .then(|| format!("socket:[{inode}]"))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    if listening.is_empty() {
-        return false;
-    }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.filter_map(Result::ok)
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .any(|l| listening.iter().any(|s| l.as_os_str() == s.as_str()))
 }
 
 impl Mosquitto {

@@ -21,7 +21,6 @@
 //! Every wait is bounded; nothing is timed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -32,6 +31,7 @@ use std::time::{Duration, Instant};
 use mqtt_tokio::{AsyncClient, Incoming, Message, Options, QoS, TopicBuf};
 
 use crate::broker::{broker_bin, collect_lines};
+use crate::mosquitto_daemon::net::fixed_port;
 use crate::mosquitto_daemon::{Auth, Listeners, Mosquitto};
 
 /// Longest wait for anything expected; a lost message fails the test at this, not a hang.
@@ -39,39 +39,6 @@ const GUARD: Duration = Duration::from_secs(30);
 
 /// How long nothing more may arrive once everything expected did.
 const QUIET: Duration = Duration::from_secs(2);
-
-/// A free loopback port below the kernel's ephemeral range: the broker restarts on it
-/// while the bridge keeps reconnecting, and a port in the ephemeral range could meanwhile
-/// be taken by the bridge's own socket (a TCP self-connect).
-fn fixed_port() -> u16 {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    let (base, span) = if low > 11_000 {
-        (10_000, low - 10_000)
-    } else {
-        (low, 1000)
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mut x = u64::from(std::process::id()) << 32
-        ^ u64::from(N.fetch_add(1, Ordering::Relaxed)) << 20
-        ^ u64::from(nanos);
-    for _ in 0..1000 {
-        // xorshift64
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let port = (base + (x % u64::from(span - 1)) as u32) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below {low}");
-}
 
 /// Our example broker on a fixed port and a store that outlive its processes.
 struct Ours {

@@ -158,9 +158,15 @@ async fn bridged_to_mosquitto_out_in_and_both_at_every_qos() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridged_to_mosquitto_restarted_mid_stream_loses_no_qos1_message() {
+    for version in ["mqttv311", "mqttv50"] {
+        restarted_mid_stream(version).await;
+    }
+}
+
+async fn restarted_mid_stream(version: &str) {
     let mut m = mosquitto();
     let dir = TempDir::new("bridge-restart");
-    let b = ours(&dir, m.port, "mqttv311", "topic stream out 1\n");
+    let b = ours(&dir, m.port, version, "topic stream out 1\n");
     bridge_up(b.port).await;
     let (there, _) = persistent("there", m.port).await;
     there.subscribe("stream", QoS::AtLeastOnce).await.unwrap();
@@ -197,7 +203,11 @@ async fn bridged_to_mosquitto_restarted_mid_stream_loses_no_qos1_message() {
     let (_there, mut there_in) = persistent("there", m.port).await;
     let got = drain(&mut there_in, Duration::from_secs(3)).await;
     // QoS 1 may repeat what was in flight at the restart, not the stream.
-    assert!(got.len() < 2 * N as usize, "{} received", got.len());
+    assert!(
+        got.len() < 2 * N as usize,
+        "{version}: {} received",
+        got.len()
+    );
     let mut seen = vec![false; N as usize];
     for (_, p) in &got {
         seen[p.parse::<usize>().unwrap()] = true;
@@ -205,7 +215,7 @@ async fn bridged_to_mosquitto_restarted_mid_stream_loses_no_qos1_message() {
     let lost: Vec<usize> = (0..N as usize).filter(|&i| !seen[i]).collect();
     assert!(
         lost.is_empty(),
-        "{} of {N} lost, first {:?}",
+        "{version}: {} of {N} lost, first {:?}",
         lost.len(),
         &lost[..lost.len().min(10)]
     );

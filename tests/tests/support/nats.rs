@@ -11,12 +11,18 @@
 //! servers' logs); nothing is timed.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+
+// The interop tests load it through mosquitto's harness too: two copies, one source.
+#[allow(clippy::duplicate_mod)]
+#[path = "../../../mqtt-tokio/tests/support/net.rs"]
+mod net;
+use net::{free_port, listens};
 
 /// How long a server may take to listen, and the cluster to form (routes connected,
 /// JetStream meta leader elected, streams caught up). Generous: a bound that turns a hang
@@ -47,45 +53,6 @@ pub fn nats_server_bin() -> PathBuf {
             "`nats-server` is not installed (apt-get install nats-server, or `bash .ci/deps`; \
              or set NATS_SERVER_BIN); the cluster tests fail rather than skip without it",
         )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
-
-/// Whether process `pid` has a socket listening on TCP `port`, from /proc: a successful
-/// connect could reach another process that took the same free port, or be a TCP
-/// self-connect (see `mqtt-tokio/tests/support/mosquitto.rs`).
-fn listens(pid: u32, port: u16) -> bool {
-    let listening: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|t| {
-            t.lines()
-                .skip(1)
-                .filter_map(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    let local_port = f.get(1)?.rsplit(':').next()?;
-                    let listen = f.get(3)? == &"0A";
-                    let inode = f.get(9)?;
-                    (listen && u16::from_str_radix(local_port, 16).ok()? == port)
-                        .then(|| format!("socket:[{inode}]"))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    if listening.is_empty() {
-        return false;
-    }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.filter_map(Result::ok)
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .any(|l| listening.iter().any(|s| l.as_os_str() == s.as_str()))
 }
 
 /// `GET path` on the monitoring port: the status code and the body, or `None` if the
