@@ -27,14 +27,32 @@
 //!   [`ClusterOp::Publish`] with `retain` set; the program also keeps it where every node
 //!   reads it (a stream with the last message per subject), and each node stores what it
 //!   reads with [`Broker::cluster_retained`]: a subscriber on any node gets them.
-//! - **Sessions**: a client admitted on a node is a [`ClusterOp::Claim`]: the program
-//!   records that this node owns the client identifier (a key-value store) and tells the
-//!   node that owned it before ([`Broker::session_taken`]), which disconnects the client
-//!   there with Session taken over ([MQTT-3.1.4-3]) and ends the session there.
+//! - **Sessions**: a client connecting to a node is a [`ClusterOp::Claim`], and its
+//!   CONNACK waits. The program records that this node owns the client identifier (a
+//!   key-value store) and has the node that owned it before let go
+//!   ([`Broker::session_taken`]: the client is disconnected there with Session taken over,
+//!   [MQTT-3.1.4-3], and the session ends there without a trace in the store). It then
+//!   hands this node the session's stored entries ([`Broker::cluster_import`]) and says
+//!   the claim is done ([`Broker::cluster_claimed`]): the client resumes its session here,
+//!   subscriptions, queued messages, messages in flight and QoS 2 state, as after a
+//!   reconnect on one broker.
+//! - **The session store is the cluster's**: in a cluster, the program writes the
+//!   session tables ([`crate::Table::Sessions`], `Messages`, `Progress`, `Incoming`) of
+//!   [`Broker::poll_store`] to a store every node reads (JetStream in `mqtt-tokio`),
+//!   keyed by client identifier: so a node that dies leaves its sessions, with everything
+//!   it acknowledged, for another to resume. A node never deletes what it let go; the new
+//!   owner's changes overwrite it, and a clean start removes it.
+//!
+//! The order of a move keeps what was acknowledged: the new node imports the session's
+//! record first (its subscriptions: the bus brings their messages here from then on), then
+//! the old node lets go and stores its last changes, then the new node imports the
+//! messages, which go before those queued here meanwhile. A message published in between
+//! may reach the session twice (once by each node): never zero times.
 //!
 //! Messages cross at the QoS they were published with; each node downgrades to its
 //! subscribers' QoS as for its own messages ([MQTT-3.8.4-8]).
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -44,7 +62,11 @@ use mqtt_codec::ReasonCode;
 use mqtt_state::{Instant, Message};
 use mqtt_topic::Subscription;
 
-use crate::{Broker, CloseReason, Error, Hooks};
+use crate::persist::{Restoring, Table};
+use crate::{Broker, CloseReason, ConnectionId, Error, Hooks};
+use mqtt_state::ConnectRequest;
+
+use crate::decide::Deciding;
 
 /// A node's part in a cluster ([`crate::BrokerConfig::cluster`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,11 +107,17 @@ pub enum ClusterOp {
         /// writes), for [`Broker::cluster_publish`] on the other nodes.
         frame: Bytes,
     },
-    /// A client was admitted here: this node now owns its session. The node that owned it
-    /// before must hear of it ([`Broker::session_taken`]).
+    /// A client is connecting here (its CONNECT accepted by the hooks), and waits: make
+    /// this node the owner of its session, have the node that owned it before let go
+    /// ([`Broker::session_taken`] there), then, with `resume`, import the session's
+    /// stored entries ([`Broker::cluster_import`]), and call [`Broker::cluster_claimed`].
     Claim {
         /// The client identifier.
         client_id: String,
+        /// The connection waiting.
+        conn: ConnectionId,
+        /// The client asks to resume its session (not Clean Start): bring it here.
+        resume: bool,
     },
 }
 
@@ -143,6 +171,8 @@ pub(crate) struct ClusterState {
     /// SUBACKs waiting for their filters to be in place on the bus: the count of
     /// `Subscribe`s they need confirmed, the store batch they need durable, the promise.
     held: VecDeque<(u64, Option<crate::persist::Batch>, crate::persist::Promise)>,
+    /// Sessions being imported, by client identifier.
+    imports: BTreeMap<String, Box<Restoring>>,
 }
 
 fn cluster_filter(sub: &Subscription<'_>) -> ClusterFilter {
@@ -296,9 +326,123 @@ impl<H: Hooks> Broker<H> {
             if let Some((will, _)) = will {
                 self.route(now, None, None, will);
             }
-            self.end_session(s);
+            // The stored session is the new owner's now: nothing deleted.
+            self.end_session_stored(s, false);
         }
         true
+    }
+
+    /// A CONNECT for a client identifier some other node may own: it waits for its claim.
+    ///
+    /// It waits as for a deferred decision: not read meanwhile, and refused if the claim
+    /// takes longer than [`crate::BrokerConfig::decision_timeout`].
+    pub(crate) fn cluster_park(&mut self, now: Instant, conn: ConnectionId, req: ConnectRequest) {
+        let deadline = now + self.config.decision_timeout;
+        let Some(c) = self.conn_mut(conn) else { return };
+        let was_readable = c.readable();
+        let client_id = String::from(req.client_id.as_str());
+        let resume = !req.clean_start;
+        let e = c.extra_mut();
+        e.authenticating = Some(Box::new(req));
+        e.deciding = Some(Box::new(Deciding {
+            deadline,
+            requests: Vec::new(),
+            subscribe: None,
+        }));
+        if was_readable {
+            self.events.push_back(crate::BrokerEvent::Pause(conn));
+        }
+        self.rearm(conn);
+        self.cluster.ops.push_back(ClusterOp::Claim {
+            client_id,
+            conn,
+            resume,
+        });
+    }
+
+    /// One stored entry of a session another node owned (or left, dying), for the
+    /// [`ClusterOp::Claim`] of its client: as [`Broker::restore`] takes them, a table at a
+    /// time in [`Table::ALL`] order, from the cluster's store. The `Sessions` entry may come
+    /// twice: once before the previous owner lets go (so that its subscriptions bring
+    /// messages here from then on) and once after (its last state, which replaces the
+    /// first). A `Retained` entry, or one that cannot be read, is [`Error::Corrupt`]:
+    /// nothing of it is taken, and the client gets its session as far as it was read.
+    pub fn cluster_import(
+        &mut self,
+        now: Instant,
+        table: Table,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), Error> {
+        self.now = self.now.max(now);
+        let corrupt = |reason| Error::Corrupt { table, reason };
+        let client_id = match table {
+            Table::Sessions => {
+                core::str::from_utf8(key).map_err(|_| corrupt("client identifier not UTF-8"))?
+            }
+            Table::Retained => return Err(corrupt("not a session's")),
+            _ => crate::persist::split_key(table, key)?.0,
+        };
+        let rs = self
+            .cluster
+            .imports
+            .remove(client_id)
+            .unwrap_or_else(Restoring::importing);
+        let client_id = String::from(client_id);
+        if table != Table::Sessions && rs.import.as_ref().is_none_or(|(s, _)| *s == usize::MAX) {
+            self.cluster.imports.insert(client_id, rs);
+            return Err(corrupt("for a session not imported"));
+        }
+        let saved = self.store.restoring.replace(rs);
+        let r = self.restore(now, table, key, value);
+        let rs = core::mem::replace(&mut self.store.restoring, saved);
+        if let Some(rs) = rs {
+            self.cluster.imports.insert(client_id, rs);
+        }
+        r
+    }
+
+    /// The [`ClusterOp::Claim`] for `conn` is done: this node owns the client identifier
+    /// and has imported what there was of its session. The client is admitted (its
+    /// CONNACK goes), to its session if it asked to resume one. `elsewhere`: another node
+    /// (live or gone) owned the client before, so a clean start also removes what the
+    /// cluster's store holds of its session ([MQTT-3.1.2-4]). Call it even if the claim
+    /// failed (the bus unreachable): the client is then served from what this node has.
+    pub fn cluster_claimed(&mut self, now: Instant, conn: ConnectionId, elsewhere: bool) {
+        self.now = self.now.max(now);
+        let Some(c) = self.conn_mut(conn) else { return };
+        // Not parked (any more: its wait timed out), or waiting for something else.
+        let parked = c
+            .extra
+            .as_ref()
+            .and_then(|e| e.deciding.as_ref())
+            .is_some_and(|d| d.requests.is_empty() && d.subscribe.is_none());
+        if !parked || c.owner().is_some() {
+            return;
+        }
+        let Some(req) = c.take_authenticating() else {
+            return;
+        };
+        if let Some(e) = c.extra.as_mut() {
+            e.deciding = None;
+        }
+        c.tidy_extra();
+        if c.readable() {
+            self.events.push_back(crate::BrokerEvent::Resume(conn));
+        }
+        if let Some(rs) = self.cluster.imports.remove(req.client_id.as_str()) {
+            let saved = self.store.restoring.replace(rs);
+            self.finish_restore(now);
+            self.store.restoring = saved;
+        }
+        if req.clean_start && elsewhere && self.session_of(req.client_id.as_str()).is_none() {
+            // [MQTT-3.1.2-4] what the old owner stored goes (a session here ends with
+            // its own store operations).
+            self.forget_session(req.client_id.as_str());
+        }
+        self.admit_now(now, conn, req);
+        self.process(now, conn);
+        self.rearm(conn);
     }
 
     /// Inserts a subscription into the tree, telling the cluster of a new filter; the
@@ -368,15 +512,6 @@ impl<H: Hooks> Broker<H> {
             retain: message.retain,
             frame: Bytes::from(frame),
         });
-    }
-
-    /// A client was admitted here.
-    pub(crate) fn cluster_claim(&mut self, client_id: &str) {
-        if self.config.cluster.is_some() {
-            self.cluster.ops.push_back(ClusterOp::Claim {
-                client_id: String::from(client_id),
-            });
-        }
     }
 
     /// Whether shared group `share` (one of `members`' sessions) is the shared

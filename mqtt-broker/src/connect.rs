@@ -140,8 +140,20 @@ impl<H: Hooks> Broker<H> {
         }
     }
 
+    /// Accepts an authenticated CONNECT, in a cluster once this node owns the client
+    /// identifier ([`crate::ClusterOp::Claim`], [`Broker::cluster_claimed`]).
+    pub(crate) fn admit(&mut self, now: Instant, id: ConnectionId, req: ConnectRequest) {
+        let internal = crate::broker::conn_ref(&self.conns, id).is_some_and(|c| c.is_internal());
+        // An assigned identifier is this node's own; a bridge's local leg too.
+        if self.config.cluster.is_some() && !internal && !req.client_id.as_str().is_empty() {
+            self.cluster_park(now, id, req);
+            return;
+        }
+        self.admit_now(now, id, req);
+    }
+
     /// Accepts an authenticated CONNECT: finds, resumes, takes over or creates its session.
-    pub(crate) fn admit(&mut self, now: Instant, id: ConnectionId, mut req: ConnectRequest) {
+    pub(crate) fn admit_now(&mut self, now: Instant, id: ConnectionId, mut req: ConnectRequest) {
         // [MQTT-3.1.3-6] [MQTT-3.1.3-7] an empty client id gets a unique one.
         let assigned = if req.client_id.as_str().is_empty() {
             loop {
@@ -254,11 +266,6 @@ impl<H: Hooks> Broker<H> {
         // On error (the connection failed meanwhile) the machine keeps the session, and
         // the Disconnected event it reported parks it again.
         let _ = c.session.accept(now, accept);
-        // The cluster's other nodes let go of this client (a bridge's local leg is this
-        // node's own).
-        if !c.is_internal() {
-            self.cluster_claim(req.client_id.as_str());
-        }
         if self.persisting() {
             if present && !self.session_is_stored(s) {
                 // Resumed without an expiry now: it no longer outlives the connection.

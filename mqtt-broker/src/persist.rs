@@ -58,7 +58,8 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 use mqtt_codec::{PacketId, ProtocolVersion, QoS, ReasonCode, SubscriptionId};
 use mqtt_state::{
-    Diagnostics, Duration, Inflight, Instant, Message, Outgoing, Stage, SubscriptionIdList,
+    Diagnostics, Duration, Inflight, Instant, Message, Outgoing, SessionState, Stage,
+    SubscriptionIdList,
 };
 
 use crate::registry::Offline;
@@ -115,6 +116,24 @@ pub enum Table {
 }
 
 impl Table {
+    /// The client identifier a key (or a [`StoreOp::DeletePrefix`] prefix) of this table
+    /// belongs to, and the rest of it; `None` for `Retained` (no session's) or a key that
+    /// cannot be read. For a store that keeps each session's entries together (a cluster's,
+    /// where any node may resume a session).
+    ///
+    /// ```
+    /// use mqtt_broker::Table;
+    /// assert_eq!(Table::Sessions.session_key(b"dev-1"), Some(("dev-1", &b""[..])));
+    /// assert_eq!(Table::Retained.session_key(b"a/b"), None);
+    /// ```
+    pub fn session_key(self, key: &[u8]) -> Option<(&str, &[u8])> {
+        match self {
+            Table::Sessions => core::str::from_utf8(key).ok().map(|c| (c, &key[..0])),
+            Table::Retained => None,
+            _ => split_key(self, key).ok(),
+        }
+    }
+
     /// Every table, in the order [`crate::Broker::restore`] must be given their entries.
     pub const ALL: [Table; 5] = [
         Table::Sessions,
@@ -233,6 +252,19 @@ impl<H: Hooks> Broker<H> {
             self.store.hazard_batch = self.store.batch;
         }
         Some(self.store.batch)
+    }
+
+    /// The batch that will hold the changes made so far: the last one handed out, or the
+    /// next if changes wait. Something that must not happen before those changes are
+    /// stored waits until [`Broker::durable_batch`] reaches it (a cluster node that let a
+    /// session go answers then, so that the new owner reads its last state).
+    pub fn store_position(&self) -> Batch {
+        self.store.batch + Batch::from(!self.store.ops.is_empty())
+    }
+
+    /// The last batch reported durable ([`Broker::handle_durable`]).
+    pub fn durable_batch(&self) -> Batch {
+        self.store.durable
     }
 
     /// Whether [`Broker::poll_store`] has operations to hand out. An adapter that writes
@@ -423,6 +455,20 @@ pub(crate) struct Restoring {
     progress: BTreeMap<Vec<u8>, (PacketId, Stage)>,
     /// Sessions that had a connection, with the will it would leave (and its delay).
     connected: Vec<(usize, Option<(Message, u32)>)>,
+    /// Importing one session from the cluster's store while the broker serves: its
+    /// number, and its stored messages, kept apart from what was queued to it here since
+    /// it was made (they go first: they are older).
+    pub(crate) import: Option<(usize, SessionState)>,
+}
+
+impl Restoring {
+    /// For [`Broker::cluster_import`]: one session's entries, while the broker serves.
+    pub(crate) fn importing() -> Box<Self> {
+        Box::new(Self {
+            import: Some((usize::MAX, SessionState::default())),
+            ..Self::default()
+        })
+    }
 }
 
 /// The first byte of every stored value: the format it is in. A reader refuses a value of
@@ -459,7 +505,7 @@ fn incoming_key(client_id: &str, packet_id: PacketId) -> Vec<u8> {
 }
 
 /// The client identifier and what follows it in a key made by [`session_prefix`].
-fn split_key(table: Table, key: &[u8]) -> Result<(&str, &[u8]), Error> {
+pub(crate) fn split_key(table: Table, key: &[u8]) -> Result<(&str, &[u8]), Error> {
     let corrupt = |reason| Error::Corrupt { table, reason };
     let (len, rest) = key
         .split_first_chunk::<2>()
@@ -942,7 +988,17 @@ impl<H: Hooks> Broker<H> {
         let corrupt = |reason| Error::Corrupt { table, reason };
         let client_id =
             core::str::from_utf8(key).map_err(|_| corrupt("client identifier not UTF-8"))?;
-        if self.session_of(client_id).is_some() {
+        let importing = self
+            .store
+            .restoring
+            .as_ref()
+            .and_then(|rs| rs.import.as_ref())
+            .map(|(s, _)| *s);
+        let existing = self.session_of(client_id);
+        // An import reads the record again once the previous owner let go: the later one
+        // replaces the first.
+        let update = existing.filter(|s| importing == Some(*s));
+        if existing.is_some() && update.is_none() {
             return Err(corrupt("session stored twice"));
         }
         let mut r = Reader::new(table, value)?;
@@ -978,7 +1034,40 @@ impl<H: Hooks> Broker<H> {
             filters.push((Box::<str>::from(filter), version, opts));
         }
         r.end()?;
-        let s = self.new_session(client_id.into());
+        let s = match update {
+            Some(s) => {
+                // Filters gone since the first read leave; those still there stay in the
+                // tree (their interest on the bus never lapses).
+                let old = self.sessions[s]
+                    .as_mut()
+                    .map(|r| core::mem::take(&mut r.filters))
+                    .unwrap_or_default();
+                for (filter, version) in old {
+                    if filters
+                        .iter()
+                        .any(|(f, v, _)| *f == filter && *v == version)
+                    {
+                        continue;
+                    }
+                    if let Some(sub) = parse_subscription(&filter, version) {
+                        self.tree_remove(sub, s as u32);
+                    }
+                }
+                if let Some(rs) = self.store.restoring.as_mut() {
+                    rs.connected.retain(|(c, _)| *c != s);
+                }
+                s
+            }
+            None => self.new_session(client_id.into()),
+        };
+        if let Some((slot, _)) = self
+            .store
+            .restoring
+            .as_mut()
+            .and_then(|rs| rs.import.as_mut())
+        {
+            *slot = s;
+        }
         for (filter, version, opts) in filters {
             if let Some(sub) = parse_subscription(&filter, version) {
                 self.tree_insert(sub, s as u32, opts);
@@ -1050,35 +1139,40 @@ impl<H: Hooks> Broker<H> {
             tag,
         };
         let window = usize::from(self.config.server.max_inflight);
-        let o = self.offline_mut(s);
-        match (stage, pid) {
-            // [MQTT-4.3.3-6] PUBREC was received: PUBREL is what goes again.
-            (Stage::Released, Some(pid)) => {
-                o.state
-                    .inflight
-                    .push_back(Inflight::resumed(pid, outgoing, Stage::Released))
-            }
-            // A session sends in order, at most its window at a time: of the messages
-            // with an identifier, only the first `max_inflight` can have been sent. They
-            // go again with DUP ([MQTT-3.3.1-1]: it may be a re-delivery) under their
-            // identifier, which a QoS 2 receiver knows them by ([MQTT-4.3.3-10]), within
-            // the client's quota ([MQTT-4.9.0-2]); the rest go as the first time.
-            (Stage::Published, Some(pid))
-                if o.state.inflight.len() < window && o.state.queue.is_empty() =>
-            {
-                o.state
-                    .inflight
-                    .push_back(Inflight::resumed(pid, outgoing, Stage::Published))
-            }
-            _ => o.state.queue.push_back(outgoing),
-        }
+        let staged = self
+            .store
+            .restoring
+            .as_mut()
+            .and_then(|rs| rs.import.as_mut())
+            .filter(|(i, _)| *i == s);
+        let state = match staged {
+            Some((_, state)) => state,
+            None => &mut self.offline_mut(s).state,
+        };
+        place(state, window, outgoing, pid, stage);
         Ok(())
     }
 
     fn restore_finish(&mut self, now: Instant) {
-        let Some(rs) = self.store.restoring.take() else {
+        let Some(mut rs) = self.store.restoring.take() else {
             return;
         };
+        let mut import = rs.import.take();
+        if let Some((s, staged)) = import.as_mut() {
+            // The stored messages first, then what was queued here since the session came.
+            if self.sessions.get(*s).is_some_and(Option::is_some) {
+                let o = self.offline_mut(*s);
+                let mut state = core::mem::take(staged);
+                state.inflight.extend(o.state.inflight.drain(..));
+                state.queue.extend(o.state.queue.drain(..));
+                for p in o.state.incoming_qos2.drain(..) {
+                    if let Err(at) = state.incoming_qos2.binary_search(&p) {
+                        state.incoming_qos2.insert(at, p);
+                    }
+                }
+                o.state = state;
+            }
+        }
         // Progress without its message: the message finished in the same batch.
         for key in rs.progress.into_keys() {
             self.delete(Table::Progress, key);
@@ -1106,11 +1200,47 @@ impl<H: Hooks> Broker<H> {
             self.store_session(s);
         }
         // Deadlines passed while the broker was down come up at once.
-        for s in 0..self.sessions.len() {
-            if self.sessions[s].is_some() {
-                self.rearm_session(s);
+        match import {
+            // One session, while serving: only its own.
+            Some((s, _)) => {
+                if self.sessions.get(s).is_some_and(Option::is_some) {
+                    self.rearm_session(s);
+                }
+            }
+            None => {
+                for s in 0..self.sessions.len() {
+                    if self.sessions[s].is_some() {
+                        self.rearm_session(s);
+                    }
+                }
             }
         }
         self.handle_timeout(now);
+    }
+}
+
+/// Puts a stored message back into a session's state.
+fn place(
+    o: &mut SessionState,
+    window: usize,
+    outgoing: Outgoing,
+    pid: Option<PacketId>,
+    stage: Stage,
+) {
+    match (stage, pid) {
+        // [MQTT-4.3.3-6] PUBREC was received: PUBREL is what goes again.
+        (Stage::Released, Some(pid)) => {
+            o.inflight
+                .push_back(Inflight::resumed(pid, outgoing, Stage::Released))
+        }
+        // A session sends in order, at most its window at a time: of the messages
+        // with an identifier, only the first `max_inflight` can have been sent. They
+        // go again with DUP ([MQTT-3.3.1-1]: it may be a re-delivery) under their
+        // identifier, which a QoS 2 receiver knows them by ([MQTT-4.3.3-10]), within
+        // the client's quota ([MQTT-4.9.0-2]); the rest go as the first time.
+        (Stage::Published, Some(pid)) if o.inflight.len() < window && o.queue.is_empty() => o
+            .inflight
+            .push_back(Inflight::resumed(pid, outgoing, Stage::Published)),
+        _ => o.queue.push_back(outgoing),
     }
 }

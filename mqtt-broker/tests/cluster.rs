@@ -27,6 +27,13 @@ struct Cluster {
     /// `unconfirmed` until `confirm`.
     confirm_at_once: bool,
     unconfirmed: Vec<usize>,
+    /// The cluster's session store (JetStream's part in `mqtt-tokio`): the session tables
+    /// every durable node writes and any node imports from.
+    shared: MemStore,
+    /// Which node owns each client identifier (the claims).
+    owner: BTreeMap<String, usize>,
+    /// Nodes running; a dead one is driven no more and answers nothing.
+    alive: Vec<bool>,
 }
 
 fn matches(filter: &str, topic: &str) -> bool {
@@ -38,18 +45,36 @@ fn matches(filter: &str, topic: &str) -> bool {
 
 impl Cluster {
     fn new(n: usize) -> Self {
+        Self::with(
+            n,
+            BrokerConfig {
+                sys_interval: None,
+                ..BrokerConfig::default()
+            },
+        )
+    }
+
+    /// Nodes that store what they acknowledge: the session tables in the cluster's store,
+    /// the rest in their own.
+    fn durable(n: usize) -> Self {
+        Self::with(n, durable_config())
+    }
+
+    fn with(n: usize, config: BrokerConfig) -> Self {
         let nodes = (0..n)
             .map(|i| {
-                Net::with(Broker::new(
+                let mut net = Net::with(Broker::new(
                     BrokerConfig {
-                        sys_interval: None,
                         cluster: Some(ClusterConfig {
                             node: format!("n{i}"),
                         }),
-                        ..BrokerConfig::default()
+                        ..config.clone()
                     },
                     Instant::ZERO,
-                ))
+                ));
+                net.store = Some(MemStore::new());
+                net.auto_commit = false;
+                net
             })
             .collect();
         Cluster {
@@ -59,6 +84,59 @@ impl Cluster {
             ops: vec![Vec::new(); n],
             confirm_at_once: true,
             unconfirmed: vec![0; n],
+            shared: MemStore::new(),
+            owner: BTreeMap::new(),
+            alive: vec![true; n],
+        }
+    }
+
+    /// Writes node `i`'s pending batch: session tables to the cluster's store, the rest
+    /// to its own; whether there was one.
+    fn commit(&mut self, i: usize) -> bool {
+        let mut ops = Vec::new();
+        let Some(batch) = self.nodes[i].broker.poll_store(&mut ops) else {
+            return false;
+        };
+        for op in &ops {
+            let table = match op {
+                StoreOp::Put { table, .. }
+                | StoreOp::Delete { table, .. }
+                | StoreOp::DeletePrefix { table, .. } => *table,
+            };
+            if table == Table::Retained {
+                op.apply(self.nodes[i].store.as_mut().unwrap());
+            } else {
+                op.apply(&mut self.shared);
+            }
+        }
+        let now = self.nodes[i].now;
+        self.nodes[i].broker.handle_durable(now, batch);
+        true
+    }
+
+    /// Node `i` stops: no more input, no more answers (its stored part stays).
+    fn kill(&mut self, i: usize) {
+        self.alive[i] = false;
+    }
+
+    /// Imports `client`'s entries of `tables` from the cluster's store into node `to`.
+    fn import(&mut self, to: usize, client: &str, tables: &[Table]) {
+        let now = self.nodes[to].now;
+        for &t in tables {
+            let entries: Vec<(Vec<u8>, Vec<u8>)> = self
+                .shared
+                .iter()
+                .filter(|((table, key), _)| {
+                    *table == t && t.session_key(key).is_some_and(|(c, _)| c == client)
+                })
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect();
+            for (k, v) in entries {
+                self.nodes[to]
+                    .broker
+                    .cluster_import(now, t, &k, &v)
+                    .unwrap();
+            }
         }
     }
 
@@ -75,7 +153,14 @@ impl Cluster {
         for _ in 0..1000 {
             let mut progress = false;
             for i in 0..self.nodes.len() {
+                if !self.alive[i] {
+                    continue;
+                }
                 self.nodes[i].drive();
+                while self.commit(i) {
+                    progress = true;
+                    self.nodes[i].drive();
+                }
                 while let Some(op) = self.nodes[i].broker.poll_cluster() {
                     progress = true;
                     self.ops[i].push(op.clone());
@@ -112,7 +197,7 @@ impl Cluster {
                 let now = self.nodes[from].now;
                 // Plain subscriptions: a copy per matching one, never to the publisher.
                 for n in 0..self.nodes.len() {
-                    if n == from {
+                    if n == from || !self.alive[n] {
                         continue;
                     }
                     let vias: Vec<String> = self.subs[n]
@@ -141,7 +226,7 @@ impl Cluster {
                         share: Some(share.clone()),
                     };
                     let members: Vec<usize> = (0..self.nodes.len())
-                        .filter(|&n| self.subs[n].contains(&key))
+                        .filter(|&n| self.alive[n] && self.subs[n].contains(&key))
                         .collect();
                     let c = self
                         .cursor
@@ -167,16 +252,54 @@ impl Cluster {
                     }
                 }
             }
-            ClusterOp::Claim { client_id } => {
-                for n in 0..self.nodes.len() {
-                    if n != from {
-                        let now = self.nodes[n].now;
-                        self.nodes[n].broker.session_taken(now, &client_id);
+            ClusterOp::Claim {
+                client_id,
+                conn,
+                resume,
+            } => {
+                // As the NATS adapter does: the record first (its subscriptions bring
+                // messages here from then on), the claim, the old owner lets go and
+                // stores its last state, then the whole session.
+                let prev = self.owner.insert(client_id.clone(), from);
+                let moving = resume && prev.is_some_and(|p| p != from);
+                if moving {
+                    self.import(from, &client_id, &[Table::Sessions]);
+                }
+                if let Some(p) = prev.filter(|&p| p != from && self.alive[p]) {
+                    let now = self.nodes[p].now;
+                    self.nodes[p].broker.session_taken(now, &client_id);
+                    self.nodes[p].drive();
+                    while self.commit(p) {
+                        self.nodes[p].drive();
                     }
                 }
+                if moving {
+                    self.import(from, &client_id, &Table::ALL[..4]);
+                }
+                let now = self.nodes[from].now;
+                let elsewhere = prev.is_some_and(|p| p != from);
+                self.nodes[from]
+                    .broker
+                    .cluster_claimed(now, conn, elsewhere);
             }
             _ => {}
         }
+    }
+
+    /// Client `i` of node `from` loses its connection and connects to node `to`, with
+    /// its session state (as a device that reconnects elsewhere); its index there.
+    fn roam(&mut self, from: usize, i: usize, to: usize) -> usize {
+        if self.alive[from] {
+            self.nodes[from].cut(i);
+        }
+        let mut peer = self.nodes[from].peers.remove(i);
+        peer.id = None;
+        peer.events.clear();
+        self.nodes[to].peers.push(peer);
+        let j = self.nodes[to].peers.len() - 1;
+        self.nodes[to].reconnect(j);
+        self.drive();
+        j
     }
 
     fn join(&mut self, node: usize, config: ClientConfig) -> usize {
@@ -480,4 +603,143 @@ fn a_suback_waits_until_the_other_nodes_send_here() {
         .unwrap();
     c.drive();
     assert_eq!(c.nodes[1].ack_codes(s2), [vec![ReasonCode::GrantedQoS1]]);
+}
+
+/// What the last CONNACK client `i` of `net` received said.
+fn session_present(net: &Net<AllowAll>, i: usize) -> bool {
+    net.peers[i]
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Connected(info) => Some(info.session_present),
+            _ => None,
+        })
+        .expect("connected")
+}
+
+#[test]
+fn a_session_moves_with_its_subscriptions_and_queued_messages() {
+    let mut c = Cluster::durable(3);
+    let m = c.join(0, persistent(V5, "mover"));
+    c.subscribe(0, m, "t", QoS::AtLeastOnce);
+    c.subscribe(0, m, "x", QoS::ExactlyOnce);
+    c.nodes[0].cut(m);
+    c.drive();
+    let p = c.join(1, ClientConfig::new(V5, "p"));
+    for (topic, payload, qos) in [
+        ("t", "1", QoS::AtLeastOnce),
+        ("x", "2", QoS::ExactlyOnce),
+        ("t", "3", QoS::AtLeastOnce),
+    ] {
+        c.publish(1, p, topic, payload, qos, false);
+    }
+    // [MQTT-3.1.2-5] resumed on another node, with what was queued on the first, in order
+    // ([MQTT-4.6.0-1]).
+    let m = c.roam(0, m, 2);
+    assert!(session_present(&c.nodes[2], m));
+    c.drive();
+    assert_eq!(
+        c.nodes[2].take(m),
+        [
+            got("t", "1", QoS::AtLeastOnce, false),
+            got("x", "2", QoS::ExactlyOnce, false),
+            got("t", "3", QoS::AtLeastOnce, false),
+        ]
+    );
+    // Its subscriptions came along: the next message reaches it on its new node.
+    c.publish(1, p, "t", "4", QoS::AtLeastOnce, false);
+    assert_eq!(c.nodes[2].take(m), [got("t", "4", QoS::AtLeastOnce, false)]);
+    // Node 0 keeps nothing of it, nor any interest for it.
+    assert_eq!(c.nodes[0].broker.session_count(), 0);
+    assert_eq!(c.nodes[0].broker.cluster_interest().count(), 0);
+}
+
+#[test]
+fn deliveries_in_flight_go_again_with_dup_on_the_new_node() {
+    let mut c = Cluster::durable(2);
+    let m = c.join(
+        0,
+        ClientConfig {
+            manual_acks: true,
+            ..persistent(V5, "mover")
+        },
+    );
+    c.subscribe(0, m, "t", QoS::AtLeastOnce);
+    let p = c.join(1, ClientConfig::new(V5, "p"));
+    for payload in ["a", "b"] {
+        c.publish(1, p, "t", payload, QoS::AtLeastOnce, false);
+    }
+    let first = c.nodes[0].deliveries(m);
+    assert_eq!(first.len(), 2);
+    // Never acknowledged: the client moves.
+    let m = c.roam(0, m, 1);
+    c.drive();
+    let again: Vec<_> = c.nodes[1]
+        .deliveries(m)
+        .into_iter()
+        .map(|(id, dup, m)| (id, dup, text(&m)))
+        .collect();
+    // [MQTT-4.4.0-1] [MQTT-3.3.1-1] the same identifiers, with DUP, in order.
+    let want: Vec<_> = first
+        .iter()
+        .map(|(id, _, m)| (*id, true, text(m)))
+        .collect();
+    assert_eq!(again, want);
+}
+
+#[test]
+fn a_dead_nodes_sessions_resume_elsewhere_with_what_it_acknowledged() {
+    let mut c = Cluster::durable(3);
+    let m = c.join(0, persistent(V4, "mover"));
+    c.subscribe(0, m, "t/#", QoS::ExactlyOnce);
+    c.nodes[0].cut(m);
+    c.drive();
+    let p = c.join(1, ClientConfig::new(V5, "p"));
+    for payload in ["1", "2", "3"] {
+        c.publish(1, p, "t/a", payload, QoS::AtLeastOnce, false);
+    }
+    c.publish(1, p, "t/b", "4", QoS::ExactlyOnce, false);
+    // Node 0 dies with the session and its four acknowledged messages.
+    c.kill(0);
+    let m = c.roam(0, m, 2);
+    assert!(session_present(&c.nodes[2], m));
+    c.drive();
+    assert_eq!(
+        c.nodes[2].take(m),
+        [
+            got("t/a", "1", QoS::AtLeastOnce, false),
+            got("t/a", "2", QoS::AtLeastOnce, false),
+            got("t/a", "3", QoS::AtLeastOnce, false),
+            got("t/b", "4", QoS::ExactlyOnce, false),
+        ]
+    );
+    c.publish(1, p, "t/c", "5", QoS::AtLeastOnce, false);
+    assert_eq!(
+        c.nodes[2].take(m),
+        [got("t/c", "5", QoS::AtLeastOnce, false)]
+    );
+}
+
+#[test]
+fn a_clean_start_on_another_node_discards_the_stored_session() {
+    let mut c = Cluster::durable(3);
+    let m = c.join(0, persistent(V5, "mover"));
+    c.subscribe(0, m, "t", QoS::AtLeastOnce);
+    c.nodes[0].cut(m);
+    c.drive();
+    let p = c.join(1, ClientConfig::new(V5, "p"));
+    c.publish(1, p, "t", "old", QoS::AtLeastOnce, false);
+    // [MQTT-3.1.2-4] a clean start elsewhere: no session, nothing of the old one.
+    let fresh = c.join(1, ClientConfig::new(V5, "mover"));
+    assert!(!session_present(&c.nodes[1], fresh));
+    assert!(c.nodes[1].take(fresh).is_empty());
+    c.nodes[1].cut(fresh);
+    c.drive();
+    // Nor when it asks for its session later, on a third node.
+    let back = c.join(2, persistent(V5, "mover"));
+    assert!(!session_present(&c.nodes[2], back));
+    c.publish(1, p, "t", "new", QoS::AtLeastOnce, false);
+    assert!(c.nodes[2].take(back).is_empty());
+    assert_eq!(c.nodes[0].broker.session_count(), 0);
 }

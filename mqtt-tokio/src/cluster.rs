@@ -19,6 +19,22 @@
 //!   creation in a form async-nats 0.50 cannot read): client identifier to the process
 //!   that admitted it last; each node reads it as it changes and lets go of a client
 //!   another one took.
+//! - Sessions themselves: the JetStream stream `PREFIX_STATE` (subjects
+//!   `PREFIX.st.<client>.<table>.<key>`, one message kept per subject) holds the session
+//!   tables of every node's store ([`ClusterStore`] writes them there, the rest to the
+//!   node's own store), so that any node can resume any session, a dead node's too.
+//!
+//! # A client that moves
+//!
+//! The core holds a CONNECT's CONNACK while its [`ClusterOp::Claim`] runs:
+//! 1. the session's record is read from `PREFIX_STATE` and imported: its subscriptions
+//!    are this node's interest on NATS before the old owner lets go;
+//! 2. the claim is stored, and the old owner (the process named in the claim before) is
+//!    asked to let go (`PREFIX.n.<process>.release`): it disconnects the client, ends the
+//!    session and answers once its last changes are in `PREFIX_STATE`; no responder means
+//!    the process is gone, and what it stored is what there is;
+//! 3. the session's entries are read from `PREFIX_STATE` and imported, and the client is
+//!    admitted to its session.
 //!
 //! Core NATS delivers at most once: a message published while a node's NATS connection
 //! is down is not seen by that node (see `docs/cluster.md`).
@@ -30,7 +46,7 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use mqtt_broker::{Broker, ClusterFilter, ClusterOp, ClusterTarget, Hooks};
+use mqtt_broker::{Broker, ClusterFilter, ClusterOp, ClusterTarget, ConnectionId, Hooks, Table};
 use mqtt_state::Instant;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -41,6 +57,9 @@ use crate::Error;
 const ORIGIN: &str = "Mqtt-Origin";
 /// Messages from NATS waiting for the core before the readers wait.
 const INBOUND: usize = 4096;
+/// How long a node waits for the previous owner of a session to let go before it takes the
+/// session as stored.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Messages for the other nodes waiting for NATS (unreachable, or slower than the node)
 /// before new ones are dropped, counted and logged: core NATS would not keep them either,
 /// and the node's memory stays bounded.
@@ -106,6 +125,38 @@ enum In {
         key: String,
         revision: u64,
     },
+    /// Stored entries of a session being claimed here.
+    Import(Vec<(Table, Vec<u8>, Vec<u8>)>),
+    /// A claim's first step is done (the session's record imported): on to the next, after
+    /// the core's operations that the import made.
+    Continue(Claim),
+    /// A claim is done; whether another process owned the client before.
+    Claimed(ConnectionId, bool),
+    /// Another node asks this one to let go of a client: answer `reply` once that is stored.
+    Release {
+        client_id: String,
+        reply: async_nats::Subject,
+    },
+}
+
+/// A claim on its way.
+#[derive(Debug)]
+struct Claim {
+    client_id: String,
+    key: String,
+    conn: ConnectionId,
+    resume: bool,
+    /// The process that owned the client before, if another one.
+    prev: Option<String>,
+}
+
+/// What the core's side hands the NATS side.
+enum Out {
+    Core(ClusterOp),
+    /// A claim's second step: store it, have the old owner let go, import the session.
+    Claim(Claim),
+    /// The answer to a release, once what it changed is stored.
+    Reply(async_nats::Subject),
 }
 
 /// Session claims sent and not yet seen back: an older owner's entry that comes before
@@ -141,7 +192,7 @@ impl Wake {
 /// `notify` fires, [`Cluster::poll`] until it returns `false`, draining the core after
 /// each.
 pub struct Cluster {
-    out: mpsc::UnboundedSender<ClusterOp>,
+    out: mpsc::UnboundedSender<Out>,
     inbound: mpsc::Receiver<In>,
     wake: Arc<Wake>,
     claims: Claims,
@@ -151,7 +202,17 @@ pub struct Cluster {
     outbound: Arc<std::sync::atomic::AtomicUsize>,
     /// Messages dropped because too many were waiting for NATS.
     dropped: u64,
+    /// Releases answered once this store batch is durable.
+    replies: std::collections::VecDeque<(mqtt_broker::Batch, async_nats::Subject)>,
+    /// Where [`ClusterStore`]s send their session tables.
+    mirror: mpsc::UnboundedSender<Mirror>,
 }
+
+/// A batch of session-table operations for `PREFIX_STATE`, and where to say it is stored.
+type Mirror = (
+    Vec<mqtt_broker::StoreOp>,
+    std::sync::mpsc::SyncSender<Result<(), String>>,
+);
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,6 +270,23 @@ impl Cluster {
             })
             .await
             .map_err(|e| nats_err("session stream", &e))?;
+        let state = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: format!("{p}_STATE"),
+                subjects: vec![format!("{p}.st.>")],
+                max_messages_per_subject: 1,
+                num_replicas: options.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_err("state stream", &e))?;
+        let (mirror, mirror_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_mirror(
+            js.clone(),
+            state.clone(),
+            options.prefix.clone(),
+            mirror_rx,
+        ));
         let (out, out_rx) = mpsc::unbounded_channel();
         let (in_tx, inbound) = mpsc::channel(INBOUND);
         let wake = Arc::new(Wake {
@@ -229,6 +307,8 @@ impl Cluster {
             wake: wake.clone(),
             subs: HashMap::new(),
             claims: claims.clone(),
+            sessions: sessions.clone(),
+            state,
         };
         link.start(stream, sessions, out_rx).await?;
         Ok(Cluster {
@@ -239,14 +319,39 @@ impl Cluster {
             instance: options.node.clone(),
             outbound,
             dropped: 0,
+            replies: std::collections::VecDeque::new(),
+            mirror,
         })
+    }
+
+    /// The node's store for a clustered broker: the session tables go to the cluster's
+    /// `PREFIX_STATE` stream (where any node resumes them), the rest (retained messages)
+    /// to `local`. A commit returns once both have it: what the core acknowledged after it
+    /// survives this node. Give it to the server in place of `local`; its `load` reads
+    /// `local` only (sessions are read from the cluster when their clients come).
+    #[cfg(feature = "store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+    pub fn store(&self, local: impl crate::store::Store) -> ClusterStore {
+        ClusterStore {
+            local: Box::new(local),
+            mirror: self.mirror.clone(),
+            ops: Vec::new(),
+            session_ops: Vec::new(),
+        }
     }
 
     /// Hands the core's pending [`ClusterOp`]s to the NATS side. Call after each call
     /// into the core (where its events are drained).
     pub fn flush<H: Hooks>(&mut self, broker: &mut Broker<H>) {
+        // Releases whose changes are stored now: the new owner may read them.
+        let durable = broker.durable_batch();
+        while self.replies.front().is_some_and(|(b, _)| *b <= durable) {
+            if let Some((_, reply)) = self.replies.pop_front() {
+                let _ = self.out.send(Out::Reply(reply));
+            }
+        }
         while let Some(op) = broker.poll_cluster() {
-            if let ClusterOp::Claim { client_id } = &op {
+            if let ClusterOp::Claim { client_id, .. } = &op {
                 // Known at once, on this side: an older owner's entry already on its way
                 // to `poll` must not end the session just admitted.
                 self.claims
@@ -268,7 +373,7 @@ impl Cluster {
                 }
                 self.outbound.fetch_add(1, Ordering::AcqRel);
             }
-            if self.out.send(op).is_err() {
+            if self.out.send(Out::Core(op)).is_err() {
                 tracing::error!("cluster link gone");
                 return;
             }
@@ -322,6 +427,36 @@ impl Cluster {
                 }
                 Ok(())
             }
+            In::Import(entries) => {
+                for (table, key, value) in entries {
+                    if let Err(e) = broker.cluster_import(now, table, &key, &value) {
+                        tracing::warn!(table = table.name(), "session entry not imported: {e}");
+                    }
+                }
+                Ok(())
+            }
+            In::Continue(claim) => {
+                // After the subscriptions the import made: they are this node's interest
+                // on NATS before the old owner lets go.
+                self.flush(broker);
+                let _ = self.out.send(Out::Claim(claim));
+                Ok(())
+            }
+            In::Claimed(conn, elsewhere) => {
+                broker.cluster_claimed(now, conn, elsewhere);
+                Ok(())
+            }
+            In::Release { client_id, reply } => {
+                let key = client_id_to_key(&client_id);
+                self.claims
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                broker.session_taken(now, &client_id);
+                // Answered once the session's last changes are stored ([`Cluster::flush`]).
+                self.replies.push_back((broker.store_position(), reply));
+                Ok(())
+            }
         };
         if let Err(e) = r {
             tracing::warn!("cluster: {e}");
@@ -344,6 +479,10 @@ struct Link {
     claims: Claims,
     /// `Publish` operations not sent yet (shared with [`Cluster`]).
     outbound: Arc<std::sync::atomic::AtomicUsize>,
+    /// The session owners.
+    sessions: jetstream::stream::Stream,
+    /// The sessions themselves.
+    state: jetstream::stream::Stream,
 }
 
 impl Link {
@@ -351,8 +490,33 @@ impl Link {
         self,
         stream: jetstream::stream::Stream,
         sessions: jetstream::stream::Stream,
-        ops: mpsc::UnboundedReceiver<ClusterOp>,
+        ops: mpsc::UnboundedReceiver<Out>,
     ) -> Result<(), Error> {
+        // Requests to let go of a client: the key, answered once stored.
+        let mut releases = self
+            .client
+            .subscribe(format!("{}.n.{}.release", self.prefix, self.instance))
+            .await
+            .map_err(|e| {
+                Error::Io(Arc::new(std::io::Error::other(format!(
+                    "NATS release subscription: {e}"
+                ))))
+            })?;
+        let (tx, wake) = (self.in_tx.clone(), self.wake.clone());
+        tokio::spawn(async move {
+            while let Some(m) = releases.next().await {
+                let (Some(reply), Ok(key)) = (m.reply, std::str::from_utf8(&m.payload)) else {
+                    continue;
+                };
+                let Some(client_id) = key_to_client_id(key) else {
+                    continue;
+                };
+                if tx.send(In::Release { client_id, reply }).await.is_err() {
+                    return;
+                }
+                wake.wake();
+            }
+        });
         let nats_err = |what: &str, e: &dyn std::fmt::Display| {
             Error::Io(Arc::new(std::io::Error::other(format!("NATS {what}: {e}"))))
         };
@@ -438,8 +602,21 @@ impl Link {
     }
 
     /// Carries the core's operations until the core's side is dropped.
-    async fn run(mut self, mut ops: mpsc::UnboundedReceiver<ClusterOp>) {
+    async fn run(mut self, mut ops: mpsc::UnboundedReceiver<Out>) {
         while let Some(op) = ops.recv().await {
+            let op = match op {
+                Out::Core(op) => op,
+                Out::Claim(claim) => {
+                    tokio::spawn(self.claimer().finish(claim));
+                    continue;
+                }
+                Out::Reply(reply) => {
+                    if let Err(e) = self.client.publish(reply, Bytes::new()).await {
+                        tracing::warn!("NATS release answer: {e}");
+                    }
+                    continue;
+                }
+            };
             match op {
                 ClusterOp::Subscribe(f) => {
                     self.subscribe(f).await;
@@ -467,7 +644,13 @@ impl Link {
                     self.publish(&topic, retain, frame).await;
                     self.outbound.fetch_sub(1, Ordering::AcqRel);
                 }
-                ClusterOp::Claim { client_id } => self.claim(&client_id).await,
+                ClusterOp::Claim {
+                    client_id,
+                    conn,
+                    resume,
+                } => {
+                    tokio::spawn(self.claimer().start(client_id, conn, resume));
+                }
                 _ => {}
             }
         }
@@ -551,36 +734,375 @@ impl Link {
         }
     }
 
-    async fn claim(&mut self, client_id: &str) {
-        let key = client_id_to_key(client_id);
-        self.claims
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), None);
-        let subject = format!("{}.s.{key}", self.prefix);
-        let payload = Bytes::from(self.instance.clone().into_bytes());
-        // Sent here, in order; its acknowledgement (with its revision) awaited apart.
-        let sent = self.js.publish(subject, payload).await;
-        let claims = self.claims.clone();
-        tokio::spawn(async move {
-            let r = match sent {
-                Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let mut claims = claims.lock().unwrap_or_else(|e| e.into_inner());
-            match r {
-                // Unless the watch has shown it already.
-                Ok(rev) => {
-                    if let Some(slot @ None) = claims.get_mut(&key) {
-                        *slot = Some(rev);
-                    }
+    fn claimer(&self) -> Claimer {
+        Claimer {
+            client: self.client.clone(),
+            js: self.js.clone(),
+            sessions: self.sessions.clone(),
+            state: self.state.clone(),
+            prefix: self.prefix.clone(),
+            instance: self.instance.clone(),
+            in_tx: self.in_tx.clone(),
+            wake: self.wake.clone(),
+            claims: self.claims.clone(),
+        }
+    }
+}
+
+/// A claim's steps, on a task of their own: the node goes on carrying messages meanwhile.
+struct Claimer {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    sessions: jetstream::stream::Stream,
+    state: jetstream::stream::Stream,
+    prefix: String,
+    instance: String,
+    in_tx: mpsc::Sender<In>,
+    wake: Arc<Wake>,
+    claims: Claims,
+}
+
+impl Claimer {
+    async fn send(&self, item: In) {
+        if self.in_tx.send(item).await.is_ok() {
+            self.wake.wake();
+        }
+    }
+
+    /// Step 1: who owns the client, and (to resume its session) the session's record.
+    async fn start(self, client_id: String, conn: ConnectionId, resume: bool) {
+        let key = client_id_to_key(&client_id);
+        let owner = self
+            .sessions
+            .get_last_raw_message_by_subject(&format!("{}.s.{key}", self.prefix))
+            .await
+            .ok()
+            .and_then(|m| String::from_utf8(m.payload.to_vec()).ok());
+        let prev = owner.filter(|o| *o != self.instance);
+        if resume && prev.is_some() {
+            let subject = state_subject(&self.prefix, &key, Table::Sessions, client_id.as_bytes());
+            if let Ok(m) = self.state.get_last_raw_message_by_subject(&subject).await {
+                let entry = (
+                    Table::Sessions,
+                    client_id.as_bytes().to_vec(),
+                    m.payload.to_vec(),
+                );
+                self.send(In::Import(vec![entry])).await;
+            }
+        }
+        let claim = Claim {
+            client_id,
+            key,
+            conn,
+            resume,
+            prev,
+        };
+        self.send(In::Continue(claim)).await;
+    }
+
+    /// Step 2: the claim stored, the old owner let go, the session imported.
+    async fn finish(self, claim: Claim) {
+        self.claim(&claim.key).await;
+        if let Some(prev) = &claim.prev {
+            let subject = format!("{}.n.{prev}.release", self.prefix);
+            let asked = self
+                .client
+                .request(subject, Bytes::from(claim.key.clone().into_bytes()));
+            match tokio::time::timeout(RELEASE_TIMEOUT, asked).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    tracing::info!(client_id = %claim.client_id, %prev, "previous owner gone: its session resumes as stored");
                 }
-                Err(e) => {
-                    claims.remove(&key);
-                    tracing::warn!("session claim not stored in NATS: {e}");
+                Ok(Err(e)) => tracing::warn!(client_id = %claim.client_id, %prev, "release: {e}"),
+                Err(_) => tracing::warn!(client_id = %claim.client_id, %prev, "release: no answer"),
+            }
+            if claim.resume {
+                match self.read_session(&claim.key).await {
+                    Ok(entries) => self.send(In::Import(entries)).await,
+                    Err(e) => tracing::warn!(client_id = %claim.client_id, "session not read: {e}"),
                 }
             }
-        });
+        }
+        self.send(In::Claimed(claim.conn, claim.prev.is_some()))
+            .await;
+    }
+
+    /// Records this process as the owner of `key`.
+    async fn claim(&self, key: &str) {
+        let subject = format!("{}.s.{key}", self.prefix);
+        let payload = Bytes::from(self.instance.clone().into_bytes());
+        let r = match self.js.publish(subject, payload).await {
+            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            // Unless the watch has shown it already.
+            Ok(rev) => {
+                if let Some(slot @ None) = claims.get_mut(key) {
+                    *slot = Some(rev);
+                }
+            }
+            Err(e) => {
+                claims.remove(key);
+                tracing::warn!("session claim not stored in NATS: {e}");
+            }
+        }
+    }
+
+    /// Every stored entry of the session of `key`, in the order the core takes them.
+    async fn read_session(&self, key: &str) -> Result<Vec<(Table, Vec<u8>, Vec<u8>)>, String> {
+        let consumer = self
+            .state
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.st.{key}.>", self.prefix),
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut n = consumer.cached_info().num_pending;
+        let mut entries = Vec::new();
+        if n > 0 {
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            while n > 0 {
+                let Some(m) = messages.next().await else {
+                    break;
+                };
+                let m = m.map_err(|e| e.to_string())?;
+                if let Some((table, k)) = parse_state_subject(m.subject.as_str()) {
+                    entries.push((table, k, m.payload.to_vec()));
+                }
+                n = m.info().map(|i| i.pending).unwrap_or(0);
+            }
+        }
+        let order = |t: Table| {
+            Table::ALL
+                .iter()
+                .position(|x| *x == t)
+                .unwrap_or(usize::MAX)
+        };
+        entries.sort_by(|a, b| (order(a.0), &a.1).cmp(&(order(b.0), &b.1)));
+        Ok(entries)
+    }
+}
+
+/// A table's token in a state subject.
+fn table_token(table: Table) -> Option<&'static str> {
+    match table {
+        Table::Sessions => Some("s"),
+        Table::Progress => Some("p"),
+        Table::Messages => Some("m"),
+        Table::Incoming => Some("i"),
+        _ => None,
+    }
+}
+
+/// `PREFIX.st.<client>.<table>.<key in hex>`: one subject per stored entry, grouped by
+/// session (a session's entries are one wildcard), the key itself readable back.
+fn state_subject(prefix: &str, client_key: &str, table: Table, key: &[u8]) -> String {
+    use std::fmt::Write;
+    let t = table_token(table).unwrap_or("x");
+    let mut s = String::with_capacity(prefix.len() + client_key.len() + 8 + 2 * key.len());
+    let _ = write!(s, "{prefix}.st.{client_key}.{t}.k");
+    for b in key {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The table and key of a state subject.
+fn parse_state_subject(subject: &str) -> Option<(Table, Vec<u8>)> {
+    let mut rev = subject.rsplit('.');
+    let hex = rev.next()?.strip_prefix('k')?;
+    let table = match rev.next()? {
+        "s" => Table::Sessions,
+        "p" => Table::Progress,
+        "m" => Table::Messages,
+        "i" => Table::Incoming,
+        _ => return None,
+    };
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let key: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    Some((table, key?))
+}
+
+/// Attempts at each write to `PREFIX_STATE` before the store reports an error (which stops
+/// the node: what it acknowledged could no longer be kept): a NATS server that restarts or
+/// a stream leader that moves makes a request time out now and then.
+const MIRROR_ATTEMPTS: u32 = 4;
+
+/// Publishes `value` to `subject` and waits for JetStream's acknowledgement, again on
+/// failure (a put is idempotent: one message per subject).
+async fn put_stored(js: &jetstream::Context, subject: &str, value: &Bytes) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 0..MIRROR_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+        }
+        match js.publish(subject.to_owned(), value.clone()).await {
+            Ok(ack) => match ack.await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tracing::warn!(%subject, attempt, "session entry not stored in NATS yet: {last}");
+    }
+    Err(last)
+}
+
+/// Purges `filter` from `PREFIX_STATE`, again on failure.
+async fn purge(state: &jetstream::stream::Stream, filter: &str) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 0..MIRROR_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+        }
+        match state.purge().filter(filter.to_owned()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        tracing::warn!(%filter, attempt, "session entry not removed from NATS yet: {last}");
+    }
+    Err(last)
+}
+
+/// Writes the session tables' operations to `PREFIX_STATE`, batch by batch in order:
+/// puts sent together, each delete after the puts before it are stored.
+async fn run_mirror(
+    js: jetstream::Context,
+    state: jetstream::stream::Stream,
+    prefix: String,
+    mut batches: mpsc::UnboundedReceiver<Mirror>,
+) {
+    use mqtt_broker::StoreOp;
+    while let Some((ops, done)) = batches.recv().await {
+        // Puts sent and not yet acknowledged: (subject, value, acknowledgement).
+        let mut acks = Vec::new();
+        let mut result = Ok(());
+        for op in &ops {
+            let (table, key, is_prefix) = match op {
+                StoreOp::Put { table, key, value } => {
+                    let Some((client, _)) = table.session_key(key) else {
+                        continue;
+                    };
+                    let subject = state_subject(&prefix, &client_id_to_key(client), *table, key);
+                    let value = Bytes::from(value.clone());
+                    let ack = js.publish(subject.clone(), value.clone()).await.ok();
+                    acks.push((subject, value, ack));
+                    continue;
+                }
+                StoreOp::Delete { table, key } => (*table, key, false),
+                StoreOp::DeletePrefix { table, prefix } => (*table, prefix, true),
+            };
+            let Some((client, _)) = table.session_key(key) else {
+                continue;
+            };
+            // The puts before it first: a purge must not overtake them.
+            if let Err(e) = settle(&js, &mut acks).await {
+                result = Err(e);
+            }
+            let client_key = client_id_to_key(client);
+            let subject = if is_prefix {
+                let t = table_token(table).unwrap_or("x");
+                format!("{prefix}.st.{client_key}.{t}.>")
+            } else {
+                state_subject(&prefix, &client_key, table, key)
+            };
+            if let Err(e) = purge(&state, &subject).await {
+                result = Err(e);
+            }
+        }
+        if let Err(e) = settle(&js, &mut acks).await {
+            result = Err(e);
+        }
+        let _ = done.send(result);
+    }
+}
+
+/// Waits for the puts sent, sending again those that failed.
+async fn settle(
+    js: &jetstream::Context,
+    acks: &mut Vec<(String, Bytes, Option<jetstream::context::PublishAckFuture>)>,
+) -> Result<(), String> {
+    let mut result = Ok(());
+    for (subject, value, ack) in acks.drain(..) {
+        let stored = match ack {
+            Some(ack) => ack.await.is_ok(),
+            None => false,
+        };
+        if !stored {
+            if let Err(e) = put_stored(js, &subject, &value).await {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}
+
+/// A clustered node's store ([`Cluster::store`]).
+#[cfg(feature = "store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "store")))]
+pub struct ClusterStore {
+    local: Box<dyn crate::store::Store>,
+    mirror: mpsc::UnboundedSender<Mirror>,
+    ops: Vec<mqtt_broker::StoreOp>,
+    session_ops: Vec<mqtt_broker::StoreOp>,
+}
+
+#[cfg(feature = "store")]
+impl std::fmt::Debug for ClusterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterStore").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "store")]
+impl crate::store::Store for ClusterStore {
+    fn load(&mut self, visit: &mut crate::store::Visit<'_>) -> Result<crate::store::Loaded, Error> {
+        self.local.load(visit)
+    }
+
+    fn commit(&mut self, ops: &[mqtt_broker::StoreOp], clock: Instant) -> Result<(), Error> {
+        use mqtt_broker::StoreOp;
+        self.ops.clear();
+        self.session_ops.clear();
+        for op in ops {
+            let table = match op {
+                StoreOp::Put { table, .. }
+                | StoreOp::Delete { table, .. }
+                | StoreOp::DeletePrefix { table, .. } => *table,
+            };
+            if table == Table::Retained {
+                self.ops.push(op.clone());
+            } else {
+                self.session_ops.push(op.clone());
+            }
+        }
+        let waiting = if self.session_ops.is_empty() {
+            None
+        } else {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let ops = std::mem::take(&mut self.session_ops);
+            self.mirror
+                .send((ops, tx))
+                .map_err(|_| Error::Store("the cluster link is gone".into()))?;
+            Some(rx)
+        };
+        // Both at once: the local write while NATS stores the sessions.
+        self.local.commit(&self.ops, clock)?;
+        if let Some(rx) = waiting {
+            rx.recv()
+                .map_err(|_| Error::Store("the cluster link is gone".into()))?
+                .map_err(|e| Error::Store(format!("sessions not stored in NATS: {e}")))?;
+        }
+        Ok(())
     }
 }
 

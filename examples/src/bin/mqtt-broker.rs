@@ -690,6 +690,8 @@ fn run(mut args: Args) -> std::io::Result<()> {
             Qos0Overflow::Drop => QoS0Overflow::Drop,
         },
         persistence: match (args.in_memory, args.durability) {
+            // Clustered, sessions are stored in NATS all the same: any node resumes them.
+            (true, _) if !args.cluster.is_empty() => Persistence::Sync,
             (true, _) => Persistence::Off,
             (false, Durability::Always) => Persistence::Sync,
             (false, Durability::Every(_)) => Persistence::Eventual,
@@ -878,9 +880,16 @@ fn run(mut args: Args) -> std::io::Result<()> {
     // Commits (an fsync or two each) run on a thread of their own, so that the event loop
     // goes on reading while one is on its way to the disk; what it reads meanwhile is the
     // next commit (group commit).
+    // Clustered, the session tables go to NATS ([`Cluster::store`]), in memory too.
+    let store: Option<Box<dyn Store>> = match (store, &cluster) {
+        (Some((store, _)), Some(c)) => Some(Box::new(c.store(store))),
+        (None, Some(c)) => Some(Box::new(c.store(mqtt_tokio::store::MemoryStore::new()))),
+        (Some((store, _)), None) => Some(Box::new(store)),
+        (None, None) => None,
+    };
     let durable = match store {
         None => None,
-        Some((mut store, _)) => {
+        Some(mut store) => {
             let (to_committer, commits) = std::sync::mpsc::channel::<(Vec<StoreOp>, Instant)>();
             let (committed_tx, committed) = std::sync::mpsc::channel();
             let wake = wake.clone();
