@@ -7,6 +7,9 @@
 # - pairs: PAIRS publishers, each to its own subscriber, QoS 1. Closed loop (WINDOW
 #   messages per publisher in flight), then open loop at OPEN_RATE msg/s in all (a fixed
 #   schedule: what the path cannot take shows as lost messages and latency).
+# - persistent: the closed pairs with persistent subscribers (--persistent): each node
+#   stores its sessions in NATS (JetStream), so a message that waits for its subscriber
+#   is written there.
 # - latency: one publisher to one subscriber at RATE msg/s, QoS 1, p50/p99.
 # - connect: CONNECTS connections, 64 at a time, to a clustered node (each CONNECT a
 #   claim written to JetStream) and to a node alone: connections per second, p50/p99.
@@ -17,7 +20,8 @@
 #
 # Usage: examples/bench/cluster.sh
 # Knobs: DURATION (5 s), PAIRS (10), WINDOW (64), OPEN_RATE (20000), RATE (1000),
-# CONNECTS (5000), ROUNDS (1).
+# CONNECTS (5000), ROUNDS (1), NATS_SERVERS (3: a NATS cluster as in
+# examples/cluster/nats.sh, streams replicated 3 times; 1: one server, no replicas).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -31,6 +35,7 @@ OPEN_RATE=${OPEN_RATE:-20000}
 RATE=${RATE:-1000}
 CONNECTS=${CONNECTS:-5000}
 ROUNDS=${ROUNDS:-1}
+NATS_SERVERS=${NATS_SERVERS:-3}
 
 NATS=$(command -v nats-server || true)
 [ -z "$NATS" ] && [ -x /usr/sbin/nats-server ] && NATS=/usr/sbin/nats-server
@@ -46,23 +51,45 @@ PIDS=()
 
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ "$NATS_SERVERS" = 3 ] && bash examples/cluster/nats.sh --dir "$WORK/nats" --stop >/dev/null 2>&1
+    true
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 
-NATS_PORT=$(free_port)
-"$NATS" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/js" 2>>"$WORK/nats.log" &
-PIDS+=($!)
-for i in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break
-    sleep 0.05
-done
+if [ "$NATS_SERVERS" = 3 ]; then
+    # Client ports; routes and monitoring take PORT+2000 and PORT+4000.
+    NATS_PORTS=()
+    while [ ${#NATS_PORTS[@]} -lt 3 ]; do
+        p=$(free_port)
+        [ "$p" -lt 60000 ] && NATS_PORTS+=("$p")
+    done
+    NATS_SERVER_BIN=$NATS bash examples/cluster/nats.sh --dir "$WORK/nats" "${NATS_PORTS[@]}" \
+        >/dev/null 2>"$WORK/nats-start.log" || { cat "$WORK/nats-start.log" >&2; exit 1; }
+    URLS=()
+    for p in "${NATS_PORTS[@]}"; do URLS+=("nats://127.0.0.1:$p"); done
+else
+    NATS_PORT=$(free_port)
+    "$NATS" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/js" 2>>"$WORK/nats.log" &
+    PIDS+=($!)
+    for i in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break
+        sleep 0.05
+    done
+    URLS=("nats://127.0.0.1:$NATS_PORT")
+fi
+NODES=0
 
 # Starts node $1 of the cluster (`solo`: a broker alone); prints its port.
 node() {
-    local out=$WORK/out.$1 cluster=(--cluster "nats://127.0.0.1:$NATS_PORT" --node "$1")
+    # Each node prefers its own NATS server (then the others).
+    local urls=("${URLS[@]:$((NODES % ${#URLS[@]}))}" "${URLS[@]:0:$((NODES % ${#URLS[@]}))}")
+    local joined
+    joined=$(IFS=,; echo "${urls[*]}")
+    local out=$WORK/out.$1 cluster=(--cluster "$joined" --node "$1"
+        --cluster-replicas "$NATS_SERVERS")
     [ "$1" = solo ] && cluster=()
     "$BIN/mqtt-broker" --bind 127.0.0.1:0 --no-ws --sys-interval 0 --in-memory \
         --max-queued 100000 "${cluster[@]}" >"$out" 2>>"$WORK/broker.$1.log" &
@@ -81,6 +108,7 @@ node() {
     exit 1
 }
 A=$(node a)
+NODES=1
 B=$(node b)
 SOLO=$(node solo)
 
@@ -103,7 +131,7 @@ run() {
 
 PATHS=("same node" "cross node")
 echo "# $(uptime)"
-echo "# mqtt-bench QoS 1, ${DURATION} s per run, window $WINDOW; nats-server $("$NATS" --version | sed 's/.* v//')"
+echo "# mqtt-bench QoS 1, ${DURATION} s per run, window $WINDOW; $NATS_SERVERS nats-server $("$NATS" --version | sed 's/.* v//')"
 echo
 echo "| load           | path       | msg/s     | p50 µs  | p99 µs  | lost   | dup  |"
 echo "|---|---|--:|--:|--:|--:|--:|"
@@ -113,6 +141,9 @@ for round in $(seq "$ROUNDS"); do
     for p in "${order[@]}"; do run "$p" "pairs closed" --scenario pairs --pubs "$PAIRS"; done
     for p in "${order[@]}"; do
         run "$p" "pairs open" --scenario pairs --pubs "$PAIRS" --rate "$OPEN_RATE"
+    done
+    for p in "${order[@]}"; do
+        run "$p" "persistent" --scenario pairs --pubs "$PAIRS" --persistent
     done
     for p in "${order[@]}"; do
         run "$p" "latency $RATE/s" --scenario pairs --pubs 1 --rate "$RATE"

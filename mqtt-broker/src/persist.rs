@@ -185,6 +185,22 @@ pub enum StoreOp {
 }
 
 impl StoreOp {
+    /// Whether this is a deletion that a store may apply after it reports the batch
+    /// durable: that of a delivered QoS 1 message, which a crash before it is applied only
+    /// sends again (QoS 1 allows it). A store whose deletions cost a round trip each (a
+    /// remote one) can take them off the commit's path. Anything QoS 2 depends on, and
+    /// every put, is not.
+    pub fn delete_may_lag(&self) -> bool {
+        match self {
+            // A message's key ends with its tag, whose low bit is set for QoS 2.
+            StoreOp::Delete {
+                table: Table::Messages,
+                key,
+            } => key.last().is_some_and(|b| b & 1 == 0),
+            _ => false,
+        }
+    }
+
     /// Applies the operation to `map` (keys by table, then bytes), as a store applies it:
     /// the whole of a store for tests, tools and simulations.
     ///

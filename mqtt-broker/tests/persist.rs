@@ -413,3 +413,60 @@ fn damaged_entries_are_refused() {
         })
     ));
 }
+
+#[test]
+fn only_a_delivered_qos1_message_may_be_deleted_after_its_commit() {
+    let mut net = Net::durable();
+    let s = net.join(ClientConfig {
+        manual_acks: true,
+        ..persistent(V5, "s")
+    });
+    net.subscribe(s, "t", q(QoS::ExactlyOnce));
+    let p = net.join(ClientConfig::new(V5, "p"));
+    net.auto_commit = false;
+    net.publish(p, "t", "one", QoS::AtLeastOnce, false);
+    net.publish(p, "t", "two", QoS::ExactlyOnce, false);
+    // Both stored before their subscriber acknowledges them.
+    while net.commit() {
+        net.drive();
+    }
+    for (id, _, _) in net.deliveries(s) {
+        net.peers[s].client.ack(net.now, id.unwrap());
+    }
+    net.drive();
+    // Every operation from the acknowledgements to the end of both exchanges.
+    let mut ops = Vec::new();
+    while let Some(batch) = net.broker.poll_store(&mut ops) {
+        let now = net.now;
+        net.broker.handle_durable(now, batch);
+        net.drive();
+    }
+    let net_ops: Vec<(Table, bool, bool)> = ops
+        .iter()
+        .filter_map(|o| match o {
+            StoreOp::Delete { table, .. } => Some((*table, true, o.delete_may_lag())),
+            StoreOp::Put { table, .. } => Some((*table, false, o.delete_may_lag())),
+            _ => None,
+        })
+        .collect();
+    // The QoS 1 message's deletion may lag; nothing of the QoS 2 exchange may.
+    assert!(
+        net_ops.contains(&(Table::Messages, true, true)),
+        "{net_ops:?}"
+    );
+    assert!(
+        net_ops
+            .iter()
+            .filter(|(t, del, _)| *del && *t != Table::Messages)
+            .all(|(_, _, lag)| !lag),
+        "{net_ops:?}"
+    );
+    assert_eq!(
+        net_ops
+            .iter()
+            .filter(|(t, del, lag)| *t == Table::Messages && *del && *lag)
+            .count(),
+        1,
+        "only the QoS 1 message: {net_ops:?}"
+    );
+}

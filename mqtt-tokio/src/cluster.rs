@@ -281,11 +281,14 @@ impl Cluster {
             .await
             .map_err(|e| nats_err("state stream", &e))?;
         let (mirror, mirror_rx) = mpsc::unbounded_channel();
+        let (lazy, lazy_rx) = mpsc::channel(LAZY_PURGES);
+        tokio::spawn(run_lazy_purges(client.clone(), state.clone(), lazy_rx));
         tokio::spawn(run_mirror(
             js.clone(),
             state.clone(),
             options.prefix.clone(),
             mirror_rx,
+            lazy.clone(),
         ));
         let (out, out_rx) = mpsc::unbounded_channel();
         let (in_tx, inbound) = mpsc::channel(INBOUND);
@@ -309,6 +312,7 @@ impl Cluster {
             claims: claims.clone(),
             sessions: sessions.clone(),
             state,
+            lazy,
         };
         link.start(stream, sessions, out_rx).await?;
         Ok(Cluster {
@@ -483,6 +487,16 @@ struct Link {
     sessions: jetstream::stream::Stream,
     /// The sessions themselves.
     state: jetstream::stream::Stream,
+    /// Deletions that lag behind their commit; a release's answer goes behind them.
+    lazy: mpsc::Sender<Lazy>,
+}
+
+/// What waits in the queue of deletions that lag behind their commit.
+enum Lazy {
+    Purge(String),
+    /// Answered once every deletion before it is applied: the new owner of a session
+    /// never sees one of ours land on its own entries.
+    Reply(async_nats::Subject),
 }
 
 impl Link {
@@ -611,9 +625,7 @@ impl Link {
                     continue;
                 }
                 Out::Reply(reply) => {
-                    if let Err(e) = self.client.publish(reply, Bytes::new()).await {
-                        tracing::warn!("NATS release answer: {e}");
-                    }
+                    let _ = self.lazy.send(Lazy::Reply(reply)).await;
                     continue;
                 }
             };
@@ -936,6 +948,11 @@ fn parse_state_subject(subject: &str) -> Option<(Table, Vec<u8>)> {
 /// the node: what it acknowledged could no longer be kept): a NATS server that restarts or
 /// a stream leader that moves makes a request time out now and then.
 const MIRROR_ATTEMPTS: u32 = 4;
+/// Purges in flight at once, per node.
+const PURGES_AT_ONCE: usize = 64;
+/// Deletions of delivered QoS 1 messages waiting to be applied after their commit
+/// ([`mqtt_broker::StoreOp::delete_may_lag`]); beyond that, a commit applies its own.
+const LAZY_PURGES: usize = 65_536;
 
 /// Publishes `value` to `subject` and waits for JetStream's acknowledgement, again on
 /// failure (a put is idempotent: one message per subject).
@@ -973,57 +990,144 @@ async fn purge(state: &jetstream::stream::Stream, filter: &str) -> Result<(), St
     Err(last)
 }
 
-/// Writes the session tables' operations to `PREFIX_STATE`, batch by batch in order:
-/// puts sent together, each delete after the puts before it are stored.
+/// Writes the session tables' operations to `PREFIX_STATE`, batch by batch in order.
+///
+/// Within a batch only the last operation on each subject matters (one message kept per
+/// subject), and different subjects are independent: between two prefix deletions (a
+/// session that ends, which covers many subjects), the final puts go out together and the
+/// purges (one JetStream request each: a message acknowledged after its put was stored)
+/// run concurrently, rather than one round trip after another.
 async fn run_mirror(
     js: jetstream::Context,
     state: jetstream::stream::Stream,
     prefix: String,
     mut batches: mpsc::UnboundedReceiver<Mirror>,
+    lazy: mpsc::Sender<Lazy>,
 ) {
     use mqtt_broker::StoreOp;
     while let Some((ops, done)) = batches.recv().await {
-        // Puts sent and not yet acknowledged: (subject, value, acknowledgement).
-        let mut acks = Vec::new();
         let mut result = Ok(());
+        // Subject to its final value (`None`: purged), since the last prefix deletion.
+        let mut last: HashMap<String, Option<Bytes>> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
         for op in &ops {
-            let (table, key, is_prefix) = match op {
-                StoreOp::Put { table, key, value } => {
-                    let Some((client, _)) = table.session_key(key) else {
+            let (table, key) = match op {
+                StoreOp::Put { table, key, .. } | StoreOp::Delete { table, key } => (*table, key),
+                StoreOp::DeletePrefix { table, prefix: p } => {
+                    let Some((client, _)) = table.session_key(p) else {
                         continue;
                     };
-                    let subject = state_subject(&prefix, &client_id_to_key(client), *table, key);
-                    let value = Bytes::from(value.clone());
-                    let ack = js.publish(subject.clone(), value.clone()).await.ok();
-                    acks.push((subject, value, ack));
+                    if let Err(e) = apply(&js, &state, &mut last, &mut order).await {
+                        result = Err(e);
+                    }
+                    let t = table_token(*table).unwrap_or("x");
+                    let filter = format!("{prefix}.st.{}.{t}.>", client_id_to_key(client));
+                    if let Err(e) = purge(&state, &filter).await {
+                        result = Err(e);
+                    }
                     continue;
                 }
-                StoreOp::Delete { table, key } => (*table, key, false),
-                StoreOp::DeletePrefix { table, prefix } => (*table, prefix, true),
             };
             let Some((client, _)) = table.session_key(key) else {
                 continue;
             };
-            // The puts before it first: a purge must not overtake them.
-            if let Err(e) = settle(&js, &mut acks).await {
-                result = Err(e);
+            let subject = state_subject(&prefix, &client_id_to_key(client), table, key);
+            if op.delete_may_lag() {
+                // Off the commit's path (a crash first only sends the message again),
+                // unless too many wait already.
+                match lazy.try_send(Lazy::Purge(subject)) {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        if let Lazy::Purge(subject) = e.into_inner() {
+                            if last.insert(subject.clone(), None).is_none() {
+                                order.push(subject);
+                            }
+                        }
+                        continue;
+                    }
+                }
             }
-            let client_key = client_id_to_key(client);
-            let subject = if is_prefix {
-                let t = table_token(table).unwrap_or("x");
-                format!("{prefix}.st.{client_key}.{t}.>")
-            } else {
-                state_subject(&prefix, &client_key, table, key)
+            let value = match op {
+                StoreOp::Put { value, .. } => Some(Bytes::from(value.clone())),
+                _ => None,
             };
-            if let Err(e) = purge(&state, &subject).await {
-                result = Err(e);
+            if last.insert(subject.clone(), value).is_none() {
+                order.push(subject);
             }
         }
-        if let Err(e) = settle(&js, &mut acks).await {
+        if let Err(e) = apply(&js, &state, &mut last, &mut order).await {
             result = Err(e);
         }
         let _ = done.send(result);
     }
+}
+
+/// Applies the deletions that may lag behind their commit, a few at a time.
+async fn run_lazy_purges(
+    client: async_nats::Client,
+    state: jetstream::stream::Stream,
+    mut rx: mpsc::Receiver<Lazy>,
+) {
+    let mut items = Vec::with_capacity(PURGES_AT_ONCE);
+    let mut purges = Vec::with_capacity(PURGES_AT_ONCE);
+    while rx.recv_many(&mut items, PURGES_AT_ONCE).await > 0 {
+        for item in items.drain(..) {
+            match item {
+                Lazy::Purge(subject) => purges.push(subject),
+                Lazy::Reply(reply) => {
+                    lazy_purge(&state, &mut purges).await;
+                    if let Err(e) = client.publish(reply, Bytes::new()).await {
+                        tracing::warn!("NATS release answer: {e}");
+                    }
+                }
+            }
+        }
+        lazy_purge(&state, &mut purges).await;
+    }
+}
+
+async fn lazy_purge(state: &jetstream::stream::Stream, purges: &mut Vec<String>) {
+    let done = futures_util::future::join_all(purges.iter().map(|s| purge(state, s))).await;
+    for r in done {
+        if let Err(e) = r {
+            // The message stays stored: resumed elsewhere, it is sent again.
+            tracing::warn!("a delivered message not removed from NATS: {e}");
+        }
+    }
+    purges.clear();
+}
+
+/// Stores the final state of each subject in `last` (in `order`), puts together and
+/// purges concurrently; empties both.
+async fn apply(
+    js: &jetstream::Context,
+    state: &jetstream::stream::Stream,
+    last: &mut HashMap<String, Option<Bytes>>,
+    order: &mut Vec<String>,
+) -> Result<(), String> {
+    let mut acks = Vec::new();
+    let mut purges = Vec::new();
+    for subject in order.drain(..) {
+        match last.remove(&subject).flatten() {
+            Some(value) => {
+                let ack = js.publish(subject.clone(), value.clone()).await.ok();
+                acks.push((subject, value, ack));
+            }
+            None => purges.push(subject),
+        }
+    }
+    // A bounded number at a time: JetStream's API takes requests from every node.
+    let mut purged = Vec::with_capacity(purges.len());
+    for chunk in purges.chunks(PURGES_AT_ONCE) {
+        purged.extend(futures_util::future::join_all(chunk.iter().map(|s| purge(state, s))).await);
+    }
+    let mut result = settle(js, &mut acks).await;
+    for r in purged {
+        if let Err(e) = r {
+            result = Err(e);
+        }
+    }
+    result
 }
 
 /// Waits for the puts sent, sending again those that failed.

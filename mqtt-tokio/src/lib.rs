@@ -102,7 +102,8 @@
 //!   ([`server::Server::store`]): what the broker acknowledged survives a crash.
 //! - `cluster`: a broker node's link to the other nodes of its cluster over NATS
 //!   ([`cluster::Cluster`], with the official `async-nats` client): messages, retained
-//!   messages, shared subscriptions and session takeovers across nodes.
+//!   messages, shared subscriptions, and sessions that move between nodes and outlive
+//!   a dead one (stored in NATS with [`cluster::Cluster::store`], which needs `store`).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
