@@ -173,6 +173,9 @@ pub(crate) struct ClusterState {
     held: VecDeque<(u64, Option<crate::persist::Batch>, crate::persist::Promise)>,
     /// Sessions being imported, by client identifier.
     imports: BTreeMap<String, Box<Restoring>>,
+    /// The client identifier each parked CONNECT claims: its import ends with the claim,
+    /// even if the connection has gone meanwhile.
+    parked: BTreeMap<ConnectionId, String>,
 }
 
 fn cluster_filter(sub: &Subscription<'_>) -> ClusterFilter {
@@ -353,6 +356,7 @@ impl<H: Hooks> Broker<H> {
             self.events.push_back(crate::BrokerEvent::Pause(conn));
         }
         self.rearm(conn);
+        self.cluster.parked.insert(conn, client_id.clone());
         self.cluster.ops.push_back(ClusterOp::Claim {
             client_id,
             conn,
@@ -410,6 +414,15 @@ impl<H: Hooks> Broker<H> {
     /// failed (the bus unreachable): the client is then served from what this node has.
     pub fn cluster_claimed(&mut self, now: Instant, conn: ConnectionId, elsewhere: bool) {
         self.now = self.now.max(now);
+        // What was imported is the session's now, whether its client waited or not: the
+        // stored messages go into its queue.
+        if let Some(client_id) = self.cluster.parked.remove(&conn) {
+            if let Some(rs) = self.cluster.imports.remove(&client_id) {
+                let saved = self.store.restoring.replace(rs);
+                self.finish_restore(now);
+                self.store.restoring = saved;
+            }
+        }
         let Some(c) = self.conn_mut(conn) else { return };
         // Not parked (any more: its wait timed out), or waiting for something else.
         let parked = c
@@ -429,11 +442,6 @@ impl<H: Hooks> Broker<H> {
         c.tidy_extra();
         if c.readable() {
             self.events.push_back(crate::BrokerEvent::Resume(conn));
-        }
-        if let Some(rs) = self.cluster.imports.remove(req.client_id.as_str()) {
-            let saved = self.store.restoring.replace(rs);
-            self.finish_restore(now);
-            self.store.restoring = saved;
         }
         if req.clean_start && elsewhere && self.session_of(req.client_id.as_str()).is_none() {
             // [MQTT-3.1.2-4] what the old owner stored goes (a session here ends with

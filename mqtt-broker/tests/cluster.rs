@@ -743,3 +743,39 @@ fn a_clean_start_on_another_node_discards_the_stored_session() {
     assert!(c.nodes[2].take(back).is_empty());
     assert_eq!(c.nodes[0].broker.session_count(), 0);
 }
+
+#[test]
+fn a_session_imported_for_a_client_that_left_keeps_its_messages() {
+    let mut c = Cluster::durable(2);
+    let m = c.join(0, persistent(V5, "mover"));
+    c.subscribe(0, m, "t", QoS::AtLeastOnce);
+    c.nodes[0].cut(m);
+    c.drive();
+    let p = c.join(0, ClientConfig::new(V5, "p"));
+    c.publish(0, p, "t", "queued", QoS::AtLeastOnce, false);
+    // The client connects to node 1 and is gone before its claim is done: node 1 owns
+    // the session all the same, with its message.
+    let id = c.nodes[1].broker.open(Instant::ZERO);
+    let mut client = Client::new(persistent(V5, "mover"));
+    client.connect(Instant::ZERO).unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = client
+        .poll_transmit(Instant::ZERO, &mut out)
+        .unwrap()
+        .unwrap();
+    let mut buf = bytes::BytesMut::from(&out[..n]);
+    c.nodes[1].broker.handle_input(Instant::ZERO, id, &mut buf);
+    let claim = c.nodes[1].broker.poll_cluster();
+    assert!(matches!(claim, Some(ClusterOp::Claim { .. })), "{claim:?}");
+    c.nodes[1].broker.handle_close(Instant::ZERO, id);
+    c.carry(1, claim.unwrap());
+    c.drive();
+    assert_eq!(c.nodes[0].broker.session_count(), 1, "the publisher's own");
+    let m = c.roam(0, m, 1);
+    assert!(session_present(&c.nodes[1], m));
+    c.drive();
+    assert_eq!(
+        c.nodes[1].take(m),
+        [got("t", "queued", QoS::AtLeastOnce, false)]
+    );
+}
