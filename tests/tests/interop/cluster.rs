@@ -252,6 +252,29 @@ async fn cluster_over_nats() {
         delivered,
         "node 0 reached node 1 again after NATS server 0 died"
     );
+    // What crossed while NATS server 1 died under node 1's subscriber and node 0's
+    // publisher kept sending: counted, not asserted (core NATS is at most once between
+    // nodes, docs/cluster.md).
+    let _ = drain(&mut in1, Duration::from_millis(300)).await;
+    let counting = tokio::spawn(async move {
+        let got = drain(&mut in1, Duration::from_secs(5)).await;
+        got.iter().filter(|m| m.0.starts_with("t/count/")).count()
+    });
+    for i in 0..400 {
+        if i == 100 {
+            nats.kill(1);
+        }
+        p0.publish(&format!("t/count/{i}"), QoS::AtLeastOnce, "c")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = counting.await.unwrap();
+    eprintln!("NATS server 1 killed under the subscriber's node: {got} of 400 acknowledged messages crossed");
+    assert!(
+        got > 0,
+        "node 1 heard node 0 again after its NATS server died"
+    );
 }
 
 /// A persistent session on `b` (expiry one hour).
