@@ -605,19 +605,6 @@ fn a_suback_waits_until_the_other_nodes_send_here() {
     assert_eq!(c.nodes[1].ack_codes(s2), [vec![ReasonCode::GrantedQoS1]]);
 }
 
-/// What the last CONNACK client `i` of `net` received said.
-fn session_present(net: &Net<AllowAll>, i: usize) -> bool {
-    net.peers[i]
-        .events
-        .iter()
-        .rev()
-        .find_map(|e| match e {
-            Event::Connected(info) => Some(info.session_present),
-            _ => None,
-        })
-        .expect("connected")
-}
-
 #[test]
 fn a_session_moves_with_its_subscriptions_and_queued_messages() {
     let mut c = Cluster::durable(3);

@@ -16,19 +16,6 @@ fn acked(net: &mut Net<AllowAll>, i: usize) -> usize {
         .count()
 }
 
-/// What the last CONNACK client `i` received said (its events stay).
-fn session_present(net: &mut Net<AllowAll>, i: usize) -> bool {
-    net.peers[i]
-        .events
-        .iter()
-        .rev()
-        .find_map(|e| match e {
-            Event::Connected(info) => Some(info.session_present),
-            _ => None,
-        })
-        .expect("connected")
-}
-
 #[test]
 fn acknowledgements_wait_until_stored() {
     let mut net = Net::durable();

@@ -383,6 +383,19 @@ pub fn durable_config() -> BrokerConfig {
     }
 }
 
+/// What the last CONNACK client `i` of `net` received said (its events stay).
+pub fn session_present<H: Hooks>(net: &Net<H>, i: usize) -> bool {
+    net.peers[i]
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Connected(info) => Some(info.session_present),
+            _ => None,
+        })
+        .expect("connected")
+}
+
 pub fn q(qos: QoS) -> SubscriptionOptions {
     SubscriptionOptions::qos(qos)
 }
