@@ -25,7 +25,7 @@ fn acknowledgements_wait_until_stored() {
     assert!(net.peers[s].events.is_empty());
     assert!(net.commit());
     net.drive();
-    assert!(!session_present(&mut net, s));
+    assert!(!session_present(&net, s));
     net.subscribe(s, "t", q(QoS::AtLeastOnce));
     assert!(
         net.ack_codes(s).is_empty(),
@@ -117,7 +117,7 @@ fn queued_messages_survive_in_order_and_exactly_once() {
     assert_eq!(acked(&mut net, p), 200);
     net.crash_and_restore(1000);
     net.reconnect(s);
-    assert!(session_present(&mut net, s));
+    assert!(session_present(&net, s));
     let got: Vec<(String, QoS)> = net
         .take(s)
         .into_iter()
@@ -202,7 +202,7 @@ fn in_flight_qos2_resumes_where_it_stopped() {
     net.crash_and_restore(10);
     net.auto_commit = true;
     net.reconnect(s);
-    assert!(session_present(&mut net, s));
+    assert!(session_present(&net, s));
     assert!(net.take(s).is_empty(), "delivered twice");
     net.crash_and_restore(10);
     net.reconnect(s);
@@ -309,9 +309,9 @@ fn a_session_that_expired_while_down_is_gone() {
     // Down for 5 s: the 2 s expiry passed meanwhile, the hour did not.
     net.crash_and_restore(5000);
     net.reconnect(short);
-    assert!(!session_present(&mut net, short));
+    assert!(!session_present(&net, short));
     net.reconnect(long);
-    assert!(session_present(&mut net, long));
+    assert!(session_present(&net, long));
 }
 
 #[test]
