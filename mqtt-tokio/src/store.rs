@@ -474,11 +474,18 @@ impl Store for RedbStore {
                 };
                 result.map_err(|e| self.err(e))?;
             }
-            for (table, key, value) in net.keys {
-                let t = &mut tables[table];
-                match value {
-                    Some(value) => drop(t.insert(key, value).map_err(|e| self.err(e))?),
-                    None => drop(t.remove(key).map_err(|e| self.err(e))?),
+            // Each key once, so the order between keys changes nothing but redb's work:
+            // deletions from the highest key down (a queue's head goes from the end of each
+            // page, where redb moves no other entry), then puts from the lowest up (a
+            // queue's tail is appended to the end of its page).
+            for &(table, key, value) in net.keys.iter().rev() {
+                if value.is_none() {
+                    drop(tables[table].remove(key).map_err(|e| self.err(e))?);
+                }
+            }
+            for &(table, key, value) in &net.keys {
+                if let Some(value) = value {
+                    drop(tables[table].insert(key, value).map_err(|e| self.err(e))?);
                 }
             }
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
