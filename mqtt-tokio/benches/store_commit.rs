@@ -1,9 +1,11 @@
 //! What a durable broker pays for its store: [`RedbStore::commit`] of batches of 1, 64 and
 //! 1,024 message-sized Puts (a 20-byte key: a session and a sequence number; a 200-byte
 //! value), each commit one redb write transaction with `Durability::Immediate` and
-//! two-phase commit (two `fsync`s); and the bytes on disk per stored message once 100,000
-//! are stored (keys of 100 sessions interleaved, as queues fill). Prints a table; asserts
-//! nothing.
+//! two-phase commit (two `fsync`s); a durable broker's steady state under load (10 queues,
+//! each commit putting at their tails and deleting at their heads what the commit before
+//! put), with the store thread's CPU time per operation (Linux); and the bytes on disk per
+//! stored message once 100,000 are stored (keys of 100 sessions interleaved, as queues
+//! fill). Prints a table; asserts nothing.
 //!
 //! ```text
 //! cargo bench -p mqtt-tokio --features store --bench store_commit
