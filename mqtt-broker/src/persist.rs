@@ -457,12 +457,65 @@ pub(crate) struct StoreState {
     /// Messages put in the operations not yet handed out, by tag: where their put (and
     /// the put of their progress, if any) is, so that a message finished before its batch
     /// leaves costs the batch nothing.
-    pub(crate) fresh: BTreeMap<u64, (usize, usize)>,
+    pub(crate) fresh: Fresh,
     /// Operations made void since the last batch.
     pub(crate) dead: usize,
     /// While restoring: what is read before the messages it belongs to, and the sessions
     /// whose client was connected when the broker stopped.
     pub(crate) restoring: Option<Box<Restoring>>,
+}
+
+/// Messages put in the open batch, by tag: where their put and the put of their progress
+/// ([`NO_OP`] if none) are. Tags are handed out in increasing order, so a vector in tag
+/// order found by binary search does the work of a map without an allocation per message
+/// (it is kept with every message of a durable broker); a finished message is marked, not
+/// removed, and the whole is emptied when the batch leaves.
+#[derive(Debug, Default)]
+pub(crate) struct Fresh {
+    /// (tag, put, progress) in tag order; `put` is [`NO_OP`] once finished.
+    entries: Vec<(u64, usize, usize)>,
+}
+
+impl Fresh {
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    fn insert(&mut self, tag: u64, put: usize, progress: usize) {
+        match self.entries.last() {
+            Some(last) if last.0 >= tag => {
+                // Not in order (no caller does this): still found, at the cost of a move.
+                let at = self.entries.partition_point(|e| e.0 < tag);
+                if self.entries.get(at).is_some_and(|e| e.0 == tag) {
+                    self.entries[at] = (tag, put, progress);
+                } else {
+                    self.entries.insert(at, (tag, put, progress));
+                }
+            }
+            _ => self.entries.push((tag, put, progress)),
+        }
+    }
+
+    fn find(&mut self, tag: u64) -> Option<&mut (u64, usize, usize)> {
+        let at = self.entries.binary_search_by_key(&tag, |e| e.0).ok()?;
+        Some(&mut self.entries[at]).filter(|e| e.1 != NO_OP)
+    }
+
+    /// Sets where the progress of message `tag` is put, if the message is fresh.
+    fn set_progress(&mut self, tag: u64, progress: usize) {
+        if let Some(e) = self.find(tag) {
+            e.2 = progress;
+        }
+    }
+
+    /// Where the put and the progress of message `tag` are, if it is fresh; it is not
+    /// from then on.
+    fn remove(&mut self, tag: u64) -> Option<(usize, usize)> {
+        let e = self.find(tag)?;
+        let found = (e.1, e.2);
+        e.1 = NO_OP;
+        Some(found)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -796,7 +849,7 @@ impl<H: Hooks> Broker<H> {
         put_message(&mut v, message);
         self.put(Table::Messages, key, v);
         let at = self.store.ops.len() - 1;
-        self.store.fresh.insert(tag, (at, NO_OP));
+        self.store.fresh.insert(tag, at, NO_OP);
     }
 
     /// What a connection's machine reported about stored state (`owner` its session).
@@ -818,12 +871,10 @@ impl<H: Hooks> Broker<H> {
                 let v = [&[FORMAT][..], &packet_id.get().to_be_bytes(), &[1]].concat();
                 self.put(Table::Progress, key, v);
                 let at = self.store.ops.len() - 1;
-                if let Some(f) = self.store.fresh.get_mut(&tag) {
-                    f.1 = at;
-                }
+                self.store.fresh.set_progress(tag, at);
             }
             StoredEvent::Finished { tag } => {
-                if let Some((put, progress)) = self.store.fresh.remove(&tag) {
+                if let Some((put, progress)) = self.store.fresh.remove(tag) {
                     // Put in the batch still open: it never reaches the store.
                     for at in [put, progress] {
                         if let Some(op) = self.store.ops.get_mut(at) {

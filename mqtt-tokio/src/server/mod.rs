@@ -170,8 +170,8 @@ struct Durable {
     last: tokio::time::Instant,
 }
 
-/// What a commit on the blocking pool gives back: the store, the emptied buffer, the
-/// result.
+/// What a commit on the blocking pool gives back: the store, the buffer (the core task
+/// empties it), the result.
 #[cfg(feature = "store")]
 type Committed = (
     Box<dyn crate::store::Store>,
@@ -509,7 +509,7 @@ impl<H: Hooks + 'static> Server<H> {
         let Some(mut store) = d.store.take() else {
             return Err(Error::Store("the store failed before".into()));
         };
-        let mut ops = std::mem::replace(&mut d.ops, std::mem::take(&mut d.spare));
+        let ops = std::mem::replace(&mut d.ops, std::mem::take(&mut d.spare));
         let now = self.clock.now();
         let (tx, rx) = oneshot::channel();
         let notify = self.notify.clone();
@@ -518,7 +518,7 @@ impl<H: Hooks + 'static> Server<H> {
         // before the core task is woken, so that it finds it.
         tokio::task::spawn_blocking(move || {
             let result = store.commit(&ops, now);
-            ops.clear();
+            // Emptied by the core task, which allocated what it holds (see `committed`).
             let _ = tx.send((store, ops, result));
             notify.notify_one();
         });
@@ -557,6 +557,11 @@ impl<H: Hooks + 'static> Server<H> {
         let now = self.clock.now();
         self.broker.handle_durable(now, batch);
         self.drain(now);
+        // After the output that waited: emptying the buffer frees every key and value, on
+        // the thread that allocated them rather than the blocking pool's.
+        if let Some(d) = self.durable.as_mut() {
+            d.spare.clear();
+        }
         Ok(())
     }
 
